@@ -12,5 +12,8 @@
 //! - [`actuate`]: what is done about a decision (dry-run recorder in standalone mode).
 //! - [`metrics`], [`telemetry`]: Prophet's own `/metrics` and logging.
 
+pub mod ingest;
+pub mod labels;
 pub mod proto;
+pub mod route;
 pub mod rules;

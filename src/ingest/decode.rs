@@ -1,0 +1,402 @@
+//! The zero-copy walk over a decompressed remote-write body. Labels stay borrowed from
+//! the body (1.0) or its symbol table (2.0); samples are read into a buffer reused across
+//! the series of one request. Each series is validated as a whole and then handed to a
+//! callback, which decides whether anything of it is kept.
+//!
+//! The walk is checked against the prost-generated types in `proto` by the tests.
+
+use super::wire::{Reader, WIRE_FIXED64, WIRE_LEN, WIRE_VARINT, expect_wire};
+use super::{IngestError, Limits, Protocol};
+
+const METRIC_NAME: &[u8] = b"__name__";
+
+/// One float sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Milliseconds since the Unix epoch, the sample's event time.
+    pub timestamp_ms: i64,
+    pub value: f64,
+}
+
+/// One label, borrowed from the request body. Bytes, not `str`: like Prometheus's own
+/// receiver, Prophet checks UTF-8 only for the series it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Label<'a> {
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+}
+
+/// A validated series of the request being decoded.
+#[derive(Debug)]
+pub struct SeriesView<'s, 'a> {
+    /// Position of the series in the request, for error messages.
+    pub index: usize,
+    /// The value of `__name__`.
+    pub metric_name: &'a [u8],
+    /// All labels, `__name__` included, in the order the sender wrote them.
+    pub labels: &'s [Label<'a>],
+    pub samples: &'s [Sample],
+    /// Native histogram samples: counted and acknowledged, not evaluated by any rule.
+    pub histograms: usize,
+    pub exemplars: usize,
+}
+
+/// What a decoded request held, as the remote-write 2.0 response headers report it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeStats {
+    pub series: usize,
+    pub samples: usize,
+    pub histograms: usize,
+    pub exemplars: usize,
+    pub metadata: usize,
+}
+
+/// Per-request scratch space, so the walk allocates once per request, not per series.
+struct Scratch<'a> {
+    labels: Vec<Label<'a>>,
+    samples: Vec<Sample>,
+}
+
+/// Walks `body` (already decompressed) and calls `on_series` for every series, after the
+/// series passed validation. An `Err` from the callback aborts the walk. Returns the
+/// request's counts; on `Err` nothing the callback gathered should be committed.
+pub fn decode<'a, F>(
+    protocol: Protocol,
+    body: &'a [u8],
+    limits: &Limits,
+    now_ms: i64,
+    mut on_series: F,
+) -> Result<DecodeStats, IngestError>
+where
+    F: FnMut(&SeriesView<'_, 'a>) -> Result<(), IngestError>,
+{
+    let validator = Validator {
+        latest_allowed_ms: now_ms.saturating_add(limits.max_future_ms),
+        limit_ms: limits.max_future_ms,
+        now_ms,
+    };
+    let mut scratch = Scratch {
+        labels: Vec::with_capacity(32),
+        samples: Vec::with_capacity(8),
+    };
+    match protocol {
+        Protocol::V1 => decode_v1(body, &validator, &mut scratch, &mut on_series),
+        Protocol::V2 => decode_v2(body, &validator, &mut scratch, &mut on_series),
+    }
+}
+
+struct Validator {
+    latest_allowed_ms: i64,
+    limit_ms: i64,
+    now_ms: i64,
+}
+
+impl Validator {
+    #[inline]
+    fn timestamp(&self, series: usize, timestamp_ms: i64) -> Result<(), IngestError> {
+        if timestamp_ms > self.latest_allowed_ms {
+            return Err(IngestError::FutureSample {
+                series,
+                timestamp_ms,
+                ahead_ms: timestamp_ms - self.now_ms,
+                limit_ms: self.limit_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks label names (non-empty, no duplicates) and returns the metric name.
+    #[inline]
+    fn labels<'a>(&self, series: usize, labels: &[Label<'a>]) -> Result<&'a [u8], IngestError> {
+        let mut metric_name: &[u8] = &[];
+        let mut sorted = true;
+        for (i, label) in labels.iter().enumerate() {
+            if label.name.is_empty() {
+                return Err(IngestError::EmptyLabelName { series });
+            }
+            if label.name == METRIC_NAME {
+                metric_name = label.value;
+            }
+            if i > 0 && labels[i - 1].name >= label.name {
+                sorted = false;
+            }
+        }
+        // Senders sort labels, so strictly increasing names (checked above for free) rule
+        // out duplicates; only an unsorted series pays for the quadratic check.
+        if !sorted {
+            for (i, label) in labels.iter().enumerate() {
+                if labels[..i].iter().any(|l| l.name == label.name) {
+                    return Err(IngestError::DuplicateLabelName {
+                        series,
+                        name: String::from_utf8_lossy(label.name).into_owned(),
+                    });
+                }
+            }
+        }
+        if metric_name.is_empty() {
+            return Err(IngestError::MissingMetricName { series });
+        }
+        Ok(metric_name)
+    }
+}
+
+fn decode_v1<'a, F>(
+    body: &'a [u8],
+    validator: &Validator,
+    scratch: &mut Scratch<'a>,
+    on_series: &mut F,
+) -> Result<DecodeStats, IngestError>
+where
+    F: FnMut(&SeriesView<'_, 'a>) -> Result<(), IngestError>,
+{
+    let mut stats = DecodeStats::default();
+    let mut request = Reader::new(body);
+    while !request.is_empty() {
+        let (field, wire) = request.tag()?;
+        match field {
+            1 => {
+                expect_wire("WriteRequest.timeseries", wire, WIRE_LEN)?;
+                let series = request.bytes()?;
+                let index = stats.series;
+                let (histograms, exemplars) = read_series_v1(series, index, validator, scratch)?;
+                let metric_name = validator.labels(index, &scratch.labels)?;
+                stats.series += 1;
+                stats.samples += scratch.samples.len();
+                stats.histograms += histograms;
+                stats.exemplars += exemplars;
+                on_series(&SeriesView {
+                    index,
+                    metric_name,
+                    labels: &scratch.labels,
+                    samples: &scratch.samples,
+                    histograms,
+                    exemplars,
+                })?;
+            }
+            3 => {
+                expect_wire("WriteRequest.metadata", wire, WIRE_LEN)?;
+                request.bytes()?;
+                stats.metadata += 1;
+            }
+            _ => request.skip(wire)?,
+        }
+    }
+    Ok(stats)
+}
+
+/// Reads one 1.0 `TimeSeries` into the scratch buffers; returns (histograms, exemplars).
+fn read_series_v1<'a>(
+    series: &'a [u8],
+    index: usize,
+    validator: &Validator,
+    scratch: &mut Scratch<'a>,
+) -> Result<(usize, usize), IngestError> {
+    scratch.labels.clear();
+    scratch.samples.clear();
+    let (mut histograms, mut exemplars) = (0, 0);
+    let mut reader = Reader::new(series);
+    while !reader.is_empty() {
+        let (field, wire) = reader.tag()?;
+        match field {
+            1 => {
+                expect_wire("TimeSeries.labels", wire, WIRE_LEN)?;
+                scratch.labels.push(read_label(reader.bytes()?)?);
+            }
+            2 => {
+                expect_wire("TimeSeries.samples", wire, WIRE_LEN)?;
+                let sample = read_sample(reader.bytes()?)?;
+                validator.timestamp(index, sample.timestamp_ms)?;
+                scratch.samples.push(sample);
+            }
+            3 => {
+                expect_wire("TimeSeries.exemplars", wire, WIRE_LEN)?;
+                reader.bytes()?;
+                exemplars += 1;
+            }
+            4 => {
+                expect_wire("TimeSeries.histograms", wire, WIRE_LEN)?;
+                let timestamp_ms = read_histogram_timestamp(reader.bytes()?)?;
+                validator.timestamp(index, timestamp_ms)?;
+                histograms += 1;
+            }
+            _ => reader.skip(wire)?,
+        }
+    }
+    Ok((histograms, exemplars))
+}
+
+fn read_label(bytes: &[u8]) -> Result<Label<'_>, IngestError> {
+    let mut label = Label {
+        name: &[],
+        value: &[],
+    };
+    let mut reader = Reader::new(bytes);
+    while !reader.is_empty() {
+        let (field, wire) = reader.tag()?;
+        match field {
+            1 => {
+                expect_wire("Label.name", wire, WIRE_LEN)?;
+                label.name = reader.bytes()?;
+            }
+            2 => {
+                expect_wire("Label.value", wire, WIRE_LEN)?;
+                label.value = reader.bytes()?;
+            }
+            _ => reader.skip(wire)?,
+        }
+    }
+    Ok(label)
+}
+
+/// Reads a `Sample` (1.0 and 2.0 share fields 1 and 2; 2.0's start timestamp, field 3,
+/// is skipped like any unknown field).
+#[inline]
+fn read_sample(bytes: &[u8]) -> Result<Sample, IngestError> {
+    let mut sample = Sample {
+        timestamp_ms: 0,
+        value: 0.0,
+    };
+    let mut reader = Reader::new(bytes);
+    while !reader.is_empty() {
+        let (field, wire) = reader.tag()?;
+        match field {
+            1 => {
+                expect_wire("Sample.value", wire, WIRE_FIXED64)?;
+                sample.value = f64::from_bits(reader.fixed64()?);
+            }
+            2 => {
+                expect_wire("Sample.timestamp", wire, WIRE_VARINT)?;
+                // int64 is encoded as its two's-complement u64.
+                sample.timestamp_ms = reader.varint()? as i64;
+            }
+            _ => reader.skip(wire)?,
+        }
+    }
+    Ok(sample)
+}
+
+/// A native histogram's timestamp (field 15 in both protocols): the only part of it that
+/// Prophet reads, to apply the same future-timestamp check as for float samples.
+fn read_histogram_timestamp(bytes: &[u8]) -> Result<i64, IngestError> {
+    let mut timestamp_ms = 0;
+    let mut reader = Reader::new(bytes);
+    while !reader.is_empty() {
+        let (field, wire) = reader.tag()?;
+        if field == 15 {
+            expect_wire("Histogram.timestamp", wire, WIRE_VARINT)?;
+            timestamp_ms = reader.varint()? as i64;
+        } else {
+            reader.skip(wire)?;
+        }
+    }
+    Ok(timestamp_ms)
+}
+
+fn decode_v2<'a, F>(
+    body: &'a [u8],
+    validator: &Validator,
+    scratch: &mut Scratch<'a>,
+    on_series: &mut F,
+) -> Result<DecodeStats, IngestError>
+where
+    F: FnMut(&SeriesView<'_, 'a>) -> Result<(), IngestError>,
+{
+    // Symbols may legally follow the series that use them, so they are gathered first.
+    let mut symbols: Vec<&'a [u8]> = Vec::new();
+    let mut request = Reader::new(body);
+    while !request.is_empty() {
+        let (field, wire) = request.tag()?;
+        if field == 4 {
+            expect_wire("Request.symbols", wire, WIRE_LEN)?;
+            symbols.push(request.bytes()?);
+        } else {
+            request.skip(wire)?;
+        }
+    }
+
+    let mut stats = DecodeStats::default();
+    let mut refs: Vec<u32> = Vec::with_capacity(64);
+    let mut request = Reader::new(body);
+    while !request.is_empty() {
+        let (field, wire) = request.tag()?;
+        if field != 5 {
+            request.skip(wire)?;
+            continue;
+        }
+        expect_wire("Request.timeseries", wire, WIRE_LEN)?;
+        let series = request.bytes()?;
+        let index = stats.series;
+        scratch.labels.clear();
+        scratch.samples.clear();
+        refs.clear();
+        let (mut histograms, mut exemplars) = (0, 0);
+        let mut reader = Reader::new(series);
+        while !reader.is_empty() {
+            let (field, wire) = reader.tag()?;
+            match (field, wire) {
+                (1, WIRE_LEN) => {
+                    let mut packed = Reader::new(reader.bytes()?);
+                    while !packed.is_empty() {
+                        refs.push(symbol_ref(packed.varint()?, index, symbols.len())?);
+                    }
+                }
+                (1, WIRE_VARINT) => refs.push(symbol_ref(reader.varint()?, index, symbols.len())?),
+                (1, other) => expect_wire("TimeSeries.labels_refs", other, WIRE_LEN)?,
+                (2, _) => {
+                    expect_wire("TimeSeries.samples", wire, WIRE_LEN)?;
+                    let sample = read_sample(reader.bytes()?)?;
+                    validator.timestamp(index, sample.timestamp_ms)?;
+                    scratch.samples.push(sample);
+                }
+                (3, _) => {
+                    expect_wire("TimeSeries.histograms", wire, WIRE_LEN)?;
+                    let timestamp_ms = read_histogram_timestamp(reader.bytes()?)?;
+                    validator.timestamp(index, timestamp_ms)?;
+                    histograms += 1;
+                }
+                (4, _) => {
+                    expect_wire("TimeSeries.exemplars", wire, WIRE_LEN)?;
+                    reader.bytes()?;
+                    exemplars += 1;
+                }
+                _ => reader.skip(wire)?,
+            }
+        }
+        if refs.len() % 2 != 0 {
+            return Err(IngestError::OddLabelRefs {
+                series: index,
+                len: refs.len(),
+            });
+        }
+        scratch.labels.extend(refs.chunks_exact(2).map(|pair| Label {
+            name: symbols[pair[0] as usize],
+            value: symbols[pair[1] as usize],
+        }));
+        let metric_name = validator.labels(index, &scratch.labels)?;
+        stats.series += 1;
+        stats.samples += scratch.samples.len();
+        stats.histograms += histograms;
+        stats.exemplars += exemplars;
+        on_series(&SeriesView {
+            index,
+            metric_name,
+            labels: &scratch.labels,
+            samples: &scratch.samples,
+            histograms,
+            exemplars,
+        })?;
+    }
+    Ok(stats)
+}
+
+#[inline]
+fn symbol_ref(raw: u64, series: usize, symbols: usize) -> Result<u32, IngestError> {
+    if raw >= symbols as u64 {
+        return Err(IngestError::SymbolOutOfRange {
+            series,
+            index: raw,
+            symbols,
+        });
+    }
+    Ok(raw as u32)
+}

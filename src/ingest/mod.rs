@@ -1,0 +1,49 @@
+//! Ingest: everything between the bytes of a remote-write request and borrowed, validated
+//! series. Content negotiation (remote-write 1.0 and 2.0), the decoded-size limit, snappy
+//! block decompression, a zero-copy protobuf walk and validation.
+//!
+//! Everything here is a pure function of its inputs (the wall clock is passed in as
+//! `now_ms`), allocates nothing per series, and never touches rule state: deciding which
+//! series to keep is the router's job, which the decoder calls back for each series.
+//! A request is either valid as a whole or refused as a whole; the caller commits what
+//! the callback gathered only after [`decode`] returned `Ok`.
+
+mod decode;
+mod error;
+mod negotiate;
+mod snappy;
+mod wire;
+
+pub use decode::{DecodeStats, Label, Sample, SeriesView, decode};
+pub use error::IngestError;
+pub use negotiate::{Protocol, negotiate};
+pub use snappy::decompress;
+
+/// The bit pattern Prometheus writes for a staleness marker: a NaN that is told apart
+/// from every other NaN. It ends a series' current value.
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Whether `value` is Prometheus's staleness marker (not just any NaN).
+#[inline]
+pub fn is_stale_marker(value: f64) -> bool {
+    value.to_bits() == STALE_NAN_BITS
+}
+
+/// Limits applied to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest decoded (uncompressed) body accepted, checked against the snappy header
+    /// before anything of that size is allocated.
+    pub max_decoded_bytes: usize,
+    /// How far past the receiver's clock a sample's timestamp may lie.
+    pub max_future_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_decoded_bytes: 32 << 20,
+            max_future_ms: 10 * 60 * 1000,
+        }
+    }
+}

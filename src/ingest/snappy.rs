@@ -1,0 +1,81 @@
+//! Snappy block decompression with the decoded-size limit checked before allocation.
+
+use super::IngestError;
+
+/// The stream identifier chunk that opens every *framed* snappy stream. Remote-write uses
+/// the block format; a framed body would otherwise fail with a confusing block error.
+const FRAMED_STREAM_MAGIC: &[u8] = b"\xff\x06\x00\x00sNaPpY";
+
+/// Decompresses a snappy block into `out` (cleared first, its capacity reused across
+/// requests). The length the block's header declares is checked against `limit` before
+/// `out` grows, so a small "bomb" cannot make Prophet allocate its declared size.
+pub fn decompress(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), IngestError> {
+    if body.starts_with(FRAMED_STREAM_MAGIC) {
+        return Err(IngestError::FramedSnappy);
+    }
+    let declared =
+        snap::raw::decompress_len(body).map_err(|e| IngestError::Snappy(e.to_string()))?;
+    if declared > limit {
+        return Err(IngestError::TooLarge { declared, limit });
+    }
+    out.clear();
+    out.resize(declared, 0);
+    let written = snap::raw::Decoder::new()
+        .decompress(body, out)
+        .map_err(|e| IngestError::Snappy(e.to_string()))?;
+    out.truncate(written);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_reuses_the_buffer() {
+        let data = b"hello hello hello hello".repeat(10);
+        let body = snap::raw::Encoder::new().compress_vec(&data).unwrap();
+        let mut out = Vec::new();
+        decompress(&body, 1 << 20, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn refuses_a_declared_size_above_the_limit_before_allocating() {
+        // A header declaring 1 GiB followed by nothing.
+        let mut body = Vec::new();
+        let mut n: u64 = 1 << 30;
+        while n >= 0x80 {
+            body.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        body.push(n as u8);
+        let mut out = Vec::new();
+        let err = decompress(&body, 32 << 20, &mut out).unwrap_err();
+        assert!(matches!(err, IngestError::TooLarge { declared, .. } if declared == 1 << 30));
+        assert_eq!(out.capacity(), 0);
+    }
+
+    #[test]
+    fn tells_framed_snappy_and_truncated_blocks_apart() {
+        let framed = snap::write::FrameEncoder::new(Vec::new());
+        let framed = {
+            use std::io::Write;
+            let mut w = framed;
+            w.write_all(b"some data").unwrap();
+            w.into_inner().unwrap()
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            decompress(&framed, 1 << 20, &mut out),
+            Err(IngestError::FramedSnappy)
+        );
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&b"abcdefgh".repeat(100))
+            .unwrap();
+        assert!(matches!(
+            decompress(&body[..body.len() / 2], 1 << 20, &mut out),
+            Err(IngestError::Snappy(_))
+        ));
+    }
+}

@@ -1,0 +1,122 @@
+//! `Labels`: a series' identity, in one canonical, compact form shared by every stage after
+//! ingest. Names are sorted and each pair is written `name 0xFF value 0xFF`; 0xFF never
+//! occurs in UTF-8, so the encoding is unambiguous, and equal label sets are equal bytes,
+//! which makes the form both the hash input and the map key.
+
+use std::fmt;
+
+/// Separator between names and values in the canonical form.
+pub(crate) const SEP: u8 = 0xFF;
+
+/// A sorted label set in canonical form. Cheap to compare and hash; one allocation.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Labels(Box<[u8]>);
+
+impl Labels {
+    /// Builds from pairs in any order. Later duplicates of a name are kept as given;
+    /// ingest has already refused duplicate names.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut pairs: Vec<_> = pairs.into_iter().collect();
+        pairs.sort_unstable();
+        let mut bytes = Vec::new();
+        for (name, value) in pairs {
+            push_pair(&mut bytes, name.as_bytes(), value.as_bytes());
+        }
+        Self(bytes.into_boxed_slice())
+    }
+
+    /// Wraps bytes already in canonical form (as `route::Batch` writes them).
+    pub(crate) fn from_canonical(bytes: &[u8]) -> Self {
+        Self(bytes.into())
+    }
+
+    pub fn as_canonical(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The pairs, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut parts = self.0.split(|&b| b == SEP);
+        std::iter::from_fn(move || {
+            let name = parts.next().filter(|n| !n.is_empty())?;
+            let value = parts.next()?;
+            // Both halves were valid UTF-8 when the canonical form was built.
+            Some((
+                std::str::from_utf8(name).unwrap_or_default(),
+                std::str::from_utf8(value).unwrap_or_default(),
+            ))
+        })
+    }
+
+    /// The value of `name`, if the series has that label.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The metric name (`__name__`), or "" if absent.
+    pub fn metric_name(&self) -> &str {
+        self.get("__name__").unwrap_or_default()
+    }
+}
+
+pub(crate) fn push_pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.push(SEP);
+    out.extend_from_slice(value);
+    out.push(SEP);
+}
+
+impl fmt::Display for Labels {
+    /// Prometheus's series notation: `name{a="b", c="d"}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.metric_name())?;
+        f.write_str("{")?;
+        let mut first = true;
+        for (name, value) in self.iter().filter(|(n, _)| *n != "__name__") {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            write!(f, "{name}={value:?}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl serde::Serialize for Labels {
+    /// As a JSON object, like Prometheus's HTTP API.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_form_is_order_independent_and_round_trips() {
+        let a = Labels::from_pairs([("pod", "p-1"), ("__name__", "up"), ("job", "k")]);
+        let b = Labels::from_pairs([("job", "k"), ("pod", "p-1"), ("__name__", "up")]);
+        assert_eq!(a, b);
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            [("__name__", "up"), ("job", "k"), ("pod", "p-1")]
+        );
+        assert_eq!(a.get("pod"), Some("p-1"));
+        assert_eq!(a.get("node"), None);
+        assert_eq!(a.to_string(), r#"up{job="k", pod="p-1"}"#);
+    }
+
+    #[test]
+    fn empty_values_survive() {
+        let l = Labels::from_pairs([("__name__", "x"), ("a", "")]);
+        assert_eq!(l.iter().collect::<Vec<_>>(), [("__name__", "x"), ("a", "")]);
+    }
+}

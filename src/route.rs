@@ -1,0 +1,264 @@
+//! Route: the compiled rule set's index, from metric name to the rule inputs that need the
+//! series, with their label matchers. For each decoded series the router either drops it
+//! (counting its samples as unmatched) before anything is allocated for it, or copies it
+//! once into a [`Batch`] bound for the evaluator. The router is immutable; a new rule set
+//! builds a new one, swapped in whole.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Instant;
+
+use promql_parser::label::{MatchOp, Matcher};
+use xxhash_rust::xxh3::{Xxh3Builder, xxh3_64_with_seed};
+
+use crate::ingest::{IngestError, Sample, SeriesView};
+use crate::labels::{Labels, push_pair};
+
+/// Identifies one input of one rule (a selector whose series the rule needs), as an index
+/// into the evaluator's table of inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InputId(pub u32);
+
+/// A series selector: what `up{job="x"}` says, as promql-parser parsed it.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    /// All matchers, `__name__` ones included (an `or` of matcher groups when
+    /// `or_groups` is not empty).
+    pub matchers: Vec<Matcher>,
+    pub or_groups: Vec<Vec<Matcher>>,
+}
+
+impl Selector {
+    /// From a parsed vector selector.
+    pub fn from_promql(selector: &promql_parser::parser::VectorSelector) -> Self {
+        let mut matchers = selector.matchers.matchers.clone();
+        if let Some(name) = &selector.name
+            && !matchers
+                .iter()
+                .any(|m| m.name == "__name__" && m.op == MatchOp::Equal && m.value == *name)
+        {
+            matchers.push(Matcher::new(MatchOp::Equal, "__name__", name));
+        }
+        Self {
+            matchers,
+            or_groups: selector.matchers.or_matchers.clone(),
+        }
+    }
+
+    /// The metric name every matching series must have, when the selector fixes one.
+    fn metric_name(&self) -> Option<&str> {
+        fn equal_name(group: &[Matcher]) -> Option<&str> {
+            group
+                .iter()
+                .find(|m| m.name == "__name__" && m.op == MatchOp::Equal)
+                .map(|m| m.value.as_str())
+        }
+        if self.or_groups.is_empty() {
+            return equal_name(&self.matchers);
+        }
+        // With `or`, the index can only use a name all groups agree on.
+        let first = equal_name(&self.or_groups[0])?;
+        self.or_groups[1..]
+            .iter()
+            .all(|g| equal_name(g) == Some(first))
+            .then_some(first)
+    }
+}
+
+struct Route {
+    input: InputId,
+    selector: Selector,
+}
+
+/// The index the hot path consults for every series of every request.
+pub struct Router {
+    by_name: HashMap<Box<[u8]>, Vec<Route>, Xxh3Builder>,
+    /// Selectors without a fixed metric name (`{job="x"}`, `{__name__=~"a|b"}`): checked
+    /// against every series, so they cost throughput; rare in practice.
+    unnamed: Vec<Route>,
+    seed: u64,
+}
+
+impl Router {
+    /// Builds the index for the given inputs. The seed keys the series hash, so that a
+    /// sender cannot aim label sets at one hash bucket.
+    pub fn new(inputs: impl IntoIterator<Item = (InputId, Selector)>, seed: u64) -> Self {
+        let mut by_name: HashMap<Box<[u8]>, Vec<Route>, Xxh3Builder> =
+            HashMap::with_hasher(Xxh3Builder::new().with_seed(seed));
+        let mut unnamed = Vec::new();
+        for (input, selector) in inputs {
+            match selector.metric_name() {
+                Some(name) => by_name
+                    .entry(name.as_bytes().into())
+                    .or_default()
+                    .push(Route { input, selector }),
+                None => unnamed.push(Route { input, selector }),
+            }
+        }
+        Self {
+            by_name,
+            unnamed,
+            seed,
+        }
+    }
+
+    /// A router that keeps nothing.
+    pub fn empty() -> Self {
+        Self::new([], 0)
+    }
+
+    /// Whether any rule needs any series at all.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty() && self.unnamed.is_empty()
+    }
+
+    /// Decides the fate of one validated series: dropped and counted, or copied into
+    /// `batch` once, with an entry for every input whose selector matches.
+    #[inline]
+    pub fn route(&self, series: &SeriesView<'_, '_>, batch: &mut Batch) -> Result<(), IngestError> {
+        let named = self.by_name.get(series.metric_name);
+        if named.is_none() && self.unnamed.is_empty() {
+            batch.unmatched_samples += series.samples.len();
+            return Ok(());
+        }
+        let candidates = named.into_iter().flatten().chain(&self.unnamed);
+        let mut kept: Option<(Range<u32>, u64)> = None;
+        for route in candidates {
+            if !selector_matches(&route.selector, series)? {
+                continue;
+            }
+            let (labels, hash) = match &kept {
+                Some(k) => k.clone(),
+                None => {
+                    let k = batch.push_series(series, self.seed)?;
+                    kept = Some(k.clone());
+                    k
+                }
+            };
+            let first = batch.samples.len() as u32 - series.samples.len() as u32;
+            batch.entries.push(KeptSeries {
+                input: route.input,
+                hash,
+                labels,
+                samples: first..batch.samples.len() as u32,
+            });
+        }
+        if kept.is_some() {
+            batch.kept_samples += series.samples.len();
+        } else {
+            batch.unmatched_samples += series.samples.len();
+        }
+        Ok(())
+    }
+}
+
+fn label_value<'a>(series: &SeriesView<'_, 'a>, name: &str) -> Result<&'a str, IngestError> {
+    let value = series
+        .labels
+        .iter()
+        .find(|l| l.name == name.as_bytes())
+        .map_or(&b""[..], |l| l.value);
+    std::str::from_utf8(value).map_err(|_| IngestError::InvalidUtf8 {
+        series: series.index,
+    })
+}
+
+fn selector_matches(selector: &Selector, series: &SeriesView<'_, '_>) -> Result<bool, IngestError> {
+    let group_matches = |group: &[Matcher]| -> Result<bool, IngestError> {
+        for matcher in group {
+            // A missing label matches as the empty string, as in PromQL.
+            if !matcher.is_match(label_value(series, &matcher.name)?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    if selector.or_groups.is_empty() {
+        return group_matches(&selector.matchers);
+    }
+    for group in &selector.or_groups {
+        if group_matches(group)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// One kept (input, series) pair of a batch.
+#[derive(Debug, Clone)]
+pub struct KeptSeries {
+    pub input: InputId,
+    /// Seeded hash of the canonical labels.
+    pub hash: u64,
+    labels: Range<u32>,
+    samples: Range<u32>,
+}
+
+/// What one request contributes to the evaluator: only the kept series, their labels in
+/// canonical form back to back in one buffer, and their samples.
+#[derive(Debug)]
+pub struct Batch {
+    /// When the request arrived, for `prophet_verdict_latency_seconds`.
+    pub arrived: Instant,
+    pub entries: Vec<KeptSeries>,
+    pub kept_samples: usize,
+    pub unmatched_samples: usize,
+    labels: Vec<u8>,
+    samples: Vec<Sample>,
+}
+
+impl Batch {
+    pub fn new(arrived: Instant) -> Self {
+        Self {
+            arrived,
+            entries: Vec::new(),
+            kept_samples: 0,
+            unmatched_samples: 0,
+            labels: Vec::new(),
+            samples: Vec::new(),
+        }
+    }
+
+    /// The canonical label bytes of an entry (see [`Labels`]).
+    pub fn canonical_labels(&self, entry: &KeptSeries) -> &[u8] {
+        &self.labels[entry.labels.start as usize..entry.labels.end as usize]
+    }
+
+    pub fn labels(&self, entry: &KeptSeries) -> Labels {
+        Labels::from_canonical(self.canonical_labels(entry))
+    }
+
+    pub fn samples(&self, entry: &KeptSeries) -> &[Sample] {
+        &self.samples[entry.samples.start as usize..entry.samples.end as usize]
+    }
+
+    /// Copies a series' labels (sorted, UTF-8 checked) and samples in; returns the label
+    /// range and hash.
+    fn push_series(
+        &mut self,
+        series: &SeriesView<'_, '_>,
+        seed: u64,
+    ) -> Result<(Range<u32>, u64), IngestError> {
+        let start = self.labels.len();
+        let invalid = || IngestError::InvalidUtf8 {
+            series: series.index,
+        };
+        let sorted = series.labels.windows(2).all(|w| w[0].name < w[1].name);
+        let mut push = |label: &crate::ingest::Label<'_>| -> Result<(), IngestError> {
+            std::str::from_utf8(label.name).map_err(|_| invalid())?;
+            std::str::from_utf8(label.value).map_err(|_| invalid())?;
+            push_pair(&mut self.labels, label.name, label.value);
+            Ok(())
+        };
+        if sorted {
+            series.labels.iter().try_for_each(&mut push)?;
+        } else {
+            let mut order: Vec<_> = series.labels.iter().collect();
+            order.sort_unstable_by_key(|l| l.name);
+            order.into_iter().try_for_each(&mut push)?;
+        }
+        let hash = xxh3_64_with_seed(&self.labels[start..], seed);
+        self.samples.extend_from_slice(series.samples);
+        Ok((start as u32..self.labels.len() as u32, hash))
+    }
+}
