@@ -12,8 +12,10 @@
 //! - [`actuate`]: what is done about a decision (dry-run recorder in standalone mode).
 //! - [`metrics`], [`telemetry`]: Prophet's own `/metrics` and logging.
 
+// pub mod eval; (waits for rules::load)
 pub mod ingest;
 pub mod labels;
 pub mod proto;
 pub mod route;
+pub mod window;
 pub mod rules;

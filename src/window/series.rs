@@ -1,0 +1,129 @@
+//! One series' window: its samples in timestamp order, trimmed to the retention.
+
+use std::collections::VecDeque;
+
+use crate::ingest::{Sample, is_stale_marker};
+use crate::labels::Labels;
+
+/// What became of an inserted sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    Appended,
+    /// The exact sample (timestamp and value bits) is already there: accepted once.
+    Duplicate,
+    /// Older than the newest sample, or the same timestamp with another value: dropped,
+    /// as Prometheus's own TSDB would refuse it.
+    OutOfOrder,
+}
+
+/// The samples of one series that its rule input needs.
+#[derive(Debug)]
+pub struct SeriesWindow {
+    labels: Labels,
+    hash: u64,
+    samples: VecDeque<Sample>,
+}
+
+impl SeriesWindow {
+    pub(super) fn new(labels: Labels, hash: u64) -> Self {
+        Self {
+            labels,
+            hash,
+            samples: VecDeque::with_capacity(1),
+        }
+    }
+
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    pub(super) fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    pub(super) fn into_labels(self) -> Labels {
+        self.labels
+    }
+
+    pub(super) fn insert(&mut self, sample: Sample, retention_ms: i64) -> Insert {
+        if let Some(last) = self.samples.back() {
+            if sample.timestamp_ms < last.timestamp_ms {
+                return Insert::OutOfOrder;
+            }
+            if sample.timestamp_ms == last.timestamp_ms {
+                return if sample.value.to_bits() == last.value.to_bits() {
+                    Insert::Duplicate
+                } else {
+                    Insert::OutOfOrder
+                };
+            }
+        }
+        self.samples.push_back(sample);
+        let oldest_kept = sample.timestamp_ms.saturating_sub(retention_ms);
+        while self.samples.len() > 1
+            && self
+                .samples
+                .front()
+                .is_some_and(|s| s.timestamp_ms < oldest_kept)
+        {
+            self.samples.pop_front();
+        }
+        Insert::Appended
+    }
+
+    /// The newest sample, staleness markers included.
+    pub fn last(&self) -> Option<Sample> {
+        self.samples.back().copied()
+    }
+
+    /// The series' current value: the newest sample unless it is a staleness marker.
+    pub fn current(&self) -> Option<Sample> {
+        self.last().filter(|s| !is_stale_marker(s.value))
+    }
+
+    pub fn last_timestamp_ms(&self) -> i64 {
+        self.samples.back().map_or(i64::MIN, |s| s.timestamp_ms)
+    }
+
+    /// The retained samples, oldest first.
+    pub fn samples(&self) -> impl Iterator<Item = &Sample> {
+        self.samples.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::STALE_NAN_BITS;
+
+    fn at(t: i64, v: f64) -> Sample {
+        Sample {
+            timestamp_ms: t,
+            value: v,
+        }
+    }
+
+    #[test]
+    fn keeps_order_drops_duplicates_and_trims_to_retention() {
+        let mut w = SeriesWindow::new(Labels::from_pairs([("__name__", "m")]), 0);
+        assert_eq!(w.insert(at(1_000, 1.0), 10_000), Insert::Appended);
+        assert_eq!(w.insert(at(1_000, 1.0), 10_000), Insert::Duplicate);
+        assert_eq!(w.insert(at(1_000, 2.0), 10_000), Insert::OutOfOrder);
+        assert_eq!(w.insert(at(500, 2.0), 10_000), Insert::OutOfOrder);
+        assert_eq!(w.insert(at(6_000, 2.0), 10_000), Insert::Appended);
+        assert_eq!(w.insert(at(12_000, 3.0), 10_000), Insert::Appended);
+        let kept: Vec<_> = w.samples().map(|s| s.timestamp_ms).collect();
+        assert_eq!(kept, [6_000, 12_000]);
+    }
+
+    #[test]
+    fn a_staleness_marker_ends_the_current_value_but_other_nans_do_not() {
+        let mut w = SeriesWindow::new(Labels::from_pairs([("__name__", "m")]), 0);
+        w.insert(at(1, f64::NAN), 0);
+        assert!(w.current().is_some_and(|s| s.value.is_nan()));
+        w.insert(at(2, f64::from_bits(STALE_NAN_BITS)), 0);
+        assert_eq!(w.current(), None);
+        w.insert(at(3, f64::INFINITY), 0);
+        assert_eq!(w.current(), Some(at(3, f64::INFINITY)));
+    }
+}
