@@ -8,14 +8,61 @@
 //! - [`route`]: the compiled rule set's index; drops series no rule needs.
 //! - [`window`]: per (rule input, series) windows of samples, in event time.
 //! - [`eval`]: detectors over windows; emits verdict changes.
-//! - [`rules`]: the CRD types, quantities and durations, compiling a CR into inputs.
+//! - [`reconcile`]: verdicts to decisions (cooldown, approval).
 //! - [`actuate`]: what is done about a decision (dry-run recorder in standalone mode).
+//! - [`rules`]: the CRD types, quantities and durations, compiling a CR into inputs.
+//! - [`standalone`]: wires the stages for `prophet run`.
+//! - [`labels`]: the canonical label set shared by every stage after ingest.
 //! - [`metrics`], [`telemetry`]: Prophet's own `/metrics` and logging.
+//! - [`proto`]: prost types generated from `proto/`.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+// pub mod actuate; (waits for rules::load)
 // pub mod eval; (waits for rules::load)
+// pub mod http; (waits for rules::load)
 pub mod ingest;
 pub mod labels;
+pub mod metrics;
 pub mod proto;
+// pub mod reconcile; (waits for rules::load)
 pub mod route;
-pub mod window;
 pub mod rules;
+// pub mod standalone; (waits for rules::load)
+pub mod telemetry;
+pub mod window;
+
+/// What can stop Prophet as a whole. Per-request and per-rule problems never do: they are
+/// answered or reported where they arise.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read rules from {dir}")]
+    Rules { dir: PathBuf },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("cannot start the evaluator thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("cannot write CRDs: {0}")]
+    Crds(std::io::Error),
+}
+
+impl Error {
+    /// A short label for logs and metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Rules { .. } => "rules",
+            Self::Bind { .. } => "bind",
+            Self::Serve(_) => "serve",
+            Self::Spawn(_) => "spawn",
+            Self::Crds(_) => "crds",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,338 @@
+//! Eval: runs each rule's detector over its windows as batches arrive, in event time, and
+//! emits verdict changes. Pure and deterministic: the same batches give the same verdicts,
+//! so a capture can be replayed to backtest a rule. Owns the windows (one
+//! [`InputWindows`] per rule input) so that nothing else needs to lock them.
+
+mod threshold;
+mod verdict;
+mod worker;
+
+pub use threshold::{ThresholdDetector, Transition};
+pub use verdict::{Change, PodRef, Verdict, format_value};
+pub use worker::{EvalHandle, SubmitError, spawn};
+
+use serde::Serialize;
+
+use crate::labels::Labels;
+use crate::route::{Batch, InputId, Router, Selector};
+use crate::rules::compile::{CompiledRule, DetectorSpec, LOOKBACK_MS, Scope};
+use crate::rules::load::RuleKey;
+use crate::window::{Insert, InputWindows, WindowSpec};
+
+enum Detector {
+    Threshold(ThresholdDetector),
+}
+
+struct ActiveRule {
+    compiled: CompiledRule,
+    detector: Detector,
+    counters: RuleCounters,
+}
+
+struct InputSlot {
+    rule: usize,
+    windows: InputWindows,
+    /// `windows.over_limit_series` already reported by `take_over_limit`.
+    over_limit_reported: u64,
+}
+
+/// Running totals for one rule, shown by `GET /api/v1/rules`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleCounters {
+    pub samples: u64,
+    pub tripped: u64,
+    pub cleared: u64,
+    /// Event time of the newest sample the rule has seen.
+    pub last_sample_ms: Option<i64>,
+}
+
+/// What applying one batch did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub verdicts: Vec<Verdict>,
+    pub appended: usize,
+    pub duplicates: usize,
+    pub out_of_order: usize,
+    /// Samples of series refused because their rule is at its series limit.
+    pub over_limit: usize,
+}
+
+/// One tripped series, as the rules endpoint lists it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrippedSeries {
+    pub series: Labels,
+    pub value: Option<String>,
+    pub sample_time_ms: i64,
+}
+
+/// A live view of one active rule.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleSnapshot {
+    /// Not serialized: the rules endpoint shows the key beside the snapshot.
+    #[serde(skip)]
+    pub rule: RuleKey,
+    pub summary: String,
+    pub series: usize,
+    pub series_limit: usize,
+    pub over_limit_series: u64,
+    pub tripped_series: Vec<TrippedSeries>,
+    pub counters: RuleCounters,
+}
+
+/// How many tripped series a snapshot lists per rule.
+const SNAPSHOT_TRIPPED_MAX: usize = 50;
+
+/// Every active rule, its windows and its detector state.
+pub struct Evaluator {
+    rules: Vec<ActiveRule>,
+    inputs: Vec<InputSlot>,
+}
+
+impl Evaluator {
+    /// Sets up windows for every input of every rule, each bounded to `series_limit`.
+    pub fn new(rules: Vec<CompiledRule>, series_limit: usize) -> Self {
+        let mut inputs = Vec::new();
+        let rules = rules
+            .into_iter()
+            .enumerate()
+            .map(|(index, compiled)| {
+                for input in &compiled.inputs {
+                    inputs.push(InputSlot {
+                        rule: index,
+                        over_limit_reported: 0,
+                        windows: InputWindows::new(WindowSpec {
+                            retention_ms: input.retention_ms,
+                            idle_ms: input.retention_ms.max(LOOKBACK_MS),
+                            series_limit,
+                        }),
+                    });
+                }
+                let detector = match &compiled.detector {
+                    DetectorSpec::Threshold(spec) => {
+                        Detector::Threshold(ThresholdDetector::new(spec.clone()))
+                    }
+                };
+                ActiveRule {
+                    compiled,
+                    detector,
+                    counters: RuleCounters::default(),
+                }
+            })
+            .collect();
+        Self { rules, inputs }
+    }
+
+    /// The router for exactly these inputs, with the series hash keyed by `seed`.
+    pub fn router(&self, seed: u64) -> Router {
+        let selectors: Vec<(InputId, Selector)> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.compiled.inputs.iter().map(|i| i.selector.clone()))
+            .enumerate()
+            .map(|(i, selector)| (InputId(i as u32), selector))
+            .collect();
+        Router::new(selectors, seed)
+    }
+
+    /// Series tracked across all rules.
+    pub fn series_active(&self) -> usize {
+        self.inputs.iter().map(|i| i.windows.len()).sum()
+    }
+
+    /// Inserts a batch's samples into their windows, runs the detectors on every appended
+    /// sample in order, then evicts series that fell out of the lookback.
+    pub fn apply(&mut self, batch: &Batch) -> Outcome {
+        let mut outcome = Outcome::default();
+        for entry in &batch.entries {
+            let Some(slot) = self.inputs.get_mut(entry.input.0 as usize) else {
+                continue;
+            };
+            let samples = batch.samples(entry);
+            let id = match slot
+                .windows
+                .get_or_insert(entry.hash, batch.canonical_labels(entry))
+            {
+                Ok(id) => id,
+                Err(_) => {
+                    outcome.over_limit += samples.len();
+                    continue;
+                }
+            };
+            let rule = &mut self.rules[slot.rule];
+            for &sample in samples {
+                match slot.windows.insert(id, sample) {
+                    Insert::Appended => outcome.appended += 1,
+                    Insert::Duplicate => {
+                        outcome.duplicates += 1;
+                        continue;
+                    }
+                    Insert::OutOfOrder => {
+                        outcome.out_of_order += 1;
+                        continue;
+                    }
+                }
+                rule.counters.samples += 1;
+                rule.counters.last_sample_ms = Some(
+                    rule.counters
+                        .last_sample_ms
+                        .map_or(sample.timestamp_ms, |t| t.max(sample.timestamp_ms)),
+                );
+                let Some(window) = slot.windows.get(id) else {
+                    continue;
+                };
+                let current = window.current().map(|s| s.value);
+                let transition = match &mut rule.detector {
+                    Detector::Threshold(d) => d.observe(id, current, sample.timestamp_ms),
+                };
+                if let Some(t) = transition {
+                    outcome.verdicts.push(rule.verdict(
+                        t,
+                        window.labels().clone(),
+                        current,
+                        sample.timestamp_ms,
+                        batch,
+                    ));
+                }
+            }
+        }
+        for slot in &mut self.inputs {
+            let rule = &mut self.rules[slot.rule];
+            for (id, labels) in slot.windows.evict_idle() {
+                let transition = match &mut rule.detector {
+                    Detector::Threshold(d) => d.forget(id),
+                };
+                if let Some(t) = transition {
+                    let at = slot.windows.clock_ms();
+                    outcome
+                        .verdicts
+                        .push(rule.verdict(t, labels, None, at, batch));
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Series refused at a limit since the last call, per rule (for the metric).
+    pub fn take_over_limit(&mut self) -> Vec<(RuleKey, u64)> {
+        let mut out = Vec::new();
+        for slot in &mut self.inputs {
+            let new = slot.windows.over_limit_series - slot.over_limit_reported;
+            if new > 0 {
+                slot.over_limit_reported = slot.windows.over_limit_series;
+                out.push((self.rules[slot.rule].compiled.key.clone(), new));
+            }
+        }
+        out
+    }
+
+    /// A view of every active rule, for the rules endpoint.
+    pub fn snapshot(&self) -> Vec<RuleSnapshot> {
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| {
+                let slots = self.inputs.iter().filter(|s| s.rule == index);
+                let mut snapshot = RuleSnapshot {
+                    rule: rule.compiled.key.clone(),
+                    summary: rule.compiled.summary.clone(),
+                    series: 0,
+                    series_limit: 0,
+                    over_limit_series: 0,
+                    tripped_series: Vec::new(),
+                    counters: rule.counters.clone(),
+                };
+                for slot in slots {
+                    snapshot.series += slot.windows.len();
+                    snapshot.series_limit += slot.windows.spec().series_limit;
+                    snapshot.over_limit_series += slot.windows.over_limit_series;
+                    let Detector::Threshold(d) = &rule.detector;
+                    snapshot.tripped_series.extend(
+                        slot.windows
+                            .iter()
+                            .filter(|(id, _)| d.is_tripped(*id))
+                            .take(SNAPSHOT_TRIPPED_MAX)
+                            .map(|(_, w)| TrippedSeries {
+                                series: w.labels().clone(),
+                                value: w.current().map(|s| format_value(s.value)),
+                                sample_time_ms: w.last_timestamp_ms(),
+                            }),
+                    );
+                }
+                snapshot
+            })
+            .collect()
+    }
+}
+
+impl ActiveRule {
+    fn verdict(
+        &mut self,
+        transition: Transition,
+        series: Labels,
+        value: Option<f64>,
+        sample_time_ms: i64,
+        batch: &Batch,
+    ) -> Verdict {
+        match transition.change {
+            Change::Tripped => self.counters.tripped += 1,
+            Change::Cleared => self.counters.cleared += 1,
+        }
+        let (targets, untargeted) = targets(&self.compiled.scope, &series);
+        Verdict {
+            rule: self.compiled.key.clone(),
+            change: transition.change,
+            series,
+            value,
+            sample_time_ms,
+            reason: transition.reason,
+            targets,
+            untargeted,
+            arrived: batch.arrived,
+        }
+    }
+}
+
+/// The pods a series names (its `namespace` and `pod` labels), if inside the rule's scope.
+/// A `podSelector` key that the series carries as a label (directly or as
+/// kube-state-metrics' `label_<key>`) must match; keys it lacks are checked against the
+/// live pod when acting.
+fn targets(scope: &Scope, series: &Labels) -> (Vec<PodRef>, Option<String>) {
+    let Some(pod) = series.get("pod").filter(|p| !p.is_empty()) else {
+        return (Vec::new(), Some("the series has no pod label".into()));
+    };
+    let namespace = series.get("namespace").unwrap_or_default();
+    if namespace != scope.namespace {
+        return (
+            Vec::new(),
+            Some(format!(
+                "pod {namespace}/{pod} is outside the rule's scope (namespace {:?})",
+                scope.namespace
+            )),
+        );
+    }
+    for (key, want) in &scope.pod_selector {
+        let have = series
+            .get(key)
+            .or_else(|| series.get(&format!("label_{}", key.replace(['.', '/', '-'], "_"))));
+        if let Some(have) = have
+            && have != want
+        {
+            return (
+                Vec::new(),
+                Some(format!(
+                    "pod {namespace}/{pod} has {key}={have:?}, outside podSelector {key}={want:?}"
+                )),
+            );
+        }
+    }
+    (
+        vec![PodRef {
+            namespace: namespace.to_owned(),
+            name: pod.to_owned(),
+        }],
+        None,
+    )
+}

@@ -1,0 +1,131 @@
+//! The evaluator's own thread. Handlers submit batches over a bounded channel and wait for
+//! the acknowledgement, so a `204` means the samples are in their windows; when the channel
+//! is full, submission fails at once and ingest answers `503` so the sender retries
+//! (backpressure, not loss). One thread owns the evaluator: no locks on windows.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Evaluator, RuleSnapshot, Verdict};
+use crate::metrics::{Metrics, RuleLabels, VerdictLabels};
+use crate::route::Batch;
+
+enum Job {
+    Apply {
+        batch: Batch,
+        done: oneshot::Sender<()>,
+    },
+    Snapshot(oneshot::Sender<Vec<RuleSnapshot>>),
+}
+
+/// Why a batch was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("evaluation is behind; retry later")]
+    Busy,
+    #[error("the evaluator has stopped")]
+    Stopped,
+}
+
+/// The handle handlers hold; cheap to clone.
+#[derive(Clone)]
+pub struct EvalHandle {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl EvalHandle {
+    /// Queues a batch; the receiver resolves once it is applied.
+    pub fn submit(&self, batch: Batch) -> Result<oneshot::Receiver<()>, SubmitError> {
+        let (done, applied) = oneshot::channel();
+        self.jobs
+            .try_send(Job::Apply { batch, done })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
+            })?;
+        Ok(applied)
+    }
+
+    /// The live state of every active rule, taken between two batches.
+    pub async fn snapshot(&self) -> Result<Vec<RuleSnapshot>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Snapshot(reply))
+            .await
+            .map_err(|_| SubmitError::Stopped)?;
+        answer.await.map_err(|_| SubmitError::Stopped)
+    }
+}
+
+/// Starts the evaluator thread. It stops when every [`EvalHandle`] is dropped, after
+/// applying what was queued; verdicts go to `verdicts` in the order they were decided.
+pub fn spawn(
+    mut evaluator: Evaluator,
+    metrics: Arc<Metrics>,
+    verdicts: mpsc::UnboundedSender<Verdict>,
+    queue: usize,
+) -> std::io::Result<(EvalHandle, JoinHandle<()>)> {
+    let (jobs, mut queued) = mpsc::channel(queue.max(1));
+    let thread = std::thread::Builder::new()
+        .name("prophet-eval".into())
+        .spawn(move || {
+            while let Some(job) = queued.blocking_recv() {
+                match job {
+                    Job::Apply { batch, done } => {
+                        apply(&mut evaluator, &metrics, &verdicts, &batch);
+                        // The handler may have gone (client hung up); the batch counts anyway.
+                        let _ = done.send(());
+                    }
+                    Job::Snapshot(reply) => {
+                        let _ = reply.send(evaluator.snapshot());
+                    }
+                }
+            }
+        })?;
+    Ok((EvalHandle { jobs }, thread))
+}
+
+fn apply(
+    evaluator: &mut Evaluator,
+    metrics: &Metrics,
+    verdicts: &mpsc::UnboundedSender<Verdict>,
+    batch: &Batch,
+) {
+    let outcome = evaluator.apply(batch);
+    metrics.count_samples("accepted", outcome.appended + outcome.duplicates);
+    metrics.count_samples("rejected", outcome.out_of_order + outcome.over_limit);
+    metrics.series_active.set(evaluator.series_active() as i64);
+    if outcome.over_limit > 0 || outcome.out_of_order > 0 {
+        tracing::warn!(
+            over_limit_samples = outcome.over_limit,
+            out_of_order_samples = outcome.out_of_order,
+            "samples dropped from a batch"
+        );
+    }
+    for (key, refused) in evaluator.take_over_limit() {
+        metrics
+            .series_over_limit
+            .get_or_create(&RuleLabels {
+                kind: key.kind.as_str(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            })
+            .inc_by(refused);
+    }
+    for verdict in outcome.verdicts {
+        metrics
+            .verdicts
+            .get_or_create(&VerdictLabels {
+                kind: verdict.rule.kind.as_str(),
+                verdict: verdict.change.as_str(),
+            })
+            .inc();
+        metrics
+            .verdict_latency
+            .observe(verdict.arrived.elapsed().as_secs_f64());
+        // The reconcile loop only stops at shutdown, after the evaluator.
+        let _ = verdicts.send(verdict);
+    }
+}

@@ -1,0 +1,298 @@
+//! The HTTP surface: one axum router on one listener for `POST /api/v1/write`, `/metrics`,
+//! `/healthz`, `/readyz` and the read-only JSON endpoints. Handlers translate between HTTP
+//! and the stages (ingest, route, eval); no decoding or rule logic lives here.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router as HttpRouter;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::actuate::{Decision, DecisionLog};
+use crate::eval::{EvalHandle, RuleSnapshot, SubmitError};
+use crate::ingest::{self, DecodeStats, IngestError, Limits, Protocol};
+use crate::metrics::{Metrics, RequestLabels};
+use crate::route::{Batch, Router};
+use crate::rules::load::RuleKey;
+
+/// A rule as loading and compiling left it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleStatus {
+    pub rule: RuleKey,
+    /// `active`, `invalid` or `unsupported`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A YAML document that did not load as a rule.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvalidDocument {
+    pub origin: String,
+    pub reason: String,
+}
+
+/// State shared by the handlers.
+pub struct AppState {
+    pub limits: Limits,
+    pub router: Arc<Router>,
+    pub eval: EvalHandle,
+    pub metrics: Arc<Metrics>,
+    pub decisions: DecisionLog,
+    pub rules: Vec<RuleStatus>,
+    pub invalid_documents: Vec<InvalidDocument>,
+    pub ready: AtomicBool,
+}
+
+/// Protocol label for requests refused before their protocol was known.
+const UNKNOWN_VERSION: &str = "unknown";
+
+/// Builds the router with body-size and time limits.
+pub fn router(state: Arc<AppState>) -> HttpRouter {
+    // Snappy's worst case for n bytes is 32 + n + n/6; beyond that the decoded-size limit
+    // could not be met anyway.
+    let max_body = 32 + state.limits.max_decoded_bytes + state.limits.max_decoded_bytes / 6;
+    HttpRouter::new()
+        .route("/api/v1/write", post(write))
+        .route("/api/v1/rules", get(rules))
+        .route("/api/v1/decisions", get(decisions))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .with_state(state)
+}
+
+thread_local! {
+    /// Decompression buffer per worker thread, reused across requests.
+    static DECOMPRESSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keeps an exceptional request's buffer from pinning memory on its thread.
+const RETAINED_BUFFER_MAX: usize = 8 << 20;
+
+/// A request's answer; 2.0 answers carry the written counts, whatever the status.
+struct WriteResponse {
+    protocol: Option<Protocol>,
+    status: StatusCode,
+    stats: DecodeStats,
+    message: Option<String>,
+    retry_after: bool,
+}
+
+impl IntoResponse for WriteResponse {
+    fn into_response(self) -> Response {
+        let mut response = match self.message {
+            Some(message) => (self.status, format!("{message}\n")).into_response(),
+            None => self.status.into_response(),
+        };
+        let headers = response.headers_mut();
+        if self.protocol == Some(Protocol::V2) {
+            for (name, n) in [
+                ("x-prometheus-remote-write-samples-written", self.stats.samples),
+                ("x-prometheus-remote-write-histograms-written", self.stats.histograms),
+                ("x-prometheus-remote-write-exemplars-written", self.stats.exemplars),
+            ] {
+                headers.insert(name, HeaderValue::from(n));
+            }
+        }
+        if self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn status_of(error: &IngestError) -> StatusCode {
+    match error {
+        IngestError::UnsupportedMediaType(_)
+        | IngestError::UnsupportedProto(_)
+        | IngestError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: axum::http::HeaderName) -> Result<Option<&'h str>, IngestError> {
+    headers
+        .get(&name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| IngestError::UnsupportedMediaType(format!("non-ASCII {name} header")))
+        })
+        .transpose()
+}
+
+/// Decompresses, decodes, validates and routes one request: all or nothing.
+fn ingest_body(
+    state: &AppState,
+    protocol: Protocol,
+    body: &[u8],
+    arrived: Instant,
+) -> Result<(DecodeStats, Batch), IngestError> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    DECOMPRESSED.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        let result = ingest::decompress(body, state.limits.max_decoded_bytes, &mut buffer)
+            .and_then(|()| {
+                let mut batch = Batch::new(arrived);
+                let stats = ingest::decode(protocol, &buffer, &state.limits, now_ms, |series| {
+                    state.router.route(series, &mut batch)
+                })?;
+                Ok((stats, batch))
+            });
+        if buffer.capacity() > RETAINED_BUFFER_MAX {
+            *buffer = Vec::new();
+        }
+        result
+    })
+}
+
+async fn write(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> WriteResponse {
+    let arrived = Instant::now();
+    let negotiated = header(&headers, CONTENT_TYPE).and_then(|content_type| {
+        ingest::negotiate(content_type, header(&headers, CONTENT_ENCODING)?)
+    });
+    let response = match negotiated {
+        Err(error) => refuse(None, error),
+        Ok(protocol) => match ingest_body(&state, protocol, &body, arrived) {
+            Err(error) => refuse(Some(protocol), error),
+            Ok((stats, batch)) => commit(&state, protocol, stats, batch).await,
+        },
+    };
+    let version = response.protocol.map_or(UNKNOWN_VERSION, Protocol::as_str);
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            version,
+            code: response.status.as_u16(),
+        })
+        .inc();
+    response
+}
+
+fn refuse(protocol: Option<Protocol>, error: IngestError) -> WriteResponse {
+    tracing::debug!(kind = error.kind(), %error, "remote-write request refused");
+    WriteResponse {
+        protocol,
+        status: status_of(&error),
+        stats: DecodeStats::default(),
+        message: Some(error.to_string()),
+        retry_after: false,
+    }
+}
+
+/// Hands the batch to the evaluator and waits until it is applied.
+async fn commit(state: &AppState, protocol: Protocol, stats: DecodeStats, batch: Batch) -> WriteResponse {
+    let unmatched = batch.unmatched_samples;
+    let kept = batch.kept_samples;
+    let mut response = WriteResponse {
+        protocol: Some(protocol),
+        status: StatusCode::NO_CONTENT,
+        stats,
+        message: None,
+        retry_after: false,
+    };
+    if !batch.entries.is_empty() {
+        let applied = match state.eval.submit(batch) {
+            Ok(applied) => applied.await.map_err(|_| SubmitError::Stopped),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = applied {
+            state.metrics.count_samples("rejected", kept);
+            response.status = StatusCode::SERVICE_UNAVAILABLE;
+            response.stats = DecodeStats::default();
+            response.message = Some(error.to_string());
+            response.retry_after = true;
+            return response;
+        }
+    }
+    state.metrics.count_samples("unmatched", unmatched);
+    response
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RuleView {
+    #[serde(flatten)]
+    status: RuleStatus,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    live: Option<RuleSnapshot>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RulesResponse {
+    rules: Vec<RuleView>,
+    invalid_documents: Vec<InvalidDocument>,
+}
+
+async fn rules(State(state): State<Arc<AppState>>) -> Response {
+    let live = match state.eval.snapshot().await {
+        Ok(live) => live,
+        Err(error) => return (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
+    };
+    let rules = state
+        .rules
+        .iter()
+        .map(|status| RuleView {
+            status: status.clone(),
+            live: live.iter().find(|s| s.rule == status.rule).cloned(),
+        })
+        .collect();
+    Json(RulesResponse {
+        rules,
+        invalid_documents: state.invalid_documents.clone(),
+    })
+    .into_response()
+}
+
+#[derive(Serialize)]
+struct DecisionsResponse {
+    decisions: Vec<Decision>,
+}
+
+async fn decisions(State(state): State<Arc<AppState>>) -> Json<DecisionsResponse> {
+    Json(DecisionsResponse {
+        decisions: state.decisions.snapshot(),
+    })
+}

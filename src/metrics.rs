@@ -1,0 +1,134 @@
+//! Prophet's own metrics, served at `/metrics`: one prometheus-client registry, created at
+//! start and shared by every stage. Metrics are updated once per request or per batch,
+//! never per sample in a loop.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub version: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SampleLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub kind: &'static str,
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Every metric Prophet exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Remote-write requests by protocol version and HTTP status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Samples by fate: accepted (kept by a rule), unmatched (no rule needs the series),
+    /// rejected (in a refused request, out of order, or over a series limit).
+    pub samples: Family<SampleLabels, Counter>,
+    /// Series tracked in windows.
+    pub series_active: Gauge,
+    /// Series refused because their rule reached its series limit.
+    pub series_over_limit: Family<RuleLabels, Counter>,
+    pub verdicts: Family<VerdictLabels, Counter>,
+    /// Seconds from the arrival of the request carrying a sample to the verdict it caused.
+    pub verdict_latency: Histogram,
+    /// Rules by state (active, invalid, unsupported).
+    pub rules: Family<RuleStateLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleStateLabels {
+    pub state: &'static str,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("prophet");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "remote_write_requests",
+            "Remote-write requests by protocol version and HTTP status code",
+            requests.clone(),
+        );
+        let samples = Family::<SampleLabels, Counter>::default();
+        registry.register(
+            "remote_write_samples",
+            "Remote-write samples by result: accepted, unmatched or rejected",
+            samples.clone(),
+        );
+        let series_active = Gauge::default();
+        registry.register(
+            "series_active",
+            "Series currently held in rule windows",
+            series_active.clone(),
+        );
+        let series_over_limit = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "series_over_limit",
+            "Series refused because their rule reached its series limit",
+            series_over_limit.clone(),
+        );
+        let verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "rule_verdicts",
+            "Verdict changes by rule kind and verdict",
+            verdicts.clone(),
+        );
+        let verdict_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        registry.register(
+            "verdict_latency_seconds",
+            "Time from the arrival of a remote-write request to the verdict it caused",
+            verdict_latency.clone(),
+        );
+        let rules = Family::<RuleStateLabels, Gauge>::default();
+        registry.register("rules", "Loaded rules by state", rules.clone());
+        Self {
+            registry,
+            requests,
+            samples,
+            series_active,
+            series_over_limit,
+            verdicts,
+            verdict_latency,
+            rules,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn count_samples(&self, result: &'static str, n: usize) {
+        if n > 0 {
+            self.samples
+                .get_or_create(&SampleLabels { result })
+                .inc_by(n as u64);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,108 @@
+//! Reconcile: turns verdicts into decisions. For each verdict, at most one action, guarded
+//! by the rule's cooldown (per target, in event time so a replay decides the same) and
+//! `requireApproval`, then hands it to the actuator. The cluster controllers that also
+//! write CR status and Events will live here; standalone mode uses [`Decider`] directly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::actuate::{Actuator, Decision, Outcome, action_name};
+use crate::eval::{Change, Verdict};
+use crate::rules::compile::ActionPlan;
+use crate::rules::load::RuleKey;
+
+/// Decides, per verdict, what to do under each rule's action plan.
+pub struct Decider {
+    plans: HashMap<RuleKey, ActionPlan>,
+    /// Event time of the last action per (rule, target); the target is the pod, or the
+    /// series for alerts on series without a pod.
+    last_acted: HashMap<(RuleKey, String), i64>,
+    dry_run: bool,
+}
+
+impl Decider {
+    pub fn new(plans: HashMap<RuleKey, ActionPlan>, dry_run: bool) -> Self {
+        Self {
+            plans,
+            last_acted: HashMap::new(),
+            dry_run,
+        }
+    }
+
+    /// The decision for one verdict; `None` for a rule without a plan (removed meanwhile).
+    pub fn decide(&mut self, verdict: &Verdict) -> Option<Decision> {
+        let plan = self.plans.get(&verdict.rule)?;
+        let action = action_name(plan.action);
+        if verdict.change == Change::Cleared {
+            return Some(Decision::new(
+                verdict,
+                "resolve",
+                Outcome::Resolved,
+                verdict.reason.clone(),
+                self.dry_run,
+            ));
+        }
+        let needs_pod = plan.action == crate::rules::crd::RemediationType::Restart;
+        if needs_pod && verdict.targets.is_empty() {
+            let why = verdict.untargeted.clone().unwrap_or_default();
+            return Some(Decision::new(
+                verdict,
+                action,
+                Outcome::NoTarget,
+                format!("{}; {why}", verdict.reason),
+                self.dry_run,
+            ));
+        }
+        let target = verdict
+            .targets
+            .first()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .unwrap_or_else(|| verdict.series.to_string());
+        let key = (verdict.rule.clone(), target);
+        if let Some(&last) = self.last_acted.get(&key)
+            && verdict.sample_time_ms - last < plan.cooldown_ms
+        {
+            let left = (plan.cooldown_ms - (verdict.sample_time_ms - last)) / 1000;
+            return Some(Decision::new(
+                verdict,
+                action,
+                Outcome::Cooldown,
+                format!("{}; in cooldown for another {left}s", verdict.reason),
+                self.dry_run,
+            ));
+        }
+        if plan.require_approval {
+            return Some(Decision::new(
+                verdict,
+                action,
+                Outcome::AwaitingApproval,
+                format!("{}; requireApproval holds the action", verdict.reason),
+                self.dry_run,
+            ));
+        }
+        self.last_acted.insert(key, verdict.sample_time_ms);
+        Some(Decision::new(
+            verdict,
+            action,
+            Outcome::Act,
+            verdict.reason.clone(),
+            self.dry_run,
+        ))
+    }
+}
+
+/// Standalone reconcile loop: decide each verdict and hand it to the actuator, until the
+/// verdict channel closes (evaluator stopped).
+pub async fn run(
+    mut verdicts: mpsc::UnboundedReceiver<Verdict>,
+    mut decider: Decider,
+    actuator: Arc<dyn Actuator>,
+) {
+    while let Some(verdict) = verdicts.recv().await {
+        if let Some(decision) = decider.decide(&verdict) {
+            actuator.act(decision);
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Compiling a loaded rule into what the pipeline runs: the selectors the router indexes,
+//! the window each input needs, the detector eval runs, and the scope and action plan
+//! reconcile applies. A rule that cannot be compiled is reported with a reason naming the
+//! offending field; it never affects the other rules.
+
+use std::collections::BTreeMap;
+
+use promql_parser::parser::{self, Expr};
+
+use super::crd::{AnomalyAction, MetricSource, RemediationType};
+use super::duration::parse_duration;
+use super::load::{Rule, RuleKey};
+use super::quantity::Threshold;
+use crate::route::Selector;
+
+/// Prometheus's lookback: a series with no sample for this long has no current value.
+pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
+
+/// Options that widen what rules may do; the defaults are the safe ones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompileOptions {
+    /// Let a rule act on pods outside its own namespace (`target.namespace`).
+    pub allow_cross_namespace: bool,
+}
+
+/// Why a rule is not evaluated.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CompileError {
+    /// The rule is wrong: the user must change it.
+    #[error("{0}")]
+    Invalid(String),
+    /// The rule is fine but asks for something this version does not evaluate yet.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// One series source of a rule.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub selector: Selector,
+    /// How much history each series' window keeps (0: the newest sample only).
+    pub retention_ms: i64,
+}
+
+/// A threshold on each series' current value, held for `for_ms` before it trips.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThresholdSpec {
+    pub threshold: Threshold,
+    pub for_ms: i64,
+}
+
+/// The detector a rule runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DetectorSpec {
+    Threshold(ThresholdSpec),
+}
+
+/// Where a rule may act: pods in `namespace` whose labels fit `pod_selector`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scope {
+    pub namespace: String,
+    pub pod_selector: BTreeMap<String, String>,
+}
+
+/// What reconcile does when the rule trips.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionPlan {
+    pub action: RemediationType,
+    pub require_approval: bool,
+    pub cooldown_ms: i64,
+    pub replicas: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+}
+
+/// A rule ready to run.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    pub key: RuleKey,
+    pub inputs: Vec<InputSpec>,
+    pub detector: DetectorSpec,
+    pub scope: Scope,
+    pub plan: ActionPlan,
+    /// The rule's expression and condition as the user wrote them, for display.
+    pub summary: String,
+}
+
+/// Compiles one rule.
+pub fn compile(rule: &Rule, options: CompileOptions) -> Result<CompiledRule, CompileError> {
+    match rule {
+        Rule::AnomalyAction(rule) => compile_anomaly_action(rule, options),
+        Rule::PredictiveScale(_) => Err(CompileError::Unsupported(
+            "PredictiveScale rules load, but forecasting is not evaluated by this version yet"
+                .into(),
+        )),
+        Rule::SloViolation(slo) => match &slo.spec.sli {
+            None => Err(CompileError::Invalid(
+                "spec.sli is required: a ratio SLI (errors and total counter selectors) or a latency SLI (histogram _bucket selector and le)".into(),
+            )),
+            Some(_) => Err(CompileError::Unsupported(
+                "SLOViolation rules load, but burn rates are not evaluated by this version yet"
+                    .into(),
+            )),
+        },
+    }
+}
+
+fn compile_anomaly_action(
+    rule: &AnomalyAction,
+    options: CompileOptions,
+) -> Result<CompiledRule, CompileError> {
+    let spec = &rule.spec;
+    let key = Rule::AnomalyAction(rule.clone()).key();
+    match spec.source {
+        MetricSource::Prometheus => {}
+        MetricSource::GrafanaMl | MetricSource::Otel => {
+            let name = serde_json::to_value(spec.source)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(CompileError::Invalid(format!(
+                "spec.source {name:?} is not available: only \"prometheus\" (the remote-write stream) is built"
+            )));
+        }
+    }
+    let selector = parse_selector(&spec.metric)?;
+    let Some(threshold) = &spec.threshold else {
+        return Err(CompileError::Unsupported(
+            "spec.threshold is required: anomaly detection without a threshold is not evaluated by this version yet".into(),
+        ));
+    };
+    let threshold = Threshold::parse(threshold)
+        .map_err(|e| CompileError::Invalid(format!("spec.threshold: {e}")))?;
+    let for_ms = match &spec.for_ {
+        None => 0,
+        Some(text) => {
+            let duration = parse_duration(text)
+                .map_err(|e| CompileError::Invalid(format!("spec.for: {e}")))?;
+            i64::try_from(duration.as_millis())
+                .map_err(|_| CompileError::Invalid(format!("spec.for: {text:?} is too long")))?
+        }
+    };
+    let namespace = key.namespace.clone();
+    let target_namespace = spec
+        .target
+        .as_ref()
+        .and_then(|t| t.namespace.clone())
+        .unwrap_or_else(|| namespace.clone());
+    if target_namespace != namespace && !options.allow_cross_namespace {
+        return Err(CompileError::Invalid(format!(
+            "spec.target.namespace {target_namespace:?} is outside the rule's namespace {namespace:?}; rules act only in their own namespace unless Prophet runs with --allow-cross-namespace"
+        )));
+    }
+    let remediation = &spec.remediation;
+    let cooldown_ms = i64::try_from(remediation.cooldown_seconds.saturating_mul(1000))
+        .map_err(|_| CompileError::Invalid("spec.remediation.cooldownSeconds is too large".into()))?;
+    Ok(CompiledRule {
+        summary: format!("{} {threshold}", spec.metric.trim()),
+        key,
+        inputs: vec![InputSpec {
+            selector,
+            retention_ms: 0,
+        }],
+        detector: DetectorSpec::Threshold(ThresholdSpec { threshold, for_ms }),
+        scope: Scope {
+            namespace: target_namespace,
+            pod_selector: remediation.pod_selector.clone(),
+        },
+        plan: ActionPlan {
+            action: remediation.type_,
+            require_approval: remediation.require_approval,
+            cooldown_ms,
+            replicas: remediation.replicas,
+            webhook_url: spec.webhook_url.clone().filter(|u| !u.is_empty()),
+        },
+    })
+}
+
+/// Parses `metric` with promql-parser; this version evaluates plain instant selectors.
+fn parse_selector(metric: &str) -> Result<Selector, CompileError> {
+    let expr = parser::parse(metric)
+        .map_err(|e| CompileError::Invalid(format!("spec.metric {metric:?} is not valid PromQL: {e}")))?;
+    match expr {
+        Expr::VectorSelector(selector) if selector.offset.is_none() && selector.at.is_none() => {
+            Ok(Selector::from_promql(&selector))
+        }
+        Expr::VectorSelector(_) => Err(CompileError::Unsupported(format!(
+            "spec.metric {metric:?}: offset and @ modifiers are not evaluated on a live stream"
+        ))),
+        other => Err(CompileError::Unsupported(format!(
+            "spec.metric {metric:?}: only instant selectors such as `metric{{label=\"value\"}}` are evaluated by this version; {} expressions are not yet",
+            expr_kind(&other)
+        ))),
+    }
+}
+
+fn expr_kind(expr: &Expr) -> &'static str {
+    match expr {
+        Expr::Aggregate(_) => "aggregation",
+        Expr::Unary(_) => "unary",
+        Expr::Binary(_) => "binary operator",
+        Expr::Paren(_) => "parenthesised",
+        Expr::Subquery(_) => "subquery",
+        Expr::NumberLiteral(_) => "number literal",
+        Expr::StringLiteral(_) => "string literal",
+        Expr::VectorSelector(_) => "vector selector",
+        Expr::MatrixSelector(_) => "range selector",
+        Expr::Call(_) => "function call",
+        Expr::Extension(_) => "extension",
+    }
+}
