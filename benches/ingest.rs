@@ -1,1 +1,147 @@
-fn main() {}
+//! Ingest throughput, in samples per second (`Throughput::Elements`).
+//!
+//! - `captures`: snappy + zero-copy decode of every real Prometheus 2.42 capture in
+//!   `../shared/testdata`, beside prost's full decode of the same bodies as the baseline.
+//! - `pipeline/{v1,v2}/{10pct,all}`: a synthetic 2000-series Kubernetes-shaped request,
+//!   snappy + decode + route (`route`), and the same plus window insert and threshold
+//!   evaluation (`route+window`), with 10% of series or all of them matching rules.
+//!
+//! Run: `cargo bench --bench ingest`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use prophet::eval::Evaluator;
+use prophet::ingest::{self, Limits, Protocol};
+use prophet::route::{Batch, Router};
+use prophet::rules::compile::{CompileOptions, CompiledRule, compile};
+use prophet::rules::load::parse_documents;
+use prophet::synth;
+use prost::Message;
+
+const NOW_MS: i64 = 4_102_444_800_000;
+const SERIES: usize = 2000;
+const REQUESTS: usize = 50;
+
+fn captures(c: &mut Criterion) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/testdata/remote-write/prometheus-2.42");
+    let mut bodies = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("the shared captures") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "bin") {
+            bodies.push(std::fs::read(path).unwrap());
+        }
+    }
+    bodies.sort();
+    let mut buffer = Vec::new();
+    let samples: usize = bodies
+        .iter()
+        .map(|b| {
+            ingest::decompress(b, 32 << 20, &mut buffer).unwrap();
+            ingest::decode(Protocol::V1, &buffer, &Limits::default(), NOW_MS, |_| Ok(()))
+                .unwrap()
+                .samples
+        })
+        .sum();
+    let mut group = c.benchmark_group("captures");
+    group.throughput(Throughput::Elements(samples as u64));
+    group.bench_function("prophet-decode", |b| {
+        b.iter(|| {
+            for body in &bodies {
+                ingest::decompress(body, 32 << 20, &mut buffer).unwrap();
+                ingest::decode(Protocol::V1, &buffer, &Limits::default(), NOW_MS, |_| Ok(()))
+                    .unwrap();
+            }
+        })
+    });
+    group.bench_function("prost-decode-baseline", |b| {
+        b.iter(|| {
+            for body in &bodies {
+                ingest::decompress(body, 32 << 20, &mut buffer).unwrap();
+                prophet::proto::v1::WriteRequest::decode(buffer.as_slice()).unwrap();
+            }
+        })
+    });
+    group.finish();
+}
+
+/// Threshold rules on `metrics` (indices into `synth::METRICS`), loaded the way users
+/// write them.
+fn rules(metrics: impl Iterator<Item = usize>) -> Vec<CompiledRule> {
+    let yaml: String = metrics
+        .map(|m| {
+            format!(
+                "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: r{m}, namespace: shop}}\nspec:\n  metric: {}{{namespace=\"shop\"}}\n  threshold: \"> 1e12\"\n  remediation: {{type: alert}}\n---\n",
+                synth::METRICS[m]
+            )
+        })
+        .collect();
+    let (loaded, invalid) = parse_documents(&yaml, std::path::Path::new("bench"));
+    assert!(invalid.is_empty());
+    loaded
+        .iter()
+        .map(|r| compile(r, CompileOptions::default()).unwrap())
+        .collect()
+}
+
+fn pipeline(c: &mut Criterion) {
+    let t0 = 1_700_000_000_000;
+    for (version, protocol) in [("v1", Protocol::V1), ("v2", Protocol::V2)] {
+        let bodies: Vec<Vec<u8>> = (0..REQUESTS)
+            .map(|k| {
+                let ts = t0 + k as i64 * 15_000;
+                synth::compress(&match protocol {
+                    Protocol::V1 => synth::request_v1(SERIES, ts),
+                    Protocol::V2 => synth::request_v2(SERIES, ts),
+                })
+            })
+            .collect();
+        // 2 of the 20 metric families: 10% of the series.
+        for (matching, rule_set) in [
+            ("10pct", rules([1, 16].into_iter())),
+            ("all", rules(0..synth::METRICS.len())),
+        ] {
+            let mut group = c.benchmark_group(format!("pipeline/{version}/{matching}"));
+            group.throughput(Throughput::Elements((SERIES * REQUESTS) as u64));
+            let evaluator = Evaluator::new(rule_set.clone(), 10_000);
+            let router = evaluator.router(7);
+            let mut buffer = Vec::new();
+            group.bench_function("route", |b| {
+                b.iter(|| {
+                    for body in &bodies {
+                        route(protocol, body, &router, &mut buffer);
+                    }
+                })
+            });
+            group.bench_function("route+window", |b| {
+                b.iter_batched(
+                    || Evaluator::new(rule_set.clone(), 10_000),
+                    |mut evaluator| {
+                        for body in &bodies {
+                            let batch = route(protocol, body, &router, &mut buffer);
+                            evaluator.apply(&batch);
+                        }
+                        evaluator
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+            group.finish();
+        }
+    }
+}
+
+fn route(protocol: Protocol, body: &[u8], router: &Router, buffer: &mut Vec<u8>) -> Batch {
+    ingest::decompress(body, 32 << 20, buffer).unwrap();
+    let mut batch = Batch::new(Instant::now());
+    ingest::decode(protocol, buffer, &Limits::default(), NOW_MS, |s| {
+        router.route(s, &mut batch)
+    })
+    .unwrap();
+    batch
+}
+
+criterion_group!(benches, captures, pipeline);
+criterion_main!(benches);

@@ -170,11 +170,18 @@ fn ingest_body(
 
 async fn write(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> WriteResponse {
     let arrived = Instant::now();
-    let negotiated = header(&headers, CONTENT_TYPE).and_then(|content_type| {
+    let content_type = header(&headers, CONTENT_TYPE);
+    let negotiated = content_type.clone().and_then(|content_type| {
         ingest::negotiate(content_type, header(&headers, CONTENT_ENCODING)?)
     });
     let response = match negotiated {
-        Err(error) => refuse(None, error),
+        // A 2.0 sender refused for its encoding still gets the 2.0 headers.
+        Err(error) => refuse(
+            content_type
+                .ok()
+                .and_then(|ct| ingest::negotiate(ct, None).ok()),
+            error,
+        ),
         Ok(protocol) => match ingest_body(&state, protocol, &body, arrived) {
             Err(error) => refuse(Some(protocol), error),
             Ok((stats, batch)) => commit(&state, protocol, stats, batch).await,

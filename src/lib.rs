@@ -15,21 +15,23 @@
 //! - [`labels`]: the canonical label set shared by every stage after ingest.
 //! - [`metrics`], [`telemetry`]: Prophet's own `/metrics` and logging.
 //! - [`proto`]: prost types generated from `proto/`.
+//! - [`synth`]: synthetic Kubernetes-shaped requests for benchmarks and load runs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-// pub mod actuate; (waits for rules::load)
-// pub mod eval; (waits for rules::load)
-// pub mod http; (waits for rules::load)
+pub mod actuate;
+pub mod eval;
+pub mod http;
 pub mod ingest;
 pub mod labels;
 pub mod metrics;
 pub mod proto;
-// pub mod reconcile; (waits for rules::load)
+pub mod reconcile;
 pub mod route;
 pub mod rules;
-// pub mod standalone; (waits for rules::load)
+pub mod standalone;
+pub mod synth;
 pub mod telemetry;
 pub mod window;
 
@@ -37,8 +39,11 @@ pub mod window;
 /// answered or reported where they arise.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read rules from {dir}")]
-    Rules { dir: PathBuf },
+    #[error("cannot read rules from {dir}: {source}")]
+    Rules {
+        dir: PathBuf,
+        source: rules::load::LoadError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

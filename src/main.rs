@@ -1,1 +1,139 @@
-fn main() {}
+//! The `prophet` binary: parses the command line and wires the library's stages.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use prophet::ingest::Limits;
+use prophet::rules::compile::CompileOptions;
+use prophet::standalone::{self, PipelineConfig, RunConfig};
+
+/// Prophet evaluates SRE rules on the Prometheus remote-write stream.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Standalone mode (the default): rules from a folder, decisions recorded, nothing acted on.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions, or write them into a folder.
+    Crds {
+        /// Write one file per kind into this folder instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Parser, Debug)]
+struct RunArgs {
+    /// Folder of rule YAML files (every document of every *.yaml / *.yml file).
+    #[arg(long, default_value = "rules", env = "PROPHET_RULES")]
+    rules: PathBuf,
+    /// Address for remote-write, /metrics, /healthz, /readyz and the JSON endpoints.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "PROPHET_LISTEN")]
+    listen: SocketAddr,
+    /// Largest decoded remote-write body, in bytes; larger ones are refused (413)
+    /// before anything of that size is allocated.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_decoded_bytes: usize,
+    /// Most series a rule keeps; samples of further series are dropped and counted.
+    #[arg(long, default_value_t = 10_000)]
+    series_limit: usize,
+    /// Let rules act outside their own namespace.
+    #[arg(long)]
+    allow_cross_namespace: bool,
+    /// Batches queued for the evaluator before remote-write answers 503.
+    #[arg(long, default_value_t = 256)]
+    eval_queue: usize,
+    /// Decisions kept for GET /api/v1/decisions.
+    #[arg(long, default_value_t = 10_000)]
+    decisions_kept: usize,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        // Parsing no arguments yields the documented defaults.
+        RunArgs::parse_from(["run"])
+    }
+}
+
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    prophet::telemetry::init();
+    let result = match cli.command.unwrap_or_else(|| Command::Run(RunArgs::default())) {
+        Command::Crds { out } => crds(out),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(kind = error.metric_label(), "{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn crds(out: Option<PathBuf>) -> prophet::Result<()> {
+    match out {
+        Some(dir) => prophet::rules::crd::write_crds(&dir).map_err(prophet::Error::Crds),
+        None => {
+            for crd in prophet::rules::crd::crds() {
+                print!("{}", prophet::rules::crd::render_crd_yaml(&crd));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn run(args: RunArgs) -> prophet::Result<()> {
+    let config = RunConfig {
+        rules_dir: args.rules,
+        listen: args.listen,
+        pipeline: PipelineConfig {
+            limits: Limits {
+                max_decoded_bytes: args.max_decoded_bytes,
+                ..Limits::default()
+            },
+            series_limit: args.series_limit,
+            compile: CompileOptions {
+                allow_cross_namespace: args.allow_cross_namespace,
+            },
+            eval_queue: args.eval_queue,
+            decisions_kept: args.decisions_kept,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(prophet::Error::Serve)?;
+    runtime.block_on(standalone::run(config, shutdown_signal()))
+}
+
+/// Resolves on SIGINT or SIGTERM (what Kubernetes sends before killing a pod).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: draining accepted samples");
+}

@@ -2,7 +2,7 @@
 //! is the one-line reason the sender sees in the response body and Prophet logs.
 
 /// A remote-write request that Prophet refuses, as a whole.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum IngestError {
     #[error("unsupported media type {0:?}: expected application/x-protobuf (remote-write 1.0 or 2.0)")]
     UnsupportedMediaType(String),

@@ -1,0 +1,187 @@
+//! Shared test helpers: an in-process Prophet (the real pipeline and HTTP router, driven
+//! with `tower::ServiceExt::oneshot`) and remote-write request builders from prost types.
+#![allow(dead_code)]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use prophet::proto::{v1, v2};
+use prophet::rules::load::parse_documents;
+use prophet::standalone::{Pipeline, PipelineConfig};
+use prost::Message;
+use tower::ServiceExt;
+
+pub const V1: &str = "application/x-protobuf";
+pub const V2: &str = "application/x-protobuf;proto=io.prometheus.write.v2.Request";
+
+/// An in-process Prophet on the given rule YAML.
+pub struct App {
+    pub pipeline: Pipeline,
+    pub router: axum::Router,
+}
+
+pub fn start(rules_yaml: &str) -> App {
+    start_with(rules_yaml, PipelineConfig::default())
+}
+
+pub fn start_with(rules_yaml: &str, config: PipelineConfig) -> App {
+    let (rules, invalid) = parse_documents(rules_yaml, std::path::Path::new("test"));
+    let report = prophet::rules::load::LoadReport { rules, invalid };
+    let pipeline = Pipeline::start(&report, &config).expect("pipeline starts");
+    let router = prophet::http::router(pipeline.state.clone());
+    App { pipeline, router }
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl App {
+    pub async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// POSTs a body to /api/v1/write with the given Content-Type (None: no header).
+    pub async fn write(&self, content_type: Option<&str>, body: Vec<u8>) -> Answer {
+        let mut request = Request::post("/api/v1/write").header("content-encoding", "snappy");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        self.send(request.body(Body::from(body)).unwrap()).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let answer = self
+            .send(Request::get(path).body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+        serde_json::from_str(&answer.body).unwrap()
+    }
+
+    /// Decisions are made by the reconcile task after the evaluator acknowledged the
+    /// batch; this waits (bounded) until at least `n` are recorded, then returns them all.
+    pub async fn wait_decisions(&self, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..200 {
+            let decisions = self.decisions().await;
+            if decisions.len() >= n {
+                return decisions;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.decisions().await
+    }
+
+    pub async fn decisions(&self) -> Vec<serde_json::Value> {
+        self.get_json("/api/v1/decisions").await["decisions"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The live view of one rule from /api/v1/rules.
+    pub async fn rule(&self, name: &str) -> serde_json::Value {
+        let rules = self.get_json("/api/v1/rules").await;
+        rules["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"]["name"] == name)
+            .unwrap_or_else(|| panic!("rule {name} in {rules}"))
+            .clone()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.send(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .body
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A 1.0 series from label pairs and (timestamp, value) samples.
+pub fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> v1::TimeSeries {
+    v1::TimeSeries {
+        labels: labels
+            .iter()
+            .map(|(n, v)| v1::Label {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        samples: samples
+            .iter()
+            .map(|&(timestamp, value)| v1::Sample { value, timestamp })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A snappy-compressed 1.0 request.
+pub fn v1_body(timeseries: Vec<v1::TimeSeries>) -> Vec<u8> {
+    snappy(&v1::WriteRequest {
+        timeseries,
+        metadata: Vec::new(),
+    }
+    .encode_to_vec())
+}
+
+/// A snappy-compressed 2.0 request from label pairs and samples, with a fresh symbol table.
+pub fn v2_body(series: &[(&[(&str, &str)], &[(i64, f64)])]) -> Vec<u8> {
+    let mut symbols = vec![String::new()];
+    let refs = |s: &str, symbols: &mut Vec<String>| -> u32 {
+        if let Some(i) = symbols.iter().position(|x| x == s) {
+            return i as u32;
+        }
+        symbols.push(s.to_owned());
+        symbols.len() as u32 - 1
+    };
+    let timeseries = series
+        .iter()
+        .map(|(labels, samples)| v2::TimeSeries {
+            labels_refs: labels
+                .iter()
+                .flat_map(|(n, v)| [refs(n, &mut symbols), refs(v, &mut symbols)])
+                .collect(),
+            samples: samples
+                .iter()
+                .map(|&(timestamp, value)| v2::Sample {
+                    value,
+                    timestamp,
+                    start_timestamp: 0,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    snappy(&v2::Request { symbols, timeseries }.encode_to_vec())
+}
+
+pub fn snappy(bytes: &[u8]) -> Vec<u8> {
+    snap::raw::Encoder::new().compress_vec(bytes).unwrap()
+}
+
+/// One AnomalyAction threshold rule.
+pub fn threshold_rule(name: &str, metric: &str, threshold: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  metric: '{metric}'\n  threshold: '{threshold}'\n  remediation: {{type: restart, cooldownSeconds: 300}}\n{extra}---\n"
+    )
+}
