@@ -1,0 +1,198 @@
+//! End to end with real components: Debian's Prometheus scrapes itself and remote-writes
+//! to the real `prophet` binary in standalone mode; a threshold rule on that data must
+//! trip, and the decision must name the series' labels and value.
+//!
+//! Needs `/usr/bin/prometheus` (`apt-get install prometheus`; `.ci/run` installs it).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Kills the child process when dropped, whatever happened in the test.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `prophet run` on a free port; returns it and the address it reports.
+fn start_prophet(rules: &Path) -> (Running, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prophet"))
+        .args(["run", "--rules"])
+        .arg(rules)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prophet starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("prophet: {line}");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("prophet reports its listening address within 30 s");
+    (Running(child), addr)
+}
+
+fn start_prometheus(dir: &Path, prophet: &str) -> Running {
+    let binary = Path::new("/usr/bin/prometheus");
+    assert!(
+        binary.exists(),
+        "Debian's prometheus is required: apt-get install prometheus"
+    );
+    let port = free_port();
+    let config = format!(
+        r#"
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: prometheus
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+        labels: {{namespace: default, pod: prometheus-0}}
+remote_write:
+  - url: http://{prophet}/api/v1/write
+    queue_config: {{batch_send_deadline: 1s, min_backoff: 100ms, max_backoff: 1s}}
+"#
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let child = Command::new(binary)
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    Running(child)
+}
+
+fn get_json(client: &reqwest::Client, url: &str) -> impl Future<Output = Option<serde_json::Value>> {
+    let request = client.get(url).timeout(Duration::from_secs(5)).send();
+    async move { request.await.ok()?.json().await.ok() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_trips_a_threshold_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("e2e.yaml"),
+        r#"
+apiVersion: aiops.prophet.io/v1alpha1
+kind: AnomalyAction
+metadata: {name: prometheus-up, namespace: default}
+spec:
+  metric: up{job="prometheus"}
+  threshold: "== 1"
+  for: 2s
+  remediation: {type: restart, podSelector: {app: prometheus}, cooldownSeconds: 300}
+---
+apiVersion: aiops.prophet.io/v1alpha1
+kind: AnomalyAction
+metadata: {name: never-loaded, namespace: default}
+spec:
+  metric: up
+  threshold: "=> 1"
+  remediation: {type: alert}
+"#,
+    )
+    .unwrap();
+    let (_prophet, addr) = start_prophet(&rules);
+    let _prometheus = start_prometheus(dir.path(), &addr);
+    let client = reqwest::Client::new();
+
+    let rules_view = get_json(&client, &format!("http://{addr}/api/v1/rules"))
+        .await
+        .expect("rules endpoint");
+    let invalid = rules_view["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"]["name"] == "never-loaded")
+        .unwrap();
+    assert_eq!(invalid["state"], "invalid", "{rules_view}");
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let decision = loop {
+        let decisions = get_json(&client, &format!("http://{addr}/api/v1/decisions")).await;
+        let found = decisions.as_ref().and_then(|d| {
+            d["decisions"]
+                .as_array()?
+                .iter()
+                .find(|d| d["rule"]["name"] == "prometheus-up")
+                .cloned()
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no decision within 90 s; last answer: {decisions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(decision["verdict"], "tripped", "{decision}");
+    assert_eq!(decision["action"], "restart");
+    assert_eq!(decision["outcome"], "act");
+    assert_eq!(decision["dryRun"], true);
+    assert_eq!(decision["value"], "1");
+    let series = &decision["series"];
+    assert_eq!(series["__name__"], "up");
+    assert_eq!(series["job"], "prometheus");
+    assert_eq!(series["pod"], "prometheus-0");
+    assert!(
+        series["instance"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{series}"
+    );
+    assert_eq!(
+        decision["targets"],
+        serde_json::json!([{"namespace": "default", "name": "prometheus-0"}])
+    );
+    let sample_ms = decision["sampleTimeMs"].as_i64().unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!((now_ms - sample_ms).abs() < 120_000, "sample time is the scrape's");
+    assert!(decision["reason"].as_str().unwrap().contains("== 1"));
+
+    let metrics = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"prophet_remote_write_requests_total{version="1.0",code="204"}"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"code="400""#),
+        "Prometheus's own requests must all be accepted:\n{metrics}"
+    );
+}
