@@ -13,8 +13,10 @@ pub fn decompress(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), In
     if body.starts_with(FRAMED_STREAM_MAGIC) {
         return Err(IngestError::FramedSnappy);
     }
-    let declared =
-        snap::raw::decompress_len(body).map_err(|e| IngestError::Snappy(e.to_string()))?;
+    // The header is read here rather than by `snap::raw::decompress_len`, so that any
+    // declared size above the limit, even beyond snappy's own 4 GiB cap, is answered the
+    // same way.
+    let declared = declared_len(body)?;
     if declared > limit {
         return Err(IngestError::TooLarge { declared, limit });
     }
@@ -25,6 +27,20 @@ pub fn decompress(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), In
         .map_err(|e| IngestError::Snappy(e.to_string()))?;
     out.truncate(written);
     Ok(())
+}
+
+/// The decoded length a snappy block declares: its leading varint.
+fn declared_len(body: &[u8]) -> Result<usize, IngestError> {
+    let mut declared: u64 = 0;
+    for (i, &byte) in body.iter().take(10).enumerate() {
+        declared |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return Ok(usize::try_from(declared).unwrap_or(usize::MAX));
+        }
+    }
+    Err(IngestError::Snappy(
+        "missing or overlong length header".into(),
+    ))
 }
 
 #[cfg(test)]
