@@ -33,6 +33,9 @@ pub const GENERATED_HEADER: &str = "# Generated from src/rules/crd.rs by tests/c
 // ---------------------------------------------------------------------------------------
 
 /// Watches one metric and remediates the workload whose series misbehaves.
+// Each `printcolumn(...)` repeats keys such as `type_ = "string"`, which clippy takes for
+// a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "aiops.prophet.io",
@@ -44,7 +47,7 @@ pub const GENERATED_HEADER: &str = "# Generated from src/rules/crd.rs by tests/c
     derive = "PartialEq",
     shortname = "aa",
     category = "prophet",
-    doc = "An AnomalyAction watches a metric from the Prometheus remote-write stream and, when a series crosses its threshold (or, without a threshold, strays from its own recent behaviour), remediates the workload that series belongs to: restart, scale or alert.",
+    doc = "An AnomalyAction watches a metric from the Prometheus remote-write stream and, when a series crosses its threshold, remediates the workload that series belongs to: restart, scale or alert.",
     printcolumn(
         name = "Phase",
         type_ = "string",
@@ -85,7 +88,8 @@ pub const GENERATED_HEADER: &str = "# Generated from src/rules/crd.rs by tests/c
 pub struct AnomalyActionSpec {
     /// Where the metric comes from. `prometheus` (the default) means series received on
     /// Prophet's remote-write endpoint; `grafana-ml` and `otel` name series produced by
-    /// Grafana Machine Learning or an OpenTelemetry pipeline and forwarded the same way.
+    /// Grafana Machine Learning or an OpenTelemetry pipeline. Only `prometheus` is
+    /// evaluated by this version; rules with another source are reported invalid.
     #[serde(default)]
     pub source: MetricSource,
 
@@ -96,8 +100,8 @@ pub struct AnomalyActionSpec {
 
     /// Comparison that trips the rule: an operator (`>`, `>=`, `<`, `<=`, `==`, `!=`)
     /// followed by a Kubernetes quantity, for example `> 1Gi`, `<= 0.5` or `> 500m`.
-    /// When omitted, each series is compared with its own recent behaviour instead
-    /// (anomaly detection) rather than with a fixed value.
+    /// Omitting it is reserved for comparing each series with its own recent behaviour
+    /// (anomaly detection), which this version does not evaluate yet: set a threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<String>,
 
@@ -306,6 +310,9 @@ pub enum AnomalyPhase {
 // ---------------------------------------------------------------------------------------
 
 /// Forecasts a metric and resizes a node pool ahead of the change.
+// Each `printcolumn(...)` repeats keys such as `type_ = "string"`, which clippy takes for
+// a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "aiops.prophet.io",
@@ -369,9 +376,9 @@ pub enum AnomalyPhase {
 #[serde(rename_all = "camelCase")]
 pub struct PredictiveScaleSpec {
     /// The PromQL expression to forecast, for example
-    /// `sum(rate(container_cpu_usage_seconds_total[5m]))`. A Grafana ML style wrapper
-    /// `ml_forecast(<expr>, <horizon>)` is also accepted; the inner expression is what is
-    /// forecast.
+    /// `sum(rate(container_cpu_usage_seconds_total[5m]))`. The Grafana ML style
+    /// `ml_forecast(<expr>, <horizon>)` seen in older examples means the same: forecast
+    /// `<expr>`.
     pub forecast_query: String,
 
     /// The node pool whose capacity is changed (a Karpenter NodePool).
@@ -485,6 +492,9 @@ pub enum PredictiveScalePhase {
 // ---------------------------------------------------------------------------------------
 
 /// Tracks a service level objective's error budget and acts before it runs out.
+// Each `printcolumn(...)` repeats keys such as `type_ = "string"`, which clippy takes for
+// a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "aiops.prophet.io",

@@ -138,7 +138,7 @@ pub fn format_duration(duration: Duration) -> String {
         let length = u128::from(length);
         // Prometheus writes "90d" rather than "12w6d": years and weeks only when exact.
         let exact_only = matches!(unit, "y" | "w");
-        if exact_only && remaining % length != 0 {
+        if exact_only && !remaining.is_multiple_of(length) {
             continue;
         }
         let count = remaining / length;

@@ -308,7 +308,7 @@ impl RuleCollector {
                         None => {
                             self.loaded_from
                                 .insert(key, (file.to_owned(), document.index));
-                            self.rules.push(rule);
+                            self.rules.push(*rule);
                             continue;
                         }
                         Some((first_file, first_index)) => Rejection {
@@ -416,7 +416,8 @@ fn has_content(yaml: &str) -> bool {
 enum DocumentOutcome {
     /// Nothing but comments, or an explicit empty document.
     Empty,
-    Rule(Rule),
+    /// Boxed: a rule is far larger than the other outcomes.
+    Rule(Box<Rule>),
     Invalid(Rejection),
 }
 
@@ -535,7 +536,7 @@ fn read_document(yaml: &str) -> DocumentOutcome {
     rule.metadata_mut()
         .namespace
         .get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned());
-    DocumentOutcome::Rule(rule)
+    DocumentOutcome::Rule(Box::new(rule))
 }
 
 fn wrong_api_version(api_version: &str) -> String {
