@@ -3,7 +3,9 @@
 //! occurs in UTF-8, so the encoding is unambiguous, and equal label sets are equal bytes,
 //! which makes the form both the hash input and the map key.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Separator between names and values in the canonical form.
 pub(crate) const SEP: u8 = 0xFF;
@@ -56,6 +58,28 @@ impl Labels {
     /// The metric name (`__name__`), or "" if absent.
     pub fn metric_name(&self) -> &str {
         self.get("__name__").unwrap_or_default()
+    }
+}
+
+/// A map keyed by a seeded xxh3 hash computed beforehand: hashing it again would be
+/// wasted work on the hot path.
+pub(crate) type PrehashedMap<V> = HashMap<u64, V, BuildHasherDefault<PrehashedKey>>;
+
+#[derive(Default)]
+pub(crate) struct PrehashedKey(u64);
+
+impl Hasher for PrehashedKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed with this hasher; fold anything else defensively.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
     }
 }
 

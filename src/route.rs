@@ -4,15 +4,14 @@
 //! once into a [`Batch`] bound for the evaluator. The router is immutable; a new rule set
 //! builds a new one, swapped in whole.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Instant;
 
 use promql_parser::label::{MatchOp, Matcher};
-use xxhash_rust::xxh3::{Xxh3Builder, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::ingest::{IngestError, Sample, SeriesView};
-use crate::labels::{Labels, push_pair};
+use crate::labels::{Labels, PrehashedMap, push_pair};
 
 /// Identifies one input of one rule (a selector whose series the rule needs), as an index
 /// into the evaluator's table of inputs.
@@ -70,9 +69,17 @@ struct Route {
     selector: Selector,
 }
 
+/// The routes of one metric name.
+struct NamedRoutes {
+    name: Box<[u8]>,
+    routes: Vec<Route>,
+}
+
 /// The index the hot path consults for every series of every request.
 pub struct Router {
-    by_name: HashMap<Box<[u8]>, Vec<Route>, Xxh3Builder>,
+    /// By the seeded hash of the metric name; a bucket holds more than one name only on
+    /// a hash collision.
+    by_name: PrehashedMap<Vec<NamedRoutes>>,
     /// Selectors without a fixed metric name (`{job="x"}`, `{__name__=~"a|b"}`): checked
     /// against every series, so they cost throughput; rare in practice.
     unnamed: Vec<Route>,
@@ -83,16 +90,21 @@ impl Router {
     /// Builds the index for the given inputs. The seed keys the series hash, so that a
     /// sender cannot aim label sets at one hash bucket.
     pub fn new(inputs: impl IntoIterator<Item = (InputId, Selector)>, seed: u64) -> Self {
-        let mut by_name: HashMap<Box<[u8]>, Vec<Route>, Xxh3Builder> =
-            HashMap::with_hasher(Xxh3Builder::new().with_seed(seed));
+        let mut by_name: PrehashedMap<Vec<NamedRoutes>> = PrehashedMap::default();
         let mut unnamed = Vec::new();
         for (input, selector) in inputs {
-            match selector.metric_name() {
-                Some(name) => by_name
-                    .entry(name.as_bytes().into())
-                    .or_default()
-                    .push(Route { input, selector }),
-                None => unnamed.push(Route { input, selector }),
+            let Some(name) = selector.metric_name().map(|n| n.as_bytes().to_vec()) else {
+                unnamed.push(Route { input, selector });
+                continue;
+            };
+            let bucket = by_name.entry(xxh3_64_with_seed(&name, seed)).or_default();
+            let route = Route { input, selector };
+            match bucket.iter_mut().find(|n| *n.name == *name) {
+                Some(named) => named.routes.push(route),
+                None => bucket.push(NamedRoutes {
+                    name: name.into(),
+                    routes: vec![route],
+                }),
             }
         }
         Self {
@@ -116,7 +128,11 @@ impl Router {
     /// `batch` once, with an entry for every input whose selector matches.
     #[inline]
     pub fn route(&self, series: &SeriesView<'_, '_>, batch: &mut Batch) -> Result<(), IngestError> {
-        let named = self.by_name.get(series.metric_name);
+        let named = self
+            .by_name
+            .get(&xxh3_64_with_seed(series.metric_name, self.seed))
+            .and_then(|bucket| bucket.iter().find(|n| *n.name == *series.metric_name))
+            .map(|n| &n.routes);
         if named.is_none() && self.unnamed.is_empty() {
             batch.unmatched_samples += series.samples.len();
             return Ok(());

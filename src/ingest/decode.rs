@@ -225,7 +225,23 @@ fn read_series_v1<'a>(
     Ok((histograms, exemplars))
 }
 
+#[inline(always)]
 fn read_label(bytes: &[u8]) -> Result<Label<'_>, IngestError> {
+    // Every sender writes `name` (field 1) then `value` (field 2), each shorter than 128
+    // bytes in practice: take that layout directly, and walk the general way otherwise.
+    if let [0x0a, name_len, rest @ ..] = bytes
+        && *name_len < 0x80
+        && let Some((name, [0x12, value_len, value @ ..])) = rest.split_at_checked(*name_len as usize)
+        && *value_len < 0x80
+        && value.len() == *value_len as usize
+    {
+        return Ok(Label { name, value });
+    }
+    read_label_general(bytes)
+}
+
+#[cold]
+fn read_label_general(bytes: &[u8]) -> Result<Label<'_>, IngestError> {
     let mut label = Label {
         name: &[],
         value: &[],
@@ -250,8 +266,23 @@ fn read_label(bytes: &[u8]) -> Result<Label<'_>, IngestError> {
 
 /// Reads a `Sample` (1.0 and 2.0 share fields 1 and 2; 2.0's start timestamp, field 3,
 /// is skipped like any unknown field).
-#[inline]
+#[inline(always)]
 fn read_sample(bytes: &[u8]) -> Result<Sample, IngestError> {
+    // The usual layout: value (fixed64, tag 0x09) then timestamp (varint, tag 0x10).
+    if let [0x09, v0, v1, v2, v3, v4, v5, v6, v7, 0x10, timestamp @ ..] = bytes {
+        let mut reader = Reader::new(timestamp);
+        let timestamp_ms = reader.varint()? as i64;
+        if reader.is_empty() {
+            return Ok(Sample {
+                timestamp_ms,
+                value: f64::from_le_bytes([*v0, *v1, *v2, *v3, *v4, *v5, *v6, *v7]),
+            });
+        }
+    }
+    read_sample_general(bytes)
+}
+
+fn read_sample_general(bytes: &[u8]) -> Result<Sample, IngestError> {
     let mut sample = Sample {
         timestamp_ms: 0,
         value: 0.0,

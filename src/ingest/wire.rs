@@ -29,15 +29,22 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, IngestError> {
-        // Fast path: single-byte varints are by far the most common (tags, small lengths).
+        // Single-byte varints (tags, short lengths) are nearly all of them: keep that path
+        // inlined and the general loop out of line.
         if let Some(&b) = self.buf.get(self.pos)
             && b < 0x80
         {
             self.pos += 1;
             return Ok(u64::from(b));
         }
+        self.varint_multi_byte()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn varint_multi_byte(&mut self) -> Result<u64, IngestError> {
         let mut value: u64 = 0;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
@@ -56,7 +63,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a field key, returning (field number, wire type).
-    #[inline]
+    #[inline(always)]
     pub fn tag(&mut self) -> Result<(u32, u8), IngestError> {
         let key = self.varint()?;
         let field = key >> 3;
@@ -66,7 +73,7 @@ impl<'a> Reader<'a> {
         Ok((field as u32, (key & 7) as u8))
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn bytes(&mut self) -> Result<&'a [u8], IngestError> {
         let len = self.varint()?;
         let end = usize::try_from(len)

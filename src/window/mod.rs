@@ -9,9 +9,8 @@ mod series;
 pub use series::{Insert, SeriesWindow};
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::labels::Labels;
+use crate::labels::{Labels, PrehashedMap};
 
 /// Stable handle of a series within one [`InputWindows`]; reused after eviction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,26 +32,6 @@ pub struct WindowSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverLimit;
 
-/// The series keys are already seeded xxh3 hashes: hashing them again would be wasted work.
-#[derive(Default)]
-struct PrehashedKey(u64);
-
-impl Hasher for PrehashedKey {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed with this hasher; fold anything else defensively.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
-type PrehashedMap<V> = HashMap<u64, V, BuildHasherDefault<PrehashedKey>>;
 
 /// All windows of one rule input.
 pub struct InputWindows {
