@@ -110,16 +110,22 @@ impl Validator {
     fn labels<'a>(&self, series: usize, labels: &[Label<'a>]) -> Result<&'a [u8], IngestError> {
         let mut metric_name: &[u8] = &[];
         let mut sorted = true;
-        for (i, label) in labels.iter().enumerate() {
-            if label.name.is_empty() {
+        let mut previous: &[u8] = &[];
+        for label in labels {
+            let Some(&first) = label.name.first() else {
                 return Err(IngestError::EmptyLabelName { series });
-            }
-            if label.name == METRIC_NAME {
+            };
+            // Names nearly always differ in their first byte: decide on it and leave the
+            // byte-wise comparison (a memcmp call) to the rare shared prefix.
+            sorted &= match previous.first() {
+                None => true,
+                Some(&p) if p != first => p < first,
+                Some(_) => previous < label.name,
+            };
+            if first == b'_' && label.name == METRIC_NAME {
                 metric_name = label.value;
             }
-            if i > 0 && labels[i - 1].name >= label.name {
-                sorted = false;
-            }
+            previous = label.name;
         }
         // Senders sort labels, so strictly increasing names (checked above for free) rule
         // out duplicates; only an unsorted series pays for the quadratic check.
