@@ -107,9 +107,18 @@ impl IntoResponse for WriteResponse {
         let headers = response.headers_mut();
         if self.protocol == Some(Protocol::V2) {
             for (name, n) in [
-                ("x-prometheus-remote-write-samples-written", self.stats.samples),
-                ("x-prometheus-remote-write-histograms-written", self.stats.histograms),
-                ("x-prometheus-remote-write-exemplars-written", self.stats.exemplars),
+                (
+                    "x-prometheus-remote-write-samples-written",
+                    self.stats.samples,
+                ),
+                (
+                    "x-prometheus-remote-write-histograms-written",
+                    self.stats.histograms,
+                ),
+                (
+                    "x-prometheus-remote-write-exemplars-written",
+                    self.stats.exemplars,
+                ),
             ] {
                 headers.insert(name, HeaderValue::from(n));
             }
@@ -131,7 +140,7 @@ fn status_of(error: &IngestError) -> StatusCode {
     }
 }
 
-fn header<'h>(headers: &'h HeaderMap, name: axum::http::HeaderName) -> Result<Option<&'h str>, IngestError> {
+fn header(headers: &HeaderMap, name: axum::http::HeaderName) -> Result<Option<&str>, IngestError> {
     headers
         .get(&name)
         .map(|v| {
@@ -168,7 +177,11 @@ fn ingest_body(
     })
 }
 
-async fn write(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> WriteResponse {
+async fn write(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> WriteResponse {
     let arrived = Instant::now();
     let content_type = header(&headers, CONTENT_TYPE);
     let negotiated = content_type.clone().and_then(|content_type| {
@@ -211,7 +224,12 @@ fn refuse(protocol: Option<Protocol>, error: IngestError) -> WriteResponse {
 }
 
 /// Hands the batch to the evaluator and waits until it is applied.
-async fn commit(state: &AppState, protocol: Protocol, stats: DecodeStats, batch: Batch) -> WriteResponse {
+async fn commit(
+    state: &AppState,
+    protocol: Protocol,
+    stats: DecodeStats,
+    batch: Batch,
+) -> WriteResponse {
     let unmatched = batch.unmatched_samples;
     let kept = batch.kept_samples;
     let mut response = WriteResponse {

@@ -62,11 +62,13 @@ impl Default for RunArgs {
     }
 }
 
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     prophet::telemetry::init();
-    let result = match cli.command.unwrap_or_else(|| Command::Run(RunArgs::default())) {
+    let result = match cli
+        .command
+        .unwrap_or_else(|| Command::Run(RunArgs::default()))
+    {
         Command::Crds { out } => crds(out),
         Command::Run(args) => run(args),
     };

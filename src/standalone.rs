@@ -115,7 +115,10 @@ impl Pipeline {
         let metrics = Arc::new(Metrics::new());
         for state in ["active", "invalid", "unsupported"] {
             let n = statuses.iter().filter(|s| s.state == state).count();
-            metrics.rules.get_or_create(&RuleStateLabels { state }).set(n as i64);
+            metrics
+                .rules
+                .get_or_create(&RuleStateLabels { state })
+                .set(n as i64);
         }
         let plans: HashMap<_, _> = active
             .iter()
@@ -164,7 +167,10 @@ impl Pipeline {
 
 /// Loads the rules, binds the listener and serves until `shutdown` resolves; then drains
 /// what was accepted through eval and reconcile before returning.
-pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn run(
+    config: RunConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let report = load_dir(&config.rules_dir).map_err(|source| Error::Rules {
         dir: config.rules_dir.clone(),
         source,

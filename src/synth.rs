@@ -34,16 +34,41 @@ pub const METRICS: [&str; 20] = [
 pub fn series_labels(metric: usize, pod: usize) -> Vec<(String, String)> {
     let namespace = ["shop", "payments", "search", "checkout"][pod % 4];
     let app = ["backend", "frontend", "worker", "api", "cache"][pod % 5];
-    let node = format!("ip-10-0-{}-{}.eu-west-1.compute.internal", pod % 7, 10 + pod % 13);
-    let pod_name = format!("{app}-7d9c5b{:04x}-{:05x}", pod * 7919 % 65536, pod * 104_729 % 1_048_576);
+    let node = format!(
+        "ip-10-0-{}-{}.eu-west-1.compute.internal",
+        pod % 7,
+        10 + pod % 13
+    );
+    let pod_name = format!(
+        "{app}-7d9c5b{:04x}-{:05x}",
+        pod * 7919 % 65536,
+        pod * 104_729 % 1_048_576
+    );
     vec![
         ("__name__".into(), METRICS[metric % METRICS.len()].into()),
         ("app".into(), app.into()),
         ("container".into(), app.into()),
         ("endpoint".into(), "https-metrics".into()),
-        ("id".into(), format!("/kubepods/burstable/pod{:08x}-{:04x}", pod * 2_654_435_761 % 4_294_967_296, pod % 65536)),
-        ("image".into(), format!("registry.example.com/{namespace}/{app}:v1.{}.{}", pod % 9, pod % 31)),
-        ("instance".into(), format!("10.0.{}.{}:10250", pod % 7, 10 + pod % 13)),
+        (
+            "id".into(),
+            format!(
+                "/kubepods/burstable/pod{:08x}-{:04x}",
+                pod * 2_654_435_761 % 4_294_967_296,
+                pod % 65536
+            ),
+        ),
+        (
+            "image".into(),
+            format!(
+                "registry.example.com/{namespace}/{app}:v1.{}.{}",
+                pod % 9,
+                pod % 31
+            ),
+        ),
+        (
+            "instance".into(),
+            format!("10.0.{}.{}:10250", pod % 7, 10 + pod % 13),
+        ),
         ("job".into(), "kubelet".into()),
         ("metrics_path".into(), "/metrics/cadvisor".into()),
         ("namespace".into(), namespace.into()),

@@ -61,7 +61,10 @@ async fn a_snappy_bomb_is_refused_without_allocating_its_declared_size() {
     // Warm up the server's lazily created state with one valid request.
     let t = common::now_ms();
     let ok = common::v1_body(vec![common::series(&[("__name__", "up")], &[(t, 1.0)])]);
-    assert_eq!(app.write(Some(common::V1), ok).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.write(Some(common::V1), ok).await.status,
+        StatusCode::NO_CONTENT
+    );
 
     let baseline = LIVE.load(Ordering::Relaxed);
     PEAK.store(baseline, Ordering::Relaxed);

@@ -45,7 +45,11 @@ fn start_prophet(rules: &Path) -> (Running, String) {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("prophet: {line}");
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 let _ = tx.send(addr);
             }
         }
@@ -78,8 +82,14 @@ remote_write:
     );
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     let child = Command::new(binary)
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -88,7 +98,10 @@ remote_write:
     Running(child)
 }
 
-fn get_json(client: &reqwest::Client, url: &str) -> impl Future<Output = Option<serde_json::Value>> {
+fn get_json(
+    client: &reqwest::Client,
+    url: &str,
+) -> impl Future<Output = Option<serde_json::Value>> {
     let request = client.get(url).timeout(Duration::from_secs(5)).send();
     async move { request.await.ok()?.json().await.ok() }
 }
@@ -164,7 +177,10 @@ spec:
     assert_eq!(series["job"], "prometheus");
     assert_eq!(series["pod"], "prometheus-0");
     assert!(
-        series["instance"].as_str().unwrap().starts_with("127.0.0.1:"),
+        series["instance"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
         "{series}"
     );
     assert_eq!(
@@ -176,7 +192,10 @@ spec:
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    assert!((now_ms - sample_ms).abs() < 120_000, "sample time is the scrape's");
+    assert!(
+        (now_ms - sample_ms).abs() < 120_000,
+        "sample time is the scrape's"
+    );
     assert!(decision["reason"].as_str().unwrap().contains("== 1"));
 
     let metrics = client

@@ -39,7 +39,12 @@ async fn accepts_1_0_with_any_of_its_content_types() {
     {
         let body = v1_body(vec![pod_series("a", &[(t + i as i64, 1.0)])]);
         let answer = app.write(content_type, body).await;
-        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{content_type:?}: {}", answer.body);
+        assert_eq!(
+            answer.status,
+            StatusCode::NO_CONTENT,
+            "{content_type:?}: {}",
+            answer.body
+        );
         assert!(answer.body.is_empty());
         assert!(
             !answer
@@ -60,7 +65,15 @@ async fn accepts_2_0_and_reports_what_was_written() {
     let body = v2_body(&[(labels, &[(t, 1.0), (t + 1, 2.0)]), (other, &[(t, 1.0)])]);
     let answer = app.write(Some(V2), body).await;
     assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.body);
-    let header = |name: &str| answer.headers.get(name).unwrap().to_str().unwrap().to_owned();
+    let header = |name: &str| {
+        answer
+            .headers
+            .get(name)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
     assert_eq!(header("x-prometheus-remote-write-samples-written"), "3");
     assert_eq!(header("x-prometheus-remote-write-histograms-written"), "0");
     assert_eq!(header("x-prometheus-remote-write-exemplars-written"), "0");
@@ -77,7 +90,11 @@ async fn refuses_other_media_types_protos_and_encodings_with_415() {
         "application/x-protobuf;proto=io.prometheus.write.v3.Request",
     ] {
         let answer = app.write(Some(content_type), body.clone()).await;
-        assert_eq!(answer.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
+        assert_eq!(
+            answer.status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type}"
+        );
         assert!(!answer.body.trim().is_empty());
     }
     let request = Request::post("/api/v1/write")
@@ -89,8 +106,7 @@ async fn refuses_other_media_types_protos_and_encodings_with_415() {
     assert_eq!(answer.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(answer.body.contains("gzip"), "{}", answer.body);
     assert_eq!(
-        answer.headers["x-prometheus-remote-write-samples-written"],
-        "0",
+        answer.headers["x-prometheus-remote-write-samples-written"], "0",
         "a refused 2.0 request still reports what was written"
     );
 }
@@ -104,7 +120,10 @@ async fn refuses_other_methods_with_405() {
             .uri("/api/v1/write")
             .body(Body::empty())
             .unwrap();
-        assert_eq!(app.send(request).await.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            app.send(request).await.status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }
 
@@ -153,11 +172,26 @@ fn malformed_bodies() -> Vec<(&'static str, Option<&'static str>, Vec<u8>, &'sta
     let mut garbage = good.clone();
     garbage.truncate(good.len() - 3);
     vec![
-        ("random bytes", None, b"definitely not snappy".to_vec(), "snappy"),
-        ("truncated snappy", None, compressed[..compressed.len() / 2].to_vec(), "snappy"),
+        (
+            "random bytes",
+            None,
+            b"definitely not snappy".to_vec(),
+            "snappy",
+        ),
+        (
+            "truncated snappy",
+            None,
+            compressed[..compressed.len() / 2].to_vec(),
+            "snappy",
+        ),
         ("framed snappy", None, framed, "framed"),
         ("truncated protobuf", None, snappy(&garbage), "protobuf"),
-        ("not protobuf", None, snappy(b"\xff\xff\xff\xff"), "protobuf"),
+        (
+            "not protobuf",
+            None,
+            snappy(b"\xff\xff\xff\xff"),
+            "protobuf",
+        ),
         ("no __name__", None, no_name, "__name__"),
         ("empty label name", None, empty_name, "empty name"),
         ("duplicate label name", None, duplicate, "more than once"),
@@ -172,14 +206,25 @@ async fn refuses_malformed_bodies_with_400_and_a_one_line_reason() {
     let app = app();
     for (case, content_type, body, word) in malformed_bodies() {
         let answer = app.write(content_type.or(Some(V1)), body).await;
-        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{case}: {}", answer.body);
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{case}: {}",
+            answer.body
+        );
         let reason = answer.body.trim_end();
-        assert!(!reason.is_empty() && !reason.contains('\n'), "{case}: {reason:?}");
+        assert!(
+            !reason.is_empty() && !reason.contains('\n'),
+            "{case}: {reason:?}"
+        );
         assert!(reason.contains(word), "{case}: {reason:?} lacks {word:?}");
     }
     // The server keeps serving, and nothing of the refused requests was kept.
     let answer = app
-        .write(Some(V1), v1_body(vec![pod_series("a", &[(now_ms(), 2.0 * GI)])]))
+        .write(
+            Some(V1),
+            v1_body(vec![pod_series("a", &[(now_ms(), 2.0 * GI)])]),
+        )
         .await;
     assert_eq!(answer.status, StatusCode::NO_CONTENT);
     assert_eq!(app.rule("mem").await["counters"]["samples"], 1);
@@ -206,11 +251,17 @@ async fn a_refused_request_leaves_no_trace() {
         pod_series("a", &[(t, 2.0 * GI)]),
         series(&[("job", "x")], &[(t, 1.0)]),
     ]);
-    assert_eq!(app.write(Some(V1), body).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.write(Some(V1), body).await.status,
+        StatusCode::BAD_REQUEST
+    );
     // A future sample in a valid series is refused and must not move the series' clock:
     // the next sample, at the present, is still in order.
     let future = v1_body(vec![pod_series("a", &[(t + 20 * 60 * 1000, 2.0 * GI)])]);
-    assert_eq!(app.write(Some(V1), future).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.write(Some(V1), future).await.status,
+        StatusCode::BAD_REQUEST
+    );
     assert!(app.decisions().await.is_empty());
     let rule = app.rule("mem").await;
     assert_eq!(rule["counters"]["samples"], 0);
@@ -231,7 +282,10 @@ async fn an_exact_duplicate_sample_is_accepted_once() {
     let t = now_ms();
     let body = v1_body(vec![pod_series("a", &[(t, 2.0 * GI)])]);
     for _ in 0..3 {
-        assert_eq!(app.write(Some(V1), body.clone()).await.status, StatusCode::NO_CONTENT);
+        assert_eq!(
+            app.write(Some(V1), body.clone()).await.status,
+            StatusCode::NO_CONTENT
+        );
     }
     assert_eq!(app.rule("mem").await["counters"]["samples"], 1);
     assert_eq!(app.wait_decisions(1).await.len(), 1);
@@ -288,7 +342,9 @@ async fn health_readiness_and_metrics_are_served_on_the_same_listener() {
     .await;
     app.write(Some("text/plain"), vec![]).await;
     for path in ["/healthz", "/readyz"] {
-        let answer = app.send(Request::get(path).body(Body::empty()).unwrap()).await;
+        let answer = app
+            .send(Request::get(path).body(Body::empty()).unwrap())
+            .await;
         assert_eq!(answer.status, StatusCode::OK, "{path}");
     }
     let metrics = app.metrics().await;

@@ -69,24 +69,30 @@ fn zero_copy_walk_agrees_with_prost_on_every_label_and_sample() {
         ingest::decompress(&body, 32 << 20, &mut buffer).unwrap();
         let reference = WriteRequest::decode(buffer.as_slice()).unwrap();
         let mut index = 0;
-        ingest::decode(Protocol::V1, &buffer, &Limits::default(), NOW_MS, |series| {
-            let want = &reference.timeseries[index];
-            index += 1;
-            let labels: Vec<(&[u8], &[u8])> =
-                series.labels.iter().map(|l| (l.name, l.value)).collect();
-            let want_labels: Vec<(&[u8], &[u8])> = want
-                .labels
-                .iter()
-                .map(|l| (l.name.as_bytes(), l.value.as_bytes()))
-                .collect();
-            assert_eq!(labels, want_labels, "{file}: series {index}");
-            assert_eq!(series.samples.len(), want.samples.len());
-            for (got, want) in series.samples.iter().zip(&want.samples) {
-                assert_eq!(got.timestamp_ms, want.timestamp);
-                assert_eq!(got.value.to_bits(), want.value.to_bits());
-            }
-            Ok(())
-        })
+        ingest::decode(
+            Protocol::V1,
+            &buffer,
+            &Limits::default(),
+            NOW_MS,
+            |series| {
+                let want = &reference.timeseries[index];
+                index += 1;
+                let labels: Vec<(&[u8], &[u8])> =
+                    series.labels.iter().map(|l| (l.name, l.value)).collect();
+                let want_labels: Vec<(&[u8], &[u8])> = want
+                    .labels
+                    .iter()
+                    .map(|l| (l.name.as_bytes(), l.value.as_bytes()))
+                    .collect();
+                assert_eq!(labels, want_labels, "{file}: series {index}");
+                assert_eq!(series.samples.len(), want.samples.len());
+                for (got, want) in series.samples.iter().zip(&want.samples) {
+                    assert_eq!(got.timestamp_ms, want.timestamp);
+                    assert_eq!(got.value.to_bits(), want.value.to_bits());
+                }
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!(index, reference.timeseries.len(), "{file}");
     }

@@ -17,7 +17,7 @@ use crate::labels::Labels;
 use crate::route::{Batch, InputId, Router, Selector};
 use crate::rules::compile::{CompiledRule, DetectorSpec, LOOKBACK_MS, Scope};
 use crate::rules::load::RuleKey;
-use crate::window::{Insert, InputWindows, WindowSpec};
+use crate::window::{InputWindows, Insert, WindowSpec};
 
 enum Detector {
     Threshold(ThresholdDetector),

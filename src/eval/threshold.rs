@@ -111,9 +111,15 @@ mod tests {
         let mut d = detector("> 1Gi", 0);
         let id = SeriesId(3);
         assert_eq!(d.observe(id, Some(1.0), 0), None);
-        let t = d.observe(id, Some(2.0 * 1024.0 * 1024.0 * 1024.0), 15_000).unwrap();
+        let t = d
+            .observe(id, Some(2.0 * 1024.0 * 1024.0 * 1024.0), 15_000)
+            .unwrap();
         assert_eq!(t.change, Change::Tripped);
-        assert_eq!(d.observe(id, Some(3e9), 30_000), None, "no repeat while tripped");
+        assert_eq!(
+            d.observe(id, Some(3e9), 30_000),
+            None,
+            "no repeat while tripped"
+        );
         let t = d.observe(id, Some(10.0), 45_000).unwrap();
         assert_eq!(t.change, Change::Cleared);
         assert_eq!(d.observe(id, Some(10.0), 60_000), None);

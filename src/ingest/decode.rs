@@ -237,7 +237,8 @@ fn read_label(bytes: &[u8]) -> Result<Label<'_>, IngestError> {
     // bytes in practice: take that layout directly, and walk the general way otherwise.
     if let [0x0a, name_len, rest @ ..] = bytes
         && *name_len < 0x80
-        && let Some((name, [0x12, value_len, value @ ..])) = rest.split_at_checked(*name_len as usize)
+        && let Some((name, [0x12, value_len, value @ ..])) =
+            rest.split_at_checked(*name_len as usize)
         && *value_len < 0x80
         && value.len() == *value_len as usize
     {
@@ -399,16 +400,18 @@ where
                 _ => reader.skip(wire)?,
             }
         }
-        if refs.len() % 2 != 0 {
+        if !refs.len().is_multiple_of(2) {
             return Err(IngestError::OddLabelRefs {
                 series: index,
                 len: refs.len(),
             });
         }
-        scratch.labels.extend(refs.chunks_exact(2).map(|pair| Label {
-            name: symbols[pair[0] as usize],
-            value: symbols[pair[1] as usize],
-        }));
+        scratch
+            .labels
+            .extend(refs.chunks_exact(2).map(|pair| Label {
+                name: symbols[pair[0] as usize],
+                value: symbols[pair[1] as usize],
+            }));
         let metric_name = validator.labels(index, &scratch.labels)?;
         stats.series += 1;
         stats.samples += scratch.samples.len();

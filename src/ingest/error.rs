@@ -4,7 +4,9 @@
 /// A remote-write request that Prophet refuses, as a whole.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum IngestError {
-    #[error("unsupported media type {0:?}: expected application/x-protobuf (remote-write 1.0 or 2.0)")]
+    #[error(
+        "unsupported media type {0:?}: expected application/x-protobuf (remote-write 1.0 or 2.0)"
+    )]
     UnsupportedMediaType(String),
     #[error(
         "unsupported proto {0:?}: expected prometheus.WriteRequest or io.prometheus.write.v2.Request"

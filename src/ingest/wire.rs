@@ -68,7 +68,9 @@ impl<'a> Reader<'a> {
         let key = self.varint()?;
         let field = key >> 3;
         if field == 0 || field > u64::from(u32::MAX >> 3) {
-            return Err(IngestError::Protobuf(format!("invalid field number {field}")));
+            return Err(IngestError::Protobuf(format!(
+                "invalid field number {field}"
+            )));
         }
         Ok((field as u32, (key & 7) as u8))
     }

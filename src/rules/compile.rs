@@ -154,8 +154,10 @@ fn compile_anomaly_action(
         )));
     }
     let remediation = &spec.remediation;
-    let cooldown_ms = i64::try_from(remediation.cooldown_seconds.saturating_mul(1000))
-        .map_err(|_| CompileError::Invalid("spec.remediation.cooldownSeconds is too large".into()))?;
+    let cooldown_ms =
+        i64::try_from(remediation.cooldown_seconds.saturating_mul(1000)).map_err(|_| {
+            CompileError::Invalid("spec.remediation.cooldownSeconds is too large".into())
+        })?;
     Ok(CompiledRule {
         summary: format!("{} {threshold}", spec.metric.trim()),
         key,
@@ -180,8 +182,9 @@ fn compile_anomaly_action(
 
 /// Parses `metric` with promql-parser; this version evaluates plain instant selectors.
 fn parse_selector(metric: &str) -> Result<Selector, CompileError> {
-    let expr = parser::parse(metric)
-        .map_err(|e| CompileError::Invalid(format!("spec.metric {metric:?} is not valid PromQL: {e}")))?;
+    let expr = parser::parse(metric).map_err(|e| {
+        CompileError::Invalid(format!("spec.metric {metric:?} is not valid PromQL: {e}"))
+    })?;
     match expr {
         Expr::VectorSelector(selector) if selector.offset.is_none() && selector.at.is_none() => {
             Ok(Selector::from_promql(&selector))

@@ -32,7 +32,6 @@ pub struct WindowSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverLimit;
 
-
 /// All windows of one rule input.
 pub struct InputWindows {
     spec: WindowSpec,
@@ -84,7 +83,10 @@ impl InputWindows {
     /// Finds the series with these canonical labels, or admits it if under the limit.
     pub fn get_or_insert(&mut self, hash: u64, canonical: &[u8]) -> Result<SeriesId, OverLimit> {
         if let Some(&id) = self.by_hash.get(&hash) {
-            if self.slot(id).labels().as_canonical() == canonical {
+            if self
+                .get(id)
+                .is_some_and(|w| w.labels().as_canonical() == canonical)
+            {
                 return Ok(id);
             }
             if let Some(&id) = self.collided.get(&Labels::from_canonical(canonical)) {
@@ -106,19 +108,16 @@ impl InputWindows {
                 SeriesId(self.slots.len() as u32 - 1)
             }
         };
-        if self.by_hash.contains_key(&hash) {
-            self.collided.insert(Labels::from_canonical(canonical), id);
-        } else {
-            self.by_hash.insert(hash, id);
+        match self.by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.insert(Labels::from_canonical(canonical), id);
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(id);
+            }
         }
         self.live += 1;
         Ok(id)
-    }
-
-    fn slot(&self, id: SeriesId) -> &SeriesWindow {
-        self.slots[id.0 as usize]
-            .as_ref()
-            .expect("a SeriesId handed out is live until evicted")
     }
 
     pub fn get(&self, id: SeriesId) -> Option<&SeriesWindow> {
@@ -203,8 +202,14 @@ mod tests {
         let b = w.get_or_insert(2, labels("b").as_canonical()).unwrap();
         assert_ne!(a, b);
         assert_eq!(w.get_or_insert(1, labels("a").as_canonical()), Ok(a));
-        assert_eq!(w.get_or_insert(3, labels("c").as_canonical()), Err(OverLimit));
-        assert_eq!(w.get_or_insert(3, labels("c").as_canonical()), Err(OverLimit));
+        assert_eq!(
+            w.get_or_insert(3, labels("c").as_canonical()),
+            Err(OverLimit)
+        );
+        assert_eq!(
+            w.get_or_insert(3, labels("c").as_canonical()),
+            Err(OverLimit)
+        );
         assert_eq!(w.over_limit_series, 2);
         assert_eq!(w.len(), 2);
     }

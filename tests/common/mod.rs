@@ -137,15 +137,20 @@ pub fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> v1::TimeSeries
 
 /// A snappy-compressed 1.0 request.
 pub fn v1_body(timeseries: Vec<v1::TimeSeries>) -> Vec<u8> {
-    snappy(&v1::WriteRequest {
-        timeseries,
-        metadata: Vec::new(),
-    }
-    .encode_to_vec())
+    snappy(
+        &v1::WriteRequest {
+            timeseries,
+            metadata: Vec::new(),
+        }
+        .encode_to_vec(),
+    )
 }
 
 /// A snappy-compressed 2.0 request from label pairs and samples, with a fresh symbol table.
-pub fn v2_body(series: &[(&[(&str, &str)], &[(i64, f64)])]) -> Vec<u8> {
+/// A series for [`v2_body`]: label pairs and (timestamp, value) samples.
+pub type SeriesSpec<'a> = (&'a [(&'a str, &'a str)], &'a [(i64, f64)]);
+
+pub fn v2_body(series: &[SeriesSpec<'_>]) -> Vec<u8> {
     let mut symbols = vec![String::new()];
     let refs = |s: &str, symbols: &mut Vec<String>| -> u32 {
         if let Some(i) = symbols.iter().position(|x| x == s) {
@@ -172,7 +177,13 @@ pub fn v2_body(series: &[(&[(&str, &str)], &[(i64, f64)])]) -> Vec<u8> {
             ..Default::default()
         })
         .collect();
-    snappy(&v2::Request { symbols, timeseries }.encode_to_vec())
+    snappy(
+        &v2::Request {
+            symbols,
+            timeseries,
+        }
+        .encode_to_vec(),
+    )
 }
 
 pub fn snappy(bytes: &[u8]) -> Vec<u8> {
