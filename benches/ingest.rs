@@ -40,9 +40,15 @@ fn captures(c: &mut Criterion) {
         .iter()
         .map(|b| {
             ingest::decompress(b, 32 << 20, &mut buffer).unwrap();
-            ingest::decode(Protocol::V1, &buffer, &Limits::default(), NOW_MS, |_| Ok(()))
-                .unwrap()
-                .samples
+            ingest::decode(
+                Protocol::V1,
+                &buffer,
+                &Limits::default(),
+                NOW_MS,
+                |_| Ok(()),
+            )
+            .unwrap()
+            .samples
         })
         .sum();
     let mut group = c.benchmark_group("captures");
@@ -51,8 +57,14 @@ fn captures(c: &mut Criterion) {
         b.iter(|| {
             for body in &bodies {
                 ingest::decompress(body, 32 << 20, &mut buffer).unwrap();
-                ingest::decode(Protocol::V1, &buffer, &Limits::default(), NOW_MS, |_| Ok(()))
-                    .unwrap();
+                ingest::decode(
+                    Protocol::V1,
+                    &buffer,
+                    &Limits::default(),
+                    NOW_MS,
+                    |_| Ok(()),
+                )
+                .unwrap();
             }
         })
     });
