@@ -126,12 +126,12 @@ fn compile_anomaly_action(
         }
     }
     let selector = parse_selector(&spec.metric)?;
-    let Some(threshold) = &spec.threshold else {
+    let Some(threshold_text) = &spec.threshold else {
         return Err(CompileError::Unsupported(
             "spec.threshold is required: anomaly detection without a threshold is not evaluated by this version yet".into(),
         ));
     };
-    let threshold = Threshold::parse(threshold)
+    let threshold = Threshold::parse(threshold_text)
         .map_err(|e| CompileError::Invalid(format!("spec.threshold: {e}")))?;
     let for_ms = match &spec.for_ {
         None => 0,
@@ -159,7 +159,7 @@ fn compile_anomaly_action(
             CompileError::Invalid("spec.remediation.cooldownSeconds is too large".into())
         })?;
     Ok(CompiledRule {
-        summary: format!("{} {threshold}", spec.metric.trim()),
+        summary: format!("{} {}", spec.metric.trim(), threshold_text.trim()),
         key,
         inputs: vec![InputSpec {
             selector,
