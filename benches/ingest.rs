@@ -35,14 +35,14 @@ fn captures(c: &mut Criterion) {
         }
     }
     bodies.sort();
-    let mut buffer = Vec::new();
+    let mut buffer = ingest::SnappyBuffer::new();
     let samples: usize = bodies
         .iter()
         .map(|b| {
-            ingest::decompress(b, 32 << 20, &mut buffer).unwrap();
+            let decoded = buffer.decompress(b, 32 << 20).unwrap();
             ingest::decode(
                 Protocol::V1,
-                &buffer,
+                decoded,
                 &Limits::default(),
                 NOW_MS,
                 |_| Ok(()),
@@ -56,10 +56,10 @@ fn captures(c: &mut Criterion) {
     group.bench_function("prophet-decode", |b| {
         b.iter(|| {
             for body in &bodies {
-                ingest::decompress(body, 32 << 20, &mut buffer).unwrap();
+                let decoded = buffer.decompress(body, 32 << 20).unwrap();
                 ingest::decode(
                     Protocol::V1,
-                    &buffer,
+                    decoded,
                     &Limits::default(),
                     NOW_MS,
                     |_| Ok(()),
@@ -71,8 +71,8 @@ fn captures(c: &mut Criterion) {
     group.bench_function("prost-decode-baseline", |b| {
         b.iter(|| {
             for body in &bodies {
-                ingest::decompress(body, 32 << 20, &mut buffer).unwrap();
-                prophet::proto::v1::WriteRequest::decode(buffer.as_slice()).unwrap();
+                let decoded = buffer.decompress(body, 32 << 20).unwrap();
+                prophet::proto::v1::WriteRequest::decode(decoded).unwrap();
             }
         })
     });
@@ -119,7 +119,7 @@ fn pipeline(c: &mut Criterion) {
             group.throughput(Throughput::Elements((SERIES * REQUESTS) as u64));
             let evaluator = Evaluator::new(rule_set.clone(), 10_000);
             let router = evaluator.router(7);
-            let mut buffer = Vec::new();
+            let mut buffer = ingest::SnappyBuffer::new();
             group.bench_function("route", |b| {
                 b.iter(|| {
                     for body in &bodies {
@@ -145,10 +145,15 @@ fn pipeline(c: &mut Criterion) {
     }
 }
 
-fn route(protocol: Protocol, body: &[u8], router: &Router, buffer: &mut Vec<u8>) -> Batch {
-    ingest::decompress(body, 32 << 20, buffer).unwrap();
+fn route(
+    protocol: Protocol,
+    body: &[u8],
+    router: &Router,
+    buffer: &mut ingest::SnappyBuffer,
+) -> Batch {
+    let decoded = buffer.decompress(body, 32 << 20).unwrap();
     let mut batch = Batch::new(Instant::now());
-    ingest::decode(protocol, buffer, &Limits::default(), NOW_MS, |s| {
+    ingest::decode(protocol, decoded, &Limits::default(), NOW_MS, |s| {
         router.route(s, &mut batch)
     })
     .unwrap();

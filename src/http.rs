@@ -21,7 +21,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::actuate::{Decision, DecisionLog};
 use crate::eval::{EvalHandle, RuleSnapshot, SubmitError};
-use crate::ingest::{self, DecodeStats, IngestError, Limits, Protocol};
+use crate::ingest::{self, DecodeStats, IngestError, Limits, Protocol, SnappyBuffer};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::route::{Batch, Router};
 use crate::rules::load::RuleKey;
@@ -83,7 +83,7 @@ pub fn router(state: Arc<AppState>) -> HttpRouter {
 
 thread_local! {
     /// Decompression buffer per worker thread, reused across requests.
-    static DECOMPRESSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static DECOMPRESSED: RefCell<SnappyBuffer> = RefCell::new(SnappyBuffer::new());
 }
 
 /// Keeps an exceptional request's buffer from pinning memory on its thread.
@@ -162,16 +162,17 @@ fn ingest_body(
         .map_or(0, |d| d.as_millis() as i64);
     DECOMPRESSED.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
-        let result = ingest::decompress(body, state.limits.max_decoded_bytes, &mut buffer)
-            .and_then(|()| {
+        let result = buffer
+            .decompress(body, state.limits.max_decoded_bytes)
+            .and_then(|decoded| {
                 let mut batch = Batch::new(arrived);
-                let stats = ingest::decode(protocol, &buffer, &state.limits, now_ms, |series| {
+                let stats = ingest::decode(protocol, decoded, &state.limits, now_ms, |series| {
                     state.router.route(series, &mut batch)
                 })?;
                 Ok((stats, batch))
             });
         if buffer.capacity() > RETAINED_BUFFER_MAX {
-            *buffer = Vec::new();
+            *buffer = SnappyBuffer::new();
         }
         result
     })

@@ -33,7 +33,7 @@ const NOW_MS: i64 = 4_102_444_800_000; // 2100-01-01: every capture lies in the 
 fn every_capture_decodes_to_its_manifest_counts() {
     let (dir, manifest) = captures();
     assert!(manifest.len() >= 70, "expected the full capture set");
-    let mut buffer = Vec::new();
+    let mut buffer = ingest::SnappyBuffer::new();
     for (file, expected) in &manifest {
         let body = std::fs::read(dir.join(file)).unwrap();
         let protocol = ingest::negotiate(
@@ -42,10 +42,12 @@ fn every_capture_decodes_to_its_manifest_counts() {
         )
         .unwrap();
         assert_eq!(protocol, Protocol::V1);
-        ingest::decompress(&body, Limits::default().max_decoded_bytes, &mut buffer).unwrap();
+        let decoded = buffer
+            .decompress(&body, Limits::default().max_decoded_bytes)
+            .unwrap();
         let mut nan_samples = 0;
         let mut series_seen = 0;
-        let stats = ingest::decode(protocol, &buffer, &Limits::default(), NOW_MS, |series| {
+        let stats = ingest::decode(protocol, decoded, &Limits::default(), NOW_MS, |series| {
             series_seen += 1;
             nan_samples += series.samples.iter().filter(|s| s.value.is_nan()).count();
             assert!(!series.metric_name.is_empty());
@@ -63,15 +65,15 @@ fn every_capture_decodes_to_its_manifest_counts() {
 #[test]
 fn zero_copy_walk_agrees_with_prost_on_every_label_and_sample() {
     let (dir, manifest) = captures();
-    let mut buffer = Vec::new();
+    let mut buffer = ingest::SnappyBuffer::new();
     for file in manifest.keys() {
         let body = std::fs::read(dir.join(file)).unwrap();
-        ingest::decompress(&body, 32 << 20, &mut buffer).unwrap();
-        let reference = WriteRequest::decode(buffer.as_slice()).unwrap();
+        let decoded = buffer.decompress(&body, 32 << 20).unwrap();
+        let reference = WriteRequest::decode(decoded).unwrap();
         let mut index = 0;
         ingest::decode(
             Protocol::V1,
-            &buffer,
+            decoded,
             &Limits::default(),
             NOW_MS,
             |series| {

@@ -200,7 +200,8 @@ fn read_series_v1<'a>(
     scratch.labels.clear();
     scratch.samples.clear();
     let (mut histograms, mut exemplars) = (0, 0);
-    let mut reader = Reader::new(series);
+    let consumed = read_leading_labels(series, &mut scratch.labels);
+    let mut reader = Reader::new(&series[consumed..]);
     while !reader.is_empty() {
         let (field, wire) = reader.tag()?;
         match field {
@@ -229,6 +230,29 @@ fn read_series_v1<'a>(
         }
     }
     Ok((histograms, exemplars))
+}
+
+/// The hot loop of the decoder: senders write a series' labels first, each as tag 0x0a
+/// and a one-byte length around `0x0a len name 0x12 len value`. Reads that run of labels
+/// straight off the bytes, without the general field dispatch, and returns how many bytes
+/// it consumed; anything else (a longer label, another field) is left to the general walk,
+/// which also reports any error.
+#[inline(always)]
+fn read_leading_labels<'a>(series: &'a [u8], labels: &mut Vec<Label<'a>>) -> usize {
+    let mut pos = 0;
+    while let [0x0a, len, rest @ ..] = &series[pos..]
+        && *len < 0x80
+        && let Some(label) = rest.get(..*len as usize)
+        && let [0x0a, name_len, label @ ..] = label
+        && *name_len < 0x80
+        && let Some((name, [0x12, value_len, value @ ..])) =
+            label.split_at_checked(*name_len as usize)
+        && value.len() == *value_len as usize
+    {
+        labels.push(Label { name, value });
+        pos += 2 + *len as usize;
+    }
+    pos
 }
 
 #[inline(always)]

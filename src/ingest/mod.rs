@@ -17,7 +17,7 @@ mod wire;
 pub use decode::{DecodeStats, Label, Sample, SeriesView, decode};
 pub use error::IngestError;
 pub use negotiate::{Protocol, negotiate};
-pub use snappy::decompress;
+pub use snappy::SnappyBuffer;
 
 /// The bit pattern Prometheus writes for a staleness marker: a NaN that is told apart
 /// from every other NaN. It ends a series' current value.

@@ -6,27 +6,46 @@ use super::IngestError;
 /// the block format; a framed body would otherwise fail with a confusing block error.
 const FRAMED_STREAM_MAGIC: &[u8] = b"\xff\x06\x00\x00sNaPpY";
 
-/// Decompresses a snappy block into `out` (cleared first, its capacity reused across
-/// requests). The length the block's header declares is checked against `limit` before
-/// `out` grows, so a small "bomb" cannot make Prophet allocate its declared size.
-pub fn decompress(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), IngestError> {
-    if body.starts_with(FRAMED_STREAM_MAGIC) {
-        return Err(IngestError::FramedSnappy);
+/// A decompression buffer reused across requests. It only ever grows, so that it is
+/// zero-filled once per size rather than on every request; what one request decoded is
+/// only reachable through the slice [`SnappyBuffer::decompress`] returns.
+#[derive(Debug, Default)]
+pub struct SnappyBuffer {
+    bytes: Vec<u8>,
+}
+
+impl SnappyBuffer {
+    pub fn new() -> Self {
+        Self::default()
     }
-    // The header is read here rather than by `snap::raw::decompress_len`, so that any
-    // declared size above the limit, even beyond snappy's own 4 GiB cap, is answered the
-    // same way.
-    let declared = declared_len(body)?;
-    if declared > limit {
-        return Err(IngestError::TooLarge { declared, limit });
+
+    /// Bytes held, for callers that cap what a buffer may keep between requests.
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
     }
-    out.clear();
-    out.resize(declared, 0);
-    let written = snap::raw::Decoder::new()
-        .decompress(body, out)
-        .map_err(|e| IngestError::Snappy(e.to_string()))?;
-    out.truncate(written);
-    Ok(())
+
+    /// Decompresses a snappy block and returns the decoded bytes. The length the block's
+    /// header declares is checked against `limit` before the buffer grows, so a small
+    /// "bomb" cannot make Prophet allocate its declared size.
+    pub fn decompress(&mut self, body: &[u8], limit: usize) -> Result<&[u8], IngestError> {
+        if body.starts_with(FRAMED_STREAM_MAGIC) {
+            return Err(IngestError::FramedSnappy);
+        }
+        // The header is read here rather than by `snap::raw::decompress_len`, so that any
+        // declared size above the limit, even beyond snappy's own 4 GiB cap, is answered
+        // the same way.
+        let declared = declared_len(body)?;
+        if declared > limit {
+            return Err(IngestError::TooLarge { declared, limit });
+        }
+        if self.bytes.len() < declared {
+            self.bytes.resize(declared, 0);
+        }
+        let written = snap::raw::Decoder::new()
+            .decompress(body, &mut self.bytes[..declared])
+            .map_err(|e| IngestError::Snappy(e.to_string()))?;
+        Ok(&self.bytes[..written])
+    }
 }
 
 /// The decoded length a snappy block declares: its leading varint.
@@ -51,9 +70,11 @@ mod tests {
     fn round_trips_and_reuses_the_buffer() {
         let data = b"hello hello hello hello".repeat(10);
         let body = snap::raw::Encoder::new().compress_vec(&data).unwrap();
-        let mut out = Vec::new();
-        decompress(&body, 1 << 20, &mut out).unwrap();
-        assert_eq!(out, data);
+        let mut buffer = SnappyBuffer::new();
+        assert_eq!(buffer.decompress(&body, 1 << 20).unwrap(), data);
+        // A shorter body decodes into the same, larger buffer.
+        let short = snap::raw::Encoder::new().compress_vec(b"abc").unwrap();
+        assert_eq!(buffer.decompress(&short, 1 << 20).unwrap(), b"abc");
     }
 
     #[test]
@@ -66,10 +87,10 @@ mod tests {
             n >>= 7;
         }
         body.push(n as u8);
-        let mut out = Vec::new();
-        let err = decompress(&body, 32 << 20, &mut out).unwrap_err();
+        let mut buffer = SnappyBuffer::new();
+        let err = buffer.decompress(&body, 32 << 20).unwrap_err();
         assert!(matches!(err, IngestError::TooLarge { declared, .. } if declared == 1 << 30));
-        assert_eq!(out.capacity(), 0);
+        assert_eq!(buffer.capacity(), 0);
     }
 
     #[test]
@@ -81,16 +102,16 @@ mod tests {
             w.write_all(b"some data").unwrap();
             w.into_inner().unwrap()
         };
-        let mut out = Vec::new();
+        let mut buffer = SnappyBuffer::new();
         assert_eq!(
-            decompress(&framed, 1 << 20, &mut out),
+            buffer.decompress(&framed, 1 << 20),
             Err(IngestError::FramedSnappy)
         );
         let body = snap::raw::Encoder::new()
             .compress_vec(&b"abcdefgh".repeat(100))
             .unwrap();
         assert!(matches!(
-            decompress(&body[..body.len() / 2], 1 << 20, &mut out),
+            buffer.decompress(&body[..body.len() / 2], 1 << 20),
             Err(IngestError::Snappy(_))
         ));
     }
