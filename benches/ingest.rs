@@ -152,7 +152,7 @@ fn route(
     buffer: &mut ingest::SnappyBuffer,
 ) -> Batch {
     let decoded = buffer.decompress(body, 32 << 20).unwrap();
-    let mut batch = Batch::new(Instant::now());
+    let mut batch = Batch::new(Instant::now(), NOW_MS, usize::MAX);
     ingest::decode(protocol, decoded, &Limits::default(), NOW_MS, |s| {
         router.route(s, &mut batch)
     })

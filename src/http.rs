@@ -9,14 +9,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router as HttpRouter;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::actuate::{Decision, DecisionLog};
@@ -62,9 +61,6 @@ const UNKNOWN_VERSION: &str = "unknown";
 
 /// Builds the router with body-size and time limits.
 pub fn router(state: Arc<AppState>) -> HttpRouter {
-    // Snappy's worst case for n bytes is 32 + n + n/6; beyond that the decoded-size limit
-    // could not be met anyway.
-    let max_body = 32 + state.limits.max_decoded_bytes + state.limits.max_decoded_bytes / 6;
     HttpRouter::new()
         .route("/api/v1/write", post(write))
         .route("/api/v1/rules", get(rules))
@@ -72,10 +68,12 @@ pub fn router(state: Arc<AppState>) -> HttpRouter {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        // The write handler enforces its own body limit, so that the refusal is answered
+        // (and counted) like every other one.
         .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(max_body))
+        // 503, not 408: Prometheus retries a 5xx, while a 4xx would drop the samples.
         .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+            StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
         ))
         .with_state(state)
@@ -135,7 +133,9 @@ fn status_of(error: &IngestError) -> StatusCode {
         IngestError::UnsupportedMediaType(_)
         | IngestError::UnsupportedProto(_)
         | IngestError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        IngestError::TooLarge { .. }
+        | IngestError::KeptLabelsTooLarge { .. }
+        | IngestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::BAD_REQUEST,
     }
 }
@@ -165,7 +165,7 @@ fn ingest_body(
         let result = buffer
             .decompress(body, state.limits.max_decoded_bytes)
             .and_then(|decoded| {
-                let mut batch = Batch::new(arrived);
+                let mut batch = Batch::new(arrived, now_ms, state.limits.max_kept_label_bytes);
                 let stats = ingest::decode(protocol, decoded, &state.limits, now_ms, |series| {
                     state.router.route(series, &mut batch)
                 })?;
@@ -178,10 +178,28 @@ fn ingest_body(
     })
 }
 
+/// The largest compressed body that can decode within `max_decoded_bytes`: snappy's
+/// worst case for n bytes is 32 + n + n/6.
+fn max_body_bytes(limits: &Limits) -> usize {
+    32 + limits.max_decoded_bytes + limits.max_decoded_bytes / 6
+}
+
+async fn read_body(body: Body, limits: &Limits) -> Result<Bytes, IngestError> {
+    let limit = max_body_bytes(limits);
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        // http-body's length-limit error is the only one that names its limit.
+        if error.to_string().contains("length limit") {
+            IngestError::BodyTooLarge { limit }
+        } else {
+            IngestError::Body(error.to_string())
+        }
+    })
+}
+
 async fn write(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> WriteResponse {
     let arrived = Instant::now();
     let content_type = header(&headers, CONTENT_TYPE);
@@ -196,10 +214,18 @@ async fn write(
                 .and_then(|ct| ingest::negotiate(ct, None).ok()),
             error,
         ),
-        Ok(protocol) => match ingest_body(&state, protocol, &body, arrived) {
-            Err(error) => refuse(Some(protocol), error),
-            Ok((stats, batch)) => commit(&state, protocol, stats, batch).await,
-        },
+        Ok(protocol) => {
+            let ingested = match read_body(body, &state.limits).await {
+                Ok(body) => ingest_body(&state, protocol, &body, arrived),
+                Err(error) => Err(error),
+            };
+            // The body is gone here: a request waiting for the evaluator holds only its
+            // (small) batch.
+            match ingested {
+                Err(error) => refuse(Some(protocol), error),
+                Ok((stats, batch)) => commit(&state, protocol, stats, batch).await,
+            }
+        }
     };
     let version = response.protocol.map_or(UNKNOWN_VERSION, Protocol::as_str);
     state
@@ -254,6 +280,7 @@ async fn commit(
             return response;
         }
     }
+    state.metrics.count_samples("accepted", kept);
     state.metrics.count_samples("unmatched", unmatched);
     response
 }
@@ -269,7 +296,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
+    if !state.eval.is_running() {
+        (StatusCode::SERVICE_UNAVAILABLE, "evaluator stopped")
+    } else if state.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")

@@ -38,18 +38,27 @@ pub struct Metrics {
     registry: Registry,
     /// Remote-write requests by protocol version and HTTP status.
     pub requests: Family<RequestLabels, Counter>,
-    /// Samples by fate: accepted (kept by a rule), unmatched (no rule needs the series),
-    /// rejected (in a refused request, out of order, or over a series limit).
+    /// Samples of accepted requests by fate: accepted (some rule needs the series),
+    /// unmatched (no rule does); rejected: needed, but refused with 503 because the
+    /// evaluator was behind. Samples of requests refused as malformed are not counted.
     pub samples: Family<SampleLabels, Counter>,
     /// Series tracked in windows.
     pub series_active: Gauge,
-    /// Series refused because their rule reached its series limit.
-    pub series_over_limit: Family<RuleLabels, Counter>,
+    /// Samples a rule dropped because it already holds `--series-limit` series.
+    pub series_limit_dropped: Family<RuleLabels, Counter>,
+    /// Samples a window dropped, by reason (`out_of_order`: older than the series'
+    /// newest sample or than its rule's clock allows).
+    pub window_dropped: Family<DropLabels, Counter>,
     pub verdicts: Family<VerdictLabels, Counter>,
     /// Seconds from the arrival of the request carrying a sample to the verdict it caused.
     pub verdict_latency: Histogram,
     /// Rules by state (active, invalid, unsupported).
     pub rules: Family<RuleStateLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,11 +87,17 @@ impl Metrics {
             "Series currently held in rule windows",
             series_active.clone(),
         );
-        let series_over_limit = Family::<RuleLabels, Counter>::default();
+        let series_limit_dropped = Family::<RuleLabels, Counter>::default();
         registry.register(
-            "series_over_limit",
-            "Series refused because their rule reached its series limit",
-            series_over_limit.clone(),
+            "series_limit_dropped_samples",
+            "Samples dropped because their rule already holds its series limit",
+            series_limit_dropped.clone(),
+        );
+        let window_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "window_dropped_samples",
+            "Samples dropped by rule windows, by reason",
+            window_dropped.clone(),
         );
         let verdicts = Family::<VerdictLabels, Counter>::default();
         registry.register(
@@ -103,7 +118,8 @@ impl Metrics {
             requests,
             samples,
             series_active,
-            series_over_limit,
+            series_limit_dropped,
+            window_dropped,
             verdicts,
             verdict_latency,
             rules,

@@ -18,33 +18,36 @@ use crate::labels::{Labels, PrehashedMap, push_pair};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InputId(pub u32);
 
-/// A series selector: what `up{job="x"}` says, as promql-parser parsed it.
+/// A series selector: what `up{job="x"}` says, as promql-parser parsed it. A series
+/// matches when every matcher of at least one group matches; a selector without `or` has
+/// exactly one group. The metric name, when the selector gives one, is a matcher in
+/// every group.
 #[derive(Debug, Clone)]
 pub struct Selector {
-    /// All matchers, `__name__` ones included (an `or` of matcher groups when
-    /// `or_groups` is not empty).
-    pub matchers: Vec<Matcher>,
-    pub or_groups: Vec<Vec<Matcher>>,
+    pub groups: Vec<Vec<Matcher>>,
 }
 
 impl Selector {
     /// From a parsed vector selector.
     pub fn from_promql(selector: &promql_parser::parser::VectorSelector) -> Self {
-        let mut matchers = selector.matchers.matchers.clone();
-        if let Some(name) = &selector.name
-            && !matchers
-                .iter()
-                .any(|m| m.name == "__name__" && m.op == MatchOp::Equal && m.value == *name)
-        {
-            matchers.push(Matcher::new(MatchOp::Equal, "__name__", name));
+        let mut groups = selector.matchers.or_matchers.clone();
+        if !selector.matchers.matchers.is_empty() || groups.is_empty() {
+            groups.push(selector.matchers.matchers.clone());
         }
-        Self {
-            matchers,
-            or_groups: selector.matchers.or_matchers.clone(),
+        if let Some(name) = &selector.name {
+            for group in &mut groups {
+                if !group
+                    .iter()
+                    .any(|m| m.name == "__name__" && m.op == MatchOp::Equal && m.value == *name)
+                {
+                    group.push(Matcher::new(MatchOp::Equal, "__name__", name));
+                }
+            }
         }
+        Self { groups }
     }
 
-    /// The metric name every matching series must have, when the selector fixes one.
+    /// The metric name every matching series must have, when all groups fix the same one.
     fn metric_name(&self) -> Option<&str> {
         fn equal_name(group: &[Matcher]) -> Option<&str> {
             group
@@ -52,16 +55,48 @@ impl Selector {
                 .find(|m| m.name == "__name__" && m.op == MatchOp::Equal)
                 .map(|m| m.value.as_str())
         }
-        if self.or_groups.is_empty() {
-            return equal_name(&self.matchers);
-        }
-        // With `or`, the index can only use a name all groups agree on.
-        let first = equal_name(&self.or_groups[0])?;
-        self.or_groups[1..]
+        let first = equal_name(self.groups.first()?)?;
+        self.groups[1..]
             .iter()
             .all(|g| equal_name(g) == Some(first))
             .then_some(first)
     }
+
+    /// Whether a decoded series matches. Equality matchers compare bytes; only regular
+    /// expressions need the value as `str`, so only they check UTF-8.
+    fn matches(&self, series: &SeriesView<'_, '_>) -> Result<bool, IngestError> {
+        for group in &self.groups {
+            if group_matches(group, series)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn group_matches(group: &[Matcher], series: &SeriesView<'_, '_>) -> Result<bool, IngestError> {
+    for matcher in group {
+        // A missing label matches as the empty string, as in PromQL.
+        let value = series
+            .labels
+            .iter()
+            .find(|l| l.name == matcher.name.as_bytes())
+            .map_or(&b""[..], |l| l.value);
+        let matched = match &matcher.op {
+            MatchOp::Equal => value == matcher.value.as_bytes(),
+            MatchOp::NotEqual => value != matcher.value.as_bytes(),
+            MatchOp::Re(_) | MatchOp::NotRe(_) => {
+                let value = std::str::from_utf8(value).map_err(|_| IngestError::InvalidUtf8 {
+                    series: series.index,
+                })?;
+                matcher.is_match(value)
+            }
+        };
+        if !matched {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 struct Route {
@@ -128,6 +163,10 @@ impl Router {
     /// `batch` once, with an entry for every input whose selector matches.
     #[inline]
     pub fn route(&self, series: &SeriesView<'_, '_>, batch: &mut Batch) -> Result<(), IngestError> {
+        if series.samples.is_empty() {
+            // Histogram- or exemplar-only series: nothing a rule evaluates.
+            return Ok(());
+        }
         let named = self
             .by_name
             .get(&xxh3_64_with_seed(series.metric_name, self.seed))
@@ -140,7 +179,7 @@ impl Router {
         let candidates = named.into_iter().flatten().chain(&self.unnamed);
         let mut kept: Option<(Range<u32>, u64)> = None;
         for route in candidates {
-            if !selector_matches(&route.selector, series)? {
+            if !route.selector.matches(series)? {
                 continue;
             }
             let (labels, hash) = match &kept {
@@ -168,38 +207,6 @@ impl Router {
     }
 }
 
-fn label_value<'a>(series: &SeriesView<'_, 'a>, name: &str) -> Result<&'a str, IngestError> {
-    let value = series
-        .labels
-        .iter()
-        .find(|l| l.name == name.as_bytes())
-        .map_or(&b""[..], |l| l.value);
-    std::str::from_utf8(value).map_err(|_| IngestError::InvalidUtf8 {
-        series: series.index,
-    })
-}
-
-fn selector_matches(selector: &Selector, series: &SeriesView<'_, '_>) -> Result<bool, IngestError> {
-    let group_matches = |group: &[Matcher]| -> Result<bool, IngestError> {
-        for matcher in group {
-            // A missing label matches as the empty string, as in PromQL.
-            if !matcher.is_match(label_value(series, &matcher.name)?) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    };
-    if selector.or_groups.is_empty() {
-        return group_matches(&selector.matchers);
-    }
-    for group in &selector.or_groups {
-        if group_matches(group)? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// One kept (input, series) pair of a batch.
 #[derive(Debug, Clone)]
 pub struct KeptSeries {
@@ -216,21 +223,30 @@ pub struct KeptSeries {
 pub struct Batch {
     /// When the request arrived, for `prophet_verdict_latency_seconds`.
     pub arrived: Instant,
+    /// The receiver's wall clock at arrival (ms since the epoch): no rule's event clock
+    /// moves past it, so one sender with a fast clock cannot age everyone else's series.
+    pub received_ms: i64,
     pub entries: Vec<KeptSeries>,
     pub kept_samples: usize,
     pub unmatched_samples: usize,
     labels: Vec<u8>,
+    /// Most bytes `labels` may grow to (at most `u32::MAX`, as ranges index it).
+    max_label_bytes: usize,
     samples: Vec<Sample>,
 }
 
 impl Batch {
-    pub fn new(arrived: Instant) -> Self {
+    /// An empty batch that refuses to hold more than `max_label_bytes` of labels.
+    pub fn new(arrived: Instant, received_ms: i64, max_label_bytes: usize) -> Self {
         Self {
             arrived,
+            received_ms,
             entries: Vec::new(),
             kept_samples: 0,
             unmatched_samples: 0,
             labels: Vec::new(),
+            // Headroom for the one series that may cross the limit before it is noticed.
+            max_label_bytes: max_label_bytes.min(u32::MAX as usize / 2),
             samples: Vec::new(),
         }
     }
@@ -272,6 +288,13 @@ impl Batch {
             let mut order: Vec<_> = series.labels.iter().collect();
             order.sort_unstable_by_key(|l| l.name);
             order.into_iter().try_for_each(&mut push)?;
+        }
+        if self.labels.len() > self.max_label_bytes
+            || self.samples.len() + series.samples.len() > u32::MAX as usize
+        {
+            return Err(IngestError::KeptLabelsTooLarge {
+                limit: self.max_label_bytes,
+            });
         }
         let hash = xxh3_64_with_seed(&self.labels[start..], seed);
         self.samples.extend_from_slice(series.samples);

@@ -107,10 +107,10 @@ impl DecisionLog {
     pub fn push(&self, decision: Decision) {
         // std Mutex: held only to push or clone, never across an await.
         let mut log = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if log.len() == self.capacity {
+        log.push_back(decision);
+        while log.len() > self.capacity {
             log.pop_front();
         }
-        log.push_back(decision);
     }
 
     pub fn snapshot(&self) -> Vec<Decision> {

@@ -17,10 +17,24 @@ use crate::labels::Labels;
 use crate::route::{Batch, InputId, Router, Selector};
 use crate::rules::compile::{CompiledRule, DetectorSpec, LOOKBACK_MS, Scope};
 use crate::rules::load::RuleKey;
-use crate::window::{InputWindows, Insert, WindowSpec};
+use crate::window::{InputWindows, Insert, SeriesId, WindowSpec};
 
 enum Detector {
     Threshold(ThresholdDetector),
+}
+
+impl Detector {
+    fn observe(&mut self, id: SeriesId, value: Option<f64>, at_ms: i64) -> Option<Transition> {
+        match self {
+            Self::Threshold(d) => d.observe(id, value, at_ms),
+        }
+    }
+
+    fn forget(&mut self, id: SeriesId) -> Option<Transition> {
+        match self {
+            Self::Threshold(d) => d.forget(id),
+        }
+    }
 }
 
 struct ActiveRule {
@@ -32,15 +46,18 @@ struct ActiveRule {
 struct InputSlot {
     rule: usize,
     windows: InputWindows,
-    /// `windows.over_limit_series` already reported by `take_over_limit`.
-    over_limit_reported: u64,
 }
 
 /// Running totals for one rule, shown by `GET /api/v1/rules`.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuleCounters {
+    /// Samples taken into the rule's windows.
     pub samples: u64,
+    /// Samples dropped: older than their series' newest, or than the rule's clock allows.
+    pub out_of_order_samples: u64,
+    /// Samples of series refused because the rule holds `--series-limit` series.
+    pub over_limit_samples: u64,
     pub tripped: u64,
     pub cleared: u64,
     /// Event time of the newest sample the rule has seen.
@@ -54,8 +71,8 @@ pub struct Outcome {
     pub appended: usize,
     pub duplicates: usize,
     pub out_of_order: usize,
-    /// Samples of series refused because their rule is at its series limit.
-    pub over_limit: usize,
+    /// Samples of series refused because their rule is at its series limit, per rule.
+    pub over_limit: Vec<(RuleKey, usize)>,
 }
 
 /// One tripped series, as the rules endpoint lists it.
@@ -77,7 +94,6 @@ pub struct RuleSnapshot {
     pub summary: String,
     pub series: usize,
     pub series_limit: usize,
-    pub over_limit_series: u64,
     pub tripped_series: Vec<TrippedSeries>,
     pub counters: RuleCounters,
 }
@@ -102,7 +118,6 @@ impl Evaluator {
                 for input in &compiled.inputs {
                     inputs.push(InputSlot {
                         rule: index,
-                        over_limit_reported: 0,
                         windows: InputWindows::new(WindowSpec {
                             retention_ms: input.retention_ms,
                             idle_ms: input.retention_ms.max(LOOKBACK_MS),
@@ -150,27 +165,45 @@ impl Evaluator {
             let Some(slot) = self.inputs.get_mut(entry.input.0 as usize) else {
                 continue;
             };
+            let rule = &mut self.rules[slot.rule];
             let samples = batch.samples(entry);
-            let id = match slot
+            let Ok(id) = slot
                 .windows
                 .get_or_insert(entry.hash, batch.canonical_labels(entry))
-            {
-                Ok(id) => id,
-                Err(_) => {
-                    outcome.over_limit += samples.len();
-                    continue;
-                }
+            else {
+                rule.counters.over_limit_samples += samples.len() as u64;
+                outcome
+                    .over_limit
+                    .push((rule.compiled.key.clone(), samples.len()));
+                continue;
             };
-            let rule = &mut self.rules[slot.rule];
+            let idle_ms = slot.windows.spec().idle_ms;
             for &sample in samples {
-                match slot.windows.insert(id, sample) {
+                // A series silent for longer than the lookback starts afresh, as if it had
+                // been evicted in between (the sweep only runs now and then).
+                let last = slot
+                    .windows
+                    .get(id)
+                    .map_or(i64::MIN, |w| w.last_timestamp_ms());
+                if last != i64::MIN && sample.timestamp_ms.saturating_sub(last) > idle_ms {
+                    if let Some(t) = rule.detector.forget(id)
+                        && let Some(window) = slot.windows.get(id)
+                    {
+                        let labels = window.labels().clone();
+                        outcome
+                            .verdicts
+                            .push(rule.verdict(t, labels, None, last, batch));
+                    }
+                }
+                match slot.windows.insert(id, sample, batch.received_ms) {
                     Insert::Appended => outcome.appended += 1,
                     Insert::Duplicate => {
                         outcome.duplicates += 1;
                         continue;
                     }
-                    Insert::OutOfOrder => {
+                    Insert::OutOfOrder | Insert::TooOld => {
                         outcome.out_of_order += 1;
+                        rule.counters.out_of_order_samples += 1;
                         continue;
                     }
                 }
@@ -184,13 +217,11 @@ impl Evaluator {
                     continue;
                 };
                 let current = window.current().map(|s| s.value);
-                let transition = match &mut rule.detector {
-                    Detector::Threshold(d) => d.observe(id, current, sample.timestamp_ms),
-                };
-                if let Some(t) = transition {
+                if let Some(t) = rule.detector.observe(id, current, sample.timestamp_ms) {
+                    let labels = window.labels().clone();
                     outcome.verdicts.push(rule.verdict(
                         t,
-                        window.labels().clone(),
+                        labels,
                         current,
                         sample.timestamp_ms,
                         batch,
@@ -201,10 +232,7 @@ impl Evaluator {
         for slot in &mut self.inputs {
             let rule = &mut self.rules[slot.rule];
             for (id, labels) in slot.windows.evict_idle() {
-                let transition = match &mut rule.detector {
-                    Detector::Threshold(d) => d.forget(id),
-                };
-                if let Some(t) = transition {
+                if let Some(t) = rule.detector.forget(id) {
                     let at = slot.windows.clock_ms();
                     outcome
                         .verdicts
@@ -213,19 +241,6 @@ impl Evaluator {
             }
         }
         outcome
-    }
-
-    /// Series refused at a limit since the last call, per rule (for the metric).
-    pub fn take_over_limit(&mut self) -> Vec<(RuleKey, u64)> {
-        let mut out = Vec::new();
-        for slot in &mut self.inputs {
-            let new = slot.windows.over_limit_series - slot.over_limit_reported;
-            if new > 0 {
-                slot.over_limit_reported = slot.windows.over_limit_series;
-                out.push((self.rules[slot.rule].compiled.key.clone(), new));
-            }
-        }
-        out
     }
 
     /// A view of every active rule, for the rules endpoint.
@@ -240,14 +255,12 @@ impl Evaluator {
                     summary: rule.compiled.summary.clone(),
                     series: 0,
                     series_limit: 0,
-                    over_limit_series: 0,
                     tripped_series: Vec::new(),
                     counters: rule.counters.clone(),
                 };
                 for slot in slots {
                     snapshot.series += slot.windows.len();
                     snapshot.series_limit += slot.windows.spec().series_limit;
-                    snapshot.over_limit_series += slot.windows.over_limit_series;
                     let Detector::Threshold(d) = &rule.detector;
                     snapshot.tripped_series.extend(
                         slot.windows

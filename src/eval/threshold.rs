@@ -61,10 +61,10 @@ impl ThresholdDetector {
         };
         if threshold.holds(value) {
             let since = *state.holding_since.get_or_insert(at_ms);
-            if !state.tripped && at_ms - since >= for_ms {
+            if !state.tripped && at_ms.saturating_sub(since) >= for_ms {
                 state.tripped = true;
                 let held = if for_ms > 0 {
-                    format!(" for {}s", (at_ms - since) / 1000)
+                    format!(" for {}s", at_ms.saturating_sub(since) / 1000)
                 } else {
                     String::new()
                 };

@@ -48,6 +48,12 @@ impl EvalHandle {
         Ok(applied)
     }
 
+    /// False once the evaluator thread has stopped (it never does before shutdown unless
+    /// it failed); readiness reports it.
+    pub fn is_running(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+
     /// The live state of every active rule, taken between two batches.
     pub async fn snapshot(&self) -> Result<Vec<RuleSnapshot>, SubmitError> {
         let (reply, answer) = oneshot::channel();
@@ -94,26 +100,32 @@ fn apply(
     batch: &Batch,
 ) {
     let outcome = evaluator.apply(batch);
-    metrics.count_samples("accepted", outcome.appended + outcome.duplicates);
-    metrics.count_samples("rejected", outcome.out_of_order + outcome.over_limit);
     metrics.series_active.set(evaluator.series_active() as i64);
-    if outcome.over_limit > 0 || outcome.out_of_order > 0 {
+    let out_of_order = outcome.out_of_order;
+    let over_limit: usize = outcome.over_limit.iter().map(|(_, n)| n).sum();
+    if over_limit > 0 || out_of_order > 0 {
         tracing::warn!(
-            over_limit_samples = outcome.over_limit,
-            out_of_order_samples = outcome.out_of_order,
+            over_limit_samples = over_limit,
+            out_of_order_samples = out_of_order,
             "samples dropped from a batch"
         );
     }
-    for (key, refused) in evaluator.take_over_limit() {
+    for (key, samples) in outcome.over_limit {
         metrics
-            .series_over_limit
+            .series_limit_dropped
             .get_or_create(&RuleLabels {
                 kind: key.kind.as_str(),
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
+                namespace: key.namespace,
+                name: key.name,
             })
-            .inc_by(refused);
+            .inc_by(samples as u64);
     }
+    metrics
+        .window_dropped
+        .get_or_create(&crate::metrics::DropLabels {
+            reason: "out_of_order",
+        })
+        .inc_by(out_of_order as u64);
     for verdict in outcome.verdicts {
         metrics
             .verdicts

@@ -74,6 +74,8 @@ where
         latest_allowed_ms: now_ms.saturating_add(limits.max_future_ms),
         limit_ms: limits.max_future_ms,
         now_ms,
+        max_labels: limits.max_labels_per_series,
+        max_label_bytes: limits.max_label_bytes,
     };
     let mut scratch = Scratch {
         labels: Vec::with_capacity(32),
@@ -89,6 +91,8 @@ struct Validator {
     latest_allowed_ms: i64,
     limit_ms: i64,
     now_ms: i64,
+    max_labels: usize,
+    max_label_bytes: usize,
 }
 
 impl Validator {
@@ -108,6 +112,13 @@ impl Validator {
     /// Checks label names (non-empty, no duplicates) and returns the metric name.
     #[inline]
     fn labels<'a>(&self, series: usize, labels: &[Label<'a>]) -> Result<&'a [u8], IngestError> {
+        if labels.len() > self.max_labels {
+            return Err(IngestError::TooManyLabels {
+                series,
+                labels: labels.len(),
+                limit: self.max_labels,
+            });
+        }
         let mut metric_name: &[u8] = &[];
         let mut sorted = true;
         let mut previous: &[u8] = &[];
@@ -122,21 +133,29 @@ impl Validator {
                 Some(&p) if p != first => p < first,
                 Some(_) => previous < label.name,
             };
+            if label.name.len() + label.value.len() > self.max_label_bytes {
+                return Err(IngestError::LabelTooLong {
+                    series,
+                    name: String::from_utf8_lossy(&label.name[..label.name.len().min(64)])
+                        .into_owned(),
+                    limit: self.max_label_bytes,
+                });
+            }
             if first == b'_' && label.name == METRIC_NAME {
                 metric_name = label.value;
             }
             previous = label.name;
         }
         // Senders sort labels, so strictly increasing names (checked above for free) rule
-        // out duplicates; only an unsorted series pays for the quadratic check.
+        // out duplicates; only an unsorted series pays for sorting a copy of its names.
         if !sorted {
-            for (i, label) in labels.iter().enumerate() {
-                if labels[..i].iter().any(|l| l.name == label.name) {
-                    return Err(IngestError::DuplicateLabelName {
-                        series,
-                        name: String::from_utf8_lossy(label.name).into_owned(),
-                    });
-                }
+            let mut names: Vec<&[u8]> = labels.iter().map(|l| l.name).collect();
+            names.sort_unstable();
+            if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+                return Err(IngestError::DuplicateLabelName {
+                    series,
+                    name: String::from_utf8_lossy(pair[0]).into_owned(),
+                });
             }
         }
         if metric_name.is_empty() {

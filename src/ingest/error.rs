@@ -18,6 +18,10 @@ pub enum IngestError {
         "decoded body would be {declared} bytes, above the limit of {limit} bytes (--max-decoded-bytes)"
     )]
     TooLarge { declared: usize, limit: usize },
+    #[error("request body larger than {limit} bytes, which could not decode within the limit")]
+    BodyTooLarge { limit: usize },
+    #[error("cannot read the request body: {0}")]
+    Body(String),
     #[error(
         "framed snappy is not accepted: remote-write bodies use the snappy block format, without stream framing"
     )]
@@ -32,6 +36,22 @@ pub enum IngestError {
     EmptyLabelName { series: usize },
     #[error("series {series} has the label {name:?} more than once")]
     DuplicateLabelName { series: usize, name: String },
+    #[error("series {series} has {labels} labels, more than the {limit} allowed")]
+    TooManyLabels {
+        series: usize,
+        labels: usize,
+        limit: usize,
+    },
+    #[error("series {series} has a label {name:?} longer than {limit} bytes (name and value)")]
+    LabelTooLong {
+        series: usize,
+        name: String,
+        limit: usize,
+    },
+    #[error(
+        "the series this request would add to rule windows carry more than {limit} bytes of labels"
+    )]
+    KeptLabelsTooLarge { limit: usize },
     #[error("series {series} has a label that is not valid UTF-8")]
     InvalidUtf8 { series: usize },
     #[error("series {series} has an odd number of labels_refs ({len})")]
@@ -59,7 +79,10 @@ impl IngestError {
         match self {
             Self::UnsupportedMediaType(_) | Self::UnsupportedProto(_) => "media_type",
             Self::UnsupportedEncoding(_) => "encoding",
-            Self::TooLarge { .. } => "too_large",
+            Self::TooLarge { .. } | Self::KeptLabelsTooLarge { .. } | Self::BodyTooLarge { .. } => {
+                "too_large"
+            }
+            Self::Body(_) => "body",
             Self::FramedSnappy | Self::Snappy(_) => "snappy",
             Self::Protobuf(_) => "protobuf",
             Self::MissingMetricName { .. }
@@ -67,6 +90,8 @@ impl IngestError {
             | Self::DuplicateLabelName { .. }
             | Self::OddLabelRefs { .. }
             | Self::InvalidUtf8 { .. }
+            | Self::TooManyLabels { .. }
+            | Self::LabelTooLong { .. }
             | Self::SymbolOutOfRange { .. } => "labels",
             Self::FutureSample { .. } => "future_sample",
         }

@@ -37,6 +37,13 @@ pub struct Limits {
     pub max_decoded_bytes: usize,
     /// How far past the receiver's clock a sample's timestamp may lie.
     pub max_future_ms: i64,
+    /// Most labels one series may carry.
+    pub max_labels_per_series: usize,
+    /// Longest label (name and value together), in bytes.
+    pub max_label_bytes: usize,
+    /// Most label bytes a request may bring into rule windows. Bounds what a 2.0 request
+    /// can make Prophet copy by referencing one large symbol from many series.
+    pub max_kept_label_bytes: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +51,9 @@ impl Default for Limits {
         Self {
             max_decoded_bytes: 32 << 20,
             max_future_ms: 10 * 60 * 1000,
+            max_labels_per_series: 512,
+            max_label_bytes: 64 << 10,
+            max_kept_label_bytes: 32 << 20,
         }
     }
 }

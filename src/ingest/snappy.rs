@@ -38,6 +38,15 @@ impl SnappyBuffer {
         if declared > limit {
             return Err(IngestError::TooLarge { declared, limit });
         }
+        // No snappy element expands more than 64/3 times (a 3-byte copy of 64 bytes): a
+        // header promising more than that of the body is corrupt, and is refused before
+        // the buffer grows for it.
+        if declared > body.len().saturating_mul(22).saturating_add(32) {
+            return Err(IngestError::Snappy(format!(
+                "the header declares {declared} bytes, more than {} compressed bytes can hold",
+                body.len()
+            )));
+        }
         if self.bytes.len() < declared {
             self.bytes.resize(declared, 0);
         }

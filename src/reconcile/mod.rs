@@ -62,9 +62,12 @@ impl Decider {
             .unwrap_or_else(|| verdict.series.to_string());
         let key = (verdict.rule.clone(), target);
         if let Some(&last) = self.last_acted.get(&key)
-            && verdict.sample_time_ms - last < plan.cooldown_ms
+            && verdict.sample_time_ms.saturating_sub(last) < plan.cooldown_ms
         {
-            let left = (plan.cooldown_ms - (verdict.sample_time_ms - last)) / 1000;
+            let left = plan
+                .cooldown_ms
+                .saturating_sub(verdict.sample_time_ms.saturating_sub(last))
+                / 1000;
             return Some(Decision::new(
                 verdict,
                 action,

@@ -44,8 +44,6 @@ pub struct InputWindows {
     /// The newest sample timestamp seen by this input: its event clock.
     clock_ms: i64,
     last_sweep_ms: i64,
-    /// Series refused because of the limit, since start.
-    pub over_limit_series: u64,
 }
 
 impl InputWindows {
@@ -59,7 +57,6 @@ impl InputWindows {
             live: 0,
             clock_ms: i64::MIN,
             last_sweep_ms: i64::MIN,
-            over_limit_series: 0,
         }
     }
 
@@ -82,6 +79,11 @@ impl InputWindows {
 
     /// Finds the series with these canonical labels, or admits it if under the limit.
     pub fn get_or_insert(&mut self, hash: u64, canonical: &[u8]) -> Result<SeriesId, OverLimit> {
+        if !self.collided.is_empty()
+            && let Some(&id) = self.collided.get(&Labels::from_canonical(canonical))
+        {
+            return Ok(id);
+        }
         if let Some(&id) = self.by_hash.get(&hash) {
             if self
                 .get(id)
@@ -89,12 +91,8 @@ impl InputWindows {
             {
                 return Ok(id);
             }
-            if let Some(&id) = self.collided.get(&Labels::from_canonical(canonical)) {
-                return Ok(id);
-            }
         }
         if self.live >= self.spec.series_limit {
-            self.over_limit_series += 1;
             return Err(OverLimit);
         }
         let window = SeriesWindow::new(Labels::from_canonical(canonical), hash);
@@ -124,15 +122,21 @@ impl InputWindows {
         self.slots.get(id.0 as usize)?.as_ref()
     }
 
-    /// Inserts a sample into a series' window and advances the event clock.
-    pub fn insert(&mut self, id: SeriesId, sample: crate::ingest::Sample) -> Insert {
+    /// Inserts a sample into a series' window and advances the event clock, which never
+    /// passes `now_ms` (the receiver's clock when the sample arrived). A sample already
+    /// older than the idle time behind the clock is refused: its series would be evicted
+    /// at once.
+    pub fn insert(&mut self, id: SeriesId, sample: crate::ingest::Sample, now_ms: i64) -> Insert {
         let retention_ms = self.spec.retention_ms;
+        if sample.timestamp_ms < self.clock_ms.saturating_sub(self.spec.idle_ms) {
+            return Insert::TooOld;
+        }
         let Some(window) = self.slots.get_mut(id.0 as usize).and_then(Option::as_mut) else {
-            return Insert::OutOfOrder;
+            return Insert::TooOld;
         };
         let outcome = window.insert(sample, retention_ms);
         if outcome == Insert::Appended {
-            self.clock_ms = self.clock_ms.max(sample.timestamp_ms);
+            self.clock_ms = self.clock_ms.max(sample.timestamp_ms.min(now_ms));
         }
         outcome
     }
@@ -196,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn admits_up_to_the_limit_and_counts_the_rest() {
+    fn admits_up_to_the_limit_and_refuses_the_rest() {
         let mut w = InputWindows::new(spec(2));
         let a = w.get_or_insert(1, labels("a").as_canonical()).unwrap();
         let b = w.get_or_insert(2, labels("b").as_canonical()).unwrap();
@@ -206,11 +210,6 @@ mod tests {
             w.get_or_insert(3, labels("c").as_canonical()),
             Err(OverLimit)
         );
-        assert_eq!(
-            w.get_or_insert(3, labels("c").as_canonical()),
-            Err(OverLimit)
-        );
-        assert_eq!(w.over_limit_series, 2);
         assert_eq!(w.len(), 2);
     }
 
@@ -233,9 +232,9 @@ mod tests {
             timestamp_ms: t,
             value: 1.0,
         };
-        w.insert(a, at(0));
-        w.insert(b, at(0));
-        w.insert(b, at(400_000));
+        w.insert(a, at(0), i64::MAX);
+        w.insert(b, at(0), i64::MAX);
+        w.insert(b, at(400_000), i64::MAX);
         let evicted = w.evict_idle();
         assert_eq!(evicted, vec![(a, labels("a"))]);
         assert_eq!(w.len(), 1);

@@ -14,6 +14,9 @@ pub enum Insert {
     /// Older than the newest sample, or the same timestamp with another value: dropped,
     /// as Prometheus's own TSDB would refuse it.
     OutOfOrder,
+    /// Older than its rule's event clock minus the idle time: the series would be
+    /// evicted at once.
+    TooOld,
 }
 
 /// The samples of one series that its rule input needs.
