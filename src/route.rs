@@ -301,3 +301,124 @@ impl Batch {
         Ok((start as u32..self.labels.len() as u32, hash))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::Label;
+
+    fn selector(promql: &str) -> Selector {
+        match promql_parser::parser::parse(promql).unwrap() {
+            promql_parser::parser::Expr::VectorSelector(s) => Selector::from_promql(&s),
+            other => panic!("not a selector: {other:?}"),
+        }
+    }
+
+    fn route(router: &Router, labels: &[(&str, &str)]) -> Batch {
+        let labels: Vec<Label<'_>> = labels
+            .iter()
+            .map(|(n, v)| Label {
+                name: n.as_bytes(),
+                value: v.as_bytes(),
+            })
+            .collect();
+        let metric_name = labels
+            .iter()
+            .find(|l| l.name == b"__name__")
+            .map_or(&b""[..], |l| l.value);
+        let series = SeriesView {
+            index: 0,
+            metric_name,
+            labels: &labels,
+            samples: &[Sample {
+                timestamp_ms: 1,
+                value: 1.0,
+            }],
+            histograms: 0,
+            exemplars: 0,
+        };
+        let mut batch = Batch::new(Instant::now(), i64::MAX, 1 << 20);
+        router.route(&series, &mut batch).unwrap();
+        batch
+    }
+
+    fn inputs(batch: &Batch) -> Vec<u32> {
+        batch.entries.iter().map(|e| e.input.0).collect()
+    }
+
+    #[test]
+    fn an_or_selector_keeps_its_metric_name_in_every_group() {
+        let router = Router::new([(InputId(0), selector(r#"mem{ns="a" or ns="b"}"#))], 1);
+        assert_eq!(
+            inputs(&route(&router, &[("__name__", "mem"), ("ns", "b")])),
+            [0]
+        );
+        assert!(inputs(&route(&router, &[("__name__", "other"), ("ns", "b")])).is_empty());
+        assert!(inputs(&route(&router, &[("__name__", "mem"), ("ns", "c")])).is_empty());
+    }
+
+    #[test]
+    fn matchers_follow_promql_semantics() {
+        let router = Router::new(
+            [
+                (InputId(0), selector(r#"up{job="api"}"#)),
+                (InputId(1), selector(r#"up{job=~"a.*", zone=""}"#)),
+                (InputId(2), selector(r#"up{job!~"api|web"}"#)),
+                (InputId(3), selector(r#"{__name__=~"up|down", job!="x"}"#)),
+            ],
+            1,
+        );
+        // One copy of the series, an entry per matching input.
+        let batch = route(&router, &[("__name__", "up"), ("job", "api")]);
+        assert_eq!(inputs(&batch), [0, 1, 3]);
+        assert_eq!(batch.kept_samples, 1);
+        assert_eq!(batch.labels.iter().filter(|&&b| b == 0xFF).count(), 4);
+        // A missing label matches ""; a present one does not.
+        assert_eq!(
+            inputs(&route(
+                &router,
+                &[("__name__", "up"), ("job", "ab"), ("zone", "z")]
+            )),
+            [2, 3]
+        );
+        assert!(inputs(&route(&router, &[("__name__", "node"), ("job", "x")])).is_empty());
+    }
+
+    #[test]
+    fn unsorted_labels_are_kept_sorted_and_hash_like_sorted_ones() {
+        let router = Router::new([(InputId(0), selector("up"))], 9);
+        let sorted = route(&router, &[("__name__", "up"), ("a", "1"), ("b", "2")]);
+        let unsorted = route(&router, &[("b", "2"), ("__name__", "up"), ("a", "1")]);
+        let (s, u) = (&sorted.entries[0], &unsorted.entries[0]);
+        assert_eq!(s.hash, u.hash);
+        assert_eq!(sorted.canonical_labels(s), unsorted.canonical_labels(u));
+    }
+
+    #[test]
+    fn a_batch_refuses_more_label_bytes_than_its_limit() {
+        let router = Router::new([(InputId(0), selector("up"))], 1);
+        let labels = [Label {
+            name: b"__name__",
+            value: b"up",
+        }];
+        let series = SeriesView {
+            index: 0,
+            metric_name: b"up",
+            labels: &labels,
+            samples: &[Sample {
+                timestamp_ms: 1,
+                value: 1.0,
+            }],
+            histograms: 0,
+            exemplars: 0,
+        };
+        // `__name__ 0xFF up 0xFF` is 12 bytes: two series fit in 30, a third does not.
+        let mut batch = Batch::new(Instant::now(), i64::MAX, 30);
+        router.route(&series, &mut batch).unwrap();
+        router.route(&series, &mut batch).unwrap();
+        assert_eq!(
+            router.route(&series, &mut batch),
+            Err(IngestError::KeptLabelsTooLarge { limit: 30 })
+        );
+    }
+}

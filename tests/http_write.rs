@@ -360,3 +360,95 @@ async fn health_readiness_and_metrics_are_served_on_the_same_listener() {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_body_larger_than_any_decodable_one_is_refused_with_413_and_counted() {
+    let limits = prophet::ingest::Limits {
+        max_decoded_bytes: 1 << 10,
+        ..Default::default()
+    };
+    let app = start_with(
+        &threshold_rule("mem", MEM, "> 1Gi", ""),
+        prophet::standalone::PipelineConfig {
+            limits,
+            ..Default::default()
+        },
+    );
+    let answer = app.write(Some(V2), vec![0u8; 4 << 10]).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        answer.headers["x-prometheus-remote-write-samples-written"],
+        "0"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"prophet_remote_write_requests_total{version="2.0",code="413"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_sender_with_a_fast_clock_does_not_age_other_series() {
+    let app = start(&threshold_rule("mem", MEM, "> 1Gi", ""));
+    let t = now_ms();
+    let body = v1_body(vec![
+        pod_series("good", &[(t - 60_000, 2.0 * GI)]),
+        // Nine minutes ahead: accepted (under the 10-minute limit) but it must not move
+        // the rule's clock past the present.
+        pod_series("skewed", &[(t + 9 * 60_000, 2.0 * GI)]),
+    ]);
+    assert_eq!(
+        app.write(Some(V1), body).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let next = v1_body(vec![pod_series("good", &[(t, 2.0 * GI)])]);
+    assert_eq!(
+        app.write(Some(V1), next).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let decisions = app.wait_decisions(2).await;
+    let verdicts: Vec<_> = decisions
+        .iter()
+        .map(|d| {
+            (
+                d["verdict"].as_str().unwrap(),
+                d["series"]["pod"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(verdicts, [("tripped", "good"), ("tripped", "skewed")]);
+    assert_eq!(app.rule("mem").await["series"], 2);
+}
+
+#[tokio::test]
+async fn extreme_timestamps_neither_crash_nor_trip() {
+    let app = start(&threshold_rule("mem", MEM, "> 1Gi", "  for: 1m\n"));
+    let t = now_ms();
+    let body = v1_body(vec![pod_series(
+        "a",
+        &[(i64::MIN + 1, 2.0 * GI), (t, 2.0 * GI)],
+    )]);
+    assert_eq!(
+        app.write(Some(V1), body).await.status,
+        StatusCode::NO_CONTENT
+    );
+    // The evaluator is still there, and the ancient sample did not satisfy `for`.
+    assert_eq!(
+        app.send(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let later = v1_body(vec![pod_series("a", &[(t + 1_000, 2.0 * GI)])]);
+    assert_eq!(
+        app.write(Some(V1), later).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert!(app.wait_decisions(1).await.is_empty());
+    assert_eq!(app.rule("mem").await["counters"]["samples"], 3);
+}

@@ -483,3 +483,230 @@ fn symbol_ref(raw: u64, series: usize, symbols: usize) -> Result<u32, IngestErro
     }
     Ok(raw as u32)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Hand-built encodings that prost would never produce (fields out of order, unpacked
+    //! repeated fields, long labels that miss the fast paths), checked against prost's
+    //! decoding of the same bytes.
+
+    use prost::Message;
+
+    use super::*;
+    use crate::proto::{v1, v2};
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn key(field: u32, wire: u8, out: &mut Vec<u8>) {
+        varint(u64::from(field) << 3 | u64::from(wire), out);
+    }
+
+    fn len_field(field: u32, bytes: &[u8], out: &mut Vec<u8>) {
+        key(field, 2, out);
+        varint(bytes.len() as u64, out);
+        out.extend_from_slice(bytes);
+    }
+
+    fn varint_field(field: u32, v: u64, out: &mut Vec<u8>) {
+        key(field, 0, out);
+        varint(v, out);
+    }
+
+    fn double_field(field: u32, v: f64, out: &mut Vec<u8>) {
+        key(field, 1, out);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A sample with its fields in reverse order.
+    fn sample_reversed(timestamp: i64, value: f64) -> Vec<u8> {
+        let mut s = Vec::new();
+        varint_field(2, timestamp as u64, &mut s);
+        double_field(1, value, &mut s);
+        s
+    }
+
+    type Decoded = Vec<(Vec<(Vec<u8>, Vec<u8>)>, Vec<(i64, u64)>)>;
+
+    fn ours(protocol: Protocol, body: &[u8]) -> Result<(Decoded, DecodeStats), IngestError> {
+        let mut out = Vec::new();
+        let stats = decode(protocol, body, &Limits::default(), 0, |s| {
+            out.push((
+                s.labels
+                    .iter()
+                    .map(|l| (l.name.to_vec(), l.value.to_vec()))
+                    .collect(),
+                s.samples
+                    .iter()
+                    .map(|s| (s.timestamp_ms, s.value.to_bits()))
+                    .collect(),
+            ));
+            Ok(())
+        })?;
+        Ok((out, stats))
+    }
+
+    fn prost_v1(body: &[u8]) -> Decoded {
+        v1::WriteRequest::decode(body)
+            .unwrap()
+            .timeseries
+            .into_iter()
+            .map(|ts| {
+                (
+                    ts.labels
+                        .into_iter()
+                        .map(|l| (l.name.into_bytes(), l.value.into_bytes()))
+                        .collect(),
+                    ts.samples
+                        .into_iter()
+                        .map(|s| (s.timestamp, s.value.to_bits()))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn prost_v2(body: &[u8]) -> Decoded {
+        let request = v2::Request::decode(body).unwrap();
+        request
+            .timeseries
+            .into_iter()
+            .map(|ts| {
+                (
+                    ts.labels_refs
+                        .chunks(2)
+                        .map(|p| {
+                            (
+                                request.symbols[p[0] as usize].clone().into_bytes(),
+                                request.symbols[p[1] as usize].clone().into_bytes(),
+                            )
+                        })
+                        .collect(),
+                    ts.samples
+                        .into_iter()
+                        .map(|s| (s.timestamp, s.value.to_bits()))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn v1_fields_in_any_order_long_labels_and_negative_timestamps() {
+        let long_value = "v".repeat(300);
+        let mut series = Vec::new();
+        // A sample before the labels, with its fields reversed and a negative timestamp.
+        len_field(2, &sample_reversed(-5_000, 1.5), &mut series);
+        // A label written value-first.
+        let mut label = Vec::new();
+        len_field(2, b"api", &mut label);
+        len_field(1, b"job", &mut label);
+        len_field(1, &label, &mut series);
+        // A label too long for the one-byte fast path.
+        let mut label = Vec::new();
+        len_field(1, b"long", &mut label);
+        len_field(2, long_value.as_bytes(), &mut label);
+        len_field(1, &label, &mut series);
+        let mut label = Vec::new();
+        len_field(1, b"__name__", &mut label);
+        len_field(2, b"up", &mut label);
+        len_field(1, &label, &mut series);
+        // An unknown field is skipped.
+        varint_field(9, 7, &mut series);
+        len_field(2, &sample_reversed(1_000, f64::INFINITY), &mut series);
+        let mut body = Vec::new();
+        len_field(1, &series, &mut body);
+        len_field(3, b"\x08\x01", &mut body);
+
+        let (decoded, stats) = ours(Protocol::V1, &body).unwrap();
+        assert_eq!(decoded, prost_v1(&body));
+        assert_eq!(stats.series, 1);
+        assert_eq!(stats.samples, 2);
+        assert_eq!(stats.metadata, 1);
+        assert_eq!(decoded[0].1[0], (-5_000, 1.5f64.to_bits()));
+    }
+
+    #[test]
+    fn v2_symbols_after_series_and_unpacked_refs() {
+        let mut series = Vec::new();
+        // Two refs packed, two unpacked: both encodings are valid for a repeated uint32.
+        let mut packed = Vec::new();
+        varint(1, &mut packed);
+        varint(2, &mut packed);
+        len_field(1, &packed, &mut series);
+        varint_field(1, 3, &mut series);
+        varint_field(1, 4, &mut series);
+        // A sample with a start timestamp (field 3).
+        let mut sample = Vec::new();
+        double_field(1, 2.0, &mut sample);
+        varint_field(2, 10_000, &mut sample);
+        varint_field(3, 9_000, &mut sample);
+        len_field(2, &sample, &mut series);
+        let mut body = Vec::new();
+        len_field(5, &series, &mut body);
+        for symbol in ["", "__name__", "up", "job", "api"] {
+            len_field(4, symbol.as_bytes(), &mut body);
+        }
+        let (decoded, _) = ours(Protocol::V2, &body).unwrap();
+        assert_eq!(decoded, prost_v2(&body));
+        assert_eq!(decoded[0].0.len(), 2);
+        assert_eq!(decoded[0].1, [(10_000, 2.0f64.to_bits())]);
+    }
+
+    #[test]
+    fn malformed_wire_data_is_refused_with_a_reason() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"\x0a\x05\x0a\x03", "truncated"),
+            (b"\x0a", "truncated"),
+            (b"\x0b", "wire type"),
+            (b"\x09\x00\x00", "wire type"),
+            (
+                b"\x0a\x0b\x12\x09\x09\x00\x00\x00\x00\x00\x00\xf0",
+                "truncated",
+            ),
+        ];
+        for (body, word) in cases {
+            let error = ours(Protocol::V1, body).unwrap_err();
+            assert!(
+                matches!(error, IngestError::Protobuf(ref m) if m.contains(word)),
+                "{body:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_series_with_thousands_of_unsorted_labels_is_refused_quickly() {
+        let mut series = Vec::new();
+        for i in (0..20_000).rev() {
+            let mut label = Vec::new();
+            len_field(1, format!("l{i:05}").as_bytes(), &mut label);
+            len_field(2, b"x", &mut label);
+            len_field(1, &label, &mut series);
+        }
+        let mut body = Vec::new();
+        len_field(1, &series, &mut body);
+        assert!(matches!(
+            ours(Protocol::V1, &body),
+            Err(IngestError::TooManyLabels { labels: 20_000, .. })
+        ));
+        // Below the count limit, an unsorted duplicate is still found.
+        let mut series = Vec::new();
+        for name in ["b", "__name__", "a", "b"] {
+            let mut label = Vec::new();
+            len_field(1, name.as_bytes(), &mut label);
+            len_field(2, b"x", &mut label);
+            len_field(1, &label, &mut series);
+        }
+        let mut body = Vec::new();
+        len_field(1, &series, &mut body);
+        assert!(matches!(
+            ours(Protocol::V1, &body),
+            Err(IngestError::DuplicateLabelName { ref name, .. }) if name == "b"
+        ));
+    }
+}

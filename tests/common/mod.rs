@@ -72,15 +72,16 @@ impl App {
     }
 
     /// Decisions are made by the reconcile task after the evaluator acknowledged the
-    /// batch; this waits (bounded) until at least `n` are recorded, then returns them all.
+    /// batch; this waits (bounded) until at least `n` are recorded, then a little longer so
+    /// that an unexpected extra decision would show too, and returns them all.
     pub async fn wait_decisions(&self, n: usize) -> Vec<serde_json::Value> {
         for _ in 0..200 {
-            let decisions = self.decisions().await;
-            if decisions.len() >= n {
-                return decisions;
+            if self.decisions().await.len() >= n {
+                break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         self.decisions().await
     }
 
