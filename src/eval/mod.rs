@@ -185,15 +185,15 @@ impl Evaluator {
                     .windows
                     .get(id)
                     .map_or(i64::MIN, |w| w.last_timestamp_ms());
-                if last != i64::MIN && sample.timestamp_ms.saturating_sub(last) > idle_ms {
-                    if let Some(t) = rule.detector.forget(id)
-                        && let Some(window) = slot.windows.get(id)
-                    {
-                        let labels = window.labels().clone();
-                        outcome
-                            .verdicts
-                            .push(rule.verdict(t, labels, None, last, batch));
-                    }
+                if last != i64::MIN
+                    && sample.timestamp_ms.saturating_sub(last) > idle_ms
+                    && let Some(t) = rule.detector.forget(id)
+                    && let Some(window) = slot.windows.get(id)
+                {
+                    let labels = window.labels().clone();
+                    outcome
+                        .verdicts
+                        .push(rule.verdict(t, labels, None, last, batch));
                 }
                 match slot.windows.insert(id, sample, batch.received_ms) {
                     Insert::Appended => outcome.appended += 1,

@@ -84,13 +84,12 @@ impl InputWindows {
         {
             return Ok(id);
         }
-        if let Some(&id) = self.by_hash.get(&hash) {
-            if self
+        if let Some(&id) = self.by_hash.get(&hash)
+            && self
                 .get(id)
                 .is_some_and(|w| w.labels().as_canonical() == canonical)
-            {
-                return Ok(id);
-            }
+        {
+            return Ok(id);
         }
         if self.live >= self.spec.series_limit {
             return Err(OverLimit);
