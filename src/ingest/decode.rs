@@ -184,19 +184,14 @@ where
                 let series = request.bytes()?;
                 let index = stats.series;
                 let (histograms, exemplars) = read_series_v1(series, index, validator, scratch)?;
-                let metric_name = validator.labels(index, &scratch.labels)?;
-                stats.series += 1;
-                stats.samples += scratch.samples.len();
-                stats.histograms += histograms;
-                stats.exemplars += exemplars;
-                on_series(&SeriesView {
+                finish_series(
                     index,
-                    metric_name,
-                    labels: &scratch.labels,
-                    samples: &scratch.samples,
-                    histograms,
-                    exemplars,
-                })?;
+                    (histograms, exemplars),
+                    validator,
+                    scratch,
+                    &mut stats,
+                    on_series,
+                )?;
             }
             3 => {
                 expect_wire("WriteRequest.metadata", wire, WIRE_LEN)?;
@@ -455,21 +450,44 @@ where
                 name: symbols[pair[0] as usize],
                 value: symbols[pair[1] as usize],
             }));
-        let metric_name = validator.labels(index, &scratch.labels)?;
-        stats.series += 1;
-        stats.samples += scratch.samples.len();
-        stats.histograms += histograms;
-        stats.exemplars += exemplars;
-        on_series(&SeriesView {
+        finish_series(
             index,
-            metric_name,
-            labels: &scratch.labels,
-            samples: &scratch.samples,
-            histograms,
-            exemplars,
-        })?;
+            (histograms, exemplars),
+            validator,
+            scratch,
+            &mut stats,
+            on_series,
+        )?;
     }
     Ok(stats)
+}
+
+/// Validates the series gathered in `scratch`, counts it, and hands it to the callback.
+#[inline(always)]
+fn finish_series<'a, F>(
+    index: usize,
+    (histograms, exemplars): (usize, usize),
+    validator: &Validator,
+    scratch: &Scratch<'a>,
+    stats: &mut DecodeStats,
+    on_series: &mut F,
+) -> Result<(), IngestError>
+where
+    F: FnMut(&SeriesView<'_, 'a>) -> Result<(), IngestError>,
+{
+    let metric_name = validator.labels(index, &scratch.labels)?;
+    stats.series += 1;
+    stats.samples += scratch.samples.len();
+    stats.histograms += histograms;
+    stats.exemplars += exemplars;
+    on_series(&SeriesView {
+        index,
+        metric_name,
+        labels: &scratch.labels,
+        samples: &scratch.samples,
+        histograms,
+        exemplars,
+    })
 }
 
 #[inline]
