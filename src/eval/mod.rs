@@ -3,10 +3,12 @@
 //! so a capture can be replayed to backtest a rule. Owns the windows (one
 //! [`InputWindows`] per rule input) so that nothing else needs to lock them.
 
+mod slo;
 mod threshold;
 mod verdict;
 mod worker;
 
+pub use slo::{BurnTier, SliCounter, SliShape, SloDetector, SloSpec, SloState, default_tiers};
 pub use threshold::{ThresholdDetector, Transition};
 pub use verdict::{Change, PodRef, Verdict, format_value};
 pub use worker::{EvalHandle, SubmitError, spawn};

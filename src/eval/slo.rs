@@ -1,0 +1,502 @@
+//! The SLO detector: error-budget accounting and multi-window, multi-burn-rate alerting
+//! over counter increases, in event time.
+//!
+//! Counter samples become increases per series (a drop in value is a counter reset: the
+//! new value is the increase since the reset, as in PromQL's `increase`), and increases
+//! are kept as per-minute rollups covering the SLO period, so memory is proportional to
+//! period ÷ resolution per SLO, never to samples. From the rollups: the burn rate over any
+//! window (error ratio ÷ error budget), the event-weighted budget remaining over the
+//! period, and the time to exhaustion. No traffic means a burn rate of 0, never NaN.
+//!
+//! Pure: nothing here reads a clock or does I/O; the caller feeds samples and asks for the
+//! state at an event time.
+
+use serde::Serialize;
+
+use super::threshold::Transition;
+use super::verdict::Change;
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// One tier of the multi-window table: fires when the burn rate over both windows exceeds
+/// `factor`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BurnTier {
+    pub long_ms: i64,
+    pub short_ms: i64,
+    pub factor: f64,
+}
+
+/// The default table, from the Google SRE workbook: for a 30-day period, 2% of the budget
+/// in 1h (14.4×), 5% in 6h (6×), 10% in 1d (3×), 10% in 3d (1×). The windows stay; the
+/// factors follow the period (budget fraction × period ÷ long window), so 28 days gives
+/// 13.44 / 5.6 / 2.8 / 0.933.
+pub fn default_tiers(period_ms: i64) -> Vec<BurnTier> {
+    [
+        (HOUR_MS, 5 * MINUTE_MS, 0.02),
+        (6 * HOUR_MS, 30 * MINUTE_MS, 0.05),
+        (DAY_MS, 2 * HOUR_MS, 0.10),
+        (3 * DAY_MS, 6 * HOUR_MS, 0.10),
+    ]
+    .into_iter()
+    .map(|(long_ms, short_ms, budget_fraction)| BurnTier {
+        long_ms,
+        short_ms,
+        factor: budget_fraction * period_ms as f64 / long_ms as f64,
+    })
+    .collect()
+}
+
+/// What the SLI counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliCounter {
+    /// Bad events (ratio SLI: the `errors` selector).
+    Bad,
+    /// Good events (latency SLI: buckets at or under the threshold).
+    Good,
+    /// All events.
+    Total,
+}
+
+/// Whether the SLI is given by bad or by good events next to the total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliShape {
+    /// errors / total.
+    Ratio,
+    /// (total - good) / total.
+    Latency,
+}
+
+/// A compiled SLO.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SloSpec {
+    /// The objective as a ratio, e.g. 0.999.
+    pub target: f64,
+    pub period_ms: i64,
+    pub tiers: Vec<BurnTier>,
+    /// Trip when less than this fraction of the budget remains.
+    pub budget_threshold: f64,
+    pub shape: SliShape,
+}
+
+/// Event counts of one rollup bucket.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Start of the minute, ms; `i64::MIN` while unused.
+    start_ms: i64,
+    /// Bad events (ratio) or good events (latency).
+    counted: f64,
+    total: f64,
+}
+
+/// Per-minute counts over the period, in a ring indexed by minute.
+#[derive(Debug)]
+struct Rollup {
+    buckets: Vec<Bucket>,
+}
+
+impl Rollup {
+    fn new(period_ms: i64) -> Self {
+        let len = (period_ms / MINUTE_MS).max(1) as usize;
+        Self {
+            buckets: vec![
+                Bucket {
+                    start_ms: i64::MIN,
+                    ..Bucket::default()
+                };
+                len
+            ],
+        }
+    }
+
+    fn slot(&mut self, at_ms: i64) -> &mut Bucket {
+        let minute = at_ms.div_euclid(MINUTE_MS);
+        let index = minute.rem_euclid(self.buckets.len() as i64) as usize;
+        let start_ms = minute * MINUTE_MS;
+        let bucket = &mut self.buckets[index];
+        if bucket.start_ms != start_ms {
+            // The slot held a minute a whole period ago (or nothing): reuse it.
+            *bucket = Bucket {
+                start_ms,
+                ..Bucket::default()
+            };
+        }
+        bucket
+    }
+
+    /// Sums of (counted, total) over the window (now - window, now], to the minute: a
+    /// bucket counts when its minute starts inside the window.
+    fn sum(&self, now_ms: i64, window_ms: i64) -> (f64, f64) {
+        let since = now_ms.saturating_sub(window_ms);
+        let (mut counted, mut total) = (0.0, 0.0);
+        for bucket in &self.buckets {
+            if bucket.start_ms != i64::MIN && bucket.start_ms > since && bucket.start_ms <= now_ms {
+                counted += bucket.counted;
+                total += bucket.total;
+            }
+        }
+        (counted, total)
+    }
+}
+
+/// The burn rates and budget of an SLO at one event time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SloState {
+    pub at_ms: i64,
+    /// Per tier: (long-window burn rate, short-window burn rate, firing).
+    pub tiers: Vec<TierState>,
+    /// Fraction of the period's error budget left (negative once overspent).
+    pub budget_remaining: f64,
+    /// Days until the budget is gone at the first tier's long-window burn rate; `None`
+    /// while nothing burns.
+    pub time_to_exhaustion_days: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TierState {
+    #[serde(flatten)]
+    pub tier: BurnTier,
+    pub long_burn_rate: f64,
+    pub short_burn_rate: f64,
+    pub firing: bool,
+}
+
+/// Error-budget state of one SLO, fed with the counter samples of its SLI.
+#[derive(Debug)]
+pub struct SloDetector {
+    spec: SloSpec,
+    rollup: Rollup,
+    /// Last raw value of each counter series, per SLI counter.
+    last: [Vec<Option<f64>>; 3],
+    tripped: bool,
+}
+
+impl SloDetector {
+    pub fn new(spec: SloSpec) -> Self {
+        let rollup = Rollup::new(spec.period_ms);
+        Self {
+            spec,
+            rollup,
+            last: [Vec::new(), Vec::new(), Vec::new()],
+            tripped: false,
+        }
+    }
+
+    /// Bytes of rollup held: proportional to period ÷ one minute.
+    pub fn rollup_bytes(&self) -> usize {
+        self.rollup.buckets.len() * std::mem::size_of::<Bucket>()
+    }
+
+    /// Feeds one counter sample of series `series` (an index stable per series, such as
+    /// its window's `SeriesId`). Staleness markers and NaNs carry no count.
+    pub fn observe(&mut self, counter: SliCounter, series: u32, at_ms: i64, value: f64) {
+        if value.is_nan() {
+            return;
+        }
+        let lasts = &mut self.last[counter as usize];
+        let index = series as usize;
+        if index >= lasts.len() {
+            lasts.resize(index + 1, None);
+        }
+        let previous = lasts[index].replace(value);
+        // The first sample of a series is its baseline: counting it would turn every
+        // restart of Prophet or new series into a burst of events.
+        let Some(previous) = previous else { return };
+        let increase = if value >= previous {
+            value - previous
+        } else {
+            value
+        };
+        if increase <= 0.0 {
+            return;
+        }
+        let shape = self.spec.shape;
+        let bucket = self.rollup.slot(at_ms);
+        match (counter, shape) {
+            (SliCounter::Total, _) => bucket.total += increase,
+            (SliCounter::Bad, SliShape::Ratio) | (SliCounter::Good, SliShape::Latency) => {
+                bucket.counted += increase;
+            }
+            // The other counter kind does not belong to this shape of SLI.
+            (SliCounter::Bad, SliShape::Latency) | (SliCounter::Good, SliShape::Ratio) => {}
+        }
+    }
+
+    /// Forgets a series' baseline (its window was evicted).
+    pub fn forget(&mut self, counter: SliCounter, series: u32) {
+        if let Some(last) = self.last[counter as usize].get_mut(series as usize) {
+            *last = None;
+        }
+    }
+
+    fn bad_ratio(&self, counted: f64, total: f64) -> f64 {
+        if total <= 0.0 {
+            return 0.0;
+        }
+        let bad = match self.spec.shape {
+            SliShape::Ratio => counted,
+            SliShape::Latency => (total - counted).max(0.0),
+        };
+        (bad / total).clamp(0.0, 1.0)
+    }
+
+    fn burn_rate(&self, now_ms: i64, window_ms: i64) -> f64 {
+        let (counted, total) = self.rollup.sum(now_ms, window_ms);
+        let budget = 1.0 - self.spec.target;
+        if budget <= 0.0 {
+            return 0.0;
+        }
+        self.bad_ratio(counted, total) / budget
+    }
+
+    /// The state at event time `now_ms`.
+    pub fn state(&self, now_ms: i64) -> SloState {
+        let tiers: Vec<TierState> = self
+            .spec
+            .tiers
+            .iter()
+            .map(|&tier| {
+                let long_burn_rate = self.burn_rate(now_ms, tier.long_ms);
+                let short_burn_rate = self.burn_rate(now_ms, tier.short_ms);
+                TierState {
+                    tier,
+                    long_burn_rate,
+                    short_burn_rate,
+                    firing: long_burn_rate > tier.factor && short_burn_rate > tier.factor,
+                }
+            })
+            .collect();
+        let budget_remaining = 1.0 - self.burn_rate(now_ms, self.spec.period_ms);
+        let current = tiers.first().map_or(0.0, |t| t.long_burn_rate);
+        let period_days = self.spec.period_ms as f64 / DAY_MS as f64;
+        let time_to_exhaustion_days =
+            (current > 0.0).then(|| budget_remaining.max(0.0) * period_days / current);
+        SloState {
+            at_ms: now_ms,
+            tiers,
+            budget_remaining,
+            time_to_exhaustion_days,
+        }
+    }
+
+    /// Evaluates at `now_ms` and returns a transition when the SLO starts or stops being
+    /// violated: any tier firing, or less budget left than the threshold.
+    pub fn evaluate(&mut self, now_ms: i64) -> (SloState, Option<Transition>) {
+        let state = self.state(now_ms);
+        let firing: Vec<String> = state
+            .tiers
+            .iter()
+            .filter(|t| t.firing)
+            .map(|t| {
+                format!(
+                    "burn rate {:.2}× over {} and {:.2}× over {} (> {:.2}×)",
+                    t.long_burn_rate,
+                    window_name(t.tier.long_ms),
+                    t.short_burn_rate,
+                    window_name(t.tier.short_ms),
+                    t.tier.factor
+                )
+            })
+            .collect();
+        let low_budget = state.budget_remaining < self.spec.budget_threshold;
+        let violated = !firing.is_empty() || low_budget;
+        let transition = match (violated, self.tripped) {
+            (true, false) => {
+                let mut reasons = firing;
+                if low_budget {
+                    reasons.push(format!(
+                        "error budget remaining {:.1}% < {:.1}%",
+                        state.budget_remaining * 100.0,
+                        self.spec.budget_threshold * 100.0
+                    ));
+                }
+                Some(Transition {
+                    change: Change::Tripped,
+                    reason: reasons.join("; "),
+                })
+            }
+            (false, true) => Some(Transition {
+                change: Change::Cleared,
+                reason: format!(
+                    "no burn-rate tier firing and {:.1}% of the error budget left",
+                    state.budget_remaining * 100.0
+                ),
+            }),
+            _ => None,
+        };
+        self.tripped = violated;
+        (state, transition)
+    }
+}
+
+fn window_name(ms: i64) -> String {
+    if ms % DAY_MS == 0 {
+        format!("{}d", ms / DAY_MS)
+    } else if ms % HOUR_MS == 0 {
+        format!("{}h", ms / HOUR_MS)
+    } else {
+        format!("{}m", ms / MINUTE_MS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAYS_30: i64 = 30 * DAY_MS;
+
+    fn spec(target: f64) -> SloSpec {
+        SloSpec {
+            target,
+            period_ms: DAYS_30,
+            tiers: default_tiers(DAYS_30),
+            budget_threshold: 0.1,
+            shape: SliShape::Ratio,
+        }
+    }
+
+    /// Feeds a steady 100 requests/s (one sample a minute) with `error_ratio` of them
+    /// failing, for minutes `from..to`; counters start at `base`.
+    fn traffic(d: &mut SloDetector, from: i64, to: i64, error_ratio: f64, base: &mut (f64, f64)) {
+        for minute in from..to {
+            let at = minute * MINUTE_MS;
+            base.0 += 6000.0 * error_ratio;
+            base.1 += 6000.0;
+            d.observe(SliCounter::Bad, 0, at, base.0);
+            d.observe(SliCounter::Total, 0, at, base.1);
+        }
+    }
+
+    #[test]
+    fn default_factors_scale_with_the_period() {
+        let f30: Vec<f64> = default_tiers(DAYS_30).iter().map(|t| t.factor).collect();
+        assert_eq!(f30, [14.4, 6.0, 3.0, 1.0]);
+        let f28: Vec<f64> = default_tiers(28 * DAY_MS)
+            .iter()
+            .map(|t| t.factor)
+            .collect();
+        for (got, want) in f28.iter().zip([13.44, 5.6, 2.8, 0.9333333333333333]) {
+            assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn no_traffic_gives_zero_burn_full_budget_and_no_trip() {
+        let mut d = SloDetector::new(spec(0.999));
+        let (state, transition) = d.evaluate(10 * DAY_MS);
+        assert_eq!(transition, None);
+        assert_eq!(state.budget_remaining, 1.0);
+        assert_eq!(state.time_to_exhaustion_days, None);
+        assert!(
+            state
+                .tiers
+                .iter()
+                .all(|t| t.long_burn_rate == 0.0 && !t.firing)
+        );
+    }
+
+    #[test]
+    fn the_fast_tier_trips_when_hand_computed_and_clears_with_its_short_window() {
+        // Target 99.9%: budget 0.1%; 10% errors burn at 100×. Three clean days first, so
+        // that neither the slow tiers nor the budget threshold interfere.
+        let mut d = SloDetector::new(spec(0.999));
+        let mut counters = (0.0, 0.0);
+        let start = 3 * 24 * 60 + 1;
+        traffic(&mut d, 0, start, 0.0, &mut counters);
+        // After x erroring minutes the 1h burn rate is 100·x/60: above 14.4 from x = 9
+        // (8.64 rounded up to whole minutes); the 5m one is 100·min(x,5)/5 > 14.4 at once.
+        let mut tripped_after = None;
+        for x in 1..20 {
+            let minute = start + x - 1;
+            traffic(&mut d, minute, minute + 1, 0.1, &mut counters);
+            let (state, transition) = d.evaluate(minute * MINUTE_MS);
+            if let Some(t) = transition {
+                assert_eq!(t.change, Change::Tripped);
+                assert!(t.reason.contains("over 1h and"), "{}", t.reason);
+                assert!(state.tiers[0].firing && !state.tiers[1].firing, "{state:?}");
+                tripped_after = Some(x);
+                break;
+            }
+        }
+        assert_eq!(tripped_after, Some(9));
+        // Clean again: the 5m window still holds an erroring minute 4 minutes on (burn
+        // 100/5 = 20 > 14.4) and none from the 5th, when the tier stops firing.
+        let last_error = start + 8;
+        let mut cleared_after = None;
+        for y in 1..20 {
+            let minute = last_error + y;
+            traffic(&mut d, minute, minute + 1, 0.0, &mut counters);
+            let (state, transition) = d.evaluate(minute * MINUTE_MS);
+            if let Some(t) = transition {
+                assert_eq!(t.change, Change::Cleared, "{state:?}");
+                assert!(state.tiers[0].long_burn_rate > 14.4, "{state:?}");
+                cleared_after = Some(y);
+                break;
+            }
+        }
+        assert_eq!(cleared_after, Some(5));
+    }
+
+    #[test]
+    fn budget_and_time_to_exhaustion_follow_the_definitions() {
+        // Budget 0.1% over 30 days, a day of traffic at 0.05% errors. The budget is
+        // event-weighted over the period's events: errors/total = 0.0005, so remaining is
+        // 1 - 0.0005/0.001 = 0.5, whatever the traffic's duration.
+        let mut d = SloDetector::new(spec(0.999));
+        let mut counters = (0.0, 0.0);
+        traffic(&mut d, 0, 24 * 60, 0.0005, &mut counters);
+        let state = d.state(24 * 60 * MINUTE_MS - MINUTE_MS);
+        assert!((state.budget_remaining - 0.5).abs() < 1e-9, "{state:?}");
+        // Time to exhaustion: 0.5 of the budget × 30 days ÷ burn 0.5 = 30 days.
+        let tte = state.time_to_exhaustion_days.unwrap();
+        assert!((tte - 30.0).abs() < 1e-6, "{tte}");
+    }
+
+    #[test]
+    fn counter_resets_and_first_samples_do_not_fake_errors() {
+        let mut d = SloDetector::new(spec(0.99));
+        // A series appears with a large value: its baseline, not an increase.
+        d.observe(SliCounter::Bad, 0, 0, 1e6);
+        d.observe(SliCounter::Total, 0, 0, 1e9);
+        // It restarts (reset to a small value) and counts on.
+        d.observe(SliCounter::Bad, 0, MINUTE_MS, 0.0);
+        d.observe(SliCounter::Total, 0, MINUTE_MS, 100.0);
+        d.observe(SliCounter::Bad, 0, 2 * MINUTE_MS, 1.0);
+        d.observe(SliCounter::Total, 0, 2 * MINUTE_MS, 200.0);
+        let (counted, total) = d.rollup.sum(2 * MINUTE_MS, HOUR_MS);
+        assert_eq!((counted, total), (1.0, 200.0));
+        let state = d.state(2 * MINUTE_MS);
+        assert!((state.budget_remaining - 0.5).abs() < 1e-9, "{state:?}");
+    }
+
+    #[test]
+    fn latency_slis_count_what_is_over_the_threshold() {
+        let mut d = SloDetector::new(SloSpec {
+            shape: SliShape::Latency,
+            ..spec(0.9)
+        });
+        for (minute, good, total) in [(0, 0.0, 0.0), (1, 80.0, 100.0)] {
+            d.observe(SliCounter::Good, 0, minute * MINUTE_MS, good);
+            d.observe(SliCounter::Total, 0, minute * MINUTE_MS, total);
+        }
+        // 20% slow against a 10% budget: burn 2, budget overspent by 100%.
+        let state = d.state(MINUTE_MS);
+        assert!((state.tiers[0].long_burn_rate - 2.0).abs() < 1e-9);
+        assert!((state.budget_remaining + 1.0).abs() < 1e-9);
+        assert_eq!(state.time_to_exhaustion_days, Some(0.0));
+    }
+
+    #[test]
+    fn memory_is_proportional_to_the_period_not_to_samples() {
+        let d = SloDetector::new(spec(0.999));
+        assert_eq!(
+            d.rollup_bytes(),
+            30 * 24 * 60 * std::mem::size_of::<Bucket>()
+        );
+    }
+}
