@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use crate::eval::{Change, PodRef, format_value};
 use crate::labels::Labels;
-use crate::rules::crd::RemediationType;
 use crate::rules::load::RuleKey;
 
 /// What reconcile decided for one verdict.
@@ -18,11 +17,15 @@ use crate::rules::load::RuleKey;
 pub struct Decision {
     pub rule: RuleKey,
     pub verdict: Change,
-    /// `restart`, `scale`, `alert`; `resolve` when a series cleared.
+    /// `restart`, `scale`, `alert` (an SLO's actions joined with `+`); `resolve` when a
+    /// series cleared.
     pub action: String,
     /// `act`, or why not: `cooldown`, `awaiting-approval`, `no-target`.
     pub outcome: Outcome,
     pub targets: Vec<PodRef>,
+    /// The object acted on besides pods (an SLO's HorizontalPodAutoscaler).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
     pub reason: String,
     pub series: Labels,
     pub value: Option<String>,
@@ -63,6 +66,7 @@ impl Decision {
             action: action.to_owned(),
             outcome,
             targets: verdict.targets.clone(),
+            object: None,
             reason,
             series: verdict.series.clone(),
             value: verdict.value.map(format_value),
@@ -70,15 +74,6 @@ impl Decision {
             sample_time_ms: verdict.sample_time_ms,
             dry_run,
         }
-    }
-}
-
-/// The lowercase name of a remediation, as the CRD spells it.
-pub fn action_name(action: RemediationType) -> &'static str {
-    match action {
-        RemediationType::Restart => "restart",
-        RemediationType::Scale => "scale",
-        RemediationType::Alert => "alert",
     }
 }
 

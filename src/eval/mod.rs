@@ -15,6 +15,7 @@ pub use worker::{EvalHandle, SubmitError, spawn};
 
 use serde::Serialize;
 
+use crate::ingest::Sample;
 use crate::labels::Labels;
 use crate::route::{Batch, InputId, Router, Selector};
 use crate::rules::compile::{CompiledRule, DetectorSpec, LOOKBACK_MS, Scope};
@@ -23,18 +24,85 @@ use crate::window::{InputWindows, Insert, SeriesId, WindowSpec};
 
 enum Detector {
     Threshold(ThresholdDetector),
+    Slo {
+        detector: SloDetector,
+        /// What each of the rule's inputs counts.
+        counters: Vec<SliCounter>,
+        /// The state at the last evaluation, for the rules endpoint.
+        state: Option<SloState>,
+        /// Event-time minute of the last evaluation: the rollups change by the minute, so
+        /// an SLO is judged at most once per minute of event time.
+        last_minute: i64,
+    },
 }
 
 impl Detector {
-    fn observe(&mut self, id: SeriesId, value: Option<f64>, at_ms: i64) -> Option<Transition> {
+    /// A sample was appended to series `id` of the rule's input `input`; `current` is the
+    /// series' current value now (`None` after a staleness marker).
+    fn observe(
+        &mut self,
+        input: usize,
+        id: SeriesId,
+        sample: Sample,
+        current: Option<f64>,
+    ) -> Option<Transition> {
         match self {
-            Self::Threshold(d) => d.observe(id, value, at_ms),
+            Self::Threshold(d) => d.observe(id, current, sample.timestamp_ms),
+            Self::Slo {
+                detector, counters, ..
+            } => {
+                if let Some(&counter) = counters.get(input) {
+                    detector.observe(counter, id.0, sample.timestamp_ms, sample.value);
+                }
+                None
+            }
         }
     }
 
-    fn forget(&mut self, id: SeriesId) -> Option<Transition> {
+    /// The series reappeared after more than the lookback without samples.
+    fn resumed(&mut self, id: SeriesId) -> Option<Transition> {
         match self {
             Self::Threshold(d) => d.forget(id),
+            // A counter's increase across a gap is real: keep its baseline.
+            Self::Slo { .. } => None,
+        }
+    }
+
+    /// The series was evicted; its id may be reused by another series.
+    fn evicted(&mut self, input: usize, id: SeriesId) -> Option<Transition> {
+        match self {
+            Self::Threshold(d) => d.forget(id),
+            Self::Slo {
+                detector, counters, ..
+            } => {
+                if let Some(&counter) = counters.get(input) {
+                    detector.forget(counter, id.0);
+                }
+                None
+            }
+        }
+    }
+
+    /// After a batch: detectors that judge the rule as a whole evaluate at its clock.
+    fn settle(&mut self, now_ms: i64) -> Option<(Transition, Option<f64>)> {
+        match self {
+            Self::Threshold(_) => None,
+            Self::Slo {
+                detector,
+                state,
+                last_minute,
+                ..
+            } => {
+                let minute = now_ms.div_euclid(60_000);
+                if minute == *last_minute {
+                    return None;
+                }
+                *last_minute = minute;
+                let (now, transition) = detector.evaluate(now_ms);
+                let budget = now.budget_remaining;
+                *state = Some(now);
+                transition.map(|t| (t, Some(budget)))
+            }
         }
     }
 }
@@ -47,6 +115,8 @@ struct ActiveRule {
 
 struct InputSlot {
     rule: usize,
+    /// Position of this input among its rule's inputs.
+    index: usize,
     windows: InputWindows,
 }
 
@@ -98,6 +168,9 @@ pub struct RuleSnapshot {
     pub series_limit: usize,
     pub tripped_series: Vec<TrippedSeries>,
     pub counters: RuleCounters,
+    /// For an SLO: burn rates per tier, budget remaining, time to exhaustion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloState>,
 }
 
 /// How many tripped series a snapshot lists per rule.
@@ -117,9 +190,10 @@ impl Evaluator {
             .into_iter()
             .enumerate()
             .map(|(index, compiled)| {
-                for input in &compiled.inputs {
+                for (position, input) in compiled.inputs.iter().enumerate() {
                     inputs.push(InputSlot {
                         rule: index,
+                        index: position,
                         windows: InputWindows::new(WindowSpec {
                             retention_ms: input.retention_ms,
                             idle_ms: input.retention_ms.max(LOOKBACK_MS),
@@ -131,6 +205,12 @@ impl Evaluator {
                     DetectorSpec::Threshold(spec) => {
                         Detector::Threshold(ThresholdDetector::new(spec.clone()))
                     }
+                    DetectorSpec::Slo { spec, counters } => Detector::Slo {
+                        detector: SloDetector::new(spec.clone()),
+                        counters: counters.clone(),
+                        state: None,
+                        last_minute: i64::MIN,
+                    },
                 };
                 ActiveRule {
                     compiled,
@@ -163,6 +243,7 @@ impl Evaluator {
     /// sample in order, then evicts series that fell out of the lookback.
     pub fn apply(&mut self, batch: &Batch) -> Outcome {
         let mut outcome = Outcome::default();
+        let mut touched = vec![false; self.rules.len()];
         for entry in &batch.entries {
             let Some(slot) = self.inputs.get_mut(entry.input.0 as usize) else {
                 continue;
@@ -189,7 +270,7 @@ impl Evaluator {
                     .map_or(i64::MIN, |w| w.last_timestamp_ms());
                 if last != i64::MIN
                     && sample.timestamp_ms.saturating_sub(last) > idle_ms
-                    && let Some(t) = rule.detector.forget(id)
+                    && let Some(t) = rule.detector.resumed(id)
                     && let Some(window) = slot.windows.get(id)
                 {
                     let labels = window.labels().clone();
@@ -219,7 +300,8 @@ impl Evaluator {
                     continue;
                 };
                 let current = window.current().map(|s| s.value);
-                if let Some(t) = rule.detector.observe(id, current, sample.timestamp_ms) {
+                touched[slot.rule] = true;
+                if let Some(t) = rule.detector.observe(slot.index, id, sample, current) {
                     let labels = window.labels().clone();
                     outcome.verdicts.push(rule.verdict(
                         t,
@@ -231,10 +313,31 @@ impl Evaluator {
                 }
             }
         }
+        for (index, rule) in self.rules.iter_mut().enumerate() {
+            if !touched[index] {
+                continue;
+            }
+            let clock = self
+                .inputs
+                .iter()
+                .filter(|s| s.rule == index)
+                .map(|s| s.windows.clock_ms())
+                .max()
+                .unwrap_or(i64::MIN);
+            if let Some((t, value)) = rule.detector.settle(clock) {
+                let labels = Labels::from_pairs([
+                    ("namespace", rule.compiled.key.namespace.as_str()),
+                    ("rule", rule.compiled.key.name.as_str()),
+                ]);
+                outcome
+                    .verdicts
+                    .push(rule.verdict(t, labels, value, clock, batch));
+            }
+        }
         for slot in &mut self.inputs {
             let rule = &mut self.rules[slot.rule];
             for (id, labels) in slot.windows.evict_idle() {
-                if let Some(t) = rule.detector.forget(id) {
+                if let Some(t) = rule.detector.evicted(slot.index, id) {
                     let at = slot.windows.clock_ms();
                     outcome
                         .verdicts
@@ -259,11 +362,17 @@ impl Evaluator {
                     series_limit: 0,
                     tripped_series: Vec::new(),
                     counters: rule.counters.clone(),
+                    slo: match &rule.detector {
+                        Detector::Slo { state, .. } => state.clone(),
+                        Detector::Threshold(_) => None,
+                    },
                 };
                 for slot in slots {
                     snapshot.series += slot.windows.len();
                     snapshot.series_limit += slot.windows.spec().series_limit;
-                    let Detector::Threshold(d) = &rule.detector;
+                    let Detector::Threshold(d) = &rule.detector else {
+                        continue;
+                    };
                     snapshot.tripped_series.extend(
                         slot.windows
                             .iter()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::actuate::{Actuator, Decision, Outcome, action_name};
+use crate::actuate::{Actuator, Decision, Outcome};
 use crate::eval::{Change, Verdict};
 use crate::rules::compile::ActionPlan;
 use crate::rules::load::RuleKey;
@@ -33,8 +33,14 @@ impl Decider {
 
     /// The decision for one verdict; `None` for a rule without a plan (removed meanwhile).
     pub fn decide(&mut self, verdict: &Verdict) -> Option<Decision> {
+        let mut decision = self.decide_action(verdict)?;
+        decision.object = self.plans.get(&verdict.rule).and_then(|p| p.object.clone());
+        Some(decision)
+    }
+
+    fn decide_action(&mut self, verdict: &Verdict) -> Option<Decision> {
         let plan = self.plans.get(&verdict.rule)?;
-        let action = action_name(plan.action);
+        let action = plan.action.as_str();
         if verdict.change == Change::Cleared {
             return Some(Decision::new(
                 verdict,
@@ -44,8 +50,7 @@ impl Decider {
                 self.dry_run,
             ));
         }
-        let needs_pod = plan.action == crate::rules::crd::RemediationType::Restart;
-        if needs_pod && verdict.targets.is_empty() {
+        if plan.needs_pod && verdict.targets.is_empty() {
             let why = verdict.untargeted.clone().unwrap_or_default();
             return Some(Decision::new(
                 verdict,

@@ -5,12 +5,17 @@
 
 use std::collections::BTreeMap;
 
+use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{self, Expr};
 
-use super::crd::{AnomalyAction, MetricSource, RemediationType};
+use super::crd::{
+    AnomalyAction, MetricSource, RemediationType, SLOViolation, ServiceLevelIndicator,
+    SloActionType,
+};
 use super::duration::parse_duration;
 use super::load::{Rule, RuleKey};
 use super::quantity::Threshold;
+use crate::eval::{SliCounter, SliShape, SloSpec, default_tiers};
 use crate::route::Selector;
 
 /// Prometheus's lookback: a series with no sample for this long has no current value.
@@ -53,6 +58,11 @@ pub struct ThresholdSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DetectorSpec {
     Threshold(ThresholdSpec),
+    /// An SLO over counters; `counters[i]` says what the rule's input `i` counts.
+    Slo {
+        spec: SloSpec,
+        counters: Vec<SliCounter>,
+    },
 }
 
 /// Where a rule may act: pods in `namespace` whose labels fit `pod_selector`.
@@ -67,7 +77,15 @@ pub struct Scope {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionPlan {
-    pub action: RemediationType,
+    /// The action(s) as the rule names them: `restart`, `scale`, `alert`, or for an SLO
+    /// its list joined with `+` (`scale:increase+alert`).
+    pub action: String,
+    /// Whether the action is done to the pods the verdict names (restart), so that a
+    /// verdict without one cannot act.
+    pub needs_pod: bool,
+    /// The object acted on besides pods, e.g. `HorizontalPodAutoscaler default/backend-hpa`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
     pub require_approval: bool,
     pub cooldown_ms: i64,
     pub replicas: Option<i32>,
@@ -95,15 +113,7 @@ pub fn compile(rule: &Rule, options: CompileOptions) -> Result<CompiledRule, Com
             "PredictiveScale rules load, but forecasting is not evaluated by this version yet"
                 .into(),
         )),
-        Rule::SloViolation(slo) => match &slo.spec.sli {
-            None => Err(CompileError::Invalid(
-                "spec.sli is required: a ratio SLI (errors and total counter selectors) or a latency SLI (histogram _bucket selector and le)".into(),
-            )),
-            Some(_) => Err(CompileError::Unsupported(
-                "SLOViolation rules load, but burn rates are not evaluated by this version yet"
-                    .into(),
-            )),
-        },
+        Rule::SloViolation(slo) => compile_slo(slo),
     }
 }
 
@@ -171,12 +181,160 @@ fn compile_anomaly_action(
             pod_selector: remediation.pod_selector.clone(),
         },
         plan: ActionPlan {
-            action: remediation.type_,
+            action: match remediation.type_ {
+                RemediationType::Restart => "restart",
+                RemediationType::Scale => "scale",
+                RemediationType::Alert => "alert",
+            }
+            .to_owned(),
+            needs_pod: remediation.type_ == RemediationType::Restart,
+            object: None,
             require_approval: remediation.require_approval,
             cooldown_ms,
             replicas: remediation.replicas,
             webhook_url: spec.webhook_url.clone().filter(|u| !u.is_empty()),
         },
+    })
+}
+
+fn compile_slo(rule: &SLOViolation) -> Result<CompiledRule, CompileError> {
+    let spec = &rule.spec;
+    let key = Rule::SloViolation(rule.clone()).key();
+    let indicator = spec.indicator().map_err(|e| {
+        CompileError::Invalid(format!(
+            "spec.sli: {e} (a ratio SLI: errors and total counter selectors; or a latency SLI: a histogram _bucket selector and le)"
+        ))
+    })?;
+    let target = spec
+        .target_ratio()
+        .map_err(|e| CompileError::Invalid(format!("spec.sloTarget: {e}")))?;
+    let period = parse_duration(&spec.period)
+        .map_err(|e| CompileError::Invalid(format!("spec.period: {e}")))?;
+    let period_ms = i64::try_from(period.as_millis())
+        .ok()
+        .filter(|&ms| (HOUR_MS..=10 * 366 * 24 * HOUR_MS).contains(&ms))
+        .ok_or_else(|| {
+            CompileError::Invalid(format!(
+                "spec.period {:?} must be between 1h and 10y",
+                spec.period
+            ))
+        })?;
+    if !(0.0..=1.0).contains(&spec.error_budget_threshold) {
+        return Err(CompileError::Invalid(format!(
+            "spec.errorBudgetThreshold {} must be a fraction between 0 and 1",
+            spec.error_budget_threshold
+        )));
+    }
+    let (shape, inputs) = match indicator {
+        ServiceLevelIndicator::Ratio(ratio) => (
+            SliShape::Ratio,
+            vec![
+                (
+                    parse_counter("spec.sli.ratio.errors", &ratio.errors)?,
+                    SliCounter::Bad,
+                ),
+                (
+                    parse_counter("spec.sli.ratio.total", &ratio.total)?,
+                    SliCounter::Total,
+                ),
+            ],
+        ),
+        ServiceLevelIndicator::Latency(latency) => {
+            let bucket = parse_counter("spec.sli.latency.bucket", &latency.bucket)?;
+            // Good events are the bucket at the threshold, all events the +Inf bucket.
+            let with_le = |le: &str| {
+                let mut selector = bucket.clone();
+                for group in &mut selector.groups {
+                    group.retain(|m| m.name != "le");
+                    group.push(Matcher::new(MatchOp::Equal, "le", le));
+                }
+                selector
+            };
+            (
+                SliShape::Latency,
+                vec![
+                    (with_le(latency.le.trim()), SliCounter::Good),
+                    (with_le("+Inf"), SliCounter::Total),
+                ],
+            )
+        }
+    };
+    let actions: Vec<String> = spec
+        .actions
+        .iter()
+        .map(|a| {
+            let name = match a.type_ {
+                SloActionType::Scale => "scale",
+                SloActionType::Alert => "alert",
+                SloActionType::Rollback => "rollback",
+                SloActionType::Chaos => "chaos",
+            };
+            match &a.value {
+                Some(value) => format!("{name}:{value}"),
+                None => name.to_owned(),
+            }
+        })
+        .collect();
+    let object = spec.hpa_ref.as_ref().map(|hpa| {
+        format!(
+            "HorizontalPodAutoscaler {}/{}",
+            hpa.namespace.as_deref().unwrap_or(&key.namespace),
+            hpa.name
+        )
+    });
+    Ok(CompiledRule {
+        summary: format!(
+            "SLO {} {} over {} (budget threshold {})",
+            spec.slo_name, spec.slo_target, spec.period, spec.error_budget_threshold
+        ),
+        inputs: inputs
+            .iter()
+            .map(|(selector, _)| InputSpec {
+                selector: selector.clone(),
+                retention_ms: 0,
+            })
+            .collect(),
+        detector: DetectorSpec::Slo {
+            spec: SloSpec {
+                target,
+                period_ms,
+                tiers: default_tiers(period_ms),
+                budget_threshold: spec.error_budget_threshold,
+                shape,
+            },
+            counters: inputs.iter().map(|(_, counter)| *counter).collect(),
+        },
+        scope: Scope {
+            namespace: key.namespace.clone(),
+            pod_selector: BTreeMap::new(),
+        },
+        plan: ActionPlan {
+            action: if actions.is_empty() {
+                "alert".to_owned()
+            } else {
+                actions.join("+")
+            },
+            needs_pod: false,
+            object,
+            require_approval: false,
+            // An SLO trips once per violation: nothing to space out.
+            cooldown_ms: 0,
+            replicas: None,
+            webhook_url: None,
+        },
+        key,
+    })
+}
+
+const HOUR_MS: i64 = 60 * 60 * 1000;
+
+/// An SLI selector: a plain selector over a counter, as the SLO takes increases itself.
+fn parse_counter(field: &str, text: &str) -> Result<Selector, CompileError> {
+    parse_selector(text).map_err(|e| match e {
+        CompileError::Unsupported(_) => CompileError::Invalid(format!(
+            "{field} {text:?} must be a selector over a counter, such as `http_requests_total{{code=~\"5..\"}}`: the SLO takes the increases itself"
+        )),
+        CompileError::Invalid(m) => CompileError::Invalid(m.replacen("spec.metric", field, 1)),
     })
 }
 

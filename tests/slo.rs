@@ -1,0 +1,134 @@
+//! SLOViolation rules, end to end through the HTTP surface: counters in, burn rates and
+//! budget out, and a decision when the SLO is violated.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::*;
+
+const SLO: &str = r#"
+apiVersion: aiops.prophet.io/v1alpha1
+kind: SLOViolation
+metadata: {name: checkout, namespace: default}
+spec:
+  sloName: checkout-availability
+  sloTarget: "99%"
+  errorBudgetThreshold: 0.5
+  period: 1h
+  sli:
+    ratio:
+      errors: http_requests_total{job="checkout", code=~"5.."}
+      total: http_requests_total{job="checkout"}
+  actions: [{type: scale, value: increase}, {type: alert}]
+  hpaRef: {name: checkout-hpa}
+"#;
+
+fn requests(code: &str, samples: &[(i64, f64)]) -> prophet::proto::v1::TimeSeries {
+    series(
+        &[
+            ("__name__", "http_requests_total"),
+            ("code", code),
+            ("job", "checkout"),
+        ],
+        samples,
+    )
+}
+
+#[tokio::test]
+async fn a_burning_error_budget_trips_the_slo_and_the_rule_shows_it() {
+    let app = start(SLO);
+    let rule = app.rule("checkout").await;
+    assert_eq!(rule["state"], "active", "{rule}");
+
+    let t = now_ms() - 120_000;
+    // Baselines, then a minute of 1000 requests with 20 errors: 2% against a 1% budget.
+    let body = v1_body(vec![
+        requests("200", &[(t, 5_000.0), (t + 60_000, 5_980.0)]),
+        requests("500", &[(t, 10.0), (t + 60_000, 30.0)]),
+    ]);
+    assert_eq!(
+        app.write(Some(V1), body).await.status,
+        StatusCode::NO_CONTENT
+    );
+
+    let decisions = app.wait_decisions(1).await;
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    let decision = &decisions[0];
+    assert_eq!(decision["verdict"], "tripped");
+    assert_eq!(decision["action"], "scale:increase+alert");
+    assert_eq!(decision["outcome"], "act");
+    assert_eq!(
+        decision["object"],
+        "HorizontalPodAutoscaler default/checkout-hpa"
+    );
+    // Budget remaining = 1 - (20/1000) / (1 - 0.99) = -1.
+    let value: f64 = decision["value"].as_str().unwrap().parse().unwrap();
+    assert!((value + 1.0).abs() < 1e-9, "{value}");
+    let reason = decision["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("error budget remaining -100.0% < 50.0%"),
+        "{reason}"
+    );
+
+    let slo = &app.rule("checkout").await["slo"];
+    assert!(
+        (slo["budgetRemaining"].as_f64().unwrap() + 1.0).abs() < 1e-9,
+        "{slo}"
+    );
+    let first = &slo["tiers"][0];
+    assert!(
+        (first["longBurnRate"].as_f64().unwrap() - 2.0).abs() < 1e-9,
+        "{slo}"
+    );
+    assert_eq!(first["firing"], true);
+    assert_eq!(slo["timeToExhaustionDays"], 0.0);
+}
+
+#[tokio::test]
+async fn a_quiet_service_neither_trips_nor_shows_nan() {
+    let app = start(SLO);
+    let t = now_ms() - 120_000;
+    let body = v1_body(vec![
+        requests("200", &[(t, 5_000.0), (t + 60_000, 5_000.0)]),
+        requests("500", &[(t, 10.0), (t + 60_000, 10.0)]),
+    ]);
+    assert_eq!(
+        app.write(Some(V1), body).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert!(app.wait_decisions(1).await.is_empty());
+    let slo = &app.rule("checkout").await["slo"];
+    assert_eq!(slo["budgetRemaining"], 1.0, "{slo}");
+    assert_eq!(slo["timeToExhaustionDays"], serde_json::Value::Null);
+    assert_eq!(slo["tiers"][0]["longBurnRate"], 0.0);
+}
+
+#[tokio::test]
+async fn slo_rules_without_a_usable_sli_are_reported_invalid() {
+    let app = start(&format!(
+        "{}\n---\n{}",
+        SLO.replace("name: checkout,", "name: no-sli,")
+            .split("  sli:")
+            .next()
+            .unwrap(),
+        SLO.replace("name: checkout,", "name: rated,").replace(
+            r#"total: http_requests_total{job="checkout"}"#,
+            r#"total: rate(http_requests_total[5m])"#
+        )
+    ));
+    let no_sli = app.rule("no-sli").await;
+    assert_eq!(no_sli["state"], "invalid");
+    assert!(
+        no_sli["message"].as_str().unwrap().contains("spec.sli"),
+        "{no_sli}"
+    );
+    let rated = app.rule("rated").await;
+    assert_eq!(rated["state"], "invalid");
+    assert!(
+        rated["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.sli.ratio.total"),
+        "{rated}"
+    );
+}
