@@ -200,11 +200,9 @@ fn compile_anomaly_action(
 fn compile_slo(rule: &SLOViolation) -> Result<CompiledRule, CompileError> {
     let spec = &rule.spec;
     let key = Rule::SloViolation(rule.clone()).key();
-    let indicator = spec.indicator().map_err(|e| {
-        CompileError::Invalid(format!(
-            "spec.sli: {e} (a ratio SLI: errors and total counter selectors; or a latency SLI: a histogram _bucket selector and le)"
-        ))
-    })?;
+    let indicator = spec
+        .indicator()
+        .map_err(|e| CompileError::Invalid(e.to_string()))?;
     let target = spec
         .target_ratio()
         .map_err(|e| CompileError::Invalid(format!("spec.sloTarget: {e}")))?;
