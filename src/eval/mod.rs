@@ -3,13 +3,15 @@
 //! so a capture can be replayed to backtest a rule. Owns the windows (one
 //! [`InputWindows`] per rule input) so that nothing else needs to lock them.
 
+mod band;
+mod condition;
 mod slo;
-mod threshold;
 mod verdict;
 mod worker;
 
+pub use band::{Band, BandAlgorithm, BandSpec};
+pub use condition::{ConditionDetector, Transition};
 pub use slo::{BurnTier, SliCounter, SliShape, SloDetector, SloSpec, SloState, default_tiers};
-pub use threshold::{ThresholdDetector, Transition};
 pub use verdict::{Change, PodRef, Verdict, format_value};
 pub use worker::{EvalHandle, SubmitError, spawn};
 
@@ -20,10 +22,13 @@ use crate::labels::Labels;
 use crate::route::{Batch, InputId, Router, Selector};
 use crate::rules::compile::{CompiledRule, DetectorSpec, LOOKBACK_MS, Scope};
 use crate::rules::load::RuleKey;
-use crate::window::{InputWindows, Insert, SeriesId, WindowSpec};
+use crate::window::{InputWindows, Insert, SeriesId, SeriesWindow, WindowSpec};
 
 enum Detector {
-    Threshold(ThresholdDetector),
+    Condition {
+        detector: ConditionDetector,
+        band: Option<BandSpec>,
+    },
     Slo {
         detector: SloDetector,
         /// What each of the rule's inputs counts.
@@ -37,17 +42,32 @@ enum Detector {
 }
 
 impl Detector {
-    /// A sample was appended to series `id` of the rule's input `input`; `current` is the
-    /// series' current value now (`None` after a staleness marker).
+    /// A sample was appended to series `id` of the rule's input `input`, whose window is
+    /// now `window`.
     fn observe(
         &mut self,
         input: usize,
         id: SeriesId,
         sample: Sample,
-        current: Option<f64>,
+        window: &SeriesWindow,
+        scratch: &mut Scratch,
     ) -> Option<Transition> {
         match self {
-            Self::Threshold(d) => d.observe(id, current, sample.timestamp_ms),
+            Self::Condition { detector, band } => {
+                let current = window.current().map(|s| s.value);
+                let band = band.as_ref().and_then(|spec| {
+                    // The band comes from the history before this sample.
+                    scratch.history.clear();
+                    scratch.history.extend(
+                        window
+                            .samples()
+                            .filter(|s| s.timestamp_ms < sample.timestamp_ms && s.value.is_finite())
+                            .map(|s| s.value),
+                    );
+                    band::band(&scratch.history, spec, &mut scratch.sort)
+                });
+                detector.observe(id, current, band, sample.timestamp_ms)
+            }
             Self::Slo {
                 detector, counters, ..
             } => {
@@ -62,7 +82,7 @@ impl Detector {
     /// The series reappeared after more than the lookback without samples.
     fn resumed(&mut self, id: SeriesId) -> Option<Transition> {
         match self {
-            Self::Threshold(d) => d.forget(id),
+            Self::Condition { detector, .. } => detector.forget(id),
             // A counter's increase across a gap is real: keep its baseline.
             Self::Slo { .. } => None,
         }
@@ -71,7 +91,7 @@ impl Detector {
     /// The series was evicted; its id may be reused by another series.
     fn evicted(&mut self, input: usize, id: SeriesId) -> Option<Transition> {
         match self {
-            Self::Threshold(d) => d.forget(id),
+            Self::Condition { detector, .. } => detector.forget(id),
             Self::Slo {
                 detector, counters, ..
             } => {
@@ -86,7 +106,7 @@ impl Detector {
     /// After a batch: detectors that judge the rule as a whole evaluate at its clock.
     fn settle(&mut self, now_ms: i64) -> Option<(Transition, Option<f64>)> {
         match self {
-            Self::Threshold(_) => None,
+            Self::Condition { .. } => None,
             Self::Slo {
                 detector,
                 state,
@@ -105,6 +125,13 @@ impl Detector {
             }
         }
     }
+}
+
+/// Buffers reused across samples, so that computing bands allocates nothing per sample.
+#[derive(Default)]
+struct Scratch {
+    history: Vec<f64>,
+    sort: Vec<f64>,
 }
 
 struct ActiveRule {
@@ -180,6 +207,7 @@ const SNAPSHOT_TRIPPED_MAX: usize = 50;
 pub struct Evaluator {
     rules: Vec<ActiveRule>,
     inputs: Vec<InputSlot>,
+    scratch: Scratch,
 }
 
 impl Evaluator {
@@ -202,9 +230,10 @@ impl Evaluator {
                     });
                 }
                 let detector = match &compiled.detector {
-                    DetectorSpec::Threshold(spec) => {
-                        Detector::Threshold(ThresholdDetector::new(spec.clone()))
-                    }
+                    DetectorSpec::Condition(spec) => Detector::Condition {
+                        detector: ConditionDetector::new(spec.clone()),
+                        band: spec.band,
+                    },
                     DetectorSpec::Slo { spec, counters } => Detector::Slo {
                         detector: SloDetector::new(spec.clone()),
                         counters: counters.clone(),
@@ -219,7 +248,11 @@ impl Evaluator {
                 }
             })
             .collect();
-        Self { rules, inputs }
+        Self {
+            rules,
+            inputs,
+            scratch: Scratch::default(),
+        }
     }
 
     /// The router for exactly these inputs, with the series hash keyed by `seed`.
@@ -301,7 +334,10 @@ impl Evaluator {
                 };
                 let current = window.current().map(|s| s.value);
                 touched[slot.rule] = true;
-                if let Some(t) = rule.detector.observe(slot.index, id, sample, current) {
+                if let Some(t) =
+                    rule.detector
+                        .observe(slot.index, id, sample, window, &mut self.scratch)
+                {
                     let labels = window.labels().clone();
                     outcome.verdicts.push(rule.verdict(
                         t,
@@ -364,13 +400,13 @@ impl Evaluator {
                     counters: rule.counters.clone(),
                     slo: match &rule.detector {
                         Detector::Slo { state, .. } => state.clone(),
-                        Detector::Threshold(_) => None,
+                        Detector::Condition { .. } => None,
                     },
                 };
                 for slot in slots {
                     snapshot.series += slot.windows.len();
                     snapshot.series_limit += slot.windows.spec().series_limit;
-                    let Detector::Threshold(d) = &rule.detector else {
+                    let Detector::Condition { detector: d, .. } = &rule.detector else {
                         continue;
                     };
                     snapshot.tripped_series.extend(

@@ -13,7 +13,7 @@
 
 use serde::Serialize;
 
-use super::threshold::Transition;
+use super::condition::Transition;
 use super::verdict::Change;
 
 const MINUTE_MS: i64 = 60_000;

@@ -9,13 +9,13 @@ use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{self, Expr};
 
 use super::crd::{
-    AnomalyAction, MetricSource, RemediationType, SLOViolation, ServiceLevelIndicator,
-    SloActionType,
+    AnomalyAction, DetectionAlgorithm, MetricSource, RemediationType, SLOViolation,
+    ServiceLevelIndicator, SloActionType,
 };
 use super::duration::parse_duration;
 use super::load::{Rule, RuleKey};
 use super::quantity::Threshold;
-use crate::eval::{SliCounter, SliShape, SloSpec, default_tiers};
+use crate::eval::{BandAlgorithm, BandSpec, SliCounter, SliShape, SloSpec, default_tiers};
 use crate::route::Selector;
 
 /// Prometheus's lookback: a series with no sample for this long has no current value.
@@ -47,17 +47,19 @@ pub struct InputSpec {
     pub retention_ms: i64,
 }
 
-/// A threshold on each series' current value, held for `for_ms` before it trips.
+/// A per-series condition: a threshold on the current value and/or an anomaly band
+/// (either trips), held for `for_ms` before it trips.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ThresholdSpec {
-    pub threshold: Threshold,
+pub struct ConditionSpec {
+    pub threshold: Option<Threshold>,
+    pub band: Option<BandSpec>,
     pub for_ms: i64,
 }
 
 /// The detector a rule runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DetectorSpec {
-    Threshold(ThresholdSpec),
+    Condition(ConditionSpec),
     /// An SLO over counters; `counters[i]` says what the rule's input `i` counts.
     Slo {
         spec: SloSpec,
@@ -136,13 +138,74 @@ fn compile_anomaly_action(
         }
     }
     let selector = parse_selector(&spec.metric)?;
-    let Some(threshold_text) = &spec.threshold else {
-        return Err(CompileError::Unsupported(
-            "spec.threshold is required: anomaly detection without a threshold is not evaluated by this version yet".into(),
-        ));
+    let threshold = spec
+        .threshold
+        .as_deref()
+        .map(|text| {
+            Threshold::parse(text)
+                .map_err(|e| CompileError::Invalid(format!("spec.threshold: {e}")))
+        })
+        .transpose()?;
+    let (band, retention_ms) = match &spec.detection {
+        None => (None, 0),
+        Some(detection) => {
+            let algorithm = match detection.algorithm {
+                DetectionAlgorithm::Zscore => BandAlgorithm::Zscore,
+                DetectionAlgorithm::Mad => BandAlgorithm::Mad,
+                DetectionAlgorithm::Seasonal => {
+                    return Err(CompileError::Unsupported(
+                        "spec.detection.algorithm seasonal is not evaluated by this version yet (zscore and mad are)".into(),
+                    ));
+                }
+            };
+            if !(detection.sensitivity.is_finite() && detection.sensitivity > 0.0) {
+                return Err(CompileError::Invalid(format!(
+                    "spec.detection.sensitivity {} must be a positive number",
+                    detection.sensitivity
+                )));
+            }
+            let window = parse_duration(&detection.window)
+                .map_err(|e| CompileError::Invalid(format!("spec.detection.window: {e}")))?;
+            let window_ms = i64::try_from(window.as_millis())
+                .ok()
+                .filter(|&ms| ms > 0 && ms <= 7 * 24 * HOUR_MS)
+                .ok_or_else(|| {
+                    CompileError::Invalid(format!(
+                        "spec.detection.window {:?} must be between 1ms and 7d",
+                        detection.window
+                    ))
+                })?;
+            let band = BandSpec {
+                algorithm,
+                sensitivity: detection.sensitivity,
+                min_samples: detection.min_samples as usize,
+            };
+            (Some(band), window_ms)
+        }
     };
-    let threshold = Threshold::parse(threshold_text)
-        .map_err(|e| CompileError::Invalid(format!("spec.threshold: {e}")))?;
+    if threshold.is_none() && band.is_none() {
+        return Err(CompileError::Invalid(
+            "set spec.threshold, spec.detection, or both: the rule has no condition".into(),
+        ));
+    }
+    let condition_text = [
+        spec.threshold.as_deref().map(str::trim).map(str::to_owned),
+        spec.detection.as_ref().map(|d| {
+            format!(
+                "outside {} band (k={}, {})",
+                serde_json::to_value(d.algorithm)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                d.sensitivity,
+                d.window
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" or ");
     let for_ms = match &spec.for_ {
         None => 0,
         Some(text) => {
@@ -169,13 +232,17 @@ fn compile_anomaly_action(
             CompileError::Invalid("spec.remediation.cooldownSeconds is too large".into())
         })?;
     Ok(CompiledRule {
-        summary: format!("{} {}", spec.metric.trim(), threshold_text.trim()),
+        summary: format!("{} {condition_text}", spec.metric.trim()),
         key,
         inputs: vec![InputSpec {
             selector,
-            retention_ms: 0,
+            retention_ms,
         }],
-        detector: DetectorSpec::Threshold(ThresholdSpec { threshold, for_ms }),
+        detector: DetectorSpec::Condition(ConditionSpec {
+            threshold,
+            band,
+            for_ms,
+        }),
         scope: Scope {
             namespace: target_namespace,
             pod_selector: remediation.pod_selector.clone(),

@@ -129,6 +129,12 @@ pub struct AnomalyActionSpec {
     /// The URL must be on the operator's allow-list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+
+    /// Anomaly detection, instead of or beside `threshold`: a band around each series'
+    /// own recent behaviour. A series trips when its value leaves the band (or, when a
+    /// threshold is set too, when either condition holds), for the `for` duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection: Option<Detection>,
 }
 
 /// Where an AnomalyAction's metric comes from.
@@ -179,6 +185,54 @@ pub struct Remediation {
 
 fn default_cooldown_seconds() -> u64 {
     300
+}
+
+/// How an AnomalyAction tells anomalous values from normal ones.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Detection {
+    /// `zscore`: mean ± sensitivity·σ; `mad`: median ± sensitivity·MAD (the MAD scaled by
+    /// 1.4826 so that it estimates σ for normal data, which makes one sensitivity mean
+    /// the same for both); `seasonal`: a seasonal baseline with a prediction interval.
+    pub algorithm: DetectionAlgorithm,
+
+    /// Width of the band, in σ (zscore) or scaled MADs (mad). Default 3.
+    #[serde(default = "default_sensitivity")]
+    pub sensitivity: f64,
+
+    /// How much of each series' history the band is computed from (a Prometheus
+    /// duration). Default `1h`.
+    #[serde(default = "default_detection_window")]
+    pub window: String,
+
+    /// No verdict before a series has this many samples in its window (cold start).
+    /// Default 10.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u32,
+}
+
+/// The anomaly detection algorithms.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectionAlgorithm {
+    /// Mean ± k standard deviations of the window.
+    Zscore,
+    /// Median ± k scaled median absolute deviations of the window: robust to outliers.
+    Mad,
+    /// A seasonal baseline (MSTL) with a prediction interval.
+    Seasonal,
+}
+
+fn default_sensitivity() -> f64 {
+    3.0
+}
+
+fn default_detection_window() -> String {
+    "1h".to_owned()
+}
+
+fn default_min_samples() -> u32 {
+    10
 }
 
 /// Schema of an unsigned count: schemars would say `format: uint64`, which the API
