@@ -160,5 +160,65 @@ fn route(
     batch
 }
 
-criterion_group!(benches, captures, pipeline);
+/// 100 rules of the three evaluated shapes, spread over the synthetic metric families and
+/// namespaces, as a cluster's rule set would be.
+fn mixed_rules() -> Vec<CompiledRule> {
+    let namespaces = ["shop", "payments", "search", "checkout"];
+    let yaml: String = (0..100)
+        .map(|i| {
+            let metric = synth::METRICS[i % synth::METRICS.len()];
+            let namespace = namespaces[i % namespaces.len()];
+            let spec = match i % 4 {
+                0 | 1 => format!(
+                    "  metric: {metric}{{namespace=\"{namespace}\", container!=\"\"}}\n  threshold: \"> 1e12\"\n  remediation: {{type: alert}}\n"
+                ),
+                2 => format!(
+                    "  metric: {metric}{{namespace=~\"{namespace}|default\"}}\n  detection: {{algorithm: zscore, window: 10m}}\n  remediation: {{type: alert}}\n"
+                ),
+                _ => format!(
+                    "  sloName: s{i}\n  sloTarget: \"99.9%\"\n  errorBudgetThreshold: 0.1\n  actions: [{{type: alert}}]\n  sli: {{ratio: {{errors: '{metric}{{namespace=\"{namespace}\", app=\"api\"}}', total: '{metric}{{namespace=\"{namespace}\"}}'}}}}\n"
+                ),
+            };
+            let kind = if i % 4 == 3 { "SLOViolation" } else { "AnomalyAction" };
+            format!(
+                "apiVersion: aiops.prophet.io/v1alpha1\nkind: {kind}\nmetadata: {{name: r{i}, namespace: {namespace}}}\nspec:\n{spec}---\n"
+            )
+        })
+        .collect();
+    let (loaded, invalid) = parse_documents(&yaml, std::path::Path::new("bench"));
+    assert!(invalid.is_empty(), "{invalid:?}");
+    loaded
+        .iter()
+        .map(|r| compile(r, CompileOptions::default()).unwrap())
+        .collect()
+}
+
+fn rule_count(c: &mut Criterion) {
+    let t0 = 1_700_000_000_000;
+    let bodies: Vec<Vec<u8>> = (0..REQUESTS)
+        .map(|k| synth::compress(&synth::request_v1(SERIES, t0 + k as i64 * 15_000)))
+        .collect();
+    let mut group = c.benchmark_group("rules");
+    group.throughput(Throughput::Elements((SERIES * REQUESTS) as u64));
+    for (name, rule_set) in [("none", Vec::new()), ("100-mixed", mixed_rules())] {
+        let router = Evaluator::new(rule_set.clone(), 10_000).router(7);
+        let mut buffer = ingest::SnappyBuffer::new();
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || Evaluator::new(rule_set.clone(), 10_000),
+                |mut evaluator| {
+                    for body in &bodies {
+                        let batch = route(Protocol::V1, body, &router, &mut buffer);
+                        evaluator.apply(&batch);
+                    }
+                    evaluator
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, captures, pipeline, rule_count);
 criterion_main!(benches);

@@ -92,10 +92,17 @@ struct Bucket {
     total: f64,
 }
 
-/// Per-minute counts over the period, in a ring indexed by minute.
+/// Per-minute counts over the period, in a ring indexed by minute, with running totals of
+/// the whole period so that the budget costs O(1) to read: a minute leaves the totals
+/// once, when the newest minute moves a period past it.
 #[derive(Debug)]
 struct Rollup {
     buckets: Vec<Bucket>,
+    /// Sums over the minutes (latest − len, latest].
+    counted: f64,
+    total: f64,
+    /// The newest minute counted; `i64::MIN` before the first.
+    latest_minute: i64,
 }
 
 impl Rollup {
@@ -109,31 +116,81 @@ impl Rollup {
                 };
                 len
             ],
+            counted: 0.0,
+            total: 0.0,
+            latest_minute: i64::MIN,
         }
     }
 
-    fn slot(&mut self, at_ms: i64) -> &mut Bucket {
+    fn len(&self) -> i64 {
+        self.buckets.len() as i64
+    }
+
+    fn index(&self, minute: i64) -> usize {
+        minute.rem_euclid(self.len()) as usize
+    }
+
+    /// Moves the newest minute to `minute`, taking the minutes that leave the period out
+    /// of the running totals.
+    fn advance(&mut self, minute: i64) {
+        if self.latest_minute == i64::MIN {
+            self.latest_minute = minute;
+            return;
+        }
+        if minute <= self.latest_minute {
+            return;
+        }
+        let len = self.len();
+        let leaving_to = minute - len;
+        let leaving_from = (self.latest_minute - len + 1).max(leaving_to - len + 1);
+        for leaving in leaving_from..=leaving_to {
+            let index = self.index(leaving);
+            let bucket = &mut self.buckets[index];
+            if bucket.start_ms == leaving * MINUTE_MS {
+                self.counted -= bucket.counted;
+                self.total -= bucket.total;
+                bucket.start_ms = i64::MIN;
+            }
+        }
+        self.latest_minute = minute;
+    }
+
+    /// Adds counts at `at_ms`; counts older than the period are ignored.
+    fn add(&mut self, at_ms: i64, counted: f64, total: f64) {
         let minute = at_ms.div_euclid(MINUTE_MS);
-        let index = minute.rem_euclid(self.buckets.len() as i64) as usize;
-        let start_ms = minute * MINUTE_MS;
+        self.advance(minute);
+        if minute <= self.latest_minute - self.len() {
+            return;
+        }
+        let index = self.index(minute);
         let bucket = &mut self.buckets[index];
-        if bucket.start_ms != start_ms {
-            // The slot held a minute a whole period ago (or nothing): reuse it.
+        if bucket.start_ms != minute * MINUTE_MS {
+            // Whatever the slot held lies a period back: it already left the totals.
             *bucket = Bucket {
-                start_ms,
+                start_ms: minute * MINUTE_MS,
                 ..Bucket::default()
             };
         }
-        bucket
+        bucket.counted += counted;
+        bucket.total += total;
+        self.counted += counted;
+        self.total += total;
     }
 
-    /// Sums of (counted, total) over the window (now - window, now], to the minute: a
-    /// bucket counts when its minute starts inside the window.
+    /// Sums of (counted, total) over the window (now − window, now], to the minute: a
+    /// bucket counts when its minute starts inside the window. Costs O(window ÷ 1 min),
+    /// and O(1) for the whole period.
     fn sum(&self, now_ms: i64, window_ms: i64) -> (f64, f64) {
-        let since = now_ms.saturating_sub(window_ms);
+        let now_minute = now_ms.div_euclid(MINUTE_MS);
+        let minutes = (window_ms / MINUTE_MS).clamp(1, self.len());
+        if minutes == self.len() && now_minute == self.latest_minute {
+            // Subtraction may leave a rounding residue below zero.
+            return (self.counted.max(0.0), self.total.max(0.0));
+        }
         let (mut counted, mut total) = (0.0, 0.0);
-        for bucket in &self.buckets {
-            if bucket.start_ms != i64::MIN && bucket.start_ms > since && bucket.start_ms <= now_ms {
+        for minute in now_minute - minutes + 1..=now_minute {
+            let bucket = &self.buckets[self.index(minute)];
+            if bucket.start_ms == minute * MINUTE_MS {
                 counted += bucket.counted;
                 total += bucket.total;
             }
@@ -215,12 +272,10 @@ impl SloDetector {
         if increase <= 0.0 {
             return;
         }
-        let shape = self.spec.shape;
-        let bucket = self.rollup.slot(at_ms);
-        match (counter, shape) {
-            (SliCounter::Total, _) => bucket.total += increase,
+        match (counter, self.spec.shape) {
+            (SliCounter::Total, _) => self.rollup.add(at_ms, 0.0, increase),
             (SliCounter::Bad, SliShape::Ratio) | (SliCounter::Good, SliShape::Latency) => {
-                bucket.counted += increase;
+                self.rollup.add(at_ms, increase, 0.0);
             }
             // The other counter kind does not belong to this shape of SLI.
             (SliCounter::Bad, SliShape::Latency) | (SliCounter::Good, SliShape::Ratio) => {}
@@ -489,6 +544,27 @@ mod tests {
         assert!((state.tiers[0].long_burn_rate - 2.0).abs() < 1e-9);
         assert!((state.budget_remaining + 1.0).abs() < 1e-9);
         assert_eq!(state.time_to_exhaustion_days, Some(0.0));
+    }
+
+    #[test]
+    fn running_period_totals_equal_a_recount_as_minutes_leave_the_period() {
+        // A 1h period, traffic with gaps over 3 hours: the O(1) period sum must always
+        // equal the sum over the minutes still inside the period.
+        let mut rollup = Rollup::new(HOUR_MS);
+        let mut added: Vec<(i64, f64, f64)> = Vec::new();
+        for minute in (0..180).filter(|m| m % 7 != 3 && !(60..75).contains(m)) {
+            let at = minute * MINUTE_MS + 5_000;
+            let (c, t) = ((minute % 5) as f64, 10.0 + minute as f64);
+            rollup.add(at, c, t);
+            added.push((minute, c, t));
+            let (counted, total) = rollup.sum(at, HOUR_MS);
+            let (want_c, want_t) = added
+                .iter()
+                .filter(|(m, ..)| *m > minute - 60)
+                .fold((0.0, 0.0), |(a, b), (_, c, t)| (a + c, b + t));
+            assert!((counted - want_c).abs() < 1e-9, "minute {minute}");
+            assert!((total - want_t).abs() < 1e-9, "minute {minute}");
+        }
     }
 
     #[test]
