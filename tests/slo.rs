@@ -132,3 +132,49 @@ async fn slo_rules_without_a_usable_sli_are_reported_invalid() {
         "{rated}"
     );
 }
+
+#[tokio::test]
+async fn the_burn_rate_table_can_be_overridden() {
+    let custom = SLO.replace(
+        "  period: 1h\n",
+        "  period: 1h\n  burnRateTiers:\n    - {longWindow: 10m, shortWindow: 2m, factor: 1.5}\n",
+    );
+    let app = start(&custom.replace("errorBudgetThreshold: 0.5", "errorBudgetThreshold: 0"));
+    let t = now_ms() - 120_000;
+    let body = v1_body(vec![
+        requests("200", &[(t, 5_000.0), (t + 60_000, 5_980.0)]),
+        requests("500", &[(t, 10.0), (t + 60_000, 30.0)]),
+    ]);
+    assert_eq!(
+        app.write(Some(V1), body).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let slo = &app.rule("checkout").await["slo"];
+    let tiers = slo["tiers"].as_array().unwrap();
+    assert_eq!(tiers.len(), 1, "{slo}");
+    assert_eq!(tiers[0]["longMs"], 600_000);
+    assert_eq!(tiers[0]["factor"], 1.5);
+    let decisions = app.wait_decisions(1).await;
+    assert_eq!(decisions.len(), 1);
+    assert!(
+        decisions[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("over 10m and"),
+        "{decisions:?}"
+    );
+
+    let bad = start(&SLO.replace(
+        "  period: 1h\n",
+        "  period: 1h\n  burnRateTiers: [{longWindow: 5m, shortWindow: 1h, factor: 2}]\n",
+    ));
+    let rule = bad.rule("checkout").await;
+    assert_eq!(rule["state"], "invalid");
+    assert!(
+        rule["message"]
+            .as_str()
+            .unwrap()
+            .contains("burnRateTiers[0]"),
+        "{rule}"
+    );
+}

@@ -9,13 +9,15 @@ use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{self, Expr};
 
 use super::crd::{
-    AnomalyAction, DetectionAlgorithm, MetricSource, RemediationType, SLOViolation,
+    AnomalyAction, BurnRateTier, DetectionAlgorithm, MetricSource, RemediationType, SLOViolation,
     ServiceLevelIndicator, SloActionType,
 };
 use super::duration::parse_duration;
 use super::load::{Rule, RuleKey};
 use super::quantity::Threshold;
-use crate::eval::{BandAlgorithm, BandSpec, SliCounter, SliShape, SloSpec, default_tiers};
+use crate::eval::{
+    BandAlgorithm, BandSpec, BurnTier, SliCounter, SliShape, SloSpec, default_tiers,
+};
 use crate::route::Selector;
 
 /// Prometheus's lookback: a series with no sample for this long has no current value.
@@ -363,7 +365,7 @@ fn compile_slo(rule: &SLOViolation) -> Result<CompiledRule, CompileError> {
             spec: SloSpec {
                 target,
                 period_ms,
-                tiers: default_tiers(period_ms),
+                tiers: tiers(spec.burn_rate_tiers.as_deref(), period_ms)?,
                 budget_threshold: spec.error_budget_threshold,
                 shape,
             },
@@ -392,6 +394,51 @@ fn compile_slo(rule: &SLOViolation) -> Result<CompiledRule, CompileError> {
 }
 
 const HOUR_MS: i64 = 60 * 60 * 1000;
+
+/// The burn-rate table: the spec's, checked, or the default one scaled to the period.
+fn tiers(spec: Option<&[BurnRateTier]>, period_ms: i64) -> Result<Vec<BurnTier>, CompileError> {
+    let Some(spec) = spec else {
+        return Ok(default_tiers(period_ms));
+    };
+    if spec.is_empty() {
+        return Err(CompileError::Invalid(
+            "spec.burnRateTiers is empty: omit it for the default table".into(),
+        ));
+    }
+    spec.iter()
+        .enumerate()
+        .map(|(i, tier)| {
+            let window = |field: &str, text: &str| -> Result<i64, CompileError> {
+                let invalid = |why: String| {
+                    CompileError::Invalid(format!("spec.burnRateTiers[{i}].{field}: {why}"))
+                };
+                let duration = parse_duration(text).map_err(|e| invalid(e.to_string()))?;
+                i64::try_from(duration.as_millis())
+                    .ok()
+                    .filter(|&ms| (60_000..=period_ms).contains(&ms))
+                    .ok_or_else(|| invalid(format!("{text:?} must be between 1m and the period")))
+            };
+            let long_ms = window("longWindow", &tier.long_window)?;
+            let short_ms = window("shortWindow", &tier.short_window)?;
+            if short_ms > long_ms {
+                return Err(CompileError::Invalid(format!(
+                    "spec.burnRateTiers[{i}]: the short window is longer than the long one"
+                )));
+            }
+            if !(tier.factor.is_finite() && tier.factor > 0.0) {
+                return Err(CompileError::Invalid(format!(
+                    "spec.burnRateTiers[{i}].factor {} must be a positive number",
+                    tier.factor
+                )));
+            }
+            Ok(BurnTier {
+                long_ms,
+                short_ms,
+                factor: tier.factor,
+            })
+        })
+        .collect()
+}
 
 /// An SLI selector: a plain selector over a counter, as the SLO takes increases itself.
 fn parse_counter(field: &str, text: &str) -> Result<Selector, CompileError> {

@@ -183,6 +183,18 @@ pub struct Remediation {
     pub replicas: Option<i32>,
 }
 
+/// One tier of an SLO's multi-window burn-rate table.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BurnRateTier {
+    /// The long window (a Prometheus duration, e.g. `1h`).
+    pub long_window: String,
+    /// The short window that confirms the burn is still going on (e.g. `5m`).
+    pub short_window: String,
+    /// Burn rate (error ratio ÷ error budget) above which the tier fires.
+    pub factor: f64,
+}
+
 fn default_cooldown_seconds() -> u64 {
     300
 }
@@ -638,6 +650,12 @@ pub struct SLOViolationSpec {
     /// syntax (`28d`, `30d`). Defaults to `30d`.
     #[serde(default = "default_slo_period")]
     pub period: String,
+
+    /// The multi-window burn-rate table. Omitted: 1h/5m at 14.4×, 6h/30m at 6×, 1d/2h
+    /// at 3×, 3d/6h at 1× for a 30-day period, the factors scaled to `period`. A tier
+    /// fires when the burn rate over both its windows exceeds its factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_rate_tiers: Option<Vec<BurnRateTier>>,
 }
 
 fn default_slo_period() -> String {
