@@ -2,34 +2,18 @@
 //! (this test binary's own). Prints the figures (`cargo test --test memory -- --nocapture`)
 //! and bounds them, so a change that bloats windows fails here.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod common;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use common::counting::{Counting, LIVE};
 use prophet::eval::Evaluator;
 use prophet::ingest::{self, Limits, Protocol, SnappyBuffer};
 use prophet::route::Batch;
 use prophet::rules::compile::{CompileOptions, compile};
 use prophet::rules::load::parse_documents;
-
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarding to the system allocator with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;

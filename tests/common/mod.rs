@@ -2,6 +2,8 @@
 //! with `tower::ServiceExt::oneshot`) and remote-write request builders from prost types.
 #![allow(dead_code)]
 
+pub mod counting;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
