@@ -35,6 +35,8 @@ pub struct SeriesView<'s, 'a> {
     pub metric_name: &'a [u8],
     /// All labels, `__name__` included, in the order the sender wrote them.
     pub labels: &'s [Label<'a>],
+    /// Whether `labels` are sorted by name (senders sort them; validation found out).
+    pub sorted: bool,
     pub samples: &'s [Sample],
     /// Native histogram samples: counted and acknowledged, not evaluated by any rule.
     pub histograms: usize,
@@ -109,9 +111,14 @@ impl Validator {
         Ok(())
     }
 
-    /// Checks label names (non-empty, no duplicates) and returns the metric name.
+    /// Checks label names (non-empty, no duplicates) and returns the metric name and
+    /// whether the labels are sorted.
     #[inline]
-    fn labels<'a>(&self, series: usize, labels: &[Label<'a>]) -> Result<&'a [u8], IngestError> {
+    fn labels<'a>(
+        &self,
+        series: usize,
+        labels: &[Label<'a>],
+    ) -> Result<(&'a [u8], bool), IngestError> {
         if labels.len() > self.max_labels {
             return Err(IngestError::TooManyLabels {
                 series,
@@ -161,7 +168,7 @@ impl Validator {
         if metric_name.is_empty() {
             return Err(IngestError::MissingMetricName { series });
         }
-        Ok(metric_name)
+        Ok((metric_name, sorted))
     }
 }
 
@@ -475,7 +482,7 @@ fn finish_series<'a, F>(
 where
     F: FnMut(&SeriesView<'_, 'a>) -> Result<(), IngestError>,
 {
-    let metric_name = validator.labels(index, &scratch.labels)?;
+    let (metric_name, sorted) = validator.labels(index, &scratch.labels)?;
     stats.series += 1;
     stats.samples += scratch.samples.len();
     stats.histograms += histograms;
@@ -484,6 +491,7 @@ where
         index,
         metric_name,
         labels: &scratch.labels,
+        sorted,
         samples: &scratch.samples,
         histograms,
         exemplars,
