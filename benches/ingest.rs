@@ -90,8 +90,13 @@ fn rules(metrics: impl Iterator<Item = usize>) -> Vec<CompiledRule> {
             )
         })
         .collect();
-    let (loaded, invalid) = parse_documents(&yaml, std::path::Path::new("bench"));
-    assert!(invalid.is_empty());
+    compile_all(&yaml)
+}
+
+/// Loads and compiles rule YAML the way `prophet run` does.
+fn compile_all(yaml: &str) -> Vec<CompiledRule> {
+    let (loaded, invalid) = parse_documents(yaml, std::path::Path::new("bench"));
+    assert!(invalid.is_empty(), "{invalid:?}");
     loaded
         .iter()
         .map(|r| compile(r, CompileOptions::default()).unwrap())
@@ -128,17 +133,7 @@ fn pipeline(c: &mut Criterion) {
                 })
             });
             group.bench_function("route+window", |b| {
-                b.iter_batched(
-                    || Evaluator::new(rule_set.clone(), 10_000),
-                    |mut evaluator| {
-                        for body in &bodies {
-                            let batch = route(protocol, body, &router, &mut buffer);
-                            evaluator.apply(&batch);
-                        }
-                        evaluator
-                    },
-                    BatchSize::PerIteration,
-                )
+                evaluate_all(b, &rule_set, protocol, &bodies, &router, &mut buffer)
             });
             group.finish();
         }
@@ -185,12 +180,7 @@ fn mixed_rules() -> Vec<CompiledRule> {
             )
         })
         .collect();
-    let (loaded, invalid) = parse_documents(&yaml, std::path::Path::new("bench"));
-    assert!(invalid.is_empty(), "{invalid:?}");
-    loaded
-        .iter()
-        .map(|r| compile(r, CompileOptions::default()).unwrap())
-        .collect()
+    compile_all(&yaml)
 }
 
 fn rule_count(c: &mut Criterion) {
@@ -204,17 +194,7 @@ fn rule_count(c: &mut Criterion) {
         let router = Evaluator::new(rule_set.clone(), 10_000).router(7);
         let mut buffer = ingest::SnappyBuffer::new();
         group.bench_function(name, |b| {
-            b.iter_batched(
-                || Evaluator::new(rule_set.clone(), 10_000),
-                |mut evaluator| {
-                    for body in &bodies {
-                        let batch = route(Protocol::V1, body, &router, &mut buffer);
-                        evaluator.apply(&batch);
-                    }
-                    evaluator
-                },
-                BatchSize::PerIteration,
-            )
+            evaluate_all(b, &rule_set, Protocol::V1, &bodies, &router, &mut buffer)
         });
     }
     group.finish();
