@@ -140,6 +140,29 @@ fn pipeline(c: &mut Criterion) {
     }
 }
 
+/// Decode, route and evaluate every body with a fresh evaluator per iteration (its setup
+/// is not timed), so that every sample is new to its window.
+fn evaluate_all(
+    b: &mut criterion::Bencher<'_>,
+    rule_set: &[CompiledRule],
+    protocol: Protocol,
+    bodies: &[Vec<u8>],
+    router: &Router,
+    buffer: &mut ingest::SnappyBuffer,
+) {
+    b.iter_batched(
+        || Evaluator::new(rule_set.to_vec(), 10_000),
+        |mut evaluator| {
+            for body in bodies {
+                let batch = route(protocol, body, router, buffer);
+                evaluator.apply(&batch);
+            }
+            evaluator
+        },
+        BatchSize::PerIteration,
+    )
+}
+
 fn route(
     protocol: Protocol,
     body: &[u8],
