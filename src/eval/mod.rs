@@ -5,6 +5,7 @@
 
 mod band;
 mod condition;
+pub mod promql;
 mod slo;
 mod verdict;
 mod worker;

@@ -1,0 +1,128 @@
+//! The load-time check: walks an expression once and names the first part the engine
+//! does not evaluate, so that a rule using it is reported invalid when loaded. It must
+//! accept exactly what `engine` evaluates (plus `ml_forecast`, which callers evaluate).
+
+use promql_parser::parser::token::{
+    T_ADD, T_AVG, T_BOTTOMK, T_COUNT, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE,
+    T_LUNLESS, T_MAX, T_MIN, T_MOD, T_MUL, T_NEQ, T_POW, T_QUANTILE, T_SUB, T_SUM, T_TOPK,
+};
+use promql_parser::parser::{Expr, VectorMatchCardinality};
+
+use super::{EvalError, ML_FORECAST};
+
+/// Functions the engine evaluates, by name.
+pub(super) const FUNCTIONS: &[&str] = &[
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "idelta",
+    "resets",
+    "changes",
+    "avg_over_time",
+    "min_over_time",
+    "max_over_time",
+    "sum_over_time",
+    "count_over_time",
+    "stddev_over_time",
+    "quantile_over_time",
+    "last_over_time",
+    "histogram_quantile",
+    "abs",
+    "clamp_min",
+    "clamp_max",
+    "scalar",
+    "vector",
+];
+
+/// Whether the engine evaluates the aggregation operator `op`.
+pub(super) fn aggregation_supported(op: u16) -> bool {
+    matches!(
+        op,
+        T_SUM | T_AVG | T_MIN | T_MAX | T_COUNT | T_QUANTILE | T_TOPK | T_BOTTOMK
+    )
+}
+
+/// Whether the engine evaluates the binary operator `op`.
+pub(super) fn binary_supported(op: u16) -> bool {
+    matches!(
+        op,
+        T_ADD
+            | T_SUB
+            | T_MUL
+            | T_DIV
+            | T_MOD
+            | T_POW
+            | T_EQLC
+            | T_NEQ
+            | T_GTR
+            | T_LSS
+            | T_GTE
+            | T_LTE
+            | T_LAND
+            | T_LOR
+            | T_LUNLESS
+    )
+}
+
+/// `Ok` if the engine can evaluate `expr` (treating `ml_forecast(<expr>, <horizon>)` as
+/// supported when `<expr>` and `<horizon>` are), otherwise the first unsupported part.
+pub fn check(expr: &Expr) -> Result<(), EvalError> {
+    match expr {
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
+        Expr::VectorSelector(_) => Ok(()),
+        Expr::MatrixSelector(_) => Ok(()),
+        Expr::Paren(p) => check(&p.expr),
+        Expr::Unary(u) => check(&u.expr),
+        Expr::Subquery(_) => Err(EvalError::Unsupported("a subquery".into())),
+        Expr::Extension(e) => Err(EvalError::Unsupported(format!(
+            "the extension expression {:?}",
+            e.expr.name()
+        ))),
+        Expr::Aggregate(a) => {
+            if !aggregation_supported(a.op.id()) {
+                return Err(EvalError::Unsupported(format!("aggregation \"{}\"", a.op)));
+            }
+            if let Some(param) = &a.param {
+                check(param)?;
+            }
+            check(&a.expr)
+        }
+        Expr::Binary(b) => {
+            if !binary_supported(b.op.id()) {
+                return Err(EvalError::Unsupported(format!("operator \"{}\"", b.op)));
+            }
+            if let Some(modifier) = &b.modifier {
+                match &modifier.card {
+                    VectorMatchCardinality::ManyToOne(_) => {
+                        return Err(EvalError::Unsupported("group_left".into()));
+                    }
+                    VectorMatchCardinality::OneToMany(_) => {
+                        return Err(EvalError::Unsupported("group_right".into()));
+                    }
+                    VectorMatchCardinality::OneToOne | VectorMatchCardinality::ManyToMany => {}
+                }
+                if modifier.fill_values.lhs.is_some() || modifier.fill_values.rhs.is_some() {
+                    return Err(EvalError::Unsupported("fill".into()));
+                }
+            }
+            check(&b.lhs)?;
+            check(&b.rhs)
+        }
+        Expr::Call(call) => {
+            let name = call.func.name;
+            if name != ML_FORECAST && !FUNCTIONS.contains(&name) {
+                return Err(EvalError::Unsupported(format!("function \"{name}\"")));
+            }
+            for arg in &call.args.args {
+                if let Expr::Subquery(_) = arg.as_ref() {
+                    return Err(EvalError::Unsupported(format!(
+                        "a subquery as argument of \"{name}\""
+                    )));
+                }
+                check(arg)?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The evaluator's core: walks the expression tree at one instant, selects series from
+//! the source the way Prometheus 2.42 does (lookback and staleness for instant
+//! selectors, closed ranges for range selectors, `offset` and `@`), and hands operators,
+//! functions and aggregations to their own files.
+
+use std::time::{Duration, SystemTime};
+
+use promql_parser::parser::{AtModifier, Expr, MatrixSelector, Offset, VectorSelector};
+
+use super::source::{SeriesSamples, SeriesSource};
+use super::value::{Value, compare_labels, drop_metric_name, ensure_unique};
+use super::{EvalError, EvalOptions, aggregate, binary, check, functions};
+use crate::ingest::is_stale_marker;
+use crate::labels::Labels;
+use crate::route::Selector;
+
+/// Evaluates `expr` as a Prometheus instant query at `at_ms` (milliseconds since the
+/// Unix epoch) over the series of `source`. Runs [`check`] first, so an unsupported part
+/// is an error even where evaluation would not reach it.
+pub fn evaluate<S: SeriesSource + ?Sized>(
+    expr: &Expr,
+    at_ms: i64,
+    source: &S,
+    opts: &EvalOptions,
+) -> Result<Value, EvalError> {
+    check(expr)?;
+    Engine {
+        source,
+        opts: *opts,
+        query_ms: at_ms,
+    }
+    .eval(expr, at_ms)
+}
+
+/// One evaluation in progress.
+pub(super) struct Engine<'a, S: SeriesSource + ?Sized> {
+    source: &'a S,
+    opts: EvalOptions,
+    /// The query's time, which `@ start()` and `@ end()` stand for in an instant query.
+    query_ms: i64,
+}
+
+/// A vector: one value per series.
+pub(super) type Vector = Vec<(Labels, f64)>;
+
+impl<S: SeriesSource + ?Sized> Engine<'_, S> {
+    /// Evaluates `expr` at `ts`.
+    pub(super) fn eval(&self, expr: &Expr, ts: i64) -> Result<Value, EvalError> {
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, ts),
+            Expr::Unary(u) => match self.eval(&u.expr, ts)? {
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
+                Value::Vector(vector) => {
+                    // Like arithmetic, negation drops the metric name.
+                    let out: Vector = vector
+                        .into_iter()
+                        .map(|(labels, v)| (drop_metric_name(&labels), -v))
+                        .collect();
+                    ensure_unique(&out)?;
+                    Ok(Value::Vector(out))
+                }
+                other => Err(EvalError::Type(format!(
+                    "unary expression only allowed on expressions of type scalar or vector, got: {}",
+                    other.type_name()
+                ))),
+            },
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.instant_vector(vs, ts))),
+            Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.range_vector(ms, ts))),
+            Expr::Aggregate(a) => aggregate::eval(self, a, ts),
+            Expr::Binary(b) => binary::eval(self, b, ts),
+            Expr::Call(c) => functions::eval(self, c, ts),
+            Expr::Subquery(_) => Err(EvalError::Unsupported("a subquery".into())),
+            Expr::Extension(_) => Err(EvalError::Unsupported("an extension expression".into())),
+        }
+    }
+
+    /// Evaluates `expr` and requires a scalar (function and aggregation parameters).
+    pub(super) fn eval_scalar(&self, expr: &Expr, ts: i64) -> Result<f64, EvalError> {
+        match self.eval(expr, ts)? {
+            Value::Scalar(v) => Ok(v),
+            other => Err(EvalError::Type(format!(
+                "expected type scalar, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// Evaluates `expr` and requires an instant vector.
+    pub(super) fn eval_vector(&self, expr: &Expr, ts: i64) -> Result<Vector, EvalError> {
+        match self.eval(expr, ts)? {
+            Value::Vector(v) => Ok(v),
+            other => Err(EvalError::Type(format!(
+                "expected type instant vector, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// The time a selector reads at: its `@` time if it has one, else `ts`, moved back
+    /// by its offset.
+    pub(super) fn selector_time(&self, vs: &VectorSelector, ts: i64) -> i64 {
+        let base = match &vs.at {
+            None => ts,
+            Some(AtModifier::Start | AtModifier::End) => self.query_ms,
+            Some(AtModifier::At(time)) => system_time_ms(*time),
+        };
+        let offset = match &vs.offset {
+            None => 0,
+            Some(Offset::Pos(d)) => duration_ms(*d),
+            Some(Offset::Neg(d)) => -duration_ms(*d),
+        };
+        base.saturating_sub(offset)
+    }
+
+    /// Each matching series' newest sample at or before the selector's time and no more
+    /// than the lookback before it, unless that sample is a staleness marker. The
+    /// lookback's start is inclusive in Prometheus 2.x (`t < refTime - lookback` is what
+    /// excludes a sample).
+    pub(super) fn instant_vector(&self, vs: &VectorSelector, ts: i64) -> Vector {
+        let end = self.selector_time(vs, ts);
+        let start = end.saturating_sub(self.opts.lookback_ms);
+        let mut series = self.select(vs, start, end);
+        sort_series(&mut series);
+        series
+            .into_iter()
+            .filter_map(|s| {
+                let newest = s
+                    .samples
+                    .iter()
+                    .rev()
+                    .find(|x| x.timestamp_ms <= end && x.timestamp_ms >= start)?;
+                (!is_stale_marker(newest.value)).then_some((s.labels, newest.value))
+            })
+            .collect()
+    }
+
+    /// Each matching series' samples in `[t - range, t]` (`t` the selector's time; both
+    /// ends inclusive in Prometheus 2.x), staleness markers removed, series left without
+    /// samples dropped. Sorted by labels, as Prometheus's storage returns them.
+    pub(super) fn range_vector(&self, ms: &MatrixSelector, ts: i64) -> Vec<SeriesSamples> {
+        let end = self.selector_time(&ms.vs, ts);
+        let start = end.saturating_sub(duration_ms(ms.range));
+        let mut series = self.select(&ms.vs, start, end);
+        for s in &mut series {
+            s.samples.retain(|x| {
+                x.timestamp_ms >= start && x.timestamp_ms <= end && !is_stale_marker(x.value)
+            });
+        }
+        series.retain(|s| !s.samples.is_empty());
+        sort_series(&mut series);
+        series
+    }
+
+    /// Series with samples in `[start, end]`.
+    fn select(&self, vs: &VectorSelector, start: i64, end: i64) -> Vec<SeriesSamples> {
+        let selector = Selector::from_promql(vs);
+        // The source's start is exclusive.
+        self.source
+            .select(&selector.groups, start.saturating_sub(1), end)
+    }
+}
+
+fn sort_series(series: &mut [SeriesSamples]) {
+    series.sort_by(|a, b| compare_labels(&a.labels, &b.labels));
+}
+
+/// A duration in whole milliseconds, saturating.
+pub(super) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A point in time as milliseconds since the Unix epoch, negative before it.
+fn system_time_ms(time: SystemTime) -> i64 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => duration_ms(after),
+        Err(before) => -duration_ms(before.duration()),
+    }
+}

@@ -1,0 +1,164 @@
+//! PromQL evaluation over in-memory series: a pure, deterministic engine that gives the
+//! same answers as Prometheus 2.42's instant queries for the subset rules use (selectors,
+//! the counter and `_over_time` range functions, aggregations, arithmetic and comparison
+//! operators with one-to-one matching, `histogram_quantile` over classic buckets and a few
+//! scalar helpers). Series come from a [`SeriesSource`]; nothing here reads a clock, does
+//! I/O or keeps state between evaluations.
+//!
+//! [`check`] walks an expression once at load time and names the first part the engine
+//! cannot evaluate, so a rule is reported invalid when it is loaded, not when it first
+//! runs. `tests/promql_oracle.rs` compares the engine with a real Prometheus.
+//!
+//! # `ml_forecast`
+//! promql-parser refuses unknown function names at parse time. [`parse`] registers
+//! `ml_forecast(<vector>, <scalar>)` with the parser (a process-wide registry, done once)
+//! before parsing, so `ml_forecast(sum(rate(x[5m])), 1h)` parses (`1h` is a number of
+//! seconds to promql-parser) and [`check`] accepts it; evaluating it is the caller's job.
+//! [`split_ml_forecast`] instead splits the text without parsing, for callers that want
+//! the inner expression on its own.
+
+mod aggregate;
+mod binary;
+mod check;
+mod engine;
+mod functions;
+mod source;
+mod value;
+
+pub use check::check;
+pub use engine::evaluate;
+pub use source::{MemorySource, SeriesSamples, SeriesSource};
+pub use value::Value;
+
+use std::sync::Once;
+
+use promql_parser::parser::{Expr, Function, register_extra_functions, value::ValueType};
+
+/// The name of the forecast pseudo-function that rules may wrap an expression in.
+pub const ML_FORECAST: &str = "ml_forecast";
+
+/// Options of one evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalOptions {
+    /// How far back an instant selector looks for a series' newest sample
+    /// (Prometheus's `--query.lookback-delta`, 5 minutes by default).
+    pub lookback_ms: i64,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            lookback_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+/// Why an expression cannot be evaluated. The messages of the runtime errors are
+/// Prometheus's own, so that a rule author sees what Prometheus would have said.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// The expression uses a part of PromQL this engine does not implement.
+    #[error("{0} is not supported")]
+    Unsupported(String),
+    /// An operand had a type the operation does not accept (the parser normally refuses
+    /// these already).
+    #[error("{0}")]
+    Type(String),
+    /// Two elements of one result have the same labels, for example after a function
+    /// dropped the metric name of `a{x="1"}` and `b{x="1"}`.
+    #[error("vector cannot contain metrics with the same labelset")]
+    DuplicateLabelset,
+    /// One-to-one matching found two series with the same matching labels on one side.
+    #[error(
+        "found duplicate series for the match group {group} on the {side} hand-side of the \
+         operation: [{first}, {second}];many-to-many matching not allowed: matching labels \
+         must be unique on one side"
+    )]
+    ManyToMany {
+        group: String,
+        side: &'static str,
+        first: String,
+        second: String,
+    },
+    /// One-to-one matching would give two results for the same match group.
+    #[error(
+        "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
+    )]
+    MultipleMatches,
+    /// The `k` of `topk`/`bottomk` does not fit a 64-bit integer (or is NaN).
+    #[error("Scalar value {0} overflows int64")]
+    Overflow(f64),
+}
+
+/// Makes `ml_forecast(<vector>, <scalar>)` known to promql-parser. Idempotent and cheap
+/// after the first call; the registry is process-wide.
+pub fn register_ml_forecast() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let forecast = Function::new(
+            ML_FORECAST,
+            vec![ValueType::Vector, ValueType::Scalar],
+            0,
+            ValueType::Vector,
+            false,
+        );
+        // Fails only if the name were a built-in PromQL function, which it is not; then
+        // the built-in would be parsed instead and `check` would judge it.
+        if let Err(error) = register_extra_functions(vec![forecast]) {
+            tracing::warn!(%error, "cannot register ml_forecast with the PromQL parser");
+        }
+    });
+}
+
+/// Parses PromQL text, with `ml_forecast` known to the parser.
+pub fn parse(text: &str) -> Result<Expr, String> {
+    register_ml_forecast();
+    promql_parser::parser::parse(text)
+}
+
+/// Splits `ml_forecast(<expr>, <horizon>)` into the texts of `<expr>` and `<horizon>`,
+/// trimmed, without parsing either. `None` if the text is not one such call as a whole.
+/// The comma that ends `<expr>` is the last one at nesting depth zero outside string
+/// literals, so commas inside `<expr>` (in `topk(2, x)` or `{a="x,y"}`) are skipped.
+pub fn split_ml_forecast(text: &str) -> Option<(&str, &str)> {
+    let rest = text.trim().strip_prefix(ML_FORECAST)?.trim_start();
+    let inner = rest.strip_prefix('(')?.strip_suffix(')')?;
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut split = None;
+    for (i, c) in inner.char_indices() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => {
+                depth -= 1;
+                // The closing parenthesis stripped above belonged to something inside.
+                if depth < 0 {
+                    return None;
+                }
+            }
+            ',' if depth == 0 => split = Some(i),
+            _ => {}
+        }
+    }
+    if depth != 0 || quote.is_some() {
+        return None;
+    }
+    let at = split?;
+    let (expr, horizon) = (inner[..at].trim(), inner[at + 1..].trim());
+    (!expr.is_empty() && !horizon.is_empty()).then_some((expr, horizon))
+}
+
+#[cfg(test)]
+mod tests;

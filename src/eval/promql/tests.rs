@@ -1,0 +1,345 @@
+//! Unit tests of the engine's tricky semantics (lookback, staleness, range boundaries,
+//! extrapolation, counter resets, matching), none of which need a Prometheus. The same
+//! semantics are compared with a real Prometheus in `tests/promql_oracle.rs`.
+
+use super::functions::{Bucket, Window, bucket_quantile, extrapolated_rate, instant_value};
+use super::*;
+use crate::ingest::{STALE_NAN_BITS, Sample};
+use crate::labels::Labels;
+
+fn s(timestamp_ms: i64, value: f64) -> Sample {
+    Sample {
+        timestamp_ms,
+        value,
+    }
+}
+
+fn stale() -> f64 {
+    f64::from_bits(STALE_NAN_BITS)
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    Labels::from_pairs(pairs.iter().copied())
+}
+
+fn eval(source: &MemorySource, text: &str, at_ms: i64) -> Result<Value, EvalError> {
+    let expr = parse(text).unwrap();
+    evaluate(&expr, at_ms, source, &EvalOptions::default())
+}
+
+/// The vector's elements sorted by their labels' text, for comparisons.
+fn vector(value: Result<Value, EvalError>) -> Vec<(String, f64)> {
+    let Value::Vector(v) = value.unwrap() else {
+        panic!("not a vector");
+    };
+    let mut v: Vec<(String, f64)> = v.into_iter().map(|(l, x)| (l.to_string(), x)).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn one(value: Result<Value, EvalError>) -> f64 {
+    match vector(value).as_slice() {
+        [(_, v)] => *v,
+        other => panic!("expected one element, got {other:?}"),
+    }
+}
+
+fn window(start_ms: i64, end_ms: i64) -> Window {
+    Window {
+        start_ms,
+        end_ms,
+        range_seconds: (end_ms - start_ms) as f64 / 1000.0,
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0)
+}
+
+#[test]
+fn lookback_includes_its_start_and_ends_at_a_staleness_marker() {
+    let mut source = MemorySource::default();
+    source.push(
+        labels(&[("__name__", "g"), ("i", "1")]),
+        vec![s(0, 1.0), s(10_000, 2.0)],
+    );
+    source.push(
+        labels(&[("__name__", "g"), ("i", "2")]),
+        vec![s(0, 5.0), s(10_000, stale()), s(20_000, 6.0)],
+    );
+    // Newest sample at or before t.
+    assert_eq!(
+        vector(eval(&source, "g", 15_000)),
+        [(r#"g{i="1"}"#.into(), 2.0)]
+    );
+    assert_eq!(one(eval(&source, r#"g{i="1"}"#, 9_999)), 1.0);
+    // Exactly 5 minutes old still counts (Prometheus 2.x); a millisecond more does not.
+    assert_eq!(one(eval(&source, r#"g{i="1"}"#, 310_000)), 2.0);
+    assert!(vector(eval(&source, r#"g{i="1"}"#, 310_001)).is_empty());
+    // After the marker the series is gone until its next sample.
+    assert!(vector(eval(&source, r#"g{i="2"}"#, 10_000)).is_empty());
+    assert!(vector(eval(&source, r#"g{i="2"}"#, 19_999)).is_empty());
+    assert_eq!(one(eval(&source, r#"g{i="2"}"#, 20_000)), 6.0);
+    // Offsets move the reading time back.
+    assert_eq!(one(eval(&source, r#"g{i="2"} offset 15s"#, 20_000)), 5.0);
+}
+
+#[test]
+fn range_selectors_are_closed_and_skip_staleness_markers() {
+    let mut source = MemorySource::default();
+    source.push(
+        labels(&[("__name__", "c")]),
+        vec![
+            s(0, 1.0),
+            s(15_000, 2.0),
+            s(30_000, stale()),
+            s(45_000, 3.0),
+        ],
+    );
+    let Ok(Value::Matrix(m)) = eval(&source, "c[45s]", 45_000) else {
+        panic!("not a matrix");
+    };
+    assert_eq!(m[0].samples, [s(0, 1.0), s(15_000, 2.0), s(45_000, 3.0)]);
+    assert_eq!(one(eval(&source, "count_over_time(c[30s])", 45_000)), 2.0);
+    assert_eq!(
+        one(eval(&source, "count_over_time(c[29999ms])", 45_000)),
+        1.0
+    );
+}
+
+#[test]
+fn extrapolation_reaches_the_window_edges_within_the_threshold() {
+    let points = [
+        s(15_000, 10.0),
+        s(30_000, 20.0),
+        s(45_000, 30.0),
+        s(60_000, 40.0),
+    ];
+    // 15 s to the start is within 1.1 × 15 s: extrapolated all the way, 30 × 60/45.
+    let increase = extrapolated_rate(&points, &window(0, 60_000), true, false).unwrap();
+    assert!(close(increase, 40.0), "{increase}");
+    let rate = extrapolated_rate(&points, &window(0, 60_000), true, true).unwrap();
+    assert!(close(rate, 40.0 / 60.0), "{rate}");
+    // 30 s to the start is beyond the threshold: only half an interval is added.
+    let later = &points[1..];
+    let increase = extrapolated_rate(later, &window(0, 60_000), true, false).unwrap();
+    assert!(close(increase, 20.0 * 37.5 / 30.0), "{increase}");
+}
+
+#[test]
+fn counters_are_not_extrapolated_below_zero() {
+    let points = [
+        s(15_000, 1.0),
+        s(30_000, 11.0),
+        s(45_000, 21.0),
+        s(60_000, 31.0),
+    ];
+    // The zero point lies 1.5 s before the first sample, nearer than the window start.
+    let increase = extrapolated_rate(&points, &window(0, 60_000), true, false).unwrap();
+    assert!(close(increase, 30.0 * 46.5 / 45.0), "{increase}");
+    // delta is not a counter: extrapolated to the edge.
+    let delta = extrapolated_rate(&points, &window(0, 60_000), false, false).unwrap();
+    assert!(close(delta, 40.0), "{delta}");
+}
+
+#[test]
+fn counter_resets_add_back_the_value_before_the_drop() {
+    let points = [s(0, 10.0), s(15_000, 20.0), s(30_000, 5.0), s(45_000, 15.0)];
+    let increase = extrapolated_rate(&points, &window(0, 45_000), true, false).unwrap();
+    assert!(close(increase, 25.0), "{increase}");
+    assert_eq!(instant_value(&points[..3], true), Some(5.0 / 15.0));
+    assert_eq!(instant_value(&points[..3], false), Some(-15.0));
+    assert_eq!(instant_value(&points[..1], true), None);
+    assert_eq!(
+        extrapolated_rate(&points[..1], &window(0, 45_000), true, true),
+        None
+    );
+
+    let mut source = MemorySource::default();
+    source.push(labels(&[("__name__", "c"), ("j", "x")]), points.to_vec());
+    assert_eq!(
+        vector(eval(&source, "resets(c[1m])", 45_000)),
+        [(r#"{j="x"}"#.into(), 1.0)]
+    );
+    assert_eq!(one(eval(&source, "changes(c[1m])", 45_000)), 3.0);
+    // last_over_time alone keeps the metric name.
+    assert_eq!(
+        vector(eval(&source, "last_over_time(c[1m])", 45_000)),
+        [(r#"c{j="x"}"#.into(), 15.0)]
+    );
+}
+
+#[test]
+fn histogram_quantile_interpolates_and_fixes_monotonicity() {
+    let b = |upper_bound, count| Bucket { upper_bound, count };
+    let mut buckets = vec![b(f64::INFINITY, 10.0), b(0.1, 5.0), b(0.5, 8.0)];
+    // Rank 5 is the top of the first bucket.
+    assert_eq!(bucket_quantile(0.5, &mut buckets.clone()), 0.1);
+    // Rank 6.5 is half-way through (0.1, 0.5].
+    assert!(close(bucket_quantile(0.65, &mut buckets), 0.3));
+    // A rank in the +Inf bucket gives the highest finite bound.
+    assert_eq!(
+        bucket_quantile(0.99, &mut vec![b(0.1, 5.0), b(f64::INFINITY, 10.0)]),
+        0.1
+    );
+    // A bucket lagging behind a lower one is raised to it.
+    let mut lagging = vec![b(0.1, 6.0), b(0.5, 4.0), b(f64::INFINITY, 10.0)];
+    assert!(close(bucket_quantile(0.5, &mut lagging), 5.0 / 6.0 * 0.1));
+    assert!(bucket_quantile(0.5, &mut vec![b(0.1, 5.0)]).is_nan());
+    assert_eq!(
+        bucket_quantile(1.5, &mut vec![b(f64::INFINITY, 1.0)]),
+        f64::INFINITY
+    );
+
+    let mut source = MemorySource::default();
+    for (le, count) in [("0.1", 5.0), ("0.5", 8.0), ("+Inf", 10.0)] {
+        source.push(
+            labels(&[("__name__", "h_bucket"), ("le", le), ("job", "a")]),
+            vec![s(0, count)],
+        );
+    }
+    assert_eq!(
+        vector(eval(&source, "histogram_quantile(0.5, h_bucket)", 0)),
+        [(r#"{job="a"}"#.into(), 0.1)]
+    );
+}
+
+#[test]
+fn one_to_one_matching_and_metric_names() {
+    let mut source = MemorySource::default();
+    for (code, v) in [("200", 90.0), ("500", 10.0)] {
+        source.push(
+            labels(&[("__name__", "req"), ("job", "a"), ("code", code)]),
+            vec![s(0, v)],
+        );
+    }
+    source.push(
+        labels(&[("__name__", "total"), ("job", "a")]),
+        vec![s(0, 100.0)],
+    );
+    assert_eq!(
+        vector(eval(
+            &source,
+            r#"req{code="500"} / ignoring(code) total"#,
+            0
+        )),
+        [(r#"{job="a"}"#.into(), 0.1)]
+    );
+    assert_eq!(
+        vector(eval(&source, r#"req{code="500"} / on(job) total"#, 0)),
+        [(r#"{job="a"}"#.into(), 0.1)]
+    );
+    // Two left elements for one right one need group_left.
+    assert_eq!(
+        eval(&source, "req / ignoring(code) total", 0),
+        Err(EvalError::MultipleMatches)
+    );
+    assert!(matches!(
+        eval(&source, "total / ignoring(code) req", 0),
+        Err(EvalError::ManyToMany { .. })
+    ));
+    // A filtering comparison keeps the name; bool drops it.
+    assert_eq!(
+        vector(eval(&source, "req > 50", 0)),
+        [(r#"req{code="200", job="a"}"#.into(), 90.0)]
+    );
+    assert_eq!(
+        vector(eval(&source, "req > bool 50", 0)),
+        [
+            (r#"{code="200", job="a"}"#.into(), 1.0),
+            (r#"{code="500", job="a"}"#.into(), 0.0)
+        ]
+    );
+    // A scalar on the left: the element's own value is kept.
+    assert_eq!(one(eval(&source, "50 > req", 0)), 10.0);
+    // Dropping the name makes two series the same.
+    source.push(
+        labels(&[("__name__", "other"), ("job", "a")]),
+        vec![s(0, 1.0)],
+    );
+    assert_eq!(
+        eval(&source, r#"abs({__name__=~"total|other"})"#, 0),
+        Err(EvalError::DuplicateLabelset)
+    );
+}
+
+#[test]
+fn aggregations_group_and_topk_keeps_labels() {
+    let mut source = MemorySource::default();
+    for (i, v) in [("1", 3.0), ("2", 1.0), ("3", 2.0)] {
+        source.push(
+            labels(&[("__name__", "g"), ("job", "a"), ("i", i)]),
+            vec![s(0, v)],
+        );
+    }
+    assert_eq!(
+        vector(eval(&source, "sum by (job) (g)", 0)),
+        [(r#"{job="a"}"#.into(), 6.0)]
+    );
+    assert_eq!(
+        vector(eval(&source, "max without (i) (g)", 0)),
+        [(r#"{job="a"}"#.into(), 3.0)]
+    );
+    assert_eq!(one(eval(&source, "avg(g)", 0)), 2.0);
+    assert_eq!(one(eval(&source, "quantile(0.25, g)", 0)), 1.5);
+    assert_eq!(
+        vector(eval(&source, "topk(2, g)", 0)),
+        [
+            (r#"g{i="1", job="a"}"#.into(), 3.0),
+            (r#"g{i="3", job="a"}"#.into(), 2.0)
+        ]
+    );
+    assert_eq!(
+        vector(eval(&source, "bottomk(1, g)", 0)),
+        [(r#"g{i="2", job="a"}"#.into(), 1.0)]
+    );
+    assert!(vector(eval(&source, "topk(0, g)", 0)).is_empty());
+    assert_eq!(
+        eval(&source, "scalar(sum(g)) * 2", 0),
+        Ok(Value::Scalar(12.0))
+    );
+    assert_eq!(
+        vector(eval(&source, "clamp_max(g, 2)", 0)),
+        [
+            (r#"{i="1", job="a"}"#.into(), 2.0),
+            (r#"{i="2", job="a"}"#.into(), 1.0),
+            (r#"{i="3", job="a"}"#.into(), 2.0)
+        ]
+    );
+}
+
+#[test]
+fn check_names_what_is_unsupported() {
+    let err = |text: &str| check(&parse(text).unwrap()).unwrap_err().to_string();
+    assert_eq!(
+        err("predict_linear(x[5m], 60)"),
+        r#"function "predict_linear" is not supported"#
+    );
+    assert_eq!(err("stddev(x)"), r#"aggregation "stddev" is not supported"#);
+    assert_eq!(err("a * on(x) group_left b"), "group_left is not supported");
+    assert_eq!(
+        err("rate(x[5m:1m])"),
+        r#"a subquery as argument of "rate" is not supported"#
+    );
+    assert!(check(&parse("sum by (job) (rate(x[5m])) > bool 2").unwrap()).is_ok());
+    assert!(check(&parse("ml_forecast(sum(rate(x[5m])), 1h)").unwrap()).is_ok());
+    assert!(check(&parse("ml_forecast(predict_linear(x[5m], 1), 1h)").unwrap()).is_err());
+}
+
+#[test]
+fn ml_forecast_splits_at_its_last_top_level_comma() {
+    assert_eq!(
+        split_ml_forecast("ml_forecast(sum(rate(x[5m])), 1h)"),
+        Some(("sum(rate(x[5m]))", "1h"))
+    );
+    assert_eq!(
+        split_ml_forecast(r#" ml_forecast( topk(2, x{a="p,q"}) , "30m" ) "#),
+        Some((r#"topk(2, x{a="p,q"})"#, r#""30m""#))
+    );
+    assert_eq!(split_ml_forecast("sum(x)"), None);
+    assert_eq!(split_ml_forecast("ml_forecast(x)"), None);
+    assert_eq!(
+        split_ml_forecast("ml_forecast(x, 1h) + ml_forecast(y, 1h)"),
+        None
+    );
+}
