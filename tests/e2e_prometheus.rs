@@ -4,30 +4,15 @@
 //!
 //! Needs `/usr/bin/prometheus` (`apt-get install prometheus`; `.ci/run` installs it).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Kills the child process when dropped, whatever happened in the test.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::process::{Running, free_port};
 
 /// Starts `prophet run` on a free port; returns it and the address it reports.
 fn start_prophet(rules: &Path) -> (Running, String) {

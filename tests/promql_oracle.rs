@@ -8,11 +8,14 @@
 //!
 //! Needs `/usr/bin/prometheus` (`apt-get install prometheus`; `.ci/run` installs it).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::process::{Running, free_port};
 
 use prophet::eval::promql::{self, EvalOptions, MemorySource, Value};
 use prophet::ingest::{STALE_NAN_BITS, Sample};
@@ -21,15 +24,6 @@ use prophet::proto::v1;
 use prost::Message;
 
 /// Kills Prometheus when dropped, whatever happened in the test.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const STEP_MS: i64 = 15_000;
 /// Samples per series: 40 minutes at 15 s.
 const POINTS: i64 = 161;
@@ -312,14 +306,6 @@ const EXPRESSIONS: &[&str] = &[
     // Errors both must report.
     r#"abs({__name__=~"memory_usage_bytes|temperature_celsius"})"#,
 ];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start_prometheus(dir: &Path, port: u16) -> Running {
     let binary = Path::new("/usr/bin/prometheus");

@@ -34,22 +34,28 @@ fn requests(code: &str, samples: &[(i64, f64)]) -> prophet::proto::v1::TimeSerie
     )
 }
 
+/// Two minutes ago: baselines (5 000 ok, 10 errors); a minute later the given counter
+/// values. Each request must be accepted.
+async fn send_minute(app: &App, ok: f64, errors: f64) {
+    let t = now_ms() - 120_000;
+    let body = v1_body(vec![
+        requests("200", &[(t, 5_000.0), (t + 60_000, ok)]),
+        requests("500", &[(t, 10.0), (t + 60_000, errors)]),
+    ]);
+    assert_eq!(
+        app.write(Some(V1), body).await.status,
+        StatusCode::NO_CONTENT
+    );
+}
+
 #[tokio::test]
 async fn a_burning_error_budget_trips_the_slo_and_the_rule_shows_it() {
     let app = start(SLO);
     let rule = app.rule("checkout").await;
     assert_eq!(rule["state"], "active", "{rule}");
 
-    let t = now_ms() - 120_000;
     // Baselines, then a minute of 1000 requests with 20 errors: 2% against a 1% budget.
-    let body = v1_body(vec![
-        requests("200", &[(t, 5_000.0), (t + 60_000, 5_980.0)]),
-        requests("500", &[(t, 10.0), (t + 60_000, 30.0)]),
-    ]);
-    assert_eq!(
-        app.write(Some(V1), body).await.status,
-        StatusCode::NO_CONTENT
-    );
+    send_minute(&app, 5_980.0, 30.0).await;
 
     let decisions = app.wait_decisions(1).await;
     assert_eq!(decisions.len(), 1, "{decisions:?}");
@@ -87,15 +93,7 @@ async fn a_burning_error_budget_trips_the_slo_and_the_rule_shows_it() {
 #[tokio::test]
 async fn a_quiet_service_neither_trips_nor_shows_nan() {
     let app = start(SLO);
-    let t = now_ms() - 120_000;
-    let body = v1_body(vec![
-        requests("200", &[(t, 5_000.0), (t + 60_000, 5_000.0)]),
-        requests("500", &[(t, 10.0), (t + 60_000, 10.0)]),
-    ]);
-    assert_eq!(
-        app.write(Some(V1), body).await.status,
-        StatusCode::NO_CONTENT
-    );
+    send_minute(&app, 5_000.0, 10.0).await;
     assert!(app.wait_decisions(1).await.is_empty());
     let slo = &app.rule("checkout").await["slo"];
     assert_eq!(slo["budgetRemaining"], 1.0, "{slo}");
@@ -140,15 +138,7 @@ async fn the_burn_rate_table_can_be_overridden() {
         "  period: 1h\n  burnRateTiers:\n    - {longWindow: 10m, shortWindow: 2m, factor: 1.5}\n",
     );
     let app = start(&custom.replace("errorBudgetThreshold: 0.5", "errorBudgetThreshold: 0"));
-    let t = now_ms() - 120_000;
-    let body = v1_body(vec![
-        requests("200", &[(t, 5_000.0), (t + 60_000, 5_980.0)]),
-        requests("500", &[(t, 10.0), (t + 60_000, 30.0)]),
-    ]);
-    assert_eq!(
-        app.write(Some(V1), body).await.status,
-        StatusCode::NO_CONTENT
-    );
+    send_minute(&app, 5_980.0, 30.0).await;
     let slo = &app.rule("checkout").await["slo"];
     let tiers = slo["tiers"].as_array().unwrap();
     assert_eq!(tiers.len(), 1, "{slo}");

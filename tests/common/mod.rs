@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod counting;
+pub mod process;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,23 @@
+//! Helpers for tests that run real processes (the `prophet` binary, Debian's Prometheus).
+
+use std::net::TcpListener;
+use std::process::Child;
+
+/// Kills and reaps the child process when dropped, whatever happened in the test.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
