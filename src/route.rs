@@ -22,7 +22,7 @@ pub struct InputId(pub u32);
 /// matches when every matcher of at least one group matches; a selector without `or` has
 /// exactly one group. The metric name, when the selector gives one, is a matcher in
 /// every group.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Selector {
     pub groups: Vec<Vec<Matcher>>,
 }
@@ -45,6 +45,15 @@ impl Selector {
             }
         }
         Self { groups }
+    }
+
+    /// Whether a series with these labels is selected (a label it lacks matches as "").
+    pub fn selects(&self, labels: &crate::labels::Labels) -> bool {
+        self.groups.iter().any(|group| {
+            group
+                .iter()
+                .all(|m| m.is_match(labels.get(&m.name).unwrap_or_default()))
+        })
     }
 
     /// The metric name every matching series must have, when all groups fix the same one.

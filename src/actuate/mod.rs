@@ -34,6 +34,9 @@ pub struct Decision {
     pub sample_time_ms: i64,
     /// True while nothing is acted on (standalone mode).
     pub dry_run: bool,
+    /// A PredictiveScale's forecast behind the decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<crate::eval::ForecastView>,
 }
 
 /// Whether the decision leads to an action.
@@ -73,6 +76,7 @@ impl Decision {
             sample_time: format_time_ms(verdict.sample_time_ms),
             sample_time_ms: verdict.sample_time_ms,
             dry_run,
+            forecast: verdict.forecast,
         }
     }
 }

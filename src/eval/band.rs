@@ -8,6 +8,9 @@
 pub enum BandAlgorithm {
     Zscore,
     Mad,
+    /// A seasonal baseline with a prediction interval (see `forecast::seasonal_band`),
+    /// built from a series' history at a fixed step rather than from raw samples.
+    Seasonal,
 }
 
 /// A compiled `spec.detection`.
@@ -52,6 +55,8 @@ pub fn band(history: &[f64], spec: &BandSpec, scratch: &mut Vec<f64>) -> Option<
             let variance = history.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
             (mean, variance.sqrt())
         }
+        // Needs the history's timing, which this function does not have.
+        BandAlgorithm::Seasonal => return None,
         BandAlgorithm::Mad => {
             scratch.clear();
             scratch.extend_from_slice(history);

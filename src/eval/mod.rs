@@ -5,6 +5,9 @@
 
 mod band;
 mod condition;
+mod expr;
+pub mod forecast;
+mod predict;
 pub mod promql;
 mod slo;
 mod verdict;
@@ -12,9 +15,13 @@ mod worker;
 
 pub use band::{Band, BandAlgorithm, BandSpec};
 pub use condition::{ConditionDetector, Transition};
+pub use expr::{ExprDetector, ExprState, ResultValue, WindowSource, catch_up_ms};
+pub use predict::{ForecastDetector, ForecastState, ForecastView, SeriesForecast};
 pub use slo::{BurnTier, SliCounter, SliShape, SloDetector, SloSpec, SloState, default_tiers};
 pub use verdict::{Change, PodRef, Verdict, format_value};
 pub use worker::{EvalHandle, SubmitError, spawn};
+
+use std::ops::Range;
 
 use serde::Serialize;
 
@@ -40,6 +47,10 @@ enum Detector {
         /// an SLO is judged at most once per minute of event time.
         last_minute: i64,
     },
+    /// An expression judged at each step boundary (AnomalyAction over an expression).
+    Expression(ExprDetector),
+    /// A forecast made at each step boundary (PredictiveScale).
+    Forecast(ForecastDetector),
 }
 
 impl Detector {
@@ -77,6 +88,8 @@ impl Detector {
                 }
                 None
             }
+            // Judged at step boundaries, over all of the rule's windows at once.
+            Self::Expression(_) | Self::Forecast(_) => None,
         }
     }
 
@@ -86,6 +99,8 @@ impl Detector {
             Self::Condition { detector, .. } => detector.forget(id),
             // A counter's increase across a gap is real: keep its baseline.
             Self::Slo { .. } => None,
+            // The expression's own lookback decides what it returns.
+            Self::Expression(_) | Self::Forecast(_) => None,
         }
     }
 
@@ -101,13 +116,16 @@ impl Detector {
                 }
                 None
             }
+            Self::Expression(_) | Self::Forecast(_) => None,
         }
     }
 
-    /// After a batch: detectors that judge the rule as a whole evaluate at its clock.
-    fn settle(&mut self, now_ms: i64) -> Option<(Transition, Option<f64>)> {
+    /// After a batch: detectors that judge the rule as a whole, or its expression's
+    /// results, evaluate at the rule's clock. Returns the changes with the series they
+    /// concern (`None`: the rule as a whole), their value and event time.
+    fn settle(&mut self, now_ms: i64, source: &dyn promql::SeriesSource) -> Vec<Settled> {
         match self {
-            Self::Condition { .. } => None,
+            Self::Condition { .. } => Vec::new(),
             Self::Slo {
                 detector,
                 state,
@@ -116,16 +134,64 @@ impl Detector {
             } => {
                 let minute = now_ms.div_euclid(60_000);
                 if minute == *last_minute {
-                    return None;
+                    return Vec::new();
                 }
                 *last_minute = minute;
                 let (now, transition) = detector.evaluate(now_ms);
                 let budget = now.budget_remaining;
                 *state = Some(now);
-                transition.map(|t| (t, Some(budget)))
+                transition
+                    .map(|t| Settled {
+                        transition: t,
+                        series: None,
+                        value: Some(budget),
+                        at_ms: now_ms,
+                        forecast: None,
+                    })
+                    .into_iter()
+                    .collect()
+            }
+            Self::Expression(detector) => {
+                let mut settled = Vec::new();
+                for at_ms in detector.due(now_ms) {
+                    settled.extend(detector.evaluate(at_ms, source).into_iter().map(
+                        |(transition, series, value)| Settled {
+                            transition,
+                            series: Some(series),
+                            value,
+                            at_ms,
+                            forecast: None,
+                        },
+                    ));
+                }
+                settled
+            }
+            Self::Forecast(detector) => {
+                let mut settled = Vec::new();
+                for at_ms in detector.due(now_ms) {
+                    for (transition, series, value) in detector.evaluate(at_ms, source) {
+                        settled.push(Settled {
+                            forecast: detector.latest(&series),
+                            transition,
+                            series: Some(series),
+                            value,
+                            at_ms,
+                        });
+                    }
+                }
+                settled
             }
         }
     }
+}
+
+/// A change found when a rule settles.
+struct Settled {
+    transition: Transition,
+    series: Option<Labels>,
+    value: Option<f64>,
+    at_ms: i64,
+    forecast: Option<ForecastView>,
 }
 
 /// Buffers reused across samples, so that computing bands allocates nothing per sample.
@@ -139,6 +205,8 @@ struct ActiveRule {
     compiled: CompiledRule,
     detector: Detector,
     counters: RuleCounters,
+    /// The rule's slots in `Evaluator::inputs`, which hold each rule's inputs together.
+    inputs: Range<usize>,
 }
 
 struct InputSlot {
@@ -199,6 +267,12 @@ pub struct RuleSnapshot {
     /// For an SLO: burn rates per tier, budget remaining, time to exhaustion.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slo: Option<SloState>,
+    /// For an expression rule: its latest evaluation, each series' value and band.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expression: Option<ExprState>,
+    /// For a PredictiveScale: the latest forecast per series.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<ForecastState>,
 }
 
 /// How many tripped series a snapshot lists per rule.
@@ -219,6 +293,7 @@ impl Evaluator {
             .into_iter()
             .enumerate()
             .map(|(index, compiled)| {
+                let first = inputs.len();
                 for (position, input) in compiled.inputs.iter().enumerate() {
                     inputs.push(InputSlot {
                         rule: index,
@@ -241,11 +316,24 @@ impl Evaluator {
                         state: None,
                         last_minute: i64::MIN,
                     },
+                    DetectorSpec::Expression {
+                        query,
+                        condition,
+                        band_window_ms,
+                    } => Detector::Expression(ExprDetector::new(
+                        query.clone(),
+                        condition.clone(),
+                        *band_window_ms,
+                    )),
+                    DetectorSpec::Forecast(spec) => {
+                        Detector::Forecast(ForecastDetector::new(spec.clone()))
+                    }
                 };
                 ActiveRule {
                     compiled,
                     detector,
                     counters: RuleCounters::default(),
+                    inputs: first..inputs.len(),
                 }
             })
             .collect();
@@ -354,21 +442,34 @@ impl Evaluator {
             if !touched[index] {
                 continue;
             }
-            let clock = self
-                .inputs
+            let slots = &self.inputs[rule.inputs.clone()];
+            let clock = slots
                 .iter()
-                .filter(|s| s.rule == index)
                 .map(|s| s.windows.clock_ms())
                 .max()
                 .unwrap_or(i64::MIN);
-            if let Some((t, value)) = rule.detector.settle(clock) {
-                let labels = Labels::from_pairs([
-                    ("namespace", rule.compiled.key.namespace.as_str()),
-                    ("rule", rule.compiled.key.name.as_str()),
-                ]);
-                outcome
-                    .verdicts
-                    .push(rule.verdict(t, labels, value, clock, batch));
+            let source = WindowSource::new(
+                slots
+                    .iter()
+                    .map(|s| (&rule.compiled.inputs[s.index].selector, &s.windows))
+                    .collect(),
+            );
+            for settled in rule.detector.settle(clock, &source) {
+                let labels = settled.series.unwrap_or_else(|| {
+                    Labels::from_pairs([
+                        ("namespace", rule.compiled.key.namespace.as_str()),
+                        ("rule", rule.compiled.key.name.as_str()),
+                    ])
+                });
+                let mut verdict = rule.verdict(
+                    settled.transition,
+                    labels,
+                    settled.value,
+                    settled.at_ms,
+                    batch,
+                );
+                verdict.forecast = settled.forecast;
+                outcome.verdicts.push(verdict);
             }
         }
         for slot in &mut self.inputs {
@@ -389,9 +490,8 @@ impl Evaluator {
     pub fn snapshot(&self) -> Vec<RuleSnapshot> {
         self.rules
             .iter()
-            .enumerate()
-            .map(|(index, rule)| {
-                let slots = self.inputs.iter().filter(|s| s.rule == index);
+            .map(|rule| {
+                let slots = &self.inputs[rule.inputs.clone()];
                 let mut snapshot = RuleSnapshot {
                     rule: rule.compiled.key.clone(),
                     summary: rule.compiled.summary.clone(),
@@ -401,9 +501,30 @@ impl Evaluator {
                     counters: rule.counters.clone(),
                     slo: match &rule.detector {
                         Detector::Slo { state, .. } => state.clone(),
-                        Detector::Condition { .. } => None,
+                        _ => None,
+                    },
+                    expression: match &rule.detector {
+                        Detector::Expression(d) => Some(d.state().clone()),
+                        _ => None,
+                    },
+                    forecast: match &rule.detector {
+                        Detector::Forecast(d) => Some(d.state()),
+                        _ => None,
                     },
                 };
+                if let Detector::Expression(d) = &rule.detector {
+                    snapshot.tripped_series.extend(
+                        d.state()
+                            .results
+                            .iter()
+                            .filter(|r| r.tripped)
+                            .map(|r| TrippedSeries {
+                                series: r.series.clone(),
+                                value: Some(r.value.clone()),
+                                sample_time_ms: d.state().at_ms.unwrap_or_default(),
+                            }),
+                    );
+                }
                 for slot in slots {
                     snapshot.series += slot.windows.len();
                     snapshot.series_limit += slot.windows.spec().series_limit;
@@ -451,6 +572,7 @@ impl ActiveRule {
             reason: transition.reason,
             targets,
             untargeted,
+            forecast: None,
             arrived: batch.arrived,
         }
     }

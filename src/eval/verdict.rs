@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::predict::ForecastView;
 use crate::labels::Labels;
 use crate::rules::load::RuleKey;
 
@@ -51,6 +52,9 @@ pub struct Verdict {
     /// Why the series' pod, if any, is not a target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub untargeted: Option<String>,
+    /// A PredictiveScale's forecast behind the change (its `status.lastForecast`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<ForecastView>,
     /// When the request carrying the deciding sample arrived.
     #[serde(skip)]
     pub arrived: Instant,

@@ -4,17 +4,22 @@
 //! offending field; it never affects the other rules.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use promql_parser::label::{MatchOp, Matcher};
+use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{self, Expr};
+use promql_parser::util::{ExprVisitor, walk_expr};
 
 use super::crd::{
-    AnomalyAction, BurnRateTier, DetectionAlgorithm, MetricSource, RemediationType, SLOViolation,
-    ServiceLevelIndicator, SloActionType,
+    AnomalyAction, BurnRateTier, DetectionAlgorithm, MetricSource, PredictiveScale,
+    RemediationType, SLOViolation, ScaleAction, ServiceLevelIndicator, SloActionType,
 };
 use super::duration::parse_duration;
 use super::load::{Rule, RuleKey};
 use super::quantity::Threshold;
+use crate::eval::promql::{self, ML_FORECAST, split_ml_forecast};
 use crate::eval::{
     BandAlgorithm, BandSpec, BurnTier, SliCounter, SliShape, SloSpec, default_tiers,
 };
@@ -22,6 +27,18 @@ use crate::route::Selector;
 
 /// Prometheus's lookback: a series with no sample for this long has no current value.
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
+
+/// How often an AnomalyAction expression is evaluated, in event time: Prometheus's
+/// usual scrape interval, so that a rule over `rate(...)` reacts within one scrape.
+pub const EXPRESSION_STEP_MS: i64 = 15_000;
+
+/// The step of seasonal baselines and forecasts: one point per minute gives a daily
+/// season of 1440 points, which the models fit in milliseconds.
+pub const SEASONAL_STEP_MS: i64 = 60_000;
+
+/// How much of a PredictiveScale's derived series is kept: three days, so that a daily
+/// season is seen at least twice once the rule has run for two days.
+pub const FORECAST_HISTORY_MS: i64 = 3 * 24 * HOUR_MS;
 
 /// Options that widen what rules may do; the defaults are the safe ones.
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,10 +75,55 @@ pub struct ConditionSpec {
     pub for_ms: i64,
 }
 
+/// A PromQL expression a rule evaluates at a fixed step of event time over its inputs'
+/// windows (instead of judging each raw sample on its own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuerySpec {
+    pub expr: Arc<Expr>,
+    /// The expression as the user wrote it.
+    pub text: String,
+    /// Event-time distance between evaluations.
+    pub step_ms: i64,
+}
+
+/// Which way a forecast must move for a PredictiveScale to trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForecastDirection {
+    /// Up by more than the threshold (`provision`).
+    Rise,
+    /// Down by more than the threshold (`consolidate`).
+    Fall,
+    /// Either way (`adjust`).
+    Either,
+}
+
+/// A compiled PredictiveScale: forecast `query` `horizon_ms` ahead from the history of
+/// its values at `query.step_ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForecastSpec {
+    pub query: QuerySpec,
+    pub horizon_ms: i64,
+    /// Relative change (percent of the current value) that trips.
+    pub threshold_percent: f64,
+    pub direction: ForecastDirection,
+    /// How much of the derived series is kept to fit the model on.
+    pub history_ms: i64,
+}
+
 /// The detector a rule runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DetectorSpec {
+    /// A condition on each raw series' newest sample, judged as samples arrive (a rule
+    /// whose `metric` is a plain selector).
     Condition(ConditionSpec),
+    /// A condition on each series an expression returns, judged every `query.step_ms`;
+    /// `band_window_ms` is how much of each result series' history the band is built on.
+    Expression {
+        query: QuerySpec,
+        condition: ConditionSpec,
+        band_window_ms: i64,
+    },
+    Forecast(ForecastSpec),
     /// An SLO over counters; `counters[i]` says what the rule's input `i` counts.
     Slo {
         spec: SloSpec,
@@ -113,10 +175,7 @@ pub struct CompiledRule {
 pub fn compile(rule: &Rule, options: CompileOptions) -> Result<CompiledRule, CompileError> {
     match rule {
         Rule::AnomalyAction(rule) => compile_anomaly_action(rule, options),
-        Rule::PredictiveScale(_) => Err(CompileError::Unsupported(
-            "PredictiveScale rules load, but forecasting is not evaluated by this version yet"
-                .into(),
-        )),
+        Rule::PredictiveScale(rule) => compile_predictive_scale(rule),
         Rule::SloViolation(slo) => compile_slo(slo),
     }
 }
@@ -139,7 +198,10 @@ fn compile_anomaly_action(
             )));
         }
     }
-    let selector = parse_selector(&spec.metric)?;
+    let metric = spec.metric.trim();
+    let expr = promql::parse(metric).map_err(|e| {
+        CompileError::Invalid(format!("spec.metric {metric:?} is not valid PromQL: {e}"))
+    })?;
     let threshold = spec
         .threshold
         .as_deref()
@@ -148,17 +210,13 @@ fn compile_anomaly_action(
                 .map_err(|e| CompileError::Invalid(format!("spec.threshold: {e}")))
         })
         .transpose()?;
-    let (band, retention_ms) = match &spec.detection {
+    let (band, band_window_ms) = match &spec.detection {
         None => (None, 0),
         Some(detection) => {
             let algorithm = match detection.algorithm {
                 DetectionAlgorithm::Zscore => BandAlgorithm::Zscore,
                 DetectionAlgorithm::Mad => BandAlgorithm::Mad,
-                DetectionAlgorithm::Seasonal => {
-                    return Err(CompileError::Unsupported(
-                        "spec.detection.algorithm seasonal is not evaluated by this version yet (zscore and mad are)".into(),
-                    ));
-                }
+                DetectionAlgorithm::Seasonal => BandAlgorithm::Seasonal,
             };
             if !(detection.sensitivity.is_finite() && detection.sensitivity > 0.0) {
                 return Err(CompileError::Invalid(format!(
@@ -217,6 +275,45 @@ fn compile_anomaly_action(
                 .map_err(|_| CompileError::Invalid(format!("spec.for: {text:?} is too long")))?
         }
     };
+    let condition = ConditionSpec {
+        threshold,
+        band,
+        for_ms,
+    };
+    let plain = match &expr {
+        Expr::VectorSelector(vs) if vs.offset.is_none() && vs.at.is_none() => {
+            Some(Selector::from_promql(vs))
+        }
+        _ => None,
+    };
+    let seasonal = band.is_some_and(|b| b.algorithm == BandAlgorithm::Seasonal);
+    let (inputs, detector) = match plain {
+        // A plain selector is judged sample by sample, as the samples arrive; a seasonal
+        // baseline needs its history at a fixed step, so it goes the expression's way.
+        Some(selector) if !seasonal => (
+            vec![InputSpec {
+                selector,
+                retention_ms: band_window_ms,
+            }],
+            DetectorSpec::Condition(condition),
+        ),
+        _ => {
+            let step_ms = if seasonal {
+                SEASONAL_STEP_MS
+            } else {
+                EXPRESSION_STEP_MS
+            };
+            let query = compile_query("spec.metric", metric, expr, step_ms, false)?;
+            (
+                query_inputs(&query.expr, step_ms),
+                DetectorSpec::Expression {
+                    query,
+                    condition,
+                    band_window_ms,
+                },
+            )
+        }
+    };
     let namespace = key.namespace.clone();
     let target_namespace = spec
         .target
@@ -234,17 +331,10 @@ fn compile_anomaly_action(
             CompileError::Invalid("spec.remediation.cooldownSeconds is too large".into())
         })?;
     Ok(CompiledRule {
-        summary: format!("{} {condition_text}", spec.metric.trim()),
+        summary: format!("{metric} {condition_text}"),
         key,
-        inputs: vec![InputSpec {
-            selector,
-            retention_ms,
-        }],
-        detector: DetectorSpec::Condition(ConditionSpec {
-            threshold,
-            band,
-            for_ms,
-        }),
+        inputs,
+        detector,
         scope: Scope {
             namespace: target_namespace,
             pod_selector: remediation.pod_selector.clone(),
@@ -394,6 +484,226 @@ fn compile_slo(rule: &SLOViolation) -> Result<CompiledRule, CompileError> {
 }
 
 const HOUR_MS: i64 = 60 * 60 * 1000;
+
+fn compile_predictive_scale(rule: &PredictiveScale) -> Result<CompiledRule, CompileError> {
+    let spec = &rule.spec;
+    let key = Rule::PredictiveScale(rule.clone()).key();
+    let horizon_ms = positive_duration("spec.horizon", &spec.horizon, 7 * 24 * HOUR_MS)?;
+    // `ml_forecast(<expr>, <horizon>)` (the Grafana ML style of the seed examples) means
+    // "forecast <expr>"; its horizon must then agree with spec.horizon.
+    let query_text = spec.forecast_query.trim();
+    let inner = match split_ml_forecast(query_text) {
+        None => query_text,
+        Some((inner, horizon)) => {
+            let field = "spec.forecastQuery";
+            let inner_ms = positive_duration(field, horizon, 7 * 24 * HOUR_MS)?;
+            if inner_ms != horizon_ms {
+                return Err(CompileError::Invalid(format!(
+                    "{field}: {ML_FORECAST}(..., {horizon}) disagrees with spec.horizon {:?}",
+                    spec.horizon
+                )));
+            }
+            inner
+        }
+    };
+    if horizon_ms < SEASONAL_STEP_MS {
+        return Err(CompileError::Invalid(format!(
+            "spec.horizon {:?} is shorter than the forecast step of 1m",
+            spec.horizon
+        )));
+    }
+    if !(spec.threshold_percent.is_finite() && spec.threshold_percent > 0.0) {
+        return Err(CompileError::Invalid(format!(
+            "spec.thresholdPercent {} must be a positive number",
+            spec.threshold_percent
+        )));
+    }
+    let expr = promql::parse(inner).map_err(|e| {
+        CompileError::Invalid(format!(
+            "spec.forecastQuery {inner:?} is not valid PromQL: {e}"
+        ))
+    })?;
+    let query = compile_query("spec.forecastQuery", inner, expr, SEASONAL_STEP_MS, false)?;
+    let (action, direction) = match spec.action {
+        ScaleAction::Provision => ("provision", ForecastDirection::Rise),
+        ScaleAction::Consolidate => ("consolidate", ForecastDirection::Fall),
+        ScaleAction::Adjust => ("adjust", ForecastDirection::Either),
+    };
+    Ok(CompiledRule {
+        summary: format!(
+            "forecast {inner} {} ahead; {action} NodePool {} beyond {}%",
+            spec.horizon.trim(),
+            spec.node_pool_ref.name,
+            spec.threshold_percent
+        ),
+        inputs: query_inputs(&query.expr, query.step_ms),
+        detector: DetectorSpec::Forecast(ForecastSpec {
+            query,
+            horizon_ms,
+            threshold_percent: spec.threshold_percent,
+            direction,
+            history_ms: FORECAST_HISTORY_MS,
+        }),
+        scope: Scope {
+            namespace: key.namespace.clone(),
+            pod_selector: BTreeMap::new(),
+        },
+        plan: ActionPlan {
+            action: action.to_owned(),
+            needs_pod: false,
+            object: Some(format!("NodePool {}", spec.node_pool_ref.name)),
+            require_approval: false,
+            // A forecast trips once per excursion: nothing to space out.
+            cooldown_ms: 0,
+            replicas: None,
+            webhook_url: None,
+        },
+        key,
+    })
+}
+
+/// A duration field that must be positive and at most `max_ms`.
+fn positive_duration(field: &str, text: &str, max_ms: i64) -> Result<i64, CompileError> {
+    let duration =
+        parse_duration(text).map_err(|e| CompileError::Invalid(format!("{field}: {e}")))?;
+    i64::try_from(duration.as_millis())
+        .ok()
+        .filter(|&ms| ms > 0 && ms <= max_ms)
+        .ok_or_else(|| {
+            CompileError::Invalid(format!(
+                "{field} {text:?} must be positive and at most {}",
+                promql_parser::util::display_duration(&Duration::from_millis(max_ms as u64))
+            ))
+        })
+}
+
+/// Checks that `expr` (the parsed `text` of `field`) is something a live rule can
+/// evaluate: every part supported by the engine, no `@` pinning it to a fixed time, and
+/// an instant vector or scalar as its result. `ml_forecast` is allowed only where the
+/// caller has already unwrapped it.
+fn compile_query(
+    field: &str,
+    text: &str,
+    expr: Expr,
+    step_ms: i64,
+    allow_forecast: bool,
+) -> Result<QuerySpec, CompileError> {
+    promql::check(&expr).map_err(|e| CompileError::Invalid(format!("{field} {text:?}: {e}")))?;
+    let mut walker = LiveCheck::default();
+    let _ = walk_expr(&mut walker, &expr);
+    if let Some(why) = walker.problem {
+        return Err(CompileError::Invalid(format!("{field} {text:?}: {why}")));
+    }
+    if walker.forecast && !allow_forecast {
+        return Err(CompileError::Invalid(format!(
+            "{field} {text:?}: {ML_FORECAST}() is only understood as the whole of a PredictiveScale's spec.forecastQuery"
+        )));
+    }
+    match expr.value_type() {
+        ValueType::Vector | ValueType::Scalar => {}
+        other => {
+            return Err(CompileError::Invalid(format!(
+                "{field} {text:?} evaluates to a {other}; a rule needs an instant vector or a scalar (wrap a range selector in a function such as rate())"
+            )));
+        }
+    }
+    Ok(QuerySpec {
+        expr: Arc::new(expr),
+        text: text.to_owned(),
+        step_ms,
+    })
+}
+
+/// Finds what a live rule cannot evaluate beyond what [`promql::check`] refuses.
+#[derive(Default)]
+struct LiveCheck {
+    problem: Option<String>,
+    forecast: bool,
+}
+
+impl ExprVisitor for LiveCheck {
+    type Error = ();
+
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, ()> {
+        let at = match expr {
+            Expr::VectorSelector(vs) => vs.at.is_some(),
+            Expr::MatrixSelector(ms) => ms.vs.at.is_some(),
+            Expr::Call(call) => {
+                self.forecast |= call.func.name == ML_FORECAST;
+                false
+            }
+            _ => false,
+        };
+        if at && self.problem.is_none() {
+            self.problem = Some(
+                "the @ modifier pins a selector to a fixed time, which a rule evaluated on the live stream cannot use".into(),
+            );
+        }
+        Ok(true)
+    }
+}
+
+/// The inputs an expression reads: one per distinct selector, each keeping the history
+/// its selectors need at an evaluation up to [`crate::eval::catch_up_ms`] behind the
+/// newest sample (a batch may carry several steps' worth of samples).
+///
+/// An instant selector needs each series' newest sample within the lookback; a range
+/// selector its range. Prometheus 2.x ranges include their start, and the window trims
+/// relative to each series' newest sample, which may be ahead of the evaluation time;
+/// `offset` moves the whole range back.
+pub fn query_inputs(expr: &Expr, step_ms: i64) -> Vec<InputSpec> {
+    struct Selectors {
+        inputs: Vec<InputSpec>,
+        step_ms: i64,
+    }
+    impl Selectors {
+        fn add(&mut self, vs: &parser::VectorSelector, range_ms: i64) {
+            let offset_ms = match &vs.offset {
+                Some(parser::Offset::Pos(d)) => millis(*d),
+                _ => 0,
+            };
+            let retention_ms = range_ms
+                .saturating_add(offset_ms)
+                .saturating_add(crate::eval::catch_up_ms(self.step_ms));
+            let selector = Selector::from_promql(vs);
+            match self.inputs.iter_mut().find(|i| i.selector == selector) {
+                Some(input) => input.retention_ms = input.retention_ms.max(retention_ms),
+                None => self.inputs.push(InputSpec {
+                    selector,
+                    retention_ms,
+                }),
+            }
+        }
+    }
+    impl ExprVisitor for Selectors {
+        type Error = ();
+        fn pre_visit(&mut self, expr: &Expr) -> Result<bool, ()> {
+            match expr {
+                Expr::VectorSelector(vs) => self.add(vs, LOOKBACK_MS),
+                // (Returning false here would stop the whole walk, not just this branch.)
+                Expr::MatrixSelector(ms) => self.add(&ms.vs, millis(ms.range)),
+                // walk_expr does not descend into an aggregation's parameter.
+                Expr::Aggregate(agg) => {
+                    if let Some(param) = &agg.param {
+                        let _ = walk_expr(self, param);
+                    }
+                }
+                _ => {}
+            }
+            Ok(true)
+        }
+    }
+    let mut selectors = Selectors {
+        inputs: Vec::new(),
+        step_ms,
+    };
+    let _ = walk_expr(&mut selectors, expr);
+    selectors.inputs
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// The burn-rate table: the spec's, checked, or the default one scaled to the period.
 fn tiers(spec: Option<&[BurnRateTier]>, period_ms: i64) -> Result<Vec<BurnTier>, CompileError> {

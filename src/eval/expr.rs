@@ -1,0 +1,386 @@
+//! Expression rules: an AnomalyAction whose `metric` is a PromQL expression rather than a
+//! plain selector. The expression is evaluated at every step boundary of the rule's event
+//! clock over the rule's input windows (through [`WindowSource`]), and each series it
+//! returns is judged by the rule's condition (threshold and/or anomaly band, with `for`),
+//! like a Prometheus alerting rule. A series the expression stops returning clears.
+//!
+//! Owns the mapping from result label sets to the small ids the condition detector keys
+//! its state by, and each result series' history for its band. Pure: time is the step
+//! boundary passed in.
+
+use std::collections::{HashMap, VecDeque};
+
+use promql_parser::label::Matcher;
+use serde::Serialize;
+
+use super::band::{self, Band, BandAlgorithm, BandSpec};
+use super::condition::{ConditionDetector, Transition};
+use super::forecast;
+use super::promql::{self, EvalOptions, SeriesSamples, SeriesSource, Value};
+use super::verdict::format_value;
+use crate::labels::Labels;
+use crate::route::Selector;
+use crate::rules::compile::{ConditionSpec, QuerySpec};
+use crate::window::{InputWindows, SeriesId};
+
+/// A rule's input windows, as the PromQL engine reads them. Each selector of the
+/// expression is one of the rule's inputs (compile made sure of it), so a selection is a
+/// lookup of that input and a copy of the samples in range.
+pub struct WindowSource<'a> {
+    inputs: Vec<(&'a Selector, &'a InputWindows)>,
+}
+
+impl<'a> WindowSource<'a> {
+    pub fn new(inputs: Vec<(&'a Selector, &'a InputWindows)>) -> Self {
+        Self { inputs }
+    }
+}
+
+impl SeriesSource for WindowSource<'_> {
+    fn select(&self, matchers: &[Vec<Matcher>], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
+        let collect = |windows: &InputWindows, filter: &dyn Fn(&Labels) -> bool| {
+            windows
+                .iter()
+                .filter(|(_, w)| filter(w.labels()))
+                .filter_map(|(_, w)| {
+                    let samples: Vec<_> = w
+                        .samples()
+                        .filter(|s| s.timestamp_ms > start_ms && s.timestamp_ms <= end_ms)
+                        .copied()
+                        .collect();
+                    (!samples.is_empty()).then(|| SeriesSamples {
+                        labels: w.labels().clone(),
+                        samples,
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        if let Some((_, windows)) = self.inputs.iter().find(|(s, _)| s.groups == matchers) {
+            return collect(windows, &|_| true);
+        }
+        // Not one of the inputs (cannot happen for a compiled rule): answer from every
+        // input whose series match, each series once.
+        let wanted = Selector {
+            groups: matchers.to_vec(),
+        };
+        let matches = |labels: &Labels| wanted.selects(labels);
+        let mut out: Vec<SeriesSamples> = Vec::new();
+        for (_, windows) in &self.inputs {
+            for series in collect(windows, &matches) {
+                if !out.iter().any(|s| s.labels == series.labels) {
+                    out.push(series);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The step boundaries a rule that evaluates every `step_ms` is due at, oldest first:
+/// those after `last_ms` up to `clock_ms`. A batch may carry several steps' worth of
+/// samples (Prometheus catching up), so every step is evaluated, except steps more than
+/// [`catch_up_ms`] behind the clock: the windows no longer hold all they would need.
+pub fn due(clock_ms: i64, last_ms: i64, step_ms: i64) -> impl Iterator<Item = i64> {
+    let newest = (clock_ms != i64::MIN).then(|| clock_ms.div_euclid(step_ms) * step_ms);
+    let oldest = newest.map(|newest| {
+        let floor = newest - catch_up_ms(step_ms).div_euclid(step_ms) * step_ms;
+        if last_ms == i64::MIN {
+            newest
+        } else {
+            floor.max(last_ms + step_ms)
+        }
+    });
+    let (from, to) = match (oldest, newest) {
+        (Some(from), Some(to)) => (from, to),
+        _ => (1, 0),
+    };
+    (0..)
+        .map(move |k| from + k * step_ms)
+        .take_while(move |&t| t <= to)
+}
+
+/// How far behind the clock a missed step is still evaluated; the windows of an
+/// expression's inputs keep this much more than its ranges need.
+pub fn catch_up_ms(step_ms: i64) -> i64 {
+    (4 * step_ms).max(60_000)
+}
+
+/// The vector an evaluation returned: a scalar is one series without labels.
+pub fn as_vector(value: Value) -> Result<Vec<(Labels, f64)>, String> {
+    match value {
+        Value::Vector(v) => Ok(v),
+        Value::Scalar(v) => Ok(vec![(Labels::from_pairs([]), v)]),
+        other => Err(format!(
+            "the expression returned a {}, not an instant vector",
+            other.type_name()
+        )),
+    }
+}
+
+/// Evaluates a rule's query at `at_ms` over `source`.
+pub fn run(
+    query: &QuerySpec,
+    at_ms: i64,
+    source: &dyn SeriesSource,
+) -> Result<Vec<(Labels, f64)>, String> {
+    promql::evaluate(&query.expr, at_ms, source, &EvalOptions::default())
+        .map_err(|e| e.to_string())
+        .and_then(as_vector)
+}
+
+/// Small, reused ids for the label sets a query returns.
+#[derive(Default)]
+struct ResultIds {
+    ids: HashMap<Labels, SeriesId>,
+    labels: Vec<Option<Labels>>,
+    free: Vec<SeriesId>,
+}
+
+impl ResultIds {
+    fn get_or_insert(&mut self, labels: &Labels) -> SeriesId {
+        if let Some(&id) = self.ids.get(labels) {
+            return id;
+        }
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.labels.push(None);
+            SeriesId((self.labels.len() - 1) as u32)
+        });
+        self.labels[id.0 as usize] = Some(labels.clone());
+        self.ids.insert(labels.clone(), id);
+        id
+    }
+
+    fn remove(&mut self, id: SeriesId) -> Option<Labels> {
+        let labels = self.labels.get_mut(id.0 as usize)?.take()?;
+        self.ids.remove(&labels);
+        self.free.push(id);
+        Some(labels)
+    }
+
+    fn live(&self) -> impl Iterator<Item = (SeriesId, &Labels)> {
+        self.labels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| Some((SeriesId(i as u32), l.as_ref()?)))
+    }
+}
+
+/// One series of the latest evaluation, as the rules endpoint shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultValue {
+    pub series: Labels,
+    pub value: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub band: Option<Band>,
+    pub tripped: bool,
+}
+
+/// The latest evaluation of an expression rule.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExprState {
+    /// Event time of the evaluation.
+    pub at_ms: Option<i64>,
+    /// Series the expression returned (the first [`SHOWN_MAX`]).
+    pub results: Vec<ResultValue>,
+    /// How many series it returned in all.
+    pub result_count: usize,
+    /// Why the last evaluation failed, if it did (the verdicts then stay as they were).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub failed_evaluations: u64,
+}
+
+/// How many result series the rules endpoint lists per rule.
+pub const SHOWN_MAX: usize = 50;
+
+/// A change for one result series: the transition, the series and its value.
+pub type SeriesChange = (Transition, Labels, Option<f64>);
+
+/// The detector of an expression rule.
+pub struct ExprDetector {
+    query: QuerySpec,
+    condition: ConditionDetector,
+    band: Option<BandSpec>,
+    band_window_ms: i64,
+    ids: ResultIds,
+    /// Per result id, its values at the steps it was returned (for the band).
+    history: Vec<VecDeque<(i64, f64)>>,
+    last_ms: i64,
+    state: ExprState,
+    sort: Vec<f64>,
+    values: Vec<f64>,
+}
+
+impl ExprDetector {
+    pub fn new(query: QuerySpec, condition: ConditionSpec, band_window_ms: i64) -> Self {
+        Self {
+            band: condition.band,
+            condition: ConditionDetector::new(condition),
+            query,
+            band_window_ms,
+            ids: ResultIds::default(),
+            history: Vec::new(),
+            last_ms: i64::MIN,
+            state: ExprState::default(),
+            sort: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    /// The steps to evaluate at, oldest first, when the rule's clock is at `clock_ms`.
+    pub fn due(&self, clock_ms: i64) -> impl Iterator<Item = i64> + use<> {
+        due(clock_ms, self.last_ms, self.query.step_ms)
+    }
+
+    pub fn state(&self) -> &ExprState {
+        &self.state
+    }
+
+    /// Evaluates at `at_ms` and judges every returned series; series no longer returned
+    /// clear. An evaluation error changes no verdict (as a failing Prometheus rule keeps
+    /// its alerts) and is shown on the rule.
+    pub fn evaluate(&mut self, at_ms: i64, source: &dyn SeriesSource) -> Vec<SeriesChange> {
+        self.last_ms = at_ms;
+        self.state.at_ms = Some(at_ms);
+        let results = match run(&self.query, at_ms, source) {
+            Ok(results) => results,
+            Err(error) => {
+                self.state.error = Some(error);
+                self.state.failed_evaluations += 1;
+                return Vec::new();
+            }
+        };
+        self.state.error = None;
+        let mut changes = Vec::new();
+        let mut seen = vec![false; self.ids.labels.len()];
+        self.state.results.clear();
+        self.state.result_count = results.len();
+        for (labels, value) in results {
+            let id = self.ids.get_or_insert(&labels);
+            let index = id.0 as usize;
+            if index >= seen.len() {
+                seen.resize(index + 1, false);
+            }
+            seen[index] = true;
+            let band = self.band_for(id, at_ms);
+            if let Some(t) = self.condition.observe(id, Some(value), band, at_ms) {
+                changes.push((t, labels.clone(), Some(value)));
+            }
+            if self.band.is_some() {
+                self.remember(id, at_ms, value);
+            }
+            if self.state.results.len() < SHOWN_MAX {
+                self.state.results.push(ResultValue {
+                    tripped: self.condition.is_tripped(id),
+                    series: labels,
+                    value: format_value(value),
+                    band,
+                });
+            }
+        }
+        let gone: Vec<SeriesId> = self
+            .ids
+            .live()
+            .map(|(id, _)| id)
+            .filter(|id| !seen.get(id.0 as usize).copied().unwrap_or(false))
+            .collect();
+        for id in gone {
+            let cleared = self.condition.forget(id);
+            if let Some(history) = self.history.get_mut(id.0 as usize) {
+                history.clear();
+            }
+            if let Some(labels) = self.ids.remove(id)
+                && let Some(mut t) = cleared
+            {
+                t.reason = "the expression no longer returns this series".into();
+                changes.push((t, labels, None));
+            }
+        }
+        changes
+    }
+
+    /// The band for result `id` from its history before `at_ms`, if the rule has one and
+    /// the history is long enough.
+    fn band_for(&mut self, id: SeriesId, at_ms: i64) -> Option<Band> {
+        let spec = self.band?;
+        let history = self.history.get(id.0 as usize)?;
+        let from = at_ms.saturating_sub(self.band_window_ms);
+        self.values.clear();
+        self.values.extend(
+            history
+                .iter()
+                .filter(|(t, v)| *t >= from && *t < at_ms && v.is_finite())
+                .map(|(_, v)| *v),
+        );
+        match spec.algorithm {
+            BandAlgorithm::Zscore | BandAlgorithm::Mad => {
+                band::band(&self.values, &spec, &mut self.sort)
+            }
+            BandAlgorithm::Seasonal => forecast::seasonal_band(
+                &self.values,
+                self.query.step_ms,
+                spec.sensitivity,
+                spec.min_samples,
+            ),
+        }
+    }
+
+    /// Appends a value to a result series' history, carrying the previous value over
+    /// steps it was not returned at so that the history stays at a fixed step (which the
+    /// seasonal baseline needs), and trims it to the band's window.
+    fn remember(&mut self, id: SeriesId, at_ms: i64, value: f64) {
+        let index = id.0 as usize;
+        if index >= self.history.len() {
+            self.history.resize_with(index + 1, VecDeque::new);
+        }
+        let step = self.query.step_ms;
+        let from = at_ms.saturating_sub(self.band_window_ms);
+        let history = &mut self.history[index];
+        if let Some(&(last_ms, last)) = history.back() {
+            let mut t = last_ms.max(from - step) + step;
+            while t < at_ms {
+                history.push_back((t, last));
+                t += step;
+            }
+        }
+        history.push_back((at_ms, value));
+        while history.front().is_some_and(|(t, _)| *t < from) {
+            history.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_is_due_at_each_step_boundary_once() {
+        let due = |clock, last| due(clock, last, 15_000).collect::<Vec<_>>();
+        assert!(due(i64::MIN, i64::MIN).is_empty());
+        assert_eq!(due(31_000, i64::MIN), [30_000]);
+        assert!(due(44_999, 30_000).is_empty());
+        assert_eq!(due(45_000, 30_000), [45_000]);
+        assert_eq!(due(76_000, 45_000), [60_000, 75_000]);
+        // A long jump evaluates the steps the windows still cover: one minute back.
+        assert_eq!(
+            due(200_000, 45_000),
+            [135_000, 150_000, 165_000, 180_000, 195_000]
+        );
+    }
+
+    #[test]
+    fn result_ids_are_reused_after_removal() {
+        let mut ids = ResultIds::default();
+        let a = ids.get_or_insert(&Labels::from_pairs([("pod", "a")]));
+        let b = ids.get_or_insert(&Labels::from_pairs([("pod", "b")]));
+        assert_ne!(a, b);
+        assert_eq!(ids.get_or_insert(&Labels::from_pairs([("pod", "a")])), a);
+        assert!(ids.remove(a).is_some());
+        let c = ids.get_or_insert(&Labels::from_pairs([("pod", "c")]));
+        assert_eq!(c, a);
+        assert_eq!(ids.live().count(), 2);
+    }
+}

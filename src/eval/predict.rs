@@ -1,0 +1,301 @@
+//! The PredictiveScale detector: evaluates the rule's query at every step boundary of
+//! its event clock into a derived series (one per series the query returns), forecasts
+//! each `horizon` ahead with [`forecast::forecast`], and trips when the forecast differs
+//! from the current value by more than `thresholdPercent` in the rule's direction.
+//!
+//! Verdicts change with hysteresis: a tripped forecast clears only once the predicted
+//! change falls under half the threshold, so a forecast hovering at the threshold does
+//! not flap. Owns the derived series; pure, time is the step boundary passed in.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+use super::condition::Transition;
+use super::expr::{self, SeriesChange};
+use super::forecast::{self, ForecastModel};
+use super::promql::SeriesSource;
+use super::verdict::Change;
+use crate::labels::Labels;
+use crate::rules::compile::{ForecastDirection, ForecastSpec};
+
+/// No forecast before the derived series holds this many steps.
+pub const MIN_HISTORY_STEPS: usize = 30;
+
+/// Forecasts are made for at most this many series per rule; a PredictiveScale query
+/// normally aggregates to one.
+pub const MAX_FORECAST_SERIES: usize = 20;
+
+/// The prediction interval's level.
+const LEVEL: f64 = 0.95;
+
+/// A tripped forecast clears when the predicted change falls under this fraction of the
+/// threshold.
+const CLEAR_FRACTION: f64 = 0.5;
+
+/// One forecast, as verdicts and the rules endpoint carry it (`status.lastForecast`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForecastView {
+    /// The query's value at `at_ms`.
+    pub current: f64,
+    /// The forecast `horizon_ms` after `at_ms`, and its prediction interval.
+    pub value: f64,
+    pub lower: f64,
+    pub upper: f64,
+    /// `(value - current) / |current|`, in percent.
+    pub change_percent: f64,
+    pub model: ForecastModel,
+    pub at_ms: i64,
+    pub horizon_ms: i64,
+    /// Points of history the model was fitted on.
+    pub history: usize,
+}
+
+/// One derived series and its forecast state.
+#[derive(Debug, Default)]
+struct Derived {
+    /// Values at consecutive steps, the newest last.
+    values: VecDeque<f64>,
+    last_ms: i64,
+    /// The direction it tripped in, while tripped.
+    tripped: Option<ForecastDirection>,
+    latest: Option<ForecastView>,
+}
+
+/// What the rules endpoint shows of a PredictiveScale.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForecastState {
+    pub at_ms: Option<i64>,
+    pub forecasts: Vec<SeriesForecast>,
+    /// Why the last evaluation or forecast failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Series beyond [`MAX_FORECAST_SERIES`] that are not forecast.
+    pub series_not_forecast: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeriesForecast {
+    pub series: Labels,
+    /// Steps of history held.
+    pub history: usize,
+    pub tripped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<ForecastView>,
+}
+
+pub struct ForecastDetector {
+    spec: ForecastSpec,
+    series: HashMap<Labels, Derived>,
+    last_ms: i64,
+    error: Option<String>,
+    not_forecast: usize,
+}
+
+impl ForecastDetector {
+    pub fn new(spec: ForecastSpec) -> Self {
+        Self {
+            spec,
+            series: HashMap::new(),
+            last_ms: i64::MIN,
+            error: None,
+            not_forecast: 0,
+        }
+    }
+
+    /// The steps to evaluate at, oldest first, when the rule's clock is at `clock_ms`.
+    pub fn due(&self, clock_ms: i64) -> impl Iterator<Item = i64> + use<> {
+        expr::due(clock_ms, self.last_ms, self.spec.query.step_ms)
+    }
+
+    /// The latest forecast of `series`, for a verdict.
+    pub fn latest(&self, series: &Labels) -> Option<ForecastView> {
+        self.series.get(series).and_then(|d| d.latest)
+    }
+
+    pub fn state(&self) -> ForecastState {
+        let mut forecasts: Vec<SeriesForecast> = self
+            .series
+            .iter()
+            .map(|(labels, d)| SeriesForecast {
+                series: labels.clone(),
+                history: d.values.len(),
+                tripped: d.tripped.is_some(),
+                forecast: d.latest,
+            })
+            .collect();
+        forecasts.sort_by(|a, b| a.series.cmp(&b.series));
+        ForecastState {
+            at_ms: (self.last_ms != i64::MIN).then_some(self.last_ms),
+            forecasts,
+            error: self.error.clone(),
+            series_not_forecast: self.not_forecast,
+        }
+    }
+
+    /// Evaluates the query at `at_ms`, extends the derived series and forecasts each.
+    pub fn evaluate(&mut self, at_ms: i64, source: &dyn SeriesSource) -> Vec<SeriesChange> {
+        self.last_ms = at_ms;
+        let results = match expr::run(&self.spec.query, at_ms, source) {
+            Ok(results) => results,
+            Err(error) => {
+                self.error = Some(error);
+                return Vec::new();
+            }
+        };
+        self.error = None;
+        let step = self.spec.query.step_ms;
+        let capacity = usize::try_from(self.spec.history_ms / step).unwrap_or(usize::MAX);
+        let mut changes = Vec::new();
+        self.not_forecast = 0;
+        for (labels, value) in results {
+            if !value.is_finite() {
+                continue;
+            }
+            if !self.series.contains_key(&labels) && self.series.len() >= MAX_FORECAST_SERIES {
+                self.not_forecast += 1;
+                continue;
+            }
+            let derived = self.series.entry(labels.clone()).or_default();
+            derived.push(at_ms, value, step, capacity);
+            if derived.values.len() < MIN_HISTORY_STEPS {
+                continue;
+            }
+            let history = derived.values.make_contiguous();
+            let fit = match forecast::forecast(history, step, self.spec.horizon_ms, LEVEL) {
+                Ok(fit) => fit,
+                Err(error) => {
+                    self.error = Some(format!("forecast of {labels:?}: {error}"));
+                    continue;
+                }
+            };
+            let change_percent = if value == 0.0 {
+                // No relative change from zero; an absolute rise still shows as +inf.
+                if fit.value == 0.0 {
+                    0.0
+                } else {
+                    f64::INFINITY.copysign(fit.value)
+                }
+            } else {
+                (fit.value - value) / value.abs() * 100.0
+            };
+            let view = ForecastView {
+                current: value,
+                value: fit.value,
+                lower: fit.lower,
+                upper: fit.upper,
+                change_percent,
+                model: fit.model,
+                at_ms,
+                horizon_ms: self.spec.horizon_ms,
+                history: derived.values.len(),
+            };
+            derived.latest = Some(view);
+            for transition in judge(&self.spec, &mut derived.tripped, &view) {
+                changes.push((transition, labels.clone(), Some(value)));
+            }
+        }
+        // Series the query stopped returning for longer than a lookback are forgotten.
+        let forget_before = at_ms.saturating_sub(crate::rules::compile::LOOKBACK_MS);
+        self.series.retain(|labels, d| {
+            if d.last_ms >= forget_before {
+                return true;
+            }
+            if d.tripped.is_some() {
+                changes.push((
+                    Transition {
+                        change: Change::Cleared,
+                        reason: "the query no longer returns this series".into(),
+                    },
+                    labels.clone(),
+                    None,
+                ));
+            }
+            false
+        });
+        changes
+    }
+}
+
+impl Derived {
+    /// Appends the value at `at_ms`, carrying the previous value over skipped steps so
+    /// the series stays at a fixed step, and keeps at most `capacity` values.
+    fn push(&mut self, at_ms: i64, value: f64, step: i64, capacity: usize) {
+        if let Some(&last) = self.values.back() {
+            let missing = ((at_ms - self.last_ms) / step).saturating_sub(1);
+            let missing = usize::try_from(missing).unwrap_or(0).min(capacity);
+            if missing == capacity {
+                // A gap longer than the whole history: start afresh.
+                self.values.clear();
+            } else {
+                self.values.extend(std::iter::repeat_n(last, missing));
+            }
+        }
+        self.values.push_back(value);
+        self.last_ms = at_ms;
+        while self.values.len() > capacity.max(1) {
+            self.values.pop_front();
+        }
+    }
+}
+
+/// The transitions a new forecast causes, with hysteresis.
+fn judge(
+    spec: &ForecastSpec,
+    tripped: &mut Option<ForecastDirection>,
+    view: &ForecastView,
+) -> Vec<Transition> {
+    let threshold = spec.threshold_percent;
+    let change = view.change_percent;
+    let beyond = |direction: ForecastDirection, limit: f64| match direction {
+        ForecastDirection::Rise => change > limit,
+        ForecastDirection::Fall => change < -limit,
+        ForecastDirection::Either => change.abs() > limit,
+    };
+    let wants = match spec.direction {
+        ForecastDirection::Either if change > threshold => Some(ForecastDirection::Rise),
+        ForecastDirection::Either if change < -threshold => Some(ForecastDirection::Fall),
+        ForecastDirection::Either => None,
+        direction => beyond(direction, threshold).then_some(direction),
+    };
+    let describe = || {
+        format!(
+            "forecast {:.6} in {}s is {:+.1}% from the current {:.6} (threshold {}%; interval [{:.6}, {:.6}])",
+            view.value,
+            view.horizon_ms / 1000,
+            change,
+            view.current,
+            threshold,
+            view.lower,
+            view.upper
+        )
+    };
+    let mut out = Vec::new();
+    if let Some(current) = *tripped {
+        let holds = beyond(current, threshold * CLEAR_FRACTION);
+        let reversed = wants.is_some_and(|w| w != current);
+        if holds && !reversed {
+            return out;
+        }
+        *tripped = None;
+        out.push(Transition {
+            change: Change::Cleared,
+            reason: describe(),
+        });
+    }
+    if let Some(direction) = wants {
+        *tripped = Some(direction);
+        let verb = match direction {
+            ForecastDirection::Fall => "consolidate",
+            _ => "provision",
+        };
+        out.push(Transition {
+            change: Change::Tripped,
+            reason: format!("{verb}: {}", describe()),
+        });
+    }
+    out
+}
