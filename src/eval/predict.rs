@@ -33,6 +33,11 @@ const LEVEL: f64 = 0.95;
 /// threshold.
 const CLEAR_FRACTION: f64 = 0.5;
 
+/// Forecasts are refitted this many times per horizon (at least every step): a seasonal
+/// fit of three days costs ~20 ms, and a forecast an hour ahead moves little in five
+/// minutes, so refitting every minute would buy nothing but CPU.
+const REFITS_PER_HORIZON: i64 = 12;
+
 /// One forecast, as verdicts and the rules endpoint carry it (`status.lastForecast`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -61,6 +66,8 @@ struct Derived {
     /// The direction it tripped in, while tripped.
     tripped: Option<ForecastDirection>,
     latest: Option<ForecastView>,
+    /// Steps appended since the last forecast.
+    since_fit: i64,
 }
 
 /// What the rules endpoint shows of a PredictiveScale.
@@ -161,9 +168,13 @@ impl ForecastDetector {
             }
             let derived = self.series.entry(labels.clone()).or_default();
             derived.push(at_ms, value, step, capacity);
-            if derived.values.len() < MIN_HISTORY_STEPS {
+            let refit_every = (self.spec.horizon_ms / step / REFITS_PER_HORIZON).max(1);
+            if derived.values.len() < MIN_HISTORY_STEPS
+                || derived.latest.is_some() && derived.since_fit < refit_every
+            {
                 continue;
             }
+            derived.since_fit = 0;
             let history = derived.values.make_contiguous();
             let fit = match forecast::forecast(history, step, self.spec.horizon_ms, LEVEL) {
                 Ok(fit) => fit,
@@ -236,6 +247,7 @@ impl Derived {
         }
         self.values.push_back(value);
         self.last_ms = at_ms;
+        self.since_fit += 1;
         while self.values.len() > capacity.max(1) {
             self.values.pop_front();
         }
