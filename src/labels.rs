@@ -55,6 +55,12 @@ impl Labels {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
+    /// The seeded xxh3 hash of the canonical form: the hash `route::Batch` gives a series
+    /// routed with the same seed, which [`crate::window::InputWindows`] is keyed by.
+    pub fn hash_with_seed(&self, seed: u64) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(&self.0, seed)
+    }
+
     /// The metric name (`__name__`), or "" if absent.
     pub fn metric_name(&self) -> &str {
         self.get("__name__").unwrap_or_default()
@@ -120,6 +126,46 @@ impl serde::Serialize for Labels {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Labels {
+    /// From the map [`Serialize`](serde::Serialize) writes, rebuilt through
+    /// [`Labels::from_pairs`] so that whatever the input, the result is canonical. Refuses
+    /// what ingest refuses: an empty label name, or a name given twice.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(LabelsVisitor)
+    }
+}
+
+struct LabelsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for LabelsVisitor {
+    type Value = Labels;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of label names to values")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
+        use serde::de::Error;
+        let mut pairs: Vec<(String, String)> = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some((name, value)) = map.next_entry::<String, String>()? {
+            if name.is_empty() {
+                return Err(A::Error::custom("empty label name"));
+            }
+            pairs.push((name, value));
+        }
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(pair) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(A::Error::custom(format_args!(
+                "duplicate label name {:?}",
+                pair[0].0
+            )));
+        }
+        Ok(Labels::from_pairs(
+            pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +182,25 @@ mod tests {
         assert_eq!(a.get("pod"), Some("p-1"));
         assert_eq!(a.get("node"), None);
         assert_eq!(a.to_string(), r#"up{job="k", pod="p-1"}"#);
+    }
+
+    #[test]
+    fn deserializing_rebuilds_the_canonical_form_and_refuses_what_ingest_refuses() {
+        let a = Labels::from_pairs([("pod", "p\u{e9}\"1"), ("__name__", "up"), ("job", "")]);
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<Labels>(&json).unwrap(), a);
+        // Out of order in the file: still canonical once read.
+        let shuffled: Labels =
+            serde_json::from_str(r#"{"pod":"p\u00e9\"1","job":"","__name__":"up"}"#).unwrap();
+        assert_eq!(shuffled.as_canonical(), a.as_canonical());
+        for bad in [
+            r#"{"":"x"}"#,
+            r#"{"a":"1","a":"2"}"#,
+            r#"{"a":1}"#,
+            r#"["a","b"]"#,
+        ] {
+            assert!(serde_json::from_str::<Labels>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod reconcile;
 pub mod route;
 pub mod rules;
 pub mod standalone;
+pub mod state;
 pub mod synth;
 pub mod telemetry;
 pub mod window;

@@ -9,9 +9,12 @@
 //! period, and the time to exhaustion. No traffic means a burn rate of 0, never NaN.
 //!
 //! Pure: nothing here reads a clock or does I/O; the caller feeds samples and asks for the
-//! state at an event time.
+//! state at an event time. What must outlive a restart is exported as an
+//! [`SloDetectorState`] and imported into the detector of the (possibly edited) rule.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::state::f64_bits;
 
 use super::condition::Transition;
 use super::verdict::Change;
@@ -51,7 +54,8 @@ pub fn default_tiers(period_ms: i64) -> Vec<BurnTier> {
 }
 
 /// What the SLI counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum SliCounter {
     /// Bad events (ratio SLI: the `errors` selector).
     Bad,
@@ -61,8 +65,13 @@ pub enum SliCounter {
     Total,
 }
 
+impl SliCounter {
+    const ALL: [Self; 3] = [Self::Bad, Self::Good, Self::Total];
+}
+
 /// Whether the SLI is given by bad or by good events next to the total.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum SliShape {
     /// errors / total.
     Ratio,
@@ -141,9 +150,17 @@ impl Rollup {
             return;
         }
         let len = self.len();
-        let leaving_to = minute - len;
-        let leaving_from = (self.latest_minute - len + 1).max(leaving_to - len + 1);
-        for leaving in leaving_from..=leaving_to {
+        if minute - self.latest_minute >= len {
+            // A period or more without counts: every minute left.
+            for bucket in &mut self.buckets {
+                bucket.start_ms = i64::MIN;
+            }
+            self.counted = 0.0;
+            self.total = 0.0;
+            self.latest_minute = minute;
+            return;
+        }
+        for leaving in self.latest_minute - len + 1..=minute - len {
             let index = self.index(leaving);
             let bucket = &mut self.buckets[index];
             if bucket.start_ms == leaving * MINUTE_MS {
@@ -197,6 +214,129 @@ impl Rollup {
         }
         (counted, total)
     }
+
+    /// The counts as saved: the used buckets, oldest first.
+    fn export(&self) -> Vec<StoredBucket> {
+        if self.latest_minute == i64::MIN {
+            return Vec::new();
+        }
+        (self.latest_minute - self.len() + 1..=self.latest_minute)
+            .filter_map(|minute| {
+                let bucket = &self.buckets[self.index(minute)];
+                (bucket.start_ms == minute * MINUTE_MS).then_some(StoredBucket(
+                    minute,
+                    bucket.counted,
+                    bucket.total,
+                ))
+            })
+            .collect()
+    }
+
+    /// A rollup over `period_ms` holding the saved buckets that fall in the period ending
+    /// at `latest_minute`. The saved running totals are taken as they are when every bucket
+    /// fits, so that the restored detector computes exactly what the saved one would;
+    /// otherwise they are summed afresh from the buckets kept.
+    fn import(
+        period_ms: i64,
+        latest_minute: Option<i64>,
+        buckets: &[StoredBucket],
+        totals: (f64, f64),
+    ) -> Result<Self, SloImportError> {
+        let mut rollup = Self::new(period_ms);
+        let Some(latest) = latest_minute else {
+            return Ok(rollup);
+        };
+        // Every minute of the period must have a representable start, as live ones do.
+        let representable = |minute: i64| minute.checked_mul(MINUTE_MS).is_some();
+        if !representable(latest) || !representable(latest.saturating_sub(rollup.len())) {
+            return Err(SloImportError::Invalid(format!(
+                "its rollups end at minute {latest}, outside any representable time"
+            )));
+        }
+        rollup.latest_minute = latest;
+        let mut all_kept = true;
+        let (mut counted, mut total) = (0.0, 0.0);
+        for &StoredBucket(minute, c, t) in buckets {
+            let usable = c.is_finite() && t.is_finite() && c >= 0.0 && t >= 0.0;
+            if !usable || minute <= latest - rollup.len() || minute > latest {
+                all_kept = false;
+                continue;
+            }
+            let index = rollup.index(minute);
+            let bucket = &mut rollup.buckets[index];
+            if bucket.start_ms == minute * MINUTE_MS {
+                // The same minute twice: not something export writes.
+                all_kept = false;
+                continue;
+            }
+            *bucket = Bucket {
+                start_ms: minute * MINUTE_MS,
+                counted: c,
+                total: t,
+            };
+            counted += c;
+            total += t;
+        }
+        (rollup.counted, rollup.total) = if all_kept && totals.0.is_finite() && totals.1.is_finite()
+        {
+            totals
+        } else {
+            (counted, total)
+        };
+        Ok(rollup)
+    }
+}
+
+/// One used rollup bucket as saved: `[minute, counted bits, total bits]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct StoredBucket(
+    i64,
+    #[serde(with = "f64_bits")] f64,
+    #[serde(with = "f64_bits")] f64,
+);
+
+/// One counter series' last raw value as saved: `[counter, series id, value bits]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct StoredBaseline(SliCounter, u32, #[serde(with = "f64_bits")] f64);
+
+/// What of an [`SloDetector`] outlives a restart: the per-minute rollups with their running
+/// totals, the per-series counter baselines, and whether the SLO was violated at the last
+/// evaluation. Not the spec, which the rule's current version provides on import.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SloDetectorState {
+    /// What the counts mean: bad events for a ratio SLI, good ones for a latency SLI.
+    shape: SliShape,
+    /// The period the rollups covered when saved.
+    period_ms: i64,
+    /// The newest minute counted; `None` before the first count.
+    latest_minute: Option<i64>,
+    /// Running totals over the period, bit-exact.
+    #[serde(with = "f64_bits")]
+    counted: f64,
+    #[serde(with = "f64_bits")]
+    total: f64,
+    /// Used buckets, oldest first.
+    buckets: Vec<StoredBucket>,
+    /// Keyed by the series ids `observe` was given; [`SloDetector::import`] renumbers them.
+    baselines: Vec<StoredBaseline>,
+    /// Whether the SLO was violated at the last evaluation. While it stays violated, an
+    /// imported detector announces no new `Tripped`; set this to `false` before importing
+    /// if the verdicts it announced were not kept across the restart.
+    pub tripped: bool,
+}
+
+/// Why saved SLO state cannot be imported into a rule's detector. The caller reports it
+/// and starts the detector afresh.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SloImportError {
+    #[error(
+        "the SLI was {saved:?} when the state was saved and is {now:?} now: the saved counts \
+         count other events"
+    )]
+    ShapeChanged { saved: SliShape, now: SliShape },
+    #[error("the saved SLO state is invalid: {0}")]
+    Invalid(String),
 }
 
 /// The burn rates and budget of an SLO at one event time.
@@ -269,7 +409,9 @@ impl SloDetector {
         } else {
             value
         };
-        if increase <= 0.0 {
+        // An infinite counter has no increase to count: ∞ in a bucket would turn the
+        // running totals into NaN once it leaves the period.
+        if !increase.is_finite() || increase <= 0.0 {
             return;
         }
         match (counter, self.spec.shape) {
@@ -280,6 +422,83 @@ impl SloDetector {
             // The other counter kind does not belong to this shape of SLI.
             (SliCounter::Bad, SliShape::Latency) | (SliCounter::Good, SliShape::Ratio) => {}
         }
+    }
+
+    /// What must outlive a restart; see [`SloDetectorState`].
+    pub fn export(&self) -> SloDetectorState {
+        let baselines = SliCounter::ALL
+            .into_iter()
+            .flat_map(|counter| {
+                self.last[counter as usize]
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(series, last)| {
+                        last.map(|value| StoredBaseline(counter, series as u32, value))
+                    })
+            })
+            .collect();
+        SloDetectorState {
+            shape: self.spec.shape,
+            period_ms: self.spec.period_ms,
+            latest_minute: (self.rollup.latest_minute != i64::MIN)
+                .then_some(self.rollup.latest_minute),
+            counted: self.rollup.counted,
+            total: self.rollup.total,
+            buckets: self.rollup.export(),
+            baselines,
+            tripped: self.tripped,
+        }
+    }
+
+    /// A detector for `spec` that continues from saved `state`. `remap` gives, for a
+    /// series id the saved detector was fed (per SLI counter), the id the same series is
+    /// fed under now, or `None` if it is gone: its baseline is dropped, so its next sample
+    /// becomes its baseline again, as for a new series.
+    ///
+    /// The spec may have been edited since the state was saved. Target, tiers and the
+    /// budget threshold apply to the saved counts as they are. A changed period keeps the
+    /// saved minutes that fall in the new period, ending at the newest saved minute: a
+    /// longer period starts partly filled, a shorter one forgets its oldest minutes. A
+    /// changed SLI shape (ratio or latency) is refused: the saved counts count other
+    /// events.
+    pub fn import(
+        spec: SloSpec,
+        state: SloDetectorState,
+        remap: impl Fn(SliCounter, u32) -> Option<u32>,
+    ) -> Result<Self, SloImportError> {
+        if state.shape != spec.shape {
+            return Err(SloImportError::ShapeChanged {
+                saved: state.shape,
+                now: spec.shape,
+            });
+        }
+        let rollup = Rollup::import(
+            spec.period_ms,
+            state.latest_minute,
+            &state.buckets,
+            (state.counted, state.total),
+        )?;
+        let mut detector = Self {
+            rollup,
+            tripped: state.tripped,
+            ..Self::new(spec)
+        };
+        for StoredBaseline(counter, series, value) in state.baselines {
+            // `observe` never keeps a NaN: one would count the next value whole.
+            if value.is_nan() {
+                continue;
+            }
+            let Some(series) = remap(counter, series) else {
+                continue;
+            };
+            let lasts = &mut detector.last[counter as usize];
+            let index = series as usize;
+            if index >= lasts.len() {
+                lasts.resize(index + 1, None);
+            }
+            lasts[index] = Some(value);
+        }
+        Ok(detector)
     }
 
     /// Forgets a series' baseline (its window was evicted).
@@ -565,6 +784,198 @@ mod tests {
             assert!((counted - want_c).abs() < 1e-9, "minute {minute}");
             assert!((total - want_t).abs() < 1e-9, "minute {minute}");
         }
+    }
+
+    fn same_ids(_: SliCounter, id: u32) -> Option<u32> {
+        Some(id)
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_period_empties_the_running_totals() {
+        let mut rollup = Rollup::new(HOUR_MS);
+        rollup.add(0, 1.0, 10.0);
+        rollup.add(30 * MINUTE_MS, 1.0, 10.0);
+        rollup.add(1_000 * MINUTE_MS, 0.0, 5.0);
+        assert_eq!(rollup.sum(1_000 * MINUTE_MS, HOUR_MS), (0.0, 5.0));
+        rollup.add(1_060 * MINUTE_MS, 0.0, 7.0);
+        assert_eq!(rollup.sum(1_060 * MINUTE_MS, HOUR_MS), (0.0, 7.0));
+    }
+
+    #[test]
+    fn an_infinite_counter_counts_nothing() {
+        let mut d = SloDetector::new(spec(0.99));
+        for (minute, total) in [(0, 1.0), (1, f64::INFINITY), (2, f64::INFINITY), (3, 5.0)] {
+            d.observe(SliCounter::Total, 0, minute * MINUTE_MS, total);
+        }
+        d.observe(SliCounter::Total, 0, 4 * MINUTE_MS, 7.0);
+        // Minute 3 (the reset: +5) leaves the period, minute 4 (+2) stays.
+        d.observe(
+            SliCounter::Total,
+            0,
+            (DAYS_30 / MINUTE_MS + 3) * MINUTE_MS,
+            9.0,
+        );
+        assert_eq!((d.rollup.counted, d.rollup.total), (0.0, 4.0));
+    }
+
+    /// Feeds `minutes` of traffic on two series of each counter, with counter resets.
+    fn mixed_traffic(d: &mut SloDetector, ids: [u32; 2], from: i64, minutes: i64) {
+        for minute in from..from + minutes {
+            let at = minute * MINUTE_MS + 15_000;
+            let errors = if minute % 97 < 5 { 40.0 } else { 1.0 };
+            let reset = if minute > from + minutes / 2 {
+                0.0
+            } else {
+                1e6
+            };
+            d.observe(SliCounter::Bad, ids[0], at, minute as f64 * errors);
+            d.observe(SliCounter::Total, ids[0], at, minute as f64 * 600.0);
+            d.observe(SliCounter::Bad, ids[1], at, reset + minute as f64 * 2.0);
+            d.observe(SliCounter::Total, ids[1], at, reset + minute as f64 * 900.0);
+        }
+    }
+
+    #[test]
+    fn a_restored_detector_continues_exactly_as_the_saved_one() {
+        let mut saved = SloDetector::new(spec(0.999));
+        mixed_traffic(&mut saved, [0, 1], 0, 3 * 24 * 60);
+        let (_, tripped) = saved.evaluate((3 * 24 * 60 - 1) * MINUTE_MS);
+        assert!(tripped.is_some(), "the traffic violates the SLO");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slo.state");
+        crate::state::save(&path, &saved.export()).unwrap();
+        let loaded: SloDetectorState = crate::state::load(&path).unwrap().unwrap();
+        // The series come back under other ids.
+        let remap = |_: SliCounter, id: u32| Some([7, 3][id as usize]);
+        let mut restored = SloDetector::import(spec(0.999), loaded, remap).unwrap();
+
+        let mut compared = 0;
+        for day in 3..35 {
+            let from = day * 24 * 60;
+            mixed_traffic(&mut saved, [0, 1], from, 24 * 60);
+            mixed_traffic(&mut restored, [7, 3], from, 24 * 60);
+            for minute in [from + 1, from + 600, from + 24 * 60 - 1] {
+                let at = minute * MINUTE_MS;
+                assert_eq!(saved.evaluate(at), restored.evaluate(at), "minute {minute}");
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 96);
+        assert_eq!(
+            serde_json::to_string(&saved.export()).unwrap(),
+            serde_json::to_string(
+                &SloDetector::import(spec(0.999), restored.export(), |_, id| {
+                    Some([0, 0, 0, 1, 0, 0, 0, 0][id as usize])
+                })
+                .unwrap()
+                .export()
+            )
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn a_dropped_series_restarts_from_a_baseline() {
+        let mut saved = SloDetector::new(spec(0.99));
+        saved.observe(SliCounter::Bad, 0, 0, 5.0);
+        saved.observe(SliCounter::Total, 0, 0, 100.0);
+        let mut restored = SloDetector::import(spec(0.99), saved.export(), |counter, id| {
+            (counter == SliCounter::Total).then_some(id)
+        })
+        .unwrap();
+        // Without a baseline the jump to 500 is no error burst; with one, +100 is counted.
+        restored.observe(SliCounter::Bad, 0, MINUTE_MS, 500.0);
+        restored.observe(SliCounter::Total, 0, MINUTE_MS, 200.0);
+        assert_eq!(restored.rollup.sum(MINUTE_MS, HOUR_MS), (0.0, 100.0));
+    }
+
+    #[test]
+    fn an_edited_period_keeps_the_minutes_that_fit_and_a_changed_shape_is_refused() {
+        let mut saved = SloDetector::new(spec(0.999));
+        let mut counters = (0.0, 0.0);
+        // Ten days at 0.05% errors, then ten clean days.
+        traffic(&mut saved, 0, 10 * 24 * 60, 0.0005, &mut counters);
+        traffic(&mut saved, 10 * 24 * 60, 20 * 24 * 60, 0.0, &mut counters);
+        let now = (20 * 24 * 60 - 1) * MINUTE_MS;
+        let with_period = |days: i64| SloSpec {
+            period_ms: days * DAY_MS,
+            tiers: default_tiers(days * DAY_MS),
+            ..spec(0.999)
+        };
+        let budget = |days| {
+            SloDetector::import(with_period(days), saved.export(), same_ids)
+                .unwrap()
+                .state(now)
+                .budget_remaining
+        };
+        // Half the traffic at half the budget's error ratio (the very first minute being
+        // the counters' baseline).
+        assert!((budget(30) - 0.75).abs() < 1e-4, "{}", budget(30));
+        assert_eq!(budget(30), saved.state(now).budget_remaining);
+        assert_eq!(budget(60), budget(30));
+        // Seven days hold only the clean ones.
+        assert_eq!(budget(7), 1.0);
+
+        let latency = SloSpec {
+            shape: SliShape::Latency,
+            ..spec(0.999)
+        };
+        let refused = SloDetector::import(latency, saved.export(), same_ids).unwrap_err();
+        assert_eq!(
+            refused,
+            SloImportError::ShapeChanged {
+                saved: SliShape::Ratio,
+                now: SliShape::Latency
+            }
+        );
+        assert!(
+            refused.to_string().contains("count other events"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_tampered_state_imports_without_panicking() {
+        let mut saved = SloDetector::new(spec(0.99));
+        let mut counters = (0.0, 0.0);
+        traffic(&mut saved, 0, 100, 0.01, &mut counters);
+        let good = saved.export();
+
+        let mut odd = good.clone();
+        odd.buckets.push(StoredBucket(50, 1.0, 1.0));
+        odd.buckets.push(StoredBucket(1_000_000, 1.0, 1.0));
+        odd.buckets.push(StoredBucket(50, f64::NAN, -1.0));
+        odd.baselines
+            .push(StoredBaseline(SliCounter::Bad, 9, f64::NAN));
+        odd.counted = f64::INFINITY;
+        let d = SloDetector::import(spec(0.99), odd, same_ids).unwrap();
+        assert_eq!(
+            d.rollup.sum(99 * MINUTE_MS, DAYS_30),
+            saved.rollup.sum(99 * MINUTE_MS, DAYS_30)
+        );
+        assert!(d.state(99 * MINUTE_MS).budget_remaining.is_finite());
+
+        for latest in [
+            i64::MIN,
+            i64::MIN / MINUTE_MS,
+            i64::MAX / MINUTE_MS + 1,
+            i64::MAX,
+        ] {
+            let far = SloDetectorState {
+                latest_minute: Some(latest),
+                ..good.clone()
+            };
+            let error = SloDetector::import(spec(0.99), far, same_ids).unwrap_err();
+            assert!(matches!(error, SloImportError::Invalid(_)), "{latest}");
+        }
+        let edge = SloDetectorState {
+            latest_minute: Some(i64::MAX / MINUTE_MS),
+            ..good
+        };
+        let mut d = SloDetector::import(spec(0.99), edge, same_ids).unwrap();
+        d.observe(SliCounter::Total, 0, 0, 1.0);
+        d.evaluate(0);
     }
 
     #[test]

@@ -3,13 +3,19 @@
 //! per-rule series limit, and series that stop reporting are evicted once the input's event
 //! clock has moved past them. Time is always passed in as sample timestamps; nothing here
 //! reads a clock.
+//!
+//! Windows can be exported and imported (as [`SeriesExport`]s) so that they survive a
+//! restart; `crate::state` writes them to disk.
 
 mod series;
 
 pub use series::{Insert, SeriesWindow};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::Sample;
 use crate::labels::{Labels, PrehashedMap};
 
 /// Stable handle of a series within one [`InputWindows`]; reused after eviction.
@@ -31,6 +37,56 @@ pub struct WindowSpec {
 /// The series was not admitted: the input is at its series limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverLimit;
+
+/// One series' window as saved: its labels, its id when saved (for the caller to map
+/// per-series detector state onto the id it gets back), and its samples, values bit-exact.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeriesExport {
+    pub labels: Labels,
+    pub id: u32,
+    /// Oldest first.
+    #[serde(with = "stored_samples")]
+    pub samples: Vec<Sample>,
+}
+
+impl PartialEq for SeriesExport {
+    /// Values compare by bits, so that NaNs (the staleness marker) equal themselves.
+    fn eq(&self, other: &Self) -> bool {
+        self.labels == other.labels
+            && self.id == other.id
+            && self.samples.len() == other.samples.len()
+            && self.samples.iter().zip(&other.samples).all(|(a, b)| {
+                a.timestamp_ms == b.timestamp_ms && a.value.to_bits() == b.value.to_bits()
+            })
+    }
+}
+
+/// Samples as `[timestamp_ms, value bits]` pairs: compact, and exact for every NaN.
+mod stored_samples {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::ingest::Sample;
+
+    #[derive(Serialize, Deserialize)]
+    struct Stored(i64, #[serde(with = "crate::state::f64_bits")] f64);
+
+    pub fn serialize<S: Serializer>(samples: &[Sample], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(samples.iter().map(|s| Stored(s.timestamp_ms, s.value)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Sample>, D::Error> {
+        let stored = Vec::<Stored>::deserialize(deserializer)?;
+        Ok(stored
+            .into_iter()
+            .map(|Stored(timestamp_ms, value)| Sample {
+                timestamp_ms,
+                value,
+            })
+            .collect())
+    }
+}
 
 /// All windows of one rule input.
 pub struct InputWindows {
@@ -125,7 +181,7 @@ impl InputWindows {
     /// passes `now_ms` (the receiver's clock when the sample arrived). A sample already
     /// older than the idle time behind the clock is refused: its series would be evicted
     /// at once.
-    pub fn insert(&mut self, id: SeriesId, sample: crate::ingest::Sample, now_ms: i64) -> Insert {
+    pub fn insert(&mut self, id: SeriesId, sample: Sample, now_ms: i64) -> Insert {
         let retention_ms = self.spec.retention_ms;
         if sample.timestamp_ms < self.clock_ms.saturating_sub(self.spec.idle_ms) {
             return Insert::TooOld;
@@ -179,12 +235,75 @@ impl InputWindows {
             .enumerate()
             .filter_map(|(i, s)| s.as_ref().map(|w| (SeriesId(i as u32), w)))
     }
+
+    /// Every live series with its samples, in slot order, for saving.
+    pub fn export(&self) -> Vec<SeriesExport> {
+        self.iter()
+            .map(|(id, window)| SeriesExport {
+                labels: window.labels().clone(),
+                id: id.0,
+                samples: window.samples().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// Re-admits saved series and returns, for each one admitted, its saved id and the id
+    /// it has now: per-series detector state saved under the old id must be moved to the
+    /// new one, and anything not in the mapping dropped.
+    ///
+    /// Admission follows this input's spec, which may differ from the one the series were
+    /// saved under: samples are trimmed to the retention, series are admitted newest first
+    /// up to the series limit, and series already idle behind the event clock (the newest
+    /// saved sample, never past `now_ms`) are left out, as the next sweep would evict them.
+    /// Samples out of order are dropped as [`Self::insert`] would, and a label set given
+    /// twice is admitted once, so a tampered file cannot break a window's invariants.
+    /// Series already present keep their id and receive the saved samples that fit.
+    ///
+    /// `seed` must be the seed the router hashes series with (see
+    /// [`Labels::hash_with_seed`]): series are found again by that hash.
+    pub fn import(
+        &mut self,
+        mut series: Vec<SeriesExport>,
+        seed: u64,
+        now_ms: i64,
+    ) -> Vec<(u32, SeriesId)> {
+        let newest = |s: &SeriesExport| s.samples.last().map_or(i64::MIN, |s| s.timestamp_ms);
+        series.retain(|s| !s.samples.is_empty());
+        series.sort_by_key(|s| std::cmp::Reverse(newest(s)));
+        if let Some(first) = series.first() {
+            self.clock_ms = self.clock_ms.max(newest(first).min(now_ms));
+        }
+        let deadline = self.clock_ms.saturating_sub(self.spec.idle_ms);
+        let retention_ms = self.spec.retention_ms;
+        let mut admitted = HashSet::new();
+        let mut mapping = Vec::new();
+        for saved in series {
+            if newest(&saved) < deadline {
+                // Sorted newest first: every further series is idle too.
+                break;
+            }
+            let canonical = saved.labels.as_canonical();
+            let Ok(id) = self.get_or_insert(saved.labels.hash_with_seed(seed), canonical) else {
+                // At the limit; a series already present may still follow.
+                continue;
+            };
+            if !admitted.insert(id) {
+                continue;
+            }
+            if let Some(window) = self.slots.get_mut(id.0 as usize).and_then(Option::as_mut) {
+                for &sample in &saved.samples {
+                    window.insert(sample, retention_ms);
+                }
+            }
+            mapping.push((saved.id, id));
+        }
+        mapping
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::Sample;
 
     fn spec(limit: usize) -> WindowSpec {
         WindowSpec {
@@ -240,5 +359,200 @@ mod tests {
         let c = w.get_or_insert(3, labels("c").as_canonical()).unwrap();
         assert_eq!(c, a, "the freed slot is reused");
         assert_eq!(w.get_or_insert(1, labels("a").as_canonical()).unwrap().0, 2);
+    }
+
+    const SEED: u64 = 0x5eed;
+
+    fn at(t: i64, v: f64) -> Sample {
+        Sample {
+            timestamp_ms: t,
+            value: v,
+        }
+    }
+
+    /// Admits `pod` as the router would hash it and appends samples at the given times.
+    fn fill(w: &mut InputWindows, pod: &str, samples: &[(i64, f64)]) -> SeriesId {
+        let l = labels(pod);
+        let id = w
+            .get_or_insert(l.hash_with_seed(SEED), l.as_canonical())
+            .unwrap();
+        for &(t, v) in samples {
+            w.insert(id, at(t, v), i64::MAX);
+        }
+        id
+    }
+
+    fn by_labels(exports: Vec<SeriesExport>) -> Vec<(Labels, Vec<(i64, u64)>)> {
+        let mut out: Vec<_> = exports
+            .into_iter()
+            .map(|s| {
+                let samples = s
+                    .samples
+                    .iter()
+                    .map(|s| (s.timestamp_ms, s.value.to_bits()))
+                    .collect();
+                (s.labels, samples)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn windows_round_trip_through_a_state_file_bit_for_bit() {
+        let stale = f64::from_bits(crate::ingest::STALE_NAN_BITS);
+        let mut w = InputWindows::new(spec(10));
+        fill(
+            &mut w,
+            "a",
+            &[(1_000, 1.5), (2_000, stale), (3_000, f64::NAN)],
+        );
+        fill(&mut w, "b", &[(1_500, f64::NEG_INFINITY), (2_500, -0.0)]);
+        // Admitted, but every sample refused (as out of order): nothing to restore.
+        fill(&mut w, "empty", &[]);
+        let exported = w.export();
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("windows.state");
+        crate::state::save(&path, &exported).unwrap();
+        let loaded: Vec<SeriesExport> = crate::state::load(&path).unwrap().unwrap();
+        assert_eq!(loaded, exported);
+
+        let mut restored = InputWindows::new(spec(10));
+        let mapping = restored.import(loaded, SEED, i64::MAX);
+        assert_eq!(mapping.len(), 2);
+        for (old, new) in &mapping {
+            let before = exported.iter().find(|s| s.id == *old).unwrap();
+            assert_eq!(restored.get(*new).unwrap().labels(), &before.labels);
+        }
+        let mut expected = exported.clone();
+        expected.retain(|s| !s.samples.is_empty());
+        assert_eq!(by_labels(restored.export()), by_labels(expected));
+        assert_eq!(restored.clock_ms(), 3_000);
+        let a = restored.get(mapping[0].1).unwrap();
+        assert!(a.current().is_some_and(|s| s.value.is_nan()));
+        assert_eq!(a.samples().nth(1).unwrap().value.to_bits(), stale.to_bits());
+    }
+
+    #[test]
+    fn imported_series_are_found_by_the_routers_hash() {
+        use crate::route::{Batch, InputId, Router, Selector};
+        let selector = match promql_parser::parser::parse("m").unwrap() {
+            promql_parser::parser::Expr::VectorSelector(s) => Selector::from_promql(&s),
+            other => panic!("not a selector: {other:?}"),
+        };
+        let router = Router::new([(InputId(0), selector)], SEED);
+        let wire = [
+            crate::ingest::Label {
+                name: b"__name__",
+                value: b"m",
+            },
+            crate::ingest::Label {
+                name: b"pod",
+                value: b"a",
+            },
+        ];
+        let series = crate::ingest::SeriesView {
+            index: 0,
+            metric_name: b"m",
+            labels: &wire,
+            sorted: true,
+            samples: &[at(5_000, 2.0)],
+            histograms: 0,
+            exemplars: 0,
+        };
+        let mut batch = Batch::new(std::time::Instant::now(), i64::MAX, 1 << 20);
+        router.route(&series, &mut batch).unwrap();
+        let entry = &batch.entries[0];
+
+        let mut saved = InputWindows::new(spec(10));
+        fill(&mut saved, "a", &[(1_000, 1.0)]);
+        let mut restored = InputWindows::new(spec(10));
+        let mapping = restored.import(saved.export(), SEED, i64::MAX);
+        assert_eq!(
+            restored.get_or_insert(entry.hash, batch.canonical_labels(entry)),
+            Ok(mapping[0].1)
+        );
+        assert_eq!(restored.len(), 1);
+    }
+
+    #[test]
+    fn import_keeps_the_newest_series_up_to_the_limit_and_trims_to_retention() {
+        let mut w = InputWindows::new(spec(10));
+        for (i, pod) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let t = 100_000 + i as i64 * 1_000;
+            fill(&mut w, pod, &[(t - 50_000, 0.0), (t, 1.0)]);
+        }
+        let exported = w.export();
+        let mut restored = InputWindows::new(WindowSpec {
+            retention_ms: 10_000,
+            ..spec(2)
+        });
+        let mapping = restored.import(exported, SEED, i64::MAX);
+        let kept: Vec<_> = mapping
+            .iter()
+            .map(|&(old, new)| (old, restored.get(new).unwrap().labels().get("pod")))
+            .collect();
+        assert_eq!(kept, [(3, Some("d")), (2, Some("c"))]);
+        assert_eq!(restored.len(), 2);
+        for (_, window) in restored.iter() {
+            assert_eq!(window.samples().count(), 1, "trimmed to the retention");
+        }
+    }
+
+    #[test]
+    fn import_leaves_out_idle_series_and_never_moves_the_clock_past_now() {
+        let mut w = InputWindows::new(spec(10));
+        fill(&mut w, "old", &[(0, 1.0)]);
+        fill(&mut w, "recent", &[(400_000, 1.0)]);
+        fill(&mut w, "future", &[(900_000, 1.0)]);
+        let restored_at = |now_ms| {
+            let mut restored = InputWindows::new(spec(10));
+            let mapping = restored.import(w.export(), SEED, now_ms);
+            let mut pods: Vec<_> = mapping
+                .iter()
+                .map(|&(_, id)| {
+                    restored
+                        .get(id)
+                        .unwrap()
+                        .labels()
+                        .get("pod")
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect();
+            pods.sort();
+            (restored.clock_ms(), pods)
+        };
+        // The future sample would otherwise age "recent" out.
+        assert_eq!(
+            restored_at(500_000),
+            (500_000, vec!["future".into(), "recent".into()])
+        );
+        assert_eq!(restored_at(i64::MAX), (900_000, vec!["future".to_owned()]));
+    }
+
+    #[test]
+    fn a_tampered_export_cannot_break_a_windows_invariants() {
+        let twice = |id| SeriesExport {
+            labels: labels("a"),
+            id,
+            samples: vec![
+                at(3_000, 1.0),
+                at(1_000, 2.0),
+                at(3_000, 3.0),
+                at(4_000, 4.0),
+            ],
+        };
+        let mut restored = InputWindows::new(spec(10));
+        let mapping = restored.import(vec![twice(0), twice(7)], SEED, i64::MAX);
+        assert_eq!(mapping, [(0, SeriesId(0))]);
+        let kept: Vec<_> = restored
+            .get(SeriesId(0))
+            .unwrap()
+            .samples()
+            .map(|s| s.timestamp_ms)
+            .collect();
+        assert_eq!(kept, [3_000, 4_000]);
     }
 }
