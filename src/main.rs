@@ -53,6 +53,17 @@ struct RunArgs {
     /// Decisions kept for GET /api/v1/decisions.
     #[arg(long, default_value_t = 10_000)]
     decisions_kept: usize,
+    /// Save windows and detector state (SLO budgets, forecast history, tripped series)
+    /// here, and restore them at start.
+    #[arg(long, env = "PROPHET_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// How often the state is saved with --state-dir (also at shutdown), e.g. 30s, 5m.
+    #[arg(long, default_value = "1m", value_parser = parse_interval)]
+    state_interval: std::time::Duration,
+}
+
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    prophet::rules::duration::parse_duration(text).map_err(|e| e.to_string())
 }
 
 impl Default for RunArgs {
@@ -108,6 +119,8 @@ fn run(args: RunArgs) -> prophet::Result<()> {
             },
             eval_queue: args.eval_queue,
             decisions_kept: args.decisions_kept,
+            state_dir: args.state_dir,
+            state_interval: args.state_interval,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -7,15 +7,16 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::actuate::{DecisionLog, DryRun};
-use crate::eval::Evaluator;
+use crate::eval::{EvalHandle, Evaluator, EvaluatorState, Restored};
 use crate::http::{AppState, InvalidDocument, RuleStatus};
 use crate::ingest::Limits;
 use crate::metrics::{Metrics, RuleStateLabels};
@@ -34,6 +35,10 @@ pub struct PipelineConfig {
     pub eval_queue: usize,
     /// Decisions kept for `GET /api/v1/decisions`.
     pub decisions_kept: usize,
+    /// Where windows and detector state are saved (every `state_interval` and at
+    /// shutdown) and restored from at start; `None` keeps nothing across restarts.
+    pub state_dir: Option<PathBuf>,
+    pub state_interval: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -44,6 +49,8 @@ impl Default for PipelineConfig {
             compile: CompileOptions::default(),
             eval_queue: 256,
             decisions_kept: 10_000,
+            state_dir: None,
+            state_interval: Duration::from_secs(60),
         }
     }
 }
@@ -59,9 +66,15 @@ pub struct RunConfig {
 /// The running stages behind the HTTP surface.
 pub struct Pipeline {
     pub state: Arc<AppState>,
-    eval_thread: std::thread::JoinHandle<()>,
+    eval_thread: std::thread::JoinHandle<Evaluator>,
     reconcile: tokio::task::JoinHandle<()>,
+    /// The state file and its periodic saver, with `--state-dir`.
+    state_file: Option<PathBuf>,
+    saver: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// The file in `--state-dir` that holds the evaluator's state.
+pub const STATE_FILE: &str = "evaluator.state";
 
 impl Pipeline {
     /// Compiles the loaded rules (reporting each one that is invalid or unsupported) and
@@ -124,8 +137,13 @@ impl Pipeline {
             .iter()
             .map(|r| (r.key.clone(), r.plan.clone()))
             .collect();
-        let evaluator = Evaluator::new(active, config.series_limit);
-        let router = Arc::new(evaluator.router(RandomState::new().hash_one(0x5eed_u64)));
+        let mut evaluator = Evaluator::new(active, config.series_limit);
+        let seed = RandomState::new().hash_one(0x5eed_u64);
+        let router = Arc::new(evaluator.router(seed));
+        let state_file = config.state_dir.as_ref().map(|dir| dir.join(STATE_FILE));
+        if let Some(path) = &state_file {
+            restore(&mut evaluator, path, seed);
+        }
         let (verdict_tx, verdict_rx) = mpsc::unbounded_channel();
         let (eval, eval_thread) =
             crate::eval::spawn(evaluator, metrics.clone(), verdict_tx, config.eval_queue)
@@ -148,20 +166,111 @@ impl Pipeline {
             invalid_documents,
             ready: AtomicBool::new(true),
         });
+        let saver = state_file.clone().map(|path| {
+            tokio::spawn(save_every(
+                state.eval.clone(),
+                path,
+                config.state_interval.max(Duration::from_secs(1)),
+            ))
+        });
         Ok(Self {
             state,
             eval_thread,
             reconcile,
+            state_file,
+            saver,
         })
     }
 
     /// Waits until everything accepted has gone through eval and reconcile. Call after
     /// the HTTP server (which holds the other references to the state) has stopped.
     pub async fn drain(self) {
+        if let Some(saver) = &self.saver {
+            // It holds an evaluator handle, which would keep the evaluator running.
+            saver.abort();
+        }
+        if let Some(saver) = self.saver {
+            let _ = saver.await;
+        }
         drop(self.state);
         let eval_thread = self.eval_thread;
-        let _ = tokio::task::spawn_blocking(move || eval_thread.join()).await;
+        let state_file = self.state_file;
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(evaluator) = eval_thread.join() else {
+                return;
+            };
+            if let Some(path) = state_file {
+                save(&path, &evaluator.export());
+            }
+        })
+        .await;
         let _ = self.reconcile.await;
+    }
+}
+
+/// Restores saved state into the evaluator, if there is any. A file that cannot be used
+/// (corrupt, truncated, from another format) is reported and set aside, never fatal:
+/// the rules then start afresh.
+fn restore(evaluator: &mut Evaluator, path: &Path, seed: u64) {
+    if let Some(dir) = path.parent()
+        && let Err(error) = std::fs::create_dir_all(dir)
+    {
+        tracing::warn!(dir = %dir.display(), %error, "cannot create the state folder");
+    }
+    let state = match crate::state::load::<EvaluatorState>(path) {
+        Ok(None) => {
+            tracing::info!(path = %path.display(), "no saved state: starting afresh");
+            return;
+        }
+        Ok(Some(state)) => state,
+        Err(error) => {
+            tracing::warn!(kind = error.metric_label(), "saved state ignored: {error}");
+            if error.is_unusable_file() {
+                // Keep it for a post-mortem instead of overwriting it at the next save.
+                let aside = path.with_extension("state.unusable");
+                if let Err(error) = std::fs::rename(path, &aside) {
+                    tracing::warn!(%error, "cannot move the unusable state file aside");
+                }
+            }
+            return;
+        }
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for outcome in evaluator.restore(state, seed, now_ms) {
+        match outcome {
+            Restored::Rule { rule, series } => {
+                tracing::info!(%rule, series, "rule state restored");
+            }
+            Restored::Dropped { rule, why } => {
+                tracing::warn!(%rule, "saved rule state not restored: {why}");
+            }
+        }
+    }
+}
+
+/// Writes the state file; a failure is logged and the next save tries again.
+fn save(path: &Path, state: &EvaluatorState) {
+    match crate::state::save(path, state) {
+        Ok(()) => tracing::debug!(path = %path.display(), "state saved"),
+        Err(error) => tracing::warn!(kind = error.metric_label(), "cannot save state: {error}"),
+    }
+}
+
+/// Saves the evaluator's state every `every`. The export is taken on the evaluator
+/// thread between batches; serialising and writing happen off it.
+async fn save_every(eval: EvalHandle, path: PathBuf, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Ok(state) = eval.export().await else {
+            return;
+        };
+        let path = path.clone();
+        let _ = tokio::task::spawn_blocking(move || save(&path, &state)).await;
     }
 }
 

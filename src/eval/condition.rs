@@ -9,11 +9,12 @@ use crate::window::SeriesId;
 use super::band::Band;
 use super::verdict::Change;
 
-#[derive(Debug, Clone, Copy, Default)]
-struct SeriesState {
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeriesState {
     /// Event time since which the condition has held, while it holds.
-    holding_since: Option<i64>,
-    tripped: bool,
+    pub holding_since: Option<i64>,
+    pub tripped: bool,
 }
 
 /// A verdict change, before reconcile's context is added.
@@ -108,6 +109,21 @@ impl ConditionDetector {
             "value {value} outside the expected band [{:.6}, {:.6}] around {:.6}",
             band.lower, band.upper, band.center
         ))
+    }
+
+    /// The state of every series with any, by id, for saving across a restart.
+    pub fn export(&self) -> Vec<(u32, SeriesState)> {
+        self.states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s != SeriesState::default())
+            .map(|(i, s)| (i as u32, *s))
+            .collect()
+    }
+
+    /// Restores a series' saved state under its id now.
+    pub fn restore(&mut self, id: SeriesId, state: SeriesState) {
+        *self.state(id) = state;
     }
 
     /// The series was evicted (no sample within the lookback): forget it, clearing it if

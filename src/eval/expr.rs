@@ -14,7 +14,7 @@ use promql_parser::label::Matcher;
 use serde::Serialize;
 
 use super::band::{self, Band, BandAlgorithm, BandSpec};
-use super::condition::{ConditionDetector, Transition};
+use super::condition::{ConditionDetector, SeriesState, Transition};
 use super::forecast;
 use super::promql::{self, EvalOptions, SeriesSamples, SeriesSource, Value};
 use super::verdict::format_value;
@@ -198,6 +198,24 @@ pub const SHOWN_MAX: usize = 50;
 /// A change for one result series: the transition, the series and its value.
 pub type SeriesChange = (Transition, Labels, Option<f64>);
 
+/// One result series of an expression rule, as saved across a restart.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedResult {
+    pub labels: Labels,
+    pub state: SeriesState,
+    /// The band's history: `[time, value bits]`, oldest first.
+    pub history: Vec<(i64, u64)>,
+}
+
+/// What of an [`ExprDetector`] outlives a restart.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExprDetectorState {
+    pub last_ms: Option<i64>,
+    pub results: Vec<SavedResult>,
+}
+
 /// The detector of an expression rule.
 pub struct ExprDetector {
     query: QuerySpec,
@@ -236,6 +254,46 @@ impl ExprDetector {
 
     pub fn state(&self) -> &ExprState {
         &self.state
+    }
+
+    /// The result series' condition state and band history, keyed by their labels.
+    pub fn export(&self) -> ExprDetectorState {
+        let states: std::collections::HashMap<u32, SeriesState> =
+            self.condition.export().into_iter().collect();
+        ExprDetectorState {
+            last_ms: (self.last_ms != i64::MIN).then_some(self.last_ms),
+            results: self
+                .ids
+                .live()
+                .map(|(id, labels)| SavedResult {
+                    labels: labels.clone(),
+                    state: states.get(&id.0).copied().unwrap_or_default(),
+                    history: self
+                        .history
+                        .get(id.0 as usize)
+                        .map(|h| h.iter().map(|(t, v)| (*t, v.to_bits())).collect())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Continues from saved state (the rule's expression is the same: the caller checked).
+    pub fn restore(&mut self, saved: ExprDetectorState) {
+        self.last_ms = saved.last_ms.unwrap_or(i64::MIN);
+        for result in saved.results {
+            let id = self.ids.get_or_insert(&result.labels);
+            self.condition.restore(id, result.state);
+            let index = id.0 as usize;
+            if index >= self.history.len() {
+                self.history.resize_with(index + 1, VecDeque::new);
+            }
+            self.history[index] = result
+                .history
+                .into_iter()
+                .map(|(t, bits)| (t, f64::from_bits(bits)))
+                .collect();
+        }
     }
 
     /// Evaluates at `at_ms` and judges every returned series; series no longer returned

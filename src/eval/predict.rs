@@ -57,6 +57,27 @@ pub struct ForecastView {
     pub history: usize,
 }
 
+/// One derived series, as saved across a restart.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedDerived {
+    pub labels: Labels,
+    /// Value bits at consecutive steps ending at `last_ms`.
+    pub values: Vec<u64>,
+    pub last_ms: i64,
+    /// `rise` or `fall` while tripped.
+    pub tripped: Option<String>,
+}
+
+/// What of a [`ForecastDetector`] outlives a restart: the derived series (up to three
+/// days of history that the stream cannot give back) and which ones had tripped.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForecastDetectorState {
+    pub last_ms: Option<i64>,
+    pub series: Vec<SavedDerived>,
+}
+
 /// One derived series and its forecast state.
 #[derive(Debug, Default)]
 struct Derived {
@@ -140,6 +161,61 @@ impl ForecastDetector {
             forecasts,
             error: self.error.clone(),
             series_not_forecast: self.not_forecast,
+        }
+    }
+
+    pub fn export(&self) -> ForecastDetectorState {
+        ForecastDetectorState {
+            last_ms: (self.last_ms != i64::MIN).then_some(self.last_ms),
+            series: self
+                .series
+                .iter()
+                .map(|(labels, d)| SavedDerived {
+                    labels: labels.clone(),
+                    values: d.values.iter().map(|v| v.to_bits()).collect(),
+                    last_ms: d.last_ms,
+                    tripped: d.tripped.map(|t| {
+                        match t {
+                            ForecastDirection::Fall => "fall",
+                            _ => "rise",
+                        }
+                        .to_owned()
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    /// Continues from saved state (the rule's query is the same: the caller checked). The
+    /// next evaluation refits at once.
+    pub fn restore(&mut self, saved: ForecastDetectorState) {
+        self.last_ms = saved.last_ms.unwrap_or(i64::MIN);
+        let capacity = usize::try_from(self.spec.history_ms / self.spec.query.step_ms)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        for s in saved.series.into_iter().take(MAX_FORECAST_SERIES) {
+            let skip = s.values.len().saturating_sub(capacity);
+            let values = s
+                .values
+                .into_iter()
+                .skip(skip)
+                .map(f64::from_bits)
+                .filter(|v| v.is_finite())
+                .collect();
+            let tripped = s.tripped.as_deref().map(|t| match t {
+                "fall" => ForecastDirection::Fall,
+                _ => ForecastDirection::Rise,
+            });
+            self.series.insert(
+                s.labels,
+                Derived {
+                    values,
+                    last_ms: s.last_ms,
+                    tripped,
+                    latest: None,
+                    since_fit: 0,
+                },
+            );
         }
     }
 

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Evaluator, RuleSnapshot, Verdict};
+use super::{Evaluator, EvaluatorState, RuleSnapshot, Verdict};
 use crate::metrics::{Metrics, RuleLabels, VerdictLabels};
 use crate::route::Batch;
 
@@ -18,6 +18,7 @@ enum Job {
         done: oneshot::Sender<()>,
     },
     Snapshot(oneshot::Sender<Vec<RuleSnapshot>>),
+    Export(oneshot::Sender<EvaluatorState>),
 }
 
 /// Why a batch was not taken.
@@ -63,16 +64,27 @@ impl EvalHandle {
             .map_err(|_| SubmitError::Stopped)?;
         answer.await.map_err(|_| SubmitError::Stopped)
     }
+
+    /// Everything `--state-dir` saves, taken between two batches.
+    pub async fn export(&self) -> Result<EvaluatorState, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Export(reply))
+            .await
+            .map_err(|_| SubmitError::Stopped)?;
+        answer.await.map_err(|_| SubmitError::Stopped)
+    }
 }
 
 /// Starts the evaluator thread. It stops when every [`EvalHandle`] is dropped, after
-/// applying what was queued; verdicts go to `verdicts` in the order they were decided.
+/// applying what was queued, and hands the evaluator back (for a last save); verdicts go
+/// to `verdicts` in the order they were decided.
 pub fn spawn(
     mut evaluator: Evaluator,
     metrics: Arc<Metrics>,
     verdicts: mpsc::UnboundedSender<Verdict>,
     queue: usize,
-) -> std::io::Result<(EvalHandle, JoinHandle<()>)> {
+) -> std::io::Result<(EvalHandle, JoinHandle<Evaluator>)> {
     let (jobs, mut queued) = mpsc::channel(queue.max(1));
     let thread = std::thread::Builder::new()
         .name("prophet-eval".into())
@@ -87,8 +99,12 @@ pub fn spawn(
                     Job::Snapshot(reply) => {
                         let _ = reply.send(evaluator.snapshot());
                     }
+                    Job::Export(reply) => {
+                        let _ = reply.send(evaluator.export());
+                    }
                 }
             }
+            evaluator
         })?;
     Ok((EvalHandle { jobs }, thread))
 }

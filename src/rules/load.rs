@@ -109,7 +109,9 @@ impl Serialize for Rule {
 }
 
 /// The three kinds of rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 pub enum RuleKind {
     /// `AnomalyAction`
     AnomalyAction,
@@ -153,7 +155,7 @@ impl fmt::Display for RuleKind {
 
 /// Identity of a rule: no two rules may share one. Orders by kind, then namespace, then
 /// name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 pub struct RuleKey {
     /// The rule's kind.
     pub kind: RuleKind,
