@@ -80,6 +80,18 @@ async fn pure_noise_never_trips() {
         let app = start(&rule("noise", algorithm, ""));
         let decisions = run(&app, &noisy(500, 7, |_| 100.0)).await;
         assert!(decisions.is_empty(), "{algorithm}: {decisions:?}");
+        // The rules endpoint shows the live value and the band it is judged against.
+        let view = app.rule("noise").await;
+        let live = &view["values"]["results"][0];
+        let value: f64 = live["value"].as_str().unwrap().parse().unwrap();
+        let (lower, upper) = (
+            live["band"]["lower"].as_f64().unwrap(),
+            live["band"]["upper"].as_f64().unwrap(),
+        );
+        assert!(lower < value && value < upper, "{view}");
+        // Noise in [-1, 1]: a 3σ band is about ±1.7 wide around 100.
+        assert!(lower > 97.0 && upper < 103.0, "{view}");
+        assert_eq!(live["tripped"], false);
     }
 }
 

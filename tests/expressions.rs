@@ -81,7 +81,7 @@ async fn a_rate_expression_trips_the_pod_whose_rate_is_high_with_its_exact_value
     assert_eq!(d["value"], "10");
     assert_eq!(d["sampleTimeMs"], a[11].0);
     let view = app.rule("hot-pods").await;
-    let results = view["expression"]["results"].as_array().unwrap();
+    let results = view["values"]["results"].as_array().unwrap();
     assert_eq!(results.len(), 2, "{view}");
     assert_eq!(view["trippedSeries"][0]["series"]["pod"], "b", "{view}");
 }

@@ -269,9 +269,11 @@ pub struct RuleSnapshot {
     /// For an SLO: burn rates per tier, budget remaining, time to exhaustion.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slo: Option<SloState>,
-    /// For an expression rule: its latest evaluation, each series' value and band.
+    /// For an AnomalyAction: what it judges now, per series (the first 50): the value,
+    /// its band if the rule has one, and whether it is tripped. For an expression rule,
+    /// its latest evaluation.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub expression: Option<ExprState>,
+    pub values: Option<ExprState>,
     /// For a PredictiveScale: the latest forecast per series.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forecast: Option<ForecastState>,
@@ -505,8 +507,11 @@ impl Evaluator {
                         Detector::Slo { state, .. } => state.clone(),
                         _ => None,
                     },
-                    expression: match &rule.detector {
+                    values: match &rule.detector {
                         Detector::Expression(d) => Some(d.state().clone()),
+                        Detector::Condition { detector, band } => {
+                            Some(condition_values(slots, detector, band.as_ref()))
+                        }
                         _ => None,
                     },
                     forecast: match &rule.detector {
@@ -549,6 +554,38 @@ impl Evaluator {
             })
             .collect()
     }
+}
+
+/// The live values of a per-series condition rule: each series' current value, and the
+/// band its next sample will be judged against.
+fn condition_values(
+    slots: &[InputSlot],
+    detector: &ConditionDetector,
+    band: Option<&BandSpec>,
+) -> ExprState {
+    let mut sort = Vec::new();
+    let mut state = ExprState::default();
+    for slot in slots {
+        state.result_count += slot.windows.len();
+        state.at_ms = Some(slot.windows.clock_ms()).filter(|&t| t != i64::MIN);
+        for (id, window) in slot.windows.iter().take(expr::SHOWN_MAX) {
+            let Some(current) = window.current() else {
+                continue;
+            };
+            let history: Vec<f64> = window
+                .samples()
+                .map(|s| s.value)
+                .filter(|v| v.is_finite())
+                .collect();
+            state.results.push(ResultValue {
+                series: window.labels().clone(),
+                value: format_value(current.value),
+                band: band.and_then(|spec| band::band(&history, spec, &mut sort)),
+                tripped: detector.is_tripped(id),
+            });
+        }
+    }
+    state
 }
 
 impl ActiveRule {
