@@ -159,3 +159,78 @@ async fn a_threshold_beside_detection_trips_on_either() {
     assert_eq!(first.0, "tripped");
     assert!((190..=215).contains(&first.1), "{decisions:?}");
 }
+
+#[tokio::test]
+async fn a_seasonal_band_catches_an_anomaly_that_the_daily_swing_hides_from_zscore() {
+    const DAY: i64 = 1440;
+    let rules = ["seasonal", "zscore"]
+        .map(|algorithm| {
+            format!(
+                r#"apiVersion: aiops.prophet.io/v1alpha1
+kind: AnomalyAction
+metadata: {{name: {algorithm}, namespace: default}}
+spec:
+  metric: requests_in_flight
+  detection: {{algorithm: {algorithm}, sensitivity: 4, window: 3d, minSamples: 100}}
+  remediation: {{type: alert, cooldownSeconds: 0}}
+---
+"#
+            )
+        })
+        .concat();
+    let app = start(&rules);
+    // A daily swing of ±50 around 200, noise ±1, one sample a minute for two days and
+    // sixteen hours; at 15:00 on the third day, +30 for one minute: well inside the
+    // day's range, far outside what that time of day looks like.
+    let spike = 2 * DAY + 900;
+    let mut noise = Noise(17);
+    let value = |m: i64, noise: &mut Noise| {
+        let phase = 2.0 * std::f64::consts::PI * m as f64 / DAY as f64;
+        200.0 + 50.0 * phase.sin() + noise.next() + if m == spike { 30.0 } else { 0.0 }
+    };
+    let minutes = 2 * DAY + 960;
+    let start = {
+        let t = now_ms() - (minutes + 5) * 60_000;
+        t - t.rem_euclid(60_000)
+    };
+    for m in 0..minutes {
+        let body = v1_body(vec![series(
+            &[
+                ("__name__", "requests_in_flight"),
+                ("namespace", "default"),
+                ("pod", "api-0"),
+            ],
+            &[(start + m * 60_000, value(m, &mut noise))],
+        )]);
+        assert_eq!(
+            app.write(Some(V1), body).await.status,
+            StatusCode::NO_CONTENT
+        );
+    }
+    let decisions = app.wait_decisions(2).await;
+    let seen: Vec<(String, String, i64)> = decisions
+        .iter()
+        .map(|d| {
+            (
+                d["rule"]["name"].as_str().unwrap().to_owned(),
+                d["verdict"].as_str().unwrap().to_owned(),
+                (d["sampleTimeMs"].as_i64().unwrap() - start) / 60_000,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("seasonal".to_owned(), "tripped".to_owned(), spike),
+            ("seasonal".to_owned(), "cleared".to_owned(), spike + 1),
+        ],
+        "{decisions:#?}"
+    );
+    let view = app.rule("seasonal").await;
+    let band = &view["values"]["results"][0]["band"];
+    let width = band["upper"].as_f64().unwrap() - band["lower"].as_f64().unwrap();
+    assert!(
+        width < 20.0,
+        "a band of the time of day, not of the day: {view}"
+    );
+}

@@ -192,6 +192,18 @@ pub struct ExprState {
     pub failed_evaluations: u64,
 }
 
+/// A seasonal baseline is refitted once per this many steps (an hour at the one-minute
+/// step): one fit gives the bands of the following steps, and a fit costs ~16 ms.
+const SEASONAL_REFIT_STEPS: usize = 60;
+
+/// The seasonal bands of one result series, from its last fit.
+struct SeasonalFit {
+    /// The step the first band is for.
+    from_ms: i64,
+    /// `None` while there is no season to fit (cold start).
+    bands: Option<Vec<Band>>,
+}
+
 /// How many result series the rules endpoint lists per rule.
 pub const SHOWN_MAX: usize = 50;
 
@@ -225,6 +237,8 @@ pub struct ExprDetector {
     ids: ResultIds,
     /// Per result id, its values at the steps it was returned (for the band).
     history: Vec<VecDeque<(i64, f64)>>,
+    /// Per result id, its seasonal bands (seasonal detection only).
+    seasonal: Vec<Option<SeasonalFit>>,
     last_ms: i64,
     state: ExprState,
     sort: Vec<f64>,
@@ -240,6 +254,7 @@ impl ExprDetector {
             band_window_ms,
             ids: ResultIds::default(),
             history: Vec::new(),
+            seasonal: Vec::new(),
             last_ms: i64::MIN,
             state: ExprState::default(),
             sort: Vec::new(),
@@ -349,6 +364,9 @@ impl ExprDetector {
             if let Some(history) = self.history.get_mut(id.0 as usize) {
                 history.clear();
             }
+            if let Some(fit) = self.seasonal.get_mut(id.0 as usize) {
+                *fit = None;
+            }
             if let Some(labels) = self.ids.remove(id)
                 && let Some(mut t) = cleared
             {
@@ -376,12 +394,39 @@ impl ExprDetector {
             BandAlgorithm::Zscore | BandAlgorithm::Mad => {
                 band::band(&self.values, &spec, &mut self.sort)
             }
-            BandAlgorithm::Seasonal => forecast::seasonal_band(
-                &self.values,
-                self.query.step_ms,
-                spec.sensitivity,
-                spec.min_samples,
-            ),
+            BandAlgorithm::Seasonal => {
+                let step = self.query.step_ms;
+                let index = id.0 as usize;
+                if index >= self.seasonal.len() {
+                    self.seasonal.resize_with(index + 1, || None);
+                }
+                let cached = self.seasonal[index].as_ref().and_then(|fit| {
+                    let k = usize::try_from((at_ms - fit.from_ms) / step).ok()?;
+                    (k < SEASONAL_REFIT_STEPS).then(|| fit.bands.as_ref()?.get(k).copied())
+                });
+                if let Some(band) = cached {
+                    return band;
+                }
+                // The history ends at its newest step before `at_ms`; the bands start at
+                // the step after it.
+                let newest = history
+                    .iter()
+                    .rev()
+                    .find(|(t, _)| *t < at_ms)
+                    .map_or(at_ms - step, |(t, _)| *t);
+                let from_ms = newest + step;
+                let skip = usize::try_from((at_ms - from_ms) / step).unwrap_or(0);
+                let bands = forecast::seasonal_bands(
+                    &self.values,
+                    step,
+                    spec.sensitivity,
+                    spec.min_samples,
+                    skip + SEASONAL_REFIT_STEPS,
+                );
+                let band = bands.as_ref().and_then(|b| b.get(skip).copied());
+                self.seasonal[index] = Some(SeasonalFit { from_ms, bands });
+                band
+            }
         }
     }
 
