@@ -1,6 +1,8 @@
 //! End to end with real components: Debian's Prometheus scrapes itself and remote-writes
 //! to the real `prophet` binary in standalone mode; a threshold rule on that data must
-//! trip, and the decision must name the series' labels and value.
+//! trip, and the decision must name the series' labels and value; a rule over a PromQL
+//! expression must trip with the value Prometheus itself gives for that expression at
+//! that time.
 //!
 //! Needs `/usr/bin/prometheus` (`apt-get install prometheus`; `.ci/run` installs it).
 
@@ -45,7 +47,8 @@ fn start_prophet(rules: &Path) -> (Running, String) {
     (Running(child), addr)
 }
 
-fn start_prometheus(dir: &Path, prophet: &str) -> Running {
+/// Starts Prometheus remote-writing to `prophet`; returns it and its HTTP port.
+fn start_prometheus(dir: &Path, prophet: &str) -> (Running, u16) {
     let binary = Path::new("/usr/bin/prometheus");
     assert!(
         binary.exists(),
@@ -80,7 +83,7 @@ remote_write:
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus starts");
-    Running(child)
+    (Running(child), port)
 }
 
 fn get_json(
@@ -110,6 +113,14 @@ spec:
 ---
 apiVersion: aiops.prophet.io/v1alpha1
 kind: AnomalyAction
+metadata: {name: ingest-rate, namespace: default}
+spec:
+  metric: 'sum by (namespace, pod) (rate(prometheus_tsdb_head_samples_appended_total[5s]))'
+  threshold: "> 0"
+  remediation: {type: alert}
+---
+apiVersion: aiops.prophet.io/v1alpha1
+kind: AnomalyAction
 metadata: {name: never-loaded, namespace: default}
 spec:
   metric: up
@@ -119,7 +130,7 @@ spec:
     )
     .unwrap();
     let (_prophet, addr) = start_prophet(&rules);
-    let _prometheus = start_prometheus(dir.path(), &addr);
+    let (_prometheus, prometheus_port) = start_prometheus(dir.path(), &addr);
     let client = reqwest::Client::new();
 
     let rules_view = get_json(&client, &format!("http://{addr}/api/v1/rules"))
@@ -133,25 +144,7 @@ spec:
         .unwrap();
     assert_eq!(invalid["state"], "invalid", "{rules_view}");
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let decision = loop {
-        let decisions = get_json(&client, &format!("http://{addr}/api/v1/decisions")).await;
-        let found = decisions.as_ref().and_then(|d| {
-            d["decisions"]
-                .as_array()?
-                .iter()
-                .find(|d| d["rule"]["name"] == "prometheus-up")
-                .cloned()
-        });
-        if let Some(found) = found {
-            break found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no decision within 90 s; last answer: {decisions:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let decision = wait_decision(&client, &addr, "prometheus-up").await;
     assert_eq!(decision["verdict"], "tripped", "{decision}");
     assert_eq!(decision["action"], "restart");
     assert_eq!(decision["outcome"], "act");
@@ -183,6 +176,37 @@ spec:
     );
     assert!(decision["reason"].as_str().unwrap().contains("== 1"));
 
+    // The expression rule: its value is what Prometheus answers for the same expression
+    // at the same time, from the same samples.
+    let decision = wait_decision(&client, &addr, "ingest-rate").await;
+    assert_eq!(decision["verdict"], "tripped", "{decision}");
+    assert_eq!(decision["targets"][0]["name"], "prometheus-0", "{decision}");
+    let value: f64 = decision["value"].as_str().unwrap().parse().unwrap();
+    let at = decision["sampleTimeMs"].as_i64().unwrap();
+    assert_eq!(at % 15_000, 0, "evaluated at a step boundary");
+    let query = "sum by (namespace, pod) (rate(prometheus_tsdb_head_samples_appended_total[5s]))";
+    let answer = client
+        .get(format!(
+            "http://127.0.0.1:{prometheus_port}/api/v1/query?query={}&time={}",
+            percent_encode(query),
+            at as f64 / 1000.0
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let theirs: f64 = answer["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .parse()
+        .unwrap();
+    assert!(
+        ((value - theirs) / theirs).abs() <= 1e-9,
+        "Prophet {value} vs Prometheus {theirs} at {at}: {answer}"
+    );
+
     let metrics = client
         .get(format!("http://{addr}/metrics"))
         .send()
@@ -199,4 +223,39 @@ spec:
         !metrics.contains(r#"code="400""#),
         "Prometheus's own requests must all be accepted:\n{metrics}"
     );
+}
+
+/// The first decision about `rule`, waiting up to 90 s.
+async fn wait_decision(client: &reqwest::Client, addr: &str, rule: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let decisions = get_json(client, &format!("http://{addr}/api/v1/decisions")).await;
+        let found = decisions.as_ref().and_then(|d| {
+            d["decisions"]
+                .as_array()?
+                .iter()
+                .find(|d| d["rule"]["name"] == rule)
+                .cloned()
+        });
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no decision about {rule} within 90 s; last answer: {decisions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Percent-encodes everything but unreserved characters, for a URL query value.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
