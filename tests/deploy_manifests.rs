@@ -54,9 +54,25 @@ fn the_deployment_manifests_are_valid_objects_wired_together() {
     );
     let mount = &container.volume_mounts.as_ref().unwrap()[0];
     assert_eq!(mount.mount_path, "/etc/prophet/rules");
-    let volume = &pod.volumes.unwrap()[0];
-    assert_eq!(volume.name, mount.name);
-    assert_eq!(volume.config_map.as_ref().unwrap().name, "prophet-rules");
+    let volumes = pod.volumes.unwrap();
+    assert_eq!(volumes[0].name, mount.name);
+    assert_eq!(
+        volumes[0].config_map.as_ref().unwrap().name,
+        "prophet-rules"
+    );
+    // The state survives container restarts on a writable volume (the root filesystem
+    // is read-only).
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--state-dir", "/var/lib/prophet"])
+    );
+    let state = &container.volume_mounts.as_ref().unwrap()[1];
+    assert_eq!(state.mount_path, "/var/lib/prophet");
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.name == state.name && v.empty_dir.is_some())
+    );
     let service = service.unwrap().spec.unwrap();
     assert_eq!(service.ports.unwrap()[0].port, 8080);
 

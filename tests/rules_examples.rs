@@ -91,8 +91,8 @@ fn every_example_file_loads_without_invalid_documents() {
     assert!(files.contains(&"seed-examples.yaml".to_owned()));
     assert_eq!(
         report.rules.len(),
-        6,
-        "three seed rules and three realistic ones"
+        7,
+        "three seed rules and four realistic ones"
     );
 }
 
