@@ -7,11 +7,13 @@
 //! - [`ingest`]: content negotiation, snappy, zero-copy protobuf decode and validation.
 //! - [`route`]: the compiled rule set's index; drops series no rule needs.
 //! - [`window`]: per (rule input, series) windows of samples, in event time.
-//! - [`eval`]: detectors over windows; emits verdict changes.
+//! - [`eval`]: PromQL over windows and the detectors (thresholds, bands, SLO burn rates,
+//!   forecasts); emits verdict changes.
 //! - [`reconcile`]: verdicts to decisions (cooldown, approval).
 //! - [`actuate`]: what is done about a decision (dry-run recorder in standalone mode).
 //! - [`rules`]: the CRD types, quantities and durations, compiling a CR into inputs.
 //! - [`standalone`]: wires the stages for `prophet run`.
+//! - [`state`]: the `--state-dir` file (versioned, checksummed, atomic).
 //! - [`labels`]: the canonical label set shared by every stage after ingest.
 //! - [`metrics`], [`telemetry`]: Prophet's own `/metrics` and logging.
 //! - [`proto`]: prost types generated from `proto/`.
