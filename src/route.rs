@@ -70,53 +70,155 @@ impl Selector {
             .all(|g| equal_name(g) == Some(first))
             .then_some(first)
     }
+}
 
+/// One distinct matcher of a [`RouteSet`].
+struct SetMatcher {
+    /// `__name__`: the decoder already found its value, no need to search the labels.
+    reads_metric_name: bool,
+    matcher: Matcher,
+}
+
+impl SetMatcher {
     /// Whether a decoded series matches. Equality matchers compare bytes; only regular
     /// expressions need the value as `str`, so only they check UTF-8.
     fn matches(&self, series: &SeriesView<'_, '_>) -> Result<bool, IngestError> {
-        for group in &self.groups {
-            if group_matches(group, series)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-}
-
-fn group_matches(group: &[Matcher], series: &SeriesView<'_, '_>) -> Result<bool, IngestError> {
-    for matcher in group {
-        // A missing label matches as the empty string, as in PromQL.
-        let value = series
-            .labels
-            .iter()
-            .find(|l| l.name == matcher.name.as_bytes())
-            .map_or(&b""[..], |l| l.value);
-        let matched = match &matcher.op {
-            MatchOp::Equal => value == matcher.value.as_bytes(),
-            MatchOp::NotEqual => value != matcher.value.as_bytes(),
+        let value = if self.reads_metric_name {
+            series.metric_name
+        } else {
+            label_value(series, self.matcher.name.as_bytes())
+        };
+        Ok(match &self.matcher.op {
+            MatchOp::Equal => value == self.matcher.value.as_bytes(),
+            MatchOp::NotEqual => value != self.matcher.value.as_bytes(),
             MatchOp::Re(_) | MatchOp::NotRe(_) => {
                 let value = std::str::from_utf8(value).map_err(|_| IngestError::InvalidUtf8 {
                     series: series.index,
                 })?;
-                matcher.is_match(value)
+                self.matcher.is_match(value)
             }
-        };
-        if !matched {
-            return Ok(false);
-        }
+        })
     }
-    Ok(true)
 }
 
+/// The value of label `name`; a missing label matches as the empty string, as in PromQL.
+#[inline]
+fn label_value<'a>(series: &SeriesView<'_, 'a>, name: &[u8]) -> &'a [u8] {
+    // Names of one length nearly always differ in their first byte (`container` and
+    // `namespace`): deciding on it keeps the memcmp call for the label actually wanted.
+    series
+        .labels
+        .iter()
+        .find(|l| l.name.len() == name.len() && l.name.first() == name.first() && l.name == name)
+        .map_or(&b""[..], |l| l.value)
+}
+
+/// One input's selector, as indices into its set's distinct matchers: a series matches
+/// when every matcher of at least one group does.
 struct Route {
     input: InputId,
-    selector: Selector,
+    groups: Vec<Vec<u16>>,
+}
+
+/// Routes checked together against a series (those of one metric name, or those without
+/// one), with their matchers deduplicated. Rule sets repeat matchers: a hundred rules over
+/// twenty metric families share a few `namespace="…"` and `container!=""`, so each
+/// distinct matcher is checked at most once per series instead of once per input.
+#[derive(Default)]
+struct RouteSet {
+    matchers: Vec<SetMatcher>,
+    routes: Vec<Route>,
+}
+
+impl RouteSet {
+    /// Adds an input. `known_name`, for a set of one metric name, is that name: its
+    /// equality matcher holds for every series the set is checked against, so it is left
+    /// out.
+    fn push(&mut self, input: InputId, selector: Selector, known_name: Option<&[u8]>) {
+        let groups = selector
+            .groups
+            .into_iter()
+            .map(|group| {
+                group
+                    .into_iter()
+                    .filter(|m| {
+                        !(m.name == "__name__"
+                            && m.op == MatchOp::Equal
+                            && Some(m.value.as_bytes()) == known_name)
+                    })
+                    .map(|m| self.matcher_index(m))
+                    .collect()
+            })
+            .collect();
+        self.routes.push(Route { input, groups });
+    }
+
+    fn matcher_index(&mut self, matcher: Matcher) -> u16 {
+        let index = match self.matchers.iter().position(|m| m.matcher == matcher) {
+            Some(index) => index,
+            None => {
+                self.matchers.push(SetMatcher {
+                    reads_metric_name: matcher.name == "__name__",
+                    matcher,
+                });
+                self.matchers.len() - 1
+            }
+        };
+        // Rule sets have tens of distinct matchers per metric name, not 65536.
+        u16::try_from(index).expect("fewer than 65536 distinct matchers per metric name")
+    }
+
+    /// Calls `selected` with every input whose selector matches, in the order added.
+    /// Matchers are checked lazily in selector order, as a plain walk would check them, so
+    /// an invalid value fails the series exactly when that walk would reach it.
+    #[inline]
+    fn select(
+        &self,
+        series: &SeriesView<'_, '_>,
+        mut selected: impl FnMut(InputId) -> Result<(), IngestError>,
+    ) -> Result<(), IngestError> {
+        // Results of the first 64 matchers, remembered for the routes that share them;
+        // any further ones (not seen in practice) are checked each time.
+        let (mut known, mut matched) = (0u64, 0u64);
+        let mut check = |index: u16| -> Result<bool, IngestError> {
+            let bit = 1u64.checked_shl(u32::from(index)).unwrap_or(0);
+            if known & bit != 0 {
+                return Ok(matched & bit != 0);
+            }
+            let result = self.matchers[usize::from(index)].matches(series)?;
+            known |= bit;
+            if result {
+                matched |= bit;
+            }
+            Ok(result)
+        };
+        for route in &self.routes {
+            let mut any = false;
+            for group in &route.groups {
+                let mut all = true;
+                for &index in group {
+                    if !check(index)? {
+                        all = false;
+                        break;
+                    }
+                }
+                if all {
+                    any = true;
+                    break;
+                }
+            }
+            if any {
+                selected(route.input)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The routes of one metric name.
 struct NamedRoutes {
     name: Box<[u8]>,
-    routes: Vec<Route>,
+    routes: RouteSet,
 }
 
 /// The index the hot path consults for every series of every request.
@@ -126,7 +228,7 @@ pub struct Router {
     by_name: PrehashedMap<Vec<NamedRoutes>>,
     /// Selectors without a fixed metric name (`{job="x"}`, `{__name__=~"a|b"}`): checked
     /// against every series, so they cost throughput; rare in practice.
-    unnamed: Vec<Route>,
+    unnamed: RouteSet,
     seed: u64,
 }
 
@@ -135,21 +237,24 @@ impl Router {
     /// sender cannot aim label sets at one hash bucket.
     pub fn new(inputs: impl IntoIterator<Item = (InputId, Selector)>, seed: u64) -> Self {
         let mut by_name: PrehashedMap<Vec<NamedRoutes>> = PrehashedMap::default();
-        let mut unnamed = Vec::new();
+        let mut unnamed = RouteSet::default();
         for (input, selector) in inputs {
             let Some(name) = selector.metric_name().map(|n| n.as_bytes().to_vec()) else {
-                unnamed.push(Route { input, selector });
+                unnamed.push(input, selector, None);
                 continue;
             };
             let bucket = by_name.entry(xxh3_64_with_seed(&name, seed)).or_default();
-            let route = Route { input, selector };
-            match bucket.iter_mut().find(|n| *n.name == *name) {
-                Some(named) => named.routes.push(route),
-                None => bucket.push(NamedRoutes {
-                    name: name.into(),
-                    routes: vec![route],
-                }),
-            }
+            let named = match bucket.iter().position(|n| *n.name == *name) {
+                Some(index) => &mut bucket[index],
+                None => {
+                    bucket.push(NamedRoutes {
+                        name: name.clone().into(),
+                        routes: RouteSet::default(),
+                    });
+                    bucket.last_mut().expect("just pushed")
+                }
+            };
+            named.routes.push(input, selector, Some(&name));
         }
         Self {
             by_name,
@@ -165,7 +270,7 @@ impl Router {
 
     /// Whether any rule needs any series at all.
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty() && self.unnamed.is_empty()
+        self.by_name.is_empty() && self.unnamed.routes.is_empty()
     }
 
     /// Decides the fate of one validated series: dropped and counted, or copied into
@@ -181,32 +286,30 @@ impl Router {
             .get(&xxh3_64_with_seed(series.metric_name, self.seed))
             .and_then(|bucket| bucket.iter().find(|n| *n.name == *series.metric_name))
             .map(|n| &n.routes);
-        if named.is_none() && self.unnamed.is_empty() {
+        if named.is_none() && self.unnamed.routes.is_empty() {
             batch.unmatched_samples += series.samples.len();
             return Ok(());
         }
-        let candidates = named.into_iter().flatten().chain(&self.unnamed);
+        // The series is copied in at its first matching input; the others share the copy.
         let mut kept: Option<(Range<u32>, u64)> = None;
-        for route in candidates {
-            if !route.selector.matches(series)? {
-                continue;
-            }
+        let mut keep = |input: InputId| -> Result<(), IngestError> {
             let (labels, hash) = match &kept {
                 Some(k) => k.clone(),
-                None => {
-                    let k = batch.push_series(series, self.seed)?;
-                    kept = Some(k.clone());
-                    k
-                }
+                None => kept.insert(batch.push_series(series, self.seed)?).clone(),
             };
             let first = batch.samples.len() as u32 - series.samples.len() as u32;
             batch.entries.push(KeptSeries {
-                input: route.input,
+                input,
                 hash,
                 labels,
                 samples: first..batch.samples.len() as u32,
             });
+            Ok(())
+        };
+        if let Some(named) = named {
+            named.select(series, &mut keep)?;
         }
+        self.unnamed.select(series, &mut keep)?;
         if kept.is_some() {
             batch.kept_samples += series.samples.len();
         } else {
@@ -224,6 +327,14 @@ pub struct KeptSeries {
     pub hash: u64,
     labels: Range<u32>,
     samples: Range<u32>,
+}
+
+impl KeptSeries {
+    /// The kept series within its batch: the entries of one series (one per input that
+    /// selected it) share it and are adjacent.
+    pub fn series(&self) -> u32 {
+        self.labels.start
+    }
 }
 
 /// What one request contributes to the evaluator: only the kept series, their labels in
@@ -395,6 +506,74 @@ mod tests {
             [2, 3]
         );
         assert!(inputs(&route(&router, &[("__name__", "node"), ("job", "x")])).is_empty());
+    }
+
+    #[test]
+    fn inputs_sharing_matchers_each_get_their_own_answer() {
+        let router = Router::new(
+            [
+                (InputId(0), selector(r#"up{ns="a"}"#)),
+                (InputId(1), selector(r#"up{ns="a", pod!=""}"#)),
+                (InputId(2), selector(r#"up{ns="b"}"#)),
+                (InputId(3), selector(r#"up{ns="a"}"#)),
+                (InputId(4), selector(r#"up{pod!="", ns=~"a|b"}"#)),
+            ],
+            1,
+        );
+        let both = [("__name__", "up"), ("ns", "a"), ("pod", "p")];
+        assert_eq!(inputs(&route(&router, &both)), [0, 1, 3, 4]);
+        let no_pod = [("__name__", "up"), ("ns", "a")];
+        assert_eq!(inputs(&route(&router, &no_pod)), [0, 3]);
+        let b = [("__name__", "up"), ("ns", "b"), ("pod", "p")];
+        assert_eq!(inputs(&route(&router, &b)), [2, 4]);
+    }
+
+    #[test]
+    fn an_invalid_value_fails_a_series_only_where_a_regex_reads_it() {
+        let router = Router::new(
+            [
+                (InputId(0), selector(r#"up{job="x", zone=~"a.*"}"#)),
+                (InputId(1), selector(r#"up{job="x"}"#)),
+            ],
+            1,
+        );
+        let series = |job: &'static [u8]| {
+            [
+                Label {
+                    name: b"__name__",
+                    value: b"up",
+                },
+                Label {
+                    name: b"job",
+                    value: job,
+                },
+                Label {
+                    name: b"zone",
+                    value: b"\xff",
+                },
+            ]
+        };
+        let view = |labels| SeriesView {
+            index: 3,
+            metric_name: b"up",
+            labels,
+            sorted: true,
+            samples: &[Sample {
+                timestamp_ms: 1,
+                value: 1.0,
+            }],
+            histograms: 0,
+            exemplars: 0,
+        };
+        let mut batch = Batch::new(Instant::now(), i64::MAX, 1 << 20);
+        // `job` fails first: the regex never reads the zone.
+        let (other_job, job) = (series(b"y"), series(b"x"));
+        router.route(&view(&other_job), &mut batch).unwrap();
+        assert_eq!((batch.entries.len(), batch.unmatched_samples), (0, 1));
+        assert_eq!(
+            router.route(&view(&job), &mut batch),
+            Err(IngestError::InvalidUtf8 { series: 3 })
+        );
     }
 
     #[test]
