@@ -6,13 +6,17 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// Separator between names and values in the canonical form.
 pub(crate) const SEP: u8 = 0xFF;
 
-/// A sorted label set in canonical form. Cheap to compare and hash; one allocation.
+/// A sorted label set in canonical form. Cheap to compare and hash; one allocation,
+/// shared by its clones: the windows of every rule input that keeps a series hold one copy
+/// of its labels between them, so finding the series again in another input's windows can
+/// compare pointers instead of bytes (see [`Labels::shares_bytes_with`]).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Box<[u8]>);
+pub struct Labels(Arc<[u8]>);
 
 impl Labels {
     /// Builds from pairs in any order. Later duplicates of a name are kept as given;
@@ -24,7 +28,7 @@ impl Labels {
         for (name, value) in pairs {
             push_pair(&mut bytes, name.as_bytes(), value.as_bytes());
         }
-        Self(bytes.into_boxed_slice())
+        Self(bytes.into())
     }
 
     /// Wraps bytes already in canonical form (as `route::Batch` writes them).
@@ -34,6 +38,12 @@ impl Labels {
 
     pub fn as_canonical(&self) -> &[u8] {
         &self.0
+    }
+
+    /// Whether both are clones of one allocation: then they are equal without comparing
+    /// bytes (unequal allocations may still hold equal bytes).
+    pub(crate) fn shares_bytes_with(&self, other: &Labels) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// The pairs, in name order.

@@ -370,16 +370,33 @@ impl Evaluator {
     pub fn apply(&mut self, batch: &Batch) -> Outcome {
         let mut outcome = Outcome::default();
         let mut touched = vec![false; self.rules.len()];
+        // The series of the previous entry, with its labels as a window holds them: the
+        // following entries of that series (its other inputs) find it by them, comparing
+        // pointers rather than bytes when the windows share one copy.
+        let mut shared: Option<(u32, Labels)> = None;
         for entry in &batch.entries {
             let Some(slot) = self.inputs.get_mut(entry.input.0 as usize) else {
                 continue;
             };
             let rule = &mut self.rules[slot.rule];
             let samples = batch.samples(entry);
-            let Ok(id) = slot
-                .windows
-                .get_or_insert(entry.hash, batch.canonical_labels(entry))
-            else {
+            let found = match &shared {
+                Some((series, labels)) if *series == entry.series() => {
+                    slot.windows.get_or_insert_shared(entry.hash, labels)
+                }
+                _ => {
+                    let found = slot
+                        .windows
+                        .get_or_insert(entry.hash, batch.canonical_labels(entry));
+                    if let Ok(id) = found
+                        && let Some(window) = slot.windows.get(id)
+                    {
+                        shared = Some((entry.series(), window.labels().clone()));
+                    }
+                    found
+                }
+            };
+            let Ok(id) = found else {
                 rule.counters.over_limit_samples += samples.len() as u64;
                 outcome
                     .over_limit

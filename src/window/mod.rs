@@ -135,40 +135,60 @@ impl InputWindows {
 
     /// Finds the series with these canonical labels, or admits it if under the limit.
     pub fn get_or_insert(&mut self, hash: u64, canonical: &[u8]) -> Result<SeriesId, OverLimit> {
+        match self.find(hash, canonical, None) {
+            Some(id) => Ok(id),
+            None => self.admit(hash, Labels::from_canonical(canonical)),
+        }
+    }
+
+    /// [`Self::get_or_insert`] for a series whose labels the caller holds already, as
+    /// another input's window (of the same series) holds them. A series that inputs admit
+    /// from one batch shares one copy of its labels, so it is found again by comparing
+    /// pointers, not hundreds of bytes, and is admitted without a copy.
+    pub fn get_or_insert_shared(
+        &mut self,
+        hash: u64,
+        labels: &Labels,
+    ) -> Result<SeriesId, OverLimit> {
+        match self.find(hash, labels.as_canonical(), Some(labels)) {
+            Some(id) => Ok(id),
+            None => self.admit(hash, labels.clone()),
+        }
+    }
+
+    /// The series with these labels (also given as `shared`, when the caller has them).
+    fn find(&self, hash: u64, canonical: &[u8], shared: Option<&Labels>) -> Option<SeriesId> {
         if !self.collided.is_empty()
             && let Some(&id) = self.collided.get(&Labels::from_canonical(canonical))
         {
-            return Ok(id);
+            return Some(id);
         }
-        if let Some(&id) = self.by_hash.get(&hash)
-            && self
-                .get(id)
-                .is_some_and(|w| w.labels().as_canonical() == canonical)
-        {
-            return Ok(id);
-        }
+        let id = *self.by_hash.get(&hash)?;
+        let held = self.get(id)?.labels();
+        (shared.is_some_and(|s| s.shares_bytes_with(held)) || held.as_canonical() == canonical)
+            .then_some(id)
+    }
+
+    fn admit(&mut self, hash: u64, labels: Labels) -> Result<SeriesId, OverLimit> {
         if self.live >= self.spec.series_limit {
             return Err(OverLimit);
         }
-        let window = SeriesWindow::new(Labels::from_canonical(canonical), hash);
         let id = match self.free.pop() {
-            Some(id) => {
-                self.slots[id.0 as usize] = Some(window);
-                id
-            }
+            Some(id) => id,
             None => {
-                self.slots.push(Some(window));
+                self.slots.push(None);
                 SeriesId(self.slots.len() as u32 - 1)
             }
         };
         match self.by_hash.entry(hash) {
             std::collections::hash_map::Entry::Occupied(_) => {
-                self.collided.insert(Labels::from_canonical(canonical), id);
+                self.collided.insert(labels.clone(), id);
             }
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(id);
             }
         }
+        self.slots[id.0 as usize] = Some(SeriesWindow::new(labels, hash));
         self.live += 1;
         Ok(id)
     }
@@ -339,6 +359,33 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(w.get_or_insert(7, labels("b").as_canonical()), Ok(b));
         assert_eq!(w.get(b).unwrap().labels(), &labels("b"));
+    }
+
+    #[test]
+    fn inputs_admitting_one_series_share_its_labels_and_find_it_by_them() {
+        let mut first = InputWindows::new(spec(10));
+        let id = first.get_or_insert(7, labels("a").as_canonical()).unwrap();
+        let held = first.get(id).unwrap().labels().clone();
+        let mut second = InputWindows::new(spec(10));
+        let shared = second.get_or_insert_shared(7, &held).unwrap();
+        assert!(
+            second
+                .get(shared)
+                .unwrap()
+                .labels()
+                .shares_bytes_with(&held)
+        );
+        assert_eq!(second.get_or_insert_shared(7, &held), Ok(shared));
+        // Equal labels in another allocation, or as bytes, are the same series.
+        assert_eq!(second.get_or_insert_shared(7, &labels("a")), Ok(shared));
+        assert_eq!(
+            second.get_or_insert(7, labels("a").as_canonical()),
+            Ok(shared)
+        );
+        // Another series under the same hash is kept apart.
+        let other = second.get_or_insert_shared(7, &labels("b")).unwrap();
+        assert_ne!(other, shared);
+        assert_eq!(second.get_or_insert_shared(7, &labels("b")), Ok(other));
     }
 
     #[test]
