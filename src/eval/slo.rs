@@ -112,6 +112,9 @@ struct Rollup {
     total: f64,
     /// The newest minute counted; `i64::MIN` before the first.
     latest_minute: i64,
+    /// No minute before this one holds counts (`i64::MAX` before the first), so window
+    /// sums start there: a young SLO's hour-long windows cost what it has counted so far.
+    first_minute: i64,
 }
 
 impl Rollup {
@@ -128,6 +131,7 @@ impl Rollup {
             counted: 0.0,
             total: 0.0,
             latest_minute: i64::MIN,
+            first_minute: i64::MAX,
         }
     }
 
@@ -158,6 +162,7 @@ impl Rollup {
             self.counted = 0.0;
             self.total = 0.0;
             self.latest_minute = minute;
+            self.first_minute = i64::MAX;
             return;
         }
         for leaving in self.latest_minute - len + 1..=minute - len {
@@ -192,6 +197,7 @@ impl Rollup {
         bucket.total += total;
         self.counted += counted;
         self.total += total;
+        self.first_minute = self.first_minute.min(minute);
     }
 
     /// Sums of (counted, total) over the window (now − window, now], to the minute: a
@@ -204,9 +210,23 @@ impl Rollup {
             // Subtraction may leave a rounding residue below zero.
             return (self.counted.max(0.0), self.total.max(0.0));
         }
+        // The window's minutes lie in at most two runs of the ring: walk them in order
+        // rather than dividing for each minute's index.
+        // Minutes before the first count hold nothing: skipping them changes no sum.
+        let first = (now_minute - minutes + 1).max(self.first_minute);
+        if first > now_minute {
+            return (0.0, 0.0);
+        }
+        let minutes = now_minute - first + 1;
+        let start = self.index(first);
+        let end = start + minutes as usize;
+        let (head, tail) = if end <= self.buckets.len() {
+            (&self.buckets[start..end], &self.buckets[..0])
+        } else {
+            (&self.buckets[start..], &self.buckets[..end - self.buckets.len()])
+        };
         let (mut counted, mut total) = (0.0, 0.0);
-        for minute in now_minute - minutes + 1..=now_minute {
-            let bucket = &self.buckets[self.index(minute)];
+        for (bucket, minute) in head.iter().chain(tail).zip(first..) {
             if bucket.start_ms == minute * MINUTE_MS {
                 counted += bucket.counted;
                 total += bucket.total;
@@ -276,6 +296,7 @@ impl Rollup {
             };
             counted += c;
             total += t;
+            rollup.first_minute = rollup.first_minute.min(minute);
         }
         (rollup.counted, rollup.total) = if all_kept && totals.0.is_finite() && totals.1.is_finite()
         {
