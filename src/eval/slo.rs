@@ -223,7 +223,10 @@ impl Rollup {
         let (head, tail) = if end <= self.buckets.len() {
             (&self.buckets[start..end], &self.buckets[..0])
         } else {
-            (&self.buckets[start..], &self.buckets[..end - self.buckets.len()])
+            (
+                &self.buckets[start..],
+                &self.buckets[..end - self.buckets.len()],
+            )
         };
         let (mut counted, mut total) = (0.0, 0.0);
         for (bucket, minute) in head.iter().chain(tail).zip(first..) {
