@@ -287,3 +287,46 @@ fn evaluating_over_the_windows_equals_evaluating_over_all_samples() {
         assert!(compared > 100, "{text}: {compared}");
     }
 }
+
+#[tokio::test]
+async fn an_expression_that_fails_at_run_time_is_shown_on_its_rule_and_others_go_on() {
+    let rules = [
+        // Both pods' series have the same `namespace`: one-to-one matching on it finds two
+        // series per side, which Prometheus refuses at evaluation time.
+        expression_rule(
+            "ambiguous",
+            r#"rate(http_requests_total[1m]) / on(namespace) rate(http_requests_total[1m])"#,
+            "> 0",
+        ),
+        expression_rule(
+            "fine",
+            r#"sum by (namespace, pod) (rate(http_requests_total[1m]))"#,
+            "> 5",
+        ),
+    ]
+    .concat();
+    let app = start(&rules);
+    assert_eq!(app.rule("ambiguous").await["state"], "active");
+    let start = grid_start(8);
+    let body = v1_body(vec![
+        requests("a", &counter(start, 8, |_| 9.0)),
+        requests("b", &counter(start, 8, |_| 1.0)),
+    ]);
+    assert_eq!(
+        app.write(Some(V1), body).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let decisions = app.wait_decisions(1).await;
+    assert_eq!(decisions.len(), 1, "{decisions:#?}");
+    assert_eq!(decisions[0]["rule"]["name"], "fine");
+    let view = app.rule("ambiguous").await;
+    let values = &view["values"];
+    assert!(
+        values["error"]
+            .as_str()
+            .unwrap()
+            .contains("many-to-many matching not allowed"),
+        "{view}"
+    );
+    assert!(values["failedEvaluations"].as_u64().unwrap() >= 1, "{view}");
+}

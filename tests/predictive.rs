@@ -164,3 +164,37 @@ async fn a_daily_pattern_provisions_an_hour_before_its_peak() {
     let peak = latest["value"].as_f64().unwrap();
     assert!((peak - 400.0).abs() < 40.0, "{view}");
 }
+
+#[tokio::test]
+async fn the_seed_style_ml_forecast_is_read_and_its_horizon_checked() {
+    let seed_style = rule("seed", "provision", "1h", 20.0).replace(
+        r#"'sum(demand{namespace="shop"})'"#,
+        r#"'ml_forecast(sum(demand{namespace="shop"}), 1h)'"#,
+    );
+    let mismatched = rule("mismatch", "provision", "30m", 20.0).replace(
+        r#"'sum(demand{namespace="shop"})'"#,
+        r#"'ml_forecast(sum(demand{namespace="shop"}), 1h)'"#,
+    );
+    let no_threshold = rule("zero", "adjust", "1h", 0.0);
+    let app = start(&format!("{seed_style}{mismatched}{no_threshold}"));
+    let seed = app.rule("seed").await;
+    assert_eq!(seed["state"], "active", "{seed}");
+    let mismatch = app.rule("mismatch").await;
+    assert_eq!(mismatch["state"], "invalid");
+    assert!(
+        mismatch["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.horizon"),
+        "{mismatch}"
+    );
+    let zero = app.rule("zero").await;
+    assert_eq!(zero["state"], "invalid");
+    assert!(
+        zero["message"]
+            .as_str()
+            .unwrap()
+            .contains("thresholdPercent"),
+        "{zero}"
+    );
+}
