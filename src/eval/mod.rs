@@ -469,12 +469,19 @@ impl Evaluator {
                 .map(|s| s.windows.clock_ms())
                 .max()
                 .unwrap_or(i64::MIN);
-            let source = WindowSource::new(
+            // Only expressions read the windows when they settle.
+            let reads_windows = matches!(
+                rule.detector,
+                Detector::Expression(_) | Detector::Forecast(_)
+            );
+            let source = WindowSource::new(if reads_windows {
                 slots
                     .iter()
                     .map(|s| (&rule.compiled.inputs[s.index].selector, &s.windows))
-                    .collect(),
-            );
+                    .collect()
+            } else {
+                Vec::new()
+            });
             for settled in rule.detector.settle(clock, &source) {
                 let labels = settled.series.unwrap_or_else(|| {
                     Labels::from_pairs([
