@@ -740,6 +740,81 @@ mod tests {
         assert_eq!(cleared_after, Some(5));
     }
 
+    /// Three clean days, then errors at `error_ratio` every minute: the number of erroring
+    /// minutes after which the SLO trips, and which tiers fire then.
+    fn trip_after(error_ratio: f64, max_minutes: i64) -> Option<(i64, Vec<bool>)> {
+        trip(error_ratio, max_minutes).map(|(x, tiers, ..)| (x, tiers))
+    }
+
+    /// [`trip_after`], with the detector, its counters and the trip's minute.
+    fn trip(
+        error_ratio: f64,
+        max_minutes: i64,
+    ) -> Option<(i64, Vec<bool>, SloDetector, (f64, f64), i64)> {
+        let mut d = SloDetector::new(spec(0.999));
+        let mut counters = (0.0, 0.0);
+        let start = 3 * 24 * 60 + 1;
+        traffic(&mut d, 0, start, 0.0, &mut counters);
+        for x in 1..=max_minutes {
+            let minute = start + x - 1;
+            traffic(&mut d, minute, minute + 1, error_ratio, &mut counters);
+            let (state, transition) = d.evaluate(minute * MINUTE_MS);
+            if let Some(t) = transition {
+                assert_eq!(t.change, Change::Tripped);
+                let firing = state.tiers.iter().map(|t| t.firing).collect();
+                return Some((x, firing, d, counters, minute));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn each_slower_tier_trips_when_hand_computed() {
+        // Budget 0.1%. At burn b, after x erroring minutes a window of w minutes burns
+        // b·x/w (x ≤ w), and the short windows burn b at once.
+        // 0.8% errors (8×): 1h at most 8 < 14.4; 6h: 8x/360 > 6 from x = 271; the 1d
+        // and 3d tiers would need x > 540.
+        assert_eq!(
+            trip_after(0.008, 400),
+            Some((271, vec![false, true, false, false]))
+        );
+        // 0.4% (4×): never the first two tiers; 1d: 4x/1440 > 3 and 3d: 4x/4320 > 1
+        // both from x = 1081 (for a burst within a day the two tiers agree: 3·1440 =
+        // 1·4320), with 2h at 4 > 3 and 6h at 4 > 1.
+        assert_eq!(
+            trip_after(0.004, 1200),
+            Some((1081, vec![false, false, true, true]))
+        );
+        // 0.15% (1.5×): 1d at most 1.5 < 3; 3d: 1.5x/4320 > 1 from x = 2881, two days
+        // in, with the 6h window at 1.5 > 1. The budget (1 − 0.6) stays above 0.1.
+        assert_eq!(
+            trip_after(0.0015, 3000),
+            Some((2881, vec![false, false, false, true]))
+        );
+        // 0.09% (0.9×): no tier fires, ever, and the budget is not spent in 3 days.
+        assert_eq!(trip_after(0.0009, 4320), None);
+    }
+
+    #[test]
+    fn the_6h_tier_clears_when_its_30m_window_cools() {
+        // Tripped at 8× after 271 minutes. Clean from then on: after y clean minutes the
+        // 30m window burns 8·(30 − y)/30, under 6 from y = 8, while the 6h one still
+        // holds all 271 erroring minutes (6.02 > 6).
+        let (_, _, mut d, mut counters, last_error) = trip(0.008, 400).unwrap();
+        for y in 1..30 {
+            let minute = last_error + y;
+            traffic(&mut d, minute, minute + 1, 0.0, &mut counters);
+            let (state, transition) = d.evaluate(minute * MINUTE_MS);
+            if let Some(t) = transition {
+                assert_eq!(t.change, Change::Cleared);
+                assert_eq!(y, 8, "{state:?}");
+                assert!(state.tiers[1].long_burn_rate > 6.0, "{state:?}");
+                return;
+            }
+        }
+        panic!("never cleared");
+    }
+
     #[test]
     fn budget_and_time_to_exhaustion_follow_the_definitions() {
         // Budget 0.1% over 30 days, a day of traffic at 0.05% errors. The budget is
