@@ -746,11 +746,11 @@ mod tests {
         trip(error_ratio, max_minutes).map(|(x, tiers, ..)| (x, tiers))
     }
 
+    /// A trip: erroring minutes, tiers firing, the detector, its counters, the minute.
+    type Trip = (i64, Vec<bool>, SloDetector, (f64, f64), i64);
+
     /// [`trip_after`], with the detector, its counters and the trip's minute.
-    fn trip(
-        error_ratio: f64,
-        max_minutes: i64,
-    ) -> Option<(i64, Vec<bool>, SloDetector, (f64, f64), i64)> {
+    fn trip(error_ratio: f64, max_minutes: i64) -> Option<Trip> {
         let mut d = SloDetector::new(spec(0.999));
         let mut counters = (0.0, 0.0);
         let start = 3 * 24 * 60 + 1;
