@@ -70,7 +70,13 @@ pub struct Pipeline {
     reconcile: tokio::task::JoinHandle<()>,
     /// The state file and its periodic saver, with `--state-dir`.
     state_file: Option<PathBuf>,
-    saver: Option<tokio::task::JoinHandle<()>>,
+    saver: Option<Saver>,
+}
+
+/// The periodic saver and the signal that stops it between two saves.
+struct Saver {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// The file in `--state-dir` that holds the evaluator's state.
@@ -167,11 +173,14 @@ impl Pipeline {
             ready: AtomicBool::new(true),
         });
         let saver = state_file.clone().map(|path| {
-            tokio::spawn(save_every(
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(save_every(
                 state.eval.clone(),
                 path,
                 config.state_interval.max(Duration::from_secs(1)),
-            ))
+                stopped,
+            ));
+            Saver { task, stop }
         });
         Ok(Self {
             state,
@@ -185,12 +194,12 @@ impl Pipeline {
     /// Waits until everything accepted has gone through eval and reconcile. Call after
     /// the HTTP server (which holds the other references to the state) has stopped.
     pub async fn drain(self) {
-        if let Some(saver) = &self.saver {
-            // It holds an evaluator handle, which would keep the evaluator running.
-            saver.abort();
-        }
         if let Some(saver) = self.saver {
-            let _ = saver.await;
+            // Stopped between saves, never in the middle of one, so the final save below
+            // is the last write of the file; and it holds an evaluator handle, which
+            // would keep the evaluator running.
+            let _ = saver.stop.send(true);
+            let _ = saver.task.await;
         }
         drop(self.state);
         let eval_thread = self.eval_thread;
@@ -258,14 +267,23 @@ fn save(path: &Path, state: &EvaluatorState) {
     }
 }
 
-/// Saves the evaluator's state every `every`. The export is taken on the evaluator
-/// thread between batches; serialising and writing happen off it.
-async fn save_every(eval: EvalHandle, path: PathBuf, every: Duration) {
+/// Saves the evaluator's state every `every` until `stop` is set. The export is taken on
+/// the evaluator thread between batches; serialising and writing happen off it, and a
+/// save once started is always finished before this returns.
+async fn save_every(
+    eval: EvalHandle,
+    path: PathBuf,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.changed() => return,
+        }
         let Ok(state) = eval.export().await else {
             return;
         };

@@ -81,22 +81,31 @@ impl SeriesSource for WindowSource<'_> {
 /// samples (Prometheus catching up), so every step is evaluated, except steps more than
 /// [`catch_up_ms`] behind the clock: the windows no longer hold all they would need.
 pub fn due(clock_ms: i64, last_ms: i64, step_ms: i64) -> impl Iterator<Item = i64> {
-    let newest = (clock_ms != i64::MIN).then(|| clock_ms.div_euclid(step_ms) * step_ms);
-    let oldest = newest.map(|newest| {
-        let floor = newest - catch_up_ms(step_ms).div_euclid(step_ms) * step_ms;
-        if last_ms == i64::MIN {
-            newest
-        } else {
-            floor.max(last_ms + step_ms)
+    // Checked throughout: sample times come from senders, and a time near i64::MIN
+    // must give no step rather than an overflow.
+    let span = || -> Option<(i64, i64)> {
+        if clock_ms == i64::MIN || step_ms <= 0 {
+            return None;
         }
-    });
-    let (from, to) = match (oldest, newest) {
-        (Some(from), Some(to)) => (from, to),
-        _ => (1, 0),
+        let newest = clock_ms.div_euclid(step_ms).checked_mul(step_ms)?;
+        if last_ms == i64::MIN {
+            return Some((newest, newest));
+        }
+        // The first boundary at most `catch_up_ms` behind the clock.
+        let floor = clock_ms
+            .checked_sub(catch_up_ms(step_ms))?
+            .div_euclid(step_ms)
+            .checked_add(1)?
+            .checked_mul(step_ms)?;
+        Some((floor.max(last_ms.checked_add(step_ms)?), newest))
     };
-    (0..)
-        .map(move |k| from + k * step_ms)
-        .take_while(move |&t| t <= to)
+    let (from, to) = span().unwrap_or((1, 0));
+    let steps = if from > to {
+        0
+    } else {
+        (to - from) / step_ms + 1
+    };
+    (0..steps).map(move |k| from + k * step_ms)
 }
 
 /// How far behind the clock a missed step is still evaluated; the windows of an
@@ -430,9 +439,9 @@ impl ExprDetector {
         }
     }
 
-    /// Appends a value to a result series' history, carrying the previous value over
-    /// steps it was not returned at so that the history stays at a fixed step (which the
-    /// seasonal baseline needs), and trims it to the band's window.
+    /// Appends a value to a result series' history and trims it to the band's window. For
+    /// a seasonal baseline, which needs a fixed step, the previous value is carried over
+    /// the steps the series was not returned at.
     fn remember(&mut self, id: SeriesId, at_ms: i64, value: f64) {
         let index = id.0 as usize;
         if index >= self.history.len() {
@@ -441,8 +450,13 @@ impl ExprDetector {
         let step = self.query.step_ms;
         let from = at_ms.saturating_sub(self.band_window_ms);
         let history = &mut self.history[index];
-        if let Some(&(last_ms, last)) = history.back() {
-            let mut t = last_ms.max(from - step) + step;
+        // Only the seasonal baseline needs a fixed step; carrying values over a gap
+        // would make a z-score or MAD history look flat.
+        let seasonal = self
+            .band
+            .is_some_and(|b| b.algorithm == BandAlgorithm::Seasonal);
+        if seasonal && let Some(&(last_ms, last)) = history.back() {
+            let mut t = last_ms.max(from.saturating_sub(step)).saturating_add(step);
             while t < at_ms {
                 history.push_back((t, last));
                 t += step;
@@ -467,11 +481,13 @@ mod tests {
         assert!(due(44_999, 30_000).is_empty());
         assert_eq!(due(45_000, 30_000), [45_000]);
         assert_eq!(due(76_000, 45_000), [60_000, 75_000]);
-        // A long jump evaluates the steps the windows still cover: one minute back.
-        assert_eq!(
-            due(200_000, 45_000),
-            [135_000, 150_000, 165_000, 180_000, 195_000]
-        );
+        // A long jump evaluates the steps the windows still cover: those at most a
+        // minute behind the clock.
+        assert_eq!(due(200_000, 45_000), [150_000, 165_000, 180_000, 195_000]);
+        // Sender-given times at the edges of i64 give no step, never an overflow.
+        assert!(due(i64::MIN + 1, i64::MIN).is_empty());
+        assert!(due(i64::MIN + 1, i64::MIN + 2).is_empty());
+        assert!(due(i64::MAX, i64::MAX - 1).is_empty());
     }
 
     #[test]

@@ -285,6 +285,8 @@ const SNAPSHOT_TRIPPED_MAX: usize = 50;
 /// Every active rule, its windows and its detector state.
 pub struct Evaluator {
     rules: Vec<ActiveRule>,
+    /// The newest event time any rule's clock has reached.
+    clock_ms: i64,
     inputs: Vec<InputSlot>,
     scratch: Scratch,
 }
@@ -343,6 +345,7 @@ impl Evaluator {
             .collect();
         Self {
             rules,
+            clock_ms: i64::MIN,
             inputs,
             scratch: Scratch::default(),
         }
@@ -459,21 +462,37 @@ impl Evaluator {
                 }
             }
         }
-        for (index, rule) in self.rules.iter_mut().enumerate() {
-            if !touched[index] {
-                continue;
-            }
-            let slots = &self.inputs[rule.inputs.clone()];
-            let clock = slots
+        // Event time as far as this batch took it: rules whose inputs fell silent still
+        // evaluate their expression on it, so that what it no longer returns clears.
+        self.clock_ms = self.clock_ms.max(
+            self.rules
                 .iter()
+                .zip(&touched)
+                .filter(|(_, touched)| **touched)
+                .flat_map(|(rule, _)| &self.inputs[rule.inputs.clone()])
                 .map(|s| s.windows.clock_ms())
                 .max()
-                .unwrap_or(i64::MIN);
-            // Only expressions read the windows when they settle.
+                .unwrap_or(i64::MIN),
+        );
+        for (index, rule) in self.rules.iter_mut().enumerate() {
             let reads_windows = matches!(
                 rule.detector,
                 Detector::Expression(_) | Detector::Forecast(_)
             );
+            if !touched[index] && !reads_windows {
+                continue;
+            }
+            let slots = &self.inputs[rule.inputs.clone()];
+            let clock = if touched[index] {
+                slots
+                    .iter()
+                    .map(|s| s.windows.clock_ms())
+                    .max()
+                    .unwrap_or(i64::MIN)
+            } else {
+                self.clock_ms
+            };
+            // Only expressions read the windows when they settle.
             let source = WindowSource::new(if reads_windows {
                 slots
                     .iter()

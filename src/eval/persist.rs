@@ -63,13 +63,14 @@ pub enum Restored {
 }
 
 /// What a rule reads and how: its kind, its inputs' selectors and, for rules over an
-/// expression, the expression. State saved under another fingerprint means other series
+/// expression, the expression and its step. State saved under another fingerprint means other series
 /// or other derived values, so it is not restored.
 pub fn fingerprint(rule: &CompiledRule) -> u64 {
+    // The step too: history kept at one step means nothing at another.
     let query = match &rule.detector {
-        DetectorSpec::Expression { query, .. } => query.text.as_str(),
-        DetectorSpec::Forecast(spec) => spec.query.text.as_str(),
-        DetectorSpec::Condition(_) | DetectorSpec::Slo { .. } => "",
+        DetectorSpec::Expression { query, .. } => format!("{}@{}", query.text, query.step_ms),
+        DetectorSpec::Forecast(spec) => format!("{}@{}", spec.query.text, spec.query.step_ms),
+        DetectorSpec::Condition(_) | DetectorSpec::Slo { .. } => String::new(),
     };
     let text = format!(
         "{}|{:?}|{query}",

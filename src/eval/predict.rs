@@ -26,6 +26,9 @@ pub const MIN_HISTORY_STEPS: usize = 30;
 /// normally aggregates to one.
 pub const MAX_FORECAST_SERIES: usize = 20;
 
+/// A series the query has not returned for this long is forgotten with its history.
+const FORGET_AFTER_MS: i64 = 60 * 60 * 1000;
+
 /// The prediction interval's level.
 const LEVEL: f64 = 0.95;
 
@@ -202,10 +205,18 @@ impl ForecastDetector {
                 .map(f64::from_bits)
                 .filter(|v| v.is_finite())
                 .collect();
-            let tripped = s.tripped.as_deref().map(|t| match t {
-                "fall" => ForecastDirection::Fall,
-                _ => ForecastDirection::Rise,
-            });
+            // A direction the rule no longer acts on (its action was edited) is dropped.
+            let allowed = |d: ForecastDirection| {
+                self.spec.direction == ForecastDirection::Either || self.spec.direction == d
+            };
+            let tripped = s
+                .tripped
+                .as_deref()
+                .map(|t| match t {
+                    "fall" => ForecastDirection::Fall,
+                    _ => ForecastDirection::Rise,
+                })
+                .filter(|d| allowed(*d));
             self.series.insert(
                 s.labels,
                 Derived {
@@ -285,13 +296,12 @@ impl ForecastDetector {
                 changes.push((transition, labels.clone(), Some(value)));
             }
         }
-        // Series the query stopped returning for longer than a lookback are forgotten.
-        let forget_before = at_ms.saturating_sub(crate::rules::compile::LOOKBACK_MS);
+        // A series the query stopped returning clears after a lookback; its history is
+        // kept for an hour, so that a short scrape outage does not throw days away.
+        let clear_before = at_ms.saturating_sub(crate::rules::compile::LOOKBACK_MS);
+        let forget_before = at_ms.saturating_sub(FORGET_AFTER_MS);
         self.series.retain(|labels, d| {
-            if d.last_ms >= forget_before {
-                return true;
-            }
-            if d.tripped.is_some() {
+            if d.last_ms < clear_before && d.tripped.take().is_some() {
                 changes.push((
                     Transition {
                         change: Change::Cleared,
@@ -301,7 +311,7 @@ impl ForecastDetector {
                     None,
                 ));
             }
-            false
+            d.last_ms >= forget_before
         });
         changes
     }
@@ -312,7 +322,7 @@ impl Derived {
     /// the series stays at a fixed step, and keeps at most `capacity` values.
     fn push(&mut self, at_ms: i64, value: f64, step: i64, capacity: usize) {
         if let Some(&last) = self.values.back() {
-            let missing = ((at_ms - self.last_ms) / step).saturating_sub(1);
+            let missing = (at_ms.saturating_sub(self.last_ms) / step).saturating_sub(1);
             let missing = usize::try_from(missing).unwrap_or(0).min(capacity);
             if missing == capacity {
                 // A gap longer than the whole history: start afresh.

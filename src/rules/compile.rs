@@ -662,6 +662,7 @@ pub fn query_inputs(expr: &Expr, step_ms: i64) -> Vec<InputSpec> {
                 Some(parser::Offset::Pos(d)) => millis(*d),
                 _ => 0,
             };
+            // The oldest step evaluated lies up to the catch-up margin behind the clock.
             let retention_ms = range_ms
                 .saturating_add(offset_ms)
                 .saturating_add(crate::eval::catch_up_ms(self.step_ms));

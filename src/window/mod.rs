@@ -209,7 +209,7 @@ impl InputWindows {
         let Some(window) = self.slots.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return Insert::TooOld;
         };
-        let outcome = window.insert(sample, retention_ms);
+        let outcome = window.insert(sample, retention_ms, now_ms);
         if outcome == Insert::Appended {
             self.clock_ms = self.clock_ms.max(sample.timestamp_ms.min(now_ms));
         }
@@ -312,7 +312,7 @@ impl InputWindows {
             }
             if let Some(window) = self.slots.get_mut(id.0 as usize).and_then(Option::as_mut) {
                 for &sample in &saved.samples {
-                    window.insert(sample, retention_ms);
+                    window.insert(sample, retention_ms, now_ms);
                 }
             }
             mapping.push((saved.id, id));

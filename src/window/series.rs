@@ -48,7 +48,12 @@ impl SeriesWindow {
         self.labels
     }
 
-    pub(super) fn insert(&mut self, sample: Sample, retention_ms: i64) -> Insert {
+    /// Appends `sample` and drops samples older than `retention_ms` before the older of
+    /// the sample's time and `now_ms`, the receiver's clock at arrival (never the newest
+    /// sample itself). Trimming by the receiver's clock,
+    /// not by the sample alone, means a sender whose clock runs ahead still leaves the
+    /// window what evaluations at the receiver's time need.
+    pub(super) fn insert(&mut self, sample: Sample, retention_ms: i64, now_ms: i64) -> Insert {
         if let Some(last) = self.samples.back() {
             if sample.timestamp_ms < last.timestamp_ms {
                 return Insert::OutOfOrder;
@@ -62,7 +67,7 @@ impl SeriesWindow {
             }
         }
         self.samples.push_back(sample);
-        let oldest_kept = sample.timestamp_ms.saturating_sub(retention_ms);
+        let oldest_kept = sample.timestamp_ms.min(now_ms).saturating_sub(retention_ms);
         while self.samples.len() > 1
             && self
                 .samples
@@ -109,12 +114,21 @@ mod tests {
     #[test]
     fn keeps_order_drops_duplicates_and_trims_to_retention() {
         let mut w = SeriesWindow::new(Labels::from_pairs([("__name__", "m")]), 0);
-        assert_eq!(w.insert(at(1_000, 1.0), 10_000), Insert::Appended);
-        assert_eq!(w.insert(at(1_000, 1.0), 10_000), Insert::Duplicate);
-        assert_eq!(w.insert(at(1_000, 2.0), 10_000), Insert::OutOfOrder);
-        assert_eq!(w.insert(at(500, 2.0), 10_000), Insert::OutOfOrder);
-        assert_eq!(w.insert(at(6_000, 2.0), 10_000), Insert::Appended);
-        assert_eq!(w.insert(at(12_000, 3.0), 10_000), Insert::Appended);
+        assert_eq!(w.insert(at(1_000, 1.0), 10_000, i64::MAX), Insert::Appended);
+        assert_eq!(
+            w.insert(at(1_000, 1.0), 10_000, i64::MAX),
+            Insert::Duplicate
+        );
+        assert_eq!(
+            w.insert(at(1_000, 2.0), 10_000, i64::MAX),
+            Insert::OutOfOrder
+        );
+        assert_eq!(w.insert(at(500, 2.0), 10_000, i64::MAX), Insert::OutOfOrder);
+        assert_eq!(w.insert(at(6_000, 2.0), 10_000, i64::MAX), Insert::Appended);
+        assert_eq!(
+            w.insert(at(12_000, 3.0), 10_000, i64::MAX),
+            Insert::Appended
+        );
         let kept: Vec<_> = w.samples().map(|s| s.timestamp_ms).collect();
         assert_eq!(kept, [6_000, 12_000]);
     }
@@ -122,11 +136,11 @@ mod tests {
     #[test]
     fn a_staleness_marker_ends_the_current_value_but_other_nans_do_not() {
         let mut w = SeriesWindow::new(Labels::from_pairs([("__name__", "m")]), 0);
-        w.insert(at(1, f64::NAN), 0);
+        w.insert(at(1, f64::NAN), 0, i64::MAX);
         assert!(w.current().is_some_and(|s| s.value.is_nan()));
-        w.insert(at(2, f64::from_bits(STALE_NAN_BITS)), 0);
+        w.insert(at(2, f64::from_bits(STALE_NAN_BITS)), 0, i64::MAX);
         assert_eq!(w.current(), None);
-        w.insert(at(3, f64::INFINITY), 0);
+        w.insert(at(3, f64::INFINITY), 0, i64::MAX);
         assert_eq!(w.current(), Some(at(3, f64::INFINITY)));
     }
 }
