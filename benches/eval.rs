@@ -24,17 +24,18 @@
 //!
 //! Run: `cargo bench --bench eval`.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use common::compile_all;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prophet::eval::forecast::{self, ForecastModel};
 use prophet::eval::{DetectorState, Evaluator, RuleSnapshot, SeriesForecast};
 use prophet::ingest::{self, Limits, Protocol};
 use prophet::proto::v1;
 use prophet::route::{Batch, Router};
-use prophet::rules::compile::{CompileOptions, CompiledRule, compile};
-use prophet::rules::load::parse_documents;
 use prophet::synth;
 use prost::Message;
 
@@ -80,16 +81,6 @@ fn series(pod: usize, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
     }
     labels.sort();
     labels
-}
-
-/// Loads and compiles rule YAML the way `prophet run` does.
-fn compile_all(yaml: &str) -> Vec<CompiledRule> {
-    let (loaded, invalid) = parse_documents(yaml, std::path::Path::new("bench"));
-    assert!(invalid.is_empty(), "{invalid:?}");
-    loaded
-        .iter()
-        .map(|r| compile(r, CompileOptions::default()).unwrap())
-        .collect()
 }
 
 /// One scrape target: its series, and the routed batch of one scrape of them.

@@ -14,15 +14,17 @@
 //!
 //! Run: `cargo bench --bench ingest`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
+use common::compile_all;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use prophet::eval::Evaluator;
 use prophet::ingest::{self, Limits, Protocol};
 use prophet::route::{Batch, Router};
-use prophet::rules::compile::{CompileOptions, CompiledRule, compile};
-use prophet::rules::load::parse_documents;
+use prophet::rules::compile::CompiledRule;
 use prophet::synth;
 use prost::Message;
 
@@ -90,16 +92,6 @@ fn rules(metrics: impl Iterator<Item = usize>) -> Vec<CompiledRule> {
         })
         .collect();
     compile_all(&yaml)
-}
-
-/// Loads and compiles rule YAML the way `prophet run` does.
-fn compile_all(yaml: &str) -> Vec<CompiledRule> {
-    let (loaded, invalid) = parse_documents(yaml, std::path::Path::new("bench"));
-    assert!(invalid.is_empty(), "{invalid:?}");
-    loaded
-        .iter()
-        .map(|r| compile(r, CompileOptions::default()).unwrap())
-        .collect()
 }
 
 fn pipeline(c: &mut Criterion) {

@@ -437,6 +437,26 @@ mod tests {
         }
     }
 
+    /// Series `index` of a request, with one sample, as decode hands it to the router.
+    fn view<'s, 'a>(index: usize, labels: &'s [Label<'a>]) -> SeriesView<'s, 'a> {
+        const ONE_SAMPLE: &[Sample] = &[Sample {
+            timestamp_ms: 1,
+            value: 1.0,
+        }];
+        SeriesView {
+            index,
+            metric_name: labels
+                .iter()
+                .find(|l| l.name == b"__name__")
+                .map_or(&b""[..], |l| l.value),
+            sorted: labels.windows(2).all(|w| w[0].name < w[1].name),
+            labels,
+            samples: ONE_SAMPLE,
+            histograms: 0,
+            exemplars: 0,
+        }
+    }
+
     fn route(router: &Router, labels: &[(&str, &str)]) -> Batch {
         let labels: Vec<Label<'_>> = labels
             .iter()
@@ -445,24 +465,8 @@ mod tests {
                 value: v.as_bytes(),
             })
             .collect();
-        let metric_name = labels
-            .iter()
-            .find(|l| l.name == b"__name__")
-            .map_or(&b""[..], |l| l.value);
-        let series = SeriesView {
-            index: 0,
-            metric_name,
-            sorted: labels.windows(2).all(|w| w[0].name < w[1].name),
-            labels: &labels,
-            samples: &[Sample {
-                timestamp_ms: 1,
-                value: 1.0,
-            }],
-            histograms: 0,
-            exemplars: 0,
-        };
         let mut batch = Batch::new(Instant::now(), i64::MAX, 1 << 20);
-        router.route(&series, &mut batch).unwrap();
+        router.route(&view(0, &labels), &mut batch).unwrap();
         batch
     }
 
@@ -553,25 +557,13 @@ mod tests {
                 },
             ]
         };
-        let view = |labels| SeriesView {
-            index: 3,
-            metric_name: b"up",
-            labels,
-            sorted: true,
-            samples: &[Sample {
-                timestamp_ms: 1,
-                value: 1.0,
-            }],
-            histograms: 0,
-            exemplars: 0,
-        };
         let mut batch = Batch::new(Instant::now(), i64::MAX, 1 << 20);
         // `job` fails first: the regex never reads the zone.
         let (other_job, job) = (series(b"y"), series(b"x"));
-        router.route(&view(&other_job), &mut batch).unwrap();
+        router.route(&view(3, &other_job), &mut batch).unwrap();
         assert_eq!((batch.entries.len(), batch.unmatched_samples), (0, 1));
         assert_eq!(
-            router.route(&view(&job), &mut batch),
+            router.route(&view(3, &job), &mut batch),
             Err(IngestError::InvalidUtf8 { series: 3 })
         );
     }
@@ -593,18 +585,7 @@ mod tests {
             name: b"__name__",
             value: b"up",
         }];
-        let series = SeriesView {
-            index: 0,
-            metric_name: b"up",
-            labels: &labels,
-            sorted: true,
-            samples: &[Sample {
-                timestamp_ms: 1,
-                value: 1.0,
-            }],
-            histograms: 0,
-            exemplars: 0,
-        };
+        let series = view(0, &labels);
         // `__name__ 0xFF up 0xFF` is 12 bytes: two series fit in 30, a third does not.
         let mut batch = Batch::new(Instant::now(), i64::MAX, 30);
         router.route(&series, &mut batch).unwrap();

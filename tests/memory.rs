@@ -4,43 +4,20 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use common::counting::{Counting, LIVE};
+use common::{apply_v1, evaluator};
 use prophet::eval::Evaluator;
-use prophet::ingest::{self, Limits, Protocol, SnappyBuffer};
-use prophet::route::Batch;
-use prophet::rules::compile::{CompileOptions, compile};
-use prophet::rules::load::parse_documents;
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-fn build(yaml: &str) -> Evaluator {
-    let (rules, invalid) = parse_documents(yaml, Path::new("memory"));
-    assert!(invalid.is_empty(), "{invalid:?}");
-    let compiled = rules
-        .iter()
-        .map(|r| compile(r, CompileOptions::default()).unwrap())
-        .collect();
-    Evaluator::new(compiled, 100_000)
-}
-
 /// Feeds `series` synthetic Kubernetes-shaped series (13 labels, ~426 bytes) once.
 fn feed(evaluator: &mut Evaluator, series: usize) {
-    let router = evaluator.router(1);
     let t = 1_700_000_000_000;
     let body = prophet::synth::compress(&prophet::synth::request_v1(series, t));
-    let mut buffer = SnappyBuffer::new();
-    let decoded = buffer.decompress(&body, 256 << 20).unwrap();
-    let mut batch = Batch::new(Instant::now(), i64::MAX, usize::MAX);
-    ingest::decode(Protocol::V1, decoded, &Limits::default(), i64::MAX, |s| {
-        router.route(s, &mut batch)
-    })
-    .unwrap();
-    evaluator.apply(&batch);
+    apply_v1(evaluator, &body, i64::MAX);
 }
 
 #[test]
@@ -55,17 +32,17 @@ fn bytes_per_retained_series_and_per_slo() {
             )
         })
         .collect();
-    let mut evaluator = build(&yaml);
+    let mut rules = evaluator(&yaml);
     let series = 20_000;
     let before = LIVE.load(Ordering::Relaxed);
-    feed(&mut evaluator, series);
+    feed(&mut rules, series);
     let per_series = (LIVE.load(Ordering::Relaxed) - before) / series;
-    assert_eq!(evaluator.series_active(), series);
+    assert_eq!(rules.series_active(), series);
     println!("bytes per retained series (13 labels, 426 B of label text): {per_series}");
     assert!(per_series < 1024, "{per_series} bytes per series");
 
     let before = LIVE.load(Ordering::Relaxed);
-    let slo = build(
+    let slo = evaluator(
         "apiVersion: aiops.prophet.io/v1alpha1\nkind: SLOViolation\nmetadata: {name: s}\nspec:\n  sloName: s\n  sloTarget: \"99.9%\"\n  errorBudgetThreshold: 0.1\n  actions: [{type: alert}]\n  sli: {ratio: {errors: 'e_total', total: 't_total'}}\n",
     );
     let per_slo = LIVE.load(Ordering::Relaxed) - before;

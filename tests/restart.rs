@@ -100,14 +100,7 @@ impl Prophet {
     }
 
     async fn rule(&self, name: &str) -> serde_json::Value {
-        let rules = self.get("/api/v1/rules").await;
-        rules["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["rule"]["name"] == name)
-            .unwrap_or_else(|| panic!("rule {name} in {rules}"))
-            .clone()
+        rule_named(&self.get("/api/v1/rules").await, name)
     }
 
     /// The decisions about `rule` once there are at least `n` (reconcile runs behind the

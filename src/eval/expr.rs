@@ -38,41 +38,25 @@ impl<'a> WindowSource<'a> {
 
 impl SeriesSource for WindowSource<'_> {
     fn select(&self, matchers: &[Vec<Matcher>], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
-        let collect = |windows: &InputWindows, filter: &dyn Fn(&Labels) -> bool| {
-            windows
-                .iter()
-                .filter(|(_, w)| filter(w.labels()))
-                .filter_map(|(_, w)| {
-                    let samples: Vec<_> = w
-                        .samples()
-                        .filter(|s| s.timestamp_ms > start_ms && s.timestamp_ms <= end_ms)
-                        .copied()
-                        .collect();
-                    (!samples.is_empty()).then(|| SeriesSamples {
-                        labels: w.labels().clone(),
-                        samples,
-                    })
+        // Compile made every selector of the expression one of the rule's inputs, with
+        // the same matchers, so a selector that is not one has no series here.
+        let Some((_, windows)) = self.inputs.iter().find(|(s, _)| s.groups == matchers) else {
+            return Vec::new();
+        };
+        windows
+            .iter()
+            .filter_map(|(_, w)| {
+                let samples: Vec<_> = w
+                    .samples()
+                    .filter(|s| s.timestamp_ms > start_ms && s.timestamp_ms <= end_ms)
+                    .copied()
+                    .collect();
+                (!samples.is_empty()).then(|| SeriesSamples {
+                    labels: w.labels().clone(),
+                    samples,
                 })
-                .collect::<Vec<_>>()
-        };
-        if let Some((_, windows)) = self.inputs.iter().find(|(s, _)| s.groups == matchers) {
-            return collect(windows, &|_| true);
-        }
-        // Not one of the inputs (cannot happen for a compiled rule): answer from every
-        // input whose series match, each series once.
-        let wanted = Selector {
-            groups: matchers.to_vec(),
-        };
-        let matches = |labels: &Labels| wanted.selects(labels);
-        let mut out: Vec<SeriesSamples> = Vec::new();
-        for (_, windows) in &self.inputs {
-            for series in collect(windows, &matches) {
-                if !out.iter().any(|s| s.labels == series.labels) {
-                    out.push(series);
-                }
-            }
-        }
-        out
+            })
+            .collect()
     }
 }
 

@@ -68,8 +68,8 @@ pub struct SavedDerived {
     /// Value bits at consecutive steps ending at `last_ms`.
     pub values: Vec<u64>,
     pub last_ms: i64,
-    /// `rise` or `fall` while tripped.
-    pub tripped: Option<String>,
+    /// The direction it tripped in, while tripped.
+    pub tripped: Option<ForecastDirection>,
 }
 
 /// What of a [`ForecastDetector`] outlives a restart: the derived series (up to three
@@ -177,13 +177,7 @@ impl ForecastDetector {
                     labels: labels.clone(),
                     values: d.values.iter().map(|v| v.to_bits()).collect(),
                     last_ms: d.last_ms,
-                    tripped: d.tripped.map(|t| {
-                        match t {
-                            ForecastDirection::Fall => "fall",
-                            _ => "rise",
-                        }
-                        .to_owned()
-                    }),
+                    tripped: d.tripped,
                 })
                 .collect(),
         }
@@ -209,14 +203,7 @@ impl ForecastDetector {
             let allowed = |d: ForecastDirection| {
                 self.spec.direction == ForecastDirection::Either || self.spec.direction == d
             };
-            let tripped = s
-                .tripped
-                .as_deref()
-                .map(|t| match t {
-                    "fall" => ForecastDirection::Fall,
-                    _ => ForecastDirection::Rise,
-                })
-                .filter(|d| allowed(*d));
+            let tripped = s.tripped.filter(|d| allowed(*d));
             self.series.insert(
                 s.labels,
                 Derived {

@@ -87,7 +87,8 @@ pub struct QuerySpec {
 }
 
 /// Which way a forecast must move for a PredictiveScale to trip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ForecastDirection {
     /// Up by more than the threshold (`provision`).
     Rise,
@@ -224,17 +225,12 @@ fn compile_anomaly_action(
                     detection.sensitivity
                 )));
             }
-            let window = parse_duration(&detection.window)
-                .map_err(|e| CompileError::Invalid(format!("spec.detection.window: {e}")))?;
-            let window_ms = i64::try_from(window.as_millis())
-                .ok()
-                .filter(|&ms| ms > 0 && ms <= 7 * 24 * HOUR_MS)
-                .ok_or_else(|| {
-                    CompileError::Invalid(format!(
-                        "spec.detection.window {:?} must be between 1ms and 7d",
-                        detection.window
-                    ))
-                })?;
+            let window_ms = duration_in(
+                "spec.detection.window",
+                &detection.window,
+                (1, WEEK_MS),
+                "between 1ms and 7d",
+            )?;
             let band = BandSpec {
                 algorithm,
                 sensitivity: detection.sensitivity,
@@ -365,17 +361,12 @@ fn compile_slo(rule: &SLOViolation) -> Result<CompiledRule, CompileError> {
     let target = spec
         .target_ratio()
         .map_err(|e| CompileError::Invalid(format!("spec.sloTarget: {e}")))?;
-    let period = parse_duration(&spec.period)
-        .map_err(|e| CompileError::Invalid(format!("spec.period: {e}")))?;
-    let period_ms = i64::try_from(period.as_millis())
-        .ok()
-        .filter(|&ms| (HOUR_MS..=10 * 366 * 24 * HOUR_MS).contains(&ms))
-        .ok_or_else(|| {
-            CompileError::Invalid(format!(
-                "spec.period {:?} must be between 1h and 10y",
-                spec.period
-            ))
-        })?;
+    let period_ms = duration_in(
+        "spec.period",
+        &spec.period,
+        (HOUR_MS, 10 * 366 * 24 * HOUR_MS),
+        "between 1h and 10y",
+    )?;
     if !(0.0..=1.0).contains(&spec.error_budget_threshold) {
         return Err(CompileError::Invalid(format!(
             "spec.errorBudgetThreshold {} must be a fraction between 0 and 1",
@@ -484,11 +475,17 @@ fn compile_slo(rule: &SLOViolation) -> Result<CompiledRule, CompileError> {
 }
 
 const HOUR_MS: i64 = 60 * 60 * 1000;
+const WEEK_MS: i64 = 7 * 24 * HOUR_MS;
 
 fn compile_predictive_scale(rule: &PredictiveScale) -> Result<CompiledRule, CompileError> {
     let spec = &rule.spec;
     let key = Rule::PredictiveScale(rule.clone()).key();
-    let horizon_ms = positive_duration("spec.horizon", &spec.horizon, 7 * 24 * HOUR_MS)?;
+    let horizon_ms = duration_in(
+        "spec.horizon",
+        &spec.horizon,
+        (1, WEEK_MS),
+        "between 1ms and 7d",
+    )?;
     // `ml_forecast(<expr>, <horizon>)` (the Grafana ML style of the seed examples) means
     // "forecast <expr>"; its horizon must then agree with spec.horizon.
     let query_text = spec.forecast_query.trim();
@@ -496,7 +493,7 @@ fn compile_predictive_scale(rule: &PredictiveScale) -> Result<CompiledRule, Comp
         None => query_text,
         Some((inner, horizon)) => {
             let field = "spec.forecastQuery";
-            let inner_ms = positive_duration(field, horizon, 7 * 24 * HOUR_MS)?;
+            let inner_ms = duration_in(field, horizon, (1, WEEK_MS), "between 1ms and 7d")?;
             if inner_ms != horizon_ms {
                 return Err(CompileError::Invalid(format!(
                     "{field}: {ML_FORECAST}(..., {horizon}) disagrees with spec.horizon {:?}",
@@ -562,19 +559,20 @@ fn compile_predictive_scale(rule: &PredictiveScale) -> Result<CompiledRule, Comp
     })
 }
 
-/// A duration field that must be positive and at most `max_ms`.
-fn positive_duration(field: &str, text: &str, max_ms: i64) -> Result<i64, CompileError> {
+/// A duration field, in milliseconds, that must lie in `[min_ms, max_ms]` (`range` says
+/// so in words, for the message).
+fn duration_in(
+    field: &str,
+    text: &str,
+    (min_ms, max_ms): (i64, i64),
+    range: &str,
+) -> Result<i64, CompileError> {
     let duration =
         parse_duration(text).map_err(|e| CompileError::Invalid(format!("{field}: {e}")))?;
     i64::try_from(duration.as_millis())
         .ok()
-        .filter(|&ms| ms > 0 && ms <= max_ms)
-        .ok_or_else(|| {
-            CompileError::Invalid(format!(
-                "{field} {text:?} must be positive and at most {}",
-                promql_parser::util::display_duration(&Duration::from_millis(max_ms as u64))
-            ))
-        })
+        .filter(|ms| (min_ms..=max_ms).contains(ms))
+        .ok_or_else(|| CompileError::Invalid(format!("{field} {text:?} must be {range}")))
 }
 
 /// Checks that `expr` (the parsed `text` of `field`) is something a live rule can

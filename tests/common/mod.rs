@@ -9,7 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
+use prophet::eval::{Evaluator, Outcome};
+use prophet::ingest::{self, Limits, Protocol, SnappyBuffer};
 use prophet::proto::{v1, v2};
+use prophet::route::Batch;
+use prophet::rules::compile::{CompileOptions, compile};
 use prophet::rules::load::parse_documents;
 use prophet::standalone::{Pipeline, PipelineConfig};
 use prost::Message;
@@ -97,14 +101,7 @@ impl App {
 
     /// The live view of one rule from /api/v1/rules.
     pub async fn rule(&self, name: &str) -> serde_json::Value {
-        let rules = self.get_json("/api/v1/rules").await;
-        rules["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["rule"]["name"] == name)
-            .unwrap_or_else(|| panic!("rule {name} in {rules}"))
-            .clone()
+        rule_named(&self.get_json("/api/v1/rules").await, name)
     }
 
     pub async fn metrics(&self) -> String {
@@ -199,4 +196,40 @@ pub fn threshold_rule(name: &str, metric: &str, threshold: &str, extra: &str) ->
     format!(
         "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  metric: '{metric}'\n  threshold: '{threshold}'\n  remediation: {{type: restart, cooldownSeconds: 300}}\n{extra}---\n"
     )
+}
+
+/// The rule called `name` in an /api/v1/rules answer.
+pub fn rule_named(rules: &serde_json::Value, name: &str) -> serde_json::Value {
+    rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"]["name"] == name)
+        .unwrap_or_else(|| panic!("rule {name} in {rules}"))
+        .clone()
+}
+
+/// An evaluator for the rules in `yaml`, which must all load and compile.
+pub fn evaluator(yaml: &str) -> Evaluator {
+    let (rules, invalid) = parse_documents(yaml, std::path::Path::new("test"));
+    assert!(invalid.is_empty(), "{invalid:?}");
+    let compiled = rules
+        .iter()
+        .map(|r| compile(r, CompileOptions::default()).unwrap())
+        .collect();
+    Evaluator::new(compiled, 100_000)
+}
+
+/// Decodes a snappy remote-write 1.0 `body`, routes it with the evaluator's own router
+/// and applies it, as the receiver does when its clock reads `now_ms`.
+pub fn apply_v1(evaluator: &mut Evaluator, body: &[u8], now_ms: i64) -> Outcome {
+    let router = evaluator.router(1);
+    let mut buffer = SnappyBuffer::new();
+    let decoded = buffer.decompress(body, 256 << 20).unwrap();
+    let mut batch = Batch::new(std::time::Instant::now(), now_ms, usize::MAX);
+    ingest::decode(Protocol::V1, decoded, &Limits::default(), now_ms, |s| {
+        router.route(s, &mut batch)
+    })
+    .unwrap();
+    evaluator.apply(&batch)
 }
