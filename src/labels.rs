@@ -1,21 +1,27 @@
 //! `Labels`: a series' identity, in one canonical, compact form shared by every stage after
-//! ingest. Names are sorted and each pair is written `name 0xFF value 0xFF`; 0xFF never
-//! occurs in UTF-8, so the encoding is unambiguous, and equal label sets are equal bytes,
-//! which makes the form both the hash input and the map key.
+//! ingest. Names are sorted and each pair is written as remote-write 1.0 writes a
+//! `TimeSeries.labels` entry: `0x0a len (0x0a len name 0x12 len value)`, lengths as
+//! minimal varints and the value always present. Equal label sets are equal bytes, which
+//! makes the form both the hash input and the map key; and it is the form in which
+//! Prometheus sends sorted labels, so ingest keeps a series by copying its label bytes
+//! as they arrived (see `route::Batch`).
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-/// Separator between names and values in the canonical form.
-pub(crate) const SEP: u8 = 0xFF;
+/// Protobuf tags of the canonical form: `TimeSeries.labels` and `Label.name` (field 1,
+/// length-delimited), `Label.value` (field 2).
+const TAG_ONE: u8 = 0x0a;
+const TAG_TWO: u8 = 0x12;
 
 /// A sorted label set in canonical form. Cheap to compare and hash; one allocation,
 /// shared by its clones: the windows of every rule input that keeps a series hold one copy
 /// of its labels between them, so finding the series again in another input's windows can
 /// compare pointers instead of bytes (see [`Labels::shares_bytes_with`]).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Labels(Arc<[u8]>);
 
 impl Labels {
@@ -26,7 +32,7 @@ impl Labels {
         pairs.sort_unstable();
         let mut bytes = Vec::new();
         for (name, value) in pairs {
-            push_pair(&mut bytes, name.as_bytes(), value.as_bytes());
+            push_label(&mut bytes, name.as_bytes(), value.as_bytes());
         }
         Self(bytes.into())
     }
@@ -48,11 +54,15 @@ impl Labels {
 
     /// The pairs, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut parts = self.0.split(|&b| b == SEP);
+        let mut rest: &[u8] = &self.0;
         std::iter::from_fn(move || {
-            let name = parts.next().filter(|n| !n.is_empty())?;
-            let value = parts.next()?;
-            // Both halves were valid UTF-8 when the canonical form was built.
+            // The bytes were written by `push_label`, or copied from a request only after
+            // being found to be in exactly that form; a malformed tail ends the walk.
+            let (entry, after) = field(rest, TAG_ONE)?;
+            rest = after;
+            let (name, entry) = field(entry, TAG_ONE)?;
+            let (value, _) = field(entry, TAG_TWO)?;
+            // Both were valid UTF-8 when the canonical form was built.
             Some((
                 std::str::from_utf8(name).unwrap_or_default(),
                 std::str::from_utf8(value).unwrap_or_default(),
@@ -99,11 +109,67 @@ impl Hasher for PrehashedKey {
     }
 }
 
-pub(crate) fn push_pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+impl Ord for Labels {
+    /// Prometheus's order of label sets (`labels.Compare`): pair by pair, name then value,
+    /// then the shorter first; not the order of the canonical bytes.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.iter().cmp(other.iter())
+    }
+}
+
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Appends one label in canonical form.
+pub(crate) fn push_label(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let entry = 2 + varint_len(name.len()) + name.len() + varint_len(value.len()) + value.len();
+    out.push(TAG_ONE);
+    push_varint(out, entry);
+    out.push(TAG_ONE);
+    push_varint(out, name.len());
     out.extend_from_slice(name);
-    out.push(SEP);
+    out.push(TAG_TWO);
+    push_varint(out, value.len());
     out.extend_from_slice(value);
-    out.push(SEP);
+}
+
+fn varint_len(mut n: usize) -> usize {
+    let mut len = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+fn push_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Splits `tag len bytes` off the front of `rest`: `(bytes, what follows)`.
+#[inline]
+fn field(rest: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&first, mut rest) = rest.split_first()?;
+    if first != tag {
+        return None;
+    }
+    let mut len = 0usize;
+    for shift in (0..usize::BITS).step_by(7) {
+        let (&byte, after) = rest.split_first()?;
+        rest = after;
+        len |= usize::from(byte & 0x7f).checked_shl(shift)?;
+        if byte < 0x80 {
+            return rest.split_at_checked(len);
+        }
+    }
+    None
 }
 
 impl fmt::Display for Labels {
@@ -211,6 +277,41 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Labels>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_canonical_form_is_the_remote_write_encoding_of_the_labels() {
+        let long = "v".repeat(300);
+        let labels = Labels::from_pairs([("__name__", "up"), ("a", ""), ("long", &long)]);
+        let wire = crate::proto::v1::TimeSeries {
+            labels: labels
+                .iter()
+                .map(|(name, value)| crate::proto::v1::Label {
+                    name: name.into(),
+                    value: value.into(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut encoded = prost::Message::encode_to_vec(&wire);
+        // prost leaves an empty value out; the canonical form always writes it.
+        let empty = [0x0a, 0x03, 0x0a, 0x01, b'a'];
+        let at = encoded.windows(5).position(|w| w == empty).unwrap();
+        encoded.splice(at..at + 5, [0x0a, 0x05, 0x0a, 0x01, b'a', 0x12, 0x00]);
+        assert_eq!(labels.as_canonical(), &encoded[..]);
+        assert_eq!(labels.get("long"), Some(long.as_str()));
+        assert_eq!(labels.get("a"), Some(""));
+    }
+
+    #[test]
+    fn orders_like_prometheus_not_by_bytes() {
+        // By bytes, the longer `aa` entry (its length first) would sort before `b`.
+        let a = Labels::from_pairs([("aa", "1")]);
+        let b = Labels::from_pairs([("b", "1")]);
+        assert!(a < b);
+        let short = Labels::from_pairs([("a", "1")]);
+        let longer = Labels::from_pairs([("a", "1"), ("b", "1")]);
+        assert!(short < longer);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use promql_parser::label::{MatchOp, Matcher};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::ingest::{IngestError, Sample, SeriesView};
-use crate::labels::{Labels, PrehashedMap, push_pair};
+use crate::labels::{Labels, PrehashedMap, push_label};
 
 /// Identifies one input of one rule (a selector whose series the rule needs), as an index
 /// into the evaluator's table of inputs.
@@ -392,25 +392,14 @@ impl Batch {
         seed: u64,
     ) -> Result<(Range<u32>, u64), IngestError> {
         let start = self.labels.len();
-        let invalid = || IngestError::InvalidUtf8 {
-            series: series.index,
-        };
-        // Label text is nearly always ASCII, which a word-at-a-time check confirms faster
-        // than full UTF-8 validation.
-        let utf8 = |bytes: &[u8]| bytes.is_ascii() || std::str::from_utf8(bytes).is_ok();
-        let mut push = |label: &crate::ingest::Label<'_>| -> Result<(), IngestError> {
-            if !(utf8(label.name) && utf8(label.value)) {
-                return Err(invalid());
-            }
-            push_pair(&mut self.labels, label.name, label.value);
-            Ok(())
-        };
-        if series.sorted {
-            series.labels.iter().try_for_each(&mut push)?;
+        // Prometheus writes sorted labels as one run that is already the canonical form;
+        // ASCII throughout (framing included, as its lengths are under 128), it is valid
+        // UTF-8 too, and one copy keeps it.
+        let encoded = series.encoded_labels;
+        if series.sorted && !encoded.is_empty() && encoded.is_ascii() {
+            self.labels.extend_from_slice(encoded);
         } else {
-            let mut order: Vec<_> = series.labels.iter().collect();
-            order.sort_unstable_by_key(|l| l.name);
-            order.into_iter().try_for_each(&mut push)?;
+            self.push_labels(series)?;
         }
         if self.labels.len() > self.max_label_bytes
             || self.samples.len() + series.samples.len() > u32::MAX as usize
@@ -422,6 +411,31 @@ impl Batch {
         let hash = xxh3_64_with_seed(&self.labels[start..], seed);
         self.samples.extend_from_slice(series.samples);
         Ok((start as u32..self.labels.len() as u32, hash))
+    }
+
+    /// Writes a series' labels in canonical form, label by label: sorted, each checked to
+    /// be UTF-8.
+    fn push_labels(&mut self, series: &SeriesView<'_, '_>) -> Result<(), IngestError> {
+        let invalid = || IngestError::InvalidUtf8 {
+            series: series.index,
+        };
+        // Label text is nearly always ASCII, which a word-at-a-time check confirms faster
+        // than full UTF-8 validation.
+        let utf8 = |bytes: &[u8]| bytes.is_ascii() || std::str::from_utf8(bytes).is_ok();
+        let mut push = |label: &crate::ingest::Label<'_>| -> Result<(), IngestError> {
+            if !(utf8(label.name) && utf8(label.value)) {
+                return Err(invalid());
+            }
+            push_label(&mut self.labels, label.name, label.value);
+            Ok(())
+        };
+        if series.sorted {
+            series.labels.iter().try_for_each(&mut push)
+        } else {
+            let mut order: Vec<_> = series.labels.iter().collect();
+            order.sort_unstable_by_key(|l| l.name);
+            order.into_iter().try_for_each(&mut push)
+        }
     }
 }
 
@@ -450,6 +464,7 @@ mod tests {
                 .find(|l| l.name == b"__name__")
                 .map_or(&b""[..], |l| l.value),
             sorted: labels.windows(2).all(|w| w[0].name < w[1].name),
+            encoded_labels: &[],
             labels,
             samples: ONE_SAMPLE,
             histograms: 0,
@@ -500,7 +515,10 @@ mod tests {
         let batch = route(&router, &[("__name__", "up"), ("job", "api")]);
         assert_eq!(inputs(&batch), [0, 1, 3]);
         assert_eq!(batch.kept_samples, 1);
-        assert_eq!(batch.labels.iter().filter(|&&b| b == 0xFF).count(), 4);
+        assert_eq!(
+            batch.labels,
+            Labels::from_pairs([("__name__", "up"), ("job", "api")]).as_canonical()
+        );
         // A missing label matches ""; a present one does not.
         assert_eq!(
             inputs(&route(
@@ -578,6 +596,61 @@ mod tests {
         assert_eq!(sorted.canonical_labels(s), unsorted.canonical_labels(u));
     }
 
+    /// Series as Prometheus encodes them are kept by copying their label bytes; the result
+    /// is the canonical form the label-by-label path writes, whatever the sender did.
+    #[test]
+    fn label_bytes_copied_as_sent_are_the_canonical_form() {
+        use crate::proto::v1::{Label as WireLabel, Sample as WireSample, TimeSeries};
+        let router = Router::new([(InputId(0), selector("up"))], 1);
+        let series = |pairs: &[(&str, &str)]| TimeSeries {
+            labels: pairs
+                .iter()
+                .map(|(n, v)| WireLabel {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            samples: vec![WireSample {
+                value: 1.0,
+                timestamp: 1,
+            }],
+            ..Default::default()
+        };
+        let long = "x".repeat(200);
+        let cases: [&[(&str, &str)]; 5] = [
+            // One run, sorted: copied.
+            &[("__name__", "up"), ("job", "api"), ("pod", "p-1")],
+            // Unsorted, non-ASCII, an empty value prost leaves out, a long value: rebuilt.
+            &[("job", "api"), ("__name__", "up")],
+            &[("__name__", "up"), ("job", "caf\u{e9}")],
+            &[("__name__", "up"), ("a", ""), ("job", "api")],
+            &[("__name__", "up"), ("job", &long)],
+        ];
+        for pairs in cases {
+            let body = prost::Message::encode_to_vec(&crate::proto::v1::WriteRequest {
+                timeseries: vec![series(pairs)],
+                ..Default::default()
+            });
+            let mut batch = Batch::new(Instant::now(), i64::MAX, 1 << 20);
+            crate::ingest::decode(
+                crate::ingest::Protocol::V1,
+                &body,
+                &crate::ingest::Limits::default(),
+                i64::MAX / 2,
+                |s| router.route(s, &mut batch),
+            )
+            .unwrap();
+            let want = Labels::from_pairs(pairs.iter().copied());
+            let entry = &batch.entries[0];
+            assert_eq!(
+                batch.canonical_labels(entry),
+                want.as_canonical(),
+                "{pairs:?}"
+            );
+            assert_eq!(entry.hash, want.hash_with_seed(1));
+        }
+    }
+
     #[test]
     fn a_batch_refuses_more_label_bytes_than_its_limit() {
         let router = Router::new([(InputId(0), selector("up"))], 1);
@@ -586,13 +659,14 @@ mod tests {
             value: b"up",
         }];
         let series = view(0, &labels);
-        // `__name__ 0xFF up 0xFF` is 12 bytes: two series fit in 30, a third does not.
-        let mut batch = Batch::new(Instant::now(), i64::MAX, 30);
+        // `0a 0e 0a 08 __name__ 12 02 up` is 16 bytes: two series fit in 40, a third does
+        // not.
+        let mut batch = Batch::new(Instant::now(), i64::MAX, 40);
         router.route(&series, &mut batch).unwrap();
         router.route(&series, &mut batch).unwrap();
         assert_eq!(
             router.route(&series, &mut batch),
-            Err(IngestError::KeptLabelsTooLarge { limit: 30 })
+            Err(IngestError::KeptLabelsTooLarge { limit: 40 })
         );
     }
 }

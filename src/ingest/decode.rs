@@ -37,6 +37,11 @@ pub struct SeriesView<'s, 'a> {
     pub labels: &'s [Label<'a>],
     /// Whether `labels` are sorted by name (senders sort them; validation found out).
     pub sorted: bool,
+    /// The bytes that held all of `labels`, when the sender wrote them as one run of
+    /// `TimeSeries.labels` entries with one-byte lengths (as Prometheus does); empty
+    /// otherwise. Sorted, such a run is the labels' canonical form (see
+    /// [`crate::labels::Labels`]), so the router keeps the series by copying it.
+    pub encoded_labels: &'a [u8],
     pub samples: &'s [Sample],
     /// Native histogram samples: counted and acknowledged, not evaluated by any rule.
     pub histograms: usize,
@@ -56,6 +61,8 @@ pub struct DecodeStats {
 /// Per-request scratch space, so the walk allocates once per request, not per series.
 struct Scratch<'a> {
     labels: Vec<Label<'a>>,
+    /// See [`SeriesView::encoded_labels`].
+    encoded_labels: &'a [u8],
     samples: Vec<Sample>,
 }
 
@@ -81,6 +88,8 @@ where
     };
     let mut scratch = Scratch {
         labels: Vec::with_capacity(32),
+        // Remote-write 2.0 refers to labels through the symbol table: never one run.
+        encoded_labels: &[],
         samples: Vec::with_capacity(8),
     };
     match protocol {
@@ -222,6 +231,7 @@ fn read_series_v1<'a>(
     scratch.samples.clear();
     let (mut histograms, mut exemplars) = (0, 0);
     let consumed = read_leading_labels(series, &mut scratch.labels);
+    let leading = scratch.labels.len();
     let mut reader = Reader::new(&series[consumed..]);
     while !reader.is_empty() {
         let (field, wire) = reader.tag()?;
@@ -250,6 +260,11 @@ fn read_series_v1<'a>(
             _ => reader.skip(wire)?,
         }
     }
+    scratch.encoded_labels = if scratch.labels.len() == leading {
+        &series[..consumed]
+    } else {
+        &[]
+    };
     Ok((histograms, exemplars))
 }
 
@@ -492,6 +507,7 @@ where
         metric_name,
         labels: &scratch.labels,
         sorted,
+        encoded_labels: scratch.encoded_labels,
         samples: &scratch.samples,
         histograms,
         exemplars,

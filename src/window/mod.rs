@@ -504,6 +504,7 @@ mod tests {
             metric_name: b"m",
             labels: &wire,
             sorted: true,
+            encoded_labels: &[],
             samples: &[at(5_000, 2.0)],
             histograms: 0,
             exemplars: 0,
