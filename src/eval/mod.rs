@@ -1,7 +1,8 @@
 //! Eval: runs each rule's detector over its windows as batches arrive, in event time, and
 //! emits verdict changes. Pure and deterministic: the same batches give the same verdicts,
 //! so a capture can be replayed to backtest a rule. Owns the windows (one
-//! [`InputWindows`] per rule input) so that nothing else needs to lock them.
+//! [`InputWindows`] per distinct selector, shared by the rule inputs that read it) so that
+//! nothing else needs to lock them.
 
 mod band;
 mod condition;
@@ -58,12 +59,16 @@ enum Detector {
 impl Detector {
     /// A sample was appended to series `id` of the rule's input `input`, whose window is
     /// now `window`.
+    ///
+    /// `history_from_ms` is where the input's own history starts: the window may reach
+    /// further back for another rule that shares it.
     fn observe(
         &mut self,
         input: usize,
         id: SeriesId,
         sample: Sample,
         window: &SeriesWindow,
+        history_from_ms: i64,
         scratch: &mut Scratch,
     ) -> Option<Transition> {
         match self {
@@ -75,7 +80,10 @@ impl Detector {
                     scratch.history.extend(
                         window
                             .samples()
-                            .filter(|s| s.timestamp_ms < sample.timestamp_ms && s.value.is_finite())
+                            .filter(|s| {
+                                (history_from_ms..sample.timestamp_ms).contains(&s.timestamp_ms)
+                                    && s.value.is_finite()
+                            })
                             .map(|s| s.value),
                     );
                     band::band(&scratch.history, spec, &mut scratch.sort)
@@ -215,7 +223,23 @@ struct InputSlot {
     rule: usize,
     /// Position of this input among its rule's inputs.
     index: usize,
+    /// The windows it reads, in `Evaluator::stores`.
+    store: usize,
+    /// How far back this input itself looks; its store may keep more for another rule.
+    retention_ms: i64,
+    /// A series silent this long starts afresh for this input's detector.
+    idle_ms: i64,
+}
+
+/// The windows of one distinct selector, shared by every rule input that reads it. Rule
+/// sets repeat selectors (a warning and a critical threshold on one metric, a band beside
+/// them), and a sample is then looked up and stored once, not once per rule. The windows
+/// keep the longest retention and idle time any reader needs.
+struct Store {
+    selector: Selector,
     windows: InputWindows,
+    /// Indices into `Evaluator::inputs`.
+    readers: Vec<usize>,
 }
 
 /// Running totals for one rule, shown by `GET /api/v1/rules`.
@@ -288,27 +312,36 @@ pub struct Evaluator {
     /// The newest event time any rule's clock has reached.
     clock_ms: i64,
     inputs: Vec<InputSlot>,
+    stores: Vec<Store>,
     scratch: Scratch,
 }
 
 impl Evaluator {
     /// Sets up windows for every input of every rule, each bounded to `series_limit`.
     pub fn new(rules: Vec<CompiledRule>, series_limit: usize) -> Self {
-        let mut inputs = Vec::new();
+        let mut inputs: Vec<InputSlot> = Vec::new();
+        // Selectors and their readers first; the windows once every reader is known.
+        let mut shared: Vec<(Selector, Vec<usize>)> = Vec::new();
         let rules = rules
             .into_iter()
             .enumerate()
             .map(|(index, compiled)| {
                 let first = inputs.len();
                 for (position, input) in compiled.inputs.iter().enumerate() {
+                    let store = match shared.iter().position(|(s, _)| *s == input.selector) {
+                        Some(store) => store,
+                        None => {
+                            shared.push((input.selector.clone(), Vec::new()));
+                            shared.len() - 1
+                        }
+                    };
+                    shared[store].1.push(inputs.len());
                     inputs.push(InputSlot {
                         rule: index,
                         index: position,
-                        windows: InputWindows::new(WindowSpec {
-                            retention_ms: input.retention_ms,
-                            idle_ms: input.retention_ms.max(LOOKBACK_MS),
-                            series_limit,
-                        }),
+                        store,
+                        retention_ms: input.retention_ms,
+                        idle_ms: input.retention_ms.max(LOOKBACK_MS),
                     });
                 }
                 let detector = match &compiled.detector {
@@ -343,29 +376,52 @@ impl Evaluator {
                 }
             })
             .collect();
+        let stores = shared
+            .into_iter()
+            .map(|(selector, readers)| {
+                let most = |f: fn(&InputSlot) -> i64| {
+                    readers.iter().map(|&r| f(&inputs[r])).max().unwrap_or(0)
+                };
+                Store {
+                    windows: InputWindows::new(WindowSpec {
+                        retention_ms: most(|i| i.retention_ms),
+                        idle_ms: most(|i| i.idle_ms),
+                        series_limit,
+                    }),
+                    selector,
+                    readers,
+                }
+            })
+            .collect();
         Self {
             rules,
             clock_ms: i64::MIN,
             inputs,
+            stores,
             scratch: Scratch::default(),
         }
     }
 
+    /// The windows an input reads.
+    fn windows(&self, slot: &InputSlot) -> &InputWindows {
+        &self.stores[slot.store].windows
+    }
+
     /// The router for exactly these inputs, with the series hash keyed by `seed`.
+    /// Entries name a store (one per distinct selector), not a rule input.
     pub fn router(&self, seed: u64) -> Router {
-        let selectors: Vec<(InputId, Selector)> = self
-            .rules
+        let selectors = self
+            .stores
             .iter()
-            .flat_map(|r| r.compiled.inputs.iter().map(|i| i.selector.clone()))
             .enumerate()
-            .map(|(i, selector)| (InputId(i as u32), selector))
-            .collect();
+            .map(|(i, store)| (InputId(i as u32), store.selector.clone()));
         Router::new(selectors, seed)
     }
 
-    /// Series tracked across all rules.
+    /// Series tracked across all rules (a series read by several rules counts once per
+    /// distinct selector).
     pub fn series_active(&self) -> usize {
-        self.inputs.iter().map(|i| i.windows.len()).sum()
+        self.stores.iter().map(|s| s.windows.len()).sum()
     }
 
     /// Inserts a batch's samples into their windows, runs the detectors on every appended
@@ -378,21 +434,20 @@ impl Evaluator {
         // pointers rather than bytes when the windows share one copy.
         let mut shared: Option<(u32, Labels)> = None;
         for entry in &batch.entries {
-            let Some(slot) = self.inputs.get_mut(entry.input.0 as usize) else {
+            let Some(store) = self.stores.get_mut(entry.input.0 as usize) else {
                 continue;
             };
-            let rule = &mut self.rules[slot.rule];
             let samples = batch.samples(entry);
             let found = match &shared {
                 Some((series, labels)) if *series == entry.series() => {
-                    slot.windows.get_or_insert_shared(entry.hash, labels)
+                    store.windows.get_or_insert_shared(entry.hash, labels)
                 }
                 _ => {
-                    let found = slot
+                    let found = store
                         .windows
                         .get_or_insert(entry.hash, batch.canonical_labels(entry));
                     if let Ok(id) = found
-                        && let Some(window) = slot.windows.get(id)
+                        && let Some(window) = store.windows.get(id)
                     {
                         shared = Some((entry.series(), window.labels().clone()));
                     }
@@ -400,65 +455,79 @@ impl Evaluator {
                 }
             };
             let Ok(id) = found else {
-                rule.counters.over_limit_samples += samples.len() as u64;
-                outcome
-                    .over_limit
-                    .push((rule.compiled.key.clone(), samples.len()));
+                for &reader in &store.readers {
+                    let rule = &mut self.rules[self.inputs[reader].rule];
+                    rule.counters.over_limit_samples += samples.len() as u64;
+                    outcome
+                        .over_limit
+                        .push((rule.compiled.key.clone(), samples.len()));
+                }
                 continue;
             };
-            let idle_ms = slot.windows.spec().idle_ms;
             for &sample in samples {
-                // A series silent for longer than the lookback starts afresh, as if it had
-                // been evicted in between (the sweep only runs now and then).
-                let last = slot
+                let last = store
                     .windows
                     .get(id)
                     .map_or(i64::MIN, |w| w.last_timestamp_ms());
-                if last != i64::MIN
-                    && sample.timestamp_ms.saturating_sub(last) > idle_ms
-                    && let Some(t) = rule.detector.resumed(id)
-                    && let Some(window) = slot.windows.get(id)
-                {
-                    let labels = window.labels().clone();
-                    outcome
-                        .verdicts
-                        .push(rule.verdict(t, labels, None, last, batch));
-                }
-                match slot.windows.insert(id, sample, batch.received_ms) {
-                    Insert::Appended => outcome.appended += 1,
-                    Insert::Duplicate => {
-                        outcome.duplicates += 1;
-                        continue;
-                    }
-                    Insert::OutOfOrder | Insert::TooOld => {
-                        outcome.out_of_order += 1;
-                        rule.counters.out_of_order_samples += 1;
-                        continue;
-                    }
-                }
-                rule.counters.samples += 1;
-                rule.counters.last_sample_ms = Some(
-                    rule.counters
-                        .last_sample_ms
-                        .map_or(sample.timestamp_ms, |t| t.max(sample.timestamp_ms)),
-                );
-                let Some(window) = slot.windows.get(id) else {
+                let inserted = store.windows.insert(id, sample, batch.received_ms);
+                let Some(window) = store.windows.get(id) else {
                     continue;
                 };
                 let current = window.current().map(|s| s.value);
-                touched[slot.rule] = true;
-                if let Some(t) =
-                    rule.detector
-                        .observe(slot.index, id, sample, window, &mut self.scratch)
-                {
-                    let labels = window.labels().clone();
-                    outcome.verdicts.push(rule.verdict(
-                        t,
-                        labels,
-                        current,
-                        sample.timestamp_ms,
-                        batch,
-                    ));
+                for &reader in &store.readers {
+                    let slot = &self.inputs[reader];
+                    let rule = &mut self.rules[slot.rule];
+                    // A series silent for longer than the lookback starts afresh, as if it
+                    // had been evicted in between (the sweep only runs now and then).
+                    if last != i64::MIN
+                        && sample.timestamp_ms.saturating_sub(last) > slot.idle_ms
+                        && let Some(t) = rule.detector.resumed(id)
+                    {
+                        let labels = window.labels().clone();
+                        outcome
+                            .verdicts
+                            .push(rule.verdict(t, labels, None, last, batch));
+                    }
+                    match inserted {
+                        Insert::Appended => outcome.appended += 1,
+                        Insert::Duplicate => {
+                            outcome.duplicates += 1;
+                            continue;
+                        }
+                        Insert::OutOfOrder | Insert::TooOld => {
+                            outcome.out_of_order += 1;
+                            rule.counters.out_of_order_samples += 1;
+                            continue;
+                        }
+                    }
+                    rule.counters.samples += 1;
+                    rule.counters.last_sample_ms = Some(
+                        rule.counters
+                            .last_sample_ms
+                            .map_or(sample.timestamp_ms, |t| t.max(sample.timestamp_ms)),
+                    );
+                    touched[slot.rule] = true;
+                    let history_from_ms = sample
+                        .timestamp_ms
+                        .min(batch.received_ms)
+                        .saturating_sub(slot.retention_ms);
+                    if let Some(t) = rule.detector.observe(
+                        slot.index,
+                        id,
+                        sample,
+                        window,
+                        history_from_ms,
+                        &mut self.scratch,
+                    ) {
+                        let labels = window.labels().clone();
+                        outcome.verdicts.push(rule.verdict(
+                            t,
+                            labels,
+                            current,
+                            sample.timestamp_ms,
+                            batch,
+                        ));
+                    }
                 }
             }
         }
@@ -470,7 +539,7 @@ impl Evaluator {
                 .zip(&touched)
                 .filter(|(_, touched)| **touched)
                 .flat_map(|(rule, _)| &self.inputs[rule.inputs.clone()])
-                .map(|s| s.windows.clock_ms())
+                .map(|s| self.stores[s.store].windows.clock_ms())
                 .max()
                 .unwrap_or(i64::MIN),
         );
@@ -486,7 +555,7 @@ impl Evaluator {
             let clock = if touched[index] {
                 slots
                     .iter()
-                    .map(|s| s.windows.clock_ms())
+                    .map(|s| self.stores[s.store].windows.clock_ms())
                     .max()
                     .unwrap_or(i64::MIN)
             } else {
@@ -496,7 +565,12 @@ impl Evaluator {
             let source = WindowSource::new(if reads_windows {
                 slots
                     .iter()
-                    .map(|s| (&rule.compiled.inputs[s.index].selector, &s.windows))
+                    .map(|s| {
+                        (
+                            &rule.compiled.inputs[s.index].selector,
+                            &self.stores[s.store].windows,
+                        )
+                    })
                     .collect()
             } else {
                 Vec::new()
@@ -519,14 +593,18 @@ impl Evaluator {
                 outcome.verdicts.push(verdict);
             }
         }
-        for slot in &mut self.inputs {
-            let rule = &mut self.rules[slot.rule];
-            for (id, labels) in slot.windows.evict_idle() {
-                if let Some(t) = rule.detector.evicted(slot.index, id) {
-                    let at = slot.windows.clock_ms();
-                    outcome
-                        .verdicts
-                        .push(rule.verdict(t, labels, None, at, batch));
+        for store in &mut self.stores {
+            let evicted = store.windows.evict_idle();
+            let at = store.windows.clock_ms();
+            for (id, labels) in evicted {
+                for &reader in &store.readers {
+                    let slot = &self.inputs[reader];
+                    let rule = &mut self.rules[slot.rule];
+                    if let Some(t) = rule.detector.evicted(slot.index, id) {
+                        outcome
+                            .verdicts
+                            .push(rule.verdict(t, labels.clone(), None, at, batch));
+                    }
                 }
             }
         }
@@ -552,9 +630,11 @@ impl Evaluator {
                     },
                     values: match &rule.detector {
                         Detector::Expression(d) => Some(d.state().clone()),
-                        Detector::Condition { detector, band } => {
-                            Some(condition_values(slots, detector, band.as_ref()))
-                        }
+                        Detector::Condition { detector, band } => Some(condition_values(
+                            slots.iter().map(|s| (self.windows(s), s.retention_ms)),
+                            detector,
+                            band.as_ref(),
+                        )),
                         _ => None,
                     },
                     forecast: match &rule.detector {
@@ -576,13 +656,14 @@ impl Evaluator {
                     );
                 }
                 for slot in slots {
-                    snapshot.series += slot.windows.len();
-                    snapshot.series_limit += slot.windows.spec().series_limit;
+                    let windows = self.windows(slot);
+                    snapshot.series += windows.len();
+                    snapshot.series_limit += windows.spec().series_limit;
                     let Detector::Condition { detector: d, .. } = &rule.detector else {
                         continue;
                     };
                     snapshot.tripped_series.extend(
-                        slot.windows
+                        windows
                             .iter()
                             .filter(|(id, _)| d.is_tripped(*id))
                             .take(SNAPSHOT_TRIPPED_MAX)
@@ -601,22 +682,25 @@ impl Evaluator {
 
 /// The live values of a per-series condition rule: each series' current value, and the
 /// band its next sample will be judged against.
-fn condition_values(
-    slots: &[InputSlot],
+fn condition_values<'a>(
+    inputs: impl Iterator<Item = (&'a InputWindows, i64)>,
     detector: &ConditionDetector,
     band: Option<&BandSpec>,
 ) -> ExprState {
     let mut sort = Vec::new();
     let mut state = ExprState::default();
-    for slot in slots {
-        state.result_count += slot.windows.len();
-        state.at_ms = Some(slot.windows.clock_ms()).filter(|&t| t != i64::MIN);
-        for (id, window) in slot.windows.iter().take(expr::SHOWN_MAX) {
+    for (windows, retention_ms) in inputs {
+        state.result_count += windows.len();
+        state.at_ms = Some(windows.clock_ms()).filter(|&t| t != i64::MIN);
+        for (id, window) in windows.iter().take(expr::SHOWN_MAX) {
             let Some(current) = window.current() else {
                 continue;
             };
+            // The input's own history (the window may keep more for another rule).
+            let from_ms = current.timestamp_ms.saturating_sub(retention_ms);
             let history: Vec<f64> = window
                 .samples()
+                .filter(|s| s.timestamp_ms >= from_ms)
                 .map(|s| s.value)
                 .filter(|v| v.is_finite())
                 .collect();

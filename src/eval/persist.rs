@@ -93,7 +93,7 @@ impl Evaluator {
                     fingerprint: fingerprint(&rule.compiled),
                     inputs: self.inputs[rule.inputs.clone()]
                         .iter()
-                        .map(|slot| slot.windows.export())
+                        .map(|slot| self.windows(slot).export())
                         .collect(),
                     detector: match &rule.detector {
                         Detector::Condition { detector, .. } => {
@@ -128,7 +128,7 @@ impl Evaluator {
                 rule: key.clone(),
                 why: why.to_owned(),
             };
-            let slots = &mut self.inputs[rule.inputs.clone()];
+            let slots = &self.inputs[rule.inputs.clone()];
             if state.fingerprint != fingerprint(&rule.compiled) || state.inputs.len() != slots.len()
             {
                 report.push(drop(
@@ -139,10 +139,10 @@ impl Evaluator {
             // Windows first: detectors' per-series state follows the series to their new ids.
             let mut series = 0;
             let remaps: Vec<HashMap<u32, SeriesId>> = slots
-                .iter_mut()
+                .iter()
                 .zip(state.inputs)
                 .map(|(slot, saved)| {
-                    let map: HashMap<u32, SeriesId> = slot
+                    let map: HashMap<u32, SeriesId> = self.stores[slot.store]
                         .windows
                         .import(saved, seed, now_ms)
                         .into_iter()
