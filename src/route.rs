@@ -76,6 +76,10 @@ impl Selector {
 struct SetMatcher {
     /// `__name__`: the decoder already found its value, no need to search the labels.
     reads_metric_name: bool,
+    /// For a regular expression that is an alternation of plain strings (`a|b|c`, the
+    /// common case), those strings: a value matches when it equals one, as Prometheus's
+    /// own matcher also decides without running the expression.
+    literals: Option<Vec<Box<[u8]>>>,
     matcher: Matcher,
 }
 
@@ -91,6 +95,13 @@ impl SetMatcher {
         Ok(match &self.matcher.op {
             MatchOp::Equal => value == self.matcher.value.as_bytes(),
             MatchOp::NotEqual => value != self.matcher.value.as_bytes(),
+            MatchOp::Re(_) | MatchOp::NotRe(_)
+                if let Some(literals) = &self.literals
+                    // Other text goes the general way, which also refuses invalid UTF-8.
+                    && value.is_ascii() =>
+            {
+                literals.iter().any(|l| **l == *value) == matches!(self.matcher.op, MatchOp::Re(_))
+            }
             MatchOp::Re(_) | MatchOp::NotRe(_) => {
                 let value = std::str::from_utf8(value).map_err(|_| IngestError::InvalidUtf8 {
                     series: series.index,
@@ -99,6 +110,21 @@ impl SetMatcher {
             }
         })
     }
+}
+
+/// The strings a regular-expression matcher's pattern alternates between, when it is
+/// nothing more than that (`search|default`; anchored, as PromQL anchors every pattern).
+fn literal_alternatives(matcher: &Matcher) -> Option<Vec<Box<[u8]>>> {
+    if !matches!(matcher.op, MatchOp::Re(_) | MatchOp::NotRe(_)) {
+        return None;
+    }
+    // Characters that mean themselves anywhere in a pattern.
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-:/,=@% ".contains(c);
+    matcher
+        .value
+        .split('|')
+        .map(|alt| alt.chars().all(plain).then(|| alt.as_bytes().into()))
+        .collect()
 }
 
 /// The value of label `name`; a missing label matches as the empty string, as in PromQL.
@@ -159,6 +185,7 @@ impl RouteSet {
             None => {
                 self.matchers.push(SetMatcher {
                     reads_metric_name: matcher.name == "__name__",
+                    literals: literal_alternatives(&matcher),
                     matcher,
                 });
                 self.matchers.len() - 1
@@ -498,6 +525,62 @@ mod tests {
         );
         assert!(inputs(&route(&router, &[("__name__", "other"), ("ns", "b")])).is_empty());
         assert!(inputs(&route(&router, &[("__name__", "mem"), ("ns", "c")])).is_empty());
+    }
+
+    /// Alternations of plain strings are decided by comparing bytes; every answer is the
+    /// regular expression's.
+    #[test]
+    fn literal_alternations_match_as_their_regex_does() {
+        let values = [
+            "search",
+            "default",
+            "",
+            "a",
+            "api",
+            "searc",
+            "searchx",
+            "b",
+            "x-y",
+            "z_1",
+            "caf\u{e9}",
+            "a|b",
+        ];
+        for pattern in [
+            "search|default",
+            "a|",
+            "api",
+            "x-y|z_1",
+            "a.*|b",
+            "a\\|b",
+            "(?i)api",
+        ] {
+            for op in ["=~", "!~"] {
+                let parsed = selector(&format!("up{{job{op}{pattern:?}}}"));
+                let matcher = parsed.groups[0]
+                    .iter()
+                    .find(|m| m.name == "job")
+                    .unwrap()
+                    .clone();
+                let set = SetMatcher {
+                    reads_metric_name: false,
+                    literals: literal_alternatives(&matcher),
+                    matcher: matcher.clone(),
+                };
+                let plain = !pattern.contains(['.', '*', '\\', '(']);
+                assert_eq!(set.literals.is_some(), plain, "{pattern}");
+                for value in values {
+                    let labels = [Label {
+                        name: b"job",
+                        value: value.as_bytes(),
+                    }];
+                    assert_eq!(
+                        set.matches(&view(0, &labels)),
+                        Ok(matcher.is_match(value)),
+                        "{pattern} {value}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

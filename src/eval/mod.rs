@@ -75,6 +75,14 @@ impl Detector {
             Self::Condition { detector, band } => {
                 let current = window.current().map(|s| s.value);
                 let band = band.as_ref().and_then(|spec| {
+                    // Rules that share the window and judge the same history the same way
+                    // (a warning and a critical rule) need the band computed once.
+                    if let Some((memo_spec, memo_from, band)) = scratch.band
+                        && memo_spec == *spec
+                        && memo_from == history_from_ms
+                    {
+                        return band;
+                    }
                     // The band comes from the history before this sample.
                     scratch.history.clear();
                     scratch.history.extend(
@@ -86,7 +94,9 @@ impl Detector {
                             })
                             .map(|s| s.value),
                     );
-                    band::band(&scratch.history, spec, &mut scratch.sort)
+                    let band = band::band(&scratch.history, spec, &mut scratch.sort);
+                    scratch.band = Some((*spec, history_from_ms, band));
+                    band
                 });
                 detector.observe(id, current, band, sample.timestamp_ms)
             }
@@ -209,6 +219,9 @@ struct Settled {
 struct Scratch {
     history: Vec<f64>,
     sort: Vec<f64>,
+    /// The band last computed for the sample being judged, by spec and history start;
+    /// reset for each sample.
+    band: Option<(BandSpec, i64, Option<Band>)>,
 }
 
 struct ActiveRule {
@@ -474,6 +487,7 @@ impl Evaluator {
                     continue;
                 };
                 let current = window.current().map(|s| s.value);
+                self.scratch.band = None;
                 for &reader in &store.readers {
                     let slot = &self.inputs[reader];
                     let rule = &mut self.rules[slot.rule];
