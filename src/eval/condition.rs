@@ -61,7 +61,7 @@ impl ConditionDetector {
         at_ms: i64,
     ) -> Option<Transition> {
         let for_ms = self.spec.for_ms;
-        let why = value.and_then(|v| self.why(v, band));
+        let holds = value.is_some_and(|v| self.holds(v, band));
         let state = self.state(id);
         let Some(value) = value else {
             state.holding_since = None;
@@ -70,31 +70,35 @@ impl ConditionDetector {
                 reason: "the series went stale (staleness marker)".into(),
             });
         };
-        match why {
-            Some(why) => {
-                let since = *state.holding_since.get_or_insert(at_ms);
-                if state.tripped || at_ms.saturating_sub(since) < for_ms {
-                    return None;
-                }
-                state.tripped = true;
-                let held = if for_ms > 0 {
-                    format!(" for {}s", at_ms.saturating_sub(since) / 1000)
-                } else {
-                    String::new()
-                };
-                Some(Transition {
-                    change: Change::Tripped,
-                    reason: format!("{why}{held}"),
-                })
+        if holds {
+            let since = *state.holding_since.get_or_insert(at_ms);
+            if state.tripped || at_ms.saturating_sub(since) < for_ms {
+                return None;
             }
-            None => {
-                state.holding_since = None;
-                std::mem::take(&mut state.tripped).then(|| Transition {
-                    change: Change::Cleared,
-                    reason: format!("value {value} is back within the rule's condition"),
-                })
-            }
+            state.tripped = true;
+            let held = if for_ms > 0 {
+                format!(" for {}s", at_ms.saturating_sub(since) / 1000)
+            } else {
+                String::new()
+            };
+            // Worded only when it trips: whether it holds is checked on every sample.
+            let why = self.why(value, band).unwrap_or_default();
+            return Some(Transition {
+                change: Change::Tripped,
+                reason: format!("{why}{held}"),
+            });
         }
+        state.holding_since = None;
+        std::mem::take(&mut state.tripped).then(|| Transition {
+            change: Change::Cleared,
+            reason: format!("value {value} is back within the rule's condition"),
+        })
+    }
+
+    /// Whether `value` meets the condition.
+    fn holds(&self, value: f64, band: Option<Band>) -> bool {
+        self.spec.threshold.as_ref().is_some_and(|t| t.holds(value))
+            || band.is_some_and(|b| b.excludes(value))
     }
 
     /// Why `value` meets the condition, or `None` if it does not.
