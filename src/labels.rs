@@ -76,7 +76,7 @@ impl Labels {
     }
 
     /// The seeded xxh3 hash of the canonical form: the hash `route::Batch` gives a series
-    /// routed with the same seed, which [`crate::window::InputWindows`] is keyed by.
+    /// routed with the same seed, which [`crate::window::SelectorWindows`] is keyed by.
     pub fn hash_with_seed(&self, seed: u64) -> u64 {
         xxhash_rust::xxh3::xxh3_64_with_seed(&self.0, seed)
     }
@@ -125,6 +125,15 @@ impl PartialOrd for Labels {
 
 /// Appends one label in canonical form.
 pub(crate) fn push_label(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    // Nearly every label is short enough for one-byte lengths throughout.
+    let short = 4 + name.len() + value.len();
+    if short < 0x80 {
+        out.extend_from_slice(&[TAG_ONE, short as u8, TAG_ONE, name.len() as u8]);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&[TAG_TWO, value.len() as u8]);
+        out.extend_from_slice(value);
+        return;
+    }
     let entry = 2 + varint_len(name.len()) + name.len() + varint_len(value.len()) + value.len();
     out.push(TAG_ONE);
     push_varint(out, entry);

@@ -13,10 +13,10 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 use crate::ingest::{IngestError, Sample, SeriesView};
 use crate::labels::{Labels, PrehashedMap, push_label};
 
-/// Identifies one input of one rule (a selector whose series the rule needs), as an index
-/// into the evaluator's table of inputs.
+/// Identifies one distinct selector that rules need (every rule input with that selector
+/// reads its series), as an index into the evaluator's table of windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InputId(pub u32);
+pub struct SelectorId(pub u32);
 
 /// A series selector: what `up{job="x"}` says, as promql-parser parsed it. A series
 /// matches when every matcher of at least one group matches; a selector without `or` has
@@ -142,7 +142,7 @@ fn label_value<'a>(series: &SeriesView<'_, 'a>, name: &[u8]) -> &'a [u8] {
 /// One input's selector, as indices into its set's distinct matchers: a series matches
 /// when every matcher of at least one group does.
 struct Route {
-    input: InputId,
+    input: SelectorId,
     groups: Vec<Vec<u16>>,
 }
 
@@ -160,7 +160,7 @@ impl RouteSet {
     /// Adds an input. `known_name`, for a set of one metric name, is that name: its
     /// equality matcher holds for every series the set is checked against, so it is left
     /// out.
-    fn push(&mut self, input: InputId, selector: Selector, known_name: Option<&[u8]>) {
+    fn push(&mut self, input: SelectorId, selector: Selector, known_name: Option<&[u8]>) {
         let groups = selector
             .groups
             .into_iter()
@@ -202,7 +202,7 @@ impl RouteSet {
     fn select(
         &self,
         series: &SeriesView<'_, '_>,
-        mut selected: impl FnMut(InputId) -> Result<(), IngestError>,
+        mut selected: impl FnMut(SelectorId) -> Result<(), IngestError>,
     ) -> Result<(), IngestError> {
         // Results of the first 64 matchers, remembered for the routes that share them;
         // any further ones (not seen in practice) are checked each time.
@@ -262,7 +262,7 @@ pub struct Router {
 impl Router {
     /// Builds the index for the given inputs. The seed keys the series hash, so that a
     /// sender cannot aim label sets at one hash bucket.
-    pub fn new(inputs: impl IntoIterator<Item = (InputId, Selector)>, seed: u64) -> Self {
+    pub fn new(inputs: impl IntoIterator<Item = (SelectorId, Selector)>, seed: u64) -> Self {
         let mut by_name: PrehashedMap<Vec<NamedRoutes>> = PrehashedMap::default();
         let mut unnamed = RouteSet::default();
         for (input, selector) in inputs {
@@ -319,7 +319,7 @@ impl Router {
         }
         // The series is copied in at its first matching input; the others share the copy.
         let mut kept: Option<(Range<u32>, u64)> = None;
-        let mut keep = |input: InputId| -> Result<(), IngestError> {
+        let mut keep = |input: SelectorId| -> Result<(), IngestError> {
             let (labels, hash) = match &kept {
                 Some(k) => k.clone(),
                 None => kept.insert(batch.push_series(series, self.seed)?).clone(),
@@ -349,7 +349,7 @@ impl Router {
 /// One kept (input, series) pair of a batch.
 #[derive(Debug, Clone)]
 pub struct KeptSeries {
-    pub input: InputId,
+    pub input: SelectorId,
     /// Seeded hash of the canonical labels.
     pub hash: u64,
     labels: Range<u32>,
@@ -518,7 +518,7 @@ mod tests {
 
     #[test]
     fn an_or_selector_keeps_its_metric_name_in_every_group() {
-        let router = Router::new([(InputId(0), selector(r#"mem{ns="a" or ns="b"}"#))], 1);
+        let router = Router::new([(SelectorId(0), selector(r#"mem{ns="a" or ns="b"}"#))], 1);
         assert_eq!(
             inputs(&route(&router, &[("__name__", "mem"), ("ns", "b")])),
             [0]
@@ -587,10 +587,13 @@ mod tests {
     fn matchers_follow_promql_semantics() {
         let router = Router::new(
             [
-                (InputId(0), selector(r#"up{job="api"}"#)),
-                (InputId(1), selector(r#"up{job=~"a.*", zone=""}"#)),
-                (InputId(2), selector(r#"up{job!~"api|web"}"#)),
-                (InputId(3), selector(r#"{__name__=~"up|down", job!="x"}"#)),
+                (SelectorId(0), selector(r#"up{job="api"}"#)),
+                (SelectorId(1), selector(r#"up{job=~"a.*", zone=""}"#)),
+                (SelectorId(2), selector(r#"up{job!~"api|web"}"#)),
+                (
+                    SelectorId(3),
+                    selector(r#"{__name__=~"up|down", job!="x"}"#),
+                ),
             ],
             1,
         );
@@ -617,11 +620,11 @@ mod tests {
     fn inputs_sharing_matchers_each_get_their_own_answer() {
         let router = Router::new(
             [
-                (InputId(0), selector(r#"up{ns="a"}"#)),
-                (InputId(1), selector(r#"up{ns="a", pod!=""}"#)),
-                (InputId(2), selector(r#"up{ns="b"}"#)),
-                (InputId(3), selector(r#"up{ns="a"}"#)),
-                (InputId(4), selector(r#"up{pod!="", ns=~"a|b"}"#)),
+                (SelectorId(0), selector(r#"up{ns="a"}"#)),
+                (SelectorId(1), selector(r#"up{ns="a", pod!=""}"#)),
+                (SelectorId(2), selector(r#"up{ns="b"}"#)),
+                (SelectorId(3), selector(r#"up{ns="a"}"#)),
+                (SelectorId(4), selector(r#"up{pod!="", ns=~"a|b"}"#)),
             ],
             1,
         );
@@ -637,8 +640,8 @@ mod tests {
     fn an_invalid_value_fails_a_series_only_where_a_regex_reads_it() {
         let router = Router::new(
             [
-                (InputId(0), selector(r#"up{job="x", zone=~"a.*"}"#)),
-                (InputId(1), selector(r#"up{job="x"}"#)),
+                (SelectorId(0), selector(r#"up{job="x", zone=~"a.*"}"#)),
+                (SelectorId(1), selector(r#"up{job="x"}"#)),
             ],
             1,
         );
@@ -671,7 +674,7 @@ mod tests {
 
     #[test]
     fn unsorted_labels_are_kept_sorted_and_hash_like_sorted_ones() {
-        let router = Router::new([(InputId(0), selector("up"))], 9);
+        let router = Router::new([(SelectorId(0), selector("up"))], 9);
         let sorted = route(&router, &[("__name__", "up"), ("a", "1"), ("b", "2")]);
         let unsorted = route(&router, &[("b", "2"), ("__name__", "up"), ("a", "1")]);
         let (s, u) = (&sorted.entries[0], &unsorted.entries[0]);
@@ -684,7 +687,7 @@ mod tests {
     #[test]
     fn label_bytes_copied_as_sent_are_the_canonical_form() {
         use crate::proto::v1::{Label as WireLabel, Sample as WireSample, TimeSeries};
-        let router = Router::new([(InputId(0), selector("up"))], 1);
+        let router = Router::new([(SelectorId(0), selector("up"))], 1);
         let series = |pairs: &[(&str, &str)]| TimeSeries {
             labels: pairs
                 .iter()
@@ -736,7 +739,7 @@ mod tests {
 
     #[test]
     fn a_batch_refuses_more_label_bytes_than_its_limit() {
-        let router = Router::new([(InputId(0), selector("up"))], 1);
+        let router = Router::new([(SelectorId(0), selector("up"))], 1);
         let labels = [Label {
             name: b"__name__",
             value: b"up",

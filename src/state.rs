@@ -466,7 +466,7 @@ mod tests {
         use std::time::Instant;
 
         use crate::eval::{SliCounter, SliShape, SloDetector, SloSpec, default_tiers};
-        use crate::window::{InputWindows, WindowSpec};
+        use crate::window::{SelectorWindows, WindowSpec};
 
         let dir = tempfile::tempdir().unwrap();
         let period_ms = 30 * 24 * 3_600_000;
@@ -503,7 +503,7 @@ mod tests {
         let now = (30 * 24 * 60) * 60_000;
         assert_eq!(restored.state(now), slo.state(now));
 
-        let mut windows = InputWindows::new(WindowSpec {
+        let mut windows = SelectorWindows::new(WindowSpec {
             retention_ms: 20 * 15_000,
             idle_ms: 300_000,
             series_limit: 10_000,
@@ -543,7 +543,7 @@ mod tests {
         let exported_in = started.elapsed();
         let back = measure(dir.path(), "windows-10k", &exported);
         let started = Instant::now();
-        let mut restored = InputWindows::new(windows.spec());
+        let mut restored = SelectorWindows::new(windows.spec());
         let mapping = restored.import(back, 1, i64::MAX);
         println!(
             "  export {:.1} ms, import {:.1} ms",

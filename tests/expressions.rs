@@ -13,7 +13,7 @@ use prophet::eval::promql::{self, EvalOptions, MemorySource};
 use prophet::ingest::Sample;
 use prophet::labels::Labels;
 use prophet::rules::compile::{EXPRESSION_STEP_MS, LOOKBACK_MS, query_inputs};
-use prophet::window::{InputWindows, WindowSpec};
+use prophet::window::{SelectorWindows, WindowSpec};
 
 fn expression_rule(name: &str, metric: &str, threshold: &str) -> String {
     format!(
@@ -236,17 +236,17 @@ fn evaluating_over_the_windows_equals_evaluating_over_all_samples() {
     for text in expressions {
         let expr = promql::parse(text).unwrap();
         let inputs = query_inputs(&expr, EXPRESSION_STEP_MS);
-        let mut windows: Vec<InputWindows> = inputs
+        let mut windows: Vec<SelectorWindows> = inputs
             .iter()
             .map(|i| {
-                InputWindows::new(WindowSpec {
+                SelectorWindows::new(WindowSpec {
                     retention_ms: i.retention_ms,
                     idle_ms: i.retention_ms.max(LOOKBACK_MS),
                     series_limit: 100,
                 })
             })
             .collect();
-        let compare = |step: i64, windows: &[InputWindows]| {
+        let compare = |step: i64, windows: &[SelectorWindows]| {
             let source = WindowSource::new(
                 inputs
                     .iter()

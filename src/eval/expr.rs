@@ -21,17 +21,17 @@ use super::verdict::format_value;
 use crate::labels::Labels;
 use crate::route::Selector;
 use crate::rules::compile::{ConditionSpec, QuerySpec};
-use crate::window::{InputWindows, SeriesId};
+use crate::window::{SelectorWindows, SeriesId};
 
 /// A rule's input windows, as the PromQL engine reads them. Each selector of the
 /// expression is one of the rule's inputs (compile made sure of it), so a selection is a
 /// lookup of that input and a copy of the samples in range.
 pub struct WindowSource<'a> {
-    inputs: Vec<(&'a Selector, &'a InputWindows)>,
+    inputs: Vec<(&'a Selector, &'a SelectorWindows)>,
 }
 
 impl<'a> WindowSource<'a> {
-    pub fn new(inputs: Vec<(&'a Selector, &'a InputWindows)>) -> Self {
+    pub fn new(inputs: Vec<(&'a Selector, &'a SelectorWindows)>) -> Self {
         Self { inputs }
     }
 }

@@ -1,7 +1,7 @@
 //! Eval: runs each rule's detector over its windows as batches arrive, in event time, and
 //! emits verdict changes. Pure and deterministic: the same batches give the same verdicts,
 //! so a capture can be replayed to backtest a rule. Owns the windows (one
-//! [`InputWindows`] per distinct selector, shared by the rule inputs that read it) so that
+//! [`SelectorWindows`] per distinct selector, shared by the rule inputs that read it) so that
 //! nothing else needs to lock them.
 
 mod band;
@@ -30,10 +30,10 @@ use serde::Serialize;
 
 use crate::ingest::Sample;
 use crate::labels::Labels;
-use crate::route::{Batch, InputId, Router, Selector};
+use crate::route::{Batch, Router, Selector, SelectorId};
 use crate::rules::compile::{CompiledRule, DetectorSpec, LOOKBACK_MS, Scope};
 use crate::rules::load::RuleKey;
-use crate::window::{InputWindows, Insert, SeriesId, SeriesWindow, WindowSpec};
+use crate::window::{Insert, SelectorWindows, SeriesId, SeriesWindow, WindowSpec};
 
 enum Detector {
     Condition {
@@ -250,7 +250,7 @@ struct InputSlot {
 /// keep the longest retention and idle time any reader needs.
 struct Store {
     selector: Selector,
-    windows: InputWindows,
+    windows: SelectorWindows,
     /// Indices into `Evaluator::inputs`.
     readers: Vec<usize>,
 }
@@ -396,7 +396,7 @@ impl Evaluator {
                     readers.iter().map(|&r| f(&inputs[r])).max().unwrap_or(0)
                 };
                 Store {
-                    windows: InputWindows::new(WindowSpec {
+                    windows: SelectorWindows::new(WindowSpec {
                         retention_ms: most(|i| i.retention_ms),
                         idle_ms: most(|i| i.idle_ms),
                         series_limit,
@@ -416,7 +416,7 @@ impl Evaluator {
     }
 
     /// The windows an input reads.
-    fn windows(&self, slot: &InputSlot) -> &InputWindows {
+    fn windows(&self, slot: &InputSlot) -> &SelectorWindows {
         &self.stores[slot.store].windows
     }
 
@@ -427,7 +427,7 @@ impl Evaluator {
             .stores
             .iter()
             .enumerate()
-            .map(|(i, store)| (InputId(i as u32), store.selector.clone()));
+            .map(|(i, store)| (SelectorId(i as u32), store.selector.clone()));
         Router::new(selectors, seed)
     }
 
@@ -697,7 +697,7 @@ impl Evaluator {
 /// The live values of a per-series condition rule: each series' current value, and the
 /// band its next sample will be judged against.
 fn condition_values<'a>(
-    inputs: impl Iterator<Item = (&'a InputWindows, i64)>,
+    inputs: impl Iterator<Item = (&'a SelectorWindows, i64)>,
     detector: &ConditionDetector,
     band: Option<&BandSpec>,
 ) -> ExprState {

@@ -1,7 +1,7 @@
-//! Windows: per (rule input, series) time windows of samples, in event time. A window keeps
-//! what its input needs and no more (its retention), a set of windows is bounded by its
-//! per-rule series limit, and series that stop reporting are evicted once the input's event
-//! clock has moved past them. Time is always passed in as sample timestamps; nothing here
+//! Windows: per (selector, series) time windows of samples, in event time. A window keeps
+//! what the rule inputs reading that selector need and no more (its retention), a set of
+//! windows is bounded by the per-rule series limit, and series that stop reporting are
+//! evicted once the selector's event clock has moved past them. Time is always passed in as sample timestamps; nothing here
 //! reads a clock.
 //!
 //! Windows can be exported and imported (as [`SeriesExport`]s) so that they survive a
@@ -18,23 +18,23 @@ use serde::{Deserialize, Serialize};
 use crate::ingest::Sample;
 use crate::labels::{Labels, PrehashedMap};
 
-/// Stable handle of a series within one [`InputWindows`]; reused after eviction.
+/// Stable handle of a series within one [`SelectorWindows`]; reused after eviction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesId(pub u32);
 
-/// What one input's windows keep.
+/// What the windows of one selector keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowSpec {
     /// How far behind the newest sample of a series its window reaches; 0 keeps only the
     /// newest sample.
     pub retention_ms: i64,
-    /// A series without a sample for this long (behind the input's clock) is evicted.
+    /// A series without a sample for this long (behind the selector's clock) is evicted.
     pub idle_ms: i64,
-    /// The most series this input tracks; samples of further series are refused and counted.
+    /// The most series tracked; samples of further series are refused and counted.
     pub series_limit: usize,
 }
 
-/// The series was not admitted: the input is at its series limit.
+/// The series was not admitted: the windows are at their series limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverLimit;
 
@@ -88,8 +88,8 @@ mod stored_samples {
     }
 }
 
-/// All windows of one rule input.
-pub struct InputWindows {
+/// All windows of one selector, shared by the rule inputs that read it.
+pub struct SelectorWindows {
     spec: WindowSpec,
     by_hash: PrehashedMap<SeriesId>,
     /// Series whose hash collided with another's label set; practically always empty.
@@ -97,12 +97,12 @@ pub struct InputWindows {
     slots: Vec<Option<SeriesWindow>>,
     free: Vec<SeriesId>,
     live: usize,
-    /// The newest sample timestamp seen by this input: its event clock.
+    /// The newest sample timestamp seen for this selector: its event clock.
     clock_ms: i64,
     last_sweep_ms: i64,
 }
 
-impl InputWindows {
+impl SelectorWindows {
     pub fn new(spec: WindowSpec) -> Self {
         Self {
             spec,
@@ -142,7 +142,7 @@ impl InputWindows {
     }
 
     /// [`Self::get_or_insert`] for a series whose labels the caller holds already, as
-    /// another input's window (of the same series) holds them. A series that inputs admit
+    /// another selector's window (of the same series) holds them. A series that selectors admit
     /// from one batch shares one copy of its labels, so it is found again by comparing
     /// pointers, not hundreds of bytes, and is admitted without a copy.
     pub fn get_or_insert_shared(
@@ -271,7 +271,7 @@ impl InputWindows {
     /// it has now: per-series detector state saved under the old id must be moved to the
     /// new one, and anything not in the mapping dropped.
     ///
-    /// Admission follows this input's spec, which may differ from the one the series were
+    /// Admission follows this spec, which may differ from the one the series were
     /// saved under: samples are trimmed to the retention, series are admitted newest first
     /// up to the series limit, and series already idle behind the event clock (the newest
     /// saved sample, never past `now_ms`) are left out, as the next sweep would evict them.
@@ -339,7 +339,7 @@ mod tests {
 
     #[test]
     fn admits_up_to_the_limit_and_refuses_the_rest() {
-        let mut w = InputWindows::new(spec(2));
+        let mut w = SelectorWindows::new(spec(2));
         let a = w.get_or_insert(1, labels("a").as_canonical()).unwrap();
         let b = w.get_or_insert(2, labels("b").as_canonical()).unwrap();
         assert_ne!(a, b);
@@ -353,7 +353,7 @@ mod tests {
 
     #[test]
     fn a_hash_collision_keeps_both_series_apart() {
-        let mut w = InputWindows::new(spec(10));
+        let mut w = SelectorWindows::new(spec(10));
         let a = w.get_or_insert(7, labels("a").as_canonical()).unwrap();
         let b = w.get_or_insert(7, labels("b").as_canonical()).unwrap();
         assert_ne!(a, b);
@@ -363,10 +363,10 @@ mod tests {
 
     #[test]
     fn inputs_admitting_one_series_share_its_labels_and_find_it_by_them() {
-        let mut first = InputWindows::new(spec(10));
+        let mut first = SelectorWindows::new(spec(10));
         let id = first.get_or_insert(7, labels("a").as_canonical()).unwrap();
         let held = first.get(id).unwrap().labels().clone();
-        let mut second = InputWindows::new(spec(10));
+        let mut second = SelectorWindows::new(spec(10));
         let shared = second.get_or_insert_shared(7, &held).unwrap();
         assert!(
             second
@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn evicts_series_left_behind_by_the_event_clock_and_reuses_their_slots() {
-        let mut w = InputWindows::new(spec(10));
+        let mut w = SelectorWindows::new(spec(10));
         let a = w.get_or_insert(1, labels("a").as_canonical()).unwrap();
         let b = w.get_or_insert(2, labels("b").as_canonical()).unwrap();
         let at = |t: i64| Sample {
@@ -418,7 +418,7 @@ mod tests {
     }
 
     /// Admits `pod` as the router would hash it and appends samples at the given times.
-    fn fill(w: &mut InputWindows, pod: &str, samples: &[(i64, f64)]) -> SeriesId {
+    fn fill(w: &mut SelectorWindows, pod: &str, samples: &[(i64, f64)]) -> SeriesId {
         let l = labels(pod);
         let id = w
             .get_or_insert(l.hash_with_seed(SEED), l.as_canonical())
@@ -448,7 +448,7 @@ mod tests {
     #[test]
     fn windows_round_trip_through_a_state_file_bit_for_bit() {
         let stale = f64::from_bits(crate::ingest::STALE_NAN_BITS);
-        let mut w = InputWindows::new(spec(10));
+        let mut w = SelectorWindows::new(spec(10));
         fill(
             &mut w,
             "a",
@@ -465,7 +465,7 @@ mod tests {
         let loaded: Vec<SeriesExport> = crate::state::load(&path).unwrap().unwrap();
         assert_eq!(loaded, exported);
 
-        let mut restored = InputWindows::new(spec(10));
+        let mut restored = SelectorWindows::new(spec(10));
         let mapping = restored.import(loaded, SEED, i64::MAX);
         assert_eq!(mapping.len(), 2);
         for (old, new) in &mapping {
@@ -483,12 +483,12 @@ mod tests {
 
     #[test]
     fn imported_series_are_found_by_the_routers_hash() {
-        use crate::route::{Batch, InputId, Router, Selector};
+        use crate::route::{Batch, Router, Selector, SelectorId};
         let selector = match promql_parser::parser::parse("m").unwrap() {
             promql_parser::parser::Expr::VectorSelector(s) => Selector::from_promql(&s),
             other => panic!("not a selector: {other:?}"),
         };
-        let router = Router::new([(InputId(0), selector)], SEED);
+        let router = Router::new([(SelectorId(0), selector)], SEED);
         let wire = [
             crate::ingest::Label {
                 name: b"__name__",
@@ -513,9 +513,9 @@ mod tests {
         router.route(&series, &mut batch).unwrap();
         let entry = &batch.entries[0];
 
-        let mut saved = InputWindows::new(spec(10));
+        let mut saved = SelectorWindows::new(spec(10));
         fill(&mut saved, "a", &[(1_000, 1.0)]);
-        let mut restored = InputWindows::new(spec(10));
+        let mut restored = SelectorWindows::new(spec(10));
         let mapping = restored.import(saved.export(), SEED, i64::MAX);
         assert_eq!(
             restored.get_or_insert(entry.hash, batch.canonical_labels(entry)),
@@ -526,13 +526,13 @@ mod tests {
 
     #[test]
     fn import_keeps_the_newest_series_up_to_the_limit_and_trims_to_retention() {
-        let mut w = InputWindows::new(spec(10));
+        let mut w = SelectorWindows::new(spec(10));
         for (i, pod) in ["a", "b", "c", "d"].into_iter().enumerate() {
             let t = 100_000 + i as i64 * 1_000;
             fill(&mut w, pod, &[(t - 50_000, 0.0), (t, 1.0)]);
         }
         let exported = w.export();
-        let mut restored = InputWindows::new(WindowSpec {
+        let mut restored = SelectorWindows::new(WindowSpec {
             retention_ms: 10_000,
             ..spec(2)
         });
@@ -550,12 +550,12 @@ mod tests {
 
     #[test]
     fn import_leaves_out_idle_series_and_never_moves_the_clock_past_now() {
-        let mut w = InputWindows::new(spec(10));
+        let mut w = SelectorWindows::new(spec(10));
         fill(&mut w, "old", &[(0, 1.0)]);
         fill(&mut w, "recent", &[(400_000, 1.0)]);
         fill(&mut w, "future", &[(900_000, 1.0)]);
         let restored_at = |now_ms| {
-            let mut restored = InputWindows::new(spec(10));
+            let mut restored = SelectorWindows::new(spec(10));
             let mapping = restored.import(w.export(), SEED, now_ms);
             let mut pods: Vec<_> = mapping
                 .iter()
@@ -592,7 +592,7 @@ mod tests {
                 at(4_000, 4.0),
             ],
         };
-        let mut restored = InputWindows::new(spec(10));
+        let mut restored = SelectorWindows::new(spec(10));
         let mapping = restored.import(vec![twice(0), twice(7)], SEED, i64::MAX);
         assert_eq!(mapping, [(0, SeriesId(0))]);
         let kept: Vec<_> = restored
