@@ -24,6 +24,7 @@ pub use slo::{BurnTier, SliCounter, SliShape, SloDetector, SloSpec, SloState, de
 pub use verdict::{Change, PodRef, Verdict, format_value};
 pub use worker::{EvalHandle, SubmitError, spawn};
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use serde::Serialize;
@@ -335,19 +336,21 @@ impl Evaluator {
         let mut inputs: Vec<InputSlot> = Vec::new();
         // Selectors and their readers first; the windows once every reader is known.
         let mut shared: Vec<(Selector, Vec<usize>)> = Vec::new();
+        // By the selector's printed form, which names every matcher (a regex by its
+        // pattern): thousands of rules are grouped without comparing each pair.
+        let mut by_text: HashMap<String, usize> = HashMap::new();
         let rules = rules
             .into_iter()
             .enumerate()
             .map(|(index, compiled)| {
                 let first = inputs.len();
                 for (position, input) in compiled.inputs.iter().enumerate() {
-                    let store = match shared.iter().position(|(s, _)| *s == input.selector) {
-                        Some(store) => store,
-                        None => {
+                    let store = *by_text
+                        .entry(format!("{:?}", input.selector))
+                        .or_insert_with(|| {
                             shared.push((input.selector.clone(), Vec::new()));
                             shared.len() - 1
-                        }
-                    };
+                        });
                     shared[store].1.push(inputs.len());
                     inputs.push(InputSlot {
                         rule: index,
