@@ -254,6 +254,17 @@ struct Store {
     windows: SelectorWindows,
     /// Indices into `Evaluator::inputs`.
     readers: Vec<usize>,
+    /// What became of the samples offered to these windows; every reader's rule shows
+    /// them as its own (kept here, not per rule, to stay off the per-reader path).
+    counters: StoreCounters,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct StoreCounters {
+    samples: u64,
+    out_of_order: u64,
+    over_limit: u64,
+    last_sample_ms: Option<i64>,
 }
 
 /// Running totals for one rule, shown by `GET /api/v1/rules`.
@@ -406,6 +417,7 @@ impl Evaluator {
                     }),
                     selector,
                     readers,
+                    counters: StoreCounters::default(),
                 }
             })
             .collect();
@@ -444,13 +456,15 @@ impl Evaluator {
     /// sample in order, then evicts series that fell out of the lookback.
     pub fn apply(&mut self, batch: &Batch) -> Outcome {
         let mut outcome = Outcome::default();
-        let mut touched = vec![false; self.rules.len()];
+        // Stores that took a sample in this batch.
+        let mut appended_to = vec![false; self.stores.len()];
         // The series of the previous entry, with its labels as a window holds them: the
-        // following entries of that series (its other inputs) find it by them, comparing
-        // pointers rather than bytes when the windows share one copy.
+        // following entries of that series (its other selectors) find it by them,
+        // comparing pointers rather than bytes when the windows share one copy.
         let mut shared: Option<(u32, Labels)> = None;
         for entry in &batch.entries {
-            let Some(store) = self.stores.get_mut(entry.input.0 as usize) else {
+            let index = entry.input.0 as usize;
+            let Some(store) = self.stores.get_mut(index) else {
                 continue;
             };
             let samples = batch.samples(entry);
@@ -471,9 +485,9 @@ impl Evaluator {
                 }
             };
             let Ok(id) = found else {
+                store.counters.over_limit += samples.len() as u64;
                 for &reader in &store.readers {
-                    let rule = &mut self.rules[self.inputs[reader].rule];
-                    rule.counters.over_limit_samples += samples.len() as u64;
+                    let rule = &self.rules[self.inputs[reader].rule];
                     outcome
                         .over_limit
                         .push((rule.compiled.key.clone(), samples.len()));
@@ -486,6 +500,28 @@ impl Evaluator {
                     .get(id)
                     .map_or(i64::MIN, |w| w.last_timestamp_ms());
                 let inserted = store.windows.insert(id, sample, batch.received_ms);
+                match inserted {
+                    Insert::Appended => {
+                        outcome.appended += 1;
+                        appended_to[index] = true;
+                        let counters = &mut store.counters;
+                        counters.samples += 1;
+                        counters.last_sample_ms = Some(
+                            counters
+                                .last_sample_ms
+                                .map_or(sample.timestamp_ms, |t| t.max(sample.timestamp_ms)),
+                        );
+                    }
+                    Insert::Duplicate => outcome.duplicates += 1,
+                    Insert::OutOfOrder | Insert::TooOld => {
+                        outcome.out_of_order += 1;
+                        store.counters.out_of_order += 1;
+                    }
+                }
+                // Only a sample after the series' last can end a silence (below).
+                if inserted != Insert::Appended && sample.timestamp_ms <= last {
+                    continue;
+                }
                 let Some(window) = store.windows.get(id) else {
                     continue;
                 };
@@ -505,25 +541,9 @@ impl Evaluator {
                             .verdicts
                             .push(rule.verdict(t, labels, None, last, batch));
                     }
-                    match inserted {
-                        Insert::Appended => outcome.appended += 1,
-                        Insert::Duplicate => {
-                            outcome.duplicates += 1;
-                            continue;
-                        }
-                        Insert::OutOfOrder | Insert::TooOld => {
-                            outcome.out_of_order += 1;
-                            rule.counters.out_of_order_samples += 1;
-                            continue;
-                        }
+                    if inserted != Insert::Appended {
+                        continue;
                     }
-                    rule.counters.samples += 1;
-                    rule.counters.last_sample_ms = Some(
-                        rule.counters
-                            .last_sample_ms
-                            .map_or(sample.timestamp_ms, |t| t.max(sample.timestamp_ms)),
-                    );
-                    touched[slot.rule] = true;
                     let history_from_ms = sample
                         .timestamp_ms
                         .min(batch.received_ms)
@@ -548,6 +568,15 @@ impl Evaluator {
                 }
             }
         }
+        let touched: Vec<bool> = self
+            .rules
+            .iter()
+            .map(|rule| {
+                self.inputs[rule.inputs.clone()]
+                    .iter()
+                    .any(|slot| appended_to[slot.store])
+            })
+            .collect();
         // Event time as far as this batch took it: rules whose inputs fell silent still
         // evaluate their expression on it, so that what it no longer returns clears.
         self.clock_ms = self.clock_ms.max(
@@ -640,7 +669,7 @@ impl Evaluator {
                     series: 0,
                     series_limit: 0,
                     tripped_series: Vec::new(),
-                    counters: rule.counters.clone(),
+                    counters: rule.counters(&self.stores, slots),
                     slo: match &rule.detector {
                         Detector::Slo { state, .. } => state.clone(),
                         _ => None,
@@ -733,6 +762,19 @@ fn condition_values<'a>(
 }
 
 impl ActiveRule {
+    /// The rule's own counts with those of the windows it reads.
+    fn counters(&self, stores: &[Store], slots: &[InputSlot]) -> RuleCounters {
+        let mut counters = self.counters.clone();
+        for slot in slots {
+            let taken = &stores[slot.store].counters;
+            counters.samples += taken.samples;
+            counters.out_of_order_samples += taken.out_of_order;
+            counters.over_limit_samples += taken.over_limit;
+            counters.last_sample_ms = counters.last_sample_ms.max(taken.last_sample_ms);
+        }
+        counters
+    }
+
     fn verdict(
         &mut self,
         transition: Transition,
