@@ -245,10 +245,12 @@ struct InputSlot {
     idle_ms: i64,
 }
 
-/// The windows of one distinct selector, shared by every rule input that reads it. Rule
-/// sets repeat selectors (a warning and a critical threshold on one metric, a band beside
-/// them), and a sample is then looked up and stored once, not once per rule. The windows
-/// keep the longest retention and idle time any reader needs.
+/// The windows of one distinct selector, shared by every rule input that reads it with the
+/// same idle time (so that a series is forgotten, and a late sample refused, exactly when
+/// each reader alone would). Rule sets repeat selectors (a warning and a critical
+/// threshold on one metric, a band beside them), and a sample is then looked up and
+/// stored once, not once per rule. The windows keep the longest retention any reader
+/// needs.
 struct Store {
     selector: Selector,
     windows: SelectorWindows,
@@ -348,16 +350,19 @@ impl Evaluator {
         // Selectors and their readers first; the windows once every reader is known.
         let mut shared: Vec<(Selector, Vec<usize>)> = Vec::new();
         // By the selector's printed form, which names every matcher (a regex by its
-        // pattern): thousands of rules are grouped without comparing each pair.
-        let mut by_text: HashMap<String, usize> = HashMap::new();
+        // pattern), so that thousands of rules are grouped without comparing each pair;
+        // and by idle time, which decides when a series is forgotten and which late
+        // samples are refused: inputs that differ in it must not share.
+        let mut by_key: HashMap<(String, i64), usize> = HashMap::new();
         let rules = rules
             .into_iter()
             .enumerate()
             .map(|(index, compiled)| {
                 let first = inputs.len();
                 for (position, input) in compiled.inputs.iter().enumerate() {
-                    let store = *by_text
-                        .entry(format!("{:?}", input.selector))
+                    let idle_ms = input.retention_ms.max(LOOKBACK_MS);
+                    let store = *by_key
+                        .entry((format!("{:?}", input.selector), idle_ms))
                         .or_insert_with(|| {
                             shared.push((input.selector.clone(), Vec::new()));
                             shared.len() - 1
@@ -368,7 +373,7 @@ impl Evaluator {
                         index: position,
                         store,
                         retention_ms: input.retention_ms,
-                        idle_ms: input.retention_ms.max(LOOKBACK_MS),
+                        idle_ms,
                     });
                 }
                 let detector = match &compiled.detector {

@@ -19,6 +19,8 @@ use super::expr::ExprDetectorState;
 use super::predict::ForecastDetectorState;
 use super::slo::SloDetectorState;
 use super::{Detector, Evaluator, SloDetector};
+use crate::ingest::Sample;
+use crate::labels::Labels;
 use crate::rules::compile::{CompiledRule, DetectorSpec};
 use crate::rules::load::RuleKey;
 use crate::window::{SeriesExport, SeriesId};
@@ -118,6 +120,45 @@ impl Evaluator {
             .into_iter()
             .map(|r| (r.rule.clone(), r))
             .collect();
+        // Rules that read one set of windows saved a copy each, and a state file from
+        // before windows were shared holds one per rule input, where a threshold rule kept
+        // only the newest sample. Every reader's samples of a series are merged first, so
+        // the longest history saved survives whatever order the rules come in; the rules'
+        // own imports below then only map their saved ids.
+        let mut merged: HashMap<usize, HashMap<Labels, Vec<Sample>>> = HashMap::new();
+        for rule in &self.rules {
+            let slots = &self.inputs[rule.inputs.clone()];
+            let Some(state) = saved.get(&rule.compiled.key).filter(|state| {
+                state.fingerprint == fingerprint(&rule.compiled)
+                    && state.inputs.len() == slots.len()
+            }) else {
+                continue;
+            };
+            for (slot, windows) in slots.iter().zip(&state.inputs) {
+                let series = merged.entry(slot.store).or_default();
+                for window in windows {
+                    series
+                        .entry(window.labels.clone())
+                        .or_default()
+                        .extend_from_slice(&window.samples);
+                }
+            }
+        }
+        for (store, series) in merged {
+            let windows = series
+                .into_iter()
+                .map(|(labels, mut samples)| {
+                    samples.sort_by_key(|s| s.timestamp_ms);
+                    samples.dedup_by_key(|s| s.timestamp_ms);
+                    SeriesExport {
+                        labels,
+                        id: 0,
+                        samples,
+                    }
+                })
+                .collect();
+            self.stores[store].windows.import(windows, seed, now_ms);
+        }
         let mut report = Vec::new();
         for rule in &mut self.rules {
             let key = rule.compiled.key.clone();
