@@ -7,19 +7,6 @@ mod common;
 use axum::http::StatusCode;
 use common::*;
 
-/// A deterministic uniform noise in [-1, 1] (a linear congruential generator).
-struct Noise(u64);
-
-impl Noise {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1);
-        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-    }
-}
-
 fn rule(name: &str, algorithm: &str, extra: &str) -> String {
     format!(
         r#"apiVersion: aiops.prophet.io/v1alpha1
@@ -67,11 +54,6 @@ async fn run(app: &App, values: &[f64]) -> Vec<(String, usize)> {
             )
         })
         .collect()
-}
-
-fn noisy(n: usize, seed: u64, level: impl Fn(usize) -> f64) -> Vec<f64> {
-    let mut noise = Noise(seed);
-    (0..n).map(|i| level(i) + noise.next()).collect()
 }
 
 #[tokio::test]
@@ -233,83 +215,4 @@ spec:
         width < 20.0,
         "a band of the time of day, not of the day: {view}"
     );
-}
-
-/// Rules that read one selector share its windows; each still judges only its own
-/// history. Every rule decides exactly as it does when loaded alone.
-#[test]
-fn rules_sharing_a_selector_decide_as_they_do_alone() {
-    let rules = [
-        rule("short", "zscore", "")
-            .replace("window: 10m, minSamples: 20", "window: 2m, minSamples: 5"),
-        rule("long", "zscore", ""),
-        rule("median", "mad", ""),
-        threshold_rule("above", "queue_depth", "> 25", ""),
-        threshold_rule("expression", "queue_depth * 2", "> 50", ""),
-    ];
-    let t0 = now_ms() - 3_600_000;
-    let pods = ["worker-0", "worker-1", "worker-2"];
-    let levels: Vec<Vec<f64>> = (0..pods.len() as u64)
-        .map(|p| {
-            noisy(200, 7 + p, |i| match i {
-                60..=119 => 30.0,
-                150 => 80.0,
-                _ => 10.0,
-            })
-        })
-        .collect();
-    // Ten samples per pod per request, as a remote-write queue sends them.
-    let bodies: Vec<Vec<u8>> = (0..20)
-        .map(|batch| {
-            let timeseries = pods
-                .iter()
-                .zip(&levels)
-                .map(|(pod, values)| {
-                    let samples: Vec<(i64, f64)> = (batch * 10..batch * 10 + 10)
-                        .map(|i| (t0 + 15_000 * i as i64, values[i]))
-                        .collect();
-                    series(
-                        &[
-                            ("__name__", "queue_depth"),
-                            ("namespace", "default"),
-                            ("pod", pod),
-                        ],
-                        &samples,
-                    )
-                })
-                .collect();
-            v1_body(timeseries)
-        })
-        .collect();
-    let decisions = |yaml: &str| -> Vec<(String, String, String, i64)> {
-        let mut evaluator = evaluator(yaml);
-        let mut all = Vec::new();
-        for body in &bodies {
-            for v in apply_v1(&mut evaluator, body, now_ms()).verdicts {
-                all.push((
-                    v.rule.name.clone(),
-                    format!("{:?}", v.change),
-                    v.series.to_string(),
-                    v.sample_time_ms,
-                ));
-            }
-        }
-        all
-    };
-    let together = decisions(&rules.concat());
-    for rule in &rules {
-        let alone = decisions(rule);
-        let name = &alone.first().expect("every rule decides something").0;
-        let shared: Vec<_> = together.iter().filter(|d| d.0 == *name).cloned().collect();
-        assert_eq!(shared, alone, "{name}");
-    }
-    // The two z-score rules read one window, yet judge different histories.
-    let of = |name: &str| -> Vec<_> {
-        together
-            .iter()
-            .filter(|d| d.0 == name)
-            .map(|d| (&d.1, &d.2, d.3))
-            .collect()
-    };
-    assert_ne!(of("short"), of("long"));
 }

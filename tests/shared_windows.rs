@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use prophet::eval::{Evaluator, EvaluatorState};
+use prophet::eval::EvaluatorState;
 
 const LABELS_A: &[(&str, &str)] = &[
     ("__name__", "queue_depth"),
@@ -25,43 +25,37 @@ fn above() -> String {
 
 /// A band rule on the same selector whose 30m window keeps series for 30m.
 fn band() -> String {
-    band_over("band", "30m", 20)
+    band_rule("band", "zscore", "30m", 20)
 }
 
-/// A z-score band rule over `window` of history.
-fn band_over(name: &str, window: &str, min_samples: usize) -> String {
+/// A band rule over `window` of history.
+fn band_rule(name: &str, algorithm: &str, window: &str, min_samples: usize) -> String {
     format!(
         r#"apiVersion: aiops.prophet.io/v1alpha1
 kind: AnomalyAction
 metadata: {{name: {name}, namespace: default}}
 spec:
   metric: queue_depth
-  detection: {{algorithm: zscore, sensitivity: 3, window: {window}, minSamples: {min_samples}}}
+  detection: {{algorithm: {algorithm}, sensitivity: 3, window: {window}, minSamples: {min_samples}}}
   remediation: {{type: alert, cooldownSeconds: 0}}
 ---
 "#
     )
 }
 
-type Decision = (String, String, String, i64);
-
-fn run(ev: &mut Evaluator, bodies: &[Vec<u8>], now: i64) -> Vec<Decision> {
-    let mut all = Vec::new();
-    for body in bodies {
-        for v in apply_v1(ev, body, now).verdicts {
-            all.push((
-                v.rule.name.clone(),
-                format!("{:?}", v.change),
-                v.series.to_string(),
-                v.sample_time_ms,
-            ));
-        }
-    }
-    all
-}
-
 fn of(decisions: &[Decision], rule: &str) -> Vec<Decision> {
     decisions.iter().filter(|d| d.0 == rule).cloned().collect()
+}
+
+/// The threshold rule's decisions on `bodies` when loaded alone, and beside the 30m band
+/// rule.
+fn above_alone_and_beside_a_band(bodies: &[Vec<u8>], now: i64) -> (Vec<Decision>, Vec<Decision>) {
+    let alone = of(&decisions(&mut evaluator(&above()), bodies, now), "above");
+    let together = of(
+        &decisions(&mut evaluator(&(above() + &band())), bodies, now),
+        "above",
+    );
+    (alone, together)
 }
 
 /// A series that trips the threshold rule and then stops reporting is cleared after the
@@ -79,14 +73,10 @@ fn a_silent_series_is_cleared_after_the_readers_own_idle_time() {
             .collect();
         bodies.push(v1_body(vec![series(LABELS_B, &samples)]));
     }
-    let alone = of(&run(&mut evaluator(&above()), &bodies, now), "above");
+    let (alone, together) = above_alone_and_beside_a_band(&bodies, now);
     assert!(
         alone.iter().any(|d| d.1 == "Cleared"),
         "alone, the silent series is evicted and cleared: {alone:?}"
-    );
-    let together = of(
-        &run(&mut evaluator(&(above() + &band())), &bodies, now),
-        "above",
     );
     assert_eq!(
         together, alone,
@@ -107,14 +97,10 @@ fn a_sample_too_old_for_a_reader_is_not_judged_by_it() {
         // worker-a's only sample, from t0 + 1m: behind the clock by more than 5m.
         v1_body(vec![series(LABELS_A, &[(t0 + 60_000, 30.0)])]),
     ];
-    let alone = of(&run(&mut evaluator(&above()), &bodies, now), "above");
+    let (alone, together) = above_alone_and_beside_a_band(&bodies, now);
     assert!(
         alone.is_empty(),
         "alone, the late sample is too old: {alone:?}"
-    );
-    let together = of(
-        &run(&mut evaluator(&(above() + &band())), &bodies, now),
-        "above",
     );
     assert_eq!(
         together, alone,
@@ -141,7 +127,7 @@ fn restoring_a_shared_store_keeps_the_longest_saved_history() {
         ev.export().rules.remove(0)
     };
     // A 2m band shares the threshold rule's windows (both forget a series after 5m).
-    let short_band = band_over("band", "2m", 5);
+    let short_band = band_rule("band", "zscore", "2m", 5);
     let state = EvaluatorState {
         rules: vec![saved(&above()), saved(&short_band)],
     };
@@ -149,10 +135,78 @@ fn restoring_a_shared_store_keeps_the_longest_saved_history() {
     let decide = |yaml: &str| {
         let mut ev = evaluator(yaml);
         ev.restore(state.clone(), 1, now);
-        of(&run(&mut ev, std::slice::from_ref(&outlier), now), "band")
+        of(
+            &decisions(&mut ev, std::slice::from_ref(&outlier), now),
+            "band",
+        )
     };
     let alone = decide(&short_band);
     assert_eq!(alone.len(), 1, "restored alone, the band trips: {alone:?}");
     assert_eq!(decide(&(above() + &short_band)), alone);
     assert_eq!(decide(&(short_band.clone() + &above())), alone);
+}
+
+/// Rules on one selector (those that forget a series after the same time share its
+/// windows: the 2m and 4m bands keep 4m for both), each judging only its own history:
+/// every rule decides exactly as it does when loaded alone.
+#[test]
+fn rules_sharing_a_selector_decide_as_they_do_alone() {
+    let rules = [
+        band_rule("short", "zscore", "2m", 5),
+        band_rule("medium", "zscore", "4m", 5),
+        band_rule("long", "zscore", "10m", 20),
+        band_rule("median", "mad", "10m", 20),
+        threshold_rule("above", "queue_depth", "> 25", ""),
+        threshold_rule("expression", "queue_depth * 2", "> 50", ""),
+    ];
+    let t0 = now_ms() - 3_600_000;
+    let pods = ["worker-0", "worker-1", "worker-2"];
+    let levels: Vec<Vec<f64>> = (0..pods.len() as u64)
+        .map(|p| {
+            noisy(200, 7 + p, |i| match i {
+                60..=119 => 30.0,
+                150 => 80.0,
+                _ => 10.0,
+            })
+        })
+        .collect();
+    // Ten samples per pod per request, as a remote-write queue sends them.
+    let bodies: Vec<Vec<u8>> = (0..20)
+        .map(|batch| {
+            let timeseries = pods
+                .iter()
+                .zip(&levels)
+                .map(|(pod, values)| {
+                    let samples: Vec<(i64, f64)> = (batch * 10..batch * 10 + 10)
+                        .map(|i| (t0 + 15_000 * i as i64, values[i]))
+                        .collect();
+                    series(
+                        &[
+                            ("__name__", "queue_depth"),
+                            ("namespace", "default"),
+                            ("pod", pod),
+                        ],
+                        &samples,
+                    )
+                })
+                .collect();
+            v1_body(timeseries)
+        })
+        .collect();
+    let decide = |yaml: &str| decisions(&mut evaluator(yaml), &bodies, now_ms());
+    let together = decide(&rules.concat());
+    for rule in &rules {
+        let alone = decide(rule);
+        let name = &alone.first().expect("every rule decides something").0;
+        let shared: Vec<_> = together.iter().filter(|d| d.0 == *name).cloned().collect();
+        assert_eq!(shared, alone, "{name}");
+    }
+    // The two z-score rules judge different histories.
+    let changes = |name: &str| -> Vec<_> {
+        of(&together, name)
+            .into_iter()
+            .map(|d| (d.1, d.2, d.3))
+            .collect()
+    };
+    assert_ne!(changes("short"), changes("long"));
 }

@@ -228,7 +228,9 @@ struct Scratch {
 struct ActiveRule {
     compiled: CompiledRule,
     detector: Detector,
-    counters: RuleCounters,
+    /// Verdict changes so far; the sample counts are its windows' (see `counters`).
+    tripped: u64,
+    cleared: u64,
     /// The rule's slots in `Evaluator::inputs`, which hold each rule's inputs together.
     inputs: Range<usize>,
 }
@@ -403,7 +405,8 @@ impl Evaluator {
                 ActiveRule {
                     compiled,
                     detector,
-                    counters: RuleCounters::default(),
+                    tripped: 0,
+                    cleared: 0,
                     inputs: first..inputs.len(),
                 }
             })
@@ -769,7 +772,11 @@ fn condition_values<'a>(
 impl ActiveRule {
     /// The rule's own counts with those of the windows it reads.
     fn counters(&self, stores: &[Store], slots: &[InputSlot]) -> RuleCounters {
-        let mut counters = self.counters.clone();
+        let mut counters = RuleCounters {
+            tripped: self.tripped,
+            cleared: self.cleared,
+            ..RuleCounters::default()
+        };
         for slot in slots {
             let taken = &stores[slot.store].counters;
             counters.samples += taken.samples;
@@ -789,8 +796,8 @@ impl ActiveRule {
         batch: &Batch,
     ) -> Verdict {
         match transition.change {
-            Change::Tripped => self.counters.tripped += 1,
-            Change::Cleared => self.counters.cleared += 1,
+            Change::Tripped => self.tripped += 1,
+            Change::Cleared => self.cleared += 1,
         }
         let (targets, untargeted) = targets(&self.compiled.scope, &series);
         Verdict {

@@ -82,6 +82,11 @@ pub fn fingerprint(rule: &CompiledRule) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
+/// Whether a rule saved as `state` reads what `rule`, with `inputs` inputs, reads now.
+fn reads_the_same(state: &RuleState, rule: &CompiledRule, inputs: usize) -> bool {
+    state.fingerprint == fingerprint(rule) && state.inputs.len() == inputs
+}
+
 impl Evaluator {
     /// Everything a restart should keep. Cheap next to writing it (owned copies of the
     /// windows), so the evaluator thread can take it between batches.
@@ -128,10 +133,10 @@ impl Evaluator {
         let mut merged: HashMap<usize, HashMap<Labels, Vec<Sample>>> = HashMap::new();
         for rule in &self.rules {
             let slots = &self.inputs[rule.inputs.clone()];
-            let Some(state) = saved.get(&rule.compiled.key).filter(|state| {
-                state.fingerprint == fingerprint(&rule.compiled)
-                    && state.inputs.len() == slots.len()
-            }) else {
+            let Some(state) = saved
+                .get(&rule.compiled.key)
+                .filter(|state| reads_the_same(state, &rule.compiled, slots.len()))
+            else {
                 continue;
             };
             for (slot, windows) in slots.iter().zip(&state.inputs) {
@@ -170,8 +175,7 @@ impl Evaluator {
                 why: why.to_owned(),
             };
             let slots = &self.inputs[rule.inputs.clone()];
-            if state.fingerprint != fingerprint(&rule.compiled) || state.inputs.len() != slots.len()
-            {
+            if !reads_the_same(&state, &rule.compiled, slots.len()) {
                 report.push(drop(
                     "the rule now reads other series or another expression",
                 ));

@@ -233,3 +233,42 @@ pub fn apply_v1(evaluator: &mut Evaluator, body: &[u8], now_ms: i64) -> Outcome 
     .unwrap();
     evaluator.apply(&batch)
 }
+
+/// A deterministic uniform noise in [-1, 1] (a linear congruential generator).
+pub struct Noise(pub u64);
+
+impl Noise {
+    pub fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+}
+
+/// `n` values: `level(i)` plus that noise.
+pub fn noisy(n: usize, seed: u64, level: impl Fn(usize) -> f64) -> Vec<f64> {
+    let mut noise = Noise(seed);
+    (0..n).map(|i| level(i) + noise.next()).collect()
+}
+
+/// A decision as the tests compare them: rule name, change, series, sample time.
+pub type Decision = (String, String, String, i64);
+
+/// Applies `bodies` in turn, as the receiver does when its clock reads `now_ms`, and
+/// returns every decision.
+pub fn decisions(evaluator: &mut Evaluator, bodies: &[Vec<u8>], now_ms: i64) -> Vec<Decision> {
+    let mut all = Vec::new();
+    for body in bodies {
+        for v in apply_v1(evaluator, body, now_ms).verdicts {
+            all.push((
+                v.rule.name.clone(),
+                format!("{:?}", v.change),
+                v.series.to_string(),
+                v.sample_time_ms,
+            ));
+        }
+    }
+    all
+}
