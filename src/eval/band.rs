@@ -79,13 +79,26 @@ fn median(values: &mut [f64]) -> f64 {
     median_of(values)
 }
 
+/// The median by selection, O(n) rather than a sort's O(n log n): a band is recomputed for
+/// every sample over a history of up to thousands of values. The same two middle values
+/// a sort would find, so the same result.
 fn median_of(values: &mut [f64]) -> f64 {
-    values.sort_unstable_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
+    let len = values.len();
+    if len == 0 {
+        return f64::NAN;
+    }
+    let (lower, &mut upper, _) = values.select_nth_unstable_by(len / 2, f64::total_cmp);
+    if len % 2 == 1 {
+        upper
     } else {
-        (values[mid - 1] + values[mid]) / 2.0
+        // Everything left of the selected element is at most it: the lower middle value
+        // is their maximum.
+        let below = lower
+            .iter()
+            .copied()
+            .max_by(f64::total_cmp)
+            .unwrap_or(upper);
+        (below + upper) / 2.0
     }
 }
 

@@ -46,11 +46,9 @@ impl SeriesSource for WindowSource<'_> {
         windows
             .iter()
             .filter_map(|(_, w)| {
-                let samples: Vec<_> = w
-                    .samples()
-                    .filter(|s| s.timestamp_ms > start_ms && s.timestamp_ms <= end_ms)
-                    .copied()
-                    .collect();
+                let in_range = w.samples_between(start_ms, end_ms);
+                let mut samples = Vec::with_capacity(in_range.len());
+                samples.extend(in_range.copied());
                 (!samples.is_empty()).then(|| SeriesSamples {
                     labels: w.labels().clone(),
                     samples,

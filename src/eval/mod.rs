@@ -88,11 +88,11 @@ impl Detector {
                     scratch.history.clear();
                     scratch.history.extend(
                         window
-                            .samples()
-                            .filter(|s| {
-                                (history_from_ms..sample.timestamp_ms).contains(&s.timestamp_ms)
-                                    && s.value.is_finite()
-                            })
+                            .samples_between(
+                                history_from_ms.saturating_sub(1),
+                                sample.timestamp_ms.saturating_sub(1),
+                            )
+                            .filter(|s| s.value.is_finite())
                             .map(|s| s.value),
                     );
                     let band = band::band(&scratch.history, spec, &mut scratch.sort);

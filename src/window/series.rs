@@ -97,6 +97,27 @@ impl SeriesWindow {
     pub fn samples(&self) -> impl Iterator<Item = &Sample> {
         self.samples.iter()
     }
+
+    /// The retained samples in `(after_ms, until_ms]`, oldest first, found by binary
+    /// search: a window kept for the longest range any reader needs is not walked from
+    /// its start by every shorter one.
+    pub fn samples_between(
+        &self,
+        after_ms: i64,
+        until_ms: i64,
+    ) -> impl ExactSizeIterator<Item = &Sample> {
+        // Readers mostly want the whole window or all but its newest samples: check the
+        // ends before searching.
+        let from = match self.samples.front() {
+            Some(first) if first.timestamp_ms > after_ms => 0,
+            _ => self.samples.partition_point(|s| s.timestamp_ms <= after_ms),
+        };
+        let to = match self.samples.back() {
+            Some(last) if last.timestamp_ms <= until_ms => self.samples.len(),
+            _ => self.samples.partition_point(|s| s.timestamp_ms <= until_ms),
+        };
+        self.samples.range(from..to.max(from))
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 //! 2.42's `aggregation` (its incremental mean for `avg`, NaN handling for `min`/`max`,
 //! and a binary heap for `topk`/`bottomk` so that ties keep the same series).
 
-use std::collections::HashMap;
-
 use promql_parser::parser::token::{
     T_AVG, T_BOTTOMK, T_COUNT, T_MAX, T_MIN, T_QUANTILE, T_SUM, T_TOPK,
 };
@@ -14,7 +12,7 @@ use super::EvalError;
 use super::engine::{Engine, Vector};
 use super::source::SeriesSource;
 use super::value::{Value, keep_labels, quantile, remove_labels};
-use crate::labels::Labels;
+use crate::labels::{Labels, LabelsMap};
 
 /// One group's running state.
 struct Group {
@@ -73,7 +71,7 @@ pub(super) fn aggregate(
         if op == T_BOTTOMK { a > b } else { a < b }
     };
 
-    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut index: LabelsMap<usize> = LabelsMap::default();
     let mut groups: Vec<Group> = Vec::new();
     for (labels, v) in input {
         let key = match modifier {

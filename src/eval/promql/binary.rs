@@ -5,8 +5,6 @@
 //! keep the metric name (comparisons without `bool` and set operators) and its errors
 //! for ambiguous matches.
 
-use std::collections::{HashMap, HashSet};
-
 use promql_parser::parser::token::{
     T_ADD, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MOD, T_MUL,
     T_NEQ, T_POW, T_SUB,
@@ -17,7 +15,7 @@ use super::EvalError;
 use super::engine::{Engine, Vector};
 use super::source::SeriesSource;
 use super::value::{Value, drop_metric_name, ensure_unique, keep_labels, remove_labels};
-use crate::labels::Labels;
+use crate::labels::{Labels, LabelsMap, LabelsSet};
 
 /// Evaluates a binary expression at `ts`.
 pub(super) fn eval<S: SeriesSource + ?Sized>(
@@ -196,7 +194,8 @@ fn vector_binop(
     matching: &Matching,
     return_bool: bool,
 ) -> Result<Vector, EvalError> {
-    let mut right: HashMap<Labels, (Labels, f64)> = HashMap::with_capacity(rhs.len());
+    let mut right: LabelsMap<(Labels, f64)> =
+        LabelsMap::with_capacity_and_hasher(rhs.len(), Default::default());
     for (labels, v) in rhs {
         let sig = matching.signature(&labels);
         if let Some((dup, _)) = right.get(&sig) {
@@ -209,7 +208,7 @@ fn vector_binop(
         }
         right.insert(sig, (labels, v));
     }
-    let mut matched: HashSet<Labels> = HashSet::new();
+    let mut matched = LabelsSet::default();
     let mut out = Vector::new();
     for (labels, l) in lhs {
         let sig = matching.signature(&labels);
@@ -249,7 +248,7 @@ fn vector_and(lhs: Vector, rhs: Vector, matching: &Matching) -> Vector {
     if lhs.is_empty() || rhs.is_empty() {
         return Vector::new();
     }
-    let right: HashSet<Labels> = rhs.iter().map(|(l, _)| matching.signature(l)).collect();
+    let right: LabelsSet = rhs.iter().map(|(l, _)| matching.signature(l)).collect();
     lhs.into_iter()
         .filter(|(l, _)| right.contains(&matching.signature(l)))
         .collect()
@@ -257,7 +256,7 @@ fn vector_and(lhs: Vector, rhs: Vector, matching: &Matching) -> Vector {
 
 /// `or`: every left element, then the right elements without a match on the left.
 fn vector_or(lhs: Vector, rhs: Vector, matching: &Matching) -> Vector {
-    let left: HashSet<Labels> = lhs.iter().map(|(l, _)| matching.signature(l)).collect();
+    let left: LabelsSet = lhs.iter().map(|(l, _)| matching.signature(l)).collect();
     let mut out = lhs;
     out.extend(
         rhs.into_iter()
@@ -268,7 +267,7 @@ fn vector_or(lhs: Vector, rhs: Vector, matching: &Matching) -> Vector {
 
 /// `unless`: the left elements without a match on the right.
 fn vector_unless(lhs: Vector, rhs: Vector, matching: &Matching) -> Vector {
-    let right: HashSet<Labels> = rhs.iter().map(|(l, _)| matching.signature(l)).collect();
+    let right: LabelsSet = rhs.iter().map(|(l, _)| matching.signature(l)).collect();
     lhs.into_iter()
         .filter(|(l, _)| !right.contains(&matching.signature(l)))
         .collect()

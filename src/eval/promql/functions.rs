@@ -4,8 +4,6 @@
 //! `functions.go` step for step, floating-point operation order included, so results
 //! agree to the last bit where Go and Rust arithmetic agree.
 
-use std::collections::HashMap;
-
 use promql_parser::parser::{Call, Expr, MatrixSelector};
 
 use super::EvalError;
@@ -15,7 +13,7 @@ use super::value::{
     METRIC_NAME, Value, drop_metric_name, ensure_unique, go_max, go_min, kahan_sum_inc, quantile,
 };
 use crate::ingest::Sample;
-use crate::labels::Labels;
+use crate::labels::{Labels, LabelsMap};
 
 /// Evaluates a function call at `ts`.
 pub(super) fn eval<S: SeriesSource + ?Sized>(
@@ -325,13 +323,13 @@ pub(super) struct Bucket {
 /// parseable `le` are ignored; the result drops `le` and the metric name.
 fn histogram_quantile(q: f64, input: Vector) -> Vector {
     // Grouped in first-seen order; the key keeps the metric name, as Prometheus's does.
-    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut index: LabelsMap<usize> = LabelsMap::default();
     let mut groups: Vec<(Labels, Vec<Bucket>)> = Vec::new();
     for (labels, value) in input {
         let Some(upper_bound) = labels.get("le").and_then(parse_go_float) else {
             continue;
         };
-        let key = Labels::from_pairs(labels.iter().filter(|(n, _)| *n != "le"));
+        let key = labels.retain(|n| n != b"le");
         let bucket = Bucket {
             upper_bound,
             count: value,

@@ -4,7 +4,6 @@
 //! not), because results must match Prometheus's bit for bit where they can.
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
 
 use super::EvalError;
 use super::source::SeriesSamples;
@@ -38,24 +37,19 @@ impl Value {
 
 /// The labels without the metric name.
 pub(super) fn drop_metric_name(labels: &Labels) -> Labels {
-    if labels.get(METRIC_NAME).is_none() {
-        return labels.clone();
-    }
-    Labels::from_pairs(labels.iter().filter(|(n, _)| *n != METRIC_NAME))
+    labels.retain(|n| n != METRIC_NAME.as_bytes())
 }
 
 /// Only the labels named in `names`.
 pub(super) fn keep_labels(labels: &Labels, names: &[String]) -> Labels {
-    Labels::from_pairs(labels.iter().filter(|(n, _)| names.iter().any(|k| k == n)))
+    labels.retain(|n| names.iter().any(|k| k.as_bytes() == n))
 }
 
 /// The labels except those named in `names` (and except the metric name if `drop_name`).
 pub(super) fn remove_labels(labels: &Labels, names: &[String], drop_name: bool) -> Labels {
-    Labels::from_pairs(
-        labels
-            .iter()
-            .filter(|(n, _)| !(names.iter().any(|k| k == n) || drop_name && *n == METRIC_NAME)),
-    )
+    labels.retain(|n| {
+        !(names.iter().any(|k| k.as_bytes() == n) || drop_name && n == METRIC_NAME.as_bytes())
+    })
 }
 
 /// Prometheus's order of label sets (`labels.Compare`): pair by pair, name then value,
@@ -63,12 +57,15 @@ pub(super) fn remove_labels(labels: &Labels, names: &[String], drop_name: bool) 
 /// sorts after every character), so series are sorted with this before anything whose
 /// outcome depends on input order, such as `topk` ties.
 pub(super) fn compare_labels(a: &Labels, b: &Labels) -> Ordering {
-    a.iter().cmp(b.iter())
+    a.cmp(b)
 }
 
 /// Fails like Prometheus if two elements of a result share their labels.
 pub(super) fn ensure_unique(vector: &[(Labels, f64)]) -> Result<(), EvalError> {
-    let mut seen = HashSet::with_capacity(vector.len());
+    let mut seen = std::collections::HashSet::with_capacity_and_hasher(
+        vector.len(),
+        crate::labels::LabelsState::default(),
+    );
     for (labels, _) in vector {
         if !seen.insert(labels) {
             return Err(EvalError::DuplicateLabelset);
