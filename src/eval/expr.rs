@@ -18,6 +18,7 @@ use super::condition::{ConditionDetector, SeriesState, Transition};
 use super::forecast;
 use super::promql::{self, EvalOptions, SeriesSamples, SeriesSource, Value};
 use super::verdict::format_value;
+use crate::ingest::Sample;
 use crate::labels::Labels;
 use crate::route::Selector;
 use crate::rules::compile::{ConditionSpec, QuerySpec};
@@ -43,18 +44,38 @@ impl SeriesSource for WindowSource<'_> {
         let Some((_, windows)) = self.inputs.iter().find(|(s, _)| s.groups == matchers) else {
             return Vec::new();
         };
-        windows
-            .iter()
-            .filter_map(|(_, w)| {
-                let in_range = w.samples_between(start_ms, end_ms);
+        // Sized once: a selector's series are nearly all in range at every step.
+        let mut selected = Vec::with_capacity(windows.len());
+        for (_, w) in windows.iter_ordered() {
+            let in_range = w.samples_between(start_ms, end_ms);
+            if in_range.len() > 0 {
                 let mut samples = Vec::with_capacity(in_range.len());
                 samples.extend(in_range.copied());
-                (!samples.is_empty()).then(|| SeriesSamples {
+                selected.push(SeriesSamples {
                     labels: w.labels().clone(),
                     samples,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        selected
+    }
+
+    fn select_latest(
+        &self,
+        matchers: &[Vec<Matcher>],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<(Labels, Sample)> {
+        let Some((_, windows)) = self.inputs.iter().find(|(s, _)| s.groups == matchers) else {
+            return Vec::new();
+        };
+        let mut selected = Vec::with_capacity(windows.len());
+        for (_, w) in windows.iter_ordered() {
+            if let Some(newest) = w.samples_between(start_ms, end_ms).next_back() {
+                selected.push((w.labels().clone(), *newest));
+            }
+        }
+        selected
     }
 }
 

@@ -95,6 +95,10 @@ pub struct SelectorWindows {
     /// Series whose hash collided with another's label set; practically always empty.
     collided: HashMap<Labels, SeriesId>,
     slots: Vec<Option<SeriesWindow>>,
+    /// The live series in Prometheus's label order, which expressions read them in
+    /// (`topk` ties, summation order): kept as series come and go, so that evaluating an
+    /// expression every step does not sort them again.
+    ordered: Vec<SeriesId>,
     free: Vec<SeriesId>,
     live: usize,
     /// The newest sample timestamp seen for this selector: its event clock.
@@ -109,6 +113,7 @@ impl SelectorWindows {
             by_hash: PrehashedMap::default(),
             collided: HashMap::new(),
             slots: Vec::new(),
+            ordered: Vec::new(),
             free: Vec::new(),
             live: 0,
             clock_ms: i64::MIN,
@@ -188,6 +193,12 @@ impl SelectorWindows {
                 slot.insert(id);
             }
         }
+        let at = self.ordered.partition_point(|&other| {
+            self.slots[other.0 as usize]
+                .as_ref()
+                .is_some_and(|w| *w.labels() < labels)
+        });
+        self.ordered.insert(at, id);
         self.slots[id.0 as usize] = Some(SeriesWindow::new(labels, hash));
         self.live += 1;
         Ok(id)
@@ -245,7 +256,18 @@ impl SelectorWindows {
             self.live -= 1;
             evicted.push((id, window.into_labels()));
         }
+        if !evicted.is_empty() {
+            let slots = &self.slots;
+            self.ordered.retain(|id| slots[id.0 as usize].is_some());
+        }
         evicted
+    }
+
+    /// Live series in Prometheus's label order (`labels.Compare`).
+    pub fn iter_ordered(&self) -> impl Iterator<Item = (SeriesId, &SeriesWindow)> {
+        self.ordered
+            .iter()
+            .filter_map(|&id| Some((id, self.get(id)?)))
     }
 
     /// Live series, in slot order.
@@ -386,6 +408,60 @@ mod tests {
         let other = second.get_or_insert_shared(7, &labels("b")).unwrap();
         assert_ne!(other, shared);
         assert_eq!(second.get_or_insert_shared(7, &labels("b")), Ok(other));
+    }
+
+    #[test]
+    fn series_are_read_in_label_order_as_they_come_and_go() {
+        let mut w = SelectorWindows::new(spec(10));
+        let at = |t: i64| Sample {
+            timestamp_ms: t,
+            value: 1.0,
+        };
+        // Admitted out of order. Values compare as strings: "a" < "a-b" < "b".
+        for (hash, pod) in [(1, "c"), (2, "a-b"), (3, "b"), (4, "a")] {
+            let id = w.get_or_insert(hash, labels(pod).as_canonical()).unwrap();
+            w.insert(id, at(if pod == "b" { 0 } else { 400_000 }), 400_000);
+        }
+        let pods = |w: &SelectorWindows| -> Vec<String> {
+            w.iter_ordered()
+                .map(|(_, s)| s.labels().get("pod").unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(pods(&w), ["a", "a-b", "b", "c"]);
+        // "b" fell idle; its slot is reused by "0", which sorts first.
+        assert_eq!(w.evict_idle().len(), 1);
+        assert_eq!(pods(&w), ["a", "a-b", "c"]);
+        w.get_or_insert(5, labels("0").as_canonical()).unwrap();
+        assert_eq!(pods(&w), ["0", "a", "a-b", "c"]);
+    }
+
+    #[test]
+    fn samples_between_is_the_half_open_range_wherever_it_falls() {
+        let mut w = SelectorWindows::new(spec(10));
+        let id = w.get_or_insert(1, labels("a").as_canonical()).unwrap();
+        for t in [10, 20, 20, 30, 40] {
+            w.insert(
+                id,
+                Sample {
+                    timestamp_ms: t,
+                    value: t as f64,
+                },
+                40,
+            );
+        }
+        let window = w.get(id).unwrap();
+        let between = |after: i64, until: i64| -> Vec<i64> {
+            window
+                .samples_between(after, until)
+                .map(|s| s.timestamp_ms)
+                .collect()
+        };
+        assert_eq!(between(0, 100), [10, 20, 30, 40]);
+        assert_eq!(between(10, 30), [20, 30]);
+        assert_eq!(between(20, 39), [30]);
+        assert_eq!(between(40, 100), Vec::<i64>::new());
+        assert_eq!(between(30, 20), Vec::<i64>::new());
+        assert_eq!(between(-5, 9), Vec::<i64>::new());
     }
 
     #[test]

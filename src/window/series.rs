@@ -105,7 +105,7 @@ impl SeriesWindow {
         &self,
         after_ms: i64,
         until_ms: i64,
-    ) -> impl ExactSizeIterator<Item = &Sample> {
+    ) -> impl DoubleEndedIterator<Item = &Sample> + ExactSizeIterator {
         // Readers mostly want the whole window or all but its newest samples: check the
         // ends before searching.
         let from = match self.samples.front() {

@@ -26,6 +26,21 @@ pub trait SeriesSource {
     /// instant selectors), so the engine asks for `start_ms = t - range - 1`: a source
     /// backed by windows must keep samples from `t - range` inclusive.
     fn select(&self, matchers: &[Vec<Matcher>], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples>;
+
+    /// [`Self::select`] for an instant selector, which reads only each series' newest
+    /// sample in `(start_ms, end_ms]`: a source backed by windows finds it without copying
+    /// the lookback's worth of samples before it.
+    fn select_latest(
+        &self,
+        matchers: &[Vec<Matcher>],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<(Labels, Sample)> {
+        self.select(matchers, start_ms, end_ms)
+            .into_iter()
+            .filter_map(|s| Some((s.labels, *s.samples.last()?)))
+            .collect()
+    }
 }
 
 /// Whether `labels` satisfy every matcher of `group`.
