@@ -45,21 +45,37 @@ const MAD_TO_SIGMA: f64 = 1.4826;
 /// The band from `history` (finite values, any order); `None` during cold start. Uses
 /// `scratch` to sort without allocating per call.
 pub fn band(history: &[f64], spec: &BandSpec, scratch: &mut Vec<f64>) -> Option<Band> {
-    if history.len() < spec.min_samples.max(2) {
-        return None;
-    }
+    band_of(history.iter().copied(), spec, scratch)
+}
+
+/// [`band`] over values read straight from a window: a z-score reads them twice and
+/// copies nothing, a MAD copies them once into `scratch` to select its medians.
+pub fn band_of(
+    history: impl Iterator<Item = f64> + Clone,
+    spec: &BandSpec,
+    scratch: &mut Vec<f64>,
+) -> Option<Band> {
     let (center, spread) = match spec.algorithm {
         BandAlgorithm::Zscore => {
-            let n = history.len() as f64;
-            let mean = history.iter().sum::<f64>() / n;
-            let variance = history.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+            let (count, sum) = history
+                .clone()
+                .fold((0usize, 0.0), |(count, sum), v| (count + 1, sum + v));
+            if count < spec.min_samples.max(2) {
+                return None;
+            }
+            let n = count as f64;
+            let mean = sum / n;
+            let variance = history.map(|v| (v - mean).powi(2)).sum::<f64>() / n;
             (mean, variance.sqrt())
         }
         // Needs the history's timing, which this function does not have.
         BandAlgorithm::Seasonal => return None,
         BandAlgorithm::Mad => {
             scratch.clear();
-            scratch.extend_from_slice(history);
+            scratch.extend(history);
+            if scratch.len() < spec.min_samples.max(2) {
+                return None;
+            }
             let median = median(scratch);
             for v in scratch.iter_mut() {
                 *v = (*v - median).abs();

@@ -85,17 +85,14 @@ impl Detector {
                         return band;
                     }
                     // The band comes from the history before this sample.
-                    scratch.history.clear();
-                    scratch.history.extend(
-                        window
-                            .samples_between(
-                                history_from_ms.saturating_sub(1),
-                                sample.timestamp_ms.saturating_sub(1),
-                            )
-                            .filter(|s| s.value.is_finite())
-                            .map(|s| s.value),
-                    );
-                    let band = band::band(&scratch.history, spec, &mut scratch.sort);
+                    let history = window
+                        .samples_between(
+                            history_from_ms.saturating_sub(1),
+                            sample.timestamp_ms.saturating_sub(1),
+                        )
+                        .filter(|s| s.value.is_finite())
+                        .map(|s| s.value);
+                    let band = band::band_of(history, spec, &mut scratch.sort);
                     scratch.band = Some((*spec, history_from_ms, band));
                     band
                 });
@@ -218,7 +215,6 @@ struct Settled {
 /// Buffers reused across samples, so that computing bands allocates nothing per sample.
 #[derive(Default)]
 struct Scratch {
-    history: Vec<f64>,
     sort: Vec<f64>,
     /// The band last computed for the sample being judged, by spec and history start;
     /// reset for each sample.

@@ -24,6 +24,10 @@ pub enum Insert {
 pub struct SeriesWindow {
     labels: Labels,
     hash: u64,
+    /// The newest sample, also the back of `samples`: kept beside the labels, which
+    /// finding the series has just read, so that ordering a new sample and judging the
+    /// current value do not wait on a cache miss into the sample buffer.
+    newest: Option<Sample>,
     samples: VecDeque<Sample>,
 }
 
@@ -32,6 +36,7 @@ impl SeriesWindow {
         Self {
             labels,
             hash,
+            newest: None,
             samples: VecDeque::with_capacity(1),
         }
     }
@@ -54,7 +59,7 @@ impl SeriesWindow {
     /// not by the sample alone, means a sender whose clock runs ahead still leaves the
     /// window what evaluations at the receiver's time need.
     pub(super) fn insert(&mut self, sample: Sample, retention_ms: i64, now_ms: i64) -> Insert {
-        if let Some(last) = self.samples.back() {
+        if let Some(last) = self.newest {
             if sample.timestamp_ms < last.timestamp_ms {
                 return Insert::OutOfOrder;
             }
@@ -67,6 +72,7 @@ impl SeriesWindow {
             }
         }
         self.samples.push_back(sample);
+        self.newest = Some(sample);
         let oldest_kept = sample.timestamp_ms.min(now_ms).saturating_sub(retention_ms);
         while self.samples.len() > 1
             && self
@@ -81,7 +87,7 @@ impl SeriesWindow {
 
     /// The newest sample, staleness markers included.
     pub fn last(&self) -> Option<Sample> {
-        self.samples.back().copied()
+        self.newest
     }
 
     /// The series' current value: the newest sample unless it is a staleness marker.
@@ -90,7 +96,7 @@ impl SeriesWindow {
     }
 
     pub fn last_timestamp_ms(&self) -> i64 {
-        self.samples.back().map_or(i64::MIN, |s| s.timestamp_ms)
+        self.newest.map_or(i64::MIN, |s| s.timestamp_ms)
     }
 
     /// The retained samples, oldest first.
@@ -105,16 +111,25 @@ impl SeriesWindow {
         &self,
         after_ms: i64,
         until_ms: i64,
-    ) -> impl DoubleEndedIterator<Item = &Sample> + ExactSizeIterator {
-        // Readers mostly want the whole window or all but its newest samples: check the
-        // ends before searching.
+    ) -> impl DoubleEndedIterator<Item = &Sample> + ExactSizeIterator + Clone {
+        // Readers mostly want the whole window, or all of it before the newest sample
+        // (a band judging that sample): check the ends before searching.
+        let len = self.samples.len();
         let from = match self.samples.front() {
             Some(first) if first.timestamp_ms > after_ms => 0,
             _ => self.samples.partition_point(|s| s.timestamp_ms <= after_ms),
         };
-        let to = match self.samples.back() {
-            Some(last) if last.timestamp_ms <= until_ms => self.samples.len(),
-            _ => self.samples.partition_point(|s| s.timestamp_ms <= until_ms),
+        let at_most = |i: usize| {
+            self.samples
+                .get(i)
+                .is_some_and(|s| s.timestamp_ms <= until_ms)
+        };
+        let to = if len == 0 || at_most(len - 1) {
+            len
+        } else if len >= 2 && at_most(len - 2) {
+            len - 1
+        } else {
+            self.samples.partition_point(|s| s.timestamp_ms <= until_ms)
         };
         self.samples.range(from..to.max(from))
     }
