@@ -15,6 +15,7 @@
 //!   HTTP handlers (the evaluator runs on its own thread). `rules/100-unmatched` loads the
 //!   same 100 rules over namespaces the traffic does not have: every series is checked
 //!   against them and none is kept, the floor of what a rule set costs.
+//!   `rules/100-mixed-5pct` narrows each of the 100 rules to one app: 5% of the series kept.
 //!
 //! Run: `cargo bench --bench ingest`.
 
@@ -177,21 +178,33 @@ fn route(
 }
 
 /// 100 rules of the three evaluated shapes, spread over the synthetic metric families and
-/// namespaces, as a cluster's rule set would be.
-fn mixed_rules(namespaces: &[&str]) -> Vec<CompiledRule> {
+/// namespaces, as a cluster's rule set would be. With `by_app`, each rule also selects one
+/// app of five (a fifth of what it would keep otherwise).
+fn mixed_rules(namespaces: &[&str], by_app: bool) -> Vec<CompiledRule> {
     let yaml: String = (0..100)
         .map(|i| {
             let metric = synth::METRICS[i % synth::METRICS.len()];
             let namespace = namespaces[i % namespaces.len()];
+            let app = if by_app {
+                format!(", app=\"{}\"", ["backend", "frontend", "worker", "api", "cache"][i % 5])
+            } else {
+                String::new()
+            };
+            // The SLOs' errors: a subset of their total.
+            let errors = if by_app {
+                format!("{app}, instance=~\"10.0.1.*\"")
+            } else {
+                ", app=\"api\"".to_string()
+            };
             let spec = match i % 4 {
                 0 | 1 => format!(
-                    "  metric: {metric}{{namespace=\"{namespace}\", container!=\"\"}}\n  threshold: \"> 1e12\"\n  remediation: {{type: alert}}\n"
+                    "  metric: {metric}{{namespace=\"{namespace}\", container!=\"\"{app}}}\n  threshold: \"> 1e12\"\n  remediation: {{type: alert}}\n"
                 ),
                 2 => format!(
-                    "  metric: {metric}{{namespace=~\"{namespace}|default\"}}\n  detection: {{algorithm: zscore, window: 10m}}\n  remediation: {{type: alert}}\n"
+                    "  metric: {metric}{{namespace=~\"{namespace}|default\"{app}}}\n  detection: {{algorithm: zscore, window: 10m}}\n  remediation: {{type: alert}}\n"
                 ),
                 _ => format!(
-                    "  sloName: s{i}\n  sloTarget: \"99.9%\"\n  errorBudgetThreshold: 0.1\n  actions: [{{type: alert}}]\n  sli: {{ratio: {{errors: '{metric}{{namespace=\"{namespace}\", app=\"api\"}}', total: '{metric}{{namespace=\"{namespace}\"}}'}}}}\n"
+                    "  sloName: s{i}\n  sloTarget: \"99.9%\"\n  errorBudgetThreshold: 0.1\n  actions: [{{type: alert}}]\n  sli: {{ratio: {{errors: '{metric}{{namespace=\"{namespace}\"{errors}}}', total: '{metric}{{namespace=\"{namespace}\"{app}}}'}}}}\n"
                 ),
             };
             let kind = if i % 4 == 3 { "SLOViolation" } else { "AnomalyAction" };
@@ -217,8 +230,9 @@ fn rule_count(c: &mut Criterion) {
     let absent: Vec<&str> = absent.iter().map(String::as_str).collect();
     for (name, rule_set, kept) in [
         ("none", Vec::new(), 0),
-        ("100-mixed", mixed_rules(&present), SERIES / 4),
-        ("100-unmatched", mixed_rules(&absent), 0),
+        ("100-mixed", mixed_rules(&present, false), SERIES / 4),
+        ("100-mixed-5pct", mixed_rules(&present, true), SERIES / 20),
+        ("100-unmatched", mixed_rules(&absent, false), 0),
     ] {
         let router = Evaluator::new(rule_set.clone(), 10_000).router(7);
         let mut buffer = ingest::SnappyBuffer::new();
