@@ -142,8 +142,9 @@ impl Hasher for PrehashedKey {
 
 /// A map keyed by label sets, for the maps built while evaluating expressions (groups,
 /// vector matching): hashed with xxh3 under a per-process random seed, several times
-/// faster than the standard SipHash on label sets and still not predictable to a sender
-/// crafting colliding labels.
+/// faster than the standard SipHash on label sets. Not a keyed PRF as SipHash is (xxh3
+/// has seed-independent collisions), but these maps hold what the rules' own selectors
+/// kept, and a collision costs a comparison, not correctness.
 pub(crate) type LabelsMap<V> = HashMap<Labels, V, LabelsState>;
 
 /// A set of label sets; see [`LabelsMap`].

@@ -1,7 +1,10 @@
 //! Anomaly bands: where a series' next value is expected to lie, from its own recent
 //! history. `zscore` is mean ± k·σ; `mad` is median ± k·MAD, with the MAD scaled by 1.4826
 //! so that it estimates σ for normally distributed data and one sensitivity means the same
-//! for both. Pure functions over the history a window holds.
+//! for both. Pure functions over the history a window holds, and [`Moments`], which keep
+//! a z-score's history summed as it slides through a window.
+
+use crate::window::SeriesWindow;
 
 /// Which statistic centres and widens the band.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,140 @@ impl Band {
     /// change anomalous.
     pub fn excludes(&self, value: f64) -> bool {
         value < self.lower || value > self.upper
+    }
+}
+
+/// Running moments of a z-score band's history: the finite values of a window's samples
+/// timed in `[from_ms, until_ms)`. As a series' history slides with each new sample, the
+/// values entering and leaving it are added and taken out, so a band costs O(1) per sample
+/// (amortized) instead of a pass over an hour or a day of samples.
+///
+/// Values are summed as offsets from `shift`, the newest value of the history when the
+/// sums were last rebuilt: the variance of values far from zero but close together keeps
+/// its precision, and a flat history at that value has exactly zero spread. The sums are
+/// rebuilt from the window once the updates since the last rebuild outnumber the history
+/// (or 64), so rounding cannot build up; when the history has moved far from the shift;
+/// and whenever it did not slide forward.
+#[derive(Debug, Clone, Copy)]
+pub struct Moments {
+    from_ms: i64,
+    /// `i64::MIN` until first built.
+    until_ms: i64,
+    count: usize,
+    shift: f64,
+    sum: f64,
+    sum_sq: f64,
+    updates: usize,
+}
+
+impl Default for Moments {
+    fn default() -> Self {
+        Self {
+            from_ms: i64::MIN,
+            until_ms: i64::MIN,
+            count: 0,
+            shift: 0.0,
+            sum: 0.0,
+            sum_sq: 0.0,
+            updates: 0,
+        }
+    }
+}
+
+impl Moments {
+    /// Moves the history to `[from_ms, until_ms)` of `window`. The samples leaving the
+    /// history are read from the window to be taken out: call this before the window is
+    /// trimmed for the sample at `until_ms`, while it still holds them.
+    pub fn advance(&mut self, window: &SeriesWindow, from_ms: i64, until_ms: i64) {
+        let slides = self.until_ms != i64::MIN
+            && from_ms >= self.from_ms
+            && until_ms >= self.until_ms
+            // A gap longer than the history: nothing of it is left.
+            && from_ms < self.until_ms
+            && self.updates <= self.count.max(64);
+        if !slides {
+            return self.rebuild(window, from_ms, until_ms);
+        }
+        // Entering: [old until, new until), all after the new start.
+        for s in window.samples_in(self.until_ms, until_ms) {
+            self.add(s.value, 1.0);
+        }
+        // Leaving: [old start, new start), all before the old until.
+        for s in window.samples_in(self.from_ms, from_ms) {
+            self.add(s.value, -1.0);
+        }
+        self.from_ms = from_ms;
+        self.until_ms = until_ms;
+        // Once the history has moved far from the shift (a level change has settled),
+        // the variance is a small difference of large sums: rebuild around the new level
+        // rather than lose its digits.
+        if self.count >= 2 {
+            let n = self.count as f64;
+            let mean_offset = self.sum / n;
+            let variance = (self.sum_sq / n - mean_offset * mean_offset).max(0.0);
+            if mean_offset * mean_offset > 1e6 * variance {
+                self.rebuild(window, from_ms, until_ms);
+            }
+        }
+    }
+
+    fn rebuild(&mut self, window: &SeriesWindow, from_ms: i64, until_ms: i64) {
+        let mut values = window
+            .samples_in(from_ms, until_ms)
+            .map(|s| s.value)
+            .filter(|v| v.is_finite());
+        // The newest value: after a level change, the level the history is moving to.
+        let shift = values.clone().next_back().unwrap_or(0.0);
+        *self = Self {
+            from_ms,
+            until_ms,
+            shift,
+            ..Self::default()
+        };
+        for value in &mut values {
+            self.add(value, 1.0);
+        }
+        self.updates = 0;
+    }
+
+    /// Adds (`sign` 1) or takes out (−1) one value; non-finite values are not history.
+    fn add(&mut self, value: f64, sign: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        let offset = value - self.shift;
+        self.sum += sign * offset;
+        self.sum_sq += sign * offset * offset;
+        if sign > 0.0 {
+            self.count += 1;
+        } else {
+            self.count = self.count.saturating_sub(1);
+        }
+        self.updates += 1;
+    }
+
+    /// Whether these moments are of the history `[from_ms, until_ms)`.
+    pub fn covers(&self, from_ms: i64, until_ms: i64) -> bool {
+        self.until_ms != i64::MIN && self.from_ms == from_ms && self.until_ms == until_ms
+    }
+
+    /// The z-score band of the history, as [`band`] computes it, up to rounding: a
+    /// spread below the rounding of the mean counts as none, so that a flat history still
+    /// flags any change but not the last bit of the mean.
+    pub fn band(&self, spec: &BandSpec) -> Option<Band> {
+        if self.count < spec.min_samples.max(2) {
+            return None;
+        }
+        let n = self.count as f64;
+        let mean_offset = self.sum / n;
+        let center = self.shift + mean_offset;
+        let variance = (self.sum_sq / n - mean_offset * mean_offset).max(0.0);
+        let half = (spec.sensitivity * variance.sqrt()).max(center.abs() * 4.0 * f64::EPSILON);
+        Some(Band {
+            center,
+            lower: center - half,
+            upper: center + half,
+        })
     }
 }
 
@@ -152,6 +289,85 @@ mod tests {
             !z.excludes(20.0),
             "the outlier widened the z-score band: {z:?}"
         );
+    }
+
+    /// Slides moments through a window as the evaluator does (advanced before each
+    /// insert) and checks every band against a full recount of the same history.
+    #[test]
+    fn running_moments_give_the_recounted_band_as_the_history_slides() {
+        use crate::ingest::Sample;
+        use crate::labels::Labels;
+        use crate::window::{SelectorWindows, WindowSpec};
+
+        let spec = BandSpec {
+            algorithm: BandAlgorithm::Zscore,
+            sensitivity: 3.0,
+            min_samples: 3,
+        };
+        // The window keeps 10 minutes (a longer reader shares it); this history is 4.
+        let mut windows = SelectorWindows::new(WindowSpec {
+            retention_ms: 600_000,
+            idle_ms: 3_600_000,
+            series_limit: 1,
+        });
+        let labels = Labels::from_pairs([("__name__", "m")]);
+        let id = windows.get_or_insert(1, labels.as_canonical()).unwrap();
+        let history_ms = 240_000;
+        let mut moments = Moments::default();
+        let mut t = 1_700_000_000_000_i64;
+        let mut checked = 0;
+        for i in 0..3_000u64 {
+            // Scrapes 15 s apart, some late, a gap of 10 minutes, NaNs and a stale marker,
+            // a level shift to a flat run (not at the sums' shift) and large values.
+            t += match i {
+                1_000 => 600_000,
+                _ if i % 7 == 0 => 29_000,
+                _ => 15_000,
+            };
+            let value = match i {
+                _ if i % 97 == 0 => f64::NAN,
+                _ if i % 331 == 0 => f64::from_bits(crate::ingest::STALE_NAN_BITS),
+                1_500..=1_800 => 0.1,
+                1_801..=2_200 => 1e12 + (i % 5) as f64,
+                _ => (i % 13) as f64 * 1.5 - 4.0,
+            };
+            let from_ms = t - history_ms;
+            moments.advance(windows.get(id).unwrap(), from_ms, t);
+            windows.insert(
+                id,
+                Sample {
+                    timestamp_ms: t,
+                    value,
+                },
+                t,
+            );
+            let history: Vec<f64> = windows
+                .get(id)
+                .unwrap()
+                .samples_in(from_ms, t)
+                .map(|s| s.value)
+                .filter(|v| v.is_finite())
+                .collect();
+            let recounted = band(&history, &spec, &mut Vec::new());
+            assert!(moments.covers(from_ms, t));
+            let running = moments.band(&spec);
+            match (recounted, running) {
+                (None, None) => {}
+                (Some(a), Some(b)) => {
+                    let scale = a.center.abs().max(a.upper - a.center).max(1.0);
+                    for (x, y) in [(a.center, b.center), (a.lower, b.lower), (a.upper, b.upper)] {
+                        assert!((x - y).abs() <= 1e-9 * scale, "step {i}: {a:?} vs {b:?}");
+                    }
+                    // The flat run flags no repeat of its value, and any real change.
+                    if (1_520..=1_800).contains(&i) {
+                        assert!(!b.excludes(0.1) && b.excludes(0.1000001), "step {i}: {b:?}");
+                    }
+                    checked += 1;
+                }
+                other => panic!("step {i}: {other:?}"),
+            }
+        }
+        assert!(checked > 2_500, "{checked}");
     }
 
     #[test]

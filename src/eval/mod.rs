@@ -15,6 +15,7 @@ mod slo;
 mod verdict;
 mod worker;
 
+use band::Moments;
 pub use band::{Band, BandAlgorithm, BandSpec};
 pub use condition::{ConditionDetector, Transition};
 pub use expr::{ExprDetector, ExprState, ResultValue, WindowSource, catch_up_ms};
@@ -40,6 +41,8 @@ enum Detector {
     Condition {
         detector: ConditionDetector,
         band: Option<BandSpec>,
+        /// A z-score band's running moments, per series (see [`Detector::prepare`]).
+        moments: Vec<Moments>,
     },
     Slo {
         detector: SloDetector,
@@ -58,6 +61,26 @@ enum Detector {
 }
 
 impl Detector {
+    /// Before a sample at `until_ms` is inserted into series `id` (whose window is
+    /// `window`, not yet trimmed for it): a z-score band slides its running moments to the
+    /// history that sample will be judged against, `[from_ms, until_ms)`, while the window
+    /// still holds the samples leaving it.
+    fn prepare(&mut self, id: SeriesId, window: &SeriesWindow, from_ms: i64, until_ms: i64) {
+        if let Self::Condition {
+            band: Some(spec),
+            moments,
+            ..
+        } = self
+            && spec.algorithm == BandAlgorithm::Zscore
+        {
+            let index = id.0 as usize;
+            if index >= moments.len() {
+                moments.resize(index + 1, Moments::default());
+            }
+            moments[index].advance(window, from_ms, until_ms);
+        }
+    }
+
     /// A sample was appended to series `id` of the rule's input `input`, whose window is
     /// now `window`.
     ///
@@ -73,9 +96,18 @@ impl Detector {
         scratch: &mut Scratch,
     ) -> Option<Transition> {
         match self {
-            Self::Condition { detector, band } => {
+            Self::Condition {
+                detector,
+                band,
+                moments,
+            } => {
                 let current = window.current().map(|s| s.value);
                 let band = band.as_ref().and_then(|spec| {
+                    if let Some(m) = moments.get(id.0 as usize)
+                        && m.covers(history_from_ms, sample.timestamp_ms)
+                    {
+                        return m.band(spec);
+                    }
                     // Rules that share the window and judge the same history the same way
                     // (a warning and a critical rule) need the band computed once.
                     if let Some((memo_spec, memo_from, band)) = scratch.band
@@ -86,10 +118,7 @@ impl Detector {
                     }
                     // The band comes from the history before this sample.
                     let history = window
-                        .samples_between(
-                            history_from_ms.saturating_sub(1),
-                            sample.timestamp_ms.saturating_sub(1),
-                        )
+                        .samples_in(history_from_ms, sample.timestamp_ms)
                         .filter(|s| s.value.is_finite())
                         .map(|s| s.value);
                     let band = band::band_of(history, spec, &mut scratch.sort);
@@ -114,7 +143,12 @@ impl Detector {
     /// The series reappeared after more than the lookback without samples.
     fn resumed(&mut self, id: SeriesId) -> Option<Transition> {
         match self {
-            Self::Condition { detector, .. } => detector.forget(id),
+            Self::Condition {
+                detector, moments, ..
+            } => {
+                forget_moments(moments, id);
+                detector.forget(id)
+            }
             // A counter's increase across a gap is real: keep its baseline.
             Self::Slo { .. } => None,
             // The expression's own lookback decides what it returns.
@@ -125,7 +159,12 @@ impl Detector {
     /// The series was evicted; its id may be reused by another series.
     fn evicted(&mut self, input: usize, id: SeriesId) -> Option<Transition> {
         match self {
-            Self::Condition { detector, .. } => detector.forget(id),
+            Self::Condition {
+                detector, moments, ..
+            } => {
+                forget_moments(moments, id);
+                detector.forget(id)
+            }
             Self::Slo {
                 detector, counters, ..
             } => {
@@ -200,6 +239,23 @@ impl Detector {
                 settled
             }
         }
+    }
+}
+
+/// Where the history a sample is judged against starts for an input: its retention back
+/// from the older of the sample's time and the receiver's clock (the window may reach
+/// further back for another input that shares it).
+fn history_from(sample: Sample, batch: &Batch, slot: &InputSlot) -> i64 {
+    sample
+        .timestamp_ms
+        .min(batch.received_ms)
+        .saturating_sub(slot.retention_ms)
+}
+
+/// Drops a series' running moments: its id may be reused by another series.
+fn forget_moments(moments: &mut [Moments], id: SeriesId) {
+    if let Some(m) = moments.get_mut(id.0 as usize) {
+        *m = Moments::default();
     }
 }
 
@@ -378,6 +434,7 @@ impl Evaluator {
                     DetectorSpec::Condition(spec) => Detector::Condition {
                         detector: ConditionDetector::new(spec.clone()),
                         band: spec.band,
+                        moments: Vec::new(),
                     },
                     DetectorSpec::Slo { spec, counters } => Detector::Slo {
                         detector: SloDetector::new(spec.clone()),
@@ -503,6 +560,20 @@ impl Evaluator {
                     .windows
                     .get(id)
                     .map_or(i64::MIN, |w| w.last_timestamp_ms());
+                if sample.timestamp_ms > last
+                    && let Some(window) = store.windows.get(id)
+                {
+                    for &reader in &store.readers {
+                        let slot = &self.inputs[reader];
+                        let from_ms = history_from(sample, batch, slot);
+                        self.rules[slot.rule].detector.prepare(
+                            id,
+                            window,
+                            from_ms,
+                            sample.timestamp_ms,
+                        );
+                    }
+                }
                 let inserted = store.windows.insert(id, sample, batch.received_ms);
                 match inserted {
                     Insert::Appended => {
@@ -548,10 +619,7 @@ impl Evaluator {
                     if inserted != Insert::Appended {
                         continue;
                     }
-                    let history_from_ms = sample
-                        .timestamp_ms
-                        .min(batch.received_ms)
-                        .saturating_sub(slot.retention_ms);
+                    let history_from_ms = history_from(sample, batch, slot);
                     if let Some(t) = rule.detector.observe(
                         slot.index,
                         id,
@@ -680,7 +748,7 @@ impl Evaluator {
                     },
                     values: match &rule.detector {
                         Detector::Expression(d) => Some(d.state().clone()),
-                        Detector::Condition { detector, band } => Some(condition_values(
+                        Detector::Condition { detector, band, .. } => Some(condition_values(
                             slots.iter().map(|s| (self.windows(s), s.retention_ms)),
                             detector,
                             band.as_ref(),

@@ -197,7 +197,14 @@ impl Evaluator {
                 })
                 .collect();
             match (&mut rule.detector, state.detector) {
-                (Detector::Condition { detector, .. }, DetectorState::Condition(states)) => {
+                (
+                    Detector::Condition {
+                        detector, moments, ..
+                    },
+                    DetectorState::Condition(states),
+                ) => {
+                    // Rebuilt from the restored windows at the next sample.
+                    moments.clear();
                     for (old, s) in states {
                         if let Some(&id) = remaps.first().and_then(|m| m.get(&old)) {
                             detector.restore(id, s);

@@ -104,32 +104,54 @@ impl SeriesWindow {
         self.samples.iter()
     }
 
-    /// The retained samples in `(after_ms, until_ms]`, oldest first, found by binary
-    /// search: a window kept for the longest range any reader needs is not walked from
-    /// its start by every shorter one.
+    /// The retained samples in `(after_ms, until_ms]`, oldest first (the PromQL engine's
+    /// ranges), found by binary search: a window kept for the longest range any reader
+    /// needs is not walked from its start by every shorter one.
     pub fn samples_between(
         &self,
         after_ms: i64,
         until_ms: i64,
     ) -> impl DoubleEndedIterator<Item = &Sample> + ExactSizeIterator + Clone {
+        self.samples_where(move |t| t <= after_ms, move |t| t <= until_ms)
+    }
+
+    /// The retained samples in `[from_ms, before_ms)`, oldest first: the history a band
+    /// judges the sample at `before_ms` against.
+    pub fn samples_in(
+        &self,
+        from_ms: i64,
+        before_ms: i64,
+    ) -> impl DoubleEndedIterator<Item = &Sample> + ExactSizeIterator + Clone {
+        self.samples_where(move |t| t < from_ms, move |t| t < before_ms)
+    }
+
+    /// The samples after those whose time is `before_start` up to the last whose time is
+    /// `before_end` (both predicates true for a prefix of the window).
+    fn samples_where(
+        &self,
+        before_start: impl Fn(i64) -> bool,
+        before_end: impl Fn(i64) -> bool,
+    ) -> impl DoubleEndedIterator<Item = &Sample> + ExactSizeIterator + Clone {
         // Readers mostly want the whole window, or all of it before the newest sample
         // (a band judging that sample): check the ends before searching.
         let len = self.samples.len();
         let from = match self.samples.front() {
-            Some(first) if first.timestamp_ms > after_ms => 0,
-            _ => self.samples.partition_point(|s| s.timestamp_ms <= after_ms),
+            Some(first) if !before_start(first.timestamp_ms) => 0,
+            _ => self
+                .samples
+                .partition_point(|s| before_start(s.timestamp_ms)),
         };
-        let at_most = |i: usize| {
+        let ends_by = |i: usize| {
             self.samples
                 .get(i)
-                .is_some_and(|s| s.timestamp_ms <= until_ms)
+                .is_some_and(|s| before_end(s.timestamp_ms))
         };
-        let to = if len == 0 || at_most(len - 1) {
+        let to = if len == 0 || ends_by(len - 1) {
             len
-        } else if len >= 2 && at_most(len - 2) {
+        } else if len >= 2 && ends_by(len - 2) {
             len - 1
         } else {
-            self.samples.partition_point(|s| s.timestamp_ms <= until_ms)
+            self.samples.partition_point(|s| before_end(s.timestamp_ms))
         };
         self.samples.range(from..to.max(from))
     }
