@@ -176,6 +176,237 @@ impl Moments {
     }
 }
 
+/// A MAD band's history kept sorted: the finite values of a window's samples timed in
+/// `[from_ms, until_ms)`, inserted and removed by binary search as the history slides.
+/// The median is then read off the middle and the MAD found among the deviations on
+/// either side of it in O(log n), where a recount copies and selects the whole history
+/// for every sample. Exact: the band is the one [`band`] computes, bit for bit.
+#[derive(Debug, Clone)]
+pub struct SortedHistory {
+    from_ms: i64,
+    /// `i64::MIN` until first built.
+    until_ms: i64,
+    /// In `f64::total_cmp` order.
+    values: Vec<f64>,
+}
+
+impl Default for SortedHistory {
+    fn default() -> Self {
+        Self {
+            from_ms: i64::MIN,
+            until_ms: i64::MIN,
+            values: Vec::new(),
+        }
+    }
+}
+
+impl SortedHistory {
+    /// As [`Moments::advance`]: call before the window is trimmed for the sample at
+    /// `until_ms`.
+    pub fn advance(&mut self, window: &SeriesWindow, from_ms: i64, until_ms: i64) {
+        let slides = self.until_ms != i64::MIN
+            && from_ms >= self.from_ms
+            && until_ms >= self.until_ms
+            && from_ms < self.until_ms;
+        if slides {
+            for s in window.samples_in(self.until_ms, until_ms) {
+                self.insert(s.value);
+            }
+            let mut consistent = true;
+            for s in window.samples_in(self.from_ms, from_ms) {
+                consistent &= self.remove(s.value);
+            }
+            if consistent {
+                self.from_ms = from_ms;
+                self.until_ms = until_ms;
+                return;
+            }
+        }
+        self.values.clear();
+        self.values.extend(
+            window
+                .samples_in(from_ms, until_ms)
+                .map(|s| s.value)
+                .filter(|v| v.is_finite()),
+        );
+        self.values.sort_unstable_by(f64::total_cmp);
+        self.from_ms = from_ms;
+        self.until_ms = until_ms;
+    }
+
+    fn insert(&mut self, value: f64) {
+        if value.is_finite() {
+            let at = self.values.partition_point(|v| v.total_cmp(&value).is_lt());
+            self.values.insert(at, value);
+        }
+    }
+
+    /// Whether the value was there to remove (always, unless the window changed under
+    /// the history: then it is rebuilt).
+    fn remove(&mut self, value: f64) -> bool {
+        if !value.is_finite() {
+            return true;
+        }
+        match self.values.binary_search_by(|v| v.total_cmp(&value)) {
+            Ok(at) => {
+                self.values.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether this is the history `[from_ms, until_ms)`.
+    pub fn covers(&self, from_ms: i64, until_ms: i64) -> bool {
+        self.until_ms != i64::MIN && self.from_ms == from_ms && self.until_ms == until_ms
+    }
+
+    /// The MAD band of the history, exactly as [`band`] computes it.
+    pub fn band(&self, spec: &BandSpec) -> Option<Band> {
+        let values = &self.values;
+        let n = values.len();
+        if n < spec.min_samples.max(2) {
+            return None;
+        }
+        let median = if n % 2 == 1 {
+            values[n / 2]
+        } else {
+            (values[n / 2 - 1] + values[n / 2]) / 2.0
+        };
+        // The deviations below the median, nearest first, and those at or above it: two
+        // ascending runs, whose merged middle is the MAD.
+        let split = values.partition_point(|v| *v < median);
+        let below = |i: usize| median - values[split - 1 - i];
+        let above = |i: usize| values[split + i] - median;
+        let nth = |k: usize| kth_of_two(below, split, above, n - split, k);
+        let mad = if n % 2 == 1 {
+            nth(n / 2)
+        } else {
+            (nth(n / 2 - 1) + nth(n / 2)) / 2.0
+        };
+        let half = spec.sensitivity * (mad * MAD_TO_SIGMA);
+        Some(Band {
+            center: median,
+            lower: median - half,
+            upper: median + half,
+        })
+    }
+}
+
+/// The `k`-th smallest (from 0) of two ascending runs `a` (`a_len` long) and `b`, by
+/// binary search over how many of the smallest `k + 1` come from `a`.
+fn kth_of_two(
+    a: impl Fn(usize) -> f64,
+    a_len: usize,
+    b: impl Fn(usize) -> f64,
+    b_len: usize,
+    k: usize,
+) -> f64 {
+    let (mut lo, mut hi) = ((k + 1).saturating_sub(b_len), (k + 1).min(a_len));
+    while lo < hi {
+        let from_a = (lo + hi) / 2;
+        let from_b = k + 1 - from_a;
+        // Too few from `a` if its next one is smaller than the last taken from `b`.
+        if from_a < a_len && from_b > 0 && a(from_a) < b(from_b - 1) {
+            lo = from_a + 1;
+        } else {
+            hi = from_a;
+        }
+    }
+    let from_b = k + 1 - lo;
+    match (lo.checked_sub(1).map(&a), from_b.checked_sub(1).map(&b)) {
+        (Some(x), Some(y)) => x.max(y),
+        (Some(x), None) => x,
+        (None, Some(y)) => y,
+        (None, None) => f64::NAN,
+    }
+}
+
+/// The running histories of one band rule, per series (indexed by series id), of the
+/// kind its algorithm needs.
+#[derive(Debug, Default)]
+pub enum RunningBands {
+    /// Seasonal bands, and rules without one.
+    #[default]
+    None,
+    Zscore(Vec<Moments>),
+    Mad(Vec<SortedHistory>),
+}
+
+impl RunningBands {
+    pub fn for_spec(spec: Option<&BandSpec>) -> Self {
+        match spec.map(|s| s.algorithm) {
+            Some(BandAlgorithm::Zscore) => Self::Zscore(Vec::new()),
+            Some(BandAlgorithm::Mad) => Self::Mad(Vec::new()),
+            Some(BandAlgorithm::Seasonal) | None => Self::None,
+        }
+    }
+
+    /// Slides series `series`' history to `[from_ms, until_ms)` of `window`, before the
+    /// window is trimmed for the sample at `until_ms`.
+    pub fn advance(&mut self, series: usize, window: &SeriesWindow, from_ms: i64, until_ms: i64) {
+        fn entry<T: Default>(all: &mut Vec<T>, series: usize) -> &mut T {
+            if series >= all.len() {
+                all.resize_with(series + 1, T::default);
+            }
+            &mut all[series]
+        }
+        match self {
+            Self::None => {}
+            Self::Zscore(all) => entry(all, series).advance(window, from_ms, until_ms),
+            Self::Mad(all) => entry(all, series).advance(window, from_ms, until_ms),
+        }
+    }
+
+    /// The band of series `series` over `[from_ms, until_ms)`, when its running history
+    /// is of exactly that; `None` when the caller must count the history itself.
+    pub fn band(
+        &self,
+        series: usize,
+        spec: &BandSpec,
+        from_ms: i64,
+        until_ms: i64,
+    ) -> Option<Option<Band>> {
+        match self {
+            Self::None => None,
+            Self::Zscore(all) => all
+                .get(series)
+                .filter(|m| m.covers(from_ms, until_ms))
+                .map(|m| m.band(spec)),
+            Self::Mad(all) => all
+                .get(series)
+                .filter(|h| h.covers(from_ms, until_ms))
+                .map(|h| h.band(spec)),
+        }
+    }
+
+    /// Drops a series' history: its id may be reused by another series.
+    pub fn forget(&mut self, series: usize) {
+        match self {
+            Self::None => {}
+            Self::Zscore(all) => {
+                if let Some(m) = all.get_mut(series) {
+                    *m = Moments::default();
+                }
+            }
+            Self::Mad(all) => {
+                if let Some(h) = all.get_mut(series) {
+                    *h = SortedHistory::default();
+                }
+            }
+        }
+    }
+
+    /// Drops every series' history (their ids were remapped).
+    pub fn clear(&mut self) {
+        match self {
+            Self::None => {}
+            Self::Zscore(all) => all.clear(),
+            Self::Mad(all) => all.clear(),
+        }
+    }
+}
+
 /// Scale that turns a median absolute deviation into a σ estimate for normal data.
 const MAD_TO_SIGMA: f64 = 1.4826;
 
@@ -368,6 +599,81 @@ mod tests {
             }
         }
         assert!(checked > 2_500, "{checked}");
+    }
+
+    /// As above for a MAD band's sorted history, which must equal the recount exactly,
+    /// ties, ±0 and runs of equal values included.
+    #[test]
+    fn a_sorted_history_gives_the_recounted_mad_band_exactly() {
+        use crate::ingest::Sample;
+        use crate::labels::Labels;
+        use crate::window::{SelectorWindows, WindowSpec};
+
+        let spec = BandSpec {
+            algorithm: BandAlgorithm::Mad,
+            sensitivity: 2.5,
+            min_samples: 2,
+        };
+        let mut windows = SelectorWindows::new(WindowSpec {
+            retention_ms: 600_000,
+            idle_ms: 3_600_000,
+            series_limit: 1,
+        });
+        let labels = Labels::from_pairs([("__name__", "m")]);
+        let id = windows.get_or_insert(1, labels.as_canonical()).unwrap();
+        let mut history = SortedHistory::default();
+        let mut t = 0_i64;
+        let mut checked = 0;
+        for i in 0..4_000u64 {
+            t += match i {
+                2_000 => 900_000,
+                _ if i % 5 == 0 => 31_000,
+                _ => 15_000,
+            };
+            let value = match i {
+                _ if i % 89 == 0 => f64::NAN,
+                _ if i % 53 == 0 => -0.0,
+                _ if i % 61 == 0 => 0.0,
+                2_500..=2_700 => 7.0,
+                _ => ((i * 7919) % 23) as f64 * 0.5 - 3.0,
+            };
+            // A history of 4, 3 or 2 minutes: the reader's, in a window kept for 10.
+            let from_ms = t - [240_000, 180_000, 120_000][(i / 700 % 3) as usize];
+            history.advance(windows.get(id).unwrap(), from_ms, t);
+            windows.insert(
+                id,
+                Sample {
+                    timestamp_ms: t,
+                    value,
+                },
+                t,
+            );
+            let recount: Vec<f64> = windows
+                .get(id)
+                .unwrap()
+                .samples_in(from_ms, t)
+                .map(|s| s.value)
+                .filter(|v| v.is_finite())
+                .collect();
+            assert!(history.covers(from_ms, t));
+            let want = band(&recount, &spec, &mut Vec::new());
+            assert_eq!(history.band(&spec), want, "step {i}: {recount:?}");
+            checked += usize::from(want.is_some());
+        }
+        assert!(checked > 3_500, "{checked}");
+    }
+
+    #[test]
+    fn the_kth_of_two_runs_is_the_kth_of_their_merge() {
+        let a = [0.5, 1.0, 1.0, 4.0];
+        let b = [0.0, 1.0, 2.0, 3.0, 9.0];
+        for (a_len, b_len) in [(4, 5), (0, 5), (4, 0), (1, 1), (2, 5)] {
+            let mut want: Vec<f64> = a[..a_len].iter().chain(&b[..b_len]).copied().collect();
+            want.sort_by(f64::total_cmp);
+            for (k, w) in want.iter().enumerate() {
+                assert_eq!(kth_of_two(|i| a[i], a_len, |i| b[i], b_len, k), *w);
+            }
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod slo;
 mod verdict;
 mod worker;
 
-use band::Moments;
+use band::RunningBands;
 pub use band::{Band, BandAlgorithm, BandSpec};
 pub use condition::{ConditionDetector, Transition};
 pub use expr::{ExprDetector, ExprState, ResultValue, WindowSource, catch_up_ms};
@@ -41,8 +41,8 @@ enum Detector {
     Condition {
         detector: ConditionDetector,
         band: Option<BandSpec>,
-        /// A z-score band's running moments, per series (see [`Detector::prepare`]).
-        moments: Vec<Moments>,
+        /// The band's running history per series (see [`Detector::prepare`]).
+        running: RunningBands,
     },
     Slo {
         detector: SloDetector,
@@ -62,22 +62,12 @@ enum Detector {
 
 impl Detector {
     /// Before a sample at `until_ms` is inserted into series `id` (whose window is
-    /// `window`, not yet trimmed for it): a z-score band slides its running moments to the
-    /// history that sample will be judged against, `[from_ms, until_ms)`, while the window
-    /// still holds the samples leaving it.
+    /// `window`, not yet trimmed for it): a band slides its running history to the one
+    /// that sample will be judged against, `[from_ms, until_ms)`, while the window still
+    /// holds the samples leaving it.
     fn prepare(&mut self, id: SeriesId, window: &SeriesWindow, from_ms: i64, until_ms: i64) {
-        if let Self::Condition {
-            band: Some(spec),
-            moments,
-            ..
-        } = self
-            && spec.algorithm == BandAlgorithm::Zscore
-        {
-            let index = id.0 as usize;
-            if index >= moments.len() {
-                moments.resize(index + 1, Moments::default());
-            }
-            moments[index].advance(window, from_ms, until_ms);
+        if let Self::Condition { running, .. } = self {
+            running.advance(id.0 as usize, window, from_ms, until_ms);
         }
     }
 
@@ -99,14 +89,14 @@ impl Detector {
             Self::Condition {
                 detector,
                 band,
-                moments,
+                running,
             } => {
                 let current = window.current().map(|s| s.value);
                 let band = band.as_ref().and_then(|spec| {
-                    if let Some(m) = moments.get(id.0 as usize)
-                        && m.covers(history_from_ms, sample.timestamp_ms)
+                    if let Some(band) =
+                        running.band(id.0 as usize, spec, history_from_ms, sample.timestamp_ms)
                     {
-                        return m.band(spec);
+                        return band;
                     }
                     // Rules that share the window and judge the same history the same way
                     // (a warning and a critical rule) need the band computed once.
@@ -144,9 +134,9 @@ impl Detector {
     fn resumed(&mut self, id: SeriesId) -> Option<Transition> {
         match self {
             Self::Condition {
-                detector, moments, ..
+                detector, running, ..
             } => {
-                forget_moments(moments, id);
+                running.forget(id.0 as usize);
                 detector.forget(id)
             }
             // A counter's increase across a gap is real: keep its baseline.
@@ -160,9 +150,9 @@ impl Detector {
     fn evicted(&mut self, input: usize, id: SeriesId) -> Option<Transition> {
         match self {
             Self::Condition {
-                detector, moments, ..
+                detector, running, ..
             } => {
-                forget_moments(moments, id);
+                running.forget(id.0 as usize);
                 detector.forget(id)
             }
             Self::Slo {
@@ -250,13 +240,6 @@ fn history_from(sample: Sample, batch: &Batch, slot: &InputSlot) -> i64 {
         .timestamp_ms
         .min(batch.received_ms)
         .saturating_sub(slot.retention_ms)
-}
-
-/// Drops a series' running moments: its id may be reused by another series.
-fn forget_moments(moments: &mut [Moments], id: SeriesId) {
-    if let Some(m) = moments.get_mut(id.0 as usize) {
-        *m = Moments::default();
-    }
 }
 
 /// A change found when a rule settles.
@@ -434,7 +417,7 @@ impl Evaluator {
                     DetectorSpec::Condition(spec) => Detector::Condition {
                         detector: ConditionDetector::new(spec.clone()),
                         band: spec.band,
-                        moments: Vec::new(),
+                        running: RunningBands::for_spec(spec.band.as_ref()),
                     },
                     DetectorSpec::Slo { spec, counters } => Detector::Slo {
                         detector: SloDetector::new(spec.clone()),

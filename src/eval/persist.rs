@@ -199,12 +199,12 @@ impl Evaluator {
             match (&mut rule.detector, state.detector) {
                 (
                     Detector::Condition {
-                        detector, moments, ..
+                        detector, running, ..
                     },
                     DetectorState::Condition(states),
                 ) => {
                     // Rebuilt from the restored windows at the next sample.
-                    moments.clear();
+                    running.clear();
                     for (old, s) in states {
                         if let Some(&id) = remaps.first().and_then(|m| m.get(&old)) {
                             detector.restore(id, s);
