@@ -20,7 +20,13 @@ fn feed(evaluator: &mut Evaluator, series: usize) {
     apply_v1(evaluator, &body, i64::MAX);
 }
 
+/// One test: the count is of the whole process, so nothing else may run beside it.
 #[test]
+fn bytes_held() {
+    bytes_per_retained_series_and_per_slo();
+    bytes_per_series_of_a_band_rule_with_its_window_full();
+}
+
 fn bytes_per_retained_series_and_per_slo() {
     // Every metric family: each series is retained by exactly one rule.
     let yaml: String = prophet::synth::METRICS
@@ -49,4 +55,34 @@ fn bytes_per_retained_series_and_per_slo() {
     println!("bytes per 30-day SLO (rules, windows and rollups): {per_slo}");
     assert!(per_slo < 1_200_000, "{per_slo} bytes per SLO");
     drop(slo);
+}
+
+/// A band rule over an hour of 15 s samples: the window's samples, plus the running history
+/// each algorithm keeps (a z-score's sums, a MAD's sorted values).
+fn bytes_per_series_of_a_band_rule_with_its_window_full() {
+    let series = 1_000;
+    let t0 = 1_700_000_000_000;
+    let bodies: Vec<Vec<u8>> = (0..240)
+        .map(|k| prophet::synth::compress(&prophet::synth::request_v1(series, t0 + k * 15_000)))
+        .collect();
+    let metric = prophet::synth::METRICS[0];
+    for algorithm in ["zscore", "mad"] {
+        let before = LIVE.load(Ordering::Relaxed);
+        let mut rules = evaluator(&format!(
+            "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: b}}\nspec:\n  metric: {metric}\n  detection: {{algorithm: {algorithm}, window: 1h}}\n  remediation: {{type: alert}}\n"
+        ));
+        for body in &bodies {
+            apply_v1(&mut rules, body, i64::MAX);
+        }
+        let kept = rules.series_active();
+        assert_eq!(kept, series / prophet::synth::METRICS.len());
+        let per_series = (LIVE.load(Ordering::Relaxed) - before) / kept;
+        println!("bytes per series of a 1h {algorithm} band (240 samples): {per_series}");
+        // 240 samples of 16 bytes in the window, and for a MAD 240 sorted values of 8.
+        assert!(
+            per_series < 8 * 1024,
+            "{algorithm}: {per_series} bytes per series"
+        );
+        drop(rules);
+    }
 }
