@@ -12,7 +12,8 @@
 //!
 //! - `threshold/step`: a plain selector with a threshold over 100 series; one step is one
 //!   sample per series (`Throughput::Elements` gives the cost per sample).
-//! - `zscore/step`: a z-score band over 1h (240 samples at 15 s) per series, 100 series.
+//! - `zscore/step`, `mad/step`: a z-score or MAD band over 1h (240 samples at 15 s) per
+//!   series, 100 series.
 //! - `expression/step`: `sum by (namespace, pod) (rate(x[5m]))` with threshold `> 5` over
 //!   100 counters, windows full: one evaluation per 15 s step.
 //! - `slo/step`: a 30-day SLOViolation over 10 error and 20 total counters whose rollups
@@ -227,15 +228,27 @@ spec:
 }
 
 fn zscore() -> Run {
-    let yaml = r#"apiVersion: aiops.prophet.io/v1alpha1
+    band_run("zscore")
+}
+
+fn mad() -> Run {
+    band_run("mad")
+}
+
+/// A band rule of `algorithm` over an hour of each series' samples, windows full.
+fn band_run(algorithm: &str) -> Run {
+    let yaml = &format!(
+        r#"apiVersion: aiops.prophet.io/v1alpha1
 kind: AnomalyAction
-metadata: {name: memory-anomaly, namespace: shop}
+metadata: {{name: memory-anomaly, namespace: shop}}
 spec:
-  metric: container_memory_working_set_bytes{job="kubelet"}
-  detection: {algorithm: zscore, window: 1h}
-  remediation: {type: alert}
-"#;
-    // Uniform noise stays within √3 σ of its mean: no series leaves its band.
+  metric: container_memory_working_set_bytes{{job="kubelet"}}
+  detection: {{algorithm: {algorithm}, window: 1h}}
+  remediation: {{type: alert}}
+"#
+    );
+    // Uniform noise in ±a stays within √3 σ of its mean, and within 1.35 scaled MADs of its
+    // median: no series leaves its band.
     let values = |i: usize, at_ms: i64| 5e8 + 1e7 * i as f64 + 1e6 * jitter(i, at_ms);
     let pods = (0..PODS).map(|p| series(p, &[])).collect();
     let mut run = Run::new(yaml, pods, values, SCRAPE_MS);
@@ -463,6 +476,7 @@ fn bench_step(c: &mut Criterion, name: &str, per_sample: bool, setup: fn() -> Ru
 fn benches(c: &mut Criterion) {
     bench_step(c, "threshold", true, threshold);
     bench_step(c, "zscore", true, zscore);
+    bench_step(c, "mad", true, mad);
     bench_step(c, "expression", false, expression);
     bench_step(c, "slo", false, slo);
 
