@@ -63,6 +63,9 @@ pub struct Moments {
     sum: f64,
     sum_sq: f64,
     updates: usize,
+    /// The largest squared offset added since the last rebuild: the sums' rounding is
+    /// relative to it, not to what is left of them once it has gone.
+    peak_sq: f64,
 }
 
 impl Default for Moments {
@@ -75,6 +78,7 @@ impl Default for Moments {
             sum: 0.0,
             sum_sq: 0.0,
             updates: 0,
+            peak_sq: 0.0,
         }
     }
 }
@@ -103,14 +107,16 @@ impl Moments {
         }
         self.from_ms = from_ms;
         self.until_ms = until_ms;
-        // Once the history has moved far from the shift (a level change has settled),
-        // the variance is a small difference of large sums: rebuild around the new level
-        // rather than lose its digits.
-        if self.count >= 2 {
+        // Once the history has moved far from the shift (a level change has settled), or
+        // a value far out has left it (a spike, an old level), the variance is a small
+        // difference of large sums: rebuild around what is left rather than lose its
+        // digits. Right after a rebuild around the newest value neither ratio can hold
+        // (the peak is at most 4 n σ²), so this cannot loop.
+        if self.count >= 2 && self.sum_sq.is_finite() {
             let n = self.count as f64;
             let mean_offset = self.sum / n;
             let variance = (self.sum_sq / n - mean_offset * mean_offset).max(0.0);
-            if mean_offset * mean_offset > 1e6 * variance {
+            if mean_offset * mean_offset > 1e6 * variance || self.peak_sq > 1e3 * n * variance {
                 self.rebuild(window, from_ms, until_ms);
             }
         }
@@ -144,6 +150,7 @@ impl Moments {
         self.sum += sign * offset;
         self.sum_sq += sign * offset * offset;
         if sign > 0.0 {
+            self.peak_sq = self.peak_sq.max(offset * offset);
             self.count += 1;
         } else {
             self.count = self.count.saturating_sub(1);
@@ -151,14 +158,17 @@ impl Moments {
         self.updates += 1;
     }
 
-    /// Whether these moments are of the history `[from_ms, until_ms)`.
+    /// Whether these moments are of the history `[from_ms, until_ms)`, and usable: values
+    /// whose squares overflow leave sums that only a recount can replace.
     pub fn covers(&self, from_ms: i64, until_ms: i64) -> bool {
-        self.until_ms != i64::MIN && self.from_ms == from_ms && self.until_ms == until_ms
+        self.until_ms != i64::MIN
+            && self.from_ms == from_ms
+            && self.until_ms == until_ms
+            && self.sum.is_finite()
+            && self.sum_sq.is_finite()
     }
 
-    /// The z-score band of the history, as [`band`] computes it, up to rounding: a
-    /// spread below the rounding of the mean counts as none, so that a flat history still
-    /// flags any change but not the last bit of the mean.
+    /// The z-score band of the history, as [`band`] computes it, up to rounding.
     pub fn band(&self, spec: &BandSpec) -> Option<Band> {
         if self.count < spec.min_samples.max(2) {
             return None;
@@ -167,7 +177,7 @@ impl Moments {
         let mean_offset = self.sum / n;
         let center = self.shift + mean_offset;
         let variance = (self.sum_sq / n - mean_offset * mean_offset).max(0.0);
-        let half = (spec.sensitivity * variance.sqrt()).max(center.abs() * 4.0 * f64::EPSILON);
+        let half = spec.sensitivity * variance.sqrt();
         Some(Band {
             center,
             lower: center - half,
@@ -179,8 +189,9 @@ impl Moments {
 /// A MAD band's history kept sorted: the finite values of a window's samples timed in
 /// `[from_ms, until_ms)`, inserted and removed by binary search as the history slides.
 /// The median is then read off the middle and the MAD found among the deviations on
-/// either side of it in O(log n), where a recount copies and selects the whole history
-/// for every sample. Exact: the band is the one [`band`] computes, bit for bit.
+/// either side of it in O(log n) (a new value costs a move of the values above it), where
+/// a recount copies and selects the whole history for every sample. Exact: the band is
+/// the one [`band`] computes, bit for bit.
 #[derive(Debug, Clone)]
 pub struct SortedHistory {
     from_ms: i64,

@@ -543,7 +543,10 @@ impl Evaluator {
                     .windows
                     .get(id)
                     .map_or(i64::MIN, |w| w.last_timestamp_ms());
+                // Only for a sample the window will take: one refused as too old must not
+                // move the histories (back and forth, rebuilding them each time).
                 if sample.timestamp_ms > last
+                    && !store.windows.too_old(sample)
                     && let Some(window) = store.windows.get(id)
                 {
                     for &reader in &store.readers {

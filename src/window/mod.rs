@@ -208,13 +208,19 @@ impl SelectorWindows {
         self.slots.get(id.0 as usize)?.as_ref()
     }
 
+    /// Whether [`Self::insert`] would refuse `sample` as too old for the event clock,
+    /// whatever its series.
+    pub fn too_old(&self, sample: Sample) -> bool {
+        sample.timestamp_ms < self.clock_ms.saturating_sub(self.spec.idle_ms)
+    }
+
     /// Inserts a sample into a series' window and advances the event clock, which never
     /// passes `now_ms` (the receiver's clock when the sample arrived). A sample already
     /// older than the idle time behind the clock is refused: its series would be evicted
     /// at once.
     pub fn insert(&mut self, id: SeriesId, sample: Sample, now_ms: i64) -> Insert {
         let retention_ms = self.spec.retention_ms;
-        if sample.timestamp_ms < self.clock_ms.saturating_sub(self.spec.idle_ms) {
+        if self.too_old(sample) {
             return Insert::TooOld;
         }
         let Some(window) = self.slots.get_mut(id.0 as usize).and_then(Option::as_mut) else {
