@@ -500,6 +500,9 @@ fn median_of(values: &mut [f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::Sample;
+    use crate::labels::Labels;
+    use crate::window::{SelectorWindows, SeriesId, WindowSpec};
 
     fn spec(algorithm: BandAlgorithm) -> BandSpec {
         BandSpec {
@@ -533,20 +536,9 @@ mod tests {
         );
     }
 
-    /// Slides moments through a window as the evaluator does (advanced before each
-    /// insert) and checks every band against a full recount of the same history.
-    #[test]
-    fn running_moments_give_the_recounted_band_as_the_history_slides() {
-        use crate::ingest::Sample;
-        use crate::labels::Labels;
-        use crate::window::{SelectorWindows, WindowSpec};
-
-        let spec = BandSpec {
-            algorithm: BandAlgorithm::Zscore,
-            sensitivity: 3.0,
-            min_samples: 3,
-        };
-        // The window keeps 10 minutes (a longer reader shares it); this history is 4.
+    /// One series' windows, kept for 10 minutes (for a longer reader sharing them, say):
+    /// the histories below are shorter.
+    fn one_series_windows() -> (SelectorWindows, SeriesId) {
         let mut windows = SelectorWindows::new(WindowSpec {
             retention_ms: 600_000,
             idle_ms: 3_600_000,
@@ -554,6 +546,45 @@ mod tests {
         });
         let labels = Labels::from_pairs([("__name__", "m")]);
         let id = windows.get_or_insert(1, labels.as_canonical()).unwrap();
+        (windows, id)
+    }
+
+    /// Inserts the sample at `t` as the evaluator does, after the running history was
+    /// advanced, and recounts the history `[from_ms, t)` it is judged against.
+    fn insert_and_recount(
+        windows: &mut SelectorWindows,
+        id: SeriesId,
+        t: i64,
+        value: f64,
+        from_ms: i64,
+    ) -> Vec<f64> {
+        windows.insert(
+            id,
+            Sample {
+                timestamp_ms: t,
+                value,
+            },
+            t,
+        );
+        windows
+            .get(id)
+            .unwrap()
+            .samples_in(from_ms, t)
+            .map(|s| s.value)
+            .filter(|v| v.is_finite())
+            .collect()
+    }
+
+    /// Slides moments through a window as the evaluator does (advanced before each
+    /// insert) and checks every band against a full recount of the same history.
+    #[test]
+    fn running_moments_give_the_recounted_band_as_the_history_slides() {
+        let spec = BandSpec {
+            algorithm: BandAlgorithm::Zscore,
+            sensitivity: 3.0,
+            min_samples: 3,
+        };
+        let (mut windows, id) = one_series_windows();
         let history_ms = 240_000;
         let mut moments = Moments::default();
         let mut t = 1_700_000_000_000_i64;
@@ -575,21 +606,7 @@ mod tests {
             };
             let from_ms = t - history_ms;
             moments.advance(windows.get(id).unwrap(), from_ms, t);
-            windows.insert(
-                id,
-                Sample {
-                    timestamp_ms: t,
-                    value,
-                },
-                t,
-            );
-            let history: Vec<f64> = windows
-                .get(id)
-                .unwrap()
-                .samples_in(from_ms, t)
-                .map(|s| s.value)
-                .filter(|v| v.is_finite())
-                .collect();
+            let history = insert_and_recount(&mut windows, id, t, value, from_ms);
             let recounted = band(&history, &spec, &mut Vec::new());
             assert!(moments.covers(from_ms, t));
             let running = moments.band(&spec);
@@ -616,22 +633,12 @@ mod tests {
     /// ties, ±0 and runs of equal values included.
     #[test]
     fn a_sorted_history_gives_the_recounted_mad_band_exactly() {
-        use crate::ingest::Sample;
-        use crate::labels::Labels;
-        use crate::window::{SelectorWindows, WindowSpec};
-
         let spec = BandSpec {
             algorithm: BandAlgorithm::Mad,
             sensitivity: 2.5,
             min_samples: 2,
         };
-        let mut windows = SelectorWindows::new(WindowSpec {
-            retention_ms: 600_000,
-            idle_ms: 3_600_000,
-            series_limit: 1,
-        });
-        let labels = Labels::from_pairs([("__name__", "m")]);
-        let id = windows.get_or_insert(1, labels.as_canonical()).unwrap();
+        let (mut windows, id) = one_series_windows();
         let mut history = SortedHistory::default();
         let mut t = 0_i64;
         let mut checked = 0;
@@ -651,21 +658,7 @@ mod tests {
             // A history of 4, 3 or 2 minutes: the reader's, in a window kept for 10.
             let from_ms = t - [240_000, 180_000, 120_000][(i / 700 % 3) as usize];
             history.advance(windows.get(id).unwrap(), from_ms, t);
-            windows.insert(
-                id,
-                Sample {
-                    timestamp_ms: t,
-                    value,
-                },
-                t,
-            );
-            let recount: Vec<f64> = windows
-                .get(id)
-                .unwrap()
-                .samples_in(from_ms, t)
-                .map(|s| s.value)
-                .filter(|v| v.is_finite())
-                .collect();
+            let recount = insert_and_recount(&mut windows, id, t, value, from_ms);
             assert!(history.covers(from_ms, t));
             let want = band(&recount, &spec, &mut Vec::new());
             assert_eq!(history.band(&spec), want, "step {i}: {recount:?}");
