@@ -61,6 +61,14 @@ enum Detector {
 }
 
 impl Detector {
+    /// Whether [`Self::prepare`] has anything to do for this rule.
+    fn keeps_running_band(&self) -> bool {
+        matches!(
+            self,
+            Self::Condition { running, .. } if !matches!(running, RunningBands::None)
+        )
+    }
+
     /// Before a sample at `until_ms` is inserted into series `id` (whose window is
     /// `window`, not yet trimmed for it): a band slides its running history to the one
     /// that sample will be judged against, `[from_ms, until_ms)`, while the window still
@@ -293,6 +301,9 @@ struct Store {
     windows: SelectorWindows,
     /// Indices into `Evaluator::inputs`.
     readers: Vec<usize>,
+    /// The readers whose band keeps a running history (see [`Detector::prepare`]); none
+    /// for windows only thresholds, SLOs and expressions read.
+    band_readers: Vec<usize>,
     /// What became of the samples offered to these windows; every reader's rule shows
     /// them as its own (kept here, not per rule, to stay off the per-reader path).
     counters: StoreCounters,
@@ -391,7 +402,7 @@ impl Evaluator {
         // and by idle time, which decides when a series is forgotten and which late
         // samples are refused: inputs that differ in it must not share.
         let mut by_key: HashMap<(String, i64), usize> = HashMap::new();
-        let rules = rules
+        let rules: Vec<ActiveRule> = rules
             .into_iter()
             .enumerate()
             .map(|(index, compiled)| {
@@ -453,6 +464,11 @@ impl Evaluator {
                 let most = |f: fn(&InputSlot) -> i64| {
                     readers.iter().map(|&r| f(&inputs[r])).max().unwrap_or(0)
                 };
+                let band_readers = readers
+                    .iter()
+                    .copied()
+                    .filter(|&r| rules[inputs[r].rule].detector.keeps_running_band())
+                    .collect();
                 Store {
                     windows: SelectorWindows::new(WindowSpec {
                         retention_ms: most(|i| i.retention_ms),
@@ -461,6 +477,7 @@ impl Evaluator {
                     }),
                     selector,
                     readers,
+                    band_readers,
                     counters: StoreCounters::default(),
                 }
             })
@@ -549,7 +566,7 @@ impl Evaluator {
                     && !store.windows.too_old(sample)
                     && let Some(window) = store.windows.get(id)
                 {
-                    for &reader in &store.readers {
+                    for &reader in &store.band_readers {
                         let slot = &self.inputs[reader];
                         let from_ms = history_from(sample, batch, slot);
                         self.rules[slot.rule].detector.prepare(
