@@ -8,17 +8,7 @@ use axum::http::StatusCode;
 use common::*;
 
 fn rule(name: &str, algorithm: &str, extra: &str) -> String {
-    format!(
-        r#"apiVersion: aiops.prophet.io/v1alpha1
-kind: AnomalyAction
-metadata: {{name: {name}, namespace: default}}
-spec:
-  metric: queue_depth
-  detection: {{algorithm: {algorithm}, sensitivity: 3, window: 10m, minSamples: 20}}
-  remediation: {{type: alert, cooldownSeconds: 0}}
-{extra}---
-"#
-    )
+    band_rule(name, "queue_depth", algorithm, "10m", 20, extra)
 }
 
 /// Sends `values` as one series, 15 s apart, ending a minute ago; returns the decisions

@@ -25,22 +25,7 @@ fn above() -> String {
 
 /// A band rule on the same selector whose 30m window keeps series for 30m.
 fn band() -> String {
-    band_rule("band", "zscore", "30m", 20)
-}
-
-/// A band rule over `window` of history.
-fn band_rule(name: &str, algorithm: &str, window: &str, min_samples: usize) -> String {
-    format!(
-        r#"apiVersion: aiops.prophet.io/v1alpha1
-kind: AnomalyAction
-metadata: {{name: {name}, namespace: default}}
-spec:
-  metric: queue_depth
-  detection: {{algorithm: {algorithm}, sensitivity: 3, window: {window}, minSamples: {min_samples}}}
-  remediation: {{type: alert, cooldownSeconds: 0}}
----
-"#
-    )
+    band_rule("band", "queue_depth", "zscore", "30m", 20, "")
 }
 
 fn of(decisions: &[Decision], rule: &str) -> Vec<Decision> {
@@ -127,7 +112,7 @@ fn restoring_a_shared_store_keeps_the_longest_saved_history() {
         ev.export().rules.remove(0)
     };
     // A 2m band shares the threshold rule's windows (both forget a series after 5m).
-    let short_band = band_rule("band", "zscore", "2m", 5);
+    let short_band = band_rule("band", "queue_depth", "zscore", "2m", 5, "");
     let state = EvaluatorState {
         rules: vec![saved(&above()), saved(&short_band)],
     };
@@ -152,10 +137,10 @@ fn restoring_a_shared_store_keeps_the_longest_saved_history() {
 #[test]
 fn rules_sharing_a_selector_decide_as_they_do_alone() {
     let rules = [
-        band_rule("short", "zscore", "2m", 5),
-        band_rule("medium", "zscore", "4m", 5),
-        band_rule("long", "zscore", "10m", 20),
-        band_rule("median", "mad", "10m", 20),
+        band_rule("short", "queue_depth", "zscore", "2m", 5, ""),
+        band_rule("medium", "queue_depth", "zscore", "4m", 5, ""),
+        band_rule("long", "queue_depth", "zscore", "10m", 20, ""),
+        band_rule("median", "queue_depth", "mad", "10m", 20, ""),
         threshold_rule("above", "queue_depth", "> 25", ""),
         threshold_rule("expression", "queue_depth * 2", "> 50", ""),
     ];

@@ -102,16 +102,7 @@ fn band_history_keeps_a_sample_at_i64_min() {
 }
 
 fn band_history_at_i64_min(algorithm: &str) {
-    let yaml = &format!(
-        r#"apiVersion: aiops.prophet.io/v1alpha1
-kind: AnomalyAction
-metadata: {{name: band, namespace: default}}
-spec:
-  metric: queue_depth
-  detection: {{algorithm: {algorithm}, sensitivity: 3, window: 10m, minSamples: 2}}
-  remediation: {{type: alert, cooldownSeconds: 0}}
-"#
-    );
+    let yaml = &band_rule("band", "queue_depth", algorithm, "10m", 2, "");
     let mut evaluator = evaluator(yaml);
     let labels = [
         ("__name__", "queue_depth"),
@@ -148,16 +139,6 @@ spec:
 // [t - window, t): values far out entering and leaving the history must not leave the
 // sums imprecise (checked by helper-12's review).
 
-/// A z-score band rule over `m`, 5 minutes, at least 5 samples (see [`rule`]).
-const RULE: &str = r#"apiVersion: aiops.prophet.io/v1alpha1
-kind: AnomalyAction
-metadata: {name: z, namespace: default}
-spec:
-  metric: m
-  detection: {algorithm: zscore, sensitivity: 3, window: 5m, minSamples: 5}
-  remediation: {type: alert, cooldownSeconds: 0}
-"#;
-
 /// The decisions (change, sample time) of a z-score band recounted from the samples
 /// themselves, with `for` 0: trips when the value leaves the band, clears when it is back.
 fn recounted(samples: &[(i64, f64)], window_ms: i64, k: f64, min: usize) -> Vec<(String, i64)> {
@@ -188,9 +169,9 @@ fn recounted(samples: &[(i64, f64)], window_ms: i64, k: f64, min: usize) -> Vec<
     out
 }
 
+/// A z-score band rule over `m`.
 fn rule(window: &str, min: usize) -> String {
-    RULE.replace("window: 5m", &format!("window: {window}"))
-        .replace("minSamples: 5", &format!("minSamples: {min}"))
+    band_rule("z", "m", "zscore", window, min, "")
 }
 
 /// The rule's decisions (change, time, reason), one sample per batch received at its time.

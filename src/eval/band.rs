@@ -4,6 +4,7 @@
 //! for both. Pure functions over the history a window holds, and [`Moments`], which keep
 //! a z-score's history summed as it slides through a window.
 
+use crate::ingest::Sample;
 use crate::window::SeriesWindow;
 
 /// Which statistic centres and widens the band.
@@ -42,6 +43,53 @@ impl Band {
     }
 }
 
+/// The times `[from_ms, until_ms)` a running history holds the window's samples of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Span {
+    from_ms: i64,
+    until_ms: i64,
+}
+
+impl Span {
+    /// Before a history is first built.
+    const UNBUILT: Span = Span {
+        from_ms: i64::MIN,
+        until_ms: i64::MIN,
+    };
+
+    fn is(self, from_ms: i64, until_ms: i64) -> bool {
+        self != Self::UNBUILT && self == Span { from_ms, until_ms }
+    }
+
+    /// Whether the history can slide to `to` by adding the samples after it and taking
+    /// out those before `to` starts: not before it is built, not backwards, and not across
+    /// a gap longer than it (nothing of it would be left).
+    fn slides_to(self, to: Span) -> bool {
+        self != Self::UNBUILT
+            && to.from_ms >= self.from_ms
+            && to.until_ms >= self.until_ms
+            && to.from_ms < self.until_ms
+    }
+
+    /// The samples sliding to `to` adds: `[until, to's until)`, all after `to` starts.
+    fn entering(self, to: Span, window: &SeriesWindow) -> impl Iterator<Item = &Sample> {
+        window.samples_in(self.until_ms, to.until_ms)
+    }
+
+    /// The samples sliding to `to` takes out: `[from, to's from)`, all before `until`.
+    fn leaving(self, to: Span, window: &SeriesWindow) -> impl Iterator<Item = &Sample> {
+        window.samples_in(self.from_ms, to.from_ms)
+    }
+
+    /// The finite values of the window's samples in the span, oldest first.
+    fn values(self, window: &SeriesWindow) -> impl DoubleEndedIterator<Item = f64> + Clone + '_ {
+        window
+            .samples_in(self.from_ms, self.until_ms)
+            .map(|s| s.value)
+            .filter(|v| v.is_finite())
+    }
+}
+
 /// Running moments of a z-score band's history: the finite values of a window's samples
 /// timed in `[from_ms, until_ms)`. As a series' history slides with each new sample, the
 /// values entering and leaving it are added and taken out, so a band costs O(1) per sample
@@ -55,9 +103,7 @@ impl Band {
 /// and whenever it did not slide forward.
 #[derive(Debug, Clone, Copy)]
 pub struct Moments {
-    from_ms: i64,
-    /// `i64::MIN` until first built.
-    until_ms: i64,
+    span: Span,
     count: usize,
     shift: f64,
     sum: f64,
@@ -71,8 +117,7 @@ pub struct Moments {
 impl Default for Moments {
     fn default() -> Self {
         Self {
-            from_ms: i64::MIN,
-            until_ms: i64::MIN,
+            span: Span::UNBUILT,
             count: 0,
             shift: 0.0,
             sum: 0.0,
@@ -88,25 +133,17 @@ impl Moments {
     /// history are read from the window to be taken out: call this before the window is
     /// trimmed for the sample at `until_ms`, while it still holds them.
     pub fn advance(&mut self, window: &SeriesWindow, from_ms: i64, until_ms: i64) {
-        let slides = self.until_ms != i64::MIN
-            && from_ms >= self.from_ms
-            && until_ms >= self.until_ms
-            // A gap longer than the history: nothing of it is left.
-            && from_ms < self.until_ms
-            && self.updates <= self.count.max(64);
-        if !slides {
-            return self.rebuild(window, from_ms, until_ms);
+        let to = Span { from_ms, until_ms };
+        if !self.span.slides_to(to) || self.updates > self.count.max(64) {
+            return self.rebuild(window, to);
         }
-        // Entering: [old until, new until), all after the new start.
-        for s in window.samples_in(self.until_ms, until_ms) {
+        for s in self.span.entering(to, window) {
             self.add(s.value, 1.0);
         }
-        // Leaving: [old start, new start), all before the old until.
-        for s in window.samples_in(self.from_ms, from_ms) {
+        for s in self.span.leaving(to, window) {
             self.add(s.value, -1.0);
         }
-        self.from_ms = from_ms;
-        self.until_ms = until_ms;
+        self.span = to;
         // Once the history has moved far from the shift (a level change has settled), or
         // a value far out has left it (a spike, an old level), the variance is a small
         // difference of large sums: rebuild around what is left rather than lose its
@@ -117,21 +154,17 @@ impl Moments {
             let mean_offset = self.sum / n;
             let variance = (self.sum_sq / n - mean_offset * mean_offset).max(0.0);
             if mean_offset * mean_offset > 1e6 * variance || self.peak_sq > 1e3 * n * variance {
-                self.rebuild(window, from_ms, until_ms);
+                self.rebuild(window, to);
             }
         }
     }
 
-    fn rebuild(&mut self, window: &SeriesWindow, from_ms: i64, until_ms: i64) {
-        let mut values = window
-            .samples_in(from_ms, until_ms)
-            .map(|s| s.value)
-            .filter(|v| v.is_finite());
+    fn rebuild(&mut self, window: &SeriesWindow, span: Span) {
+        let mut values = span.values(window);
         // The newest value: after a level change, the level the history is moving to.
         let shift = values.clone().next_back().unwrap_or(0.0);
         *self = Self {
-            from_ms,
-            until_ms,
+            span,
             shift,
             ..Self::default()
         };
@@ -161,11 +194,7 @@ impl Moments {
     /// Whether these moments are of the history `[from_ms, until_ms)`, and usable: values
     /// whose squares overflow leave sums that only a recount can replace.
     pub fn covers(&self, from_ms: i64, until_ms: i64) -> bool {
-        self.until_ms != i64::MIN
-            && self.from_ms == from_ms
-            && self.until_ms == until_ms
-            && self.sum.is_finite()
-            && self.sum_sq.is_finite()
+        self.span.is(from_ms, until_ms) && self.sum.is_finite() && self.sum_sq.is_finite()
     }
 
     /// The z-score band of the history, as [`band`] computes it, up to rounding.
@@ -194,9 +223,7 @@ impl Moments {
 /// the one [`band`] computes, bit for bit.
 #[derive(Debug, Clone)]
 pub struct SortedHistory {
-    from_ms: i64,
-    /// `i64::MIN` until first built.
-    until_ms: i64,
+    span: Span,
     /// In `f64::total_cmp` order.
     values: Vec<f64>,
 }
@@ -204,8 +231,7 @@ pub struct SortedHistory {
 impl Default for SortedHistory {
     fn default() -> Self {
         Self {
-            from_ms: i64::MIN,
-            until_ms: i64::MIN,
+            span: Span::UNBUILT,
             values: Vec::new(),
         }
     }
@@ -215,34 +241,24 @@ impl SortedHistory {
     /// As [`Moments::advance`]: call before the window is trimmed for the sample at
     /// `until_ms`.
     pub fn advance(&mut self, window: &SeriesWindow, from_ms: i64, until_ms: i64) {
-        let slides = self.until_ms != i64::MIN
-            && from_ms >= self.from_ms
-            && until_ms >= self.until_ms
-            && from_ms < self.until_ms;
-        if slides {
-            for s in window.samples_in(self.until_ms, until_ms) {
+        let to = Span { from_ms, until_ms };
+        if self.span.slides_to(to) {
+            for s in self.span.entering(to, window) {
                 self.insert(s.value);
             }
             let mut consistent = true;
-            for s in window.samples_in(self.from_ms, from_ms) {
+            for s in self.span.leaving(to, window) {
                 consistent &= self.remove(s.value);
             }
             if consistent {
-                self.from_ms = from_ms;
-                self.until_ms = until_ms;
+                self.span = to;
                 return;
             }
         }
         self.values.clear();
-        self.values.extend(
-            window
-                .samples_in(from_ms, until_ms)
-                .map(|s| s.value)
-                .filter(|v| v.is_finite()),
-        );
+        self.values.extend(to.values(window));
         self.values.sort_unstable_by(f64::total_cmp);
-        self.from_ms = from_ms;
-        self.until_ms = until_ms;
+        self.span = to;
     }
 
     fn insert(&mut self, value: f64) {
@@ -269,7 +285,7 @@ impl SortedHistory {
 
     /// Whether this is the history `[from_ms, until_ms)`.
     pub fn covers(&self, from_ms: i64, until_ms: i64) -> bool {
-        self.until_ms != i64::MIN && self.from_ms == from_ms && self.until_ms == until_ms
+        self.span.is(from_ms, until_ms)
     }
 
     /// The MAD band of the history, exactly as [`band`] computes it.

@@ -37,11 +37,19 @@ impl<'a> WindowSource<'a> {
     }
 }
 
+impl<'a> WindowSource<'a> {
+    /// The windows of the input with these matchers. Compile made every selector of the
+    /// expression one of the rule's inputs, with the same matchers, so a selector that is
+    /// not one has no series here.
+    fn windows(&self, matchers: &[Vec<Matcher>]) -> Option<&'a SelectorWindows> {
+        let (_, windows) = self.inputs.iter().find(|(s, _)| s.groups == matchers)?;
+        Some(windows)
+    }
+}
+
 impl SeriesSource for WindowSource<'_> {
     fn select(&self, matchers: &[Vec<Matcher>], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
-        // Compile made every selector of the expression one of the rule's inputs, with
-        // the same matchers, so a selector that is not one has no series here.
-        let Some((_, windows)) = self.inputs.iter().find(|(s, _)| s.groups == matchers) else {
+        let Some(windows) = self.windows(matchers) else {
             return Vec::new();
         };
         // Sized once: a selector's series are nearly all in range at every step.
@@ -66,7 +74,7 @@ impl SeriesSource for WindowSource<'_> {
         start_ms: i64,
         end_ms: i64,
     ) -> Vec<(Labels, Sample)> {
-        let Some((_, windows)) = self.inputs.iter().find(|(s, _)| s.groups == matchers) else {
+        let Some(windows) = self.windows(matchers) else {
             return Vec::new();
         };
         let mut selected = Vec::with_capacity(windows.len());

@@ -556,15 +556,13 @@ impl Evaluator {
                 continue;
             };
             for &sample in samples {
-                let last = store
-                    .windows
-                    .get(id)
-                    .map_or(i64::MIN, |w| w.last_timestamp_ms());
+                let before = store.windows.get(id);
+                let last = before.map_or(i64::MIN, |w| w.last_timestamp_ms());
                 // Only for a sample the window will take: one refused as too old must not
                 // move the histories (back and forth, rebuilding them each time).
                 if sample.timestamp_ms > last
                     && !store.windows.too_old(sample)
-                    && let Some(window) = store.windows.get(id)
+                    && let Some(window) = before
                 {
                     for &reader in &store.band_readers {
                         let slot = &self.inputs[reader];

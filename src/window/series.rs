@@ -24,10 +24,6 @@ pub enum Insert {
 pub struct SeriesWindow {
     labels: Labels,
     hash: u64,
-    /// The newest sample, also the back of `samples`: kept beside the labels, which
-    /// finding the series has just read, so that ordering a new sample and judging the
-    /// current value do not wait on a cache miss into the sample buffer.
-    newest: Option<Sample>,
     samples: VecDeque<Sample>,
 }
 
@@ -36,7 +32,6 @@ impl SeriesWindow {
         Self {
             labels,
             hash,
-            newest: None,
             samples: VecDeque::with_capacity(1),
         }
     }
@@ -59,7 +54,7 @@ impl SeriesWindow {
     /// not by the sample alone, means a sender whose clock runs ahead still leaves the
     /// window what evaluations at the receiver's time need.
     pub(super) fn insert(&mut self, sample: Sample, retention_ms: i64, now_ms: i64) -> Insert {
-        if let Some(last) = self.newest {
+        if let Some(last) = self.samples.back() {
             if sample.timestamp_ms < last.timestamp_ms {
                 return Insert::OutOfOrder;
             }
@@ -72,7 +67,6 @@ impl SeriesWindow {
             }
         }
         self.samples.push_back(sample);
-        self.newest = Some(sample);
         let oldest_kept = sample.timestamp_ms.min(now_ms).saturating_sub(retention_ms);
         while self.samples.len() > 1
             && self
@@ -87,7 +81,7 @@ impl SeriesWindow {
 
     /// The newest sample, staleness markers included.
     pub fn last(&self) -> Option<Sample> {
-        self.newest
+        self.samples.back().copied()
     }
 
     /// The series' current value: the newest sample unless it is a staleness marker.
@@ -96,7 +90,7 @@ impl SeriesWindow {
     }
 
     pub fn last_timestamp_ms(&self) -> i64 {
-        self.newest.map_or(i64::MIN, |s| s.timestamp_ms)
+        self.samples.back().map_or(i64::MIN, |s| s.timestamp_ms)
     }
 
     /// The retained samples, oldest first.

@@ -198,6 +198,21 @@ pub fn threshold_rule(name: &str, metric: &str, threshold: &str, extra: &str) ->
     )
 }
 
+/// One AnomalyAction band rule on `metric`: `algorithm` at 3 σ (or scaled MADs) over
+/// `window` of history, no verdict before `min_samples`, acting without cooldown.
+pub fn band_rule(
+    name: &str,
+    metric: &str,
+    algorithm: &str,
+    window: &str,
+    min_samples: usize,
+    extra: &str,
+) -> String {
+    format!(
+        "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  metric: {metric}\n  detection: {{algorithm: {algorithm}, sensitivity: 3, window: {window}, minSamples: {min_samples}}}\n  remediation: {{type: alert, cooldownSeconds: 0}}\n{extra}---\n"
+    )
+}
+
 /// The rule called `name` in an /api/v1/rules answer.
 pub fn rule_named(rules: &serde_json::Value, name: &str) -> serde_json::Value {
     rules["rules"]
