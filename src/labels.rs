@@ -90,20 +90,21 @@ impl Labels {
     /// so the result is canonical without sorting or re-encoding; when every label is
     /// kept, the result shares this set's bytes.
     pub fn retain(&self, mut keep: impl FnMut(&[u8]) -> bool) -> Labels {
-        let mut kept = Vec::new();
-        let mut dropped = false;
-        for entry in self.entries() {
-            if keep(entry.name) {
-                kept.extend_from_slice(entry.raw);
-            } else {
-                dropped = true;
-            }
+        // Sized first: growing the copy entry by entry reallocated several times per set,
+        // and expressions drop or keep labels of every series at every step.
+        let kept_len: usize = self
+            .entries()
+            .filter(|entry| keep(entry.name))
+            .map(|entry| entry.raw.len())
+            .sum();
+        if kept_len == self.0.len() {
+            return self.clone();
         }
-        if dropped {
-            Self(kept.into())
-        } else {
-            self.clone()
+        let mut kept = Vec::with_capacity(kept_len);
+        for entry in self.entries().filter(|entry| keep(entry.name)) {
+            kept.extend_from_slice(entry.raw);
         }
+        Self(kept.into())
     }
 
     /// The seeded xxh3 hash of the canonical form: the hash `route::Batch` gives a series

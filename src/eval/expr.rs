@@ -26,7 +26,7 @@ use crate::window::{SelectorWindows, SeriesId};
 
 /// A rule's input windows, as the PromQL engine reads them. Each selector of the
 /// expression is one of the rule's inputs (compile made sure of it), so a selection is a
-/// lookup of that input and a copy of the samples in range.
+/// lookup of that input, and its samples are read where the windows hold them.
 pub struct WindowSource<'a> {
     inputs: Vec<(&'a Selector, &'a SelectorWindows)>,
 }
@@ -49,23 +49,41 @@ impl<'a> WindowSource<'a> {
 
 impl SeriesSource for WindowSource<'_> {
     fn select(&self, matchers: &[Vec<Matcher>], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples> {
+        let mut selected = Vec::new();
+        self.visit_range(matchers, start_ms, end_ms, &mut |labels, samples| {
+            selected.push(SeriesSamples {
+                labels: labels.clone(),
+                samples: samples.to_vec(),
+            });
+        });
+        selected
+    }
+
+    /// The windows keep their series in label order and lend their samples in place; a
+    /// range that wraps around a window's ring buffer is joined in one reused buffer.
+    fn visit_range(
+        &self,
+        matchers: &[Vec<Matcher>],
+        start_ms: i64,
+        end_ms: i64,
+        visit: &mut dyn FnMut(&Labels, &[Sample]),
+    ) {
         let Some(windows) = self.windows(matchers) else {
-            return Vec::new();
+            return;
         };
-        // Sized once: a selector's series are nearly all in range at every step.
-        let mut selected = Vec::with_capacity(windows.len());
+        let mut joined = Vec::new();
         for (_, w) in windows.iter_ordered() {
-            let in_range = w.samples_between(start_ms, end_ms);
-            if in_range.len() > 0 {
-                let mut samples = Vec::with_capacity(in_range.len());
-                samples.extend(in_range.copied());
-                selected.push(SeriesSamples {
-                    labels: w.labels().clone(),
-                    samples,
-                });
+            match w.slices_between(start_ms, end_ms) {
+                ([], _) => {}
+                (all, []) => visit(w.labels(), all),
+                (older, newer) => {
+                    joined.clear();
+                    joined.extend_from_slice(older);
+                    joined.extend_from_slice(newer);
+                    visit(w.labels(), &joined);
+                }
             }
         }
-        selected
     }
 
     fn select_latest(

@@ -1,6 +1,7 @@
 //! One series' window: its samples in timestamp order, trimmed to the retention.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 
 use crate::ingest::{Sample, is_stale_marker};
 use crate::labels::Labels;
@@ -106,7 +107,22 @@ impl SeriesWindow {
         after_ms: i64,
         until_ms: i64,
     ) -> impl DoubleEndedIterator<Item = &Sample> + ExactSizeIterator + Clone {
-        self.samples_where(move |t| t <= after_ms, move |t| t <= until_ms)
+        self.samples.range(self.between(after_ms, until_ms))
+    }
+
+    /// [`Self::samples_between`] where the window holds them, to be read in place: one
+    /// slice, or two (older, newer) where the ring buffer wraps around within them.
+    pub fn slices_between(&self, after_ms: i64, until_ms: i64) -> (&[Sample], &[Sample]) {
+        let range = self.between(after_ms, until_ms);
+        let (front, back) = self.samples.as_slices();
+        let split = front.len();
+        if range.end <= split {
+            (&front[range], &[])
+        } else if range.start >= split {
+            (&back[range.start - split..range.end - split], &[])
+        } else {
+            (&front[range.start..], &back[..range.end - split])
+        }
     }
 
     /// The retained samples in `[from_ms, before_ms)`, oldest first: the history a band
@@ -116,16 +132,22 @@ impl SeriesWindow {
         from_ms: i64,
         before_ms: i64,
     ) -> impl DoubleEndedIterator<Item = &Sample> + ExactSizeIterator + Clone {
-        self.samples_where(move |t| t < from_ms, move |t| t < before_ms)
+        let range = self.positions(move |t| t < from_ms, move |t| t < before_ms);
+        self.samples.range(range)
     }
 
-    /// The samples after those whose time is `before_start` up to the last whose time is
-    /// `before_end` (both predicates true for a prefix of the window).
-    fn samples_where(
+    /// The positions of the samples in `(after_ms, until_ms]`.
+    fn between(&self, after_ms: i64, until_ms: i64) -> Range<usize> {
+        self.positions(move |t| t <= after_ms, move |t| t <= until_ms)
+    }
+
+    /// The positions after the samples whose time is `before_start` up to the last whose
+    /// time is `before_end` (both predicates true for a prefix of the window).
+    fn positions(
         &self,
         before_start: impl Fn(i64) -> bool,
         before_end: impl Fn(i64) -> bool,
-    ) -> impl DoubleEndedIterator<Item = &Sample> + ExactSizeIterator + Clone {
+    ) -> Range<usize> {
         // Readers mostly want the whole window, or all of it before the newest sample
         // (a band judging that sample): check the ends before searching.
         let len = self.samples.len();
@@ -147,7 +169,7 @@ impl SeriesWindow {
         } else {
             self.samples.partition_point(|s| before_end(s.timestamp_ms))
         };
-        self.samples.range(from..to.max(from))
+        from..to.max(from)
     }
 }
 
@@ -183,6 +205,27 @@ mod tests {
         );
         let kept: Vec<_> = w.samples().map(|s| s.timestamp_ms).collect();
         assert_eq!(kept, [6_000, 12_000]);
+    }
+
+    #[test]
+    fn slices_between_lend_what_samples_between_copies_also_where_the_buffer_wraps() {
+        let mut w = SeriesWindow::new(Labels::from_pairs([("__name__", "m")]), 0);
+        // Trimming to 5 samples while appending makes the ring buffer wrap again and again.
+        let mut wrapped = 0;
+        for t in 0..40 {
+            w.insert(at(t * 10, t as f64), 45, i64::MAX);
+            for after in -10..=t * 10 + 10 {
+                for until in [after, after + 5, after + 20, t * 10, t * 10 + 10] {
+                    let (older, newer) = w.slices_between(after, until);
+                    let lent: Vec<Sample> = older.iter().chain(newer).copied().collect();
+                    let copied: Vec<Sample> = w.samples_between(after, until).copied().collect();
+                    assert_eq!(lent, copied, "at {t}, ({after}, {until}]");
+                    assert!(!older.is_empty() || newer.is_empty());
+                    wrapped += usize::from(!newer.is_empty());
+                }
+            }
+        }
+        assert!(wrapped > 0, "the ring buffer never wrapped within a range");
     }
 
     #[test]

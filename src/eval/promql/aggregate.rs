@@ -73,11 +73,12 @@ pub(super) fn aggregate(
 
     let mut index: LabelsMap<usize> = LabelsMap::default();
     let mut groups: Vec<Group> = Vec::new();
+    let no_labels = Labels::from_pairs([]);
     for (labels, v) in input {
         let key = match modifier {
             Some(LabelModifier::Include(names)) => keep_labels(&labels, &names.labels),
             Some(LabelModifier::Exclude(names)) => remove_labels(&labels, &names.labels, true),
-            None => Labels::from_pairs([]),
+            None => no_labels.clone(),
         };
         let Some(&i) = index.get(&key) else {
             index.insert(key.clone(), groups.len());

@@ -10,7 +10,7 @@ use promql_parser::parser::{AtModifier, Expr, MatrixSelector, Offset, VectorSele
 use super::source::{SeriesSamples, SeriesSource};
 use super::value::{Value, compare_labels, drop_metric_name, ensure_unique};
 use super::{EvalError, EvalOptions, aggregate, binary, check, functions};
-use crate::ingest::is_stale_marker;
+use crate::ingest::{Sample, is_stale_marker};
 use crate::labels::Labels;
 use crate::route::Selector;
 
@@ -140,33 +140,64 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
     /// ends inclusive in Prometheus 2.x), staleness markers removed, series left without
     /// samples dropped. Sorted by labels, as Prometheus's storage returns them.
     pub(super) fn range_vector(&self, ms: &MatrixSelector, ts: i64) -> Vec<SeriesSamples> {
-        let end = self.selector_time(&ms.vs, ts);
-        let start = end.saturating_sub(duration_ms(ms.range));
-        let mut series = self.select(&ms.vs, start, end);
-        for s in &mut series {
-            s.samples.retain(|x| {
-                x.timestamp_ms >= start && x.timestamp_ms <= end && !is_stale_marker(x.value)
+        let mut series = Vec::new();
+        self.visit_range(ms, ts, |labels, samples| {
+            series.push(SeriesSamples {
+                labels: labels.clone(),
+                samples: samples.to_vec(),
             });
-        }
-        series.retain(|s| !s.samples.is_empty());
-        sort_series(&mut series);
+        });
         series
     }
 
-    /// Series with samples in `[start, end]`.
-    fn select(&self, vs: &VectorSelector, start: i64, end: i64) -> Vec<SeriesSamples> {
-        let selector = Selector::from_promql(vs);
+    /// [`Self::range_vector`] one series at a time, without collecting: range functions
+    /// read each series where its source holds it.
+    pub(super) fn visit_range(
+        &self,
+        ms: &MatrixSelector,
+        ts: i64,
+        mut visit: impl FnMut(&Labels, &[Sample]),
+    ) {
+        let end = self.selector_time(&ms.vs, ts);
+        let start = end.saturating_sub(duration_ms(ms.range));
+        let selector = Selector::from_promql(&ms.vs);
+        let outside = |x: &Sample| x.timestamp_ms < start || x.timestamp_ms > end;
+        // Staleness markers are rare and a source keeps to the range: copy only when
+        // something has to be left out.
+        let mut kept = Vec::new();
+        #[cfg(debug_assertions)]
+        let mut previous: Option<Labels> = None;
         // The source's start is exclusive.
+        let (from, to) = (start.saturating_sub(1), end);
         self.source
-            .select(&selector.groups, start.saturating_sub(1), end)
-    }
-}
-
-/// Sorts by labels, unless the source returned them sorted already (windows keep their
-/// series in label order), which costs one comparison per series instead of a sort.
-fn sort_series(series: &mut [SeriesSamples]) {
-    if !series.is_sorted_by(|a, b| compare_labels(&a.labels, &b.labels).is_le()) {
-        series.sort_by(|a, b| compare_labels(&a.labels, &b.labels));
+            .visit_range(&selector.groups, from, to, &mut |labels, samples| {
+                #[cfg(debug_assertions)]
+                {
+                    debug_assert!(
+                        previous
+                            .replace(labels.clone())
+                            .is_none_or(|p| compare_labels(&p, labels).is_le()),
+                        "a source lent its series out of label order"
+                    );
+                }
+                let samples = if samples
+                    .iter()
+                    .any(|x| outside(x) || is_stale_marker(x.value))
+                {
+                    kept.clear();
+                    kept.extend(
+                        samples
+                            .iter()
+                            .filter(|x| !outside(x) && !is_stale_marker(x.value)),
+                    );
+                    &kept[..]
+                } else {
+                    samples
+                };
+                if !samples.is_empty() {
+                    visit(labels, samples);
+                }
+            });
     }
 }
 

@@ -103,7 +103,6 @@ fn range_function<S: SeriesSource + ?Sized>(
     param: Option<f64>,
     ts: i64,
 ) -> Result<Value, EvalError> {
-    let series = engine.range_vector(ms, ts);
     let range_end = engine.selector_time(&ms.vs, ts);
     let range_ms = duration_ms(ms.range);
     let window = Window {
@@ -111,39 +110,38 @@ fn range_function<S: SeriesSource + ?Sized>(
         end_ms: range_end,
         range_seconds: ms.range.as_secs_f64(),
     };
-    let mut out = Vector::with_capacity(series.len());
-    for s in series {
-        let points = &s.samples;
-        let value = match name {
-            "rate" => extrapolated_rate(points, &window, true, true),
-            "increase" => extrapolated_rate(points, &window, true, false),
-            "delta" => extrapolated_rate(points, &window, false, false),
-            "irate" => instant_value(points, true),
-            "idelta" => instant_value(points, false),
-            "resets" => Some(resets(points)),
-            "changes" => Some(changes(points)),
-            "avg_over_time" => Some(avg_over_time(points)),
-            "min_over_time" => Some(min_over_time(points)),
-            "max_over_time" => Some(max_over_time(points)),
-            "sum_over_time" => Some(sum_over_time(points)),
-            "count_over_time" => Some(points.len() as f64),
-            "stddev_over_time" => Some(stddev_over_time(points)),
-            "quantile_over_time" => {
-                let mut values: Vec<f64> = points.iter().map(|p| p.value).collect();
-                Some(quantile(param.unwrap_or(f64::NAN), &mut values))
-            }
-            "last_over_time" => points.last().map(|p| p.value),
-            other => return Err(EvalError::Unsupported(format!("function \"{other}\""))),
-        };
-        if let Some(value) = value {
+    let function: fn(&[Sample], &Window, Option<f64>) -> Option<f64> = match name {
+        "rate" => |p, w, _| extrapolated_rate(p, w, true, true),
+        "increase" => |p, w, _| extrapolated_rate(p, w, true, false),
+        "delta" => |p, w, _| extrapolated_rate(p, w, false, false),
+        "irate" => |p, _, _| instant_value(p, true),
+        "idelta" => |p, _, _| instant_value(p, false),
+        "resets" => |p, _, _| Some(resets(p)),
+        "changes" => |p, _, _| Some(changes(p)),
+        "avg_over_time" => |p, _, _| Some(avg_over_time(p)),
+        "min_over_time" => |p, _, _| Some(min_over_time(p)),
+        "max_over_time" => |p, _, _| Some(max_over_time(p)),
+        "sum_over_time" => |p, _, _| Some(sum_over_time(p)),
+        "count_over_time" => |p, _, _| Some(p.len() as f64),
+        "stddev_over_time" => |p, _, _| Some(stddev_over_time(p)),
+        "quantile_over_time" => |p, _, q| {
+            let mut values: Vec<f64> = p.iter().map(|p| p.value).collect();
+            Some(quantile(q.unwrap_or(f64::NAN), &mut values))
+        },
+        "last_over_time" => |p, _, _| p.last().map(|p| p.value),
+        other => return Err(EvalError::Unsupported(format!("function \"{other}\""))),
+    };
+    let mut out = Vector::new();
+    engine.visit_range(ms, ts, |labels, points| {
+        if let Some(value) = function(points, &window, param) {
             let labels = if name == "last_over_time" {
-                s.labels
+                labels.clone()
             } else {
-                drop_metric_name(&s.labels)
+                drop_metric_name(labels)
             };
             out.push((labels, value));
         }
-    }
+    });
     ensure_unique(&out)?;
     Ok(Value::Vector(out))
 }

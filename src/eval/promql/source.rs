@@ -4,6 +4,7 @@
 
 use promql_parser::label::Matcher;
 
+use super::value::compare_labels;
 use crate::ingest::Sample;
 use crate::labels::Labels;
 
@@ -26,6 +27,27 @@ pub trait SeriesSource {
     /// instant selectors), so the engine asks for `start_ms = t - range - 1`: a source
     /// backed by windows must keep samples from `t - range` inclusive.
     fn select(&self, matchers: &[Vec<Matcher>], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples>;
+
+    /// Calls `visit` with each series [`Self::select`] returns, in label order (see
+    /// [`super::value::compare_labels`]), and its samples in `(start_ms, end_ms]`, oldest
+    /// first. Range functions read their series this way, one at a time: a source backed
+    /// by windows lends them in place, where [`Self::select`] would copy every sample of
+    /// every series at every step.
+    fn visit_range(
+        &self,
+        matchers: &[Vec<Matcher>],
+        start_ms: i64,
+        end_ms: i64,
+        visit: &mut dyn FnMut(&Labels, &[Sample]),
+    ) {
+        let mut series = self.select(matchers, start_ms, end_ms);
+        if !series.is_sorted_by(|a, b| compare_labels(&a.labels, &b.labels).is_le()) {
+            series.sort_by(|a, b| compare_labels(&a.labels, &b.labels));
+        }
+        for s in &series {
+            visit(&s.labels, &s.samples);
+        }
+    }
 
     /// [`Self::select`] for an instant selector, which reads only each series' newest
     /// sample in `(start_ms, end_ms]`: a source backed by windows finds it without copying
