@@ -3,7 +3,7 @@
 //!
 //! The traffic is the Prometheus 2.42 captures in `../shared/testdata` (a Prometheus, a
 //! node-exporter and a VictoriaMetrics scraped every 3 s: 679 metric families), sent as by
-//! a fleet of [`HOSTS`] such hosts: every capture once per host, its `instance` label
+//! a fleet of [`fleet_traffic::HOSTS`] such hosts: every capture once per host, its `instance` label
 //! naming the host. One host's 1400 series every 3 s would let event time run far faster
 //! than any real sender's, and with it the work done per minute of event time (SLO
 //! judgments, expression steps, forecasts); 20 hosts make 28 000 active series, a small
@@ -24,72 +24,25 @@
 //! Run: `cargo bench --bench fleet`.
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet_traffic;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::compile_all;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use fleet_traffic::Traffic;
 use prophet::eval::Evaluator;
 use prophet::ingest::{self, Limits, Protocol};
-use prophet::proto::v1::WriteRequest;
 use prophet::route::{Batch, Router};
 use prophet::rules::compile::CompiledRule;
-use prophet::synth;
-use prost::Message;
 
-/// Hosts sending the captured traffic.
-const HOSTS: usize = 20;
 /// The receiver's clock, for the validation of sample times: after every capture.
 const NOW_MS: i64 = 4_102_444_800_000;
 /// Each rule's series limit: above what any of these rules keeps from 20 hosts.
 const SERIES_LIMIT: usize = 100_000;
 /// Traffic ingested before timing: the longest window of the rules.
 const WARM_MS: i64 = 60 * 60 * 1000;
-
-/// The captures in the order Prometheus sent them.
-fn captures() -> Vec<WriteRequest> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata/remote-write/prometheus-2.42");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("the shared captures")
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "bin"))
-        .collect();
-    paths.sort();
-    paths
-        .iter()
-        .map(|path| {
-            let body = std::fs::read(path).unwrap();
-            let decoded = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
-            WriteRequest::decode(decoded.as_slice()).unwrap()
-        })
-        .collect()
-}
-
-/// Every capture as each host sends it, `shift_ms` later than captured, compressed.
-fn fleet_round(captures: &[WriteRequest], shift_ms: i64) -> Vec<Vec<u8>> {
-    let mut bodies = Vec::with_capacity(captures.len() * HOSTS);
-    for capture in captures {
-        for host in 0..HOSTS {
-            let mut request = capture.clone();
-            for series in &mut request.timeseries {
-                for label in &mut series.labels {
-                    if label.name == "instance" {
-                        // 127.0.0.1:19101 → host-07.fleet.internal:19101
-                        let port = label.value.rsplit(':').next().unwrap_or_default();
-                        label.value = format!("host-{host:02}.fleet.internal:{port}");
-                    }
-                }
-                for sample in &mut series.samples {
-                    sample.timestamp += shift_ms;
-                }
-            }
-            bodies.push(synth::compress(&request.encode_to_vec()));
-        }
-    }
-    bodies
-}
 
 fn route(body: &[u8], router: &Router, buffer: &mut ingest::SnappyBuffer) -> Batch {
     let decoded = buffer.decompress(body, 32 << 20).unwrap();
@@ -101,39 +54,9 @@ fn route(body: &[u8], router: &Router, buffer: &mut ingest::SnappyBuffer) -> Bat
     batch
 }
 
-/// The captures as one pass of the fleet's traffic after another, each starting one
-/// scrape interval after the last sample of the one before.
-struct Traffic {
-    captures: Vec<WriteRequest>,
-    span_ms: i64,
-    next: usize,
-}
-
-impl Traffic {
-    fn new() -> Self {
-        let captures = captures();
-        let times = captures
-            .iter()
-            .flat_map(|r| &r.timeseries)
-            .flat_map(|s| &s.samples)
-            .map(|s| s.timestamp);
-        let (first, last) = times.fold((i64::MAX, i64::MIN), |(a, b), t| (a.min(t), b.max(t)));
-        Self {
-            captures,
-            span_ms: last - first + 3_000,
-            next: 0,
-        }
-    }
-
-    fn next_pass(&mut self) -> Vec<Vec<u8>> {
-        let pass = fleet_round(&self.captures, self.span_ms * self.next as i64);
-        self.next += 1;
-        pass
-    }
-
-    fn passes_in(&self, duration_ms: i64) -> usize {
-        (duration_ms / self.span_ms + 1) as usize
-    }
+/// Passes covering `duration_ms` of event time.
+fn passes_in(traffic: &Traffic, duration_ms: i64) -> usize {
+    (duration_ms / traffic.span_ms() + 1) as usize
 }
 
 /// Samples in a pass, and the share of them the router keeps.
@@ -154,18 +77,19 @@ fn fleet(c: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat);
     let mut buffer = ingest::SnappyBuffer::new();
     for (name, rules) in [("none", Vec::new()), ("100-mixed", rule_set)] {
-        let mut traffic = Traffic::new();
+        let mut traffic = Traffic::starting_at(None);
         let mut evaluator = Evaluator::new(rules, SERIES_LIMIT);
         let router = evaluator.router(7);
         // Steady state: the longest window these rules keep is an hour, so an hour of
         // traffic fills every window before anything is timed.
-        for _ in 0..traffic.passes_in(WARM_MS) {
+        for _ in 0..passes_in(&traffic, WARM_MS) {
             for body in traffic.next_pass() {
                 evaluator.apply(&route(&body, &router, &mut buffer));
             }
         }
         let probe = traffic.next_pass();
         let (samples, kept) = count(&probe, &router, &mut buffer);
+        assert_eq!(samples, traffic.samples_per_request().iter().sum::<usize>());
         eprintln!(
             "fleet/{name}: {samples} samples in {} requests a pass, {kept} kept ({:.1}%)",
             probe.len(),

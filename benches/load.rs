@@ -1,23 +1,37 @@
-//! Load run: end-to-end remote-write ingest over HTTP, Prophet beside its peers, on the
-//! same request in the same run.
+//! Load run: end-to-end remote-write ingest over HTTP, Prophet beside its peers, in the
+//! same run. Each receiver (the real `prophet` binary, Debian's `victoria-metrics`, and
+//! Debian's `prometheus` with `--web.enable-remote-write-receiver`) is started on a free
+//! loopback port.
 //!
-//! Each receiver (the real `prophet` binary with 10% and with all series matching rules,
-//! Debian's `victoria-metrics`, and Debian's `prometheus` with
-//! `--web.enable-remote-write-receiver`) is started on a free loopback port and loaded by
-//! `wrk` with one synthetic 2000-series Kubernetes-shaped request (`prophet::synth`),
-//! repeated: 2 s of warm-up, then `LOAD_SECONDS` (default 10) measured with
-//! `LOAD_CONNECTIONS` (default 8) connections. Samples/s = 2xx requests/s × 2000. Ratios
-//! are against victoria-metrics in the same run.
+//! - **Synthetic request** (the handlers' throughput): `wrk` sends one synthetic
+//!   2000-series Kubernetes-shaped request (`prophet::synth`) again and again, to Prophet
+//!   with rules matching 10% and all of its series: 2 s of warm-up, then `LOAD_SECONDS`
+//!   (default 10) measured over `LOAD_CONNECTIONS` (default 8) connections. After the
+//!   first request its samples are duplicates, which the windows refuse at once.
+//!   Samples/s = 2xx requests/s × 2000; ratios against victoria-metrics.
+//! - **Fleet traffic** (ingest with rules, evaluation included): the real captures sent by
+//!   20 hosts as in the `fleet` bench, time moving on pass after pass, each host's
+//!   requests in order on one of 4 keep-alive connections (as a remote-write shard keeps
+//!   its series in order), each waiting for its answer; 429 and 503 are retried. Prophet's
+//!   `204` comes once the evaluator has applied the request, so this is ingest with
+//!   evaluation. 3 passes of warm-up, then `LOAD_FLEET_PASSES` (default 10) measured.
+//!   Prophet with no rules and with the 100 rules of `benches/fleet-rules.yaml`, beside
+//!   victoria-metrics and prometheus.
 //!
 //! Run: `cargo bench --bench load` (needs `apt-get install wrk victoria-metrics prometheus`;
 //! without them it says so and measures nothing).
 
-use std::io::Read;
-use std::net::TcpListener;
+#[path = "common/fleet.rs"]
+mod fleet_traffic;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fleet_traffic::Traffic;
 use prophet::synth;
 
 const SERIES: usize = 2000;
@@ -84,7 +98,6 @@ fn start(name: &'static str, program: &str, args: &[String], ready_url: &str) ->
 
 /// A bare HTTP/1.0 GET: is the answer a 200?
 fn http_get_ok(url: &str) -> bool {
-    use std::io::Write;
     let Some(rest) = url.strip_prefix("http://") else {
         return false;
     };
@@ -169,6 +182,134 @@ end
     }
 }
 
+/// Passes of the fleet's traffic sent before measuring: past the longest range of the
+/// fleet's expressions (5 minutes), so their steps read full ranges.
+const FLEET_WARM_PASSES: usize = 3;
+/// Connections sending the fleet's traffic. Each carries the requests of its own hosts
+/// in order, as a Prometheus remote-write shard carries its own series in order.
+const FLEET_CONNECTIONS: usize = 4;
+
+/// What sending the fleet's traffic to one receiver measured.
+struct FleetMeasured {
+    samples_per_second: f64,
+    /// Answers asking to retry (429, 503: evaluation behind), each retried as Prometheus
+    /// would.
+    retried: u64,
+    /// Other non-2xx answers: their samples were refused and are not counted.
+    refused: u64,
+}
+
+/// Sends `passes` (the first [`FLEET_WARM_PASSES`] unmeasured) to `url` over
+/// [`FLEET_CONNECTIONS`] keep-alive connections, each waiting for its answer before its
+/// next request: samples/s is what the receiver accepted and answered while measured.
+fn fleet_load(url: &str, passes: &[Vec<Vec<u8>>], samples: &[usize]) -> FleetMeasured {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let barrier = Arc::new(Barrier::new(FLEET_CONNECTIONS));
+    let results: Vec<(Duration, Instant, usize, u64, u64)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..FLEET_CONNECTIONS)
+            .map(|connection| {
+                let barrier = barrier.clone();
+                scope.spawn(move || {
+                    let mut stream = TcpStream::connect(host).expect("connecting");
+                    stream.set_nodelay(true).expect("TCP_NODELAY");
+                    let mut reply = Vec::with_capacity(4096);
+                    let (mut sent, mut retried, mut refused) = (0, 0, 0);
+                    let mut started = Instant::now();
+                    for (p, pass) in passes.iter().enumerate() {
+                        if p == FLEET_WARM_PASSES {
+                            barrier.wait();
+                            started = Instant::now();
+                            (sent, retried, refused) = (0, 0, 0);
+                        }
+                        let mine = pass
+                            .iter()
+                            .zip(samples)
+                            .enumerate()
+                            .filter(|(i, _)| i % fleet_traffic::HOSTS % FLEET_CONNECTIONS == connection);
+                        for (_, (body, &n)) in mine {
+                            loop {
+                                let head = format!(
+                                    "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {V1}\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\nContent-Length: {}\r\n\r\n",
+                                    body.len()
+                                );
+                                stream.write_all(head.as_bytes()).expect("sending");
+                                stream.write_all(body).expect("sending");
+                                match read_status(&mut stream, &mut reply) {
+                                    200..=299 => {
+                                        sent += n;
+                                        break;
+                                    }
+                                    429 | 503 => {
+                                        retried += 1;
+                                        std::thread::sleep(Duration::from_millis(5));
+                                    }
+                                    status => {
+                                        if refused == 0 {
+                                            eprintln!(
+                                                "{url}: {status}: {}",
+                                                String::from_utf8_lossy(&reply)
+                                            );
+                                        }
+                                        refused += 1;
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    (started.elapsed(), started, sent, retried, refused)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a sender"))
+            .collect()
+    });
+    // From the first sender's start to the last one's end.
+    let first = results.iter().map(|r| r.1).min().expect("senders");
+    let last = results.iter().map(|r| r.1 + r.0).max().expect("senders");
+    let accepted: usize = results.iter().map(|r| r.2).sum();
+    FleetMeasured {
+        samples_per_second: accepted as f64 / (last - first).as_secs_f64(),
+        retried: results.iter().map(|r| r.3).sum(),
+        refused: results.iter().map(|r| r.4).sum(),
+    }
+}
+
+/// Reads one HTTP/1.1 answer (headers and a `Content-Length` body) into `reply`; its
+/// status.
+fn read_status(stream: &mut TcpStream, reply: &mut Vec<u8>) -> u16 {
+    reply.clear();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(at) = reply.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = stream.read(&mut chunk).expect("reading an answer");
+        assert!(n > 0, "the receiver closed the connection");
+        reply.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&reply[..end]).to_ascii_lowercase();
+    assert!(
+        !head.contains("transfer-encoding"),
+        "a chunked answer:\n{head}"
+    );
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().expect("a Content-Length"));
+    while reply.len() < end + length {
+        let n = stream.read(&mut chunk).expect("reading an answer");
+        assert!(n > 0, "the receiver closed the connection");
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    head.get(9..12)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line")
+}
+
 fn missing_tools() -> Vec<&'static str> {
     ["wrk", "victoria-metrics", "prometheus"]
         .into_iter()
@@ -204,42 +345,96 @@ fn main() {
         );
         return;
     }
+    let dir = tempfile::tempdir().expect("a temp dir");
+    synthetic_run(dir.path());
+    fleet_run(dir.path());
+    println!("command: cargo bench --bench load");
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as i64
+}
+
+/// The real binary with the rules in `rules`; its write URL.
+fn start_prophet(rules: &Path, extra: &[&str]) -> (Server, String) {
+    let port = free_port();
+    let mut args = vec![
+        "run".to_owned(),
+        "--rules".to_owned(),
+        rules.display().to_string(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let server = start(
+        "prophet",
+        env!("CARGO_BIN_EXE_prophet"),
+        &args,
+        &format!("http://127.0.0.1:{port}/readyz"),
+    );
+    (server, format!("http://127.0.0.1:{port}/api/v1/write"))
+}
+
+fn start_victoria_metrics(dir: &Path) -> (Server, String) {
+    let port = free_port();
+    let args = vec![
+        format!("-httpListenAddr=127.0.0.1:{port}"),
+        format!("-storageDataPath={}", dir.display()),
+        "-retentionPeriod=100y".to_owned(),
+    ];
+    let server = start(
+        "victoria-metrics",
+        "victoria-metrics",
+        &args,
+        &format!("http://127.0.0.1:{port}/health"),
+    );
+    (server, format!("http://127.0.0.1:{port}/api/v1/write"))
+}
+
+fn start_prometheus(dir: &Path) -> (Server, String) {
+    let port = free_port();
+    std::fs::create_dir_all(dir).expect("a data folder");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, "global: {scrape_interval: 15s}\n").expect("config");
+    let args = vec![
+        "--web.enable-remote-write-receiver".to_owned(),
+        format!("--storage.tsdb.path={}", dir.join("data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        format!("--config.file={}", config.display()),
+    ];
+    let server = start(
+        "prometheus",
+        "prometheus",
+        &args,
+        &format!("http://127.0.0.1:{port}/-/ready"),
+    );
+    (server, format!("http://127.0.0.1:{port}/api/v1/write"))
+}
+
+/// One synthetic request, repeated by `wrk`: the handlers' throughput (after the first
+/// request, its samples are duplicates, which the windows refuse at once).
+fn synthetic_run(dir: &Path) {
     let seconds: u64 = std::env::var("LOAD_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .as_millis() as i64;
-    let v1 = dir.path().join("v1.bin");
-    let v2 = dir.path().join("v2.bin");
+    let now_ms = now_ms();
+    let v1 = dir.join("v1.bin");
+    let v2 = dir.join("v2.bin");
     std::fs::write(&v1, synth::compress(&synth::request_v1(SERIES, now_ms))).expect("body");
     std::fs::write(&v2, synth::compress(&synth::request_v2(SERIES, now_ms))).expect("body");
     // Two of the twenty metric families: 10% of the series.
-    let ten_percent = rules_file(dir.path(), "ten-percent", [1, 16].into_iter());
-    let all = rules_file(dir.path(), "all", 0..synth::METRICS.len());
+    let ten_percent = rules_file(dir, "ten-percent", [1, 16].into_iter());
+    let all = rules_file(dir, "all", 0..synth::METRICS.len());
 
     let mut rows: Vec<(String, Measured, u64)> = Vec::new();
     for (label, rules) in [("10%", &ten_percent), ("all", &all)] {
-        let port = free_port();
-        let args = vec![
-            "run".to_owned(),
-            "--rules".to_owned(),
-            rules.display().to_string(),
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
-        ];
-        let server = start(
-            "prophet",
-            env!("CARGO_BIN_EXE_prophet"),
-            &args,
-            &format!("http://127.0.0.1:{port}/readyz"),
-        );
-        let url = format!("http://127.0.0.1:{port}/api/v1/write");
+        let (server, url) = start_prophet(rules, &[]);
         for (version, body, content_type) in [("v1", &v1, V1), ("v2", &v2, V2)] {
-            let measured = wrk(dir.path(), &url, body, content_type, seconds);
+            let measured = wrk(dir, &url, body, content_type, seconds);
             rows.push((
                 format!("prophet {version} {label}"),
                 measured,
@@ -248,40 +443,13 @@ fn main() {
         }
     }
     {
-        let port = free_port();
-        let args = vec![
-            format!("-httpListenAddr=127.0.0.1:{port}"),
-            format!("-storageDataPath={}", dir.path().join("vm").display()),
-            "-retentionPeriod=100y".to_owned(),
-        ];
-        let server = start(
-            "victoria-metrics",
-            "victoria-metrics",
-            &args,
-            &format!("http://127.0.0.1:{port}/health"),
-        );
-        let url = format!("http://127.0.0.1:{port}/api/v1/write");
-        let measured = wrk(dir.path(), &url, &v1, V1, seconds);
+        let (server, url) = start_victoria_metrics(&dir.join("vm"));
+        let measured = wrk(dir, &url, &v1, V1, seconds);
         rows.push(("victoria-metrics v1".into(), measured, server.rss_kib()));
     }
     {
-        let port = free_port();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, "global: {scrape_interval: 15s}\n").expect("config");
-        let args = vec![
-            "--web.enable-remote-write-receiver".to_owned(),
-            format!("--storage.tsdb.path={}", dir.path().join("prom").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            format!("--config.file={}", config.display()),
-        ];
-        let server = start(
-            "prometheus",
-            "prometheus",
-            &args,
-            &format!("http://127.0.0.1:{port}/-/ready"),
-        );
-        let url = format!("http://127.0.0.1:{port}/api/v1/write");
-        let measured = wrk(dir.path(), &url, &v1, V1, seconds);
+        let (server, url) = start_prometheus(&dir.join("prom"));
+        let measured = wrk(dir, &url, &v1, V1, seconds);
         rows.push(("prometheus v1".into(), measured, server.rss_kib()));
     }
 
@@ -300,5 +468,79 @@ fn main() {
             rss
         );
     }
-    println!("command: cargo bench --bench load");
+}
+
+/// The fleet's traffic (real captures, 20 hosts, time moving on pass after pass) to
+/// Prophet with no rules and with the 100 rules of `benches/fleet-rules.yaml`, beside
+/// victoria-metrics and prometheus: what ingest with rules costs over HTTP, where
+/// evaluation runs on its own thread and a `204` means the samples were evaluated.
+fn fleet_run(dir: &Path) {
+    let measured_passes: usize = std::env::var("LOAD_FLEET_PASSES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let passes_total = FLEET_WARM_PASSES + measured_passes;
+    // The last pass ends about now: receivers that keep a retention see recent samples.
+    let span_ms = Traffic::starting_at(None).span_ms();
+    let mut traffic = Traffic::starting_at(Some(now_ms() - span_ms * passes_total as i64));
+    let samples = traffic.samples_per_request();
+    let passes: Vec<Vec<Vec<u8>>> = (0..passes_total).map(|_| traffic.next_pass()).collect();
+    let no_rules = dir.join("fleet-none");
+    std::fs::create_dir_all(&no_rules).expect("rules folder");
+    let fleet_rules = dir.join("fleet-rules");
+    std::fs::create_dir_all(&fleet_rules).expect("rules folder");
+    std::fs::write(
+        fleet_rules.join("fleet-rules.yaml"),
+        include_str!("fleet-rules.yaml"),
+    )
+    .expect("rules file");
+
+    let mut rows: Vec<(&str, FleetMeasured, u64)> = Vec::new();
+    // As in the `fleet` bench: no rule of the 100 is cut short by its series limit.
+    let limit = ["--series-limit", "100000"];
+    for (name, rules) in [
+        ("prophet, no rules", &no_rules),
+        ("prophet, 100 rules", &fleet_rules),
+    ] {
+        let (server, url) = start_prophet(rules, &limit);
+        let measured = fleet_load(&url, &passes, &samples);
+        rows.push((name, measured, server.rss_kib()));
+    }
+    {
+        let (server, url) = start_victoria_metrics(&dir.join("fleet-vm"));
+        let measured = fleet_load(&url, &passes, &samples);
+        rows.push(("victoria-metrics", measured, server.rss_kib()));
+    }
+    {
+        let (server, url) = start_prometheus(&dir.join("fleet-prom"));
+        let measured = fleet_load(&url, &passes, &samples);
+        rows.push(("prometheus", measured, server.rss_kib()));
+    }
+
+    let rate = |name: &str| {
+        rows.iter()
+            .find(|(n, ..)| *n == name)
+            .map_or(f64::NAN, |(_, m, _)| m.samples_per_second)
+    };
+    let (none, vm) = (rate("prophet, no rules"), rate("victoria-metrics"));
+    println!(
+        "\nfleet traffic ({} hosts, {} samples a pass), {measured_passes} passes measured after {FLEET_WARM_PASSES}, {FLEET_CONNECTIONS} connections:",
+        fleet_traffic::HOSTS,
+        samples.iter().sum::<usize>()
+    );
+    println!(
+        "{:<20} {:>12} {:>12} {:>10} {:>8} {:>8} {:>11}",
+        "receiver", "samples/s", "vs no rules", "vs VM", "retried", "refused", "RSS KiB"
+    );
+    for (name, m, rss) in &rows {
+        println!(
+            "{name:<20} {:>12.0} {:>12.2} {:>10.2} {:>8} {:>8} {:>11}",
+            m.samples_per_second,
+            m.samples_per_second / none,
+            m.samples_per_second / vm,
+            m.retried,
+            m.refused,
+            rss
+        );
+    }
 }
