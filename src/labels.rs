@@ -88,8 +88,8 @@ impl Labels {
 
     /// The labels whose names `keep` accepts. Entries are copied as they are, in order,
     /// so the result is canonical without sorting or re-encoding; when every label is
-    /// kept, the result shares this set's bytes.
-    pub fn retain(&self, mut keep: impl FnMut(&[u8]) -> bool) -> Labels {
+    /// kept, the result shares this set's bytes. `keep` is asked twice per name.
+    pub fn retain(&self, keep: impl Fn(&[u8]) -> bool) -> Labels {
         // Sized first: growing the copy entry by entry reallocated several times per set,
         // and expressions drop or keep labels of every series at every step.
         let kept_len: usize = self

@@ -92,6 +92,145 @@ fn window_source_agrees_with_memory_source() {
     }
 }
 
+/// The same through what a receiver's windows go through: short retention, so ring
+/// buffers wrap under the ranges read; series that go quiet, are evicted and come back;
+/// and restores from saved windows (exported in reverse order). The memory source is built
+/// from the windows' own contents at every check, so only the reading paths differ.
+#[test]
+fn window_source_agrees_through_wrapped_buffers_evictions_and_restores() {
+    let spec = WindowSpec {
+        retention_ms: 60_000,
+        idle_ms: 90_000,
+        series_limit: 1000,
+    };
+    let mut windows = SelectorWindows::new(spec);
+    let stale = f64::from_bits(STALE_NAN_BITS);
+    let sets: Vec<Labels> = [
+        &[("pod", "b")][..],
+        &[("pod", "a")],
+        &[("pod", "a-b")],
+        &[("pod", "")],
+        &[("pod", "é")],
+        &[("pod", "A"), ("z", "1")],
+        &[("pod", "A")],
+        &[("Pod", "A")],
+        &[],
+    ]
+    .iter()
+    .flat_map(|pairs| {
+        ["m", "n"].map(|name| Labels::from_pairs(pairs.iter().copied().chain([("__name__", name)])))
+    })
+    .collect();
+    let mut seed = 7u64;
+    let mut rnd = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    let s = r#"{__name__=~"m|n"}"#;
+    let sel = match promql_parser::parser::parse(s).unwrap() {
+        promql_parser::parser::Expr::VectorSelector(vs) => Selector::from_promql(&vs),
+        _ => unreachable!(),
+    };
+    let exprs: Vec<String> = [
+        "{s}[30s]",
+        "{s}[1m] offset 7s",
+        "rate({s}[1m])",
+        "increase({s}[45s])",
+        "delta({s}[20s])",
+        "irate({s}[1m])",
+        "resets({s}[1m])",
+        "changes({s}[1m])",
+        "avg_over_time({s}[1m])",
+        "min_over_time({s}[5s])",
+        "stddev_over_time({s}[1m])",
+        "quantile_over_time(0.3, {s}[1m])",
+        "last_over_time({s}[1m] offset -3s)",
+        "topk(3, count_over_time({s}[1m]))",
+        "sum by (pod) (rate({s}[1m]))",
+    ]
+    .iter()
+    .map(|e| e.replace("{s}", s))
+    .collect();
+    let parsed: Vec<_> = exprs
+        .iter()
+        .map(|e| promql_parser::parser::parse(e).unwrap())
+        .collect();
+    let opts = EvalOptions {
+        lookback_ms: 60_000,
+    };
+    let mut quiet_until = vec![0i64; sets.len()];
+    let (mut wrapped, mut evicted, mut restores) = (0, 0, 0);
+    let mut t = 0i64;
+    while t < 1_500_000 {
+        t += 1_000;
+        for (i, labels) in sets.iter().enumerate() {
+            if t < quiet_until[i] || rnd() % 4 == 0 {
+                continue;
+            }
+            if rnd() % 300 == 0 {
+                quiet_until[i] = t + 100_000 + (rnd() % 100_000) as i64;
+                continue;
+            }
+            let value = match rnd() % 9 {
+                0 => stale,
+                1 => f64::NAN,
+                2 => 0.0,
+                _ => (rnd() % 100) as f64,
+            };
+            let id = windows
+                .get_or_insert(labels.hash_with_seed(1), labels.as_canonical())
+                .unwrap();
+            windows.insert(
+                id,
+                Sample {
+                    timestamp_ms: t,
+                    value,
+                },
+                t,
+            );
+        }
+        evicted += windows.evict_idle().len();
+        if t % 250_000 == 0 {
+            let mut exported = windows.export();
+            exported.reverse();
+            windows = SelectorWindows::new(spec);
+            windows.import(exported, 1, t);
+            restores += 1;
+        }
+        if t % 3_000 != 0 {
+            continue;
+        }
+        let memory = MemorySource::new(
+            windows
+                .export()
+                .into_iter()
+                .map(|e| prophet::eval::promql::SeriesSamples {
+                    labels: e.labels,
+                    samples: e.samples,
+                })
+                .collect(),
+        );
+        wrapped += windows
+            .iter_ordered()
+            .filter(|(_, w)| !w.slices_between(t - 61_000, t).1.is_empty())
+            .count();
+        let source = WindowSource::new(vec![(&sel, &windows)]);
+        for (expr, parsed) in exprs.iter().zip(&parsed) {
+            for at in [t - 60_000, t - 1, t, t + 1_500] {
+                let from_windows = format!("{:?}", evaluate(parsed, at, &source, &opts));
+                let from_memory = format!("{:?}", evaluate(parsed, at, &memory, &opts));
+                assert_eq!(from_windows, from_memory, "{expr} at {at}");
+            }
+        }
+    }
+    // The paths this test is for were taken.
+    assert!(wrapped > 100, "{wrapped} wrapped reads");
+    assert!(evicted > 10, "{evicted} evictions");
+    assert_eq!(restores, 6);
+}
+
 /// A band's history is `[history_from, t)`, even where `history_from` saturates at
 /// i64::MIN: a sample at exactly that time is history (a z-score and a MAD band alike).
 #[test]
