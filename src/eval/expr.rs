@@ -17,7 +17,7 @@ use super::band::{self, Band, BandAlgorithm, BandSpec};
 use super::condition::{ConditionDetector, SeriesState, Transition};
 use super::forecast;
 use super::promql::{self, EvalOptions, SeriesSamples, SeriesSource, Value};
-use super::verdict::format_value;
+use super::verdict::serialize_value;
 use crate::ingest::Sample;
 use crate::labels::Labels;
 use crate::route::Selector;
@@ -208,7 +208,11 @@ impl ResultIds {
 #[serde(rename_all = "camelCase")]
 pub struct ResultValue {
     pub series: Labels,
-    pub value: String,
+    /// Written as Prometheus writes values (see [`super::verdict::format_value`]) when
+    /// shown: formatting it at every step, for every result, was a measurable share of
+    /// evaluation.
+    #[serde(serialize_with = "serialize_value")]
+    pub value: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub band: Option<Band>,
     pub tripped: bool,
@@ -386,7 +390,7 @@ impl ExprDetector {
                 self.state.results.push(ResultValue {
                     tripped: self.condition.is_tripped(id),
                     series: labels,
-                    value: format_value(value),
+                    value,
                     band,
                 });
             }

@@ -769,7 +769,7 @@ impl Evaluator {
                             .filter(|r| r.tripped)
                             .map(|r| TrippedSeries {
                                 series: r.series.clone(),
-                                value: Some(r.value.clone()),
+                                value: Some(format_value(r.value)),
                                 sample_time_ms: d.state().at_ms.unwrap_or_default(),
                             }),
                     );
@@ -825,7 +825,7 @@ fn condition_values<'a>(
                 .collect();
             state.results.push(ResultValue {
                 series: window.labels().clone(),
-                value: format_value(current.value),
+                value: current.value,
                 band: band.and_then(|spec| band::band(&history, spec, &mut sort)),
                 tripped: detector.is_tripped(id),
             });

@@ -41,7 +41,7 @@ pub struct Verdict {
     pub change: Change,
     pub series: Labels,
     /// The sample value that decided it (absent when the series went stale or away).
-    #[serde(serialize_with = "serialize_value")]
+    #[serde(serialize_with = "serialize_optional_value")]
     pub value: Option<f64>,
     /// Event time of the deciding sample, ms since the Unix epoch.
     pub sample_time_ms: i64,
@@ -73,7 +73,15 @@ pub fn format_value(value: f64) -> String {
     }
 }
 
-fn serialize_value<S: serde::Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+/// A value as [`format_value`] writes it.
+pub(super) fn serialize_value<S: serde::Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_value(*value))
+}
+
+fn serialize_optional_value<S: serde::Serializer>(
+    value: &Option<f64>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match value {
         Some(v) => s.serialize_str(&format_value(*v)),
         None => s.serialize_none(),
