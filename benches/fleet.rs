@@ -3,11 +3,11 @@
 //!
 //! The traffic is the Prometheus 2.42 captures in `../shared/testdata` (a Prometheus, a
 //! node-exporter and a VictoriaMetrics scraped every 3 s: 679 metric families), sent as by
-//! a fleet of [`fleet_traffic::HOSTS`] such hosts: every capture once per host, its `instance` label
-//! naming the host. One host's 1400 series every 3 s would let event time run far faster
-//! than any real sender's, and with it the work done per minute of event time (SLO
-//! judgments, expression steps, forecasts); 20 hosts make 28 000 active series, a small
-//! production Prometheus. The 100 rules are `benches/fleet-rules.yaml`: thresholds on
+//! a fleet of [`fleet_traffic::HOSTS`] such hosts: every capture once per host, its
+//! `instance` label naming the host. One host's 1400 series every 3 s would let event
+//! time run far faster than any real sender's, and with it the work done per minute of
+//! event time (SLO judgments, expression steps, forecasts); 20 hosts make 28 000 active
+//! series, a small production Prometheus. The 100 rules are `benches/fleet-rules.yaml`: thresholds on
 //! series and PromQL expressions, anomaly bands, ratio and latency SLOs and forecasts,
 //! written as an SRE team would for these targets.
 //!
@@ -17,9 +17,13 @@
 //! and evaluate.
 //!
 //! - `fleet/none`: decode and route with no rules loaded.
-//! - `fleet/100-mixed`: decode, route, window and evaluate with the 100 rules.
+//! - `fleet/100-mixed`: decode, route, window and evaluate with the 100 rules (they keep
+//!   17% of the samples).
 //! - `fleet/100-mixed-route`: decode and route alone, the HTTP handlers' share (the
 //!   evaluator runs on its own thread).
+//! - `fleet-wide/*`: the same beside 60 more hosts whose metric names no rule reads, as
+//!   a Prometheus that scrapes far more than its rules watch would send: the rules keep
+//!   4% of the samples.
 //!
 //! Run: `cargo bench --bench fleet`.
 
@@ -43,6 +47,8 @@ const NOW_MS: i64 = 4_102_444_800_000;
 const SERIES_LIMIT: usize = 100_000;
 /// Traffic ingested before timing: the longest window of the rules.
 const WARM_MS: i64 = 60 * 60 * 1000;
+/// `fleet-wide`: hosts sending beside the fleet under metric names no rule reads.
+const UNREAD_HOSTS: usize = 60;
 
 fn route(body: &[u8], router: &Router, buffer: &mut ingest::SnappyBuffer) -> Batch {
     let decoded = buffer.decompress(body, 32 << 20).unwrap();
@@ -73,55 +79,57 @@ fn count(pass: &[Vec<u8>], router: &Router, buffer: &mut ingest::SnappyBuffer) -
 fn fleet(c: &mut Criterion) {
     let rule_set: Vec<CompiledRule> = compile_all(include_str!("fleet-rules.yaml"));
     assert_eq!(rule_set.len(), 100);
-    let mut group = c.benchmark_group("fleet");
-    group.sampling_mode(SamplingMode::Flat);
     let mut buffer = ingest::SnappyBuffer::new();
-    for (name, rules) in [("none", Vec::new()), ("100-mixed", rule_set)] {
-        let mut traffic = Traffic::starting_at(None);
-        let mut evaluator = Evaluator::new(rules, SERIES_LIMIT);
-        let router = evaluator.router(7);
-        // Steady state: the longest window these rules keep is an hour, so an hour of
-        // traffic fills every window before anything is timed.
-        for _ in 0..passes_in(&traffic, WARM_MS) {
-            for body in traffic.next_pass() {
-                evaluator.apply(&route(&body, &router, &mut buffer));
+    for (group_name, unread_hosts) in [("fleet", 0), ("fleet-wide", UNREAD_HOSTS)] {
+        let mut group = c.benchmark_group(group_name);
+        group.sampling_mode(SamplingMode::Flat);
+        for (name, rules) in [("none", Vec::new()), ("100-mixed", rule_set.clone())] {
+            let mut traffic = Traffic::starting_at(None, unread_hosts);
+            let mut evaluator = Evaluator::new(rules, SERIES_LIMIT);
+            let router = evaluator.router(7);
+            // Steady state: the longest window these rules keep is an hour, so an hour of
+            // traffic fills every window before anything is timed.
+            for _ in 0..passes_in(&traffic, WARM_MS) {
+                for body in traffic.next_pass() {
+                    evaluator.apply(&route(&body, &router, &mut buffer));
+                }
             }
-        }
-        let probe = traffic.next_pass();
-        let (samples, kept) = count(&probe, &router, &mut buffer);
-        assert_eq!(samples, traffic.samples_per_request().iter().sum::<usize>());
-        eprintln!(
-            "fleet/{name}: {samples} samples in {} requests a pass, {kept} kept ({:.1}%)",
-            probe.len(),
-            100.0 * kept as f64 / samples as f64
-        );
-        group.throughput(Throughput::Elements(samples as u64));
-        if name == "100-mixed" {
-            group.bench_function("100-mixed-route", |b| {
-                b.iter(|| {
-                    for body in &probe {
-                        route(body, &router, &mut buffer);
+            let probe = traffic.next_pass();
+            let (samples, kept) = count(&probe, &router, &mut buffer);
+            assert_eq!(samples, traffic.samples_per_request().iter().sum::<usize>());
+            eprintln!(
+                "{group_name}/{name}: {samples} samples in {} requests a pass, {kept} kept ({:.1}%)",
+                probe.len(),
+                100.0 * kept as f64 / samples as f64
+            );
+            group.throughput(Throughput::Elements(samples as u64));
+            if name == "100-mixed" {
+                group.bench_function("100-mixed-route", |b| {
+                    b.iter(|| {
+                        for body in &probe {
+                            route(body, &router, &mut buffer);
+                        }
+                    })
+                });
+            }
+            // Each iteration ingests the next pass; building it is not timed.
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let mut timed = Duration::ZERO;
+                    for _ in 0..iters {
+                        let pass = traffic.next_pass();
+                        let start = Instant::now();
+                        for body in &pass {
+                            evaluator.apply(&route(body, &router, &mut buffer));
+                        }
+                        timed += start.elapsed();
                     }
+                    timed
                 })
             });
         }
-        // Each iteration ingests the next pass; building it is not timed.
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let mut timed = Duration::ZERO;
-                for _ in 0..iters {
-                    let pass = traffic.next_pass();
-                    let start = Instant::now();
-                    for body in &pass {
-                        evaluator.apply(&route(body, &router, &mut buffer));
-                    }
-                    timed += start.elapsed();
-                }
-                timed
-            })
-        });
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group! {

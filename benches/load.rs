@@ -481,8 +481,8 @@ fn fleet_run(dir: &Path) {
         .unwrap_or(10);
     let passes_total = FLEET_WARM_PASSES + measured_passes;
     // The last pass ends about now: receivers that keep a retention see recent samples.
-    let span_ms = Traffic::starting_at(None).span_ms();
-    let mut traffic = Traffic::starting_at(Some(now_ms() - span_ms * passes_total as i64));
+    let span_ms = Traffic::starting_at(None, 0).span_ms();
+    let mut traffic = Traffic::starting_at(Some(now_ms() - span_ms * passes_total as i64), 0);
     let samples = traffic.samples_per_request();
     let passes: Vec<Vec<Vec<u8>>> = (0..passes_total).map(|_| traffic.next_pass()).collect();
     let no_rules = dir.join("fleet-none");

@@ -33,35 +33,37 @@ fn captures() -> Vec<WriteRequest> {
         .collect()
 }
 
-/// Every capture as each host sends it, `shift_ms` later than captured, compressed:
-/// capture by capture, host by host within each.
-fn fleet_round(captures: &[WriteRequest], shift_ms: i64) -> Vec<Vec<u8>> {
-    let mut bodies = Vec::with_capacity(captures.len() * HOSTS);
-    for capture in captures {
-        for host in 0..HOSTS {
-            let mut request = capture.clone();
-            for series in &mut request.timeseries {
-                for label in &mut series.labels {
-                    if label.name == "instance" {
-                        // 127.0.0.1:19101 → host-07.fleet.internal:19101
-                        let port = label.value.rsplit(':').next().unwrap_or_default();
-                        label.value = format!("host-{host:02}.fleet.internal:{port}");
-                    }
-                }
-                for sample in &mut series.samples {
-                    sample.timestamp += shift_ms;
-                }
+/// `capture` as `host` sends it, `shift_ms` later than captured, compressed. An unread
+/// host's metric names carry a prefix that no rule reads.
+fn as_sent(capture: &WriteRequest, host: usize, unread: bool, shift_ms: i64) -> Vec<u8> {
+    let mut request = capture.clone();
+    for series in &mut request.timeseries {
+        for label in &mut series.labels {
+            if label.name == "instance" {
+                // 127.0.0.1:19101 → host-07.fleet.internal:19101
+                let port = label.value.rsplit(':').next().unwrap_or_default();
+                label.value = format!("host-{host:02}.fleet.internal:{port}");
             }
-            bodies.push(synth::compress(&request.encode_to_vec()));
+            if unread && label.name == "__name__" {
+                label.value.insert_str(0, "unread_");
+            }
+        }
+        for sample in &mut series.samples {
+            sample.timestamp += shift_ms;
         }
     }
-    bodies
+    synth::compress(&request.encode_to_vec())
 }
 
 /// The captures as one pass of the fleet's traffic after another, each starting one
-/// scrape interval after the last sample of the one before.
+/// scrape interval after the last sample of the one before. Beside the [`HOSTS`], more
+/// hosts may send the same traffic under metric names no rule reads, as a Prometheus
+/// scraping far more than the rules watch would: their requests are built once, and
+/// their samples, never kept, keep their times.
 pub struct Traffic {
     captures: Vec<WriteRequest>,
+    /// Per capture, the requests of the unread hosts.
+    unread: Vec<Vec<Vec<u8>>>,
     /// How far the first pass is moved from the captured times.
     offset_ms: i64,
     span_ms: i64,
@@ -69,8 +71,9 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Passes whose first starts at `start_ms`, or at the captured time.
-    pub fn starting_at(start_ms: Option<i64>) -> Self {
+    /// Passes whose first starts at `start_ms`, or at the captured time, with
+    /// `unread_hosts` hosts sending beside the [`HOSTS`].
+    pub fn starting_at(start_ms: Option<i64>, unread_hosts: usize) -> Self {
         let captures = captures();
         let times = captures
             .iter()
@@ -78,9 +81,19 @@ impl Traffic {
             .flat_map(|s| &s.samples)
             .map(|s| s.timestamp);
         let (first, last) = times.fold((i64::MAX, i64::MIN), |(a, b), t| (a.min(t), b.max(t)));
+        let offset_ms = start_ms.map_or(0, |start| start - first);
+        let unread = captures
+            .iter()
+            .map(|capture| {
+                (HOSTS..HOSTS + unread_hosts)
+                    .map(|host| as_sent(capture, host, true, offset_ms))
+                    .collect()
+            })
+            .collect();
         Self {
             captures,
-            offset_ms: start_ms.map_or(0, |start| start - first),
+            unread,
+            offset_ms,
             span_ms: last - first + 3_000,
             next: 0,
         }
@@ -91,24 +104,28 @@ impl Traffic {
         self.span_ms
     }
 
-    /// The requests of the next pass, in the order [`fleet_round`] gives.
+    /// The requests of the next pass: capture by capture, the [`HOSTS`] then the unread
+    /// hosts within each.
     pub fn next_pass(&mut self) -> Vec<Vec<u8>> {
-        let pass = fleet_round(
-            &self.captures,
-            self.offset_ms + self.span_ms * self.next as i64,
-        );
+        let shift_ms = self.offset_ms + self.span_ms * self.next as i64;
         self.next += 1;
-        pass
+        let mut bodies = Vec::new();
+        for (capture, unread) in self.captures.iter().zip(&self.unread) {
+            bodies.extend((0..HOSTS).map(|host| as_sent(capture, host, false, shift_ms)));
+            bodies.extend(unread.iter().cloned());
+        }
+        bodies
     }
 
     /// Samples in each request of a pass, in the same order.
     pub fn samples_per_request(&self) -> Vec<usize> {
-        let per_capture = self
-            .captures
+        self.captures
             .iter()
-            .map(|r| r.timeseries.iter().map(|s| s.samples.len()).sum::<usize>());
-        per_capture
-            .flat_map(|n| std::iter::repeat_n(n, HOSTS))
+            .zip(&self.unread)
+            .flat_map(|(r, unread)| {
+                let n = r.timeseries.iter().map(|s| s.samples.len()).sum::<usize>();
+                std::iter::repeat_n(n, HOSTS + unread.len())
+            })
             .collect()
     }
 }
