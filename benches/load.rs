@@ -28,7 +28,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleet_traffic::Traffic;
@@ -205,11 +205,11 @@ struct FleetMeasured {
 fn fleet_load(url: &str, passes: &[Vec<Vec<u8>>], samples: &[usize]) -> FleetMeasured {
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, path) = rest.split_once('/').expect("a path");
-    let barrier = Arc::new(Barrier::new(FLEET_CONNECTIONS));
-    let results: Vec<(Duration, Instant, usize, u64, u64)> = std::thread::scope(|scope| {
+    let barrier = &Barrier::new(FLEET_CONNECTIONS);
+    // Per sender: when measuring started and ended, samples accepted, retries, refusals.
+    let results: Vec<(Instant, Instant, usize, u64, u64)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..FLEET_CONNECTIONS)
             .map(|connection| {
-                let barrier = barrier.clone();
                 scope.spawn(move || {
                     let mut stream = TcpStream::connect(host).expect("connecting");
                     stream.set_nodelay(true).expect("TCP_NODELAY");
@@ -258,7 +258,7 @@ fn fleet_load(url: &str, passes: &[Vec<Vec<u8>>], samples: &[usize]) -> FleetMea
                             }
                         }
                     }
-                    (started.elapsed(), started, sent, retried, refused)
+                    (started, Instant::now(), sent, retried, refused)
                 })
             })
             .collect();
@@ -268,8 +268,8 @@ fn fleet_load(url: &str, passes: &[Vec<Vec<u8>>], samples: &[usize]) -> FleetMea
             .collect()
     });
     // From the first sender's start to the last one's end.
-    let first = results.iter().map(|r| r.1).min().expect("senders");
-    let last = results.iter().map(|r| r.1 + r.0).max().expect("senders");
+    let first = results.iter().map(|r| r.0).min().expect("senders");
+    let last = results.iter().map(|r| r.1).max().expect("senders");
     let accepted: usize = results.iter().map(|r| r.2).sum();
     FleetMeasured {
         samples_per_second: accepted as f64 / (last - first).as_secs_f64(),

@@ -83,7 +83,7 @@ fn serialize_optional_value<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match value {
-        Some(v) => s.serialize_str(&format_value(*v)),
+        Some(v) => serialize_value(v, s),
         None => s.serialize_none(),
     }
 }

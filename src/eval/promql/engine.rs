@@ -165,21 +165,18 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
         // Staleness markers are rare and a source keeps to the range: copy only when
         // something has to be left out.
         let mut kept = Vec::new();
-        #[cfg(debug_assertions)]
+        // Checked in debug builds only: `debug_assert!` skips its condition in release.
         let mut previous: Option<Labels> = None;
         // The source's start is exclusive.
         let (from, to) = (start.saturating_sub(1), end);
         self.source
             .visit_range(&selector.groups, from, to, &mut |labels, samples| {
-                #[cfg(debug_assertions)]
-                {
-                    debug_assert!(
-                        previous
-                            .replace(labels.clone())
-                            .is_none_or(|p| compare_labels(&p, labels).is_le()),
-                        "a source lent its series out of label order"
-                    );
-                }
+                debug_assert!(
+                    previous
+                        .replace(labels.clone())
+                        .is_none_or(|p| compare_labels(&p, labels).is_le()),
+                    "a source lent its series out of label order"
+                );
                 let samples = if samples
                     .iter()
                     .any(|x| outside(x) || is_stale_marker(x.value))
