@@ -1,7 +1,7 @@
 //! The three custom resource kinds of `aiops.prophet.io/v1alpha1` — `AnomalyAction`,
 //! `PredictiveScale` and `SLOViolation` — as Rust types, and the generation of their
 //! CustomResourceDefinitions. These types are the single source of truth for
-//! `deploy/crds/` (regenerated and checked by `tests/crds.rs`) and for the rules read
+//! `deploy/crds/` (regenerated and checked by `tests/integration/crds.rs`) and for the rules read
 //! from `rules/*.yaml` in standalone mode. The `///` comment on every field becomes the
 //! user documentation in the CRD schema (`kubectl explain`), so it is written for users.
 //!
@@ -26,7 +26,7 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "aiops.prophet.io/v1alpha1";
 
 /// First line of every generated CRD file, so nobody edits one by hand.
-pub const GENERATED_HEADER: &str = "# Generated from src/rules/crd.rs by tests/crds.rs (PROPHET_BLESS=1 cargo test --test crds); do not edit.";
+pub const GENERATED_HEADER: &str = "# Generated from src/rules/crd.rs by tests/integration/crds.rs (PROPHET_BLESS=1 cargo test --test integration crds); do not edit.";
 
 // ---------------------------------------------------------------------------------------
 // AnomalyAction

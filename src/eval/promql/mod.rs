@@ -7,7 +7,7 @@
 //!
 //! [`check`] walks an expression once at load time and names the first part the engine
 //! cannot evaluate, so a rule is reported invalid when it is loaded, not when it first
-//! runs. `tests/promql_oracle.rs` compares the engine with a real Prometheus.
+//! runs. `tests/integration/promql_oracle.rs` compares the engine with a real Prometheus.
 //!
 //! # `ml_forecast`
 //! promql-parser refuses unknown function names at parse time. [`parse`] registers

@@ -1,6 +1,6 @@
 //! Unit tests of the engine's tricky semantics (lookback, staleness, range boundaries,
 //! extrapolation, counter resets, matching), none of which need a Prometheus. The same
-//! semantics are compared with a real Prometheus in `tests/promql_oracle.rs`.
+//! semantics are compared with a real Prometheus in `tests/integration/promql_oracle.rs`.
 
 use super::functions::{Bucket, Window, bucket_quantile, extrapolated_rate, instant_value};
 use super::*;

@@ -4,7 +4,7 @@
 //! a daily pattern trips an hour before its peak (a seasonal model, not a trend), and a
 //! flat series never trips.
 
-mod common;
+use crate::common;
 
 use axum::http::StatusCode;
 use common::*;

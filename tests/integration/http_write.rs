@@ -1,7 +1,7 @@
 //! `POST /api/v1/write` as a remote-write sender sees it: every status code of the spec,
 //! the 2.0 response headers, and that refused requests leave no trace.
 
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};

@@ -4,7 +4,7 @@
 //! checks that evaluating over the windows gives exactly what the same engine gives over
 //! all the samples, i.e. that the windows keep everything each selector needs.
 
-mod common;
+use crate::common;
 
 use axum::http::StatusCode;
 use common::*;

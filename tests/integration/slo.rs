@@ -1,7 +1,7 @@
 //! SLOViolation rules, end to end through the HTTP surface: counters in, burn rates and
 //! budget out, and a decision when the SLO is violated.
 
-mod common;
+use crate::common;
 
 use axum::http::StatusCode;
 use common::*;

@@ -2,7 +2,7 @@
 //! the newest sample of an instant selector, samples found by binary search, a z-score's
 //! running moments): these check them against plain recounts of the same samples.
 
-mod common;
+use crate::common;
 
 use common::*;
 use prophet::eval::WindowSource;

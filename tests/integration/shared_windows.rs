@@ -2,7 +2,7 @@
 //! decide exactly as it does when loaded alone: when another rule would keep the series
 //! longer, would accept a later sample, or saved a longer history before a restart.
 
-mod common;
+use crate::common;
 
 use common::*;
 use prophet::eval::EvaluatorState;

@@ -2,7 +2,7 @@
 //! SLO's error budget continues from where it was, a tripped series stays tripped without
 //! a second decision, and a corrupt state file is reported and set aside, never fatal.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

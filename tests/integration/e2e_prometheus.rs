@@ -6,7 +6,7 @@
 //!
 //! Needs `/usr/bin/prometheus` (`apt-get install prometheus`; `.ci/run` installs it).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! `deploy/crds/` is generated from the Rust types in `src/rules/crd.rs`. This test
 //! regenerates the CRDs and fails when the committed files differ, so a change to a
-//! type cannot ship without the matching CRD. `PROPHET_BLESS=1 cargo test --test crds`
+//! type cannot ship without the matching CRD. `PROPHET_BLESS=1 cargo test --test integration crds`
 //! rewrites the files instead.
 
 use std::collections::BTreeSet;
@@ -41,7 +41,7 @@ fn deploy_crds_match_the_rust_types() {
     }
     assert!(
         stale.is_empty(),
-        "deploy/crds is out of date with src/rules/crd.rs:\n  {}\nRun `PROPHET_BLESS=1 cargo test --test crds` and commit the result.",
+        "deploy/crds is out of date with src/rules/crd.rs:\n  {}\nRun `PROPHET_BLESS=1 cargo test --test integration crds` and commit the result.",
         stale.join("\n  ")
     );
 

@@ -2,7 +2,7 @@
 //! through the real pipeline: a step, a spike, a slow drift, and pure noise that must not
 //! trip; cold start and `for` apply.
 
-mod common;
+use crate::common;
 
 use axum::http::StatusCode;
 use common::*;

@@ -8,7 +8,7 @@
 //!
 //! Needs `/usr/bin/prometheus` (`apt-get install prometheus`; `.ci/run` installs it).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! the edge of i64, inputs that fall silent, gaps in a z-score history, and a restore
 //! after the rule's step changed.
 
-mod common;
+use crate::common;
 
 use common::*;
 use prophet::eval::Evaluator;
