@@ -100,8 +100,8 @@ impl SeriesWindow {
     }
 
     /// The retained samples in `(after_ms, until_ms]`, oldest first (the PromQL engine's
-    /// ranges), found by binary search: a window kept for the longest range any reader
-    /// needs is not walked from its start by every shorter one.
+    /// ranges), found by search: a window kept for the longest range any reader needs is
+    /// not walked from its start by every shorter one.
     pub fn samples_between(
         &self,
         after_ms: i64,
@@ -148,28 +148,44 @@ impl SeriesWindow {
         before_start: impl Fn(i64) -> bool,
         before_end: impl Fn(i64) -> bool,
     ) -> Range<usize> {
-        // Readers mostly want the whole window, or all of it before the newest sample
-        // (a band judging that sample): check the ends before searching.
-        let len = self.samples.len();
+        // Readers mostly want the whole window (a band's history), or its newest part (a
+        // range shorter than what another reader keeps).
         let from = match self.samples.front() {
             Some(first) if !before_start(first.timestamp_ms) => 0,
-            _ => self
-                .samples
-                .partition_point(|s| before_start(s.timestamp_ms)),
+            _ => self.count_from_back(before_start),
         };
-        let ends_by = |i: usize| {
-            self.samples
-                .get(i)
-                .is_some_and(|s| before_end(s.timestamp_ms))
-        };
-        let to = if len == 0 || ends_by(len - 1) {
-            len
-        } else if len >= 2 && ends_by(len - 2) {
-            len - 1
-        } else {
-            self.samples.partition_point(|s| before_end(s.timestamp_ms))
-        };
+        let to = self.count_from_back(before_end);
         from..to.max(from)
+    }
+
+    /// How many samples, from the oldest, have a time for which `before` holds (true for a
+    /// prefix of the window). Searched from the newest end in doubling steps, then by
+    /// bisection within the last step: ranges mostly end at or near the newest sample and
+    /// start minutes before it, in a window that may keep an hour, and this touches only
+    /// the samples near the answer where a plain binary search would start in the middle.
+    fn count_from_back(&self, before: impl Fn(i64) -> bool) -> usize {
+        let holds = |i: usize| before(self.samples[i].timestamp_ms);
+        // Every sample at `end` or after is not before.
+        let mut end = self.samples.len();
+        let mut step = 1;
+        while end > 0 {
+            let probe = end.saturating_sub(step);
+            if holds(probe) {
+                let (mut low, mut high) = (probe + 1, end);
+                while low < high {
+                    let middle = low + (high - low) / 2;
+                    if holds(middle) {
+                        low = middle + 1;
+                    } else {
+                        high = middle;
+                    }
+                }
+                return low;
+            }
+            end = probe;
+            step *= 2;
+        }
+        0
     }
 }
 
@@ -226,6 +242,43 @@ mod tests {
             }
         }
         assert!(wrapped > 0, "the ring buffer never wrapped within a range");
+    }
+
+    #[test]
+    fn ranges_hold_exactly_the_samples_a_scan_finds_at_every_size_and_edge() {
+        let mut w = SeriesWindow::new(Labels::from_pairs([("__name__", "m")]), 0);
+        // Uneven gaps, so edges fall on samples and between them; the retention of 600
+        // makes the window grow to ~70 samples and then wrap as it slides.
+        let mut t = 0;
+        for i in 0..200 {
+            t += 3 + (i * 7) % 11;
+            w.insert(at(t, i as f64), 600, i64::MAX);
+            let all: Vec<i64> = w.samples().map(|s| s.timestamp_ms).collect();
+            let first = all[0];
+            for edge in first - 2..=t + 2 {
+                for width in [0, 1, 5, 60, 600, 1_000] {
+                    let (after, until) = (edge - width, edge);
+                    let between: Vec<i64> = w
+                        .samples_between(after, until)
+                        .map(|s| s.timestamp_ms)
+                        .collect();
+                    let scanned: Vec<i64> = all
+                        .iter()
+                        .copied()
+                        .filter(|&s| s > after && s <= until)
+                        .collect();
+                    assert_eq!(between, scanned, "({after}, {until}] of {all:?}");
+                    let history: Vec<i64> =
+                        w.samples_in(after, until).map(|s| s.timestamp_ms).collect();
+                    let scanned: Vec<i64> = all
+                        .iter()
+                        .copied()
+                        .filter(|&s| s >= after && s < until)
+                        .collect();
+                    assert_eq!(history, scanned, "[{after}, {until}) of {all:?}");
+                }
+            }
+        }
     }
 
     #[test]
