@@ -16,6 +16,8 @@
 //!   series, 100 series.
 //! - `expression/step`: `sum by (namespace, pod) (rate(x[5m]))` with threshold `> 5` over
 //!   100 counters, windows full: one evaluation per 15 s step.
+//! - `expression-mad/step`: `rate(x[5m])` of the same counters judged by a MAD band over
+//!   its last day of results (5760 steps of 15 s) per series: one evaluation per step.
 //! - `slo/step`: a 30-day SLOViolation over 10 error and 20 total counters whose rollups
 //!   hold 30 days of per-minute counts: one per-minute evaluation (4 tiers and budget).
 //! - `forecast/*`: a PredictiveScale over `sum(x)` of 100 series, 1h horizon, with 3 days
@@ -309,6 +311,51 @@ spec:
     run
 }
 
+/// An expression judged by a band over a day of its results: the per-step cost of the
+/// band's history, which a day makes long.
+fn expression_mad() -> Run {
+    let yaml = r#"apiVersion: aiops.prophet.io/v1alpha1
+kind: AnomalyAction
+metadata: {name: odd-rates, namespace: shop}
+spec:
+  metric: rate(http_requests_total{job="api"}[5m])
+  detection: {algorithm: mad, window: 1d}
+  remediation: {type: alert}
+"#;
+    // Counters whose rate wanders within ±5% around 6 to 7 per second: inside the band.
+    let values = |i: usize, at_ms: i64| {
+        (6.0 + i as f64 / PODS as f64) * seconds(at_ms) + 10.0 * jitter(i, at_ms)
+    };
+    let pods = (0..PODS)
+        .map(|p| series(p, &[("__name__", "http_requests_total"), ("job", "api")]))
+        .collect();
+    let mut run = Run::new(yaml, pods, values, SCRAPE_MS);
+    run.feed((DAY_MS / SCRAPE_MS) as usize + 4);
+    let state = run.evaluator.export();
+    let DetectorState::Expression(saved) = &state.rules[0].detector else {
+        panic!("an expression detector");
+    };
+    assert_eq!(saved.results.len(), PODS);
+    for result in &saved.results {
+        assert!(
+            result.history.len() >= (DAY_MS / SCRAPE_MS) as usize,
+            "{} values: a day of results",
+            result.history.len()
+        );
+    }
+    run.feed(1);
+    let snapshot = run.snapshot();
+    let values = snapshot.values.as_ref().unwrap();
+    assert_eq!(values.at_ms, Some(run.clock_ms), "evaluated at this step");
+    assert_eq!(values.result_count, PODS);
+    assert!(
+        values.results.iter().all(|r| r.band.is_some()),
+        "every result has its band"
+    );
+    assert_eq!(snapshot.counters.tripped, 0, "noise inside its band");
+    run
+}
+
 /// Cumulative request counts of pod `i / 2`, code 200 (even `i`) or 500 (odd): 1000
 /// requests a minute of which 0.5 fail, half of a 99.9% SLO's budget.
 fn requests(i: usize, at_ms: i64) -> f64 {
@@ -478,6 +525,7 @@ fn benches(c: &mut Criterion) {
     bench_step(c, "zscore", true, zscore);
     bench_step(c, "mad", true, mad);
     bench_step(c, "expression", false, expression);
+    bench_step(c, "expression-mad", false, expression_mad);
     bench_step(c, "slo", false, slo);
 
     let mut group = c.benchmark_group("forecast");

@@ -8,12 +8,12 @@
 //! its state by, and each result series' history for its band. Pure: time is the step
 //! boundary passed in.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use promql_parser::label::Matcher;
 use serde::Serialize;
 
-use super::band::{self, Band, BandAlgorithm, BandSpec};
+use super::band::{self, Band, BandAlgorithm, BandSpec, RunningBands};
 use super::condition::{ConditionDetector, SeriesState, Transition};
 use super::forecast;
 use super::promql::{self, EvalOptions, SeriesSamples, SeriesSource, Value};
@@ -22,7 +22,7 @@ use crate::ingest::Sample;
 use crate::labels::Labels;
 use crate::route::Selector;
 use crate::rules::compile::{ConditionSpec, QuerySpec};
-use crate::window::{SelectorWindows, SeriesId};
+use crate::window::{SelectorWindows, SeriesId, SeriesWindow};
 
 /// A rule's input windows, as the PromQL engine reads them. Each selector of the
 /// expression is one of the rule's inputs (compile made sure of it), so a selection is a
@@ -278,7 +278,10 @@ pub struct ExprDetector {
     band_window_ms: i64,
     ids: ResultIds,
     /// Per result id, its values at the steps it was returned (for the band).
-    history: Vec<VecDeque<(i64, f64)>>,
+    history: Vec<SeriesWindow>,
+    /// Per result id, a z-score or MAD band's history kept running as it slides, as for
+    /// a plain series: a step costs O(1) or O(log n), not a pass over the history.
+    running: RunningBands,
     /// Per result id, its seasonal bands (seasonal detection only).
     seasonal: Vec<Option<SeasonalFit>>,
     last_ms: i64,
@@ -289,6 +292,7 @@ pub struct ExprDetector {
 
 impl ExprDetector {
     pub fn new(query: QuerySpec, condition: ConditionSpec, band_window_ms: i64) -> Self {
+        let running = RunningBands::for_spec(condition.band.as_ref());
         Self {
             band: condition.band,
             condition: ConditionDetector::new(condition),
@@ -296,6 +300,7 @@ impl ExprDetector {
             band_window_ms,
             ids: ResultIds::default(),
             history: Vec::new(),
+            running,
             seasonal: Vec::new(),
             last_ms: i64::MIN,
             state: ExprState::default(),
@@ -328,7 +333,11 @@ impl ExprDetector {
                     history: self
                         .history
                         .get(id.0 as usize)
-                        .map(|h| h.iter().map(|(t, v)| (*t, v.to_bits())).collect())
+                        .map(|h| {
+                            h.samples()
+                                .map(|s| (s.timestamp_ms, s.value.to_bits()))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 })
                 .collect(),
@@ -342,14 +351,16 @@ impl ExprDetector {
             let id = self.ids.get_or_insert(&result.labels);
             self.condition.restore(id, result.state);
             let index = id.0 as usize;
-            if index >= self.history.len() {
-                self.history.resize_with(index + 1, VecDeque::new);
+            let history = self.history_of(index);
+            *history = SeriesWindow::detached();
+            for (t, bits) in result.history {
+                let sample = Sample {
+                    timestamp_ms: t,
+                    value: f64::from_bits(bits),
+                };
+                history.insert(sample, i64::MAX, t);
             }
-            self.history[index] = result
-                .history
-                .into_iter()
-                .map(|(t, bits)| (t, f64::from_bits(bits)))
-                .collect();
+            self.running.forget(index);
         }
     }
 
@@ -404,8 +415,9 @@ impl ExprDetector {
         for id in gone {
             let cleared = self.condition.forget(id);
             if let Some(history) = self.history.get_mut(id.0 as usize) {
-                history.clear();
+                *history = SeriesWindow::detached();
             }
+            self.running.forget(id.0 as usize);
             if let Some(fit) = self.seasonal.get_mut(id.0 as usize) {
                 *fit = None;
             }
@@ -423,20 +435,28 @@ impl ExprDetector {
     /// the history is long enough.
     fn band_for(&mut self, id: SeriesId, at_ms: i64) -> Option<Band> {
         let spec = self.band?;
-        let history = self.history.get(id.0 as usize)?;
+        let index = id.0 as usize;
+        let history = self.history.get(index)?;
         let from = at_ms.saturating_sub(self.band_window_ms);
-        self.values.clear();
-        self.values.extend(
+        let values = || {
             history
-                .iter()
-                .filter(|(t, v)| *t >= from && *t < at_ms && v.is_finite())
-                .map(|(_, v)| *v),
-        );
+                .samples_in(from, at_ms)
+                .map(|s| s.value)
+                .filter(|v| v.is_finite())
+        };
         match spec.algorithm {
             BandAlgorithm::Zscore | BandAlgorithm::Mad => {
-                band::band(&self.values, &spec, &mut self.sort)
+                // Before the value at `at_ms` is appended: the history still holds what
+                // leaves the band's span.
+                self.running.advance(index, history, from, at_ms);
+                match self.running.band(index, &spec, from, at_ms) {
+                    Some(band) => band,
+                    None => band::band_of(values(), &spec, &mut self.sort),
+                }
             }
             BandAlgorithm::Seasonal => {
+                self.values.clear();
+                self.values.extend(values());
                 let step = self.query.step_ms;
                 let index = id.0 as usize;
                 if index >= self.seasonal.len() {
@@ -452,10 +472,9 @@ impl ExprDetector {
                 // The history ends at its newest step before `at_ms`; the bands start at
                 // the step after it.
                 let newest = history
-                    .iter()
-                    .rev()
-                    .find(|(t, _)| *t < at_ms)
-                    .map_or(at_ms - step, |(t, _)| *t);
+                    .samples_in(i64::MIN, at_ms)
+                    .next_back()
+                    .map_or(at_ms - step, |s| s.timestamp_ms);
                 let from_ms = newest + step;
                 let skip = usize::try_from((at_ms - from_ms) / step).unwrap_or(0);
                 let bands = forecast::seasonal_bands(
@@ -476,29 +495,42 @@ impl ExprDetector {
     /// a seasonal baseline, which needs a fixed step, the previous value is carried over
     /// the steps the series was not returned at.
     fn remember(&mut self, id: SeriesId, at_ms: i64, value: f64) {
-        let index = id.0 as usize;
-        if index >= self.history.len() {
-            self.history.resize_with(index + 1, VecDeque::new);
-        }
         let step = self.query.step_ms;
-        let from = at_ms.saturating_sub(self.band_window_ms);
-        let history = &mut self.history[index];
+        let window_ms = self.band_window_ms;
+        let from = at_ms.saturating_sub(window_ms);
         // Only the seasonal baseline needs a fixed step; carrying values over a gap
         // would make a z-score or MAD history look flat.
         let seasonal = self
             .band
             .is_some_and(|b| b.algorithm == BandAlgorithm::Seasonal);
-        if seasonal && let Some(&(last_ms, last)) = history.back() {
-            let mut t = last_ms.max(from.saturating_sub(step)).saturating_add(step);
+        let history = self.history_of(id.0 as usize);
+        let last = history.last();
+        let mut append = |timestamp_ms, value| {
+            let sample = Sample {
+                timestamp_ms,
+                value,
+            };
+            history.insert(sample, window_ms, timestamp_ms);
+        };
+        if seasonal && let Some(last) = last {
+            let mut t = last
+                .timestamp_ms
+                .max(from.saturating_sub(step))
+                .saturating_add(step);
             while t < at_ms {
-                history.push_back((t, last));
+                append(t, last.value);
                 t += step;
             }
         }
-        history.push_back((at_ms, value));
-        while history.front().is_some_and(|(t, _)| *t < from) {
-            history.pop_front();
+        append(at_ms, value);
+    }
+
+    /// Result `index`'s history, made when it has none.
+    fn history_of(&mut self, index: usize) -> &mut SeriesWindow {
+        if index >= self.history.len() {
+            self.history.resize_with(index + 1, SeriesWindow::detached);
         }
+        &mut self.history[index]
     }
 }
 

@@ -191,3 +191,109 @@ fn restore_after_a_step_change_stays_on_the_grid() {
         "{at:?} after {report:?}"
     );
 }
+
+/// The band an expression result is judged against is the band of the values the
+/// expression returned for that series at the steps before, within the band's window:
+/// checked at every step against a plain recount (a sort), through noise, a spike, a
+/// series that vanishes past the lookback and comes back with a fresh history, and a
+/// restore into a new evaluator.
+#[test]
+fn an_expression_band_is_the_band_of_the_values_it_returned() {
+    fn recount(values: &[f64], algorithm: &str) -> Option<(f64, f64)> {
+        if values.len() < 4 {
+            return None;
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            }
+        };
+        let n = values.len() as f64;
+        let (center, spread) = if algorithm == "zscore" {
+            let mean = values.iter().sum::<f64>() / n;
+            let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+            (mean, variance.sqrt())
+        } else {
+            let center = median(&mut values.to_vec());
+            let mut deviations: Vec<f64> = values.iter().map(|v| (v - center).abs()).collect();
+            (center, median(&mut deviations) * 1.4826)
+        };
+        Some((center - 3.0 * spread, center + 3.0 * spread))
+    }
+    for algorithm in ["zscore", "mad"] {
+        let yaml = format!(
+            "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: r, namespace: shop}}\nspec:\n  metric: 'm * 1'\n  detection: {{algorithm: {algorithm}, sensitivity: 3, window: 3m, minSamples: 4}}\n  remediation: {{type: alert}}\n"
+        );
+        let mut ev = evaluator(&yaml);
+        let base = 9_000_000_000;
+        let mut seed = 7u64;
+        let mut noise = move || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) as f64 / (1u64 << 31) as f64
+        };
+        // Per pod, the (time, value) the expression returned since the series last
+        // (re)appeared.
+        let mut returned: std::collections::BTreeMap<String, Vec<(i64, f64)>> = Default::default();
+        let mut checked = 0;
+        for i in 0..160i64 {
+            if i == 80 {
+                let saved = ev.export();
+                ev = evaluator(&yaml);
+                ev.restore(saved, 1, i64::MAX);
+            }
+            let t = base + i * 15_000;
+            let a = 1e6 + 50.0 * noise() + if i == 60 { 900.0 } else { 0.0 };
+            let mut batch = vec![series(&[("__name__", "m"), ("pod", "a")], &[(t, a)])];
+            // Pod b is silent for 8 minutes: past the 5 minute lookback it is no longer
+            // returned, and its history starts again when it comes back.
+            if !(40..72).contains(&i) {
+                let b = 20.0 * noise() + (i % 7) as f64;
+                batch.push(series(&[("__name__", "m"), ("pod", "b")], &[(t, b)]));
+            }
+            feed(&mut ev, t, batch);
+            let snapshot = ev.snapshot();
+            let state = snapshot[0].values.as_ref().expect("an expression rule");
+            assert_eq!(state.at_ms, Some(t));
+            let seen: Vec<String> = state
+                .results
+                .iter()
+                .map(|r| r.series.get("pod").unwrap().to_owned())
+                .collect();
+            returned.retain(|pod, _| seen.contains(pod));
+            for result in &state.results {
+                let pod = result.series.get("pod").unwrap().to_owned();
+                let history = returned.entry(pod.clone()).or_default();
+                let before: Vec<f64> = history
+                    .iter()
+                    .filter(|(at, _)| *at >= t - 180_000)
+                    .map(|(_, v)| *v)
+                    .collect();
+                let shown = result.band.map(|b| (b.lower, b.upper));
+                match (recount(&before, algorithm), shown) {
+                    (None, None) => {}
+                    (Some(want), Some(got)) => {
+                        let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(1.0);
+                        assert!(
+                            close(want.0, got.0) && close(want.1, got.1),
+                            "{algorithm} {pod} at step {i}: {got:?}, recounted {want:?}"
+                        );
+                        checked += 1;
+                    }
+                    (want, got) => {
+                        panic!("{algorithm} {pod} at step {i}: {got:?}, recounted {want:?}")
+                    }
+                }
+                history.push((t, result.value));
+            }
+        }
+        assert!(checked > 200, "{algorithm}: only {checked} bands checked");
+        assert!(
+            returned.contains_key("b"),
+            "{algorithm}: pod b never came back"
+        );
+    }
+}
