@@ -1,6 +1,7 @@
 //! Expressions and bands read windows through narrow paths (series kept in label order,
-//! the newest sample of an instant selector, samples found by binary search, a z-score's
-//! running moments): these check them against plain recounts of the same samples.
+//! the newest sample of an instant selector, ranges searched from the newest sample, a
+//! z-score's running moments): these check them against plain recounts of the same
+//! samples.
 
 use crate::common;
 
