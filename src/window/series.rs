@@ -39,7 +39,7 @@ impl SeriesWindow {
 
     /// A window of no selector's: a history that its owner appends to at its own times
     /// (an expression result's values at each step, read by its band).
-    pub fn detached() -> Self {
+    pub(crate) fn detached() -> Self {
         Self::new(Labels::from_pairs([]), 0)
     }
 
@@ -60,7 +60,7 @@ impl SeriesWindow {
     /// sample itself). Trimming by the receiver's clock,
     /// not by the sample alone, means a sender whose clock runs ahead still leaves the
     /// window what evaluations at the receiver's time need.
-    pub fn insert(&mut self, sample: Sample, retention_ms: i64, now_ms: i64) -> Insert {
+    pub(crate) fn insert(&mut self, sample: Sample, retention_ms: i64, now_ms: i64) -> Insert {
         if let Some(last) = self.samples.back() {
             if sample.timestamp_ms < last.timestamp_ms {
                 return Insert::OutOfOrder;

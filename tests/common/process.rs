@@ -21,3 +21,16 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Percent-encodes everything but unreserved characters, for a URL query value (a PromQL
+/// expression sent to Prometheus's query API).
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::process::{Running, free_port};
+use common::process::{Running, free_port, percent_encode};
 
 /// Starts `prophet run` on a free port; returns it and the address it reports.
 fn start_prophet(rules: &Path) -> (Running, String) {
@@ -246,16 +246,4 @@ async fn wait_decision(client: &reqwest::Client, addr: &str, rule: &str) -> serd
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// Percent-encodes everything but unreserved characters, for a URL query value.
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

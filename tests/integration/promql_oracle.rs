@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::process::{Running, free_port};
+use common::process::{Running, free_port, percent_encode};
 
 use prophet::eval::promql::{self, EvalOptions, MemorySource, Value};
 use prophet::ingest::{STALE_NAN_BITS, Sample};
@@ -600,7 +600,7 @@ async fn the_engine_agrees_with_prometheus() {
             let ours = prophet_outcome(promql::evaluate(&expr, at, &source, &opts));
             let url = format!(
                 "{base}/api/v1/query?query={}&time={}.{:03}",
-                encode(text),
+                percent_encode(text),
                 at.div_euclid(1000),
                 at.rem_euclid(1000)
             );
@@ -637,16 +637,4 @@ async fn the_engine_agrees_with_prometheus() {
         failures.len(),
         failures.join("\n")
     );
-}
-
-/// Percent-encodes a query parameter.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
