@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod counting;
+pub mod k8s;
 pub mod process;
 
 use std::time::{SystemTime, UNIX_EPOCH};

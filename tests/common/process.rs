@@ -34,3 +34,16 @@ pub fn percent_encode(text: &str) -> String {
         })
         .collect()
 }
+
+/// Debian's Prometheus, the remote-write sender and PromQL oracle of the end-to-end
+/// tests; `None` (the test says it skipped, or fails under `PROPHET_TEST_REQUIRE=1`)
+/// where it is not installed.
+pub fn prometheus() -> Option<&'static std::path::Path> {
+    let binary = std::path::Path::new("/usr/bin/prometheus");
+    if binary.exists() {
+        Some(binary)
+    } else {
+        super::k8s::skip("needs Debian's prometheus at /usr/bin/prometheus (apt-get install prometheus)");
+        None
+    }
+}
