@@ -3,8 +3,8 @@
 //! and the stages (ingest, route, eval); no decoding or rule logic lives here.
 
 use std::cell::RefCell;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -34,6 +34,9 @@ pub struct RuleStatus {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The `metadata.generation` of the resource this was compiled from (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// A YAML document that did not load as a rule.
@@ -44,16 +47,43 @@ pub struct InvalidDocument {
     pub reason: String,
 }
 
+/// The rule set as loading and compiling left it, for `GET /api/v1/rules`.
+#[derive(Debug, Clone, Default)]
+pub struct RuleListing {
+    pub rules: Vec<RuleStatus>,
+    pub invalid_documents: Vec<InvalidDocument>,
+}
+
 /// State shared by the handlers.
 pub struct AppState {
     pub limits: Limits,
-    pub router: Arc<Router>,
+    /// The current rule set's index; swapped whole when the rules change.
+    pub router: RwLock<Arc<Router>>,
     pub eval: EvalHandle,
     pub metrics: Arc<Metrics>,
     pub decisions: DecisionLog,
-    pub rules: Vec<RuleStatus>,
-    pub invalid_documents: Vec<InvalidDocument>,
+    pub listing: RwLock<Arc<RuleListing>>,
     pub ready: AtomicBool,
+}
+
+impl AppState {
+    /// The router requests are routed with now.
+    pub fn current_router(&self) -> Arc<Router> {
+        // std RwLock: held only to clone or swap an Arc, never across an await.
+        self.router.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The rules as last loaded.
+    pub fn current_listing(&self) -> Arc<RuleListing> {
+        self.listing.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Makes a new rule set visible: its router (requests routed from now on use it) and
+    /// its listing.
+    pub fn swap_rules(&self, router: Arc<Router>, listing: RuleListing) {
+        *self.router.write().unwrap_or_else(|e| e.into_inner()) = router;
+        *self.listing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(listing);
+    }
 }
 
 /// Protocol label for requests refused before their protocol was known.
@@ -165,9 +195,10 @@ fn ingest_body(
         let result = buffer
             .decompress(body, state.limits.max_decoded_bytes)
             .and_then(|decoded| {
+                let router = state.current_router();
                 let mut batch = Batch::new(arrived, now_ms, state.limits.max_kept_label_bytes);
                 let stats = ingest::decode(protocol, decoded, &state.limits, now_ms, |series| {
-                    state.router.route(series, &mut batch)
+                    router.route(series, &mut batch)
                 })?;
                 Ok((stats, batch))
             });
@@ -268,7 +299,7 @@ async fn commit(
     };
     if !batch.entries.is_empty() {
         let applied = match state.eval.submit(batch) {
-            Ok(applied) => applied.await.map_err(|_| SubmitError::Stopped),
+            Ok(applied) => applied.await.unwrap_or(Err(SubmitError::Stopped)),
             Err(e) => Err(e),
         };
         if let Err(error) = applied {
@@ -326,7 +357,8 @@ async fn rules(State(state): State<Arc<AppState>>) -> Response {
         Ok(live) => live,
         Err(error) => return (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
     };
-    let rules = state
+    let listing = state.current_listing();
+    let rules = listing
         .rules
         .iter()
         .map(|status| RuleView {
@@ -336,7 +368,7 @@ async fn rules(State(state): State<Arc<AppState>>) -> Response {
         .collect();
     Json(RulesResponse {
         rules,
-        invalid_documents: state.invalid_documents.clone(),
+        invalid_documents: listing.invalid_documents.clone(),
     })
     .into_response()
 }

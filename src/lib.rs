@@ -58,6 +58,8 @@ pub enum Error {
     Spawn(std::io::Error),
     #[error("cannot write CRDs: {0}")]
     Crds(std::io::Error),
+    #[error("the evaluator has stopped")]
+    EvaluatorStopped,
 }
 
 impl Error {
@@ -69,6 +71,7 @@ impl Error {
             Self::Serve(_) => "serve",
             Self::Spawn(_) => "spawn",
             Self::Crds(_) => "crds",
+            Self::EvaluatorStopped => "evaluator",
         }
     }
 }

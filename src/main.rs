@@ -116,11 +116,13 @@ fn run(args: RunArgs) -> prophet::Result<()> {
             series_limit: args.series_limit,
             compile: CompileOptions {
                 allow_cross_namespace: args.allow_cross_namespace,
+                ..CompileOptions::default()
             },
             eval_queue: args.eval_queue,
             decisions_kept: args.decisions_kept,
             state_dir: args.state_dir,
             state_interval: args.state_interval,
+            ..PipelineConfig::default()
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -278,6 +278,9 @@ pub struct Router {
     /// against every series, so they cost throughput; rare in practice.
     unnamed: RouteSet,
     seed: u64,
+    /// Which rule set this index was built for; the evaluator refuses a batch routed
+    /// under another (its selector ids mean other windows there).
+    generation: u64,
 }
 
 impl Router {
@@ -308,7 +311,19 @@ impl Router {
             by_name,
             unnamed,
             seed,
+            generation: 0,
         }
+    }
+
+    /// The same index, marked as built for rule set `generation`.
+    pub fn with_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    /// The rule set this index was built for.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// A router that keeps nothing.
@@ -325,6 +340,7 @@ impl Router {
     /// `batch` once, with an entry for every input whose selector matches.
     #[inline]
     pub fn route(&self, series: &SeriesView<'_, '_>, batch: &mut Batch) -> Result<(), IngestError> {
+        batch.generation = self.generation;
         if series.samples.is_empty() {
             // Histogram- or exemplar-only series: nothing a rule evaluates.
             return Ok(());
@@ -397,6 +413,8 @@ pub struct Batch {
     pub entries: Vec<KeptSeries>,
     pub kept_samples: usize,
     pub unmatched_samples: usize,
+    /// The rule set the batch was routed under (see [`Router::generation`]).
+    pub generation: u64,
     labels: Vec<u8>,
     /// Most bytes `labels` may grow to (at most `u32::MAX`, as ranges index it).
     max_label_bytes: usize,
@@ -412,6 +430,7 @@ impl Batch {
             entries: Vec::new(),
             kept_samples: 0,
             unmatched_samples: 0,
+            generation: 0,
             labels: Vec::new(),
             // Headroom for the one series that may cross the limit before it is noticed.
             max_label_bytes: max_label_bytes.min(u32::MAX as usize / 2),

@@ -3,26 +3,29 @@
 //! actuate) and serves HTTP until shutdown; everything before actuate is the same code a
 //! cluster deployment runs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::actuate::{DecisionLog, DryRun};
-use crate::eval::{EvalHandle, Evaluator, EvaluatorState, Restored};
-use crate::http::{AppState, InvalidDocument, RuleStatus};
+use crate::eval::{
+    EvalEvent, EvalHandle, Evaluator, EvaluatorState, Restored, RuleSetChange,
+};
+use crate::http::{AppState, InvalidDocument, RuleListing, RuleStatus};
 use crate::ingest::Limits;
 use crate::metrics::{Metrics, RuleStateLabels};
 use crate::reconcile::Decider;
-use crate::rules::compile::{CompileError, CompileOptions, compile};
-use crate::rules::load::{LoadReport, load_dir};
+use crate::rules::compile::{CompileError, CompileOptions, CompiledRule, compile};
+use crate::rules::load::{LoadReport, RuleKey, load_dir};
+use crate::rules::tenancy::Tenancy;
 use crate::{Error, Result};
 
 /// How the pipeline behind the HTTP surface is set up.
@@ -39,6 +42,8 @@ pub struct PipelineConfig {
     /// shutdown) and restored from at start; `None` keeps nothing across restarts.
     pub state_dir: Option<PathBuf>,
     pub state_interval: Duration,
+    /// Which series each rule may read.
+    pub tenancy: Tenancy,
 }
 
 impl Default for PipelineConfig {
@@ -51,6 +56,7 @@ impl Default for PipelineConfig {
             decisions_kept: 10_000,
             state_dir: None,
             state_interval: Duration::from_secs(60),
+            tenancy: Tenancy::default(),
         }
     }
 }
@@ -66,6 +72,7 @@ pub struct RunConfig {
 /// The running stages behind the HTTP surface.
 pub struct Pipeline {
     pub state: Arc<AppState>,
+    config: PipelineConfig,
     eval_thread: std::thread::JoinHandle<Evaluator>,
     reconcile: tokio::task::JoinHandle<()>,
     /// The state file and its periodic saver, with `--state-dir`.
@@ -82,63 +89,123 @@ struct Saver {
 /// The file in `--state-dir` that holds the evaluator's state.
 pub const STATE_FILE: &str = "evaluator.state";
 
-impl Pipeline {
-    /// Compiles the loaded rules (reporting each one that is invalid or unsupported) and
-    /// starts eval and reconcile. Must be called within a tokio runtime.
-    pub fn start(report: &LoadReport, config: &PipelineConfig) -> Result<Self> {
-        let invalid_documents: Vec<InvalidDocument> = report
-            .invalid
-            .iter()
-            .map(|doc| {
-                tracing::warn!("rule document not loaded: {doc}");
-                let mut origin = doc.file.display().to_string();
-                if let Some(document) = doc.document {
-                    origin.push_str(&format!(" document {document}"));
-                }
-                InvalidDocument {
-                    origin,
-                    reason: doc.to_string(),
-                }
-            })
-            .collect();
+/// A loaded rule set, compiled: what the evaluator runs and what the rules endpoint lists.
+pub struct CompiledSet {
+    pub active: Vec<CompiledRule>,
+    pub listing: RuleListing,
+}
 
-        let mut statuses = Vec::new();
-        let mut active = Vec::new();
-        for rule in &report.rules {
-            let key = rule.key();
-            match compile(rule, config.compile) {
-                Ok(compiled) => {
-                    tracing::info!(rule = %key, condition = %compiled.summary, "rule active");
-                    statuses.push(RuleStatus {
-                        rule: key,
-                        state: "active",
-                        message: None,
-                    });
-                    active.push(compiled);
-                }
-                Err(error) => {
-                    let state = match error {
-                        CompileError::Invalid(_) => "invalid",
-                        CompileError::Unsupported(_) => "unsupported",
-                    };
-                    tracing::warn!(rule = %key, state, reason = %error, "rule not evaluated");
-                    statuses.push(RuleStatus {
-                        rule: key,
-                        state,
-                        message: Some(error.to_string()),
-                    });
-                }
+/// Compiles every loaded rule (reporting each one that is invalid or unsupported, and
+/// each document that did not load), confining each to its namespace as `tenancy` says.
+pub fn compile_set(report: &LoadReport, options: CompileOptions, tenancy: &Tenancy) -> CompiledSet {
+    let invalid_documents: Vec<InvalidDocument> = report
+        .invalid
+        .iter()
+        .map(|doc| {
+            tracing::warn!("rule document not loaded: {doc}");
+            let mut origin = doc.file.display().to_string();
+            if let Some(document) = doc.document {
+                origin.push_str(&format!(" document {document}"));
+            }
+            InvalidDocument {
+                origin,
+                reason: doc.to_string(),
+            }
+        })
+        .collect();
+
+    let mut rules = Vec::new();
+    let mut active = Vec::new();
+    for rule in &report.rules {
+        let key = rule.key();
+        let options = CompileOptions {
+            confine_to_namespace: tenancy.confines(&key.namespace),
+            ..options
+        };
+        let generation = rule.metadata().generation;
+        match compile(rule, options) {
+            Ok(compiled) => {
+                tracing::info!(rule = %key, condition = %compiled.summary, "rule active");
+                rules.push(RuleStatus {
+                    rule: key,
+                    state: "active",
+                    message: None,
+                    generation,
+                });
+                active.push(compiled);
+            }
+            Err(error) => {
+                let state = match error {
+                    CompileError::Invalid(_) => "invalid",
+                    CompileError::Unsupported(_) => "unsupported",
+                };
+                tracing::warn!(rule = %key, state, reason = %error, "rule not evaluated");
+                rules.push(RuleStatus {
+                    rule: key,
+                    state,
+                    message: Some(error.to_string()),
+                    generation,
+                });
             }
         }
+    }
+    CompiledSet {
+        active,
+        listing: RuleListing {
+            rules,
+            invalid_documents,
+        },
+    }
+}
 
+/// Sets `prophet_rules{state}` from a listing.
+fn count_rules(metrics: &Metrics, listing: &RuleListing) {
+    for state in ["active", "invalid", "unsupported"] {
+        let n = listing.rules.iter().filter(|s| s.state == state).count();
+        metrics
+            .rules
+            .get_or_create(&RuleStateLabels { state })
+            .set(n as i64);
+    }
+}
+
+/// What consumes the evaluator's verdicts and rule-set changes: handed the events and
+/// the decision log, it returns the task that reconciles until the events end.
+pub type ReconcileDriver = Box<
+    dyn FnOnce(
+            mpsc::UnboundedReceiver<EvalEvent>,
+            DecisionLog,
+        ) -> tokio::task::JoinHandle<()>
+        + Send,
+>;
+
+/// Standalone mode's driver: decide each verdict and record it, acting on nothing.
+pub fn dry_run_driver() -> ReconcileDriver {
+    Box::new(|events, decisions| {
+        tokio::spawn(crate::reconcile::run(
+            events,
+            Decider::new(HashMap::new(), true),
+            Arc::new(DryRun { log: decisions }),
+        ))
+    })
+}
+
+impl Pipeline {
+    /// Compiles the loaded rules (reporting each one that is invalid or unsupported) and
+    /// starts eval and standalone reconcile. Must be called within a tokio runtime.
+    pub fn start(report: &LoadReport, config: &PipelineConfig) -> Result<Self> {
+        Self::start_with(report, config, dry_run_driver())
+    }
+
+    /// [`Self::start`] with the given reconcile driver.
+    pub fn start_with(
+        report: &LoadReport,
+        config: &PipelineConfig,
+        driver: ReconcileDriver,
+    ) -> Result<Self> {
+        let CompiledSet { active, listing } = compile_set(report, config.compile, &config.tenancy);
         let metrics = Arc::new(Metrics::new());
-        for state in ["active", "invalid", "unsupported"] {
-            let n = statuses.iter().filter(|s| s.state == state).count();
-            metrics
-                .rules
-                .get_or_create(&RuleStateLabels { state })
-                .set(n as i64);
-        }
+        count_rules(&metrics, &listing);
         let plans: HashMap<_, _> = active
             .iter()
             .map(|r| (r.key.clone(), r.plan.clone()))
@@ -147,29 +214,31 @@ impl Pipeline {
         let seed = RandomState::new().hash_one(0x5eed_u64);
         let router = Arc::new(evaluator.router(seed));
         let state_file = config.state_dir.as_ref().map(|dir| dir.join(STATE_FILE));
-        if let Some(path) = &state_file {
-            restore(&mut evaluator, path, seed);
-        }
-        let (verdict_tx, verdict_rx) = mpsc::unbounded_channel();
-        let (eval, eval_thread) =
-            crate::eval::spawn(evaluator, metrics.clone(), verdict_tx, config.eval_queue)
-                .map_err(Error::Spawn)?;
+        let kept = match &state_file {
+            Some(path) => restore(&mut evaluator, path, seed),
+            None => HashSet::new(),
+        };
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        // Reconcile learns the rule set before any verdict of it.
+        let _ = events_tx.send(EvalEvent::Rules(RuleSetChange { plans, kept }));
+        let (eval, eval_thread) = crate::eval::spawn(
+            evaluator,
+            seed,
+            config.series_limit,
+            metrics.clone(),
+            events_tx,
+            config.eval_queue,
+        )
+        .map_err(Error::Spawn)?;
         let decisions = DecisionLog::new(config.decisions_kept);
-        let reconcile = tokio::spawn(crate::reconcile::run(
-            verdict_rx,
-            Decider::new(plans, true),
-            Arc::new(DryRun {
-                log: decisions.clone(),
-            }),
-        ));
+        let reconcile = driver(events_rx, decisions.clone());
         let state = Arc::new(AppState {
             limits: config.limits,
-            router,
+            router: RwLock::new(router),
             eval,
             metrics,
             decisions,
-            rules: statuses,
-            invalid_documents,
+            listing: RwLock::new(Arc::new(listing)),
             ready: AtomicBool::new(true),
         });
         let saver = state_file.clone().map(|path| {
@@ -184,11 +253,37 @@ impl Pipeline {
         });
         Ok(Self {
             state,
+            config: config.clone(),
             eval_thread,
             reconcile,
             state_file,
             saver,
         })
+    }
+
+    /// Replaces the rule set while running: rules that still read the same series the
+    /// same way keep their windows and detector state; requests routed under the old set
+    /// and not yet applied are refused with 503 (the sender retries them).
+    pub async fn apply_rules(&self, report: &LoadReport) -> Result<()> {
+        let CompiledSet { active, listing } =
+            compile_set(report, self.config.compile, &self.config.tenancy);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let router = self
+            .state
+            .eval
+            .replace_rules(active, now_ms)
+            .await
+            .map_err(|_| Error::EvaluatorStopped)?;
+        count_rules(&self.state.metrics, &listing);
+        tracing::info!(
+            rules = listing.rules.len(),
+            active = listing.rules.iter().filter(|r| r.state == "active").count(),
+            "rule set updated"
+        );
+        self.state.swap_rules(router, listing);
+        Ok(())
     }
 
     /// Waits until everything accepted has gone through eval and reconcile. Call after
@@ -220,7 +315,8 @@ impl Pipeline {
 /// Restores saved state into the evaluator, if there is any. A file that cannot be used
 /// (corrupt, truncated, from another format) is reported and set aside, never fatal:
 /// the rules then start afresh.
-fn restore(evaluator: &mut Evaluator, path: &Path, seed: u64) {
+fn restore(evaluator: &mut Evaluator, path: &Path, seed: u64) -> HashSet<RuleKey> {
+    let mut kept = HashSet::new();
     if let Some(dir) = path.parent()
         && let Err(error) = std::fs::create_dir_all(dir)
     {
@@ -229,7 +325,7 @@ fn restore(evaluator: &mut Evaluator, path: &Path, seed: u64) {
     let state = match crate::state::load::<EvaluatorState>(path) {
         Ok(None) => {
             tracing::info!(path = %path.display(), "no saved state: starting afresh");
-            return;
+            return kept;
         }
         Ok(Some(state)) => state,
         Err(error) => {
@@ -241,7 +337,7 @@ fn restore(evaluator: &mut Evaluator, path: &Path, seed: u64) {
                     tracing::warn!(%error, "cannot move the unusable state file aside");
                 }
             }
-            return;
+            return kept;
         }
     };
     let now_ms = std::time::SystemTime::now()
@@ -251,12 +347,14 @@ fn restore(evaluator: &mut Evaluator, path: &Path, seed: u64) {
         match outcome {
             Restored::Rule { rule, series } => {
                 tracing::info!(%rule, series, "rule state restored");
+                kept.insert(rule);
             }
             Restored::Dropped { rule, why } => {
                 tracing::warn!(%rule, "saved rule state not restored: {why}");
             }
         }
     }
+    kept
 }
 
 /// Writes the state file; a failure is logged and the next save tries again.
@@ -312,7 +410,7 @@ pub async fn run(
     let local = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(
         addr = %local,
-        rules = pipeline.state.rules.len(),
+        rules = pipeline.state.current_listing().rules.len(),
         "listening on {local} (standalone, dry run: no cluster is contacted)"
     );
     axum::serve(listener, crate::http::router(pipeline.state.clone()))

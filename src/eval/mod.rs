@@ -23,7 +23,7 @@ pub use persist::{DetectorState, EvaluatorState, Restored, RuleState, fingerprin
 pub use predict::{ForecastDetector, ForecastState, ForecastView, SeriesForecast};
 pub use slo::{BurnTier, SliCounter, SliShape, SloDetector, SloSpec, SloState, default_tiers};
 pub use verdict::{Change, PodRef, Verdict, format_value};
-pub use worker::{EvalHandle, SubmitError, spawn};
+pub use worker::{EvalEvent, EvalHandle, RuleSetChange, SubmitError, spawn};
 
 use std::collections::HashMap;
 use std::ops::Range;

@@ -2,23 +2,54 @@
 //! the acknowledgement, so a `204` means the samples are in their windows; when the channel
 //! is full, submission fails at once and ingest answers `503` so the sender retries
 //! (backpressure, not loss). One thread owns the evaluator: no locks on windows.
+//!
+//! A new rule set replaces the evaluator between two batches, carrying over the state of
+//! every rule that still reads the same series the same way (the `--state-dir` path, in
+//! memory), and bumps the rule-set generation: a batch routed under the previous set is
+//! refused (its selector ids name other windows now) and its sender retries.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Evaluator, EvaluatorState, RuleSnapshot, Verdict};
+use super::{Evaluator, EvaluatorState, Restored, RuleSnapshot, Verdict};
 use crate::metrics::{Metrics, RuleLabels, VerdictLabels};
-use crate::route::Batch;
+use crate::route::{Batch, Router};
+use crate::rules::compile::{ActionPlan, CompiledRule};
+use crate::rules::load::RuleKey;
 
 enum Job {
     Apply {
         batch: Batch,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<Result<(), SubmitError>>,
     },
     Snapshot(oneshot::Sender<Vec<RuleSnapshot>>),
     Export(oneshot::Sender<EvaluatorState>),
+    Replace {
+        rules: Vec<CompiledRule>,
+        now_ms: i64,
+        done: oneshot::Sender<Arc<Router>>,
+    },
+}
+
+/// What the evaluator tells reconcile, in the order it happened: a verdict of the
+/// current rule set, or a new rule set (every later verdict is of that set).
+#[derive(Debug)]
+pub enum EvalEvent {
+    Verdict(Verdict),
+    Rules(RuleSetChange),
+}
+
+/// A rule set took effect.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSetChange {
+    /// The action plan of every active rule.
+    pub plans: HashMap<RuleKey, ActionPlan>,
+    /// Active rules whose windows and detector state were carried over (their tripped
+    /// series are still tripped); every other active rule starts afresh.
+    pub kept: HashSet<RuleKey>,
 }
 
 /// Why a batch was not taken.
@@ -28,6 +59,8 @@ pub enum SubmitError {
     Busy,
     #[error("the evaluator has stopped")]
     Stopped,
+    #[error("the rules changed while the request was routed; retry")]
+    RulesChanged,
 }
 
 /// The handle handlers hold; cheap to clone.
@@ -37,8 +70,12 @@ pub struct EvalHandle {
 }
 
 impl EvalHandle {
-    /// Queues a batch; the receiver resolves once it is applied.
-    pub fn submit(&self, batch: Batch) -> Result<oneshot::Receiver<()>, SubmitError> {
+    /// Queues a batch; the receiver resolves once it is applied, or refused because the
+    /// rule set changed since it was routed.
+    pub fn submit(
+        &self,
+        batch: Batch,
+    ) -> Result<oneshot::Receiver<Result<(), SubmitError>>, SubmitError> {
         let (done, applied) = oneshot::channel();
         self.jobs
             .try_send(Job::Apply { batch, done })
@@ -65,6 +102,26 @@ impl EvalHandle {
         answer.await.map_err(|_| SubmitError::Stopped)
     }
 
+    /// Replaces the rule set between two batches, keeping the state of rules that read
+    /// the same series the same way; returns the router for the new set. `now_ms` is the
+    /// receiver's clock, which carried-over event clocks never pass.
+    pub async fn replace_rules(
+        &self,
+        rules: Vec<CompiledRule>,
+        now_ms: i64,
+    ) -> Result<Arc<Router>, SubmitError> {
+        let (done, replaced) = oneshot::channel();
+        self.jobs
+            .send(Job::Replace {
+                rules,
+                now_ms,
+                done,
+            })
+            .await
+            .map_err(|_| SubmitError::Stopped)?;
+        replaced.await.map_err(|_| SubmitError::Stopped)
+    }
+
     /// Everything `--state-dir` saves, taken between two batches.
     pub async fn export(&self) -> Result<EvaluatorState, SubmitError> {
         let (reply, answer) = oneshot::channel();
@@ -77,24 +134,45 @@ impl EvalHandle {
 }
 
 /// Starts the evaluator thread. It stops when every [`EvalHandle`] is dropped, after
-/// applying what was queued, and hands the evaluator back (for a last save); verdicts go
-/// to `verdicts` in the order they were decided.
+/// applying what was queued, and hands the evaluator back (for a last save); verdicts and
+/// rule-set changes go to `events` in the order they happened. `seed` keys the series
+/// hash of the evaluator's routers (the one already built from `evaluator` included) and
+/// `series_limit` is every later rule set's.
 pub fn spawn(
     mut evaluator: Evaluator,
+    seed: u64,
+    series_limit: usize,
     metrics: Arc<Metrics>,
-    verdicts: mpsc::UnboundedSender<Verdict>,
+    events: mpsc::UnboundedSender<EvalEvent>,
     queue: usize,
 ) -> std::io::Result<(EvalHandle, JoinHandle<Evaluator>)> {
     let (jobs, mut queued) = mpsc::channel(queue.max(1));
     let thread = std::thread::Builder::new()
         .name("prophet-eval".into())
         .spawn(move || {
+            let mut generation = 0;
             while let Some(job) = queued.blocking_recv() {
                 match job {
                     Job::Apply { batch, done } => {
-                        apply(&mut evaluator, &metrics, &verdicts, &batch);
+                        if batch.generation != generation {
+                            let _ = done.send(Err(SubmitError::RulesChanged));
+                            continue;
+                        }
+                        apply(&mut evaluator, &metrics, &events, &batch);
                         // The handler may have gone (client hung up); the batch counts anyway.
-                        let _ = done.send(());
+                        let _ = done.send(Ok(()));
+                    }
+                    Job::Replace {
+                        rules,
+                        now_ms,
+                        done,
+                    } => {
+                        generation += 1;
+                        let change = replace(&mut evaluator, rules, seed, series_limit, now_ms);
+                        metrics.series_active.set(evaluator.series_active() as i64);
+                        let _ = events.send(EvalEvent::Rules(change));
+                        let router = evaluator.router(seed).with_generation(generation);
+                        let _ = done.send(Arc::new(router));
                     }
                     Job::Snapshot(reply) => {
                         let _ = reply.send(evaluator.snapshot());
@@ -109,10 +187,40 @@ pub fn spawn(
     Ok((EvalHandle { jobs }, thread))
 }
 
+/// Swaps in an evaluator for `rules`, carrying over what still fits.
+fn replace(
+    evaluator: &mut Evaluator,
+    rules: Vec<CompiledRule>,
+    seed: u64,
+    series_limit: usize,
+    now_ms: i64,
+) -> RuleSetChange {
+    let plans = rules
+        .iter()
+        .map(|r| (r.key.clone(), r.plan.clone()))
+        .collect();
+    let state = evaluator.export();
+    let mut next = Evaluator::new(rules, series_limit);
+    let mut kept = HashSet::new();
+    for outcome in next.restore(state, seed, now_ms) {
+        match outcome {
+            Restored::Rule { rule, series } => {
+                tracing::debug!(%rule, series, "rule state carried over");
+                kept.insert(rule);
+            }
+            Restored::Dropped { rule, why } => {
+                tracing::info!(%rule, "rule starts afresh: {why}");
+            }
+        }
+    }
+    *evaluator = next;
+    RuleSetChange { plans, kept }
+}
+
 fn apply(
     evaluator: &mut Evaluator,
     metrics: &Metrics,
-    verdicts: &mpsc::UnboundedSender<Verdict>,
+    verdicts: &mpsc::UnboundedSender<EvalEvent>,
     batch: &Batch,
 ) {
     let outcome = evaluator.apply(batch);
@@ -154,6 +262,6 @@ fn apply(
             .verdict_latency
             .observe(verdict.arrived.elapsed().as_secs_f64());
         // The reconcile loop only stops at shutdown, after the evaluator.
-        let _ = verdicts.send(verdict);
+        let _ = verdicts.send(EvalEvent::Verdict(verdict));
     }
 }

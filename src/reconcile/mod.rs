@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::actuate::{Actuator, Decision, Outcome};
-use crate::eval::{Change, Verdict};
+use crate::eval::{Change, EvalEvent, RuleSetChange, Verdict};
 use crate::rules::compile::ActionPlan;
 use crate::rules::load::RuleKey;
 
@@ -29,6 +29,15 @@ impl Decider {
             last_acted: HashMap::new(),
             dry_run,
         }
+    }
+
+    /// A new rule set took effect: its plans replace the old ones, and the cooldowns of
+    /// rules that are gone or start afresh are forgotten (a rule that starts afresh has
+    /// no tripped series left to be in cooldown for).
+    pub fn rules_changed(&mut self, change: &RuleSetChange) {
+        self.plans = change.plans.clone();
+        self.last_acted
+            .retain(|(rule, _), _| change.kept.contains(rule) && change.plans.contains_key(rule));
     }
 
     /// The decision for one verdict; `None` for a rule without a plan (removed meanwhile).
@@ -102,15 +111,20 @@ impl Decider {
 }
 
 /// Standalone reconcile loop: decide each verdict and hand it to the actuator, until the
-/// verdict channel closes (evaluator stopped).
+/// evaluator's channel closes (evaluator stopped).
 pub async fn run(
-    mut verdicts: mpsc::UnboundedReceiver<Verdict>,
+    mut events: mpsc::UnboundedReceiver<EvalEvent>,
     mut decider: Decider,
     actuator: Arc<dyn Actuator>,
 ) {
-    while let Some(verdict) = verdicts.recv().await {
-        if let Some(decision) = decider.decide(&verdict) {
-            actuator.act(decision);
+    while let Some(event) = events.recv().await {
+        match event {
+            EvalEvent::Rules(change) => decider.rules_changed(&change),
+            EvalEvent::Verdict(verdict) => {
+                if let Some(decision) = decider.decide(&verdict) {
+                    actuator.act(decision);
+                }
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ use super::crd::{
 use super::duration::parse_duration;
 use super::load::{Rule, RuleKey};
 use super::quantity::Threshold;
+use super::tenancy;
 use crate::eval::promql::{self, ML_FORECAST, split_ml_forecast};
 use crate::eval::{
     BandAlgorithm, BandSpec, BurnTier, SliCounter, SliShape, SloSpec, default_tiers,
@@ -45,6 +46,9 @@ pub const FORECAST_HISTORY_MS: i64 = 3 * 24 * HOUR_MS;
 pub struct CompileOptions {
     /// Let a rule act on pods outside its own namespace (`target.namespace`).
     pub allow_cross_namespace: bool,
+    /// Confine the rule's selectors to series of its own namespace (see
+    /// [`crate::rules::tenancy`]); decided per rule by [`crate::rules::tenancy::Tenancy`].
+    pub confine_to_namespace: bool,
 }
 
 /// Why a rule is not evaluated.
@@ -176,8 +180,8 @@ pub struct CompiledRule {
 pub fn compile(rule: &Rule, options: CompileOptions) -> Result<CompiledRule, CompileError> {
     match rule {
         Rule::AnomalyAction(rule) => compile_anomaly_action(rule, options),
-        Rule::PredictiveScale(rule) => compile_predictive_scale(rule),
-        Rule::SloViolation(slo) => compile_slo(slo),
+        Rule::PredictiveScale(rule) => compile_predictive_scale(rule, options),
+        Rule::SloViolation(slo) => compile_slo(slo, options),
     }
 }
 
@@ -200,9 +204,12 @@ fn compile_anomaly_action(
         }
     }
     let metric = spec.metric.trim();
-    let expr = promql::parse(metric).map_err(|e| {
+    let mut expr = promql::parse(metric).map_err(|e| {
         CompileError::Invalid(format!("spec.metric {metric:?} is not valid PromQL: {e}"))
     })?;
+    if options.confine_to_namespace {
+        tenancy::confine(&mut expr, &key.namespace);
+    }
     let threshold = spec
         .threshold
         .as_deref()
@@ -352,9 +359,12 @@ fn compile_anomaly_action(
     })
 }
 
-fn compile_slo(rule: &SLOViolation) -> Result<CompiledRule, CompileError> {
+fn compile_slo(rule: &SLOViolation, options: CompileOptions) -> Result<CompiledRule, CompileError> {
     let spec = &rule.spec;
     let key = Rule::SloViolation(rule.clone()).key();
+    let confine = options
+        .confine_to_namespace
+        .then_some(key.namespace.as_str());
     let indicator = spec
         .indicator()
         .map_err(|e| CompileError::Invalid(e.to_string()))?;
@@ -378,17 +388,17 @@ fn compile_slo(rule: &SLOViolation) -> Result<CompiledRule, CompileError> {
             SliShape::Ratio,
             vec![
                 (
-                    parse_counter("spec.sli.ratio.errors", &ratio.errors)?,
+                    parse_counter("spec.sli.ratio.errors", &ratio.errors, confine)?,
                     SliCounter::Bad,
                 ),
                 (
-                    parse_counter("spec.sli.ratio.total", &ratio.total)?,
+                    parse_counter("spec.sli.ratio.total", &ratio.total, confine)?,
                     SliCounter::Total,
                 ),
             ],
         ),
         ServiceLevelIndicator::Latency(latency) => {
-            let bucket = parse_counter("spec.sli.latency.bucket", &latency.bucket)?;
+            let bucket = parse_counter("spec.sli.latency.bucket", &latency.bucket, confine)?;
             // Good events are the bucket at the threshold, all events the +Inf bucket.
             let with_le = |le: &str| {
                 let mut selector = bucket.clone();
@@ -477,7 +487,10 @@ fn compile_slo(rule: &SLOViolation) -> Result<CompiledRule, CompileError> {
 const HOUR_MS: i64 = 60 * 60 * 1000;
 const WEEK_MS: i64 = 7 * 24 * HOUR_MS;
 
-fn compile_predictive_scale(rule: &PredictiveScale) -> Result<CompiledRule, CompileError> {
+fn compile_predictive_scale(
+    rule: &PredictiveScale,
+    options: CompileOptions,
+) -> Result<CompiledRule, CompileError> {
     let spec = &rule.spec;
     let key = Rule::PredictiveScale(rule.clone()).key();
     let horizon_ms = duration_in(
@@ -515,11 +528,14 @@ fn compile_predictive_scale(rule: &PredictiveScale) -> Result<CompiledRule, Comp
             spec.threshold_percent
         )));
     }
-    let expr = promql::parse(inner).map_err(|e| {
+    let mut expr = promql::parse(inner).map_err(|e| {
         CompileError::Invalid(format!(
             "spec.forecastQuery {inner:?} is not valid PromQL: {e}"
         ))
     })?;
+    if options.confine_to_namespace {
+        tenancy::confine(&mut expr, &key.namespace);
+    }
     let query = compile_query("spec.forecastQuery", inner, expr, SEASONAL_STEP_MS, false)?;
     let (action, direction) = match spec.action {
         ScaleAction::Provision => ("provision", ForecastDirection::Rise),
@@ -750,8 +766,13 @@ fn tiers(spec: Option<&[BurnRateTier]>, period_ms: i64) -> Result<Vec<BurnTier>,
 }
 
 /// An SLI selector: a plain selector over a counter, as the SLO takes increases itself.
-fn parse_counter(field: &str, text: &str) -> Result<Selector, CompileError> {
-    parse_selector(text).map_err(|e| match e {
+/// With `confine`, the selector reads only series of that namespace.
+fn parse_counter(
+    field: &str,
+    text: &str,
+    confine: Option<&str>,
+) -> Result<Selector, CompileError> {
+    parse_selector(text, confine).map_err(|e| match e {
         CompileError::Unsupported(_) => CompileError::Invalid(format!(
             "{field} {text:?} must be a selector over a counter, such as `http_requests_total{{code=~\"5..\"}}`: the SLO takes the increases itself"
         )),
@@ -760,12 +781,17 @@ fn parse_counter(field: &str, text: &str) -> Result<Selector, CompileError> {
 }
 
 /// Parses `metric` with promql-parser; this version evaluates plain instant selectors.
-fn parse_selector(metric: &str) -> Result<Selector, CompileError> {
+fn parse_selector(metric: &str, confine: Option<&str>) -> Result<Selector, CompileError> {
     let expr = parser::parse(metric).map_err(|e| {
         CompileError::Invalid(format!("spec.metric {metric:?} is not valid PromQL: {e}"))
     })?;
     match expr {
-        Expr::VectorSelector(selector) if selector.offset.is_none() && selector.at.is_none() => {
+        Expr::VectorSelector(mut selector)
+            if selector.offset.is_none() && selector.at.is_none() =>
+        {
+            if let Some(namespace) = confine {
+                tenancy::confine_selector(&mut selector, namespace);
+            }
             Ok(Selector::from_promql(&selector))
         }
         Expr::VectorSelector(_) => Err(CompileError::Unsupported(format!(

@@ -8,3 +8,4 @@ pub mod crd;
 pub mod duration;
 pub mod load;
 pub mod quantity;
+pub mod tenancy;
