@@ -70,12 +70,18 @@ impl AppState {
     /// The router requests are routed with now.
     pub fn current_router(&self) -> Arc<Router> {
         // std RwLock: held only to clone or swap an Arc, never across an await.
-        self.router.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.router
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The rules as last loaded.
     pub fn current_listing(&self) -> Arc<RuleListing> {
-        self.listing.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.listing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Makes a new rule set visible: its router (requests routed from now on use it) and

@@ -9,10 +9,13 @@
 //! - [`window`]: per (rule input, series) windows of samples, in event time.
 //! - [`eval`]: PromQL over windows and the detectors (thresholds, bands, SLO burn rates,
 //!   forecasts); emits verdict changes.
-//! - [`reconcile`]: verdicts to decisions (cooldown, approval).
+//! - [`reconcile`]: verdicts to decisions (cooldown, approval); in cluster mode the
+//!   ledger of tripped series, status and Events, and leader election.
 //! - [`actuate`]: what is done about a decision (dry-run recorder in standalone mode).
 //! - [`rules`]: the CRD types, quantities and durations, compiling a CR into inputs.
 //! - [`standalone`]: wires the stages for `prophet run`.
+//! - [`cluster`]: wires the same stages for `prophet run --cluster`: rules from custom
+//!   resources, status and Events, one leader.
 //! - [`state`]: the `--state-dir` file (versioned, checksummed, atomic).
 //! - [`labels`]: the canonical label set shared by every stage after ingest.
 //! - [`metrics`], [`telemetry`]: Prophet's own `/metrics` and logging.
@@ -23,6 +26,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub mod actuate;
+pub mod cluster;
 pub mod eval;
 pub mod http;
 pub mod ingest;
@@ -60,6 +64,10 @@ pub enum Error {
     Crds(std::io::Error),
     #[error("the evaluator has stopped")]
     EvaluatorStopped,
+    #[error(
+        "cannot reach the Kubernetes API (in-cluster config, KUBECONFIG or ~/.kube/config): {0}"
+    )]
+    Kube(kube::Error),
 }
 
 impl Error {
@@ -72,6 +80,7 @@ impl Error {
             Self::Spawn(_) => "spawn",
             Self::Crds(_) => "crds",
             Self::EvaluatorStopped => "evaluator",
+            Self::Kube(_) => "kube",
         }
     }
 }

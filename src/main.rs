@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use prophet::cluster::{self, ClusterConfig};
 use prophet::ingest::Limits;
+use prophet::reconcile::leader::LeaseConfig;
 use prophet::rules::compile::CompileOptions;
+use prophet::rules::tenancy::Tenancy;
 use prophet::standalone::{self, PipelineConfig, RunConfig};
 
 /// Prophet evaluates SRE rules on the Prometheus remote-write stream.
@@ -19,7 +22,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Standalone mode (the default): rules from a folder, decisions recorded, nothing acted on.
+    /// Standalone mode (the default): rules from a folder, decisions recorded, nothing
+    /// acted on. With `--cluster`: rules from the cluster's custom resources, status and
+    /// Events written by one leader.
     Run(RunArgs),
     /// Print the CustomResourceDefinitions, or write them into a folder.
     Crds {
@@ -60,6 +65,39 @@ struct RunArgs {
     /// How often the state is saved with --state-dir (also at shutdown), e.g. 30s, 5m.
     #[arg(long, default_value = "1m", value_parser = parse_interval)]
     state_interval: std::time::Duration,
+    /// Cluster mode: rules from the AnomalyAction, PredictiveScale and SLOViolation
+    /// resources of the cluster (in-cluster config, else KUBECONFIG or ~/.kube/config),
+    /// their status and Events written by the leader. `--rules` is then not read.
+    #[arg(long)]
+    cluster: bool,
+    /// Cluster mode: watch only this namespace (repeatable; a Role per namespace then
+    /// suffices). Default: all namespaces.
+    #[arg(long = "namespace", value_name = "NAMESPACE")]
+    namespaces: Vec<String>,
+    /// Cluster mode: a namespace whose rules read every series (repeatable), for
+    /// cluster-wide rules such as node metrics.
+    #[arg(long = "privileged-namespace", value_name = "NAMESPACE")]
+    privileged_namespaces: Vec<String>,
+    /// Cluster mode: confine each rule to series labelled with its own namespace (unless
+    /// its namespace is privileged).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    isolate_namespaces: bool,
+    /// Cluster mode: hold a Lease so that one replica writes status and acts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Cluster mode: the leader Lease's name.
+    #[arg(long, default_value = "prophet-leader")]
+    lease_name: String,
+    /// Cluster mode: the leader Lease's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// How long the leader Lease holds without renewal, e.g. 15s.
+    #[arg(long, default_value = "15s", value_parser = parse_interval)]
+    lease_duration: std::time::Duration,
+    /// This replica's name in the Lease and in Events. Default: POD_NAME, else the host
+    /// name.
+    #[arg(long)]
+    identity: Option<String>,
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
@@ -105,30 +143,52 @@ fn crds(out: Option<PathBuf>) -> prophet::Result<()> {
 }
 
 fn run(args: RunArgs) -> prophet::Result<()> {
-    let config = RunConfig {
-        rules_dir: args.rules,
-        listen: args.listen,
-        pipeline: PipelineConfig {
-            limits: Limits {
-                max_decoded_bytes: args.max_decoded_bytes,
-                ..Limits::default()
-            },
-            series_limit: args.series_limit,
-            compile: CompileOptions {
-                allow_cross_namespace: args.allow_cross_namespace,
-                ..CompileOptions::default()
-            },
-            eval_queue: args.eval_queue,
-            decisions_kept: args.decisions_kept,
-            state_dir: args.state_dir,
-            state_interval: args.state_interval,
-            ..PipelineConfig::default()
+    let pipeline = PipelineConfig {
+        limits: Limits {
+            max_decoded_bytes: args.max_decoded_bytes,
+            ..Limits::default()
+        },
+        series_limit: args.series_limit,
+        compile: CompileOptions {
+            allow_cross_namespace: args.allow_cross_namespace,
+            ..CompileOptions::default()
+        },
+        eval_queue: args.eval_queue,
+        decisions_kept: args.decisions_kept,
+        state_dir: args.state_dir,
+        state_interval: args.state_interval,
+        tenancy: Tenancy {
+            isolate: args.cluster && args.isolate_namespaces,
+            privileged: args.privileged_namespaces.clone(),
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(prophet::Error::Serve)?;
+    if args.cluster {
+        let identity = args.identity.unwrap_or_else(cluster::default_identity);
+        let config = ClusterConfig {
+            listen: args.listen,
+            pipeline,
+            namespaces: args.namespaces,
+            lease: args.leader_elect.then(|| LeaseConfig {
+                name: args.lease_name,
+                namespace: args.lease_namespace,
+                identity,
+                duration: args.lease_duration,
+                retry: args.lease_duration / 5,
+            }),
+            debounce: std::time::Duration::from_millis(200),
+            figures_every: std::time::Duration::from_secs(10),
+        };
+        return runtime.block_on(cluster::run(config, shutdown_signal()));
+    }
+    let config = RunConfig {
+        rules_dir: args.rules,
+        listen: args.listen,
+        pipeline,
+    };
     runtime.block_on(standalone::run(config, shutdown_signal()))
 }
 

@@ -54,6 +54,31 @@ pub struct Metrics {
     pub verdict_latency: Histogram,
     /// Rules by state (active, invalid, unsupported).
     pub rules: Family<RuleStateLabels, Gauge>,
+    /// Cluster mode: reconciles by controller (the kind) and result, as
+    /// controller-runtime names them.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    pub reconcile_errors: Family<ControllerLabels, Counter>,
+    pub reconcile_time: Family<ControllerLabels, Histogram, fn() -> Histogram>,
+    /// 1 while this replica leads (cluster mode).
+    pub leader: Gauge,
+    /// Status writes sent to the API server.
+    pub status_writes: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub controller: &'static str,
+    /// `success`, `error` or `requeue`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+fn reconcile_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,52 +93,89 @@ pub struct RuleStateLabels {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("prophet");
+        // No registry prefix: the operator metrics keep controller-runtime's names.
+        let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
-            "remote_write_requests",
+            "prophet_remote_write_requests",
             "Remote-write requests by protocol version and HTTP status code",
             requests.clone(),
         );
         let samples = Family::<SampleLabels, Counter>::default();
         registry.register(
-            "remote_write_samples",
+            "prophet_remote_write_samples",
             "Remote-write samples by result: accepted, unmatched or rejected",
             samples.clone(),
         );
         let series_active = Gauge::default();
         registry.register(
-            "series_active",
+            "prophet_series_active",
             "Series currently held in rule windows",
             series_active.clone(),
         );
         let series_limit_dropped = Family::<RuleLabels, Counter>::default();
         registry.register(
-            "series_limit_dropped_samples",
+            "prophet_series_limit_dropped_samples",
             "Samples dropped because their rule already holds its series limit",
             series_limit_dropped.clone(),
         );
         let window_dropped = Family::<DropLabels, Counter>::default();
         registry.register(
-            "window_dropped_samples",
+            "prophet_window_dropped_samples",
             "Samples dropped by rule windows, by reason",
             window_dropped.clone(),
         );
         let verdicts = Family::<VerdictLabels, Counter>::default();
         registry.register(
-            "rule_verdicts",
+            "prophet_rule_verdicts",
             "Verdict changes by rule kind and verdict",
             verdicts.clone(),
         );
         let verdict_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
         registry.register(
-            "verdict_latency_seconds",
+            "prophet_verdict_latency_seconds",
             "Time from the arrival of a remote-write request to the verdict it caused",
             verdict_latency.clone(),
         );
         let rules = Family::<RuleStateLabels, Gauge>::default();
-        registry.register("rules", "Loaded rules by state", rules.clone());
+        registry.register("prophet_rules", "Loaded rules by state", rules.clone());
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            "controller_runtime_reconcile",
+            "Reconciles of Prophet's custom resources by controller and result",
+            reconciles.clone(),
+        );
+        let reconcile_errors = Family::<ControllerLabels, Counter>::default();
+        registry.register(
+            "controller_runtime_reconcile_errors",
+            "Reconciles that failed, by controller",
+            reconcile_errors.clone(),
+        );
+        let reconcile_time: Family<ControllerLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(reconcile_histogram);
+        registry.register(
+            "controller_runtime_reconcile_time_seconds",
+            "Time a reconcile took, by controller",
+            reconcile_time.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "prophet_leader",
+            "1 while this replica leads and may write status, Events and act",
+            leader.clone(),
+        );
+        let status_writes = Counter::default();
+        registry.register(
+            "prophet_status_writes",
+            "Status writes sent to the API server",
+            status_writes.clone(),
+        );
         Self {
+            reconciles,
+            reconcile_errors,
+            reconcile_time,
+            leader,
+            status_writes,
             registry,
             requests,
             samples,

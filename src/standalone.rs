@@ -16,9 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::actuate::{DecisionLog, DryRun};
-use crate::eval::{
-    EvalEvent, EvalHandle, Evaluator, EvaluatorState, Restored, RuleSetChange,
-};
+use crate::eval::{EvalEvent, EvalHandle, Evaluator, EvaluatorState, Restored, RuleSetChange};
 use crate::http::{AppState, InvalidDocument, RuleListing, RuleStatus};
 use crate::ingest::Limits;
 use crate::metrics::{Metrics, RuleStateLabels};
@@ -172,10 +170,7 @@ fn count_rules(metrics: &Metrics, listing: &RuleListing) {
 /// What consumes the evaluator's verdicts and rule-set changes: handed the events and
 /// the decision log, it returns the task that reconciles until the events end.
 pub type ReconcileDriver = Box<
-    dyn FnOnce(
-            mpsc::UnboundedReceiver<EvalEvent>,
-            DecisionLog,
-        ) -> tokio::task::JoinHandle<()>
+    dyn FnOnce(mpsc::UnboundedReceiver<EvalEvent>, DecisionLog) -> tokio::task::JoinHandle<()>
         + Send,
 >;
 

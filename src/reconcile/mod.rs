@@ -3,6 +3,11 @@
 //! `requireApproval`, then hands it to the actuator. The cluster controllers that also
 //! write CR status and Events will live here; standalone mode uses [`Decider`] directly.
 
+pub mod controller;
+pub mod leader;
+pub mod ledger;
+pub mod status;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -767,11 +767,7 @@ fn tiers(spec: Option<&[BurnRateTier]>, period_ms: i64) -> Result<Vec<BurnTier>,
 
 /// An SLI selector: a plain selector over a counter, as the SLO takes increases itself.
 /// With `confine`, the selector reads only series of that namespace.
-fn parse_counter(
-    field: &str,
-    text: &str,
-    confine: Option<&str>,
-) -> Result<Selector, CompileError> {
+fn parse_counter(field: &str, text: &str, confine: Option<&str>) -> Result<Selector, CompileError> {
     parse_selector(text, confine).map_err(|e| match e {
         CompileError::Unsupported(_) => CompileError::Invalid(format!(
             "{field} {text:?} must be a selector over a counter, such as `http_requests_total{{code=~\"5..\"}}`: the SLO takes the increases itself"

@@ -1,0 +1,348 @@
+//! Cluster mode (`prophet run --cluster`): the same pipeline as standalone mode, with
+//! rules from the custom resources of the cluster instead of a folder, reconciles that
+//! write each rule's status and Events, and one leader among the replicas. What differs
+//! from standalone is only the rule source (reflectors of the three kinds, debounced
+//! into whole rule-set updates), the reconcile driver (the ledger and the status
+//! controller) and who may write (the leader); actions stay dry-run for now.
+//!
+//! Availability first: the HTTP server listens before the API server has answered, so
+//! ingest and evaluation never wait on it; rules appear once the caches are filled, and
+//! an API server that goes away only delays status (the ledger holds the truth, and
+//! every status converges once it is back).
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::StreamExt;
+
+use crate::actuate::{DecisionLog, DryRun};
+use crate::eval::EvalEvent;
+use crate::reconcile::Decider;
+use crate::reconcile::controller::{self, Caches, Context, RuleResource};
+use crate::reconcile::leader::{self, Leadership, LeaseConfig};
+use crate::reconcile::ledger::Ledger;
+use crate::rules::load::LoadReport;
+use crate::standalone::{Pipeline, PipelineConfig, ReconcileDriver};
+use crate::{Error, Result};
+
+/// Everything `prophet run --cluster` is told.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub listen: SocketAddr,
+    pub pipeline: PipelineConfig,
+    /// Watch only these namespaces (a Role per namespace suffices); empty: all.
+    pub namespaces: Vec<String>,
+    /// The Lease to lead by; `None`: this replica always leads.
+    pub lease: Option<LeaseConfig>,
+    /// How long the rule source waits for a burst of changes to end (and at most 4×
+    /// that) before it applies one rule-set update.
+    pub debounce: Duration,
+    /// How often live figures (SLO budgets) are read from the evaluator for status.
+    pub figures_every: Duration,
+}
+
+/// This replica's name: `POD_NAME` (the downward API), else the host name.
+pub fn default_identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("prophet-{}", std::process::id()))
+}
+
+/// Resolves once `stop` is set.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Starts a reflector for `api`; every watch event (applied, deleted, relisted) wakes
+/// `changed`. The cache keeps no `managedFields`.
+fn reflect<K: RuleResource>(
+    api: Api<K>,
+    changed: Arc<Notify>,
+    stop: watch::Receiver<bool>,
+) -> Store<K> {
+    let (reader, writer) = reflector::store();
+    let events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|object| {
+            object.meta_mut().managed_fields = None;
+        });
+    let stream = reflector::reflector(writer, events);
+    tokio::spawn(async move {
+        let mut stream = pin!(stream);
+        let mut stop = pin!(stopped(stop));
+        loop {
+            tokio::select! {
+                event = stream.next() => match event {
+                    Some(Ok(_)) => changed.notify_one(),
+                    Some(Err(error)) => {
+                        tracing::warn!(kind = %K::kind(&()), %error, "watch failed; retrying with backoff");
+                    }
+                    None => return,
+                },
+                () = &mut stop => return,
+            }
+        }
+    });
+    reader
+}
+
+fn apis<K: RuleResource>(client: &Client, namespaces: &[String]) -> Vec<Api<K>> {
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    }
+}
+
+/// The reconcile driver of cluster mode: each verdict is decided (dry run, recorded) and
+/// goes into the ledger with its decision; each rule set updates the ledger.
+fn cluster_driver(ledger: Arc<Ledger>) -> ReconcileDriver {
+    Box::new(
+        move |mut events: mpsc::UnboundedReceiver<EvalEvent>, decisions: DecisionLog| {
+            tokio::spawn(async move {
+                let mut decider = Decider::new(Default::default(), true);
+                let actuator = DryRun { log: decisions };
+                while let Some(event) = events.recv().await {
+                    match event {
+                        EvalEvent::Rules(change) => {
+                            decider.rules_changed(&change);
+                            ledger.rules_changed(&change);
+                        }
+                        EvalEvent::Verdict(verdict) => {
+                            let decision = decider.decide(&verdict);
+                            ledger.record(&verdict, decision.as_ref());
+                            if let Some(decision) = decision {
+                                crate::actuate::Actuator::act(&actuator, decision);
+                            }
+                        }
+                    }
+                }
+            })
+        },
+    )
+}
+
+/// A fingerprint of what the rule set is built from: which resources, at which spec
+/// generation. Status writes change neither, so they never rebuild the rule set.
+fn rule_set_signature(caches: &Caches) -> Vec<(String, String, String, Option<i64>)> {
+    let mut signature: Vec<_> = caches
+        .rules()
+        .iter()
+        .map(|rule| {
+            let meta = rule.metadata();
+            (
+                rule.kind().as_str().to_owned(),
+                meta.namespace.clone().unwrap_or_default(),
+                format!(
+                    "{}/{}",
+                    meta.name.clone().unwrap_or_default(),
+                    meta.uid.clone().unwrap_or_default()
+                ),
+                meta.generation,
+            )
+        })
+        .collect();
+    signature.sort();
+    signature
+}
+
+/// Applies the cached resources as the rule set whenever they change, a burst of changes
+/// (an ArgoCD sync of hundreds) as one update.
+async fn rule_source(
+    caches: Caches,
+    changed: Arc<Notify>,
+    pipeline: Arc<Pipeline>,
+    ctx: Arc<Context>,
+    debounce: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    let mut stop_signal = pin!(stopped(stop));
+    // Caches first: an empty cache is not "every rule deleted".
+    let ready = async {
+        for store in &caches.anomaly {
+            let _ = store.wait_until_ready().await;
+        }
+        for store in &caches.predictive {
+            let _ = store.wait_until_ready().await;
+        }
+        for store in &caches.slo {
+            let _ = store.wait_until_ready().await;
+        }
+    };
+    tokio::select! {
+        () = ready => {}
+        () = &mut stop_signal => return,
+    }
+    let mut applied = None;
+    loop {
+        let signature = rule_set_signature(&caches);
+        if applied.as_ref() != Some(&signature) {
+            let report = LoadReport {
+                rules: caches.rules(),
+                invalid: Vec::new(),
+            };
+            match pipeline.apply_rules(&report).await {
+                Ok(()) => {
+                    applied = Some(signature);
+                    controller::mark_listed(&ctx);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "rule set not applied");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            () = changed.notified() => {}
+            () = &mut stop_signal => return,
+        }
+        // Let the burst end: wait until `debounce` passes without a change, at most 4×.
+        let deadline = tokio::time::Instant::now() + debounce * 4;
+        loop {
+            tokio::select! {
+                () = changed.notified() => {}
+                () = tokio::time::sleep(debounce) => break,
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+}
+
+/// Reads live figures from the evaluator every `every` for status.
+async fn figures(ctx: Arc<Context>, every: Duration, stop: watch::Receiver<bool>) {
+    let mut stop_signal = pin!(stopped(stop));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut stop_signal => return,
+        }
+        if let Ok(snapshots) = ctx.app.eval.snapshot().await {
+            ctx.ledger.observe(&snapshots);
+        }
+    }
+}
+
+/// Connects to the cluster, serves and reconciles until `shutdown` resolves; then drains
+/// what was accepted before returning.
+pub async fn run(
+    config: ClusterConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let client = Client::try_default().await.map_err(Error::Kube)?;
+    let (stop_tx, stop) = watch::channel(false);
+    let ledger = Ledger::new();
+    let pipeline = Arc::new(Pipeline::start_with(
+        &LoadReport::default(),
+        &config.pipeline,
+        cluster_driver(ledger.clone()),
+    )?);
+
+    let changed = Arc::new(Notify::new());
+    let caches = Caches {
+        anomaly: apis(&client, &config.namespaces)
+            .into_iter()
+            .map(|api| reflect(api, changed.clone(), stop.clone()))
+            .collect(),
+        predictive: apis(&client, &config.namespaces)
+            .into_iter()
+            .map(|api| reflect(api, changed.clone(), stop.clone()))
+            .collect(),
+        slo: apis(&client, &config.namespaces)
+            .into_iter()
+            .map(|api| reflect(api, changed.clone(), stop.clone()))
+            .collect(),
+    };
+
+    let (leadership, election) = match &config.lease {
+        Some(lease) => {
+            let api = Api::namespaced(client.clone(), &lease.namespace);
+            let (leadership, task) = leader::spawn(api, lease.clone(), stopped(stop.clone()));
+            (leadership, Some(task))
+        }
+        None => (Leadership::always(), None),
+    };
+    let identity = config
+        .lease
+        .as_ref()
+        .map_or_else(default_identity, |l| l.identity.clone());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "prophet".into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let ctx = Context::new(
+        client,
+        caches.clone(),
+        ledger,
+        pipeline.state.clone(),
+        leadership,
+        recorder,
+    );
+    let reconciler = tokio::spawn(controller::run(ctx.clone(), stopped(stop.clone())));
+    let source = tokio::spawn(rule_source(
+        caches,
+        changed,
+        pipeline.clone(),
+        ctx.clone(),
+        config.debounce,
+        stop.clone(),
+    ));
+    let live = tokio::spawn(figures(ctx.clone(), config.figures_every, stop.clone()));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(Error::Serve)?;
+    tracing::info!(
+        addr = %local,
+        %identity,
+        namespaces = ?config.namespaces,
+        leader_election = config.lease.is_some(),
+        "listening on {local} (cluster mode, dry run: status and Events are written, nothing is acted on)"
+    );
+    let served = axum::serve(listener, crate::http::router(pipeline.state.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(Error::Serve);
+    let _ = stop_tx.send(true);
+    let _ = source.await;
+    let _ = live.await;
+    let _ = reconciler.await;
+    if let Some(election) = election {
+        let _ = election.await;
+    }
+    drop(ctx);
+    match Arc::try_unwrap(pipeline) {
+        Ok(pipeline) => pipeline.drain().await,
+        Err(_) => tracing::warn!("pipeline still shared at shutdown: state not saved"),
+    }
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}

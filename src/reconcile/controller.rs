@@ -1,0 +1,501 @@
+//! The status controller of cluster mode: level-triggered reconciles of the three kinds,
+//! woken by the ledger (a verdict, a new rule set, new live figures) rather than polled.
+//! A reconcile decides from the resource as the cache holds it, the rule as compiled and
+//! the ledger's level state ([`super::status`], pure), and writes status with
+//! server-side apply under one field manager only when the desired status differs from
+//! the stored one; then it publishes the Events that transition stands for. Our own
+//! status write changes no spec, so it never triggers a rule-set rebuild, and a
+//! reconcile of an unchanged rule writes nothing: no loop.
+//!
+//! Gentle on the API server: one reconcile per rule at a time, at most
+//! [`CONCURRENCY`] at once, status writes drawn from one token bucket
+//! ([`WRITE_BUDGET_PER_SECOND`], whatever the number of resources), failures retried
+//! with exponential backoff, and only the leader writes.
+//!
+//! RBAC: get, list, watch on the three kinds; patch on their `status`; create and patch
+//! on `events.k8s.io` events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::leader::Leadership;
+use super::ledger::{Ledger, RuleLevel};
+use super::status::{self, Observed, Transition};
+use crate::http::AppState;
+use crate::metrics::{ControllerLabels, ReconcileLabels};
+use crate::rules::crd::{
+    AnomalyAction, AnomalyActionStatus, PredictiveScale, PredictiveScaleStatus, SLOViolation,
+    SLOViolationStatus,
+};
+use crate::rules::load::{Rule, RuleKey, RuleKind};
+
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "prophet";
+
+/// Reconciles running at once.
+pub const CONCURRENCY: usize = 8;
+
+/// Status writes per second across all resources, and the burst allowed.
+pub const WRITE_BUDGET_PER_SECOND: f64 = 10.0;
+const WRITE_BURST: f64 = 50.0;
+
+/// What the three kinds have in common for the controller.
+pub trait RuleResource:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    type Status: Serialize + DeserializeOwned + PartialEq + Clone + Send;
+    const KIND: RuleKind;
+    fn current_status(&self) -> Option<&Self::Status>;
+    fn desired(current: Option<&Self::Status>, observed: &Observed<'_>) -> Option<Self::Status>;
+    fn conditions(status: &Self::Status) -> &[Condition];
+    fn message(status: &Self::Status) -> Option<&str>;
+    fn to_rule(&self) -> Rule;
+}
+
+macro_rules! rule_resource {
+    ($kind:ty, $status:ty, $rule_kind:expr, $desired:path) => {
+        impl RuleResource for $kind {
+            type Status = $status;
+            const KIND: RuleKind = $rule_kind;
+            fn current_status(&self) -> Option<&Self::Status> {
+                self.status.as_ref()
+            }
+            fn desired(
+                current: Option<&Self::Status>,
+                observed: &Observed<'_>,
+            ) -> Option<Self::Status> {
+                $desired(current, observed)
+            }
+            fn conditions(status: &Self::Status) -> &[Condition] {
+                &status.conditions
+            }
+            fn message(status: &Self::Status) -> Option<&str> {
+                status.message.as_deref()
+            }
+            fn to_rule(&self) -> Rule {
+                Rule::from(self.clone())
+            }
+        }
+    };
+}
+
+rule_resource!(
+    AnomalyAction,
+    AnomalyActionStatus,
+    RuleKind::AnomalyAction,
+    status::anomaly_action
+);
+rule_resource!(
+    PredictiveScale,
+    PredictiveScaleStatus,
+    RuleKind::PredictiveScale,
+    status::predictive_scale
+);
+rule_resource!(
+    SLOViolation,
+    SLOViolationStatus,
+    RuleKind::SloViolation,
+    status::slo_violation
+);
+
+/// The caches of the three kinds (one store per watched namespace, or one for all).
+#[derive(Clone, Default)]
+pub struct Caches {
+    pub anomaly: Vec<Store<AnomalyAction>>,
+    pub predictive: Vec<Store<PredictiveScale>>,
+    pub slo: Vec<Store<SLOViolation>>,
+}
+
+fn find<K: RuleResource>(stores: &[Store<K>], key: &RuleKey) -> Option<Arc<K>> {
+    let reference = ObjectRef::<K>::new(&key.name).within(&key.namespace);
+    stores.iter().find_map(|s| s.get(&reference))
+}
+
+impl Caches {
+    /// Every cached resource, as rules.
+    pub fn rules(&self) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = Vec::new();
+        for store in &self.anomaly {
+            rules.extend(store.state().iter().map(|r| r.to_rule()));
+        }
+        for store in &self.predictive {
+            rules.extend(store.state().iter().map(|r| r.to_rule()));
+        }
+        for store in &self.slo {
+            rules.extend(store.state().iter().map(|r| r.to_rule()));
+        }
+        rules
+    }
+}
+
+/// A token bucket for status writes.
+struct WriteBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl WriteBudget {
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        self.tokens = (self.tokens
+            + now.duration_since(self.at).as_secs_f64() * WRITE_BUDGET_PER_SECOND)
+            .min(WRITE_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / WRITE_BUDGET_PER_SECOND,
+            ))
+        }
+    }
+}
+
+/// What reconciles share.
+pub struct Context {
+    pub client: Client,
+    pub caches: Caches,
+    pub ledger: Arc<Ledger>,
+    pub app: Arc<AppState>,
+    pub leadership: Leadership,
+    pub recorder: Recorder,
+    budget: Mutex<WriteBudget>,
+    /// Failures in a row per rule, for backoff.
+    failures: Mutex<HashMap<RuleKey, u32>>,
+    /// The status this leader last wrote per rule (with the resource's uid): the cache
+    /// lags a write by a moment, and a reconcile in that moment must not write the same
+    /// status (and publish the same Events) again. Cleared when leadership is gained.
+    written: Mutex<HashMap<RuleKey, (String, serde_json::Value)>>,
+    /// Rules being reconciled now, and whether they were marked again meanwhile.
+    in_flight: Mutex<HashMap<RuleKey, bool>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        caches: Caches,
+        ledger: Arc<Ledger>,
+        app: Arc<AppState>,
+        leadership: Leadership,
+        recorder: Recorder,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            caches,
+            ledger,
+            app,
+            leadership,
+            recorder,
+            budget: Mutex::new(WriteBudget {
+                tokens: WRITE_BURST,
+                at: Instant::now(),
+            }),
+            failures: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// Why a reconcile did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("status write of {rule} failed: {source}")]
+    Write { rule: RuleKey, source: kube::Error },
+    #[error("status write budget spent")]
+    Budget(Duration),
+}
+
+/// What a reconcile did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciled {
+    /// Status was already what it should be (or the resource is gone, or not compiled yet).
+    Unchanged,
+    Written,
+    /// Not the leader: nothing written.
+    Standby,
+}
+
+/// Reconciles one rule: writes its status if it should change, then its Events.
+pub async fn reconcile(ctx: &Context, key: &RuleKey) -> Result<Reconciled, ReconcileError> {
+    match key.kind {
+        RuleKind::AnomalyAction => reconcile_kind(ctx, find(&ctx.caches.anomaly, key), key).await,
+        RuleKind::PredictiveScale => {
+            reconcile_kind(ctx, find(&ctx.caches.predictive, key), key).await
+        }
+        RuleKind::SloViolation => reconcile_kind(ctx, find(&ctx.caches.slo, key), key).await,
+    }
+}
+
+async fn reconcile_kind<K: RuleResource>(
+    ctx: &Context,
+    resource: Option<Arc<K>>,
+    key: &RuleKey,
+) -> Result<Reconciled, ReconcileError> {
+    if !ctx.leadership.is_leader() {
+        return Ok(Reconciled::Standby);
+    }
+    let Some(resource) = resource else {
+        return Ok(Reconciled::Unchanged);
+    };
+    let listing = ctx.app.current_listing();
+    let compiled = listing.rules.iter().find(|r| r.rule == *key);
+    let level: Option<RuleLevel> = ctx.ledger.level(key);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let observed = Observed {
+        compiled,
+        level: level.as_ref(),
+        generation: resource.meta().generation,
+        now: &now,
+    };
+    let uid = resource.meta().uid.clone().unwrap_or_default();
+    let remembered: Option<K::Status> = ctx
+        .written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .filter(|(written_uid, _)| *written_uid == uid)
+        .and_then(|(_, value)| serde_json::from_value(value.clone()).ok());
+    let current = remembered.as_ref().or(resource.current_status());
+    let Some(desired) = K::desired(current, &observed) else {
+        return Ok(Reconciled::Unchanged);
+    };
+    if current == Some(&desired) {
+        return Ok(Reconciled::Unchanged);
+    }
+    if let Err(wait) = ctx.budget.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(ReconcileError::Budget(wait));
+    }
+    // Fencing: the lease is checked again just before the write.
+    if !ctx.leadership.is_leader() {
+        return Ok(Reconciled::Standby);
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": desired,
+    });
+    ctx.app.metrics.status_writes.inc();
+    api.patch_status(
+        &key.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| ReconcileError::Write {
+        rule: key.clone(),
+        source,
+    })?;
+    if let Ok(value) = serde_json::to_value(&desired) {
+        ctx.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), (uid, value));
+    }
+    let before = current.map_or(&[][..], |s| K::conditions(s));
+    for transition in status::transitions(before, K::conditions(&desired), K::message(&desired)) {
+        publish(ctx, resource.as_ref(), &transition).await;
+    }
+    Ok(Reconciled::Written)
+}
+
+async fn publish<K: RuleResource>(ctx: &Context, resource: &K, transition: &Transition) {
+    let event = Event {
+        type_: if transition.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: transition.reason.into(),
+        note: Some(transition.note.clone()),
+        action: "Evaluate".into(),
+        secondary: None,
+    };
+    let reference = resource.object_ref(&());
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        // An Event is a courtesy: status already says it.
+        tracing::warn!(%error, rule = %resource.name_any(), reason = transition.reason, "cannot publish Event");
+    }
+}
+
+fn controller_name(kind: RuleKind) -> &'static str {
+    match kind {
+        RuleKind::AnomalyAction => "anomalyaction",
+        RuleKind::PredictiveScale => "predictivescale",
+        RuleKind::SloViolation => "sloviolation",
+    }
+}
+
+/// Runs reconciles as the ledger marks rules dirty, until `stop` resolves.
+pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> + Send) {
+    let mut leadership = ctx.leadership.changes();
+    let running = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    tokio::pin!(stop);
+    loop {
+        let keys = tokio::select! {
+            keys = ctx.ledger.take_dirty() => keys,
+            changed = leadership.changed() => {
+                let leading = changed.is_ok() && *leadership.borrow_and_update();
+                ctx.app.metrics.leader.set(i64::from(leading));
+                if leading {
+                    // A new leader converges every status to the truth it holds now,
+                    // from what the API server holds (another leader wrote meanwhile).
+                    ctx.written.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    mark_listed(&ctx);
+                }
+                if changed.is_err() {
+                    // Election over (shutting down): stop following it.
+                    leadership = tokio::sync::watch::channel(false).1;
+                }
+                continue;
+            }
+            () = &mut stop => return,
+        };
+        for key in keys {
+            {
+                let mut in_flight = ctx.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(again) = in_flight.get_mut(&key) {
+                    // One reconcile per rule at a time; this one runs again after it.
+                    *again = true;
+                    continue;
+                }
+                in_flight.insert(key.clone(), false);
+            }
+            let Ok(permit) = running.clone().acquire_owned().await else {
+                return;
+            };
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                reconcile_timed(&ctx, key.clone()).await;
+                let again = ctx
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key)
+                    .unwrap_or(false);
+                if again {
+                    ctx.ledger.mark(key);
+                }
+            });
+        }
+    }
+}
+
+/// Marks every rule of the current listing dirty.
+pub fn mark_listed(ctx: &Context) {
+    for rule in &ctx.app.current_listing().rules {
+        ctx.ledger.mark(rule.rule.clone());
+    }
+}
+
+async fn reconcile_timed(ctx: &Arc<Context>, key: RuleKey) {
+    let controller = controller_name(key.kind);
+    let started = Instant::now();
+    let result = reconcile(ctx, &key).await;
+    ctx.app
+        .metrics
+        .reconcile_time
+        .get_or_create(&ControllerLabels { controller })
+        .observe(started.elapsed().as_secs_f64());
+    let label = match &result {
+        Ok(_) => "success",
+        Err(ReconcileError::Budget(_)) => "requeue",
+        Err(ReconcileError::Write { .. }) => "error",
+    };
+    ctx.app
+        .metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            controller,
+            result: label,
+        })
+        .inc();
+    let retry_in = match result {
+        Ok(_) => {
+            ctx.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            return;
+        }
+        Err(ReconcileError::Budget(wait)) => wait,
+        Err(error) => {
+            ctx.app
+                .metrics
+                .reconcile_errors
+                .get_or_create(&ControllerLabels { controller })
+                .inc();
+            let failures = {
+                let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+                let n = failures.entry(key.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            };
+            let conflict = matches!(&error, ReconcileError::Write { source: kube::Error::Api(e), .. } if e.code == 409);
+            if conflict {
+                tracing::debug!(%error, "status conflict; retrying");
+            } else {
+                tracing::warn!(%error, failures, "reconcile failed; retrying with backoff");
+            }
+            backoff(failures)
+        }
+    };
+    let ledger = ctx.ledger.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(retry_in).await;
+        ledger.mark(key);
+    });
+}
+
+/// 200 ms doubling per failure in a row, at most a minute.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << failures.min(9).saturating_sub(1)))
+        .min(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(2), Duration::from_millis(400));
+        assert_eq!(backoff(9), Duration::from_millis(51_200));
+        assert_eq!(backoff(40), Duration::from_millis(51_200));
+    }
+
+    #[test]
+    fn the_write_budget_does_not_grow_with_the_number_of_rules() {
+        let mut budget = WriteBudget {
+            tokens: WRITE_BURST,
+            at: Instant::now(),
+        };
+        let granted = (0..10_000).filter(|_| budget.take().is_ok()).count();
+        // The burst, plus what refilled while the loop ran (well under a second).
+        assert!(
+            (WRITE_BURST as usize..WRITE_BURST as usize + 10).contains(&granted),
+            "{granted}"
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! The ledger: the level state between eval and the cluster. For each rule, the series
+//! tripped now (fed by verdict changes, so it is state and not a queue of messages: a
+//! reconcile that failed or was never run finds the truth here later), when it last
+//! tripped, the last decision and the live figures status shows. Every change marks
+//! the rule dirty and wakes its reconcile at once; the wake path is a de-duplicated set
+//! of rule keys, so memory grows with the number of rules, never with the number of
+//! verdicts, and nothing here ever waits on the API server.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::actuate::Decision;
+use crate::eval::{Change, ForecastView, RuleSetChange, RuleSnapshot, Verdict};
+use crate::rules::load::RuleKey;
+
+/// Most tripped series listed per rule (status names a few; the count is exact).
+const TRIPPED_KEPT: usize = 1_000;
+
+/// One rule's level state.
+#[derive(Debug, Clone, Default)]
+pub struct RuleLevel {
+    /// Tripped series now, by their labels as Prometheus prints them, with the event time
+    /// (ms) each tripped at.
+    pub tripped: BTreeMap<String, i64>,
+    /// Tripped series beyond [`TRIPPED_KEPT`] (counted, not named).
+    pub tripped_uncounted: usize,
+    /// Event time (ms) of the newest trip.
+    pub last_detected_ms: Option<i64>,
+    /// Trips seen since the rule (with these inputs) started.
+    pub detections: u64,
+    /// The newest decision about the rule.
+    pub last_decision: Option<Decision>,
+    /// A PredictiveScale's newest forecast.
+    pub last_forecast: Option<ForecastView>,
+    /// An SLO's budget remaining and time to exhaustion (days), from the evaluator.
+    pub slo: Option<(f64, Option<f64>)>,
+}
+
+impl RuleLevel {
+    /// How many series are tripped now.
+    pub fn tripped_count(&self) -> usize {
+        self.tripped.len() + self.tripped_uncounted
+    }
+}
+
+/// Level state of every rule, and the set of rules whose reconcile is due.
+#[derive(Default)]
+pub struct Ledger {
+    // std Mutex: held for map updates only, never across an await.
+    levels: Mutex<HashMap<RuleKey, RuleLevel>>,
+    dirty: Mutex<HashSet<RuleKey>>,
+    wake: Notify,
+}
+
+impl Ledger {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The level state of one rule (a copy).
+    pub fn level(&self, rule: &RuleKey) -> Option<RuleLevel> {
+        self.lock_levels().get(rule).cloned()
+    }
+
+    fn lock_levels(&self) -> std::sync::MutexGuard<'_, HashMap<RuleKey, RuleLevel>> {
+        self.levels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks a rule dirty and wakes the reconciler.
+    pub fn mark(&self, rule: RuleKey) {
+        let inserted = self
+            .dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rule);
+        if inserted {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Marks every known rule dirty (a new leader, the API server back).
+    pub fn mark_all(&self) {
+        let keys: Vec<RuleKey> = self.lock_levels().keys().cloned().collect();
+        for key in keys {
+            self.mark(key);
+        }
+    }
+
+    /// Takes the set of dirty rules, waiting until there is one.
+    pub async fn take_dirty(&self) -> Vec<RuleKey> {
+        loop {
+            let notified = self.wake.notified();
+            let taken: Vec<RuleKey> = self
+                .dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .collect();
+            if !taken.is_empty() {
+                return taken;
+            }
+            notified.await;
+        }
+    }
+
+    /// A rule set took effect: rules gone are forgotten, rules that start afresh lose
+    /// their tripped series (their detectors no longer hold them, so no clear would
+    /// come), and every active rule is marked dirty so its status shows the new spec.
+    pub fn rules_changed(&self, change: &RuleSetChange) {
+        {
+            let mut levels = self.lock_levels();
+            levels.retain(|rule, _| change.plans.contains_key(rule));
+            for rule in change.plans.keys() {
+                let level = levels.entry(rule.clone()).or_default();
+                if !change.kept.contains(rule) {
+                    level.tripped.clear();
+                    level.tripped_uncounted = 0;
+                }
+            }
+        }
+        for rule in change.plans.keys() {
+            self.mark(rule.clone());
+        }
+    }
+
+    /// A verdict and the decision taken on it.
+    pub fn record(&self, verdict: &Verdict, decision: Option<&Decision>) {
+        {
+            let mut levels = self.lock_levels();
+            let level = levels.entry(verdict.rule.clone()).or_default();
+            let series = verdict.series.to_string();
+            match verdict.change {
+                Change::Tripped => {
+                    if level.tripped.len() < TRIPPED_KEPT || level.tripped.contains_key(&series) {
+                        level.tripped.insert(series, verdict.sample_time_ms);
+                    } else {
+                        level.tripped_uncounted += 1;
+                    }
+                    level.detections += 1;
+                    level.last_detected_ms = Some(
+                        level
+                            .last_detected_ms
+                            .map_or(verdict.sample_time_ms, |t| t.max(verdict.sample_time_ms)),
+                    );
+                }
+                Change::Cleared => {
+                    if level.tripped.remove(&series).is_none() {
+                        level.tripped_uncounted = level.tripped_uncounted.saturating_sub(1);
+                    }
+                }
+            }
+            if verdict.forecast.is_some() {
+                level.last_forecast = verdict.forecast;
+            }
+            if let Some(decision) = decision {
+                level.last_decision = Some(decision.clone());
+            }
+        }
+        self.mark(verdict.rule.clone());
+    }
+
+    /// Live figures from the evaluator (an SLO's budget). A rule is marked dirty only
+    /// when a figure moved by a step status shows: 0.1% of budget, or 5% of the time
+    /// to exhaustion.
+    pub fn observe(&self, snapshots: &[RuleSnapshot]) {
+        let mut moved = Vec::new();
+        {
+            let mut levels = self.lock_levels();
+            for snapshot in snapshots {
+                let Some(slo) = &snapshot.slo else { continue };
+                let Some(level) = levels.get_mut(&snapshot.rule) else {
+                    continue;
+                };
+                let now = (slo.budget_remaining, slo.time_to_exhaustion_days);
+                if figures_moved(level.slo, now) {
+                    level.slo = Some(now);
+                    moved.push(snapshot.rule.clone());
+                }
+            }
+        }
+        for rule in moved {
+            self.mark(rule);
+        }
+    }
+}
+
+fn figures_moved(before: Option<(f64, Option<f64>)>, now: (f64, Option<f64>)) -> bool {
+    let Some((budget, tte)) = before else {
+        return true;
+    };
+    if (budget - now.0).abs() >= 0.001 || budget.is_finite() != now.0.is_finite() {
+        return true;
+    }
+    match (tte, now.1) {
+        (None, None) => false,
+        (Some(a), Some(b)) => (a - b).abs() > 0.05 * a.abs().max(b.abs()).max(0.01),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::Labels;
+    use crate::rules::load::RuleKind;
+
+    fn key(name: &str) -> RuleKey {
+        RuleKey {
+            kind: RuleKind::AnomalyAction,
+            namespace: "shop".into(),
+            name: name.into(),
+        }
+    }
+
+    fn verdict(rule: &str, pod: &str, change: Change, at: i64) -> Verdict {
+        Verdict {
+            rule: key(rule),
+            change,
+            series: Labels::from_pairs([("__name__", "m"), ("pod", pod)]),
+            value: Some(1.0),
+            sample_time_ms: at,
+            reason: String::new(),
+            targets: Vec::new(),
+            untargeted: None,
+            forecast: None,
+            arrived: std::time::Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn many_verdicts_make_one_wake_per_rule() {
+        let ledger = Ledger::new();
+        for i in 0..1000 {
+            ledger.record(
+                &verdict("a", &format!("p{}", i % 3), Change::Tripped, i),
+                None,
+            );
+            ledger.record(&verdict("b", "p", Change::Tripped, i), None);
+        }
+        let mut dirty = ledger.take_dirty().await;
+        dirty.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(dirty, vec![key("a"), key("b")]);
+        let level = ledger.level(&key("a")).unwrap();
+        assert_eq!(level.tripped_count(), 3);
+        assert_eq!(level.last_detected_ms, Some(999));
+    }
+
+    #[test]
+    fn a_cleared_series_leaves_the_tripped_set() {
+        let ledger = Ledger::new();
+        ledger.record(&verdict("a", "p1", Change::Tripped, 1), None);
+        ledger.record(&verdict("a", "p2", Change::Tripped, 2), None);
+        ledger.record(&verdict("a", "p1", Change::Cleared, 3), None);
+        let level = ledger.level(&key("a")).unwrap();
+        assert_eq!(
+            level.tripped.keys().collect::<Vec<_>>(),
+            vec![r#"m{pod="p2"}"#]
+        );
+        assert_eq!(level.detections, 2);
+    }
+
+    #[test]
+    fn a_rule_that_starts_afresh_forgets_its_tripped_series() {
+        let ledger = Ledger::new();
+        ledger.record(&verdict("a", "p1", Change::Tripped, 1), None);
+        ledger.record(&verdict("b", "p1", Change::Tripped, 1), None);
+        ledger.record(&verdict("gone", "p1", Change::Tripped, 1), None);
+        let mut change = RuleSetChange::default();
+        change.plans.insert(key("a"), Default::default());
+        change.plans.insert(key("b"), Default::default());
+        change.kept.insert(key("a"));
+        ledger.rules_changed(&change);
+        assert_eq!(ledger.level(&key("a")).unwrap().tripped_count(), 1);
+        assert_eq!(ledger.level(&key("b")).unwrap().tripped_count(), 0);
+        assert!(ledger.level(&key("gone")).is_none());
+    }
+
+    #[test]
+    fn budget_moves_are_shown_by_the_step() {
+        assert!(figures_moved(None, (1.0, None)));
+        assert!(!figures_moved(Some((0.5, None)), (0.5004, None)));
+        assert!(figures_moved(Some((0.5, None)), (0.499, None)));
+        assert!(!figures_moved(Some((0.5, Some(10.0))), (0.5, Some(10.3))));
+        assert!(figures_moved(Some((0.5, Some(10.0))), (0.5, Some(11.0))));
+        assert!(figures_moved(Some((0.5, None)), (0.5, Some(11.0))));
+    }
+}

@@ -1,0 +1,547 @@
+//! What a rule's `status` should say, decided from the rule as compiled, its level state
+//! in the ledger and the status it has now: pure functions, no I/O, so a reconcile that
+//! runs twice writes once (the second finds nothing to change) and each outcome is
+//! unit-tested. Also the Events a status change stands for: derived from the stored
+//! status and the desired one, so an Event is published once per transition, whoever
+//! the leader is.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::ledger::RuleLevel;
+use crate::actuate::Outcome;
+use crate::http::RuleStatus;
+use crate::rules::crd::{
+    AnomalyActionStatus, AnomalyPhase, Forecast, PredictiveScalePhase, PredictiveScaleStatus,
+    SLOViolationStatus, SloPhase,
+};
+
+/// Everything a desired status is decided from.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// The rule as compiled into the running rule set; `None` while the rule set that
+    /// holds this resource has not been applied yet.
+    pub compiled: Option<&'a RuleStatus>,
+    pub level: Option<&'a RuleLevel>,
+    /// `metadata.generation` of the resource.
+    pub generation: Option<i64>,
+    /// The wall clock, for condition transitions.
+    pub now: &'a Time,
+}
+
+/// A Kubernetes Event a status transition stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// CamelCase, stable: Events are grouped by reason.
+    pub reason: &'static str,
+    pub warning: bool,
+    /// Stable text; the changing figures are in status.
+    pub note: String,
+}
+
+const READY: &str = "Ready";
+const RULE_VALID: &str = "RuleValid";
+const TRIPPED: &str = "Tripped";
+
+/// Sets one condition in `conditions`, keeping its `lastTransitionTime` from `previous`
+/// when its status did not change (so an unchanged condition compares equal).
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    kind: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    observed: &Observed<'_>,
+) {
+    let status = if status { "True" } else { "False" }.to_owned();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == kind && c.status == status)
+        .map_or_else(|| observed.now.clone(), |c| c.last_transition_time.clone());
+    conditions.push(Condition {
+        type_: kind.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+        observed_generation: observed.generation,
+        last_transition_time,
+    });
+}
+
+/// Whether the rule is valid and evaluated, as the common conditions say.
+struct Validity {
+    valid: bool,
+    message: Option<String>,
+}
+
+/// `RuleValid` and `Ready` (shared by the three kinds); `None` while the resource's
+/// current generation is not compiled yet (nothing to say about it).
+fn common_conditions(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    observed: &Observed<'_>,
+) -> Option<Validity> {
+    let compiled = observed.compiled?;
+    if compiled.generation.is_some() && compiled.generation != observed.generation {
+        return None;
+    }
+    let (valid, reason) = match compiled.state {
+        "active" => (true, "Valid"),
+        "unsupported" => (false, "Unsupported"),
+        _ => (false, "Invalid"),
+    };
+    let message = compiled.message.clone();
+    set_condition(
+        conditions,
+        previous,
+        RULE_VALID,
+        valid,
+        reason,
+        message
+            .clone()
+            .unwrap_or_else(|| "the rule compiled and is evaluated on the stream".into()),
+        observed,
+    );
+    set_condition(
+        conditions,
+        previous,
+        READY,
+        valid,
+        if valid { "Evaluating" } else { reason },
+        if valid {
+            "evaluated on every sample of its series".into()
+        } else {
+            "not evaluated: see RuleValid".into()
+        },
+        observed,
+    );
+    Some(Validity { valid, message })
+}
+
+fn tripped_condition(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    level: Option<&RuleLevel>,
+    observed: &Observed<'_>,
+) -> bool {
+    let count = level.map_or(0, RuleLevel::tripped_count);
+    let tripped = count > 0;
+    let message = match level.filter(|_| tripped) {
+        Some(level) => {
+            let named: Vec<&str> = level.tripped.keys().take(3).map(String::as_str).collect();
+            let more = count.saturating_sub(named.len());
+            let mut text = format!("{count} series tripped: {}", named.join(", "));
+            if more > 0 {
+                text.push_str(&format!(" and {more} more"));
+            }
+            text
+        }
+        None => "no series tripped".into(),
+    };
+    set_condition(
+        conditions,
+        previous,
+        TRIPPED,
+        tripped,
+        if tripped { "Tripped" } else { "NotTripped" },
+        message,
+        observed,
+    );
+    tripped
+}
+
+fn time_of(ms: i64) -> Option<Time> {
+    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+        .ok()
+        .map(Time)
+}
+
+/// What the newest decision says, for `message`.
+fn decision_message(level: Option<&RuleLevel>) -> Option<String> {
+    let decision = level?.last_decision.as_ref()?;
+    let outcome = match decision.outcome {
+        Outcome::Act if decision.dry_run => "would act (dry run)",
+        Outcome::Act => "acted",
+        Outcome::Cooldown => "held by cooldown",
+        Outcome::AwaitingApproval => "awaiting approval",
+        Outcome::NoTarget => "no target",
+        Outcome::Resolved => "resolved",
+    };
+    Some(format!(
+        "{} {}: {outcome}; {}",
+        decision.action, decision.series, decision.reason
+    ))
+}
+
+/// The desired status of an AnomalyAction.
+pub fn anomaly_action(
+    current: Option<&AnomalyActionStatus>,
+    observed: &Observed<'_>,
+) -> Option<AnomalyActionStatus> {
+    let previous = current.map_or(&[][..], |s| &s.conditions[..]);
+    let mut conditions = Vec::new();
+    let validity = common_conditions(&mut conditions, previous, observed)?;
+    let level = observed.level;
+    let tripped = tripped_condition(&mut conditions, previous, level, observed);
+    let was_detected = current.is_some_and(|s| {
+        matches!(
+            s.phase,
+            AnomalyPhase::Detected | AnomalyPhase::Remediating | AnomalyPhase::Resolved
+        )
+    }) || level.is_some_and(|l| l.detections > 0);
+    let phase = if !validity.valid {
+        AnomalyPhase::Failed
+    } else if tripped {
+        AnomalyPhase::Detected
+    } else if was_detected {
+        AnomalyPhase::Resolved
+    } else {
+        AnomalyPhase::Pending
+    };
+    let last_detected = level
+        .and_then(|l| l.last_detected_ms)
+        .and_then(time_of)
+        .or_else(|| current.and_then(|s| s.last_detected.clone()));
+    Some(AnomalyActionStatus {
+        phase,
+        last_detected,
+        last_remediated: current.and_then(|s| s.last_remediated.clone()),
+        remediation_count: current.map_or(0, |s| s.remediation_count),
+        k8sgpt_analysis: current.and_then(|s| s.k8sgpt_analysis.clone()),
+        observed_generation: observed.generation,
+        message: validity.message.or_else(|| decision_message(level)),
+        conditions,
+    })
+}
+
+/// The desired status of a PredictiveScale.
+pub fn predictive_scale(
+    current: Option<&PredictiveScaleStatus>,
+    observed: &Observed<'_>,
+) -> Option<PredictiveScaleStatus> {
+    let previous = current.map_or(&[][..], |s| &s.conditions[..]);
+    let mut conditions = Vec::new();
+    let validity = common_conditions(&mut conditions, previous, observed)?;
+    let level = observed.level;
+    let tripped = tripped_condition(&mut conditions, previous, level, observed);
+    let phase = if !validity.valid {
+        PredictiveScalePhase::Failed
+    } else if tripped {
+        PredictiveScalePhase::Scaling
+    } else {
+        PredictiveScalePhase::Monitoring
+    };
+    let last_forecast = level
+        .and_then(|l| l.last_forecast)
+        .and_then(|f| {
+            Some(Forecast {
+                value: f.value,
+                lower: f.lower,
+                upper: f.upper,
+                current: f.current,
+                at: time_of(f.at_ms)?,
+            })
+        })
+        .filter(|f| {
+            [f.value, f.lower, f.upper, f.current]
+                .iter()
+                .all(|v| v.is_finite())
+        })
+        .or_else(|| current.and_then(|s| s.last_forecast.clone()));
+    Some(PredictiveScaleStatus {
+        phase,
+        last_forecast,
+        last_scaled: current.and_then(|s| s.last_scaled.clone()),
+        scaling_count: current.map_or(0, |s| s.scaling_count),
+        observed_generation: observed.generation,
+        message: validity.message.or_else(|| decision_message(level)),
+        conditions,
+    })
+}
+
+/// The desired status of an SLOViolation. Budget figures are rounded to the step a
+/// reader notices (0.1% of budget, 0.1 day), so noise below it writes nothing.
+pub fn slo_violation(
+    current: Option<&SLOViolationStatus>,
+    observed: &Observed<'_>,
+) -> Option<SLOViolationStatus> {
+    let previous = current.map_or(&[][..], |s| &s.conditions[..]);
+    let mut conditions = Vec::new();
+    let validity = common_conditions(&mut conditions, previous, observed)?;
+    let level = observed.level;
+    let violated = tripped_condition(&mut conditions, previous, level, observed);
+    let was_violated = current.is_some_and(|s| {
+        matches!(
+            s.phase,
+            SloPhase::Violated | SloPhase::Remediating | SloPhase::Resolved
+        )
+    }) || level.is_some_and(|l| l.detections > 0);
+    let phase = if violated {
+        SloPhase::Violated
+    } else if was_violated && validity.valid {
+        SloPhase::Resolved
+    } else {
+        SloPhase::Monitoring
+    };
+    let figures = level.and_then(|l| l.slo);
+    let round = |v: f64, step: f64| (v / step).round() * step;
+    let error_budget_remaining = figures
+        .map(|(budget, _)| round(budget, 0.001))
+        .filter(|v| v.is_finite());
+    let time_to_exhaustion = figures
+        .and_then(|(_, tte)| tte)
+        .map(|days| round(days, 0.1))
+        .filter(|v| v.is_finite());
+    let (error_budget_remaining, time_to_exhaustion) = if figures.is_some() {
+        (error_budget_remaining, time_to_exhaustion)
+    } else {
+        (
+            current.and_then(|s| s.error_budget_remaining),
+            current.and_then(|s| s.time_to_exhaustion),
+        )
+    };
+    let last_violated = level
+        .and_then(|l| l.last_detected_ms)
+        .and_then(time_of)
+        .or_else(|| current.and_then(|s| s.last_violated.clone()));
+    let previously_violated = current.is_some_and(|s| s.phase == SloPhase::Violated);
+    let violation_count =
+        current.map_or(0, |s| s.violation_count) + i64::from(violated && !previously_violated);
+    Some(SLOViolationStatus {
+        phase,
+        error_budget_remaining,
+        time_to_exhaustion,
+        last_violated,
+        violation_count,
+        observed_generation: observed.generation,
+        message: validity.message.or_else(|| decision_message(level)),
+        conditions,
+    })
+}
+
+fn condition_status<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a str> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.as_str())
+}
+
+/// The Events a status change stands for: the rule became invalid or valid again, it
+/// tripped, it cleared.
+pub fn transitions(
+    before: &[Condition],
+    after: &[Condition],
+    message: Option<&str>,
+) -> Vec<Transition> {
+    let mut out = Vec::new();
+    let changed = |kind| {
+        let now = condition_status(after, kind);
+        (condition_status(before, kind) != now)
+            .then_some(now)
+            .flatten()
+    };
+    match changed(RULE_VALID) {
+        Some("False") => out.push(Transition {
+            reason: "RuleInvalid",
+            warning: true,
+            note: message
+                .unwrap_or("the rule is not evaluated")
+                .chars()
+                .take(1000)
+                .collect(),
+        }),
+        Some("True") if condition_status(before, RULE_VALID).is_some() => out.push(Transition {
+            reason: "RuleValid",
+            warning: false,
+            note: "the rule compiled and is evaluated on the stream".into(),
+        }),
+        _ => {}
+    }
+    match changed(TRIPPED) {
+        Some("True") => out.push(Transition {
+            reason: "Tripped",
+            warning: true,
+            note: "the rule tripped; see status for the series and the decision".into(),
+        }),
+        Some("False") if condition_status(before, TRIPPED) == Some("True") => {
+            out.push(Transition {
+                reason: "Resolved",
+                warning: false,
+                note: "no series is tripped any more".into(),
+            })
+        }
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn compiled(state: &'static str, generation: i64) -> RuleStatus {
+        RuleStatus {
+            rule: crate::rules::load::RuleKey {
+                kind: crate::rules::load::RuleKind::AnomalyAction,
+                namespace: "shop".into(),
+                name: "r".into(),
+            },
+            state,
+            message: (state != "active").then(|| "spec.threshold: not a quantity".into()),
+            generation: Some(generation),
+        }
+    }
+
+    fn tripped(series: &[&str], at: i64) -> RuleLevel {
+        RuleLevel {
+            tripped: series.iter().map(|s| (s.to_string(), at)).collect(),
+            detections: series.len() as u64,
+            last_detected_ms: Some(at),
+            ..RuleLevel::default()
+        }
+    }
+
+    #[test]
+    fn an_active_rule_with_nothing_tripped_is_pending_and_ready() {
+        let compiled = compiled("active", 1);
+        let t = now(100);
+        let observed = Observed {
+            compiled: Some(&compiled),
+            level: None,
+            generation: Some(1),
+            now: &t,
+        };
+        let status = anomaly_action(None, &observed).unwrap();
+        assert_eq!(status.phase, AnomalyPhase::Pending);
+        assert_eq!(status.observed_generation, Some(1));
+        assert_eq!(condition_status(&status.conditions, READY), Some("True"));
+        assert_eq!(condition_status(&status.conditions, TRIPPED), Some("False"));
+    }
+
+    #[test]
+    fn an_invalid_rule_fails_with_the_reason_and_one_event() {
+        let compiled = compiled("invalid", 3);
+        let t = now(100);
+        let observed = Observed {
+            compiled: Some(&compiled),
+            level: None,
+            generation: Some(3),
+            now: &t,
+        };
+        let status = anomaly_action(None, &observed).unwrap();
+        assert_eq!(status.phase, AnomalyPhase::Failed);
+        let valid = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == RULE_VALID)
+            .unwrap();
+        assert_eq!(valid.status, "False");
+        assert_eq!(valid.reason, "Invalid");
+        assert!(
+            valid.message.contains("spec.threshold"),
+            "{}",
+            valid.message
+        );
+        let events = transitions(&[], &status.conditions, status.message.as_deref());
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason, "RuleInvalid");
+        // The same status again: nothing changes, no Event.
+        let again = anomaly_action(Some(&status), &observed).unwrap();
+        assert_eq!(again, status);
+        assert!(transitions(&status.conditions, &again.conditions, None).is_empty());
+    }
+
+    #[test]
+    fn a_spec_not_compiled_yet_says_nothing() {
+        let compiled = compiled("active", 1);
+        let t = now(100);
+        let observed = Observed {
+            compiled: Some(&compiled),
+            level: None,
+            generation: Some(2),
+            now: &t,
+        };
+        assert!(anomaly_action(None, &observed).is_none());
+    }
+
+    #[test]
+    fn a_trip_detects_then_resolves_keeping_transition_times() {
+        let compiled = compiled("active", 1);
+        let level = tripped(&[r#"m{pod="a"}"#], 50_000);
+        let t1 = now(100);
+        let detected = anomaly_action(
+            None,
+            &Observed {
+                compiled: Some(&compiled),
+                level: Some(&level),
+                generation: Some(1),
+                now: &t1,
+            },
+        )
+        .unwrap();
+        assert_eq!(detected.phase, AnomalyPhase::Detected);
+        assert_eq!(detected.last_detected, time_of(50_000));
+        let events = transitions(&[], &detected.conditions, None);
+        assert_eq!(
+            events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            vec!["Tripped"]
+        );
+
+        let cleared = RuleLevel {
+            tripped: Default::default(),
+            ..level.clone()
+        };
+        let t2 = now(200);
+        let resolved = anomaly_action(
+            Some(&detected),
+            &Observed {
+                compiled: Some(&compiled),
+                level: Some(&cleared),
+                generation: Some(1),
+                now: &t2,
+            },
+        )
+        .unwrap();
+        assert_eq!(resolved.phase, AnomalyPhase::Resolved);
+        let ready = |s: &AnomalyActionStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == READY)
+                .unwrap()
+                .last_transition_time
+                .clone()
+        };
+        assert_eq!(ready(&resolved), ready(&detected), "Ready did not change");
+        let events = transitions(&detected.conditions, &resolved.conditions, None);
+        assert_eq!(
+            events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            vec!["Resolved"]
+        );
+    }
+
+    #[test]
+    fn an_slo_counts_each_violation_once_and_rounds_its_budget() {
+        let compiled = compiled("active", 1);
+        let mut level = tripped(&["{}"], 10_000);
+        level.slo = Some((0.123_456, Some(3.333)));
+        let t = now(100);
+        let observed = Observed {
+            compiled: Some(&compiled),
+            level: Some(&level),
+            generation: Some(1),
+            now: &t,
+        };
+        let violated = slo_violation(None, &observed).unwrap();
+        assert_eq!(violated.phase, SloPhase::Violated);
+        assert_eq!(violated.violation_count, 1);
+        assert_eq!(violated.error_budget_remaining, Some(0.123));
+        assert_eq!(violated.time_to_exhaustion, Some(3.3000000000000003));
+        let again = slo_violation(Some(&violated), &observed).unwrap();
+        assert_eq!(again.violation_count, 1, "still the same violation");
+        assert_eq!(again, violated);
+    }
+}
