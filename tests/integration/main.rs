@@ -9,6 +9,7 @@
 mod common;
 
 mod anomaly;
+mod cluster;
 mod crds;
 mod deploy_manifests;
 mod e2e_prometheus;

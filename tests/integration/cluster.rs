@@ -1,0 +1,376 @@
+//! Cluster mode against a real API server (`../shared/k8s/`): the real binary with
+//! `--cluster`, rules applied with kubectl, samples remote-written to it, and everything
+//! checked through the API as a user would with `kubectl get` and `kubectl events`:
+//! status and conditions, Events, a live edit that keeps state, a deletion, an invalid
+//! rule, a tenant that cannot see another namespace's series, and a leader that dies.
+//!
+//! Waits are on the API's own signals (a condition, a phase, the Lease's holder), polled
+//! with a deadline; never a fixed sleep.
+
+use crate::common;
+use crate::common::k8s::Cluster;
+use crate::common::process::Running;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use prophet::rules::crd::AnomalyAction;
+
+/// Starts `prophet run --cluster` against the test cluster; returns it and its address.
+fn start_prophet(cluster: &Cluster, extra: &[&str]) -> (Running, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prophet"))
+        .args(["run", "--cluster", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prophet starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("prophet: {line}");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("prophet reports its listening address");
+    (Running(child), addr)
+}
+
+/// Polls `check` until it returns `Some`, for at most `within`.
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn condition(rule: &AnomalyAction, kind: &str) -> Option<(String, String, String)> {
+    rule.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn write(addr: &str, series: Vec<prophet::proto::v1::TimeSeries>) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/write"))
+        .header("Content-Type", common::V1)
+        .header("Content-Encoding", "snappy")
+        .body(common::v1_body(series))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "{}", response.text().await.unwrap());
+}
+
+fn memory(namespace: &str, pod: &str, at: i64, bytes: f64) -> prophet::proto::v1::TimeSeries {
+    common::series(
+        &[
+            ("__name__", "container_memory_working_set_bytes"),
+            ("namespace", namespace),
+            ("pod", pod),
+        ],
+        &[(at, bytes)],
+    )
+}
+
+fn rules(ns: &str) -> String {
+    format!(
+        r#"
+apiVersion: aiops.prophet.io/v1alpha1
+kind: AnomalyAction
+metadata: {{name: memory, namespace: {ns}}}
+spec:
+  metric: container_memory_working_set_bytes
+  threshold: "> 1Gi"
+  remediation: {{type: alert, cooldownSeconds: 300}}
+---
+apiVersion: aiops.prophet.io/v1alpha1
+kind: AnomalyAction
+metadata: {{name: broken, namespace: {ns}}}
+spec:
+  metric: container_memory_working_set_bytes
+  threshold: "=> 1Gi"
+  remediation: {{type: alert}}
+"#
+    )
+}
+
+async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<String> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_get_status_and_events_and_follow_edits() {
+    let Some(cluster) = common::k8s::cluster() else {
+        return;
+    };
+    cluster.install_crds();
+    let ns = cluster.namespace("tenant");
+    let other = cluster.namespace("other");
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&rules(&ns)));
+    let client = cluster.client().await;
+    let api: Api<AnomalyAction> = Api::namespaced(client.clone(), &ns);
+    let (_prophet, addr) = start_prophet(
+        cluster,
+        &[
+            "--namespace",
+            &ns,
+            "--namespace",
+            &other,
+            "--leader-elect=false",
+        ],
+    );
+
+    // Status: the valid rule is Ready, the invalid one says why, with the field path.
+    eventually("the rule to be Ready", Duration::from_secs(60), || async {
+        let rule = api.get("memory").await.ok()?;
+        (condition(&rule, "Ready")?.0 == "True").then_some(())
+    })
+    .await;
+    let broken = eventually(
+        "the broken rule's status",
+        Duration::from_secs(30),
+        || async {
+            let rule = api.get("broken").await.ok()?;
+            condition(&rule, "RuleValid").map(|c| (rule, c))
+        },
+    )
+    .await;
+    assert_eq!(broken.1.0, "False");
+    assert_eq!(broken.1.1, "Invalid");
+    assert!(broken.1.2.contains("spec.threshold"), "{}", broken.1.2);
+    assert_eq!(
+        format!("{:?}", broken.0.status.as_ref().unwrap().phase),
+        "Failed"
+    );
+
+    // A tenant's series trips its rule; another namespace's series is not its business.
+    let now = common::now_ms();
+    write(
+        &addr,
+        vec![
+            memory(&ns, "web-1", now, 2e9),
+            memory(&other, "intruder", now, 5e9),
+        ],
+    )
+    .await;
+    let tripped = eventually("the rule to trip", Duration::from_secs(30), || async {
+        let rule = api.get("memory").await.ok()?;
+        let tripped = condition(&rule, "Tripped")?;
+        (tripped.0 == "True").then_some((rule, tripped))
+    })
+    .await;
+    assert!(tripped.1.2.contains("web-1"), "{}", tripped.1.2);
+    assert!(!tripped.1.2.contains("intruder"), "{}", tripped.1.2);
+    assert!(tripped.1.2.starts_with("1 series"), "{}", tripped.1.2);
+    let status = tripped.0.status.clone().unwrap();
+    assert_eq!(format!("{:?}", status.phase), "Detected");
+    assert!(status.last_detected.is_some());
+    eventually("a Tripped Event", Duration::from_secs(30), || async {
+        events_for(&client, &ns, "memory")
+            .await
+            .contains(&"Tripped".to_string())
+            .then_some(())
+    })
+    .await;
+
+    // A live edit that leaves the inputs alone keeps the rule's state: still tripped.
+    cluster.kubectl(&[
+        "-n",
+        &ns,
+        "patch",
+        "anomalyaction",
+        "memory",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"remediation":{"cooldownSeconds":600}}}"#,
+    ]);
+    let edited = eventually(
+        "status of generation 2",
+        Duration::from_secs(30),
+        || async {
+            let rule = api.get("memory").await.ok()?;
+            (rule.status.as_ref()?.observed_generation == Some(2)).then_some(rule)
+        },
+    )
+    .await;
+    assert_eq!(condition(&edited, "Tripped").unwrap().0, "True");
+
+    // The series goes back under the threshold: Resolved, with an Event.
+    write(&addr, vec![memory(&ns, "web-1", now + 15_000, 1e8)]).await;
+    eventually("the rule to resolve", Duration::from_secs(30), || async {
+        let rule = api.get("memory").await.ok()?;
+        (format!("{:?}", rule.status?.phase) == "Resolved").then_some(())
+    })
+    .await;
+    eventually("a Resolved Event", Duration::from_secs(30), || async {
+        events_for(&client, &ns, "memory")
+            .await
+            .contains(&"Resolved".to_string())
+            .then_some(())
+    })
+    .await;
+
+    // Deleted: the rule is gone from what Prophet evaluates.
+    cluster.kubectl(&["-n", &ns, "delete", "anomalyaction", "memory"]);
+    eventually(
+        "the rule to be dropped",
+        Duration::from_secs(30),
+        || async {
+            let rules: serde_json::Value = reqwest::get(format!("http://{addr}/api/v1/rules"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let names: Vec<&str> = rules["rules"]
+                .as_array()?
+                .iter()
+                .filter_map(|r| r["rule"]["name"].as_str())
+                .collect();
+            (!names.contains(&"memory") && names.contains(&"broken")).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_leader_dies() {
+    let Some(cluster) = common::k8s::cluster() else {
+        return;
+    };
+    cluster.install_crds();
+    let ns = cluster.namespace("leader");
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&rules(&ns)));
+    let client = cluster.client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let args = |identity: &'static str| {
+        vec![
+            "--namespace".to_string(),
+            ns.clone(),
+            "--lease-namespace".into(),
+            ns.clone(),
+            "--lease-duration".into(),
+            "3s".into(),
+            "--identity".into(),
+            identity.into(),
+        ]
+    };
+    let a_args = args("replica-a");
+    let (mut first, first_addr) = start_prophet(
+        cluster,
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let holder = |leases: Api<Lease>| async move {
+        leases
+            .get_opt("prophet-leader")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    eventually("replica-a to lead", Duration::from_secs(30), || {
+        let leases = leases.clone();
+        async move { (holder(leases).await.as_deref() == Some("replica-a")).then_some(()) }
+    })
+    .await;
+    let b_args = args("replica-b");
+    let (_second, second_addr) = start_prophet(
+        cluster,
+        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // Both ingest; only the leader writes. The standby reports it does not lead.
+    let metrics = |addr: String| async move {
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    };
+    eventually("replica-a's leader gauge", Duration::from_secs(30), || {
+        let addr = first_addr.clone();
+        async move {
+            metrics(addr)
+                .await?
+                .contains("prophet_leader 1")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        metrics(second_addr.clone())
+            .await
+            .unwrap()
+            .contains("prophet_leader 0"),
+        "the standby must not lead"
+    );
+
+    // The leader dies without a word (no lease release): the standby takes over once
+    // the lease expires, and writes status from then on.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    eventually("replica-b to lead", Duration::from_secs(30), || {
+        let leases = leases.clone();
+        async move { (holder(leases).await.as_deref() == Some("replica-b")).then_some(()) }
+    })
+    .await;
+    let now = common::now_ms();
+    write(&second_addr, vec![memory(&ns, "web-1", now, 2e9)]).await;
+    let api: Api<AnomalyAction> = Api::namespaced(client.clone(), &ns);
+    eventually(
+        "the new leader's status write",
+        Duration::from_secs(30),
+        || async {
+            let rule = api.get("memory").await.ok()?;
+            (condition(&rule, "Tripped")?.0 == "True").then_some(())
+        },
+    )
+    .await;
+    // The Event follows the status write.
+    let tripped_events = eventually("the Tripped Event", Duration::from_secs(30), || async {
+        let n = events_for(&client, &ns, "memory")
+            .await
+            .iter()
+            .filter(|r| *r == "Tripped")
+            .count();
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert_eq!(tripped_events, 1, "one trip, one Event");
+}
