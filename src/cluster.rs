@@ -48,6 +48,8 @@ pub struct ClusterConfig {
     pub debounce: Duration,
     /// How often live figures (SLO budgets) are read from the evaluator for status.
     pub figures_every: Duration,
+    /// Decisions on samples older than this (against the wall clock) are stale.
+    pub max_action_lag: Duration,
 }
 
 /// This replica's name: `POD_NAME` (the downward API), else the host name.
@@ -115,11 +117,12 @@ fn apis<K: RuleResource>(client: &Client, namespaces: &[String]) -> Vec<Api<K>> 
 
 /// The reconcile driver of cluster mode: each verdict is decided (dry run, recorded) and
 /// goes into the ledger with its decision; each rule set updates the ledger.
-fn cluster_driver(ledger: Arc<Ledger>) -> ReconcileDriver {
+fn cluster_driver(ledger: Arc<Ledger>, max_action_lag: Duration) -> ReconcileDriver {
     Box::new(
         move |mut events: mpsc::UnboundedReceiver<EvalEvent>, decisions: DecisionLog| {
             tokio::spawn(async move {
-                let mut decider = Decider::new(Default::default(), true);
+                let mut decider =
+                    Decider::new(Default::default(), true).with_max_action_lag(max_action_lag);
                 let actuator = DryRun { log: decisions };
                 while let Some(event) = events.recv().await {
                     match event {
@@ -255,7 +258,7 @@ pub async fn run(
     let pipeline = Arc::new(Pipeline::start_with(
         &LoadReport::default(),
         &config.pipeline,
-        cluster_driver(ledger.clone()),
+        cluster_driver(ledger.clone(), config.max_action_lag),
     )?);
 
     let changed = Arc::new(Notify::new());

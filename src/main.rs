@@ -25,7 +25,7 @@ enum Command {
     /// Standalone mode (the default): rules from a folder, decisions recorded, nothing
     /// acted on. With `--cluster`: rules from the cluster's custom resources, status and
     /// Events written by one leader.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions, or write them into a folder.
     Crds {
         /// Write one file per kind into this folder instead of printing.
@@ -94,6 +94,11 @@ struct RunArgs {
     /// How long the leader Lease holds without renewal, e.g. 15s.
     #[arg(long, default_value = "15s", value_parser = parse_interval)]
     lease_duration: std::time::Duration,
+    /// Cluster mode: a decision whose deciding sample is older than this against the
+    /// wall clock (a sender catching up, a lagging standby, restored state) is recorded
+    /// as `stale` and never acted on; cooldowns must pass on the wall clock too.
+    #[arg(long, default_value = "2m", value_parser = parse_interval)]
+    max_action_lag: std::time::Duration,
     /// This replica's name in the Lease and in Events. Default: POD_NAME, else the host
     /// name.
     #[arg(long)]
@@ -116,10 +121,10 @@ fn main() -> ExitCode {
     prophet::telemetry::init();
     let result = match cli
         .command
-        .unwrap_or_else(|| Command::Run(RunArgs::default()))
+        .unwrap_or_else(|| Command::Run(Box::default()))
     {
         Command::Crds { out } => crds(out),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,6 +186,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
             }),
             debounce: std::time::Duration::from_millis(200),
             figures_every: std::time::Duration::from_secs(10),
+            max_action_lag: args.max_action_lag,
         };
         return runtime.block_on(cluster::run(config, shutdown_signal()));
     }

@@ -20,7 +20,7 @@ pub struct Decision {
     /// `restart`, `scale`, `alert` (an SLO's actions joined with `+`); `resolve` when a
     /// series cleared.
     pub action: String,
-    /// `act`, or why not: `cooldown`, `awaiting-approval`, `no-target`.
+    /// `act`, or why not: `cooldown`, `awaiting-approval`, `no-target`, `stale`.
     pub outcome: Outcome,
     pub targets: Vec<PodRef>,
     /// The object acted on besides pods (an SLO's HorizontalPodAutoscaler).
@@ -53,6 +53,10 @@ pub enum Outcome {
     NoTarget,
     /// A cleared series: the rule's phase moves to Resolved; nothing is done.
     Resolved,
+    /// The deciding sample is older than `--max-action-lag` against the wall clock (a
+    /// sender catching up after an outage, a lagging standby, restored state): recorded,
+    /// never acted on.
+    Stale,
 }
 
 impl Decision {

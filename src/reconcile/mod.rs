@@ -21,10 +21,15 @@ use crate::rules::load::RuleKey;
 /// Decides, per verdict, what to do under each rule's action plan.
 pub struct Decider {
     plans: HashMap<RuleKey, ActionPlan>,
-    /// Event time of the last action per (rule, target); the target is the pod, or the
-    /// series for alerts on series without a pod.
-    last_acted: HashMap<(RuleKey, String), i64>,
+    /// Event time and wall time (ms) of the last action per (rule, target); the target
+    /// is the pod, or the series for alerts on series without a pod.
+    last_acted: HashMap<(RuleKey, String), (i64, i64)>,
     dry_run: bool,
+    /// With a lag set (cluster mode): a decision whose deciding sample is older than this
+    /// against the wall clock is stale and never acted on, and a cooldown must have
+    /// passed on the wall clock too. Standalone mode sets none, so a replay of old
+    /// samples decides exactly as it did live.
+    max_action_lag_ms: Option<i64>,
 }
 
 impl Decider {
@@ -33,7 +38,14 @@ impl Decider {
             plans,
             last_acted: HashMap::new(),
             dry_run,
+            max_action_lag_ms: None,
         }
+    }
+
+    /// Decisions on samples older than `lag` are stale (see the field).
+    pub fn with_max_action_lag(mut self, lag: std::time::Duration) -> Self {
+        self.max_action_lag_ms = Some(i64::try_from(lag.as_millis()).unwrap_or(i64::MAX));
+        self
     }
 
     /// A new rule set took effect: its plans replace the old ones, and the cooldowns of
@@ -47,12 +59,20 @@ impl Decider {
 
     /// The decision for one verdict; `None` for a rule without a plan (removed meanwhile).
     pub fn decide(&mut self, verdict: &Verdict) -> Option<Decision> {
-        let mut decision = self.decide_action(verdict)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.decide_at(verdict, now_ms)
+    }
+
+    /// [`Self::decide`] at wall time `now_ms`.
+    pub fn decide_at(&mut self, verdict: &Verdict, now_ms: i64) -> Option<Decision> {
+        let mut decision = self.decide_action(verdict, now_ms)?;
         decision.object = self.plans.get(&verdict.rule).and_then(|p| p.object.clone());
         Some(decision)
     }
 
-    fn decide_action(&mut self, verdict: &Verdict) -> Option<Decision> {
+    fn decide_action(&mut self, verdict: &Verdict, now_ms: i64) -> Option<Decision> {
         let plan = self.plans.get(&verdict.rule)?;
         let action = plan.action.as_str();
         if verdict.change == Change::Cleared {
@@ -79,14 +99,33 @@ impl Decider {
             .first()
             .map(|p| format!("{}/{}", p.namespace, p.name))
             .unwrap_or_else(|| verdict.series.to_string());
-        let key = (verdict.rule.clone(), target);
-        if let Some(&last) = self.last_acted.get(&key)
-            && verdict.sample_time_ms.saturating_sub(last) < plan.cooldown_ms
+        if let Some(lag) = self.max_action_lag_ms
+            && now_ms.saturating_sub(verdict.sample_time_ms) > lag
         {
-            let left = plan
-                .cooldown_ms
-                .saturating_sub(verdict.sample_time_ms.saturating_sub(last))
-                / 1000;
+            return Some(Decision::new(
+                verdict,
+                action,
+                Outcome::Stale,
+                format!(
+                    "{}; the deciding sample is {}s old, past --max-action-lag ({}s): not acted on",
+                    verdict.reason,
+                    now_ms.saturating_sub(verdict.sample_time_ms) / 1000,
+                    lag / 1000
+                ),
+                self.dry_run,
+            ));
+        }
+        let key = (verdict.rule.clone(), target);
+        let wall_clock = self.max_action_lag_ms.is_some();
+        if let Some(&(last_sample, last_wall)) = self.last_acted.get(&key)
+            && (verdict.sample_time_ms.saturating_sub(last_sample) < plan.cooldown_ms
+                || (wall_clock && now_ms.saturating_sub(last_wall) < plan.cooldown_ms))
+        {
+            let mut passed = verdict.sample_time_ms.saturating_sub(last_sample);
+            if wall_clock {
+                passed = passed.min(now_ms.saturating_sub(last_wall));
+            }
+            let left = plan.cooldown_ms.saturating_sub(passed) / 1000;
             return Some(Decision::new(
                 verdict,
                 action,
@@ -104,7 +143,8 @@ impl Decider {
                 self.dry_run,
             ));
         }
-        self.last_acted.insert(key, verdict.sample_time_ms);
+        self.last_acted
+            .insert(key, (verdict.sample_time_ms, now_ms));
         Some(Decision::new(
             verdict,
             action,
@@ -131,5 +171,166 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::PodRef;
+    use crate::labels::Labels;
+    use crate::rules::load::RuleKind;
+    use std::time::{Duration, Instant};
+
+    const MIN: i64 = 60_000;
+
+    fn key() -> RuleKey {
+        RuleKey {
+            kind: RuleKind::AnomalyAction,
+            namespace: "shop".into(),
+            name: "memory".into(),
+        }
+    }
+
+    fn decider(plan: ActionPlan) -> Decider {
+        Decider::new(HashMap::from([(key(), plan)]), false)
+            .with_max_action_lag(Duration::from_secs(120))
+    }
+
+    fn restart(cooldown_ms: i64) -> ActionPlan {
+        ActionPlan {
+            action: "restart".into(),
+            needs_pod: true,
+            cooldown_ms,
+            ..ActionPlan::default()
+        }
+    }
+
+    fn verdict(change: Change, pod: Option<&str>, at: i64) -> Verdict {
+        Verdict {
+            rule: key(),
+            change,
+            series: Labels::from_pairs([("__name__", "m"), ("pod", pod.unwrap_or(""))]),
+            value: Some(2.0),
+            sample_time_ms: at,
+            reason: "m > 1".into(),
+            targets: pod
+                .map(|p| {
+                    vec![PodRef {
+                        namespace: "shop".into(),
+                        name: p.into(),
+                    }]
+                })
+                .unwrap_or_default(),
+            untargeted: pod.is_none().then(|| "the series names no pod".into()),
+            forecast: None,
+            arrived: Instant::now(),
+        }
+    }
+
+    fn outcome(d: &mut Decider, v: &Verdict, now: i64) -> Outcome {
+        d.decide_at(v, now).unwrap().outcome
+    }
+
+    #[test]
+    fn acts_then_holds_until_both_clocks_pass_the_cooldown() {
+        let mut d = decider(restart(5 * MIN));
+        let t = 1_000 * MIN;
+        assert_eq!(
+            outcome(&mut d, &verdict(Change::Tripped, Some("a"), t), t),
+            Outcome::Act
+        );
+        // Event time passed the cooldown, the wall clock did not (a sender catching up).
+        let later = verdict(Change::Tripped, Some("a"), t + 6 * MIN);
+        assert_eq!(outcome(&mut d, &later, t + MIN), Outcome::Cooldown);
+        // Both passed.
+        assert_eq!(outcome(&mut d, &later, t + 6 * MIN), Outcome::Act);
+        // Another pod is another target.
+        let other = verdict(Change::Tripped, Some("b"), t + 6 * MIN);
+        assert_eq!(outcome(&mut d, &other, t + 6 * MIN), Outcome::Act);
+    }
+
+    #[test]
+    fn a_decision_on_an_old_sample_is_stale_and_starts_no_cooldown() {
+        let mut d = decider(restart(5 * MIN));
+        let t = 1_000 * MIN;
+        let old = verdict(Change::Tripped, Some("a"), t - 3 * MIN);
+        let decision = d.decide_at(&old, t).unwrap();
+        assert_eq!(decision.outcome, Outcome::Stale);
+        assert!(
+            decision.reason.contains("max-action-lag"),
+            "{}",
+            decision.reason
+        );
+        let fresh = verdict(Change::Tripped, Some("a"), t);
+        assert_eq!(outcome(&mut d, &fresh, t), Outcome::Act);
+    }
+
+    #[test]
+    fn standalone_replays_decide_by_event_time_alone() {
+        let mut d = Decider::new(HashMap::from([(key(), restart(5 * MIN))]), true);
+        let t = 1_000 * MIN;
+        // Samples a year old, decided now: as they were decided live.
+        let now = t + 365 * 24 * 60 * MIN;
+        assert_eq!(
+            outcome(&mut d, &verdict(Change::Tripped, Some("a"), t), now),
+            Outcome::Act
+        );
+        let later = verdict(Change::Tripped, Some("a"), t + 6 * MIN);
+        assert_eq!(outcome(&mut d, &later, now), Outcome::Act);
+    }
+
+    #[test]
+    fn approval_no_target_and_resolution() {
+        let t = 1_000 * MIN;
+        let mut held = decider(ActionPlan {
+            require_approval: true,
+            ..restart(0)
+        });
+        assert_eq!(
+            outcome(&mut held, &verdict(Change::Tripped, Some("a"), t), t),
+            Outcome::AwaitingApproval
+        );
+        let mut d = decider(restart(0));
+        let untargeted = d.decide_at(&verdict(Change::Tripped, None, t), t).unwrap();
+        assert_eq!(untargeted.outcome, Outcome::NoTarget);
+        assert!(
+            untargeted.reason.contains("names no pod"),
+            "{}",
+            untargeted.reason
+        );
+        let cleared = d
+            .decide_at(&verdict(Change::Cleared, Some("a"), t), t)
+            .unwrap();
+        assert_eq!(cleared.outcome, Outcome::Resolved);
+        assert_eq!(cleared.action, "resolve");
+    }
+
+    #[test]
+    fn a_rule_gone_decides_nothing_and_a_fresh_rule_forgets_its_cooldown() {
+        let t = 1_000 * MIN;
+        let mut d = decider(restart(5 * MIN));
+        assert_eq!(
+            outcome(&mut d, &verdict(Change::Tripped, Some("a"), t), t),
+            Outcome::Act
+        );
+        // Same plans, rule not kept (its inputs changed): cooldown forgotten.
+        d.rules_changed(&RuleSetChange {
+            plans: HashMap::from([(key(), restart(5 * MIN))]),
+            kept: Default::default(),
+        });
+        assert_eq!(
+            outcome(
+                &mut d,
+                &verdict(Change::Tripped, Some("a"), t + MIN),
+                t + MIN
+            ),
+            Outcome::Act
+        );
+        d.rules_changed(&RuleSetChange::default());
+        assert!(
+            d.decide_at(&verdict(Change::Tripped, Some("a"), t), t)
+                .is_none()
+        );
     }
 }

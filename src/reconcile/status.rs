@@ -166,6 +166,7 @@ fn decision_message(level: Option<&RuleLevel>) -> Option<String> {
         Outcome::AwaitingApproval => "awaiting approval",
         Outcome::NoTarget => "no target",
         Outcome::Resolved => "resolved",
+        Outcome::Stale => "stale (not acted on)",
     };
     Some(format!(
         "{} {}: {outcome}; {}",

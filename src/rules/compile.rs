@@ -145,7 +145,7 @@ pub struct Scope {
 }
 
 /// What reconcile does when the rule trips.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionPlan {
     /// The action(s) as the rule names them: `restart`, `scale`, `alert`, or for an SLO
