@@ -119,10 +119,7 @@ impl Default for RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     prophet::telemetry::init();
-    let result = match cli
-        .command
-        .unwrap_or_else(|| Command::Run(Box::default()))
-    {
+    let result = match cli.command.unwrap_or_else(|| Command::Run(Box::default())) {
         Command::Crds { out } => crds(out),
         Command::Run(args) => run(*args),
     };
@@ -192,6 +189,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
     }
     let config = RunConfig {
         rules_dir: args.rules,
+        rules_poll: std::time::Duration::from_secs(1),
         listen: args.listen,
         pipeline,
     };

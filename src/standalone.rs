@@ -63,6 +63,8 @@ impl Default for PipelineConfig {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub rules_dir: PathBuf,
+    /// How often the rules folder is checked for changes (SIGHUP re-reads it at once).
+    pub rules_poll: Duration,
     pub listen: SocketAddr,
     pub pipeline: PipelineConfig,
 }
@@ -395,7 +397,14 @@ pub async fn run(
         dir: config.rules_dir.clone(),
         source,
     })?;
-    let pipeline = Pipeline::start(&report, &config.pipeline)?;
+    let pipeline = Arc::new(Pipeline::start(&report, &config.pipeline)?);
+    let (stop_reload, stopped) = tokio::sync::watch::channel(false);
+    let reload = tokio::spawn(reload_rules(
+        config.rules_dir.clone(),
+        pipeline.clone(),
+        config.rules_poll,
+        stopped,
+    ));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Bind {
@@ -408,11 +417,102 @@ pub async fn run(
         rules = pipeline.state.current_listing().rules.len(),
         "listening on {local} (standalone, dry run: no cluster is contacted)"
     );
-    axum::serve(listener, crate::http::router(pipeline.state.clone()))
+    let served = axum::serve(listener, crate::http::router(pipeline.state.clone()))
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(Error::Serve)?;
-    pipeline.drain().await;
+        .map_err(Error::Serve);
+    let _ = stop_reload.send(true);
+    let _ = reload.await;
+    match Arc::try_unwrap(pipeline) {
+        Ok(pipeline) => pipeline.drain().await,
+        Err(_) => tracing::warn!("pipeline still shared at shutdown: state not saved"),
+    }
+    served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One entry of a rules folder as [`folder_signature`] sees it.
+type EntrySignature = (
+    std::ffi::OsString,
+    Option<u64>,
+    Option<std::time::SystemTime>,
+    Option<PathBuf>,
+);
+
+/// What the rules folder looks like now: each entry's name, size and modification time
+/// (through links) and link target. A mounted ConfigMap changes by swapping its `..data`
+/// link, which changes the target even where sizes and times would not.
+fn folder_signature(dir: &Path) -> Vec<EntrySignature> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut signature: Vec<EntrySignature> = entries
+        .filter_map(|entry| entry.ok())
+        .map(|entry| {
+            let path = entry.path();
+            let metadata = std::fs::metadata(&path).ok();
+            (
+                entry.file_name(),
+                metadata.as_ref().map(|m| m.len()),
+                metadata.and_then(|m| m.modified().ok()),
+                std::fs::read_link(&path).ok(),
+            )
+        })
+        .collect();
+    signature.sort();
+    signature
+}
+
+/// Re-reads the rules folder on SIGHUP and whenever it changes (checked every `every`),
+/// and applies it as the new rule set. A folder that cannot be read keeps the rules as
+/// they are.
+async fn reload_rules(
+    dir: PathBuf,
+    pipeline: Arc<Pipeline>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut ticks = tokio::time::interval(every.max(Duration::from_millis(100)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = folder_signature(&dir);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let why = tokio::select! {
+            () = hangup => "SIGHUP",
+            _ = ticks.tick() => {
+                let now = folder_signature(&dir);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "the folder changed"
+            }
+            _ = stop.changed() => return,
+        };
+        match load_dir(&dir) {
+            Ok(report) => {
+                tracing::info!(dir = %dir.display(), "re-reading the rules: {why}");
+                if let Err(error) = pipeline.apply_rules(&report).await {
+                    tracing::warn!(%error, "rules not applied");
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot re-read the rules; keeping the current ones");
+            }
+        }
+    }
 }

@@ -17,6 +17,7 @@ mod expression_edges;
 mod expressions;
 mod http_write;
 mod ingest_captures;
+mod live_rules;
 mod predictive;
 mod promql_oracle;
 mod restart;

@@ -1,0 +1,271 @@
+//! Live rule changes: a rule set replaced while running keeps the state of the rules
+//! whose inputs did not change, drops what was removed, and never applies a batch routed
+//! under the old set; standalone mode re-reads its folder when a file changes, when a
+//! mounted ConfigMap swaps its `..data` link, and on SIGHUP (which no longer ends the
+//! process).
+
+use crate::common;
+use crate::common::process::Running;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use prophet::eval::SubmitError;
+use prophet::ingest::{self, Limits, Protocol, SnappyBuffer};
+use prophet::route::Batch;
+use prophet::rules::load::{LoadReport, parse_documents};
+
+fn report(yaml: &str) -> LoadReport {
+    let (rules, invalid) = parse_documents(yaml, Path::new("test"));
+    assert!(invalid.is_empty(), "{invalid:?}");
+    LoadReport { rules, invalid }
+}
+
+fn memory_rule(name: &str, threshold: &str, cooldown: u32) -> String {
+    format!(
+        r#"
+apiVersion: aiops.prophet.io/v1alpha1
+kind: AnomalyAction
+metadata: {{name: {name}, namespace: default}}
+spec:
+  metric: container_memory_working_set_bytes
+  threshold: "{threshold}"
+  remediation: {{type: alert, cooldownSeconds: {cooldown}}}
+"#
+    )
+}
+
+fn tripped(rule: &serde_json::Value) -> usize {
+    rule["trippedSeries"].as_array().map_or(0, Vec::len)
+}
+
+fn memory(pod: &str, at: i64, bytes: f64) -> prophet::proto::v1::TimeSeries {
+    common::series(
+        &[
+            ("__name__", "container_memory_working_set_bytes"),
+            ("namespace", "default"),
+            ("pod", pod),
+        ],
+        &[(at, bytes)],
+    )
+}
+
+#[tokio::test]
+async fn an_edit_that_keeps_the_inputs_keeps_the_state_and_a_removal_forgets() {
+    let app = common::start(&memory_rule("memory", "> 1Gi", 300));
+    let now = common::now_ms();
+    let answer = app
+        .write(
+            Some(common::V1),
+            common::v1_body(vec![memory("web-1", now, 2e9)]),
+        )
+        .await;
+    assert_eq!(answer.status, 204);
+    assert_eq!(tripped(&app.rule("memory").await), 1);
+
+    // The cooldown changes, the selector does not: still tripped, no second decision.
+    let edited = memory_rule("memory", "> 1Gi", 600) + "---\n" + &memory_rule("other", "> 5Gi", 60);
+    app.pipeline.apply_rules(&report(&edited)).await.unwrap();
+    assert_eq!(tripped(&app.rule("memory").await), 1);
+    assert_eq!(tripped(&app.rule("other").await), 0);
+    let answer = app
+        .write(
+            Some(common::V1),
+            common::v1_body(vec![memory("web-1", now + 15_000, 2.1e9)]),
+        )
+        .await;
+    assert_eq!(answer.status, 204);
+    let decisions = app.wait_decisions(1).await;
+    assert_eq!(decisions.len(), 1, "one trip, one decision: {decisions:?}");
+
+    // Removed: gone from the rules endpoint and from routing.
+    app.pipeline
+        .apply_rules(&report(&memory_rule("other", "> 5Gi", 60)))
+        .await
+        .unwrap();
+    let rules = app.get_json("/api/v1/rules").await;
+    let names: Vec<&str> = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["other"]);
+}
+
+#[tokio::test]
+async fn a_batch_routed_under_the_old_rules_is_refused_for_a_retry() {
+    let app = common::start(&memory_rule("memory", "> 1Gi", 300));
+    let state = app.pipeline.state.clone();
+    let old_router = state.current_router();
+    let now = common::now_ms();
+    let body = common::v1_body(vec![memory("web-1", now, 2e9)]);
+    let mut buffer = SnappyBuffer::new();
+    let decoded = buffer.decompress(&body, 1 << 20).unwrap();
+    let mut batch = Batch::new(Instant::now(), now, usize::MAX);
+    ingest::decode(Protocol::V1, decoded, &Limits::default(), now, |s| {
+        old_router.route(s, &mut batch)
+    })
+    .unwrap();
+    assert_eq!(batch.entries.len(), 1);
+
+    app.pipeline
+        .apply_rules(&report(&memory_rule("memory", "> 1Gi", 300)))
+        .await
+        .unwrap();
+    let applied = state.eval.submit(batch).unwrap().await.unwrap();
+    assert_eq!(applied, Err(SubmitError::RulesChanged));
+    assert_eq!(
+        tripped(&app.rule("memory").await),
+        0,
+        "nothing of it applied"
+    );
+
+    // Over HTTP the same request now routes under the new set and is applied.
+    let answer = app.write(Some(common::V1), body).await;
+    assert_eq!(answer.status, 204);
+    assert_eq!(tripped(&app.rule("memory").await), 1);
+}
+
+/// Starts standalone Prophet; returns it, its address and its log lines.
+fn start_prophet(rules: &Path) -> (Running, String, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prophet"))
+        .args(["run", "--rules"])
+        .arg(rules)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prophet starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("prophet: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let line = wait_line(&rx, "listening on ");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    (Running(child), addr, rx)
+}
+
+/// The next log line containing `text` (bounded wait).
+fn wait_line(lines: &mpsc::Receiver<String>, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no log line with {text:?}"));
+        if line.contains(text) {
+            return line;
+        }
+    }
+}
+
+async fn rule_names(addr: &str) -> Vec<String> {
+    let rules: serde_json::Value = reqwest::get(format!("http://{addr}/api/v1/rules"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut names: Vec<String> = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits (bounded) until the rules endpoint lists exactly `names`.
+async fn wait_rules(addr: &str, names: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = rule_names(addr).await;
+        if now == names {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rules are {now:?}, not {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Lays out `files` as a mounted ConfigMap does: a timestamped folder, a `..data` link to
+/// it, and a link per file into `..data`.
+fn configmap_version(dir: &Path, version: &str, files: &[(&str, &str)]) {
+    let versioned = dir.join(version);
+    std::fs::create_dir(&versioned).unwrap();
+    for (name, text) in files {
+        std::fs::write(versioned.join(name), text).unwrap();
+    }
+    // The swap is atomic: a new link renamed over `..data`.
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_folder_is_reread_on_change_on_a_configmap_swap_and_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    configmap_version(
+        dir.path(),
+        "..2026_12_06_01",
+        &[("rules.yaml", &memory_rule("first", "> 1Gi", 300))],
+    );
+    let (mut prophet, addr, lines) = start_prophet(dir.path());
+    wait_rules(&addr, &["first"]).await;
+
+    // The ConfigMap is updated: a new version behind `..data`.
+    configmap_version(
+        dir.path(),
+        "..2026_12_06_02",
+        &[(
+            "rules.yaml",
+            &(memory_rule("first", "> 1Gi", 300) + "---\n" + &memory_rule("second", "> 2Gi", 300)),
+        )],
+    );
+    wait_rules(&addr, &["first", "second"]).await;
+
+    // A plain file added beside it.
+    std::fs::write(
+        dir.path().join("third.yaml"),
+        memory_rule("third", "> 3Gi", 300),
+    )
+    .unwrap();
+    wait_rules(&addr, &["first", "second", "third"]).await;
+
+    // SIGHUP re-reads (and no longer ends the process).
+    let status = Command::new("kill")
+        .args(["-HUP", &prophet.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_line(&lines, "re-reading the rules: SIGHUP");
+    let health = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(prophet.0.try_wait().unwrap().is_none(), "still running");
+    wait_rules(&addr, &["first", "second", "third"]).await;
+}
