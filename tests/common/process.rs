@@ -43,7 +43,9 @@ pub fn prometheus() -> Option<&'static std::path::Path> {
     if binary.exists() {
         Some(binary)
     } else {
-        super::k8s::skip("needs Debian's prometheus at /usr/bin/prometheus (apt-get install prometheus)");
+        super::k8s::skip(
+            "needs Debian's prometheus at /usr/bin/prometheus (apt-get install prometheus)",
+        );
         None
     }
 }
