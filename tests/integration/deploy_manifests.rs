@@ -127,7 +127,7 @@ fn the_base_renders_the_operator_and_nothing_else() {
 
 #[test]
 fn the_kustomization_lists_every_generated_crd() {
-    let kustomization = &documents("deploy/kustomization.yaml")[0];
+    let kustomization = &documents("deploy/Kustomization")[0];
     let resources: Vec<&str> = kustomization["resources"]
         .as_sequence()
         .unwrap()
@@ -138,13 +138,13 @@ fn the_kustomization_lists_every_generated_crd() {
         let file = format!("crds/{}", crd::crd_file_name(&crd));
         assert!(
             resources.contains(&file.as_str()),
-            "deploy/kustomization.yaml does not install {file}"
+            "deploy/Kustomization does not install {file}"
         );
     }
     for resource in resources {
         assert!(
             repo("deploy").join(resource).is_file(),
-            "deploy/kustomization.yaml names {resource}, which is not a file"
+            "deploy/Kustomization names {resource}, which is not a file"
         );
     }
 }
@@ -380,6 +380,31 @@ fn a_real_api_server_accepts_the_whole_install_without_warnings() {
     ]
     .into();
     assert_eq!(applied, expected, "{stderr}");
+}
+
+#[test]
+fn kubectl_apply_f_deploy_reads_only_objects() {
+    let Some(cluster) = cluster() else { return };
+    installed(cluster);
+    // A user's first guess: every *.yaml/*.yml of the folder is a Kubernetes object
+    // (the kustomization is named `Kustomization`, the Prometheus fragments are in
+    // integrations/), so this applies the operator (without the CRDs, in crds/).
+    let dir = repo("deploy");
+    let out = kubectl(
+        cluster,
+        &[
+            "apply",
+            "--dry-run=server",
+            "-o",
+            "name",
+            "-f",
+            dir.to_str().unwrap(),
+        ],
+        "",
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("statefulset.apps/prophet"), "{stdout}");
 }
 
 #[test]
