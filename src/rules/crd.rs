@@ -7,6 +7,13 @@
 //!
 //! This module only describes shapes. It never interprets a rule (thresholds, durations
 //! and PromQL are parsed when a rule is compiled) and never talks to a cluster.
+//!
+//! **Evolution policy.** `v1alpha1` changes are additive only: a new field is optional
+//! and has a default that keeps today's behaviour, so every object already stored in a
+//! cluster (and every file in `rules/`) keeps its meaning. Never rename, retype or
+//! remove a field, tighten a validation or change a default here; that takes a new
+//! version (`v1alpha2`/`v1beta1`) served beside this one. A `format` must be one
+//! Kubernetes knows (`int32`, `int64`, `float`, `double`, `date-time`, ...).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -47,7 +54,7 @@ pub const GENERATED_HEADER: &str = "# Generated from src/rules/crd.rs by tests/i
     derive = "PartialEq",
     shortname = "aa",
     category = "prophet",
-    doc = "An AnomalyAction watches a metric from the Prometheus remote-write stream and, when a series crosses its threshold, remediates the workload that series belongs to: restart, scale or alert.",
+    doc = "An AnomalyAction watches a metric or PromQL expression from the Prometheus remote-write stream and, when a series crosses its threshold or leaves its anomaly band, remediates the workload that series belongs to: restart, scale or alert.",
     printcolumn(
         name = "Phase",
         type_ = "string",
@@ -55,10 +62,10 @@ pub const GENERATED_HEADER: &str = "# Generated from src/rules/crd.rs by tests/i
         description = "Where the rule stands: Pending, Detected, Remediating, Resolved or Failed"
     ),
     printcolumn(
-        name = "Metric",
+        name = "Ready",
         type_ = "string",
-        json_path = ".spec.metric",
-        description = "The PromQL selector or expression watched"
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Status of the Ready condition"
     ),
     printcolumn(
         name = "Threshold",
@@ -77,6 +84,19 @@ pub const GENERATED_HEADER: &str = "# Generated from src/rules/crd.rs by tests/i
         type_ = "integer",
         json_path = ".status.remediationCount",
         description = "How many remediations were performed"
+    ),
+    printcolumn(
+        name = "Last Detected",
+        type_ = "date",
+        json_path = ".status.lastDetected",
+        description = "When a series last tripped the rule"
+    ),
+    printcolumn(
+        name = "Metric",
+        type_ = "string",
+        json_path = ".spec.metric",
+        priority = 1,
+        description = "The PromQL selector or expression watched"
     ),
     printcolumn(
         name = "Age",
@@ -99,15 +119,16 @@ pub struct AnomalyActionSpec {
     pub metric: String,
 
     /// Comparison that trips the rule: an operator (`>`, `>=`, `<`, `<=`, `==`, `!=`)
-    /// followed by a Kubernetes quantity, for example `> 1Gi`, `<= 0.5` or `> 500m`.
-    /// Omitting it is reserved for comparing each series with its own recent behaviour
-    /// (anomaly detection), which this version does not evaluate yet: set a threshold.
+    /// followed by a Kubernetes quantity or number, for example `> 1Gi`, `<= 0.5` or
+    /// `> 500m`. Optional when `detection` is set (a rule with both trips when either
+    /// holds); a rule with neither is reported invalid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<String>,
 
-    /// How long the comparison must hold without interruption before the rule trips,
-    /// in Prometheus duration syntax (`30s`, `5m`, `1h30m`). Omitted means the rule trips
-    /// on the first evaluation that crosses the threshold.
+    /// How long the condition (threshold or anomaly band) must hold without interruption
+    /// before a series trips, in Prometheus duration syntax (`30s`, `5m`, `1h30m`),
+    /// measured in event time (the samples' timestamps). Omitted means a series trips on
+    /// the first sample or evaluation that meets the condition.
     #[serde(rename = "for", default, skip_serializing_if = "Option::is_none")]
     pub for_: Option<String>,
 
@@ -119,14 +140,16 @@ pub struct AnomalyActionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<RemediationTarget>,
 
-    /// Ask a K8sGPT server to explain each detection; its answer is written to
-    /// `status.k8sgptAnalysis`.
+    /// Ask a K8sGPT server to explain each detection, its answer to be written to
+    /// `status.k8sgptAnalysis`. Accepted and not used yet: this version calls no K8sGPT
+    /// server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k8sgpt: Option<K8sGptConfig>,
 
-    /// URL that receives a JSON notification for every detection and remediation
+    /// URL meant to receive a JSON notification for every detection and remediation
     /// (PagerDuty, Slack, a custom receiver). Empty or omitted means no notification.
-    /// The URL must be on the operator's allow-list.
+    /// Accepted and not called yet: this version records the URL with each decision and
+    /// sends nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
 
@@ -171,8 +194,9 @@ pub struct Remediation {
     #[serde(default)]
     pub require_approval: bool,
 
-    /// Minimum number of seconds between two remediations of the same workload, so a
-    /// flapping series does not cause a restart loop.
+    /// Minimum number of seconds between two remediations of the same target (a pod, or
+    /// the series when no pod is named), so a flapping series does not cause a restart
+    /// loop. Measured in event time (the samples' timestamps). Default 300.
     #[serde(default = "default_cooldown_seconds")]
     #[schemars(schema_with = "non_negative_int64")]
     pub cooldown_seconds: u64,
@@ -205,10 +229,12 @@ fn default_cooldown_seconds() -> u64 {
 pub struct Detection {
     /// `zscore`: mean ± sensitivity·σ; `mad`: median ± sensitivity·MAD (the MAD scaled by
     /// 1.4826 so that it estimates σ for normal data, which makes one sensitivity mean
-    /// the same for both); `seasonal`: a seasonal baseline with a prediction interval.
+    /// the same for both); `seasonal`: a seasonal (MSTL) baseline with a prediction
+    /// interval, fitted to the series at 1-minute steps and judged every minute.
     pub algorithm: DetectionAlgorithm,
 
-    /// Width of the band, in σ (zscore) or scaled MADs (mad). Default 3.
+    /// Width of the band, in σ (zscore), scaled MADs (mad) or σ of the baseline's
+    /// prediction interval (seasonal). Default 3.
     #[serde(default = "default_sensitivity")]
     pub sensitivity: f64,
 
@@ -220,6 +246,7 @@ pub struct Detection {
     /// No verdict before a series has this many samples in its window (cold start).
     /// Default 10.
     #[serde(default = "default_min_samples")]
+    #[schemars(schema_with = "non_negative_int32")]
     pub min_samples: u32,
 }
 
@@ -251,6 +278,14 @@ fn default_min_samples() -> u32 {
 /// server does not recognize (and warns about since Kubernetes 1.34).
 fn non_negative_int64(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "integer", "format": "int64", "minimum": 0})
+}
+
+/// Schema of a small unsigned count (a `u32`): schemars would say `format: uint32`,
+/// which the API server does not recognize (`Warning: unrecognized format "uint32"`).
+/// `int32` with a minimum of 0 is what Kubernetes knows; the Rust type keeps accepting
+/// every value the API server accepts.
+fn non_negative_int32(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "integer", "format": "int32", "minimum": 0})
 }
 
 /// The action an AnomalyAction takes.
@@ -309,8 +344,7 @@ pub struct K8sGptConfig {
     pub enabled: bool,
 
     /// Base URL of the K8sGPT server, for example
-    /// `http://k8sgpt-operator.k8sgpt.svc.cluster.local:8080`. Omitted means the
-    /// operator's configured default.
+    /// `http://k8sgpt-operator.k8sgpt.svc.cluster.local:8080`. Accepted and not used yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
 }
@@ -337,7 +371,8 @@ pub struct AnomalyActionStatus {
     #[serde(default)]
     pub remediation_count: i64,
 
-    /// K8sGPT's explanation of the last detection.
+    /// K8sGPT's explanation of the last detection (not written yet: this version calls
+    /// no K8sGPT server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k8sgpt_analysis: Option<String>,
 
@@ -398,6 +433,12 @@ pub enum AnomalyPhase {
         description = "Monitoring, Scaling, Complete or Failed"
     ),
     printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Status of the Ready condition"
+    ),
+    printcolumn(
         name = "Action",
         type_ = "string",
         json_path = ".spec.action",
@@ -416,21 +457,29 @@ pub enum AnomalyPhase {
         description = "How far ahead the forecast looks"
     ),
     printcolumn(
-        name = "Threshold%",
-        type_ = "number",
-        json_path = ".spec.thresholdPercent",
-        description = "Forecast change (percent) that triggers the action"
-    ),
-    printcolumn(
         name = "Forecast",
         type_ = "number",
         json_path = ".status.lastForecast.value",
         description = "Last forecast value at the horizon"
     ),
     printcolumn(
+        name = "Last Scaled",
+        type_ = "date",
+        json_path = ".status.lastScaled",
+        description = "When the node pool was last changed"
+    ),
+    printcolumn(
+        name = "Threshold%",
+        type_ = "number",
+        json_path = ".spec.thresholdPercent",
+        priority = 1,
+        description = "Forecast change (percent) that triggers the action"
+    ),
+    printcolumn(
         name = "Scalings",
         type_ = "integer",
         json_path = ".status.scalingCount",
+        priority = 1,
         description = "How many scaling actions were performed"
     ),
     printcolumn(
@@ -442,9 +491,10 @@ pub enum AnomalyPhase {
 #[serde(rename_all = "camelCase")]
 pub struct PredictiveScaleSpec {
     /// The PromQL expression to forecast, for example
-    /// `sum(rate(container_cpu_usage_seconds_total[5m]))`. The Grafana ML style
-    /// `ml_forecast(<expr>, <horizon>)` seen in older examples means the same: forecast
-    /// `<expr>`.
+    /// `sum(rate(container_cpu_usage_seconds_total[5m]))`, evaluated every minute of
+    /// event time; each series it returns (at most 20) is forecast on its own. The
+    /// Grafana ML style `ml_forecast(<expr>, <horizon>)` seen in older examples means the
+    /// same: forecast `<expr>`; its horizon must equal `horizon`.
     pub forecast_query: String,
 
     /// The node pool whose capacity is changed (a Karpenter NodePool).
@@ -455,15 +505,17 @@ pub struct PredictiveScaleSpec {
 
     /// Relative change, in percent of the current value, that the forecast must exceed
     /// before acting: `20` means act when the forecast is more than 20% above (provision)
-    /// or below (consolidate) the current value.
+    /// or below (consolidate) the current value. The rule clears when the predicted
+    /// change falls under half of it.
     pub threshold_percent: f64,
 
     /// What to do: `provision` capacity ahead of a rise, `consolidate` ahead of a fall,
     /// or `adjust` in whichever direction the forecast moves.
     pub action: ScaleAction,
 
-    /// Base URL of a Grafana instance with Machine Learning forecasts, used instead of
-    /// Prophet's built-in forecaster when set.
+    /// Base URL of a Grafana instance with Machine Learning forecasts. Accepted and not
+    /// used: Prophet makes its forecasts in-process (augurs MSTL and ETS models) whether
+    /// or not this is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grafana_endpoint: Option<String>,
 }
@@ -572,7 +624,7 @@ pub enum PredictiveScalePhase {
     derive = "PartialEq",
     shortname = "slov",
     category = "prophet",
-    doc = "An SLOViolation tracks a service level objective: it measures the service level indicator over the period, computes how much error budget remains and how fast it burns (multi-window burn rates), and runs its actions when the remaining budget falls below errorBudgetThreshold.",
+    doc = "An SLOViolation tracks a service level objective: it measures the service level indicator over the period, computes how much error budget remains and how fast it burns (multi-window burn rates), and runs its actions when a burn-rate tier fires or the remaining budget falls below errorBudgetThreshold.",
     printcolumn(
         name = "Phase",
         type_ = "string",
@@ -580,10 +632,10 @@ pub enum PredictiveScalePhase {
         description = "Monitoring, Violated, Remediating or Resolved"
     ),
     printcolumn(
-        name = "SLO",
+        name = "Ready",
         type_ = "string",
-        json_path = ".spec.sloName",
-        description = "Name of the objective"
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Status of the Ready condition"
     ),
     printcolumn(
         name = "Target",
@@ -604,9 +656,23 @@ pub enum PredictiveScalePhase {
         description = "Days until the budget runs out at the current burn rate"
     ),
     printcolumn(
+        name = "Last Violated",
+        type_ = "date",
+        json_path = ".status.lastViolated",
+        description = "When the objective was last violated"
+    ),
+    printcolumn(
+        name = "SLO",
+        type_ = "string",
+        json_path = ".spec.sloName",
+        priority = 1,
+        description = "Name of the objective"
+    ),
+    printcolumn(
         name = "Violations",
         type_ = "integer",
         json_path = ".status.violationCount",
+        priority = 1,
         description = "How many times the objective was violated"
     ),
     printcolumn(
@@ -625,10 +691,12 @@ pub struct SLOViolationSpec {
     pub slo_target: String,
 
     /// Fraction of the error budget (between 0 and 1) below which the actions run:
-    /// `0.1` means act when less than 10% of the budget remains.
+    /// `0.1` means act when less than 10% of the budget remains. The actions also run
+    /// when a burn-rate tier fires (see `burnRateTiers`), whatever the budget left.
     pub error_budget_threshold: f64,
 
-    /// What to do when the budget falls below the threshold, in order.
+    /// What to do when the objective is violated (a burn-rate tier fires or the budget
+    /// falls below `errorBudgetThreshold`), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<SloAction>,
 
@@ -647,7 +715,7 @@ pub struct SLOViolationSpec {
     pub sli: Option<SliSpec>,
 
     /// Rolling window over which the objective is measured, in Prometheus duration
-    /// syntax (`28d`, `30d`). Defaults to `30d`.
+    /// syntax (`28d`, `30d`), between 1h and 10y. Defaults to `30d`.
     #[serde(default = "default_slo_period")]
     pub period: String,
 
@@ -856,8 +924,8 @@ pub fn parse_slo_target(input: &str) -> Result<f64, InvalidSloTarget> {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SLOViolationStatus {
-    /// Where the objective stands: `Monitoring` (budget above threshold), `Violated`,
-    /// `Remediating` (actions running) or `Resolved`.
+    /// Where the objective stands: `Monitoring` (no tier firing, budget above the
+    /// threshold), `Violated`, `Remediating` (actions running) or `Resolved`.
     #[serde(default)]
     pub phase: SloPhase,
 
@@ -866,8 +934,9 @@ pub struct SLOViolationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_budget_remaining: Option<f64>,
 
-    /// Days until the budget runs out at the current burn rate. Absent when the budget
-    /// is not burning.
+    /// Days until the budget runs out at the current burn rate (remaining budget ×
+    /// period ÷ the burn rate over the first tier's long window, 1h by default). Absent
+    /// when the budget is not burning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_to_exhaustion: Option<f64>,
 
@@ -896,10 +965,10 @@ pub struct SLOViolationStatus {
 /// Lifecycle of an SLOViolation.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum SloPhase {
-    /// Budget above the threshold.
+    /// No burn-rate tier fires and the budget is above the threshold.
     #[default]
     Monitoring,
-    /// Budget below the threshold.
+    /// A burn-rate tier fires or the budget is below the threshold.
     Violated,
     /// Actions are running.
     Remediating,
@@ -936,6 +1005,18 @@ pub fn render_crd_yaml(crd: &CustomResourceDefinition) -> String {
     let body = serde_yaml::to_string(crd)
         .expect("a CustomResourceDefinition is plain string-keyed data and always serializes");
     format!("{GENERATED_HEADER}\n{body}")
+}
+
+/// Every CRD from [`crds`] as one multi-document YAML stream, each document (header
+/// comment included) separated from the previous one by a `---` line: what `prophet crds`
+/// prints, ready for `kubectl apply -f -`. [`render_crd_yaml`] alone has no separator,
+/// so concatenating its outputs would run the three objects into one invalid document.
+pub fn render_all_crds_yaml() -> String {
+    crds()
+        .iter()
+        .map(render_crd_yaml)
+        .collect::<Vec<_>>()
+        .join("---\n")
 }
 
 /// Writes every CRD from [`crds`] to `dir` (created if missing), one file per kind named

@@ -7,7 +7,9 @@
 //! missing or mistyped fields (with their path), fields the schema does not have, a bad
 //! name, an `sli` with both or neither indicator, and a second rule with the same kind,
 //! namespace and name. One bad document never hides the others, and only a folder that
-//! cannot be listed is an error. What a rule *means* (thresholds, durations, PromQL) is
+//! cannot be listed is an error. Objects of other API groups and kinds (the `Namespace`
+//! that lets `kubectl apply -f rules/` work on a fresh cluster) are skipped, with a debug
+//! log: `kubectl apply` takes them, and they are not rules. What a rule *means* (thresholds, durations, PromQL) is
 //! checked later, when the rule is compiled, exactly as for rules read from a cluster.
 
 use std::collections::HashMap;
@@ -303,6 +305,16 @@ impl RuleCollector {
         for document in split_documents(text) {
             let rejection = match read_document(&document.yaml) {
                 DocumentOutcome::Empty => continue,
+                DocumentOutcome::NotARule { api_version, kind } => {
+                    tracing::debug!(
+                        file = %file.display(),
+                        document = document.index,
+                        %api_version,
+                        %kind,
+                        "skipping a Kubernetes object that is not a Prophet rule"
+                    );
+                    continue;
+                }
                 DocumentOutcome::Invalid(rejection) => rejection,
                 DocumentOutcome::Rule(rule) => {
                     let key = rule.key();
@@ -418,6 +430,12 @@ fn has_content(yaml: &str) -> bool {
 enum DocumentOutcome {
     /// Nothing but comments, or an explicit empty document.
     Empty,
+    /// A Kubernetes object of another group and kind, such as the `Namespace` the
+    /// rules live in: `kubectl apply` takes it, and it is no rule to load or report.
+    NotARule {
+        api_version: String,
+        kind: String,
+    },
     /// Boxed: a rule is far larger than the other outcomes.
     Rule(Box<Rule>),
     Invalid(Rejection),
@@ -472,6 +490,14 @@ fn read_document(yaml: &str) -> DocumentOutcome {
         })
     };
 
+    if let (Some(api_version), Some(kind)) = (text_at(&["apiVersion"]), &kind_text)
+        && is_other_object(&api_version, kind)
+    {
+        return DocumentOutcome::NotARule {
+            api_version,
+            kind: kind.clone(),
+        };
+    }
     match text_at(&["apiVersion"]) {
         None => return reject(format!("missing apiVersion: expected {API_VERSION}")),
         Some(api_version) if api_version != API_VERSION => {
@@ -539,6 +565,21 @@ fn read_document(yaml: &str) -> DocumentOutcome {
         .namespace
         .get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned());
     DocumentOutcome::Rule(Box::new(rule))
+}
+
+/// Whether a document is some other Kubernetes object rather than a Prophet rule: its
+/// group is not Prophet's and its kind is not (in any letter case) a Prophet kind. A
+/// Prophet kind under another group, or another kind under Prophet's group, is more
+/// likely a mistake in a rule, and is reported.
+fn is_other_object(api_version: &str, kind: &str) -> bool {
+    // `v1` is the core group; `apps/v1` names its group before the slash.
+    let group = api_version
+        .rsplit_once('/')
+        .map_or("", |(group, _version)| group);
+    let prophet_kind = RuleKind::ALL
+        .into_iter()
+        .any(|known| known.as_str().eq_ignore_ascii_case(kind));
+    group != GROUP && !kind.is_empty() && !prophet_kind
 }
 
 fn wrong_api_version(api_version: &str) -> String {
@@ -737,6 +778,28 @@ spec:
             "{}",
             doc.reason
         );
+    }
+
+    #[test]
+    fn other_kubernetes_objects_are_skipped_not_reported() {
+        let namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+        let config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: shop}\n";
+        let text = format!("{namespace}---\n{ANOMALY}---\n{config_map}");
+        let (rules, invalid) = parse(&text);
+        assert!(invalid.is_empty(), "{invalid:#?}");
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].key().to_string(), "AnomalyAction shop/memory");
+
+        // A Prophet kind in another group, or another kind in Prophet's group, is a
+        // mistaken rule and still reported.
+        let doc = only_invalid(&ANOMALY.replace("aiops.prophet.io/v1alpha1", "v1"));
+        assert!(
+            doc.reason.contains("is not a Prophet rule"),
+            "{}",
+            doc.reason
+        );
+        let doc = only_invalid(&ANOMALY.replace("kind: AnomalyAction", "kind: Namespace"));
+        assert!(doc.reason.contains("unknown kind"), "{}", doc.reason);
     }
 
     #[test]

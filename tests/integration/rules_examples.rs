@@ -97,6 +97,98 @@ fn every_example_file_loads_without_invalid_documents() {
 }
 
 #[test]
+fn the_examples_bring_every_namespace_they_use_but_default() {
+    // `kubectl apply -f rules/` on a fresh cluster must not fail for want of a
+    // namespace: each one a rule lives in is `default` or created by a file that sorts
+    // before every rule file (kubectl applies the files in name order).
+    let report = load_examples();
+    let namespace_file = rules_dir().join("00-namespace-shop.yaml");
+    let text = std::fs::read_to_string(&namespace_file).expect("read the namespace file");
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_yaml::from_str(&text).expect("a Namespace");
+    let created = namespace.metadata.name.expect("a name");
+    for rule in &report.rules {
+        let key = rule.key();
+        assert!(
+            key.namespace == "default" || key.namespace == created,
+            "{key} lives in a namespace nothing in rules/ creates"
+        );
+    }
+    assert!(
+        report
+            .rules
+            .iter()
+            .any(|rule| rule.key().namespace == created)
+    );
+}
+
+#[test]
+fn the_examples_apply_to_a_fresh_cluster() {
+    let Some(cluster) = crate::common::k8s::cluster() else {
+        return;
+    };
+    cluster.install_crds();
+    // Fresh as far as the examples go: no `shop` namespace (a cluster reused from an
+    // earlier run may have one).
+    cluster.kubectl(&[
+        "delete",
+        "namespace",
+        "shop",
+        "--ignore-not-found",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    let dir = rules_dir();
+    cluster.kubectl(&["apply", "-f", dir.to_str().unwrap()]);
+
+    let report = load_examples();
+    let mut expected: Vec<String> = report
+        .rules
+        .iter()
+        .map(|rule| {
+            let key = rule.key();
+            format!("{} {} {}", key.namespace, key.kind, key.name)
+        })
+        .collect();
+    expected.sort();
+    // `kubectl get prophet` (the category) lists every kind.
+    let listed = cluster.kubectl(&[
+        "get",
+        "prophet",
+        "--all-namespaces",
+        "-o",
+        "custom-columns=NS:.metadata.namespace,KIND:.kind,NAME:.metadata.name",
+        "--no-headers",
+    ]);
+    let mut found: Vec<String> = listed
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|line| expected.contains(line))
+        .collect();
+    found.sort();
+    assert_eq!(found, expected, "{listed}");
+
+    // What `kubectl get` shows of a rule: its state first, the PromQL only with -o wide.
+    let table = cluster.kubectl(&["get", "aa", "--namespace=shop"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header[..3], ["NAME", "PHASE", "READY"], "{table}");
+    assert!(
+        table.contains("LAST DETECTED") && header.last() == Some(&"AGE"),
+        "{table}"
+    );
+    assert!(!table.contains("METRIC"), "{table}");
+    let wide = cluster.kubectl(&["get", "aa", "--namespace=shop", "-o", "wide"]);
+    assert!(wide.contains("METRIC"), "{wide}");
+
+    cluster.kubectl(&["delete", "-f", dir.to_str().unwrap(), "--wait=false"]);
+}
+
+#[test]
 fn the_seed_file_holds_exactly_the_three_design_examples() {
     let text = std::fs::read_to_string(rules_dir().join("seed-examples.yaml")).expect("read seed");
     let (rules, invalid) = parse_documents(&text, Path::new("seed-examples.yaml"));
