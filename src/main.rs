@@ -136,9 +136,7 @@ fn crds(out: Option<PathBuf>) -> prophet::Result<()> {
     match out {
         Some(dir) => prophet::rules::crd::write_crds(&dir).map_err(prophet::Error::Crds),
         None => {
-            for crd in prophet::rules::crd::crds() {
-                print!("{}", prophet::rules::crd::render_crd_yaml(&crd));
-            }
+            print!("{}", prophet::rules::crd::render_all_crds_yaml());
             Ok(())
         }
     }

@@ -499,3 +499,275 @@ mod tests {
         );
     }
 }
+
+/// The API calls of a reconcile against a mock API server, in kube-rs's controller-rs
+/// style: each scenario asserts every request's method, path and body and answers as
+/// the API server would, including the errors a real one will not produce on demand.
+#[cfg(test)]
+mod api_tests {
+    use super::*;
+    use crate::http::{RuleListing, RuleStatus};
+    use crate::labels::Labels;
+    use crate::reconcile::leader::Leadership;
+    use crate::rules::load::LoadReport;
+    use crate::standalone::{Pipeline, PipelineConfig};
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use kube::runtime::events::Reporter;
+    use kube::runtime::watcher;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn rule_key() -> RuleKey {
+        RuleKey {
+            kind: RuleKind::AnomalyAction,
+            namespace: "shop".into(),
+            name: "memory".into(),
+        }
+    }
+
+    fn resource(status: Option<AnomalyActionStatus>) -> AnomalyAction {
+        let mut rule: AnomalyAction = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aiops.prophet.io/v1alpha1",
+            "kind": "AnomalyAction",
+            "metadata": {"name": "memory", "namespace": "shop", "generation": 1, "uid": "u-1", "resourceVersion": "7"},
+            "spec": {"metric": "m", "threshold": "> 1", "remediation": {"type": "alert"}},
+        }))
+        .unwrap();
+        rule.status = status;
+        rule
+    }
+
+    /// A context whose caches hold `rule`, whose rule set lists it as active and whose
+    /// ledger holds `tripped` series; requests go to the returned mock.
+    async fn context(
+        rule: AnomalyAction,
+        tripped: &[&str],
+        leader: bool,
+    ) -> (Arc<Context>, Handle, Pipeline) {
+        let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(mock, "default");
+        let (reader, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(rule));
+        let pipeline = Pipeline::start(&LoadReport::default(), &PipelineConfig::default()).unwrap();
+        let listing = RuleListing {
+            rules: vec![RuleStatus {
+                rule: rule_key(),
+                state: "active",
+                message: None,
+                generation: Some(1),
+            }],
+            invalid_documents: Vec::new(),
+        };
+        pipeline
+            .state
+            .swap_rules(pipeline.state.current_router(), listing);
+        let ledger = Ledger::new();
+        for (i, pod) in tripped.iter().enumerate() {
+            ledger.record(
+                &crate::eval::Verdict {
+                    rule: rule_key(),
+                    change: crate::eval::Change::Tripped,
+                    series: Labels::from_pairs([("__name__", "m"), ("pod", pod)]),
+                    value: Some(2.0),
+                    sample_time_ms: 1_700_000_000_000 + i as i64,
+                    reason: "m > 1".into(),
+                    targets: Vec::new(),
+                    untargeted: None,
+                    forecast: None,
+                    arrived: Instant::now(),
+                },
+                None,
+            );
+        }
+        let leadership = if leader {
+            Leadership::always()
+        } else {
+            Leadership::never()
+        };
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "prophet".into(),
+                instance: Some("test".into()),
+            },
+        );
+        let caches = Caches {
+            anomaly: vec![reader],
+            ..Caches::default()
+        };
+        let ctx = Context::new(
+            client,
+            caches,
+            ledger,
+            pipeline.state.clone(),
+            leadership,
+            recorder,
+        );
+        (ctx, handle, pipeline)
+    }
+
+    async fn body_json(request: Request<Body>) -> serde_json::Value {
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// Expects the status patch; answers `status` (200 echoes the patch back).
+    async fn expect_status_patch(handle: &mut Handle, answer: StatusCode) -> serde_json::Value {
+        let (request, send) = handle.next_request().await.expect("a status patch");
+        assert_eq!(request.method(), Method::PATCH);
+        let uri = request.uri().to_string();
+        assert!(
+            uri.starts_with(
+                "/apis/aiops.prophet.io/v1alpha1/namespaces/shop/anomalyactions/memory/status?"
+            ),
+            "{uri}"
+        );
+        assert!(
+            uri.contains("fieldManager=prophet") && uri.contains("force=true"),
+            "{uri}"
+        );
+        assert_eq!(
+            request.headers()["content-type"],
+            "application/apply-patch+yaml"
+        );
+        let patch = body_json(request).await;
+        let response = if answer.is_success() {
+            let mut object = serde_json::to_value(resource(None)).unwrap();
+            object["status"] = patch["status"].clone();
+            Response::builder()
+                .status(answer)
+                .body(Body::from(serde_json::to_vec(&object).unwrap()))
+        } else {
+            let status = serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "refused by the test", "reason": "Conflict", "code": answer.as_u16(),
+            });
+            Response::builder()
+                .status(answer)
+                .body(Body::from(serde_json::to_vec(&status).unwrap()))
+        };
+        send.send_response(response.unwrap());
+        patch
+    }
+
+    async fn expect_event(handle: &mut Handle) -> serde_json::Value {
+        let (request, send) = handle.next_request().await.expect("an Event");
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/events.k8s.io/v1/namespaces/shop/events"
+        );
+        let event = body_json(request).await;
+        send.send_response(
+            Response::builder()
+                .status(201)
+                .body(Body::from(serde_json::to_vec(&event).unwrap()))
+                .unwrap(),
+        );
+        event
+    }
+
+    #[tokio::test]
+    async fn a_trip_patches_status_then_publishes_one_event() {
+        let (ctx, mut handle, _pipeline) = context(resource(None), &["web-1"], true).await;
+        let verifier = tokio::spawn(async move {
+            let patch = expect_status_patch(&mut handle, StatusCode::OK).await;
+            assert_eq!(patch["apiVersion"], "aiops.prophet.io/v1alpha1");
+            assert_eq!(patch["kind"], "AnomalyAction");
+            assert_eq!(patch["status"]["phase"], "Detected");
+            assert_eq!(patch["status"]["observedGeneration"], 1);
+            let tripped = patch["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Tripped")
+                .unwrap()
+                .clone();
+            assert_eq!(tripped["status"], "True");
+            assert!(tripped["message"].as_str().unwrap().contains("web-1"));
+            let event = expect_event(&mut handle).await;
+            assert_eq!(event["reason"], "Tripped");
+            assert_eq!(event["type"], "Warning");
+            assert_eq!(event["regarding"]["name"], "memory");
+            assert_eq!(event["regarding"]["kind"], "AnomalyAction");
+            handle
+        });
+        let done = reconcile(&ctx, &rule_key()).await.unwrap();
+        assert_eq!(done, Reconciled::Written);
+        let mut handle = tokio::time::timeout(Duration::from_secs(5), verifier)
+            .await
+            .unwrap()
+            .unwrap();
+        // Reconciled again before the cache saw the write: nothing is sent twice.
+        assert_eq!(
+            reconcile(&ctx, &rule_key()).await.unwrap(),
+            Reconciled::Unchanged
+        );
+        handle.send_error(std::io::Error::other("no request was expected"));
+    }
+
+    #[tokio::test]
+    async fn a_conflict_or_a_refusal_is_an_error_to_retry_never_a_crash() {
+        for code in [
+            StatusCode::CONFLICT,
+            StatusCode::FORBIDDEN,
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ] {
+            let (ctx, mut handle, _pipeline) = context(resource(None), &["web-1"], true).await;
+            let verifier = tokio::spawn(async move {
+                expect_status_patch(&mut handle, code).await;
+                // The retry writes the same status again, then the Event: none was
+                // published for the status that was not written.
+                let patch = expect_status_patch(&mut handle, StatusCode::OK).await;
+                assert_eq!(patch["status"]["phase"], "Detected");
+                let event = expect_event(&mut handle).await;
+                assert_eq!(event["reason"], "Tripped");
+            });
+            let error = reconcile(&ctx, &rule_key()).await.unwrap_err();
+            match &error {
+                ReconcileError::Write {
+                    source: kube::Error::Api(status),
+                    ..
+                } => assert_eq!(status.code, code.as_u16()),
+                other => panic!("{code}: {other}"),
+            }
+            assert_eq!(
+                reconcile(&ctx, &rule_key()).await.unwrap(),
+                Reconciled::Written
+            );
+            tokio::time::timeout(Duration::from_secs(5), verifier)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_standby_and_an_unchanged_status_send_nothing() {
+        let (standby, _handle, _pipeline) = context(resource(None), &["web-1"], false).await;
+        assert_eq!(
+            reconcile(&standby, &rule_key()).await.unwrap(),
+            Reconciled::Standby
+        );
+
+        // The status the leader would write is already there.
+        let (probe, _h, _p) = context(resource(None), &[], true).await;
+        let listing = probe.app.current_listing();
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let current = status::anomaly_action(
+            None,
+            &Observed {
+                compiled: listing.rules.first(),
+                level: probe.ledger.level(&rule_key()).as_ref(),
+                generation: Some(1),
+                now: &now,
+            },
+        );
+        let (ctx, _handle, _pipeline) = context(resource(current), &[], true).await;
+        assert_eq!(
+            reconcile(&ctx, &rule_key()).await.unwrap(),
+            Reconciled::Unchanged
+        );
+    }
+}

@@ -47,6 +47,15 @@ impl Leadership {
         }
     }
 
+    /// Never the leader (tests of a standby).
+    pub fn never() -> Self {
+        let (_, changes) = watch::channel(false);
+        Self {
+            until: Arc::new(Mutex::new(None)),
+            changes,
+        }
+    }
+
     /// Whether this replica may write now.
     pub fn is_leader(&self) -> bool {
         if self.changes.has_changed().is_err() {
