@@ -187,3 +187,86 @@ impl Cluster {
         name
     }
 }
+
+/// A control plane of one test's own, for tests that stop and restart the API server
+/// (others share [`cluster`]). Stopped when dropped, and by its watchdog if the test
+/// process dies first.
+pub struct PrivateCluster {
+    pub cluster: Cluster,
+    workdir: PathBuf,
+    port: u16,
+}
+
+impl PrivateCluster {
+    /// Starts one (without the controller manager); `None` after saying why not.
+    pub fn start(name: &str) -> Option<Self> {
+        let kubectl = match cluster() {
+            // The shared cluster proves this machine can run one.
+            Some(shared) => shared.kubectl.clone(),
+            None => return None,
+        };
+        let workdir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("k8s-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&workdir);
+        for _ in 0..3 {
+            let port = free_port();
+            let private = Self {
+                cluster: Cluster {
+                    kubeconfig: workdir.join("kubeconfig"),
+                    kubectl: kubectl.clone(),
+                },
+                workdir: workdir.clone(),
+                port,
+            };
+            if private.run_start().is_ok() {
+                return Some(private);
+            }
+        }
+        panic!(
+            "cannot start a private control plane in {}",
+            workdir.display()
+        );
+    }
+
+    fn run_start(&self) -> Result<(), String> {
+        let out = Command::new(pack().join("start-apiserver.sh"))
+            .arg(&self.workdir)
+            .arg(self.port.to_string())
+            .env("WITH_CONTROLLER_MANAGER", "0")
+            .env("WITH_KUBECTL", "0")
+            .env("OWNER_PID", std::process::id().to_string())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Stops the API server and its etcd (their data stays for [`Self::restart`]).
+    pub fn stop(&self) {
+        let _ = Command::new(pack().join("stop-apiserver.sh"))
+            .arg(&self.workdir)
+            .output();
+    }
+
+    /// Starts it again in place, on the same port, with the same data.
+    pub fn restart(&self) {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match self.run_start() {
+                Ok(()) => return,
+                Err(error) => last = error,
+            }
+        }
+        panic!("cannot restart the control plane: {last}");
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
+}

@@ -374,3 +374,92 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     .await;
     assert_eq!(tripped_events, 1, "one trip, one Event");
 }
+
+async fn leader_gauge(addr: &str) -> Option<String> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("prophet_leader "))
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_away_loses_nothing_and_the_cut_off_leader_stops() {
+    let Some(private) = common::k8s::PrivateCluster::start("away") else {
+        return;
+    };
+    let cluster = &private.cluster;
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds");
+    cluster.kubectl(&["apply", "--server-side", "-f", crds]);
+    cluster.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/anomalyactions.aiops.prophet.io",
+    ]);
+    cluster.kubectl(&["create", "namespace", "away"]);
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&rules("away")));
+    let (_prophet, addr) = start_prophet(
+        cluster,
+        &[
+            "--lease-namespace",
+            "away",
+            "--lease-duration",
+            "3s",
+            "--identity",
+            "only",
+        ],
+    );
+    let client = cluster.client().await;
+    let api: Api<AnomalyAction> = Api::namespaced(client.clone(), "away");
+    eventually("the rule to be Ready", Duration::from_secs(60), || async {
+        let rule = api.get("memory").await.ok()?;
+        (condition(&rule, "Ready")?.0 == "True").then_some(())
+    })
+    .await;
+
+    private.stop();
+    // Ingest and evaluation go on; readiness is about ingest.
+    let now = common::now_ms();
+    write(&addr, vec![memory("away", "web-1", now, 2e9)]).await;
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let rules: serde_json::Value = reqwest::get(format!("http://{addr}/api/v1/rules"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let memory_rule = common::rule_named(&rules, "memory");
+    assert_eq!(memory_rule["trippedSeries"].as_array().unwrap().len(), 1);
+    // A leader that cannot renew its lease stops acting at its deadline.
+    eventually(
+        "the cut-off leader to stand down",
+        Duration::from_secs(30),
+        || async { (leader_gauge(&addr).await? == "prophet_leader 0").then_some(()) },
+    )
+    .await;
+
+    private.restart();
+    // Back: the lease is taken again and the status converges to what happened meanwhile.
+    let client = cluster.client().await;
+    let api: Api<AnomalyAction> = Api::namespaced(client.clone(), "away");
+    let rule = eventually(
+        "the status to converge",
+        Duration::from_secs(90),
+        || async {
+            let rule = api.get("memory").await.ok()?;
+            (condition(&rule, "Tripped")?.0 == "True").then_some(rule)
+        },
+    )
+    .await;
+    assert_eq!(format!("{:?}", rule.status.unwrap().phase), "Detected");
+    assert_eq!(
+        leader_gauge(&addr).await.as_deref(),
+        Some("prophet_leader 1")
+    );
+}
