@@ -95,9 +95,22 @@ pub struct CompiledSet {
     pub listing: RuleListing,
 }
 
-/// Compiles every loaded rule (reporting each one that is invalid or unsupported, and
-/// each document that did not load), confining each to its namespace as `tenancy` says.
-pub fn compile_set(report: &LoadReport, options: CompileOptions, tenancy: &Tenancy) -> CompiledSet {
+/// Compiles every loaded rule, confining each to its namespace as `tenancy` says. Each
+/// rule that is new or changed since `previous` is logged (active, or invalid or
+/// unsupported with the reason), and each document that did not load.
+pub fn compile_set(
+    report: &LoadReport,
+    options: CompileOptions,
+    tenancy: &Tenancy,
+    previous: &RuleListing,
+) -> CompiledSet {
+    let before: HashMap<&RuleKey, &RuleStatus> =
+        previous.rules.iter().map(|r| (&r.rule, r)).collect();
+    let changed = |key: &RuleKey, state: &str, generation: Option<i64>| {
+        before
+            .get(key)
+            .is_none_or(|r| r.state != state || r.generation != generation)
+    };
     let invalid_documents: Vec<InvalidDocument> = report
         .invalid
         .iter()
@@ -124,8 +137,15 @@ pub fn compile_set(report: &LoadReport, options: CompileOptions, tenancy: &Tenan
         };
         let generation = rule.metadata().generation;
         match compile(rule, options) {
-            Ok(compiled) => {
-                tracing::info!(rule = %key, condition = %compiled.summary, "rule active");
+            Ok(mut compiled) => {
+                if options.confine_to_namespace {
+                    compiled
+                        .summary
+                        .push_str(&format!(" (series of namespace {} only)", key.namespace));
+                }
+                if changed(&key, "active", generation) {
+                    tracing::info!(rule = %key, condition = %compiled.summary, "rule active");
+                }
                 rules.push(RuleStatus {
                     rule: key,
                     state: "active",
@@ -139,7 +159,9 @@ pub fn compile_set(report: &LoadReport, options: CompileOptions, tenancy: &Tenan
                     CompileError::Invalid(_) => "invalid",
                     CompileError::Unsupported(_) => "unsupported",
                 };
-                tracing::warn!(rule = %key, state, reason = %error, "rule not evaluated");
+                if changed(&key, state, generation) {
+                    tracing::warn!(rule = %key, state, reason = %error, "rule not evaluated");
+                }
                 rules.push(RuleStatus {
                     rule: key,
                     state,
@@ -200,7 +222,12 @@ impl Pipeline {
         config: &PipelineConfig,
         driver: ReconcileDriver,
     ) -> Result<Self> {
-        let CompiledSet { active, listing } = compile_set(report, config.compile, &config.tenancy);
+        let CompiledSet { active, listing } = compile_set(
+            report,
+            config.compile,
+            &config.tenancy,
+            &RuleListing::default(),
+        );
         let metrics = Arc::new(Metrics::new());
         count_rules(&metrics, &listing);
         let plans: HashMap<_, _> = active
@@ -262,8 +289,12 @@ impl Pipeline {
     /// same way keep their windows and detector state; requests routed under the old set
     /// and not yet applied are refused with 503 (the sender retries them).
     pub async fn apply_rules(&self, report: &LoadReport) -> Result<()> {
-        let CompiledSet { active, listing } =
-            compile_set(report, self.config.compile, &self.config.tenancy);
+        let CompiledSet { active, listing } = compile_set(
+            report,
+            self.config.compile,
+            &self.config.tenancy,
+            &self.state.current_listing(),
+        );
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);

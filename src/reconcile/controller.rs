@@ -45,8 +45,8 @@ pub const FIELD_MANAGER: &str = "prophet";
 pub const CONCURRENCY: usize = 8;
 
 /// Status writes per second across all resources, and the burst allowed.
-pub const WRITE_BUDGET_PER_SECOND: f64 = 10.0;
-const WRITE_BURST: f64 = 50.0;
+pub const WRITE_BUDGET_PER_SECOND: f64 = 50.0;
+const WRITE_BURST: f64 = 100.0;
 
 /// What the three kinds have in common for the controller.
 pub trait RuleResource:
@@ -151,19 +151,20 @@ struct WriteBudget {
 }
 
 impl WriteBudget {
-    /// Takes a token, or says how long until one is there.
+    /// Takes a token, or says how long until one is there (and reserves it: the caller
+    /// must wait that long before writing, so waiting writers queue in order).
     fn take(&mut self) -> Result<(), Duration> {
         let now = Instant::now();
         self.tokens = (self.tokens
             + now.duration_since(self.at).as_secs_f64() * WRITE_BUDGET_PER_SECOND)
             .min(WRITE_BURST);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
             Ok(())
         } else {
             Err(Duration::from_secs_f64(
-                (1.0 - self.tokens) / WRITE_BUDGET_PER_SECOND,
+                -self.tokens / WRITE_BUDGET_PER_SECOND,
             ))
         }
     }
@@ -220,8 +221,6 @@ impl Context {
 pub enum ReconcileError {
     #[error("status write of {rule} failed: {source}")]
     Write { rule: RuleKey, source: kube::Error },
-    #[error("status write budget spent")]
-    Budget(Duration),
 }
 
 /// What a reconcile did.
@@ -256,34 +255,25 @@ async fn reconcile_kind<K: RuleResource>(
     let Some(resource) = resource else {
         return Ok(Reconciled::Unchanged);
     };
-    let listing = ctx.app.current_listing();
-    let compiled = listing.rules.iter().find(|r| r.rule == *key);
-    let level: Option<RuleLevel> = ctx.ledger.level(key);
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let observed = Observed {
-        compiled,
-        level: level.as_ref(),
-        generation: resource.meta().generation,
-        now: &now,
-    };
     let uid = resource.meta().uid.clone().unwrap_or_default();
-    let remembered: Option<K::Status> = ctx
-        .written
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(key)
-        .filter(|(written_uid, _)| *written_uid == uid)
-        .and_then(|(_, value)| serde_json::from_value(value.clone()).ok());
-    let current = remembered.as_ref().or(resource.current_status());
-    let Some(desired) = K::desired(current, &observed) else {
+    let Some((current, desired)) = plan_status(ctx, resource.as_ref(), key, &uid) else {
         return Ok(Reconciled::Unchanged);
     };
-    if current == Some(&desired) {
-        return Ok(Reconciled::Unchanged);
-    }
-    if let Err(wait) = ctx.budget.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        return Err(ReconcileError::Budget(wait));
-    }
+    let wait = ctx.budget.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let (current, desired) = match wait {
+        Ok(()) => (current, desired),
+        Err(wait) => {
+            // The token is reserved: wait for it, holding this reconcile's slot, so at
+            // most CONCURRENCY rules wait and the rest stay marked in the ledger; then
+            // decide again from what the ledger holds by then.
+            tokio::time::sleep(wait).await;
+            match plan_status(ctx, resource.as_ref(), key, &uid) {
+                Some(planned) => planned,
+                None => return Ok(Reconciled::Unchanged),
+            }
+        }
+    };
+    let current = current.as_ref();
     // Fencing: the lease is checked again just before the write.
     if !ctx.leadership.is_leader() {
         return Ok(Reconciled::Standby);
@@ -309,13 +299,43 @@ async fn reconcile_kind<K: RuleResource>(
         ctx.written
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), (uid, value));
+            .insert(key.clone(), (uid.clone(), value));
     }
     let before = current.map_or(&[][..], |s| K::conditions(s));
     for transition in status::transitions(before, K::conditions(&desired), K::message(&desired)) {
         publish(ctx, resource.as_ref(), &transition).await;
     }
     Ok(Reconciled::Written)
+}
+
+/// The status a rule has (as this leader last wrote it, or as the cache holds it) and
+/// the one it should have; `None` when nothing is to be written.
+fn plan_status<K: RuleResource>(
+    ctx: &Context,
+    resource: &K,
+    key: &RuleKey,
+    uid: &str,
+) -> Option<(Option<K::Status>, K::Status)> {
+    let listing = ctx.app.current_listing();
+    let compiled = listing.rules.iter().find(|r| r.rule == *key);
+    let level: Option<RuleLevel> = ctx.ledger.level(key);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let observed = Observed {
+        compiled,
+        level: level.as_ref(),
+        generation: resource.meta().generation,
+        now: &now,
+    };
+    let remembered: Option<K::Status> = ctx
+        .written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .filter(|(written_uid, _)| written_uid == uid)
+        .and_then(|(_, value)| serde_json::from_value(value.clone()).ok());
+    let current = remembered.or_else(|| resource.current_status().cloned());
+    let desired = K::desired(current.as_ref(), &observed)?;
+    (current.as_ref() != Some(&desired)).then_some((current, desired))
 }
 
 async fn publish<K: RuleResource>(ctx: &Context, resource: &K, transition: &Transition) {
@@ -348,6 +368,10 @@ fn controller_name(kind: RuleKind) -> &'static str {
 /// Runs reconciles as the ledger marks rules dirty, until `stop` resolves.
 pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> + Send) {
     let mut leadership = ctx.leadership.changes();
+    ctx.app
+        .metrics
+        .leader
+        .set(i64::from(ctx.leadership.is_leader()));
     let running = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     tokio::pin!(stop);
     loop {
@@ -419,7 +443,6 @@ async fn reconcile_timed(ctx: &Arc<Context>, key: RuleKey) {
         .observe(started.elapsed().as_secs_f64());
     let label = match &result {
         Ok(_) => "success",
-        Err(ReconcileError::Budget(_)) => "requeue",
         Err(ReconcileError::Write { .. }) => "error",
     };
     ctx.app
@@ -438,7 +461,6 @@ async fn reconcile_timed(ctx: &Arc<Context>, key: RuleKey) {
                 .remove(&key);
             return;
         }
-        Err(ReconcileError::Budget(wait)) => wait,
         Err(error) => {
             ctx.app
                 .metrics
@@ -491,12 +513,22 @@ mod tests {
             tokens: WRITE_BURST,
             at: Instant::now(),
         };
-        let granted = (0..10_000).filter(|_| budget.take().is_ok()).count();
-        // The burst, plus what refilled while the loop ran (well under a second).
-        assert!(
-            (WRITE_BURST as usize..WRITE_BURST as usize + 10).contains(&granted),
-            "{granted}"
+        let waits: Vec<Duration> = (0..1_000)
+            .map(|_| budget.take().err().unwrap_or_default())
+            .collect();
+        // The burst at once, then one write per 1/rate each, in order: the thousandth
+        // waits about (1000 - burst) / rate, however many rules there are.
+        assert_eq!(
+            waits[..WRITE_BURST as usize - 1].iter().max(),
+            Some(&Duration::ZERO)
         );
+        let last = waits[999].as_secs_f64();
+        let expected = (1_000.0 - WRITE_BURST) / WRITE_BUDGET_PER_SECOND;
+        assert!(
+            (expected - 1.0..=expected).contains(&last),
+            "{last} vs {expected}"
+        );
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "in order");
     }
 }
 
