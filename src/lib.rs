@@ -13,6 +13,8 @@
 //! - [`actuate`]: what is done about a decision (dry-run recorder in standalone mode).
 //! - [`rules`]: the CRD types, quantities and durations, compiling a CR into inputs.
 //! - [`standalone`]: wires the stages for `prophet run`.
+//! - [`serve`]: the HTTP server loop: header-read and idle timeouts, the connection cap,
+//!   and a shutdown bounded by a grace period.
 //! - [`state`]: the `--state-dir` file (versioned, checksummed, atomic).
 //! - [`labels`]: the canonical label set shared by every stage after ingest.
 //! - [`metrics`], [`telemetry`]: Prophet's own `/metrics` and logging.
@@ -32,6 +34,7 @@ pub mod proto;
 pub mod reconcile;
 pub mod route;
 pub mod rules;
+pub mod serve;
 pub mod standalone;
 pub mod state;
 pub mod synth;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use prophet::ingest::Limits;
 use prophet::rules::compile::CompileOptions;
+use prophet::serve::ServeLimits;
 use prophet::standalone::{self, PipelineConfig, RunConfig};
 
 /// Prophet evaluates SRE rules on the Prometheus remote-write stream.
@@ -60,10 +61,44 @@ struct RunArgs {
     /// How often the state is saved with --state-dir (also at shutdown), e.g. 30s, 5m.
     #[arg(long, default_value = "1m", value_parser = parse_interval)]
     state_interval: std::time::Duration,
+    /// How long a client has to send a whole request head (e.g. 10s); a connection
+    /// still short of one is closed. Also ends a keep-alive connection that sends no
+    /// next request within it.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    header_read_timeout: std::time::Duration,
+    /// Closes a connection with no request in flight that stays silent this long.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+    idle_timeout: std::time::Duration,
+    /// Connections served at once; at the cap the longest-idle one is closed to make
+    /// room. Keep it well below the descriptor limit (ulimit -n).
+    #[arg(long, default_value_t = 512, value_parser = parse_max_connections)]
+    max_connections: usize,
+    /// On SIGTERM, how long open connections get to finish before they are dropped and
+    /// the final state is written.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    shutdown_grace: std::time::Duration,
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
     prophet::rules::duration::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// At least one connection, or nothing could ever be served.
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// A connection timeout: zero would close every connection before its first request.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let timeout = parse_interval(text)?;
+    if timeout.is_zero() {
+        return Err("must be longer than zero".to_owned());
+    }
+    Ok(timeout)
 }
 
 impl Default for RunArgs {
@@ -121,6 +156,12 @@ fn run(args: RunArgs) -> prophet::Result<()> {
             decisions_kept: args.decisions_kept,
             state_dir: args.state_dir,
             state_interval: args.state_interval,
+        },
+        serve: ServeLimits {
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+            shutdown_grace: args.shutdown_grace,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

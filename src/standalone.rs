@@ -61,6 +61,7 @@ pub struct RunConfig {
     pub rules_dir: PathBuf,
     pub listen: SocketAddr,
     pub pipeline: PipelineConfig,
+    pub serve: crate::serve::ServeLimits,
 }
 
 /// The running stages behind the HTTP surface.
@@ -315,8 +316,8 @@ pub async fn run(
         rules = pipeline.state.rules.len(),
         "listening on {local} (standalone, dry run: no cluster is contacted)"
     );
-    axum::serve(listener, crate::http::router(pipeline.state.clone()))
-        .with_graceful_shutdown(shutdown)
+    let app = crate::http::router(pipeline.state.clone());
+    crate::serve::serve(listener, app, shutdown, config.serve)
         .await
         .map_err(Error::Serve)?;
     pipeline.drain().await;
