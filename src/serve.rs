@@ -6,13 +6,15 @@
 //!   [`ServeLimits::header_read_timeout`] of the connection being ready for it (accepted,
 //!   or done with its previous request: hyper starts the clock then), or the connection
 //!   is closed. A client trickling a head byte by byte cannot hold a connection open.
-//! - **Idle timeout.** A connection with no request in flight on which nothing was read
-//!   or written for [`ServeLimits::idle_timeout`] is closed.
+//! - **Idle timeout.** A connection on which nothing was read or written for
+//!   [`ServeLimits::idle_timeout`] is closed, unless a request is being handled (a
+//!   remote-write waits silently for the evaluator; the router's own 30 s timeout
+//!   bounds that). A response counts as idle when the client stops reading it.
 //! - **Connection cap.** At most [`ServeLimits::max_connections`] connections are served
 //!   at once, so descriptors run out here rather than in `accept` (where a full table
 //!   leaves the listener unable to take even a probe). At the cap a new connection is
-//!   still taken: the connection idle longest (no request in flight, which includes one
-//!   that has sent only part of a head) is closed to make room, so idle or stalled
+//!   still taken: the connection idle longest (no request being handled or answered,
+//!   which includes one that has sent only part of a head) is closed to make room, so idle or stalled
 //!   connections can never keep `/healthz` or a sender out. Only when every connection
 //!   is in the middle of a request is the new one answered `503` and closed.
 //! - **Shutdown.** When `shutdown` resolves the listener is closed, every connection is
@@ -50,7 +52,7 @@ pub struct ServeLimits {
     /// How long a client has to send a whole request head, from the moment the
     /// connection is ready for one.
     pub header_read_timeout: Duration,
-    /// How long a connection with no request in flight may stay silent.
+    /// How long a connection may stay silent while no request is being handled.
     pub idle_timeout: Duration,
     /// Connections served at once. Keep it well below the process's descriptor limit
     /// (`ulimit -n`): the state file, the listener and the runtime need some too.
@@ -285,13 +287,13 @@ impl Registry {
     }
 
     /// Registers a new connection, first evicting the longest-idle one if the cap is
-    /// reached. `None` when every open connection has a request in flight.
+    /// reached. `None` when every open connection is in the middle of a request.
     fn admit(self: &Arc<Self>) -> Option<Admitted> {
         let mut open = self.lock();
         if open.len() >= self.max {
             let victim = open
                 .iter()
-                .filter(|(_, conn)| conn.in_flight.load(Ordering::Acquire) == 0)
+                .filter(|(_, conn)| conn.is_between_requests())
                 .min_by_key(|(_, conn)| conn.last_active_ms.load(Ordering::Relaxed))
                 .map(|(id, _)| *id)?;
             if let Some(evicted) = open.remove(&victim) {
@@ -304,7 +306,8 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState {
             epoch: self.epoch,
-            in_flight: AtomicUsize::new(0),
+            handling: AtomicUsize::new(0),
+            responding: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
@@ -338,9 +341,11 @@ impl Drop for Admitted {
 /// What the server knows about one connection.
 struct ConnState {
     epoch: Instant,
-    /// Requests being handled, counted from the head's arrival until the response
-    /// body is finished (or dropped).
-    in_flight: AtomicUsize,
+    /// Requests being handled: from the head's arrival until the router has answered.
+    handling: AtomicUsize,
+    /// Responses being written: from the router's answer until hyper has taken the
+    /// whole body (or dropped it).
+    responding: AtomicUsize,
     /// Milliseconds since `epoch` at the last byte read or written.
     last_active_ms: AtomicU64,
     /// Set when evicted (and already removed from the registry).
@@ -358,21 +363,29 @@ impl ConnState {
     }
 
     /// When to look again whether the connection is idle: `idle` after its last
-    /// activity, or, while a request is in flight (which may be silent for long, as a
-    /// write waits for the evaluator), `idle` from now.
+    /// activity, or, while a request is being handled (which may be silent for long,
+    /// as a write waits for the evaluator), `idle` from now.
     fn idle_deadline(&self, idle: Duration) -> Instant {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.handling.load(Ordering::Acquire) > 0 {
             return Instant::now() + idle;
         }
         let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
         self.epoch + last + idle
     }
 
+    /// Silent for `idle` with no request being handled. A response still being written
+    /// to a client that stopped reading it counts as idle.
     fn is_idle(&self, idle: Duration) -> bool {
         let silent_ms = self
             .now_ms()
             .saturating_sub(self.last_active_ms.load(Ordering::Relaxed));
-        self.in_flight.load(Ordering::Acquire) == 0 && u128::from(silent_ms) >= idle.as_millis()
+        self.handling.load(Ordering::Acquire) == 0 && u128::from(silent_ms) >= idle.as_millis()
+    }
+
+    /// No request being handled and no response being written: closing the connection
+    /// loses no request Prophet has begun to handle.
+    fn is_between_requests(&self) -> bool {
+        self.handling.load(Ordering::Acquire) == 0 && self.responding.load(Ordering::Acquire) == 0
     }
 }
 
@@ -435,9 +448,9 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// The router as a hyper service, counting each request as in flight from its head's
-/// arrival until its response body is done, so a connection busy with a slow request
-/// is never taken for idle.
+/// The router as a hyper service, counting each request as handled until the router
+/// answers and as responding until its body is written, so a connection busy with a
+/// slow request is never taken for idle nor evicted.
 struct CountInFlight {
     inner: TowerToHyperService<Router>,
     conn: Arc<ConnState>,
@@ -450,42 +463,53 @@ impl hyper::service::Service<hyper::Request<Incoming>> for CountInFlight {
         Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
-        let guard = InFlight::new(self.conn.clone());
+        let handling = Stage::enter(&self.conn, |conn| &conn.handling);
+        let conn = self.conn.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
+            // Responding before no longer handling: never both counts at zero between.
+            let responding = Stage::enter(&conn, |conn| &conn.responding);
+            drop(handling);
             Ok(response.map(|body| CountedBody {
                 body,
-                _guard: guard,
+                _responding: responding,
             }))
         })
     }
 }
 
-/// One request in flight on a connection, until dropped.
-struct InFlight(Arc<ConnState>);
+/// A request counted in one stage (handling or responding) of its connection, until
+/// dropped.
+struct Stage {
+    conn: Arc<ConnState>,
+    count: fn(&ConnState) -> &AtomicUsize,
+}
 
-impl InFlight {
-    fn new(conn: Arc<ConnState>) -> Self {
-        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+impl Stage {
+    fn enter(conn: &Arc<ConnState>, count: fn(&ConnState) -> &AtomicUsize) -> Self {
+        count(conn).fetch_add(1, Ordering::AcqRel);
         conn.touch();
-        Self(conn)
+        Self {
+            conn: conn.clone(),
+            count,
+        }
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Stage {
     fn drop(&mut self) {
-        // The idle clock starts when the request is done, not when it began.
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // The idle clock starts when a stage ends, not when it began.
+        self.conn.touch();
+        (self.count)(&self.conn).fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A response body that keeps its request counted as in flight until hyper has taken
+/// A response body that keeps its request counted as responding until hyper has taken
 /// all of it (or dropped it).
 struct CountedBody {
     body: axum::body::Body,
-    _guard: InFlight,
+    _responding: Stage,
 }
 
 impl hyper::body::Body for CountedBody {
@@ -505,5 +529,76 @@ impl hyper::body::Body for CountedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    fn handling(conn: &Admitted) -> Stage {
+        Stage::enter(&conn.state, |conn| &conn.handling)
+    }
+
+    fn responding(conn: &Admitted) -> Stage {
+        Stage::enter(&conn.state, |conn| &conn.responding)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_when_silent_and_no_request_is_being_handled() {
+        let registry = Arc::new(Registry::new(8));
+        let conn = registry.admit().expect("room");
+        let idle = Duration::from_secs(60);
+        assert!(!conn.state.is_idle(idle));
+        advance(idle).await;
+        assert!(conn.state.is_idle(idle));
+
+        // A request being handled (a write waiting for the evaluator) is never idle.
+        let request = handling(&conn);
+        advance(idle * 10).await;
+        assert!(!conn.state.is_idle(idle));
+        assert!(conn.state.idle_deadline(idle) >= Instant::now() + idle);
+
+        // Its response, once the client stops reading it, is.
+        let response = responding(&conn);
+        drop(request);
+        assert!(!conn.state.is_idle(idle), "the idle clock starts afresh");
+        advance(idle).await;
+        assert!(conn.state.is_idle(idle));
+        assert!(!conn.state.is_between_requests());
+        drop(response);
+        assert!(conn.state.is_between_requests());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_the_longest_idle_connection_makes_room() {
+        let registry = Arc::new(Registry::new(3));
+        let busy = registry.admit().expect("room");
+        let _busy_request = handling(&busy);
+        advance(Duration::from_secs(1)).await;
+        let older = registry.admit().expect("room");
+        advance(Duration::from_secs(1)).await;
+        let newer = registry.admit().expect("room");
+
+        // The busy one is the oldest, but it is in the middle of a request.
+        let fourth = registry.admit().expect("an idle connection makes room");
+        assert!(older.state.evicted.load(Ordering::Acquire));
+        assert!(!busy.state.evicted.load(Ordering::Acquire));
+        assert!(!newer.state.evicted.load(Ordering::Acquire));
+        assert_eq!(registry.len(), 3);
+
+        // A response still being written is not evicted either.
+        let _newer_response = responding(&newer);
+        let _fourth_request = handling(&fourth);
+        assert!(registry.admit().is_none(), "every connection is busy");
+        assert_eq!(registry.len(), 3);
+
+        // A connection that ends frees its place; an evicted one already had.
+        drop(older);
+        assert_eq!(registry.len(), 3);
+        drop(busy);
+        assert_eq!(registry.len(), 2);
+        assert!(registry.admit().is_some());
     }
 }
