@@ -14,9 +14,11 @@
 //!   at once, so descriptors run out here rather than in `accept` (where a full table
 //!   leaves the listener unable to take even a probe). At the cap a new connection is
 //!   still taken: the connection idle longest (no request being handled or answered,
-//!   which includes one that has sent only part of a head) is closed to make room, so idle or stalled
-//!   connections can never keep `/healthz` or a sender out. Only when every connection
-//!   is in the middle of a request is the new one answered `503` and closed.
+//!   which includes one that has sent only part of a head) is closed to make room, so
+//!   idle or stalled connections can never keep `/healthz` or a sender out. Only when
+//!   every connection is in the middle of a request is the new one answered `503` and
+//!   closed. (A registry rather than a semaphore: choosing whom to evict needs each
+//!   connection's state.)
 //! - **Shutdown.** When `shutdown` resolves the listener is closed, every connection is
 //!   asked to finish (hyper's graceful shutdown: the request in flight is answered,
 //!   idle connections close at once), and whatever is still open after
