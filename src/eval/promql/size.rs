@@ -210,14 +210,29 @@ fn skip_string(bytes: &[u8], start: usize) -> usize {
 }
 
 /// The index just past the number or duration at `start`: digits, letters (hex, `Inf`,
-/// units such as `5m`), dots, and the sign of an exponent (`1e-5`).
+/// units such as `5m`), dots and underscores, and one exponent sign, only in a decimal
+/// number (`1e-5`; the `-` in `0x1e-5` is an operator, as PromQL's lexer reads it). A
+/// sign is never swallowed beyond that: a run like `1e+1e+1e` is a number, then
+/// operators, so no operator can hide in a "number".
 fn skip_number(bytes: &[u8], start: usize) -> usize {
     let mut i = start;
+    let mut decimal = true;
+    let mut signed = false;
     while i < bytes.len() {
         let c = bytes[i];
-        let exponent_sign =
-            matches!(c, b'+' | b'-') && i > start && matches!(bytes[i - 1], b'e' | b'E');
-        if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || exponent_sign {
+        let exponent_sign = matches!(c, b'+' | b'-')
+            && decimal
+            && !signed
+            && i > start
+            && matches!(bytes[i - 1], b'e' | b'E');
+        if exponent_sign {
+            signed = true;
+            i += 1;
+        } else if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' {
+            // Letters other than the exponent's make it a hex number or a duration.
+            if c.is_ascii_alphabetic() && !matches!(c, b'e' | b'E') {
+                decimal = false;
+            }
             i += 1;
         } else {
             break;
@@ -262,6 +277,12 @@ mod tests {
         assert_eq!(depth("rate(a[5m])"), 3);
         // Numbers with exponents, strings and comments hide no operators or brackets.
         assert_eq!(depth("1e-5"), 1);
+        assert_eq!(depth("0x1e-5"), 2);
+        assert_eq!(depth("5m-1"), 2);
+        // PromQL reads `1e+1e+1e+1...` as `1e+1`, `e`, `+`, `1e+1`, `e`, `+`, ...: every
+        // other sign is an operator, and none may hide in a long "number".
+        let signs = format!("m + 1{}", "e+1".repeat(1000));
+        assert_eq!(depth(&signs), 502);
         assert_eq!(depth(r#"a{b="((((+-+-"}"#), 2);
         assert_eq!(depth("a # (((( + + +\n"), 1);
         assert_eq!(depth("`\\`"), 1);
