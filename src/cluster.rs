@@ -39,6 +39,8 @@ use crate::{Error, Result};
 pub struct ClusterConfig {
     pub listen: SocketAddr,
     pub pipeline: PipelineConfig,
+    /// Connection limits and the shutdown grace of the HTTP server.
+    pub serve: crate::serve::ServeLimits,
     /// Watch only these namespaces (a Role per namespace suffices); empty: all.
     pub namespaces: Vec<String>,
     /// The Lease to lead by; `None`: this replica always leads.
@@ -329,8 +331,8 @@ pub async fn run(
         leader_election = config.lease.is_some(),
         "listening on {local} (cluster mode, dry run: status and Events are written, nothing is acted on)"
     );
-    let served = axum::serve(listener, crate::http::router(pipeline.state.clone()))
-        .with_graceful_shutdown(shutdown)
+    let app = crate::http::router(pipeline.state.clone());
+    let served = crate::serve::serve(listener, app, shutdown, config.serve)
         .await
         .map_err(Error::Serve);
     let _ = stop_tx.send(true);

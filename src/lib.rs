@@ -16,6 +16,8 @@
 //! - [`standalone`]: wires the stages for `prophet run`.
 //! - [`cluster`]: wires the same stages for `prophet run --cluster`: rules from custom
 //!   resources, status and Events, one leader.
+//! - [`serve`]: the HTTP server loop: header-read and idle timeouts, the connection cap,
+//!   and a shutdown bounded by a grace period.
 //! - [`state`]: the `--state-dir` file (versioned, checksummed, atomic).
 //! - [`labels`]: the canonical label set shared by every stage after ingest.
 //! - [`metrics`], [`telemetry`]: Prophet's own `/metrics` and logging.
@@ -36,6 +38,7 @@ pub mod proto;
 pub mod reconcile;
 pub mod route;
 pub mod rules;
+pub mod serve;
 pub mod standalone;
 pub mod state;
 pub mod synth;

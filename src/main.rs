@@ -10,6 +10,7 @@ use prophet::ingest::Limits;
 use prophet::reconcile::leader::LeaseConfig;
 use prophet::rules::compile::CompileOptions;
 use prophet::rules::tenancy::Tenancy;
+use prophet::serve::ServeLimits;
 use prophet::standalone::{self, PipelineConfig, RunConfig};
 
 /// Prophet evaluates SRE rules on the Prometheus remote-write stream.
@@ -103,10 +104,44 @@ struct RunArgs {
     /// name.
     #[arg(long)]
     identity: Option<String>,
+    /// How long a client has to send a whole request head (e.g. 10s); a connection
+    /// still short of one is closed. Also ends a keep-alive connection that sends no
+    /// next request within it.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    header_read_timeout: std::time::Duration,
+    /// Closes a connection with no request in flight that stays silent this long.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+    idle_timeout: std::time::Duration,
+    /// Connections served at once; at the cap the longest-idle one is closed to make
+    /// room. Keep it well below the descriptor limit (ulimit -n).
+    #[arg(long, default_value_t = 512, value_parser = parse_max_connections)]
+    max_connections: usize,
+    /// On SIGTERM, how long open connections get to finish before they are dropped and
+    /// the final state is written.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    shutdown_grace: std::time::Duration,
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
     prophet::rules::duration::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// At least one connection, or nothing could ever be served.
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// A connection timeout: zero would close every connection before its first request.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let timeout = parse_interval(text)?;
+    if timeout.is_zero() {
+        return Err("must be longer than zero".to_owned());
+    }
+    Ok(timeout)
 }
 
 impl Default for RunArgs {
@@ -162,6 +197,12 @@ fn run(args: RunArgs) -> prophet::Result<()> {
             privileged: args.privileged_namespaces.clone(),
         },
     };
+    let serve = ServeLimits {
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+        shutdown_grace: args.shutdown_grace,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -171,6 +212,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
         let config = ClusterConfig {
             listen: args.listen,
             pipeline,
+            serve,
             namespaces: args.namespaces,
             lease: args.leader_elect.then(|| LeaseConfig {
                 name: args.lease_name,
@@ -190,6 +232,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
         rules_poll: std::time::Duration::from_secs(1),
         listen: args.listen,
         pipeline,
+        serve,
     };
     runtime.block_on(standalone::run(config, shutdown_signal()))
 }

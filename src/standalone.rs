@@ -67,6 +67,7 @@ pub struct RunConfig {
     pub rules_poll: Duration,
     pub listen: SocketAddr,
     pub pipeline: PipelineConfig,
+    pub serve: crate::serve::ServeLimits,
 }
 
 /// The running stages behind the HTTP surface.
@@ -448,8 +449,8 @@ pub async fn run(
         rules = pipeline.state.current_listing().rules.len(),
         "listening on {local} (standalone, dry run: no cluster is contacted)"
     );
-    let served = axum::serve(listener, crate::http::router(pipeline.state.clone()))
-        .with_graceful_shutdown(shutdown)
+    let app = crate::http::router(pipeline.state.clone());
+    let served = crate::serve::serve(listener, app, shutdown, config.serve)
         .await
         .map_err(Error::Serve);
     let _ = stop_reload.send(true);

@@ -133,6 +133,12 @@ impl EvalHandle {
     }
 }
 
+/// The evaluator thread's stack. Expressions are evaluated by recursion over their
+/// tree; rules are refused past `promql::size::MAX_DEPTH` levels, which a debug build
+/// evaluates within the default 2 MiB (`promql/tests.rs` checks it), and this leaves
+/// eight times that as headroom. Only the pages used are ever committed.
+const EVAL_STACK_BYTES: usize = 16 << 20;
+
 /// Starts the evaluator thread. It stops when every [`EvalHandle`] is dropped, after
 /// applying what was queued, and hands the evaluator back (for a last save); verdicts and
 /// rule-set changes go to `events` in the order they happened. `seed` keys the series
@@ -149,6 +155,7 @@ pub fn spawn(
     let (jobs, mut queued) = mpsc::channel(queue.max(1));
     let thread = std::thread::Builder::new()
         .name("prophet-eval".into())
+        .stack_size(EVAL_STACK_BYTES)
         .spawn(move || {
             let mut generation = 0;
             while let Some(job) = queued.blocking_recv() {

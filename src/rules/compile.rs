@@ -204,9 +204,7 @@ fn compile_anomaly_action(
         }
     }
     let metric = spec.metric.trim();
-    let mut expr = promql::parse(metric).map_err(|e| {
-        CompileError::Invalid(format!("spec.metric {metric:?} is not valid PromQL: {e}"))
-    })?;
+    let mut expr = parse_promql("spec.metric", metric)?;
     if options.confine_to_namespace {
         tenancy::confine(&mut expr, &key.namespace);
     }
@@ -528,11 +526,7 @@ fn compile_predictive_scale(
             spec.threshold_percent
         )));
     }
-    let mut expr = promql::parse(inner).map_err(|e| {
-        CompileError::Invalid(format!(
-            "spec.forecastQuery {inner:?} is not valid PromQL: {e}"
-        ))
-    })?;
+    let mut expr = parse_promql("spec.forecastQuery", inner)?;
     if options.confine_to_namespace {
         tenancy::confine(&mut expr, &key.namespace);
     }
@@ -768,20 +762,22 @@ fn tiers(spec: Option<&[BurnRateTier]>, period_ms: i64) -> Result<Vec<BurnTier>,
 /// An SLI selector: a plain selector over a counter, as the SLO takes increases itself.
 /// With `confine`, the selector reads only series of that namespace.
 fn parse_counter(field: &str, text: &str, confine: Option<&str>) -> Result<Selector, CompileError> {
-    parse_selector(text, confine).map_err(|e| match e {
+    parse_selector(field, text, confine).map_err(|e| match e {
         CompileError::Unsupported(_) => CompileError::Invalid(format!(
             "{field} {text:?} must be a selector over a counter, such as `http_requests_total{{code=~\"5..\"}}`: the SLO takes the increases itself"
         )),
-        CompileError::Invalid(m) => CompileError::Invalid(m.replacen("spec.metric", field, 1)),
+        invalid @ CompileError::Invalid(_) => invalid,
     })
 }
 
-/// Parses `metric` with promql-parser; this version evaluates plain instant selectors.
-fn parse_selector(metric: &str, confine: Option<&str>) -> Result<Selector, CompileError> {
-    let expr = parser::parse(metric).map_err(|e| {
-        CompileError::Invalid(format!("spec.metric {metric:?} is not valid PromQL: {e}"))
-    })?;
-    match expr {
+/// Parses the PromQL `text` of `field`; this version evaluates plain instant selectors
+/// there. With `confine`, the selector reads only series of that namespace.
+fn parse_selector(
+    field: &str,
+    text: &str,
+    confine: Option<&str>,
+) -> Result<Selector, CompileError> {
+    match parse_promql(field, text)? {
         Expr::VectorSelector(mut selector)
             if selector.offset.is_none() && selector.at.is_none() =>
         {
@@ -791,13 +787,27 @@ fn parse_selector(metric: &str, confine: Option<&str>) -> Result<Selector, Compi
             Ok(Selector::from_promql(&selector))
         }
         Expr::VectorSelector(_) => Err(CompileError::Unsupported(format!(
-            "spec.metric {metric:?}: offset and @ modifiers are not evaluated on a live stream"
+            "{field} {text:?}: offset and @ modifiers are not evaluated on a live stream"
         ))),
         other => Err(CompileError::Unsupported(format!(
-            "spec.metric {metric:?}: only instant selectors such as `metric{{label=\"value\"}}` are evaluated by this version; {} expressions are not yet",
+            "{field} {text:?}: only instant selectors such as `metric{{label=\"value\"}}` are evaluated by this version; {} expressions are not yet",
             expr_kind(&other)
         ))),
     }
+}
+
+/// Parses the PromQL `text` of a rule's `field`. Every PromQL text of a rule is parsed
+/// here, so none reaches the parser before its size is checked: a tree too deep for the
+/// evaluator's stack is refused unbuilt, with the limit named and without quoting the
+/// (possibly huge) text.
+fn parse_promql(field: &str, text: &str) -> Result<Expr, CompileError> {
+    if let Err(too_large) = promql::check_size(text) {
+        return Err(CompileError::Invalid(format!(
+            "{field} is too large to evaluate safely: it is {too_large}"
+        )));
+    }
+    promql::parse(text)
+        .map_err(|e| CompileError::Invalid(format!("{field} {text:?} is not valid PromQL: {e}")))
 }
 
 fn expr_kind(expr: &Expr) -> &'static str {
@@ -813,5 +823,95 @@ fn expr_kind(expr: &Expr) -> &'static str {
         Expr::MatrixSelector(_) => "range selector",
         Expr::Call(_) => "function call",
         Expr::Extension(_) => "extension",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::load::parse_documents;
+
+    /// The four shapes that used to overflow a stack, as a user would write them.
+    fn deep_shapes() -> Vec<(&'static str, String, usize)> {
+        vec![
+            ("a 3000-term sum", vec!["m"; 3000].join(" + "), 3000),
+            (
+                "3000 nested abs",
+                format!("{}m{}", "abs(".repeat(3000), ")".repeat(3000)),
+                3001,
+            ),
+            (
+                "5000 nested sum",
+                format!("{}m{}", "sum(".repeat(5000), ")".repeat(5000)),
+                5001,
+            ),
+            (
+                "20000 minus signs",
+                format!("{}m", "-".repeat(20_000)),
+                20_001,
+            ),
+        ]
+    }
+
+    fn compiled(yaml: &str) -> Result<CompiledRule, CompileError> {
+        let (rules, invalid) = parse_documents(yaml, std::path::Path::new("inline.yaml"));
+        assert!(invalid.is_empty(), "{invalid:#?}");
+        compile(&rules[0], CompileOptions::default())
+    }
+
+    fn assert_too_deep(result: Result<CompiledRule, CompileError>, field: &str, depth: usize) {
+        let Err(CompileError::Invalid(reason)) = result else {
+            panic!("expected an invalid rule, got {result:?}");
+        };
+        assert_eq!(
+            reason,
+            format!(
+                "{field} is too large to evaluate safely: it is nested {depth} levels deep (counting brackets and chained operators), over the limit of 128"
+            )
+        );
+    }
+
+    #[test]
+    fn deeply_nested_anomaly_metrics_are_invalid_with_the_limit_named() {
+        for (shape, text, depth) in deep_shapes() {
+            let yaml = format!(
+                "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: deep}}\nspec:\n  metric: '{text}'\n  threshold: '> 1'\n  remediation: {{type: alert}}\n"
+            );
+            let result = compiled(&yaml);
+            assert!(result.is_err(), "{shape}");
+            assert_too_deep(result, "spec.metric", depth);
+        }
+    }
+
+    #[test]
+    fn deeply_nested_forecast_queries_are_invalid_with_the_limit_named() {
+        for (_shape, text, depth) in deep_shapes() {
+            for query in [text.clone(), format!("ml_forecast({text}, 1h)")] {
+                let yaml = format!(
+                    "apiVersion: aiops.prophet.io/v1alpha1\nkind: PredictiveScale\nmetadata: {{name: deep}}\nspec:\n  forecastQuery: '{query}'\n  nodePoolRef: {{name: pool}}\n  horizon: 1h\n  thresholdPercent: 20\n  action: provision\n"
+                );
+                assert_too_deep(compiled(&yaml), "spec.forecastQuery", depth);
+            }
+        }
+    }
+
+    #[test]
+    fn deeply_nested_slo_selectors_are_invalid_with_the_limit_named() {
+        for (_shape, text, depth) in deep_shapes() {
+            let ratio = format!(
+                "apiVersion: aiops.prophet.io/v1alpha1\nkind: SLOViolation\nmetadata: {{name: deep}}\nspec:\n  sloName: api\n  sloTarget: 99.9%\n  errorBudgetThreshold: 0.1\n  sli:\n    ratio: {{errors: '{text}', total: 'requests_total'}}\n"
+            );
+            assert_too_deep(compiled(&ratio), "spec.sli.ratio.errors", depth);
+            let latency = format!(
+                "apiVersion: aiops.prophet.io/v1alpha1\nkind: SLOViolation\nmetadata: {{name: deep}}\nspec:\n  sloName: api\n  sloTarget: 99.9%\n  errorBudgetThreshold: 0.1\n  sli:\n    latency: {{bucket: '{text}', le: '0.3'}}\n"
+            );
+            assert_too_deep(compiled(&latency), "spec.sli.latency.bucket", depth);
+        }
+    }
+
+    #[test]
+    fn real_expressions_still_compile() {
+        let yaml = "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {name: ratio}\nspec:\n  metric: 'sum by (pod) (rate(errors_total{code=~\"5..\"}[5m])) / sum by (pod) (rate(requests_total[5m])) > 0.05'\n  threshold: '> 0'\n  remediation: {type: alert}\n";
+        assert!(compiled(yaml).is_ok());
     }
 }

@@ -11,6 +11,14 @@
 //! that lets `kubectl apply -f rules/` work on a fresh cluster) are skipped, with a debug
 //! log: `kubectl apply` takes them, and they are not rules. What a rule *means* (thresholds, durations, PromQL) is
 //! checked later, when the rule is compiled, exactly as for rules read from a cluster.
+//!
+//! Loading is linear in the size of a file and bounded before any YAML parser runs: a
+//! file over [`MAX_FILE_BYTES`] is refused whole, and a document whose flow collections
+//! (`[`, `{`) nest deeper than [`MAX_FLOW_DEPTH`] is refused without being parsed.
+//! libyaml scans every open flow level at each token (quadratic: a list nested 100 000
+//! deep never finished loading) and serde_yaml recurses per level. Rules are read
+//! before the server listens, so a rules file must never be able to exhaust time or
+//! memory there.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,6 +34,21 @@ use crate::rules::crd::{API_VERSION, AnomalyAction, GROUP, PredictiveScale, SLOV
 /// Namespace of a rule whose `metadata.namespace` is not set, as with `kubectl apply`
 /// in the default context.
 pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The largest rules file read, in bytes (4 MiB: some 10 000 rules). A larger file is
+/// reported and skipped whole; the other files load.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// Refused documents listed per file, each with its reason; the rest are counted in one
+/// more entry. A 4 MiB file of 690 000 one-line non-rules otherwise held 700 MB of
+/// reasons (and logged each) before the server listened.
+pub const MAX_REFUSALS_LISTED: usize = 100;
+
+/// The deepest nesting of YAML flow collections (`[...]`, `{...}`) in one document.
+/// Counted over the document's text before it is parsed, brackets inside strings and
+/// comments included, so the count can only overstate the real nesting; real rules
+/// nest a few levels.
+pub const MAX_FLOW_DEPTH: usize = 64;
 
 /// One rule of any of the three kinds.
 #[derive(Debug, Clone, PartialEq)]
@@ -264,16 +287,16 @@ pub fn load_dir(dir: &Path) -> Result<LoadReport, LoadError> {
 
     let mut collector = RuleCollector::default();
     for file in files {
-        match fs::read_to_string(&file) {
+        match read_bounded(&file) {
             Ok(text) => collector.add_text(&text, &file),
-            Err(error) => collector.invalid.push(InvalidDoc {
+            Err(reason) => collector.invalid.push(InvalidDoc {
                 file,
                 document: None,
                 line: None,
                 kind: None,
                 namespace: None,
                 name: None,
-                reason: format!("cannot read file: {error}"),
+                reason,
             }),
         }
     }
@@ -281,6 +304,34 @@ pub fn load_dir(dir: &Path) -> Result<LoadReport, LoadError> {
         rules: collector.rules,
         invalid: collector.invalid,
     })
+}
+
+/// Reads a rules file as text, refusing one over [`MAX_FILE_BYTES`] before reading it
+/// (and one that grew past the limit while being read).
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let too_large = |bytes: u64| {
+        format!(
+            "file is {bytes} bytes, over the limit of {MAX_FILE_BYTES} bytes (4 MiB) for one rules file: split it into several files"
+        )
+    };
+    let file = fs::File::open(path).map_err(|error| format!("cannot read file: {error}"))?;
+    let declared = file
+        .metadata()
+        .map_err(|error| format!("cannot read file: {error}"))?
+        .len();
+    if declared > MAX_FILE_BYTES {
+        return Err(too_large(declared));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("cannot read file: {error}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    String::from_utf8(bytes)
+        .map_err(|error| format!("cannot read file: stream did not contain valid UTF-8 ({error})"))
 }
 
 /// Reads every document of one YAML text, as [`load_dir`] does for each file; `origin`
@@ -302,8 +353,9 @@ struct RuleCollector {
 
 impl RuleCollector {
     fn add_text(&mut self, text: &str, file: &Path) {
+        let mut refused = 0usize;
         for document in split_documents(text) {
-            let rejection = match read_document(&document.yaml) {
+            let rejection = match read_document(&document.yaml, document.first_line) {
                 DocumentOutcome::Empty => continue,
                 DocumentOutcome::NotARule { api_version, kind } => {
                     tracing::debug!(
@@ -337,6 +389,10 @@ impl RuleCollector {
                     }
                 }
             };
+            refused += 1;
+            if refused > MAX_REFUSALS_LISTED {
+                continue;
+            }
             self.invalid.push(InvalidDoc {
                 file: file.to_owned(),
                 document: Some(document.index),
@@ -348,6 +404,20 @@ impl RuleCollector {
                 reason: rejection.reason.replace(['\n', '\r'], " "),
             });
         }
+        if refused > MAX_REFUSALS_LISTED {
+            self.invalid.push(InvalidDoc {
+                file: file.to_owned(),
+                document: None,
+                line: None,
+                kind: None,
+                namespace: None,
+                name: None,
+                reason: format!(
+                    "{} more documents were not loaded: only the first {MAX_REFUSALS_LISTED} refused documents of a file are listed",
+                    refused - MAX_REFUSALS_LISTED
+                ),
+            });
+        }
     }
 }
 
@@ -357,8 +427,9 @@ struct SourceDocument {
     index: usize,
     /// 1-based line of the text where the document starts.
     first_line: usize,
-    /// The document, preceded by blank lines so that the line numbers in parser errors
-    /// are the text's own.
+    /// The document's own text. Parser errors count lines from its start; they are
+    /// shifted by `first_line` to the file's lines (not by padding the text with blank
+    /// lines: that made loading quadratic in the number of documents).
     yaml: String,
 }
 
@@ -384,7 +455,7 @@ fn split_documents(text: &str) -> Vec<SourceDocument> {
             documents.push(SourceDocument {
                 index: documents.len() + 1,
                 first_line,
-                yaml: format!("{}{body}", "\n".repeat(first_line - 1)),
+                yaml: body,
             });
         }
     };
@@ -449,7 +520,8 @@ struct Rejection {
     reason: String,
 }
 
-fn read_document(yaml: &str) -> DocumentOutcome {
+/// Reads one document whose text starts at line `first_line` of its file.
+fn read_document(yaml: &str, first_line: usize) -> DocumentOutcome {
     let anonymous = |reason: String| {
         DocumentOutcome::Invalid(Rejection {
             kind: None,
@@ -458,9 +530,20 @@ fn read_document(yaml: &str) -> DocumentOutcome {
             reason,
         })
     };
+    // Comments and blank lines only: nothing for a parser to do.
+    if !has_content(yaml) {
+        return DocumentOutcome::Empty;
+    }
+    let depth = flow_depth(yaml);
+    if depth > MAX_FLOW_DEPTH {
+        return anonymous(format!(
+            "not read: its YAML flow collections ([ and {{) nest {depth} deep, over the limit of {MAX_FLOW_DEPTH}"
+        ));
+    }
+    let error_text = |error: serde_yaml::Error| file_lines(&error, first_line);
     let document: Value = match serde_yaml::from_str(yaml) {
         Ok(document) => document,
-        Err(error) => return anonymous(format!("not valid YAML: {error}")),
+        Err(error) => return anonymous(format!("not valid YAML: {}", error_text(error))),
     };
     if document.is_null() {
         return DocumentOutcome::Empty;
@@ -534,7 +617,7 @@ fn read_document(yaml: &str) -> DocumentOutcome {
     };
     let mut rule = match typed {
         Ok(rule) => rule,
-        Err(error) => return reject(error.to_string()),
+        Err(error) => return reject(error_text(error)),
     };
 
     // serde ignores fields it does not know; the API server refuses them (kubectl's
@@ -582,6 +665,64 @@ fn is_other_object(api_version: &str, kind: &str) -> bool {
     group != GROUP && !kind.is_empty() && !prophet_kind
 }
 
+/// How deeply `[` and `{` nest in `yaml`, counting every one (in strings and comments
+/// too, which can only overstate the nesting) and never letting a closer take the count
+/// below zero, so stray closers cannot hide openers that follow. One pass, no
+/// allocation.
+fn flow_depth(yaml: &str) -> usize {
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    for byte in yaml.bytes() {
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// A serde_yaml error's message with its positions counted in the file's lines: the
+/// parser saw the document alone, whose first line is line `first_line` of the file.
+/// Positions appear as `at line L column C` (twice in some libyaml messages); only
+/// those are shifted.
+fn file_lines(error: &serde_yaml::Error, first_line: usize) -> String {
+    let message = error.to_string();
+    let offset = first_line.saturating_sub(1);
+    if offset == 0 {
+        return message;
+    }
+    const MARK: &str = "at line ";
+    let mut shifted = String::with_capacity(message.len() + 8);
+    let mut rest = message.as_str();
+    while let Some(at) = rest.find(MARK) {
+        let (before, from_mark) = rest.split_at(at + MARK.len());
+        shifted.push_str(before);
+        let digits = from_mark.bytes().take_while(u8::is_ascii_digit).count();
+        let (number, after) = from_mark.split_at(digits);
+        match number.parse::<usize>() {
+            Ok(line) if after.starts_with(" column ") => {
+                shifted.push_str(&line.saturating_add(offset).to_string());
+            }
+            _ => shifted.push_str(number),
+        }
+        rest = after;
+    }
+    shifted.push_str(rest);
+    // serde_yaml names no position for the document's very first character.
+    if error
+        .location()
+        .is_some_and(|at| at.line() == 1 && at.column() == 1)
+        && !message.contains(MARK)
+    {
+        shifted.push_str(&format!(" at line {first_line} column 1"));
+    }
+    shifted
+}
+
 fn wrong_api_version(api_version: &str) -> String {
     match api_version.split_once('/') {
         Some((group, version)) if group == GROUP => format!(
@@ -615,6 +756,12 @@ fn unknown_kind(kind: Option<&str>) -> String {
 fn find_unknown_fields(original: &Value, known: &Value, path: &str, unknown: &mut Vec<String>) {
     match (original, known) {
         (Value::Mapping(original), Value::Mapping(known)) => {
+            // Indexed once per mapping: a label map with thousands of keys would otherwise
+            // be searched once per key.
+            let known: HashMap<String, &Value> = known
+                .iter()
+                .filter_map(|(key, value)| Some((scalar_text(key)?, value)))
+                .collect();
             for (key, value) in original {
                 let Some(key_text) = scalar_text(key) else {
                     continue;
@@ -624,11 +771,8 @@ fn find_unknown_fields(original: &Value, known: &Value, path: &str, unknown: &mu
                 } else {
                     format!("{path}.{key_text}")
                 };
-                let counterpart = known
-                    .iter()
-                    .find(|(known_key, _)| scalar_text(known_key).as_ref() == Some(&key_text));
-                match counterpart {
-                    Some((_, known_value)) => {
+                match known.get(&key_text) {
+                    Some(known_value) => {
                         find_unknown_fields(value, known_value, &child_path, unknown);
                     }
                     None if is_empty(value) => {}
@@ -1041,6 +1185,150 @@ spec:
         assert!(report.invalid[1].file.ends_with("d.yaml"));
         assert_eq!(report.invalid[1].document, None);
         assert!(report.invalid[1].reason.starts_with("cannot read file"));
+    }
+
+    #[test]
+    fn ten_thousand_documents_load_and_each_is_cut_out_once() {
+        let text: Vec<String> = (0..10_000)
+            .map(|i| ANOMALY.replace("name: memory", &format!("name: rule-{i}")))
+            .collect();
+        let text = text.join("---\n");
+        // Linear: the documents handed to the parser hold the text once (the `---`
+        // lines become three spaces), not each document padded with the lines before it.
+        let handed: usize = split_documents(&text).iter().map(|d| d.yaml.len()).sum();
+        assert!(
+            handed <= text.len(),
+            "{handed} bytes parsed of {}",
+            text.len()
+        );
+        let (rules, invalid) = parse(&text);
+        assert!(
+            invalid.is_empty(),
+            "{:#?}",
+            &invalid[..invalid.len().min(3)]
+        );
+        assert_eq!(rules.len(), 10_000);
+        assert_eq!(rules[9_999].key().name, "rule-9999");
+    }
+
+    #[test]
+    fn eighty_thousand_empty_documents_are_handled() {
+        let text = "---\n".repeat(80_000);
+        let handed: usize = split_documents(&text).iter().map(|d| d.yaml.len()).sum();
+        assert!(
+            handed <= text.len(),
+            "{handed} bytes parsed of {}",
+            text.len()
+        );
+        let (rules, invalid) = parse(&format!("{text}{ANOMALY}"));
+        assert!(invalid.is_empty(), "{invalid:#?}");
+        assert_eq!(rules.len(), 1);
+    }
+
+    #[test]
+    fn errors_in_later_documents_name_the_files_lines() {
+        let broken = ANOMALY
+            .replace("name: memory", "name: broken")
+            .replace("{type: restart}", "{}");
+        let text = format!("{ANOMALY}---\n{broken}");
+        let doc = only_invalid_of(&text);
+        assert_eq!(doc.line, Some(8));
+        // `remediation: {}` is the 7th line after the `---` on line 8: line 15.
+        assert!(
+            doc.reason
+                .contains("missing field `type` at line 15 column"),
+            "{}",
+            doc.reason
+        );
+    }
+
+    /// The one refused document of a text whose other documents load.
+    fn only_invalid_of(text: &str) -> InvalidDoc {
+        let (_rules, mut invalid) = parse(text);
+        assert_eq!(invalid.len(), 1, "{invalid:#?}");
+        invalid.remove(0)
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_unparsed_and_the_others_load() {
+        let deep = format!("spec: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let second = ANOMALY.replace("name: memory", "name: second");
+        let text = format!("{ANOMALY}---\n{deep}---\n{second}");
+        let (rules, invalid) = parse(&text);
+        assert_eq!(rules.len(), 2);
+        assert_eq!(invalid.len(), 1, "{invalid:#?}");
+        assert_eq!(invalid[0].document, Some(2));
+        assert_eq!(invalid[0].line, Some(8));
+        assert_eq!(
+            invalid[0].reason,
+            "not read: its YAML flow collections ([ and {) nest 100000 deep, over the limit of 64"
+        );
+        // At the limit it is parsed (and refused for what it is, not for its depth).
+        let at_limit = format!("spec: {}{}\n", "[".repeat(64), "]".repeat(64));
+        let doc = only_invalid(&at_limit);
+        assert!(!doc.reason.contains("nest"), "{}", doc.reason);
+    }
+
+    #[test]
+    fn deep_block_nesting_and_alias_bombs_are_refused() {
+        let doc = only_invalid(&format!("{}x\n", "- ".repeat(100_000)));
+        assert!(
+            doc.reason.contains("recursion limit exceeded"),
+            "{}",
+            doc.reason
+        );
+        let mut bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n".to_owned();
+        for i in 1..9 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let doc = only_invalid(&bomb);
+        assert!(
+            doc.reason.contains("repetition limit exceeded"),
+            "{}",
+            doc.reason
+        );
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_whole_and_the_others_load() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let padding = "# padding\n".repeat((MAX_FILE_BYTES as usize) / 10 + 1);
+        fs::write(dir.path().join("a-big.yaml"), format!("{ANOMALY}{padding}")).expect("big");
+        fs::write(
+            dir.path().join("b.yaml"),
+            ANOMALY.replace("memory", "other"),
+        )
+        .expect("small");
+        let report = load_dir(dir.path()).expect("load");
+        let names: Vec<String> = report.rules.iter().map(|rule| rule.key().name).collect();
+        assert_eq!(names, ["other"]);
+        assert_eq!(report.invalid.len(), 1, "{:#?}", report.invalid);
+        let refused = &report.invalid[0];
+        assert!(refused.file.ends_with("a-big.yaml"));
+        assert_eq!(refused.document, None);
+        assert!(
+            refused
+                .reason
+                .ends_with("over the limit of 4194304 bytes (4 MiB) for one rules file: split it into several files"),
+            "{}",
+            refused.reason
+        );
+    }
+
+    #[test]
+    fn only_the_first_hundred_refusals_of_a_file_are_listed() {
+        let text = format!("{}---\n{ANOMALY}", "---\nnot a rule\n".repeat(1_000));
+        let (rules, invalid) = parse(&text);
+        assert_eq!(rules.len(), 1, "the rule after them still loads");
+        assert_eq!(invalid.len(), MAX_REFUSALS_LISTED + 1);
+        assert_eq!(invalid[99].document, Some(100));
+        let summary = &invalid[MAX_REFUSALS_LISTED];
+        assert_eq!(summary.document, None);
+        assert_eq!(
+            summary.to_string(),
+            "inline.yaml: 900 more documents were not loaded: only the first 100 refused documents of a file are listed"
+        );
     }
 
     #[test]

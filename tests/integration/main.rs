@@ -15,6 +15,7 @@ mod deploy_manifests;
 mod e2e_prometheus;
 mod expression_edges;
 mod expressions;
+mod hardening;
 mod http_write;
 mod ingest_captures;
 mod live_rules;

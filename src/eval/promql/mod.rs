@@ -16,17 +16,25 @@
 //! seconds to promql-parser) and [`check`] accepts it; evaluating it is the caller's job.
 //! [`split_ml_forecast`] instead splits the text without parsing, for callers that want
 //! the inner expression on its own.
+//!
+//! # Size limits
+//! [`parse`] first measures the text ([`check_size`]: length, nesting depth, parts) and
+//! refuses it unparsed past [`size::MAX_BYTES`], [`size::MAX_DEPTH`] or
+//! [`size::MAX_PARTS`]: parsing, evaluating, cloning and dropping an expression tree all
+//! recurse over it, so a tree deep enough to overflow a stack must never be built.
 
 mod aggregate;
 mod binary;
 mod check;
 mod engine;
 mod functions;
+pub mod size;
 mod source;
 mod value;
 
 pub use check::check;
 pub use engine::evaluate;
+pub use size::{TooLarge, check_size};
 pub use source::{MemorySource, SeriesSamples, SeriesSource};
 pub use value::Value;
 
@@ -110,8 +118,10 @@ pub fn register_ml_forecast() {
     });
 }
 
-/// Parses PromQL text, with `ml_forecast` known to the parser.
+/// Parses PromQL text, with `ml_forecast` known to the parser. Text over the size
+/// limits ([`check_size`]) is refused before the parser sees it.
 pub fn parse(text: &str) -> Result<Expr, String> {
+    check_size(text).map_err(|too_large| format!("the expression is {too_large}"))?;
     register_ml_forecast();
     promql_parser::parser::parse(text)
 }

@@ -343,3 +343,66 @@ fn ml_forecast_splits_at_its_last_top_level_comma() {
         None
     );
 }
+
+/// The deepest expression of each shape that still passes the size check.
+fn at_the_depth_limit() -> Vec<(&'static str, String)> {
+    let levels = size::MAX_DEPTH - 1;
+    vec![
+        ("chain", vec!["m"; size::MAX_DEPTH].join(" + ")),
+        (
+            "abs",
+            format!("{}m{}", "abs(".repeat(levels), ")".repeat(levels)),
+        ),
+        (
+            "sum",
+            format!("{}m{}", "sum by (pod) (".repeat(levels), ")".repeat(levels)),
+        ),
+        ("minus", format!("{}m", "-".repeat(levels))),
+        (
+            "mixed",
+            format!(
+                "{}{}{}",
+                "abs(".repeat(60),
+                vec!["-m"; 33].join(" * "),
+                ")".repeat(60)
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn expressions_at_the_depth_limit_evaluate_within_a_default_thread_stack() {
+    // 2 MiB, a spawned thread's default, explicitly: the evaluator thread gets more, so
+    // this is the limit's margin in a debug build, whatever RUST_MIN_STACK says.
+    let evaluated = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            let mut source = MemorySource::default();
+            source.push(labels(&[("__name__", "m"), ("pod", "a")]), vec![s(0, 2.0)]);
+            for (shape, text) in at_the_depth_limit() {
+                let size = check_size(&text).unwrap_or_else(|e| panic!("{shape}: {e}"));
+                assert!(size.depth <= size::MAX_DEPTH, "{shape}: {size:?}");
+                let expr = parse(&text).unwrap_or_else(|e| panic!("{shape}: {e}"));
+                let copy = expr.clone();
+                assert!(!format!("{copy:?}").is_empty());
+                drop(copy);
+                let value = evaluate(&expr, 1_000, &source, &EvalOptions::default());
+                assert!(value.is_ok(), "{shape}: {value:?}");
+            }
+        })
+        .expect("thread starts")
+        .join();
+    assert!(evaluated.is_ok(), "an expression at the limit failed");
+}
+
+#[test]
+fn parse_refuses_expressions_past_the_limits_unparsed() {
+    let deeper = vec!["m"; size::MAX_DEPTH + 1].join(" + ");
+    let error = parse(&deeper).expect_err("one level too deep");
+    assert!(
+        error.contains(&format!("nested {} levels deep", size::MAX_DEPTH + 1)),
+        "{error}"
+    );
+    let error = parse(&format!("{}m", "-".repeat(20_000))).expect_err("20 000 minus signs");
+    assert!(error.contains("over the limit of 128"), "{error}");
+}
