@@ -30,7 +30,7 @@ use crate::reconcile::Decider;
 use crate::reconcile::controller::{self, Caches, Context, RuleResource};
 use crate::reconcile::leader::{self, Leadership, LeaseConfig};
 use crate::reconcile::ledger::Ledger;
-use crate::rules::load::LoadReport;
+use crate::rules::load::{LoadReport, RuleKind};
 use crate::standalone::{Pipeline, PipelineConfig, ReconcileDriver};
 use crate::{Error, Result};
 
@@ -148,24 +148,32 @@ fn cluster_driver(ledger: Arc<Ledger>, max_action_lag: Duration) -> ReconcileDri
 
 /// A fingerprint of what the rule set is built from: which resources, at which spec
 /// generation. Status writes change neither, so they never rebuild the rule set.
-fn rule_set_signature(caches: &Caches) -> Vec<(String, String, String, Option<i64>)> {
-    let mut signature: Vec<_> = caches
-        .rules()
-        .iter()
-        .map(|rule| {
-            let meta = rule.metadata();
-            (
-                rule.kind().as_str().to_owned(),
-                meta.namespace.clone().unwrap_or_default(),
-                format!(
-                    "{}/{}",
-                    meta.name.clone().unwrap_or_default(),
-                    meta.uid.clone().unwrap_or_default()
-                ),
-                meta.generation,
-            )
-        })
-        .collect();
+fn rule_set_signature(caches: &Caches) -> Vec<(RuleKind, String, String, Option<i64>)> {
+    fn add<K: RuleResource>(
+        stores: &[Store<K>],
+        out: &mut Vec<(RuleKind, String, String, Option<i64>)>,
+    ) {
+        for store in stores {
+            // Arcs of the cached objects: nothing is copied but the names.
+            for object in store.state() {
+                let meta = object.meta();
+                out.push((
+                    K::KIND,
+                    meta.namespace.clone().unwrap_or_default(),
+                    format!(
+                        "{}/{}",
+                        meta.name.as_deref().unwrap_or_default(),
+                        meta.uid.as_deref().unwrap_or_default()
+                    ),
+                    meta.generation,
+                ));
+            }
+        }
+    }
+    let mut signature = Vec::new();
+    add(&caches.anomaly, &mut signature);
+    add(&caches.predictive, &mut signature);
+    add(&caches.slo, &mut signature);
     signature.sort();
     signature
 }

@@ -368,6 +368,10 @@ fn controller_name(kind: RuleKind) -> &'static str {
 /// Runs reconciles as the ledger marks rules dirty, until `stop` resolves.
 pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> + Send) {
     let mut leadership = ctx.leadership.changes();
+    // Whether an election is still running to follow (none with `--leader-elect=false`,
+    // and none once it ended at shutdown): a closed channel would wake this loop at once,
+    // again and again.
+    let mut following = leadership.has_changed().is_ok();
     ctx.app
         .metrics
         .leader
@@ -375,20 +379,26 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> 
     let running = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     tokio::pin!(stop);
     loop {
+        let election = async {
+            if following {
+                leadership.changed().await.is_ok()
+            } else {
+                std::future::pending().await
+            }
+        };
         let keys = tokio::select! {
             keys = ctx.ledger.take_dirty() => keys,
-            changed = leadership.changed() => {
-                let leading = changed.is_ok() && *leadership.borrow_and_update();
+            open = election => {
+                if !open {
+                    following = false;
+                }
+                let leading = ctx.leadership.is_leader();
                 ctx.app.metrics.leader.set(i64::from(leading));
-                if leading {
+                if open && *leadership.borrow_and_update() && leading {
                     // A new leader converges every status to the truth it holds now,
                     // from what the API server holds (another leader wrote meanwhile).
                     ctx.written.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     mark_listed(&ctx);
-                }
-                if changed.is_err() {
-                    // Election over (shutting down): stop following it.
-                    leadership = tokio::sync::watch::channel(false).1;
                 }
                 continue;
             }
