@@ -187,6 +187,31 @@ pub struct Context {
     written: Mutex<HashMap<RuleKey, (String, serde_json::Value)>>,
     /// Rules being reconciled now, and whether they were marked again meanwhile.
     in_flight: Mutex<HashMap<RuleKey, bool>>,
+    /// When each rule last had an Event of each reason, for [`EVENT_INTERVAL`].
+    events: Mutex<HashMap<(RuleKey, &'static str), Instant>>,
+}
+
+/// A rule gets at most one Event of a reason in this time: a series flapping around its
+/// threshold changes status each time (status stays true), not the Event stream.
+pub const EVENT_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Context {
+    /// Whether an Event of `reason` may be published for `rule` now (and notes it).
+    fn event_allowed(&self, rule: &RuleKey, reason: &'static str) -> bool {
+        let now = Instant::now();
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if events.len() > 10_000 {
+            // Rules come and go: forget what no longer limits anything.
+            events.retain(|_, at| now.duration_since(*at) < EVENT_INTERVAL);
+        }
+        match events.get(&(rule.clone(), reason)) {
+            Some(at) if now.duration_since(*at) < EVENT_INTERVAL => false,
+            _ => {
+                events.insert((rule.clone(), reason), now);
+                true
+            }
+        }
+    }
 }
 
 impl Context {
@@ -212,6 +237,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
+            events: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -303,7 +329,9 @@ async fn reconcile_kind<K: RuleResource>(
     }
     let before = current.map_or(&[][..], |s| K::conditions(s));
     for transition in status::transitions(before, K::conditions(&desired), K::message(&desired)) {
-        publish(ctx, resource.as_ref(), &transition).await;
+        if ctx.event_allowed(key, transition.reason) {
+            publish(ctx, resource.as_ref(), &transition).await;
+        }
     }
     Ok(Reconciled::Written)
 }
@@ -783,6 +811,56 @@ mod api_tests {
                 .unwrap()
                 .unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_flapping_rule_changes_status_each_time_but_gets_one_event_a_minute() {
+        let (ctx, mut handle, _pipeline) = context(resource(None), &["web-1"], true).await;
+        let verifier = tokio::spawn(async move {
+            let tripped = expect_status_patch(&mut handle, StatusCode::OK).await;
+            assert_eq!(tripped["status"]["phase"], "Detected");
+            assert_eq!(expect_event(&mut handle).await["reason"], "Tripped");
+            let resolved = expect_status_patch(&mut handle, StatusCode::OK).await;
+            assert_eq!(resolved["status"]["phase"], "Resolved");
+            assert_eq!(expect_event(&mut handle).await["reason"], "Resolved");
+            // Tripped again within the minute: the status says so, no second Event.
+            let again = expect_status_patch(&mut handle, StatusCode::OK).await;
+            assert_eq!(again["status"]["phase"], "Detected");
+            handle
+        });
+        let series = |change| crate::eval::Verdict {
+            rule: rule_key(),
+            change,
+            series: Labels::from_pairs([("__name__", "m"), ("pod", "web-1")]),
+            value: Some(2.0),
+            sample_time_ms: 1_700_000_100_000,
+            reason: "m > 1".into(),
+            targets: Vec::new(),
+            untargeted: None,
+            forecast: None,
+            arrived: Instant::now(),
+        };
+        assert_eq!(
+            reconcile(&ctx, &rule_key()).await.unwrap(),
+            Reconciled::Written
+        );
+        ctx.ledger
+            .record(&series(crate::eval::Change::Cleared), None);
+        assert_eq!(
+            reconcile(&ctx, &rule_key()).await.unwrap(),
+            Reconciled::Written
+        );
+        ctx.ledger
+            .record(&series(crate::eval::Change::Tripped), None);
+        assert_eq!(
+            reconcile(&ctx, &rule_key()).await.unwrap(),
+            Reconciled::Written
+        );
+        let mut handle = tokio::time::timeout(Duration::from_secs(5), verifier)
+            .await
+            .unwrap()
+            .unwrap();
+        handle.send_error(std::io::Error::other("no request was expected"));
     }
 
     #[tokio::test]
