@@ -517,6 +517,9 @@ impl Evaluator {
     /// sample in order, then evicts series that fell out of the lookback.
     pub fn apply(&mut self, batch: &Batch) -> Outcome {
         let mut outcome = Outcome::default();
+        for store in &mut self.stores {
+            store.windows.begin_batch();
+        }
         // Stores that took a sample in this batch.
         let mut appended_to = vec![false; self.stores.len()];
         // The series of the previous entry, with its labels as a window holds them: the

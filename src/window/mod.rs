@@ -103,6 +103,12 @@ pub struct SelectorWindows {
     live: usize,
     /// The newest sample timestamp seen for this selector: its event clock.
     clock_ms: i64,
+    /// The event clock when the batch being applied began: samples are too old when they
+    /// are behind *it*, not behind a clock that the same request moved on. A sender
+    /// catching up after an outage sends each series in order over many minutes in one
+    /// request; judged against the request's own newest sample, the later series'
+    /// samples were refused.
+    floor_ms: i64,
     last_sweep_ms: i64,
 }
 
@@ -117,8 +123,14 @@ impl SelectorWindows {
             free: Vec::new(),
             live: 0,
             clock_ms: i64::MIN,
+            floor_ms: i64::MIN,
             last_sweep_ms: i64::MIN,
         }
+    }
+
+    /// A batch begins: samples of it are judged too old against the clock as it is now.
+    pub fn begin_batch(&mut self) {
+        self.floor_ms = self.clock_ms;
     }
 
     pub fn spec(&self) -> WindowSpec {
@@ -208,10 +220,10 @@ impl SelectorWindows {
         self.slots.get(id.0 as usize)?.as_ref()
     }
 
-    /// Whether [`Self::insert`] would refuse `sample` as too old for the event clock,
-    /// whatever its series.
+    /// Whether [`Self::insert`] would refuse `sample` as too old for the event clock
+    /// (as it was when the batch began, see [`Self::begin_batch`]), whatever its series.
     pub fn too_old(&self, sample: Sample) -> bool {
-        sample.timestamp_ms < self.clock_ms.saturating_sub(self.spec.idle_ms)
+        sample.timestamp_ms < self.floor_ms.saturating_sub(self.spec.idle_ms)
     }
 
     /// Inserts a sample into a series' window and advances the event clock, which never
@@ -320,6 +332,7 @@ impl SelectorWindows {
         series.sort_by_key(|s| std::cmp::Reverse(newest(s)));
         if let Some(first) = series.first() {
             self.clock_ms = self.clock_ms.max(newest(first).min(now_ms));
+            self.floor_ms = self.clock_ms;
         }
         let deadline = self.clock_ms.saturating_sub(self.spec.idle_ms);
         let retention_ms = self.spec.retention_ms;
