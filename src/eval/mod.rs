@@ -549,6 +549,9 @@ impl Evaluator {
                 }
             };
             let Ok(id) = found else {
+                if let Some(newest) = samples.iter().map(|s| s.timestamp_ms).max() {
+                    store.windows.advance_clock(newest, batch.received_ms);
+                }
                 store.counters.over_limit += samples.len() as u64;
                 for &reader in &store.readers {
                     let rule = &self.rules[self.inputs[reader].rule];

@@ -128,6 +128,13 @@ impl SelectorWindows {
         }
     }
 
+    /// Samples that were not stored (their series was over the limit) still move the
+    /// event clock, never past `now_ms`: otherwise a rule whose every series was replaced
+    /// (a rollout) would never see the old ones go idle, and refuse the new ones forever.
+    pub fn advance_clock(&mut self, timestamp_ms: i64, now_ms: i64) {
+        self.clock_ms = self.clock_ms.max(timestamp_ms.min(now_ms));
+    }
+
     /// A batch begins: samples of it are judged too old against the clock as it is now.
     pub fn begin_batch(&mut self) {
         self.floor_ms = self.clock_ms;

@@ -2,6 +2,8 @@
 //! order over many minutes in one request (Prometheus replays its WAL). Every sample of
 //! such a request lands in its window and is judged in order, as if it had arrived live;
 //! a sample behind the clock as it was *before* the request is still refused as late.
+//! And a rule's clock moves with every sample it is sent, stored or not, so a rule at its
+//! series limit whose series were all replaced lets the new ones in.
 
 use crate::common;
 
@@ -84,4 +86,43 @@ fn a_sample_behind_the_clock_before_the_request_is_still_late() {
     let outcome = common::apply_v1(&mut evaluator, &late, start + 20 * 60_000);
     assert_eq!(outcome.out_of_order, 4);
     assert_eq!(outcome.appended, 0);
+}
+
+/// A rule at its series limit whose every series is replaced (a rollout) lets the new
+/// series in once the old ones have gone idle, instead of refusing them forever.
+#[test]
+fn a_rule_at_its_series_limit_lets_a_rollouts_new_series_in() {
+    use prophet::eval::Evaluator;
+    use prophet::rules::compile::{CompileOptions, compile};
+    use prophet::rules::load::parse_documents;
+    let (rules, _) = parse_documents(RULE, std::path::Path::new("test"));
+    let compiled = rules
+        .iter()
+        .map(|r| compile(r, CompileOptions::default()).unwrap())
+        .collect();
+    let mut evaluator = Evaluator::new(compiled, 2);
+    let start = 1_700_000_000_000;
+    let old = backlog(&["old-1", "old-2"], start, 1, |_, _| 10.0);
+    common::apply_v1(&mut evaluator, &old, start);
+    // The rollout: only the new pods send from now on, one request a minute; new-1 is
+    // over the threshold all along.
+    let mut tripped_at = None;
+    for minute in 1..=10 {
+        let at = start + minute * 60_000;
+        let body = backlog(&["new-1", "new-2"], at, 1, |pod, _| {
+            if pod == "new-1" { 500.0 } else { 10.0 }
+        });
+        let outcome = common::apply_v1(&mut evaluator, &body, at);
+        if outcome
+            .verdicts
+            .iter()
+            .any(|v| v.change.as_str() == "tripped" && v.series.get("pod") == Some("new-1"))
+        {
+            tripped_at = Some(minute);
+            break;
+        }
+    }
+    let minute = tripped_at.expect("the new series get in once the old ones are idle");
+    // The old series go idle after the 5-minute lookback, swept within a quarter of it.
+    assert!((5..=8).contains(&minute), "tripped at minute {minute}");
 }
