@@ -30,7 +30,14 @@ pub struct Decider {
     /// passed on the wall clock too. Standalone mode sets none, so a replay of old
     /// samples decides exactly as it did live.
     max_action_lag_ms: Option<i64>,
+    /// The newest deciding sample's time, and the size of `last_acted` at which it is
+    /// next pruned of cooldowns that have passed (series churn must not grow it).
+    newest_sample_ms: i64,
+    prune_at: usize,
 }
+
+/// `last_acted` is pruned once it holds this many entries (and then at twice what is left).
+const PRUNE_MIN: usize = 1024;
 
 impl Decider {
     pub fn new(plans: HashMap<RuleKey, ActionPlan>, dry_run: bool) -> Self {
@@ -39,6 +46,8 @@ impl Decider {
             last_acted: HashMap::new(),
             dry_run,
             max_action_lag_ms: None,
+            newest_sample_ms: i64::MIN,
+            prune_at: PRUNE_MIN,
         }
     }
 
@@ -55,6 +64,26 @@ impl Decider {
         self.plans = change.plans.clone();
         self.last_acted
             .retain(|(rule, _), _| change.kept.contains(rule) && change.plans.contains_key(rule));
+    }
+
+    /// Forgets the targets whose cooldown has passed on both clocks: they decide the same
+    /// without an entry.
+    fn prune(&mut self, now_ms: i64) {
+        let newest = self.newest_sample_ms;
+        let wall_clock = self.max_action_lag_ms.is_some();
+        let plans = &self.plans;
+        self.last_acted.retain(|(rule, _), &mut (sample, wall)| {
+            plans.get(rule).is_some_and(|plan| {
+                newest.saturating_sub(sample) < plan.cooldown_ms
+                    || (wall_clock && now_ms.saturating_sub(wall) < plan.cooldown_ms)
+            })
+        });
+        self.prune_at = (self.last_acted.len() * 2).max(PRUNE_MIN);
+    }
+
+    /// How many targets are remembered for their cooldown.
+    pub fn remembered(&self) -> usize {
+        self.last_acted.len()
     }
 
     /// The decision for one verdict; `None` for a rule without a plan (removed meanwhile).
@@ -143,15 +172,20 @@ impl Decider {
                 self.dry_run,
             ));
         }
-        self.last_acted
-            .insert(key, (verdict.sample_time_ms, now_ms));
-        Some(Decision::new(
+        let decision = Decision::new(
             verdict,
             action,
             Outcome::Act,
             verdict.reason.clone(),
             self.dry_run,
-        ))
+        );
+        self.last_acted
+            .insert(key, (verdict.sample_time_ms, now_ms));
+        self.newest_sample_ms = self.newest_sample_ms.max(verdict.sample_time_ms);
+        if self.last_acted.len() >= self.prune_at {
+            self.prune(now_ms);
+        }
+        Some(decision)
     }
 }
 
@@ -278,6 +312,31 @@ mod tests {
         );
         let later = verdict(Change::Tripped, Some("a"), t + 6 * MIN);
         assert_eq!(outcome(&mut d, &later, now), Outcome::Act);
+    }
+
+    #[test]
+    fn series_churn_does_not_grow_the_cooldown_bookkeeping() {
+        let mut d = decider(restart(5 * MIN));
+        let t = 1_000 * MIN;
+        // 100 000 pods each trip once, a second apart, as a churning fleet would.
+        for i in 0..100_000i64 {
+            let at = t + i * 1_000;
+            let pod = format!("pod-{i}");
+            assert_eq!(
+                outcome(&mut d, &verdict(Change::Tripped, Some(&pod), at), at),
+                Outcome::Act
+            );
+        }
+        // Only the pods within the 5-minute cooldown matter; the rest are forgotten.
+        assert!(
+            d.remembered() <= 2 * PRUNE_MIN.max(300),
+            "{}",
+            d.remembered()
+        );
+        // A pod still in cooldown is still held.
+        let last = t + 99_999 * 1_000;
+        let again = verdict(Change::Tripped, Some("pod-99999"), last + 1_000);
+        assert_eq!(outcome(&mut d, &again, last + 1_000), Outcome::Cooldown);
     }
 
     #[test]
