@@ -58,7 +58,9 @@ fn rule(ns: &str, name: &str, shard: &str) -> String {
     )
 }
 
-fn body(shards: &[String], value: f64, at: i64) -> Vec<u8> {
+/// One sample of `load{namespace=ns, shard=...}` per shard (a rule reads only its own
+/// namespace's series).
+fn body(ns: &str, shards: &[String], value: f64, at: i64) -> Vec<u8> {
     let request = v1::WriteRequest {
         timeseries: shards
             .iter()
@@ -67,6 +69,10 @@ fn body(shards: &[String], value: f64, at: i64) -> Vec<u8> {
                     v1::Label {
                         name: "__name__".into(),
                         value: "load".into(),
+                    },
+                    v1::Label {
+                        name: "namespace".into(),
+                        value: ns.to_owned(),
                     },
                     v1::Label {
                         name: "shard".into(),
@@ -265,7 +271,7 @@ async fn main() {
     // Every rule trips at once.
     let at = now_ms();
     let tripped_at = Instant::now();
-    post(&http, &addr, body(&shards, 2.0, at)).await;
+    post(&http, &addr, body(&ns, &shards, 2.0, at)).await;
     let detected = until_all(&api, tripped_at, crs, |r| condition_true(r, "Tripped")).await;
     let writes_2 = metric(&http, &addr, "prophet_status_writes_total").await;
     println!(
@@ -281,7 +287,7 @@ async fn main() {
         post(
             &http,
             &addr,
-            body(&shards, 2.0 + step as f64, at + step * 15_000),
+            body(&ns, &shards, 2.0 + step as f64, at + step * 15_000),
         )
         .await;
     }
@@ -298,7 +304,7 @@ async fn main() {
     for t in 0..trials {
         let name = format!("latency{t}");
         let sent = Instant::now();
-        post(&http, &addr, body(&[format!("l{t}")], 2.0, now_ms())).await;
+        post(&http, &addr, body(&ns, &[format!("l{t}")], 2.0, now_ms())).await;
         loop {
             if let Some(&arrived) = seen.lock().unwrap().get(&name) {
                 latencies.push(arrived.saturating_duration_since(sent));

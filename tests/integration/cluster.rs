@@ -463,3 +463,99 @@ async fn the_api_server_away_loses_nothing_and_the_cut_off_leader_stops() {
         Some("prophet_leader 1")
     );
 }
+
+async fn status_writes(addr: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("prophet_status_writes_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Status writes stay within the write budget (50/s, burst 100) however many resources
+/// trip at once, each resource is written for what changed and no more, and a status
+/// write never wakes its own reconcile into a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_resources_are_written_within_the_budget_and_once_each() {
+    let Some(cluster) = common::k8s::cluster() else {
+        return;
+    };
+    cluster.install_crds();
+    let ns = cluster.namespace("many");
+    const N: usize = 300;
+    let mut yaml = String::new();
+    for i in 0..N {
+        yaml.push_str(&format!(
+            "---\napiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: r{i}, namespace: {ns}}}\nspec:\n  metric: 'load{{shard=\"{i}\"}}'\n  threshold: \"> 1\"\n  remediation: {{type: alert}}\n"
+        ));
+    }
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&yaml));
+    let client = cluster.client().await;
+    let api: Api<AnomalyAction> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    let (_prophet, addr) = start_prophet(cluster, &["--namespace", &ns, "--leader-elect=false"]);
+    let all = |kind: &'static str| {
+        let api = api.clone();
+        async move {
+            let list = api.list(&ListParams::default()).await.ok()?;
+            (list
+                .items
+                .iter()
+                .filter(|r| condition(r, kind).is_some_and(|c| c.0 == "True"))
+                .count()
+                == N)
+                .then_some(())
+        }
+    };
+    eventually("every resource Ready", Duration::from_secs(120), || {
+        all("Ready")
+    })
+    .await;
+    let ready_writes = status_writes(&addr).await;
+    let allowed = |elapsed: Duration| 100.0 + 50.0 * elapsed.as_secs_f64() + 1.0;
+    assert!(
+        ready_writes >= N as f64,
+        "{ready_writes} writes for {N} resources"
+    );
+    assert!(
+        ready_writes <= allowed(started.elapsed()),
+        "{ready_writes} writes in {:?}",
+        started.elapsed()
+    );
+
+    let tripped_from = Instant::now();
+    let series: Vec<_> = (0..N)
+        .map(|i| {
+            common::series(
+                &[
+                    ("__name__", "load"),
+                    ("namespace", &ns),
+                    ("shard", &i.to_string()),
+                ],
+                &[(common::now_ms(), 2.0)],
+            )
+        })
+        .collect();
+    write(&addr, series).await;
+    eventually("every resource Tripped", Duration::from_secs(120), || {
+        all("Tripped")
+    })
+    .await;
+    let tripped_writes = status_writes(&addr).await - ready_writes;
+    assert!(
+        tripped_writes <= allowed(tripped_from.elapsed()),
+        "{tripped_writes} writes in {:?}",
+        tripped_from.elapsed()
+    );
+    // One write per resource for the trip (its status then holds), give or take a
+    // resource reconciled while its trip was still arriving.
+    assert!(
+        (N as f64..=1.1 * N as f64).contains(&tripped_writes),
+        "{tripped_writes} writes for {N} trips"
+    );
+}
