@@ -20,6 +20,9 @@ use super::condition::Transition;
 use super::verdict::Change;
 
 const MINUTE_MS: i64 = 60_000;
+
+/// The smallest rollup ring allocated: an hour of minutes.
+const RING_MIN: i64 = 60;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
@@ -104,9 +107,19 @@ struct Bucket {
 /// Per-minute counts over the period, in a ring indexed by minute, with running totals of
 /// the whole period so that the budget costs O(1) to read: a minute leaves the totals
 /// once, when the newest minute moves a period past it.
+///
+/// The ring grows with the data, not with the period: it holds at least the minutes from
+/// the first counted to the newest (at most the period), doubling as that span grows. A
+/// 30-day SLO's 43 200 buckets (about 1 MiB) were allocated before its first sample, so a
+/// thousand SLO resources needed a gigabyte to start; now a young SLO holds what it has
+/// counted.
 #[derive(Debug)]
 struct Rollup {
+    /// The ring: its length divides nothing, a minute's slot is `minute mod len`, and all
+    /// minutes in use lie within `len` consecutive minutes (see [`Rollup::reserve_span`]).
     buckets: Vec<Bucket>,
+    /// The period, in minutes.
+    period: i64,
     /// Sums over the minutes (latest − len, latest].
     counted: f64,
     total: f64,
@@ -119,15 +132,9 @@ struct Rollup {
 
 impl Rollup {
     fn new(period_ms: i64) -> Self {
-        let len = (period_ms / MINUTE_MS).max(1) as usize;
         Self {
-            buckets: vec![
-                Bucket {
-                    start_ms: i64::MIN,
-                    ..Bucket::default()
-                };
-                len
-            ],
+            buckets: Vec::new(),
+            period: (period_ms / MINUTE_MS).max(1),
             counted: 0.0,
             total: 0.0,
             latest_minute: i64::MIN,
@@ -135,12 +142,39 @@ impl Rollup {
         }
     }
 
+    /// The period in minutes.
     fn len(&self) -> i64 {
-        self.buckets.len() as i64
+        self.period
     }
 
+    /// A minute's slot in the ring; the ring must not be empty.
     fn index(&self, minute: i64) -> usize {
-        minute.rem_euclid(self.len()) as usize
+        minute.rem_euclid(self.buckets.len().max(1) as i64) as usize
+    }
+
+    /// Grows the ring to hold `span` consecutive minutes (at most the period), moving the
+    /// buckets in use to their slots in the larger ring.
+    fn reserve_span(&mut self, span: i64) {
+        let need = span.clamp(1, self.period);
+        let ring = self.buckets.len() as i64;
+        if need <= ring {
+            return;
+        }
+        let size = (ring * 2).max(need).max(RING_MIN).min(self.period) as usize;
+        let old = std::mem::replace(
+            &mut self.buckets,
+            vec![
+                Bucket {
+                    start_ms: i64::MIN,
+                    ..Bucket::default()
+                };
+                size
+            ],
+        );
+        for bucket in old.into_iter().filter(|b| b.start_ms != i64::MIN) {
+            let index = self.index(bucket.start_ms.div_euclid(MINUTE_MS));
+            self.buckets[index] = bucket;
+        }
     }
 
     /// Moves the newest minute to `minute`, taking the minutes that leave the period out
@@ -155,14 +189,17 @@ impl Rollup {
         }
         let len = self.len();
         if minute - self.latest_minute >= len {
-            // A period or more without counts: every minute left.
-            for bucket in &mut self.buckets {
-                bucket.start_ms = i64::MIN;
-            }
+            // A period or more without counts: every minute left, and the ring's memory
+            // with them.
+            self.buckets = Vec::new();
             self.counted = 0.0;
             self.total = 0.0;
             self.latest_minute = minute;
             self.first_minute = i64::MAX;
+            return;
+        }
+        if self.buckets.is_empty() {
+            self.latest_minute = minute;
             return;
         }
         for leaving in self.latest_minute - len + 1..=minute - len {
@@ -184,6 +221,9 @@ impl Rollup {
         if minute <= self.latest_minute - self.len() {
             return;
         }
+        // Every minute in use, this one included, must have a slot of its own.
+        let first = self.first_minute.min(minute);
+        self.reserve_span(self.latest_minute.max(minute).saturating_sub(first).saturating_add(1));
         let index = self.index(minute);
         let bucket = &mut self.buckets[index];
         if bucket.start_ms != minute * MINUTE_MS {
@@ -214,10 +254,13 @@ impl Rollup {
         // rather than dividing for each minute's index.
         // Minutes before the first count hold nothing: skipping them changes no sum.
         let first = (now_minute - minutes + 1).max(self.first_minute);
-        if first > now_minute {
+        // Minutes after the newest counted hold nothing either; the rest lie within the
+        // ring's span.
+        let last = now_minute.min(self.latest_minute);
+        if first > last || self.buckets.is_empty() {
             return (0.0, 0.0);
         }
-        let minutes = now_minute - first + 1;
+        let minutes = last - first + 1;
         let start = self.index(first);
         let end = start + minutes as usize;
         let (head, tail) = if end <= self.buckets.len() {
@@ -229,7 +272,7 @@ impl Rollup {
             )
         };
         let (mut counted, mut total) = (0.0, 0.0);
-        for (bucket, minute) in head.iter().chain(tail).zip(first..) {
+        for (bucket, minute) in head.iter().chain(tail).zip(first..=last) {
             if bucket.start_ms == minute * MINUTE_MS {
                 counted += bucket.counted;
                 total += bucket.total;
@@ -240,7 +283,7 @@ impl Rollup {
 
     /// The counts as saved: the used buckets, oldest first.
     fn export(&self) -> Vec<StoredBucket> {
-        if self.latest_minute == i64::MIN {
+        if self.latest_minute == i64::MIN || self.buckets.is_empty() {
             return Vec::new();
         }
         (self.latest_minute - self.len() + 1..=self.latest_minute)
@@ -277,6 +320,15 @@ impl Rollup {
             )));
         }
         rollup.latest_minute = latest;
+        // Room for the saved minutes that fall in the period, before any is placed.
+        if let Some(oldest) = buckets
+            .iter()
+            .map(|b| b.0)
+            .filter(|&m| m > latest - rollup.len() && m <= latest)
+            .min()
+        {
+            rollup.reserve_span(latest - oldest + 1);
+        }
         let mut all_kept = true;
         let (mut counted, mut total) = (0.0, 0.0);
         for &StoredBucket(minute, c, t) in buckets {
@@ -408,7 +460,8 @@ impl SloDetector {
         }
     }
 
-    /// Bytes of rollup held: proportional to period ÷ one minute.
+    /// Bytes of rollup held: proportional to the minutes counted so far, at most the
+    /// period ÷ one minute.
     pub fn rollup_bytes(&self) -> usize {
         self.rollup.buckets.len() * std::mem::size_of::<Bucket>()
     }
@@ -1078,11 +1131,57 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_proportional_to_the_period_not_to_samples() {
-        let d = SloDetector::new(spec(0.999));
-        assert_eq!(
-            d.rollup_bytes(),
-            30 * 24 * 60 * std::mem::size_of::<Bucket>()
+    fn memory_follows_the_minutes_counted_up_to_the_period() {
+        let bucket = std::mem::size_of::<Bucket>();
+        let mut d = SloDetector::new(spec(0.999));
+        assert_eq!(d.rollup_bytes(), 0, "nothing before the first sample");
+        // A day of samples, one a minute: about a day of buckets (the ring doubles).
+        for minute in 0..24 * 60 {
+            d.observe(SliCounter::Total, 0, minute * MINUTE_MS, minute as f64);
+        }
+        assert!(
+            (24 * 60 * bucket..=2 * 24 * 60 * bucket).contains(&d.rollup_bytes()),
+            "{}",
+            d.rollup_bytes()
         );
+        // Forty days: the period's worth, no more.
+        for minute in 24 * 60..40 * 24 * 60 {
+            d.observe(SliCounter::Total, 0, minute * MINUTE_MS, minute as f64);
+        }
+        assert_eq!(d.rollup_bytes(), 30 * 24 * 60 * bucket);
+    }
+
+    #[test]
+    fn a_growing_ring_keeps_every_count_and_every_window_sum() {
+        // The same counts into a rollup that grows and into one sized for the period
+        // at once (as before): every window's sum and the budget agree at every minute.
+        let period = 3 * 24 * 60 * MINUTE_MS;
+        let mut growing = Rollup::new(period);
+        let mut full = Rollup::new(period);
+        full.reserve_span(i64::MAX);
+        let mut noise = 7u64;
+        for minute in 0..5 * 24 * 60i64 {
+            noise = noise.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            // Gaps of an hour now and then, and a late count within the period.
+            if (noise >> 33) % 50 == 0 {
+                continue;
+            }
+            let at = minute * MINUTE_MS;
+            let bad = ((noise >> 40) % 5) as f64;
+            growing.add(at, bad, 10.0);
+            full.add(at, bad, 10.0);
+            if minute % 97 == 0 && minute > 100 {
+                growing.add(at - 90 * MINUTE_MS, 1.0, 1.0);
+                full.add(at - 90 * MINUTE_MS, 1.0, 1.0);
+            }
+            for window in [5, 60, 360, 24 * 60, 3 * 24 * 60] {
+                assert_eq!(
+                    growing.sum(at, window * MINUTE_MS),
+                    full.sum(at, window * MINUTE_MS),
+                    "minute {minute}, window {window}"
+                );
+            }
+        }
+        assert_eq!(growing.export().len(), full.export().len());
     }
 }
