@@ -1163,14 +1163,14 @@ mod tests {
         for minute in 0..5 * 24 * 60i64 {
             noise = noise.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             // Gaps of an hour now and then, and a late count within the period.
-            if (noise >> 33) % 50 == 0 {
+            if (noise >> 33).is_multiple_of(50) {
                 continue;
             }
             let at = minute * MINUTE_MS;
             let bad = ((noise >> 40) % 5) as f64;
             growing.add(at, bad, 10.0);
             full.add(at, bad, 10.0);
-            if minute % 97 == 0 && minute > 100 {
+            if minute.is_multiple_of(97) && minute > 100 {
                 growing.add(at - 90 * MINUTE_MS, 1.0, 1.0);
                 full.add(at - 90 * MINUTE_MS, 1.0, 1.0);
             }
