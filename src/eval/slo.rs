@@ -1170,7 +1170,7 @@ mod tests {
             let bad = ((noise >> 40) % 5) as f64;
             growing.add(at, bad, 10.0);
             full.add(at, bad, 10.0);
-            if minute.is_multiple_of(97) && minute > 100 {
+            if minute % 97 == 0 && minute > 100 {
                 growing.add(at - 90 * MINUTE_MS, 1.0, 1.0);
                 full.add(at - 90 * MINUTE_MS, 1.0, 1.0);
             }
