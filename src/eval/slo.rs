@@ -223,7 +223,12 @@ impl Rollup {
         }
         // Every minute in use, this one included, must have a slot of its own.
         let first = self.first_minute.min(minute);
-        self.reserve_span(self.latest_minute.max(minute).saturating_sub(first).saturating_add(1));
+        self.reserve_span(
+            self.latest_minute
+                .max(minute)
+                .saturating_sub(first)
+                .saturating_add(1),
+        );
         let index = self.index(minute);
         let bucket = &mut self.buckets[index];
         if bucket.start_ms != minute * MINUTE_MS {
@@ -1161,7 +1166,9 @@ mod tests {
         full.reserve_span(i64::MAX);
         let mut noise = 7u64;
         for minute in 0..5 * 24 * 60i64 {
-            noise = noise.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            noise = noise
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
             // Gaps of an hour now and then, and a late count within the period.
             if (noise >> 33).is_multiple_of(50) {
                 continue;

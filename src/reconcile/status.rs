@@ -41,6 +41,7 @@ pub struct Transition {
 const READY: &str = "Ready";
 const RULE_VALID: &str = "RuleValid";
 const TRIPPED: &str = "Tripped";
+const AWAITING_APPROVAL: &str = "AwaitingApproval";
 
 /// Sets one condition in `conditions`, keeping its `lastTransitionTime` from `previous`
 /// when its status did not change (so an unchanged condition compares equal).
@@ -150,6 +151,44 @@ fn tripped_condition(
     tripped
 }
 
+/// `AwaitingApproval` (AnomalyAction): true while the rule is tripped and its newest
+/// decision is held by `requireApproval`.
+fn approval_condition(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    level: Option<&RuleLevel>,
+    tripped: bool,
+    observed: &Observed<'_>,
+) {
+    let held = level
+        .and_then(|l| l.last_decision.as_ref())
+        .filter(|d| tripped && d.outcome == Outcome::AwaitingApproval);
+    let (status, reason, message) = match held {
+        Some(decision) => (
+            true,
+            "RequireApproval",
+            format!(
+                "{} of {} is held until approved (requireApproval)",
+                decision.action, decision.series
+            ),
+        ),
+        None => (
+            false,
+            "NothingHeld",
+            "no action is waiting for approval".into(),
+        ),
+    };
+    set_condition(
+        conditions,
+        previous,
+        AWAITING_APPROVAL,
+        status,
+        reason,
+        message,
+        observed,
+    );
+}
+
 fn time_of(ms: i64) -> Option<Time> {
     k8s_openapi::jiff::Timestamp::from_millisecond(ms)
         .ok()
@@ -184,6 +223,7 @@ pub fn anomaly_action(
     let validity = common_conditions(&mut conditions, previous, observed)?;
     let level = observed.level;
     let tripped = tripped_condition(&mut conditions, previous, level, observed);
+    approval_condition(&mut conditions, previous, level, tripped, observed);
     let was_detected = current.is_some_and(|s| {
         matches!(
             s.phase,
@@ -358,6 +398,13 @@ pub fn transitions(
         }),
         _ => {}
     }
+    if changed(AWAITING_APPROVAL) == Some("True") {
+        out.push(Transition {
+            reason: "AwaitingApproval",
+            warning: false,
+            note: "an action is held until approved; see status".into(),
+        });
+    }
     match changed(TRIPPED) {
         Some("True") => out.push(Transition {
             reason: "Tripped",
@@ -521,6 +568,62 @@ mod tests {
         assert_eq!(
             events.iter().map(|e| e.reason).collect::<Vec<_>>(),
             vec!["Resolved"]
+        );
+    }
+
+    #[test]
+    fn a_held_action_awaits_approval_while_tripped() {
+        let compiled = compiled("active", 1);
+        let mut level = tripped(&[r#"m{pod="a"}"#], 50_000);
+        let verdict = crate::eval::Verdict {
+            rule: compiled.rule.clone(),
+            change: crate::eval::Change::Tripped,
+            series: crate::labels::Labels::from_pairs([("__name__", "m"), ("pod", "a")]),
+            value: Some(2.0),
+            sample_time_ms: 50_000,
+            reason: "m > 1".into(),
+            targets: Vec::new(),
+            untargeted: None,
+            forecast: None,
+            arrived: std::time::Instant::now(),
+        };
+        level.last_decision = Some(crate::actuate::Decision::new(
+            &verdict,
+            "restart",
+            Outcome::AwaitingApproval,
+            "held".into(),
+            true,
+        ));
+        let t = now(100);
+        let observed = Observed {
+            compiled: Some(&compiled),
+            level: Some(&level),
+            generation: Some(1),
+            now: &t,
+        };
+        let status = anomaly_action(None, &observed).unwrap();
+        assert_eq!(
+            condition_status(&status.conditions, AWAITING_APPROVAL),
+            Some("True")
+        );
+        let events = transitions(&[], &status.conditions, None);
+        assert!(
+            events.iter().any(|e| e.reason == "AwaitingApproval"),
+            "{events:?}"
+        );
+        let mut calm = level.clone();
+        calm.tripped.clear();
+        let cleared = anomaly_action(
+            Some(&status),
+            &Observed {
+                level: Some(&calm),
+                ..observed
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            condition_status(&cleared.conditions, AWAITING_APPROVAL),
+            Some("False")
         );
     }
 
