@@ -4,6 +4,7 @@
 //! once into a [`Batch`] bound for the evaluator. The router is immutable; a new rule set
 //! builds a new one, swapped in whole.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -163,7 +164,7 @@ impl SetMatcher {
 /// when every matcher of at least one group does.
 struct Route {
     input: SelectorId,
-    groups: Vec<Vec<u16>>,
+    groups: Vec<Vec<u32>>,
 }
 
 /// Routes checked together against a series (those of one metric name, or those without
@@ -173,6 +174,10 @@ struct Route {
 #[derive(Default)]
 struct RouteSet {
     matchers: Vec<SetMatcher>,
+    /// Each distinct matcher's index in `matchers`, by its printed form (which names the
+    /// label, the operator and the value or pattern): found in constant time, so a rule
+    /// set with thousands of `or` alternatives builds in linear time.
+    by_text: HashMap<String, u32>,
     routes: Vec<Route>,
 }
 
@@ -199,21 +204,22 @@ impl RouteSet {
         self.routes.push(Route { input, groups });
     }
 
-    fn matcher_index(&mut self, matcher: Matcher) -> u16 {
-        let index = match self.matchers.iter().position(|m| m.matcher == matcher) {
-            Some(index) => index,
-            None => {
-                self.matchers.push(SetMatcher {
-                    reads_metric_name: matcher.name == "__name__",
-                    literals: literal_alternatives(&matcher),
-                    position: AtomicUsize::new(0),
-                    matcher,
-                });
-                self.matchers.len() - 1
-            }
-        };
-        // Rule sets have tens of distinct matchers per metric name, not 65536.
-        u16::try_from(index).expect("fewer than 65536 distinct matchers per metric name")
+    fn matcher_index(&mut self, matcher: Matcher) -> u32 {
+        let text = matcher.to_string();
+        if let Some(&index) = self.by_text.get(&text) {
+            return index;
+        }
+        // A set's matchers come from rules, each bounded in size when compiled: far
+        // fewer than 2^32.
+        let index = u32::try_from(self.matchers.len()).unwrap_or(u32::MAX);
+        self.matchers.push(SetMatcher {
+            reads_metric_name: matcher.name == "__name__",
+            literals: literal_alternatives(&matcher),
+            position: AtomicUsize::new(0),
+            matcher,
+        });
+        self.by_text.insert(text, index);
+        index
     }
 
     /// Calls `selected` with every input whose selector matches, in the order added.
@@ -228,12 +234,12 @@ impl RouteSet {
         // Results of the first 64 matchers, remembered for the routes that share them;
         // any further ones (not seen in practice) are checked each time.
         let (mut known, mut matched) = (0u64, 0u64);
-        let mut check = |index: u16| -> Result<bool, IngestError> {
-            let bit = 1u64.checked_shl(u32::from(index)).unwrap_or(0);
+        let mut check = |index: u32| -> Result<bool, IngestError> {
+            let bit = 1u64.checked_shl(index).unwrap_or(0);
             if known & bit != 0 {
                 return Ok(matched & bit != 0);
             }
-            let result = self.matchers[usize::from(index)].matches(series)?;
+            let result = self.matchers[index as usize].matches(series)?;
             known |= bit;
             if result {
                 matched |= bit;

@@ -189,8 +189,11 @@ fn approval_condition(
     );
 }
 
+/// A status time, to the second: `metav1.Time` is written in whole seconds, so a finer
+/// time would never compare equal to what the API server holds, and every reconcile would
+/// write again.
 fn time_of(ms: i64) -> Option<Time> {
-    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+    k8s_openapi::jiff::Timestamp::from_second(ms.div_euclid(1000))
         .ok()
         .map(Time)
 }

@@ -70,9 +70,14 @@ pub fn confine(expr: &mut Expr, namespace: &str) {
 /// [`confine`] for one selector.
 pub fn confine_selector(vs: &mut VectorSelector, namespace: &str) {
     let matcher = Matcher::new(MatchOp::Equal, NAMESPACE_LABEL, namespace);
-    vs.matchers.matchers.push(matcher.clone());
-    for group in &mut vs.matchers.or_matchers {
-        group.push(matcher.clone());
+    if vs.matchers.or_matchers.is_empty() {
+        vs.matchers.matchers.push(matcher);
+    } else {
+        // With `or` groups the plain matchers are empty, and a non-empty set of them
+        // would be read as one more group, selecting every series of the namespace.
+        for group in &mut vs.matchers.or_matchers {
+            group.push(matcher.clone());
+        }
     }
 }
 
@@ -119,6 +124,21 @@ mod tests {
         ]);
         assert!(found[0].selects(&ours));
         assert!(!found[0].selects(&theirs));
+        // A series of the namespace that matches no group stays out.
+        let unrelated =
+            Labels::from_pairs([("__name__", "up"), ("job", "c"), ("namespace", "shop")]);
+        assert!(!found[2].selects(&unrelated));
+        let mut nameless = promql_parser::parser::parse(r#"{job="a" or job="b"}"#).unwrap();
+        confine(&mut nameless, "shop");
+        let mut nameless_found = Vec::new();
+        selectors(&nameless, &mut nameless_found);
+        let other_job =
+            Labels::from_pairs([("__name__", "x"), ("job", "c"), ("namespace", "shop")]);
+        assert!(
+            !nameless_found[0].selects(&other_job),
+            "{:?}",
+            nameless_found[0]
+        );
         for job in ["a", "b"] {
             let up = |ns| Labels::from_pairs([("__name__", "up"), ("job", job), ("namespace", ns)]);
             assert!(found[2].selects(&up("shop")), "or group {job}");
