@@ -269,6 +269,7 @@ pub async fn run(
         &LoadReport::default(),
         &config.pipeline,
         cluster_driver(ledger.clone(), config.max_action_lag),
+        true,
     )?);
 
     let changed = Arc::new(Notify::new());

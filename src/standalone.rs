@@ -74,7 +74,7 @@ pub struct RunConfig {
 pub struct Pipeline {
     pub state: Arc<AppState>,
     config: PipelineConfig,
-    eval_thread: std::thread::JoinHandle<Evaluator>,
+    eval_thread: std::thread::JoinHandle<EvaluatorState>,
     reconcile: tokio::task::JoinHandle<()>,
     /// The state file and its periodic saver, with `--state-dir`.
     state_file: Option<PathBuf>,
@@ -214,14 +214,17 @@ impl Pipeline {
     /// Compiles the loaded rules (reporting each one that is invalid or unsupported) and
     /// starts eval and standalone reconcile. Must be called within a tokio runtime.
     pub fn start(report: &LoadReport, config: &PipelineConfig) -> Result<Self> {
-        Self::start_with(report, config, dry_run_driver())
+        Self::start_with(report, config, dry_run_driver(), false)
     }
 
-    /// [`Self::start`] with the given reconcile driver.
+    /// [`Self::start`] with the given reconcile driver. With `rules_later` (cluster mode:
+    /// the rules arrive once the caches are filled), saved state is kept aside and put
+    /// back at the first rule-set update, and saved again as it was until then.
     pub fn start_with(
         report: &LoadReport,
         config: &PipelineConfig,
         driver: ReconcileDriver,
+        rules_later: bool,
     ) -> Result<Self> {
         let CompiledSet { active, listing } = compile_set(
             report,
@@ -239,15 +242,18 @@ impl Pipeline {
         let seed = RandomState::new().hash_one(0x5eed_u64);
         let router = Arc::new(evaluator.router(seed));
         let state_file = config.state_dir.as_ref().map(|dir| dir.join(STATE_FILE));
-        let kept = match &state_file {
-            Some(path) => restore(&mut evaluator, path, seed),
-            None => HashSet::new(),
+        let saved = state_file.as_deref().and_then(load_saved);
+        let (kept, pending) = match saved {
+            Some(saved) if rules_later => (HashSet::new(), Some(saved)),
+            Some(saved) => (restore(&mut evaluator, saved, seed), None),
+            None => (HashSet::new(), None),
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         // Reconcile learns the rule set before any verdict of it.
         let _ = events_tx.send(EvalEvent::Rules(RuleSetChange { plans, kept }));
         let (eval, eval_thread) = crate::eval::spawn(
             evaluator,
+            pending,
             seed,
             config.series_limit,
             metrics.clone(),
@@ -329,11 +335,11 @@ impl Pipeline {
         let eval_thread = self.eval_thread;
         let state_file = self.state_file;
         let _ = tokio::task::spawn_blocking(move || {
-            let Ok(evaluator) = eval_thread.join() else {
+            let Ok(state) = eval_thread.join() else {
                 return;
             };
             if let Some(path) = state_file {
-                save(&path, &evaluator.export());
+                save(&path, &state);
             }
         })
         .await;
@@ -341,22 +347,21 @@ impl Pipeline {
     }
 }
 
-/// Restores saved state into the evaluator, if there is any. A file that cannot be used
-/// (corrupt, truncated, from another format) is reported and set aside, never fatal:
-/// the rules then start afresh.
-fn restore(evaluator: &mut Evaluator, path: &Path, seed: u64) -> HashSet<RuleKey> {
-    let mut kept = HashSet::new();
+/// Reads the saved state, if there is any. A file that cannot be used (corrupt,
+/// truncated, from another format) is reported and set aside, never fatal: the rules then
+/// start afresh.
+fn load_saved(path: &Path) -> Option<EvaluatorState> {
     if let Some(dir) = path.parent()
         && let Err(error) = std::fs::create_dir_all(dir)
     {
         tracing::warn!(dir = %dir.display(), %error, "cannot create the state folder");
     }
-    let state = match crate::state::load::<EvaluatorState>(path) {
+    match crate::state::load::<EvaluatorState>(path) {
         Ok(None) => {
             tracing::info!(path = %path.display(), "no saved state: starting afresh");
-            return kept;
+            None
         }
-        Ok(Some(state)) => state,
+        Ok(Some(state)) => Some(state),
         Err(error) => {
             tracing::warn!(kind = error.metric_label(), "saved state ignored: {error}");
             if error.is_unusable_file() {
@@ -366,9 +371,14 @@ fn restore(evaluator: &mut Evaluator, path: &Path, seed: u64) -> HashSet<RuleKey
                     tracing::warn!(%error, "cannot move the unusable state file aside");
                 }
             }
-            return kept;
+            None
         }
-    };
+    }
+}
+
+/// Puts saved state back into the evaluator's rules; returns the rules restored.
+fn restore(evaluator: &mut Evaluator, state: EvaluatorState, seed: u64) -> HashSet<RuleKey> {
+    let mut kept = HashSet::new();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);

@@ -140,18 +140,21 @@ impl EvalHandle {
 const EVAL_STACK_BYTES: usize = 16 << 20;
 
 /// Starts the evaluator thread. It stops when every [`EvalHandle`] is dropped, after
-/// applying what was queued, and hands the evaluator back (for a last save); verdicts and
+/// applying what was queued, and hands back the state to save last; verdicts and
 /// rule-set changes go to `events` in the order they happened. `seed` keys the series
 /// hash of the evaluator's routers (the one already built from `evaluator` included) and
-/// `series_limit` is every later rule set's.
+/// `series_limit` is every later rule set's. `pending` is saved state whose rules are not
+/// known yet: it is put back at the first rule-set update (and exported as it is until
+/// then, so a save before it keeps it).
 pub fn spawn(
     mut evaluator: Evaluator,
+    mut pending: Option<EvaluatorState>,
     seed: u64,
     series_limit: usize,
     metrics: Arc<Metrics>,
     events: mpsc::UnboundedSender<EvalEvent>,
     queue: usize,
-) -> std::io::Result<(EvalHandle, JoinHandle<Evaluator>)> {
+) -> std::io::Result<(EvalHandle, JoinHandle<EvaluatorState>)> {
     let (jobs, mut queued) = mpsc::channel(queue.max(1));
     let thread = std::thread::Builder::new()
         .name("prophet-eval".into())
@@ -175,7 +178,14 @@ pub fn spawn(
                         done,
                     } => {
                         generation += 1;
-                        let change = replace(&mut evaluator, rules, seed, series_limit, now_ms);
+                        let change = replace(
+                            &mut evaluator,
+                            rules,
+                            pending.take(),
+                            seed,
+                            series_limit,
+                            now_ms,
+                        );
                         metrics.series_active.set(evaluator.series_active() as i64);
                         let _ = events.send(EvalEvent::Rules(change));
                         let router = evaluator.router(seed).with_generation(generation);
@@ -185,19 +195,42 @@ pub fn spawn(
                         let _ = reply.send(evaluator.snapshot());
                     }
                     Job::Export(reply) => {
-                        let _ = reply.send(evaluator.export());
+                        let mut state = evaluator.export();
+                        if let Some(saved) = &pending {
+                            merge_saved(&mut state, saved.clone());
+                        }
+                        let _ = reply.send(state);
                     }
                 }
             }
-            evaluator
+            // What the last save writes: every rule's state, and saved state that never
+            // found its rules (no rule set arrived) as it was.
+            let mut state = evaluator.export();
+            if let Some(saved) = pending {
+                merge_saved(&mut state, saved);
+            }
+            state
         })?;
     Ok((EvalHandle { jobs }, thread))
 }
 
-/// Swaps in an evaluator for `rules`, carrying over what still fits.
+/// Adds the saved rules that `state` does not hold.
+fn merge_saved(state: &mut EvaluatorState, saved: EvaluatorState) {
+    let present: HashSet<RuleKey> = state.rules.iter().map(|r| r.rule.clone()).collect();
+    state.rules.extend(
+        saved
+            .rules
+            .into_iter()
+            .filter(|r| !present.contains(&r.rule)),
+    );
+}
+
+/// Swaps in an evaluator for `rules`, carrying over what still fits (from the running
+/// evaluator, else from `saved`).
 fn replace(
     evaluator: &mut Evaluator,
     rules: Vec<CompiledRule>,
+    saved: Option<EvaluatorState>,
     seed: u64,
     series_limit: usize,
     now_ms: i64,
@@ -206,7 +239,10 @@ fn replace(
         .iter()
         .map(|r| (r.key.clone(), r.plan.clone()))
         .collect();
-    let state = evaluator.export();
+    let mut state = evaluator.export();
+    if let Some(saved) = saved {
+        merge_saved(&mut state, saved);
+    }
     let mut next = Evaluator::new(rules, series_limit);
     let mut kept = HashSet::new();
     for outcome in next.restore(state, seed, now_ms) {

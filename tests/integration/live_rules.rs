@@ -269,3 +269,50 @@ async fn the_rules_folder_is_reread_on_change_on_a_configmap_swap_and_on_sighup(
     assert!(prophet.0.try_wait().unwrap().is_none(), "still running");
     wait_rules(&addr, &["first", "second", "third"]).await;
 }
+
+/// Cluster mode learns its rules after it starts: saved state waits for them, so a
+/// restart keeps a rule's tripped series (and a 30-day budget), also across a restart
+/// during which no rule set arrived at all.
+#[tokio::test]
+async fn saved_state_waits_for_rules_that_arrive_after_the_start() {
+    use prophet::standalone::{Pipeline, PipelineConfig, dry_run_driver};
+    let dir = tempfile::tempdir().unwrap();
+    let config = PipelineConfig {
+        state_dir: Some(dir.path().to_path_buf()),
+        ..PipelineConfig::default()
+    };
+    let start = || {
+        let pipeline =
+            Pipeline::start_with(&LoadReport::default(), &config, dry_run_driver(), true).unwrap();
+        let router = prophet::http::router(pipeline.state.clone());
+        common::App { pipeline, router }
+    };
+    let rules = report(&memory_rule("memory", "> 1Gi", 300));
+
+    let first = start();
+    first.pipeline.apply_rules(&rules).await.unwrap();
+    let answer = first
+        .write(
+            Some(common::V1),
+            common::v1_body(vec![memory("web-1", common::now_ms(), 2e9)]),
+        )
+        .await;
+    assert_eq!(answer.status, 204);
+    assert_eq!(tripped(&first.rule("memory").await), 1);
+    drop(first.router);
+    first.pipeline.drain().await;
+
+    // A restart during which the rules never arrived (the API server away): the state
+    // saved at its end is still the first run's.
+    let second = start();
+    drop(second.router);
+    second.pipeline.drain().await;
+
+    let third = start();
+    third.pipeline.apply_rules(&rules).await.unwrap();
+    assert_eq!(
+        tripped(&third.rule("memory").await),
+        1,
+        "the tripped series survived both restarts"
+    );
+}
