@@ -178,6 +178,9 @@ fn rule_set_signature(caches: &Caches) -> Vec<(RuleKind, String, String, Option<
     signature
 }
 
+/// How long the rule source waits for every watch to list before it applies what it has.
+const CACHE_WAIT: Duration = Duration::from_secs(30);
+
 /// Applies the cached resources as the rule set whenever they change, a burst of changes
 /// (an ArgoCD sync of hundreds) as one update.
 async fn rule_source(
@@ -201,8 +204,18 @@ async fn rule_source(
             let _ = store.wait_until_ready().await;
         }
     };
+    // One kind that never becomes ready (its CRD missing, RBAC for one namespace
+    // missing) must not hold back every other rule: after a while the kinds that are
+    // ready are applied, and the rest join when their watch lists.
     tokio::select! {
-        () = ready => {}
+        waited = tokio::time::timeout(CACHE_WAIT, ready) => {
+            if waited.is_err() {
+                tracing::warn!(
+                    "not every watch of the rules has listed within {}s (a CRD or RBAC missing?): applying the rules listed so far",
+                    CACHE_WAIT.as_secs()
+                );
+            }
+        }
         () = &mut stop_signal => return,
     }
     let mut applied = None;

@@ -92,8 +92,9 @@ struct RunArgs {
     /// Cluster mode: the leader Lease's namespace.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
-    /// How long the leader Lease holds without renewal, e.g. 15s.
-    #[arg(long, default_value = "15s", value_parser = parse_interval)]
+    /// How long the leader Lease holds without renewal: whole seconds, at least 2s
+    /// (the Lease says it in seconds), e.g. 15s.
+    #[arg(long, default_value = "15s", value_parser = parse_lease_duration)]
     lease_duration: std::time::Duration,
     /// Cluster mode: a decision whose deciding sample is older than this against the
     /// wall clock (a sender catching up, a lagging standby, restored state) is recorded
@@ -142,6 +143,16 @@ fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
         return Err("must be longer than zero".to_owned());
     }
     Ok(timeout)
+}
+
+fn parse_lease_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration = parse_interval(text)?;
+    if duration.subsec_nanos() != 0 || duration.as_secs() < 2 {
+        return Err(format!(
+            "{text:?}: a lease lasts whole seconds, at least 2s (the Lease holds it in seconds)"
+        ));
+    }
+    Ok(duration)
 }
 
 impl Default for RunArgs {

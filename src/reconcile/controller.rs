@@ -196,21 +196,22 @@ pub struct Context {
 pub const EVENT_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Context {
-    /// Whether an Event of `reason` may be published for `rule` now (and notes it).
+    /// Whether an Event of `reason` may be published for `rule` now.
     fn event_allowed(&self, rule: &RuleKey, reason: &'static str) -> bool {
+        let now = Instant::now();
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        !matches!(events.get(&(rule.clone(), reason)), Some(at) if now.duration_since(*at) < EVENT_INTERVAL)
+    }
+
+    /// Notes an Event published (a failed publish leaves the next one free to go).
+    fn event_published(&self, rule: &RuleKey, reason: &'static str) {
         let now = Instant::now();
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         if events.len() > 10_000 {
             // Rules come and go: forget what no longer limits anything.
             events.retain(|_, at| now.duration_since(*at) < EVENT_INTERVAL);
         }
-        match events.get(&(rule.clone(), reason)) {
-            Some(at) if now.duration_since(*at) < EVENT_INTERVAL => false,
-            _ => {
-                events.insert((rule.clone(), reason), now);
-                true
-            }
-        }
+        events.insert((rule.clone(), reason), now);
     }
 }
 
@@ -329,8 +330,10 @@ async fn reconcile_kind<K: RuleResource>(
     }
     let before = current.map_or(&[][..], |s| K::conditions(s));
     for transition in status::transitions(before, K::conditions(&desired), K::message(&desired)) {
-        if ctx.event_allowed(key, transition.reason) {
-            publish(ctx, resource.as_ref(), &transition).await;
+        if ctx.event_allowed(key, transition.reason)
+            && publish(ctx, resource.as_ref(), &transition).await
+        {
+            ctx.event_published(key, transition.reason);
         }
     }
     Ok(Reconciled::Written)
@@ -366,7 +369,8 @@ fn plan_status<K: RuleResource>(
     (current.as_ref() != Some(&desired)).then_some((current, desired))
 }
 
-async fn publish<K: RuleResource>(ctx: &Context, resource: &K, transition: &Transition) {
+/// Publishes one Event; whether it went.
+async fn publish<K: RuleResource>(ctx: &Context, resource: &K, transition: &Transition) -> bool {
     let event = Event {
         type_: if transition.warning {
             EventType::Warning
@@ -379,9 +383,13 @@ async fn publish<K: RuleResource>(ctx: &Context, resource: &K, transition: &Tran
         secondary: None,
     };
     let reference = resource.object_ref(&());
-    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-        // An Event is a courtesy: status already says it.
-        tracing::warn!(%error, rule = %resource.name_any(), reason = transition.reason, "cannot publish Event");
+    match ctx.recorder.publish(&event, &reference).await {
+        Ok(()) => true,
+        Err(error) => {
+            // An Event is a courtesy: status already says it.
+            tracing::warn!(%error, rule = %resource.name_any(), reason = transition.reason, "cannot publish Event");
+            false
+        }
     }
 }
 
@@ -405,8 +413,9 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> 
         .leader
         .set(i64::from(ctx.leadership.is_leader()));
     let running = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut reconciles = tokio::task::JoinSet::new();
     tokio::pin!(stop);
-    loop {
+    'run: loop {
         let election = async {
             if following {
                 leadership.changed().await.is_ok()
@@ -430,8 +439,10 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> 
                 }
                 continue;
             }
-            () = &mut stop => return,
+            () = &mut stop => break 'run,
         };
+        // Finished reconciles leave the set as they go.
+        while reconciles.try_join_next().is_some() {}
         for key in keys {
             {
                 let mut in_flight = ctx.in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -442,11 +453,13 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> 
                 }
                 in_flight.insert(key.clone(), false);
             }
-            let Ok(permit) = running.clone().acquire_owned().await else {
-                return;
+            let permit = tokio::select! {
+                permit = running.clone().acquire_owned() => permit,
+                () = &mut stop => break 'run,
             };
+            let Ok(permit) = permit else { break 'run };
             let ctx = ctx.clone();
-            tokio::spawn(async move {
+            reconciles.spawn(async move {
                 let _permit = permit;
                 reconcile_timed(&ctx, key.clone()).await;
                 let again = ctx
@@ -461,11 +474,23 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> 
             });
         }
     }
+    // At shutdown a reconcile may be waiting on an API server that does not answer; the
+    // statuses converge at the next leader, and the pipeline must drain now.
+    reconciles.abort_all();
+    while reconciles.join_next().await.is_some() {}
 }
 
-/// Marks every rule of the current listing dirty.
+/// Marks every rule of the current listing dirty, and forgets what was written for
+/// rules no longer listed (resources come and go).
 pub fn mark_listed(ctx: &Context) {
-    for rule in &ctx.app.current_listing().rules {
+    let listing = ctx.app.current_listing();
+    let listed: std::collections::HashSet<&RuleKey> =
+        listing.rules.iter().map(|r| &r.rule).collect();
+    ctx.written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|rule, _| listed.contains(rule));
+    for rule in &listing.rules {
         ctx.ledger.mark(rule.rule.clone());
     }
 }

@@ -4,7 +4,11 @@
 //! the lease duration by its own monotonic clock: [`Leadership::is_leader`] is checked
 //! just before every write, so a leader cut off from the API server stops at its
 //! deadline, before a standby may take over. Writes to the Lease carry its
-//! `resourceVersion`, so two replicas never both win one round.
+//! `resourceVersion`, so two replicas never both win one round. A standby judges another
+//! holder's lease expired by its own monotonic clock, as client-go does: only once the
+//! Lease it saw has stayed unchanged for the lease duration since it first saw it, never
+//! by comparing the holder's `renewTime` with its own wall clock (clocks of two nodes
+//! differ; the holder fences itself by its monotonic clock too).
 //!
 //! RBAC: get, create and update on `leases` in the Lease's namespace.
 
@@ -94,9 +98,18 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         tokio::pin!(stop);
         let mut leading = false;
+        let mut observed: Option<Observed> = None;
         loop {
             let attempt_started = Instant::now();
-            match try_acquire_or_renew(&api, &config).await {
+            let round = tokio::time::timeout(
+                config.retry.max(Duration::from_secs(1)),
+                try_acquire_or_renew(&api, &config, &mut observed),
+            );
+            let round = tokio::select! {
+                round = round => round.unwrap_or(Err(Unreachable::TimedOut)),
+                () = &mut stop => break,
+            };
+            match round {
                 Ok(held) => {
                     let deadline = held.then(|| attempt_started + config.duration.mul_f32(0.9));
                     *until.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
@@ -134,7 +147,12 @@ pub fn spawn(
         *until.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let _ = tx.send(false);
         if leading {
-            release(&api, &config).await;
+            // Bounded: an API server that does not answer must not hold up shutdown.
+            let _ = tokio::time::timeout(
+                config.retry.max(Duration::from_secs(1)),
+                release(&api, &config),
+            )
+            .await;
         }
     });
     (leadership, task)
@@ -147,10 +165,31 @@ fn leadership_valid(until: &Mutex<Option<Instant>>) -> bool {
         .is_some_and(|until| Instant::now() < until)
 }
 
-/// One round: create the Lease, renew it, or take it over once it expired. Returns
-/// whether this replica holds it afterwards.
-async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> kube::Result<bool> {
-    let duration_seconds = config.duration.as_secs().max(1) as i32;
+/// Another holder's Lease as this replica last saw it, and since when (its own clock).
+struct Observed {
+    holder: Option<String>,
+    renew_time: Option<String>,
+    resource_version: Option<String>,
+    since: Instant,
+}
+
+/// Why a round did not reach the Lease.
+#[derive(Debug, thiserror::Error)]
+enum Unreachable {
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    #[error("the API server did not answer in time")]
+    TimedOut,
+}
+
+/// One round: create the Lease, renew it, or take it over once it has stayed unchanged
+/// for its duration. Returns whether this replica holds it afterwards.
+async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    observed: &mut Option<Observed>,
+) -> Result<bool, Unreachable> {
+    let duration_seconds = i32::try_from(config.duration.as_secs().max(1)).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(&config.name).await? else {
         let lease = Lease {
             metadata: ObjectMeta {
@@ -170,22 +209,39 @@ async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> kube::R
         return match api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
     };
+    let resource_version = lease.metadata.resource_version.clone();
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     let ours = spec.holder_identity.as_deref() == Some(config.identity.as_str());
-    let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-        (Some(renewed), Some(seconds)) => {
-            let expiry =
-                renewed.0 + k8s_openapi::jiff::SignedDuration::from_secs(i64::from(seconds));
-            expiry < k8s_openapi::jiff::Timestamp::now()
-        }
-        _ => true,
-    };
     let free = spec.holder_identity.as_deref().is_none_or(str::is_empty);
-    if !ours && !expired && !free {
-        return Ok(false);
+    if !ours && !free {
+        // Expired only when what we see has not changed for the holder's lease duration,
+        // by our own clock.
+        let renew_time = spec.renew_time.as_ref().map(|t| t.0.to_string());
+        let same = observed.as_ref().is_some_and(|o| {
+            o.holder == spec.holder_identity
+                && o.renew_time == renew_time
+                && o.resource_version == resource_version
+        });
+        if !same {
+            *observed = Some(Observed {
+                holder: spec.holder_identity.clone(),
+                renew_time,
+                resource_version,
+                since: Instant::now(),
+            });
+        }
+        let held_for = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(duration_seconds)).unwrap_or(0),
+        );
+        let expired = observed
+            .as_ref()
+            .is_some_and(|o| o.since.elapsed() >= held_for);
+        if !expired {
+            return Ok(false);
+        }
     }
     if !ours {
         spec.holder_identity = Some(config.identity.clone());
@@ -199,9 +255,12 @@ async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> kube::R
         .replace(&config.name, &PostParams::default(), &lease)
         .await
     {
-        Ok(_) => Ok(true),
+        Ok(_) => {
+            *observed = None;
+            Ok(true)
+        }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -30,9 +30,10 @@ pub struct Decider {
     /// passed on the wall clock too. Standalone mode sets none, so a replay of old
     /// samples decides exactly as it did live.
     max_action_lag_ms: Option<i64>,
-    /// The newest deciding sample's time, and the size of `last_acted` at which it is
-    /// next pruned of cooldowns that have passed (series churn must not grow it).
-    newest_sample_ms: i64,
+    /// The newest deciding sample's time per rule (rules' clocks differ), and the size of
+    /// `last_acted` at which it is next pruned of cooldowns that have passed (series churn
+    /// must not grow it).
+    newest_sample_ms: HashMap<RuleKey, i64>,
     prune_at: usize,
 }
 
@@ -46,7 +47,7 @@ impl Decider {
             last_acted: HashMap::new(),
             dry_run,
             max_action_lag_ms: None,
-            newest_sample_ms: i64::MIN,
+            newest_sample_ms: HashMap::new(),
             prune_at: PRUNE_MIN,
         }
     }
@@ -62,6 +63,8 @@ impl Decider {
     /// no tripped series left to be in cooldown for).
     pub fn rules_changed(&mut self, change: &RuleSetChange) {
         self.plans = change.plans.clone();
+        self.newest_sample_ms
+            .retain(|rule, _| change.plans.contains_key(rule));
         self.last_acted
             .retain(|(rule, _), _| change.kept.contains(rule) && change.plans.contains_key(rule));
     }
@@ -69,10 +72,11 @@ impl Decider {
     /// Forgets the targets whose cooldown has passed on both clocks: they decide the same
     /// without an entry.
     fn prune(&mut self, now_ms: i64) {
-        let newest = self.newest_sample_ms;
         let wall_clock = self.max_action_lag_ms.is_some();
         let plans = &self.plans;
+        let newest_of = &self.newest_sample_ms;
         self.last_acted.retain(|(rule, _), &mut (sample, wall)| {
+            let newest = newest_of.get(rule).copied().unwrap_or(i64::MIN);
             plans.get(rule).is_some_and(|plan| {
                 newest.saturating_sub(sample) < plan.cooldown_ms
                     || (wall_clock && now_ms.saturating_sub(wall) < plan.cooldown_ms)
@@ -181,7 +185,11 @@ impl Decider {
         );
         self.last_acted
             .insert(key, (verdict.sample_time_ms, now_ms));
-        self.newest_sample_ms = self.newest_sample_ms.max(verdict.sample_time_ms);
+        let newest = self
+            .newest_sample_ms
+            .entry(verdict.rule.clone())
+            .or_insert(i64::MIN);
+        *newest = (*newest).max(verdict.sample_time_ms);
         if self.last_acted.len() >= self.prune_at {
             self.prune(now_ms);
         }

@@ -373,6 +373,22 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     })
     .await;
     assert_eq!(tripped_events, 1, "one trip, one Event");
+    // A barrier: the series clears, and once its Resolved Event is there, a second
+    // Tripped Event for the trip would be too.
+    write(&second_addr, vec![memory(&ns, "web-1", now + 15_000, 1e8)]).await;
+    eventually("the Resolved Event", Duration::from_secs(30), || async {
+        events_for(&client, &ns, "memory")
+            .await
+            .contains(&"Resolved".to_string())
+            .then_some(())
+    })
+    .await;
+    let tripped_events = events_for(&client, &ns, "memory")
+        .await
+        .iter()
+        .filter(|r| *r == "Tripped")
+        .count();
+    assert_eq!(tripped_events, 1, "one trip, one Event");
 }
 
 async fn leader_gauge(addr: &str) -> Option<String> {

@@ -78,8 +78,22 @@ async fn an_edit_that_keeps_the_inputs_keeps_the_state_and_a_removal_forgets() {
         )
         .await;
     assert_eq!(answer.status, 204);
-    let decisions = app.wait_decisions(1).await;
-    assert_eq!(decisions.len(), 1, "one trip, one decision: {decisions:?}");
+    // A barrier: web-2 trips both rules. Decisions are made in the order of the verdicts,
+    // so once its two are there, a second decision about web-1 would be too.
+    let answer = app
+        .write(
+            Some(common::V1),
+            common::v1_body(vec![memory("web-2", now + 30_000, 6e9)]),
+        )
+        .await;
+    assert_eq!(answer.status, 204);
+    let decisions = app.wait_decisions(3).await;
+    let about_web_1 = decisions
+        .iter()
+        .filter(|d| d["series"]["pod"] == "web-1")
+        .count();
+    assert_eq!(about_web_1, 1, "one trip, one decision: {decisions:?}");
+    assert_eq!(decisions.len(), 3, "{decisions:?}");
 
     // Removed: gone from the rules endpoint and from routing.
     app.pipeline
