@@ -628,33 +628,106 @@ fn compile_query(
     })
 }
 
-/// Finds what a live rule cannot evaluate beyond what [`promql::check`] refuses.
+/// Finds what a live rule cannot evaluate beyond what [`promql::check`] refuses: an `@`
+/// pinned to a fixed time, a negative `offset`, and subqueries that would evaluate their
+/// expression more than [`MAX_SUBQUERY_STEPS`] times at each step.
 #[derive(Default)]
 struct LiveCheck {
     problem: Option<String>,
     forecast: bool,
+    /// How many times the enclosing subqueries evaluate what is being visited.
+    steps: Vec<i64>,
+}
+
+/// The most evaluations of an expression's innermost part that its subqueries may ask
+/// for at each step of the rule: a week at the default step of one minute. A subquery's
+/// every step is a full evaluation over the windows; this keeps one rule from stalling
+/// the evaluator.
+pub const MAX_SUBQUERY_STEPS: i64 = 7 * 24 * 60 + 1;
+
+impl LiveCheck {
+    fn modifiers(&mut self, at: Option<&parser::AtModifier>, offset: Option<&parser::Offset>) {
+        if self.problem.is_some() {
+            return;
+        }
+        if let Some(parser::AtModifier::At(_)) = at {
+            self.problem = Some(
+                "the @ modifier with a fixed time pins a selector to that time, which a rule evaluated on the live stream cannot keep; only @ start() and @ end(), the evaluation's own time in a rule, are accepted".into(),
+            );
+        } else if let Some(parser::Offset::Neg(d)) = offset {
+            self.problem = Some(format!(
+                "a negative offset (offset -{}) reads samples after the evaluation time, which have not arrived when a rule on the live stream is evaluated",
+                promql_duration(*d)
+            ));
+        }
+    }
 }
 
 impl ExprVisitor for LiveCheck {
     type Error = ();
 
     fn pre_visit(&mut self, expr: &Expr) -> Result<bool, ()> {
-        let at = match expr {
-            Expr::VectorSelector(vs) => vs.at.is_some(),
-            Expr::MatrixSelector(ms) => ms.vs.at.is_some(),
-            Expr::Call(call) => {
-                self.forecast |= call.func.name == ML_FORECAST;
-                false
+        match expr {
+            Expr::VectorSelector(vs) => self.modifiers(vs.at.as_ref(), vs.offset.as_ref()),
+            Expr::MatrixSelector(ms) => self.modifiers(ms.vs.at.as_ref(), ms.vs.offset.as_ref()),
+            Expr::Subquery(sq) => {
+                self.modifiers(sq.at.as_ref(), sq.offset.as_ref());
+                let step_ms = sq
+                    .step
+                    .map(millis)
+                    .filter(|&s| s > 0)
+                    .unwrap_or(promql::EvalOptions::default().subquery_step_ms);
+                let own = millis(sq.range) / step_ms + 1;
+                let total = self.steps.last().copied().unwrap_or(1).saturating_mul(own);
+                if total > MAX_SUBQUERY_STEPS && self.problem.is_none() {
+                    self.problem = Some(format!(
+                        "the subquery [{}:{}] evaluates its expression {total} times at each step; a rule may ask for at most {MAX_SUBQUERY_STEPS} (a week at the default step of 1m): use a longer step",
+                        promql_duration(sq.range),
+                        promql_duration(std::time::Duration::from_millis(step_ms.unsigned_abs())),
+                    ));
+                }
+                self.steps.push(total);
             }
-            _ => false,
-        };
-        if at && self.problem.is_none() {
-            self.problem = Some(
-                "the @ modifier pins a selector to a fixed time, which a rule evaluated on the live stream cannot use".into(),
-            );
+            Expr::Call(call) => self.forecast |= call.func.name == ML_FORECAST,
+            // The walk does not descend into an aggregation's parameter.
+            Expr::Aggregate(agg) => {
+                if let Some(param) = &agg.param {
+                    let _ = walk_expr(self, param);
+                }
+            }
+            _ => {}
         }
         Ok(true)
     }
+
+    fn post_visit(&mut self, expr: &Expr) -> Result<bool, ()> {
+        if let Expr::Subquery(_) = expr {
+            self.steps.pop();
+        }
+        Ok(true)
+    }
+}
+
+/// A duration as PromQL writes it (`1h30m`, `90s`, `250ms`), for messages.
+fn promql_duration(d: Duration) -> String {
+    let mut ms = millis(d);
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 24 * HOUR_MS),
+        ("h", HOUR_MS),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ] {
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    out
 }
 
 /// The inputs an expression reads: one per distinct selector, each keeping the history
@@ -664,7 +737,9 @@ impl ExprVisitor for LiveCheck {
 /// An instant selector needs each series' newest sample within the lookback; a range
 /// selector its range. Prometheus 2.x ranges include their start, and the window trims
 /// relative to each series' newest sample, which may be ahead of the evaluation time;
-/// `offset` moves the whole range back.
+/// `offset` moves the whole range back. Inside a subquery, the expression is evaluated
+/// as far back as the subquery's range (and offset) reaches, so its selectors keep that
+/// much more.
 pub fn query_inputs(expr: &Expr, step_ms: i64) -> Vec<InputSpec> {
     struct Selectors {
         inputs: Vec<InputSpec>,
@@ -689,30 +764,51 @@ pub fn query_inputs(expr: &Expr, step_ms: i64) -> Vec<InputSpec> {
                 }),
             }
         }
-    }
-    impl ExprVisitor for Selectors {
-        type Error = ();
-        fn pre_visit(&mut self, expr: &Expr) -> Result<bool, ()> {
+
+        /// Visits `expr`, evaluated as far as `back_ms` before the rule's evaluation
+        /// time (by the subqueries around it).
+        fn walk(&mut self, expr: &Expr, back_ms: i64) {
             match expr {
-                Expr::VectorSelector(vs) => self.add(vs, LOOKBACK_MS),
-                // (Returning false here would stop the whole walk, not just this branch.)
-                Expr::MatrixSelector(ms) => self.add(&ms.vs, millis(ms.range)),
-                // walk_expr does not descend into an aggregation's parameter.
+                Expr::VectorSelector(vs) => self.add(vs, LOOKBACK_MS.saturating_add(back_ms)),
+                Expr::MatrixSelector(ms) => {
+                    self.add(&ms.vs, millis(ms.range).saturating_add(back_ms))
+                }
+                Expr::Subquery(sq) => {
+                    let offset_ms = match &sq.offset {
+                        Some(parser::Offset::Pos(d)) => millis(*d),
+                        _ => 0,
+                    };
+                    let back_ms = back_ms
+                        .saturating_add(millis(sq.range))
+                        .saturating_add(offset_ms);
+                    self.walk(&sq.expr, back_ms);
+                }
                 Expr::Aggregate(agg) => {
                     if let Some(param) = &agg.param {
-                        let _ = walk_expr(self, param);
+                        self.walk(param, back_ms);
+                    }
+                    self.walk(&agg.expr, back_ms);
+                }
+                Expr::Unary(u) => self.walk(&u.expr, back_ms),
+                Expr::Paren(p) => self.walk(&p.expr, back_ms),
+                Expr::Binary(b) => {
+                    self.walk(&b.lhs, back_ms);
+                    self.walk(&b.rhs, back_ms);
+                }
+                Expr::Call(call) => {
+                    for arg in &call.args.args {
+                        self.walk(arg, back_ms);
                     }
                 }
-                _ => {}
+                Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
             }
-            Ok(true)
         }
     }
     let mut selectors = Selectors {
         inputs: Vec::new(),
         step_ms,
     };
-    let _ = walk_expr(&mut selectors, expr);
+    selectors.walk(expr, 0);
     selectors.inputs
 }
 
@@ -778,7 +874,7 @@ fn parse_counter(field: &str, text: &str, confine: Option<&str>) -> Result<Selec
 
 /// Parses `metric` with promql-parser; this version evaluates plain instant selectors.
 fn parse_selector(metric: &str, confine: Option<&str>) -> Result<Selector, CompileError> {
-    let expr = parser::parse(metric).map_err(|e| {
+    let expr = promql::parse(metric).map_err(|e| {
         CompileError::Invalid(format!("spec.metric {metric:?} is not valid PromQL: {e}"))
     })?;
     match expr {

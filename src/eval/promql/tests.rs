@@ -49,6 +49,7 @@ fn window(start_ms: i64, end_ms: i64) -> Window {
         start_ms,
         end_ms,
         range_seconds: (end_ms - start_ms) as f64 / 1000.0,
+        eval_ms: end_ms,
     }
 }
 
@@ -311,19 +312,126 @@ fn aggregations_group_and_topk_keeps_labels() {
 #[test]
 fn check_names_what_is_unsupported() {
     let err = |text: &str| check(&parse(text).unwrap()).unwrap_err().to_string();
+    // Native histograms are not kept, and Prometheus 3's experimental parts are not 2.42's.
     assert_eq!(
-        err("predict_linear(x[5m], 60)"),
-        r#"function "predict_linear" is not supported"#
+        err("histogram_count(x)"),
+        r#"function "histogram_count" is not supported"#
     );
-    assert_eq!(err("stddev(x)"), r#"aggregation "stddev" is not supported"#);
-    assert_eq!(err("a * on(x) group_left b"), "group_left is not supported");
     assert_eq!(
-        err("rate(x[5m:1m])"),
-        r#"a subquery as argument of "rate" is not supported"#
+        err("limitk(2, x)"),
+        r#"aggregation "limitk" is not supported"#
     );
-    assert!(check(&parse("sum by (job) (rate(x[5m])) > bool 2").unwrap()).is_ok());
-    assert!(check(&parse("ml_forecast(sum(rate(x[5m])), 1h)").unwrap()).is_ok());
-    assert!(check(&parse("ml_forecast(predict_linear(x[5m], 1), 1h)").unwrap()).is_err());
+    for supported in [
+        "sum by (job) (rate(x[5m])) > bool 2",
+        "predict_linear(x[5m], 60) < 0",
+        "stddev(x) + stdvar(x) + group(x)",
+        r#"count_values("v", x)"#,
+        "a * on(x) group_left(y) b",
+        "a / on(x) group_right b",
+        "max_over_time(rate(x[5m])[1h:])",
+        "absent(x) or absent_over_time(y[5m])",
+        r#"label_join(label_replace(x, "a", "$1", "b", "(.*)"), "c", "-", "a", "b")"#,
+        "hour() == 3 and day_of_week(timestamp(x)) > 5",
+        "x @ end() - x @ start() offset 5m",
+        "holt_winters(x[10m], 0.5, 0.5) + double_exponential_smoothing(x[10m], 0.5, 0.5)",
+        "a atan2 b",
+        "ml_forecast(sum(rate(x[5m])), 1h)",
+    ] {
+        assert!(check(&parse(supported).unwrap()).is_ok(), "{supported}");
+    }
+}
+
+#[test]
+fn subqueries_step_on_multiples_of_their_step_and_reach_back_their_range() {
+    let mut source = MemorySource::default();
+    // One sample a second from t = 0 to 600 s, value = t in seconds.
+    source.push(
+        labels(&[("__name__", "c")]),
+        (0..=600).map(|i| s(i * 1000, i as f64)).collect(),
+    );
+    // Steps at 60, 120, ..., 300 s (the first multiple of 1m at or after 250 - 60 s is
+    // 240 s, no: 190 s rounds up to 240 s): 240 and 300... evaluated at 250 s with
+    // [1m:1m] the steps are 240 only (190 < 240 <= 250).
+    assert_eq!(
+        one(eval(&source, "count_over_time(c[1m:1m])", 250_000)),
+        1.0
+    );
+    assert_eq!(
+        one(eval(&source, "max_over_time(c[1m:1m])", 250_000)),
+        240.0
+    );
+    // [5m:1m] at 300 s: steps 0, 60, ..., 300 (both ends, as Prometheus 2.x).
+    assert_eq!(
+        one(eval(&source, "count_over_time(c[5m:1m])", 300_000)),
+        6.0
+    );
+    // A subquery of a range function: rate over 1m is 1/s at every step.
+    assert_eq!(
+        one(eval(&source, "avg_over_time(rate(c[1m])[5m:30s])", 600_000)),
+        1.0
+    );
+    // The default step is EvalOptions::subquery_step_ms (1m, Prometheus's default).
+    assert_eq!(one(eval(&source, "count_over_time(c[5m:])", 600_000)), 6.0);
+    // offset moves the subquery's window back.
+    assert_eq!(
+        one(eval(&source, "max_over_time(c[1m:1m] offset 2m)", 600_000)),
+        480.0
+    );
+}
+
+#[test]
+fn group_left_copies_the_one_sides_labels_and_refuses_ambiguity() {
+    let mut source = MemorySource::default();
+    source.push(
+        labels(&[("__name__", "req"), ("pod", "a"), ("code", "200")]),
+        vec![s(0, 10.0)],
+    );
+    source.push(
+        labels(&[("__name__", "req"), ("pod", "a"), ("code", "500")]),
+        vec![s(0, 2.0)],
+    );
+    source.push(
+        labels(&[
+            ("__name__", "owner"),
+            ("pod", "a"),
+            ("owner", "web"),
+            ("node", ""),
+        ]),
+        vec![s(0, 1.0)],
+    );
+    assert_eq!(
+        vector(eval(&source, "req * on(pod) group_left(owner) owner", 0)),
+        [
+            (r#"{code="200", owner="web", pod="a"}"#.into(), 10.0),
+            (r#"{code="500", owner="web", pod="a"}"#.into(), 2.0)
+        ]
+    );
+    assert_eq!(
+        vector(eval(&source, "owner * on(pod) group_right(owner) req", 0)),
+        [
+            (r#"{code="200", owner="web", pod="a"}"#.into(), 10.0),
+            (r#"{code="500", owner="web", pod="a"}"#.into(), 2.0)
+        ]
+    );
+    // Without group_left the two left series match one right series: an error.
+    assert_eq!(
+        eval(&source, "req * on(pod) owner", 0),
+        Err(EvalError::MultipleMatches)
+    );
+    // Results that group_left cannot tell apart: arithmetic drops the names that
+    // told the left series apart.
+    source.push(
+        labels(&[("__name__", "req2"), ("pod", "a"), ("code", "200")]),
+        vec![s(0, 1.0)],
+    );
+    assert_eq!(
+        eval(
+            &source,
+            r#"{__name__=~"req|req2", code="200"} * on(pod) group_left owner"#,
+            0
+        ),
+        Err(EvalError::GroupingNotUnique)
+    );
 }
 
 #[test]
