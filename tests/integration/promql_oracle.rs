@@ -507,6 +507,12 @@ const EXPRESSIONS: &[&str] = &[
     "count_over_time(http_requests_total[20m:1m] @ end())",
     "max_over_time(memory_usage_bytes[10m:1m] @ start())",
     "sum_over_time(vector(time())[5m:1m])",
+    // Regex classes are ASCII (Go's RE2).
+    r#"path_hits{path=~"/\\w+"}"#,
+    r#"path_hits{path!~".*\\d.*"}"#,
+    r#"path_hits{path=~"/\\W*\\w*\\b.*"}"#,
+    r#"path_hits{path=~"/a\\sb"}"#,
+    r#"label_replace(path_hits, "word", "$1", "path", "/(\\w+).*")"#,
 ];
 
 /// Expressions whose answer's order is part of it: compared element by element.

@@ -312,11 +312,12 @@ fn label_replace(
     src: &str,
     regex: &str,
 ) -> Result<Vector, EvalError> {
-    let re = regex::Regex::new(&format!("^(?:{regex})$")).map_err(|_| {
-        EvalError::Function(format!(
-            "invalid regular expression in label_replace(): {regex}"
-        ))
-    })?;
+    let re = regex::Regex::new(&format!("^(?:{})$", super::go_regex::go_compatible(regex)))
+        .map_err(|_| {
+            EvalError::Function(format!(
+                "invalid regular expression in label_replace(): {regex}"
+            ))
+        })?;
     if !valid_label_name(dst) {
         return Err(EvalError::Function(format!(
             "invalid destination label name in label_replace(): {dst}"

@@ -22,6 +22,7 @@ mod binary;
 mod check;
 mod engine;
 mod functions;
+mod go_regex;
 mod go_time;
 mod gosort;
 mod source;
@@ -137,10 +138,13 @@ pub fn register_ml_forecast() {
     });
 }
 
-/// Parses PromQL text, with `ml_forecast` and `holt_winters` known to the parser.
+/// Parses PromQL text, with `ml_forecast` and `holt_winters` known to the parser, and
+/// regex matchers compiled with Go's meaning (see [`go_regex`]).
 pub fn parse(text: &str) -> Result<Expr, String> {
     register_ml_forecast();
-    promql_parser::parser::parse(text)
+    let mut expr = promql_parser::parser::parse(text)?;
+    go_regex::go_matchers(&mut expr);
+    Ok(expr)
 }
 
 /// Splits `ml_forecast(<expr>, <horizon>)` into the texts of `<expr>` and `<horizon>`,
