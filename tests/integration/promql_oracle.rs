@@ -513,6 +513,10 @@ const EXPRESSIONS: &[&str] = &[
     r#"path_hits{path=~"/\\W*\\w*\\b.*"}"#,
     r#"path_hits{path=~"/a\\sb"}"#,
     r#"label_replace(path_hits, "word", "$1", "path", "/(\\w+).*")"#,
+    // An empty label value is no label.
+    "shard_up",
+    r#"shard_up{shard=""}"#,
+    "sum by (shard) (shard_up)",
 ];
 
 /// Expressions whose answer's order is part of it: compared element by element.

@@ -144,6 +144,11 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
         let mut newest = self
             .source
             .select_latest(&selector.groups, start.saturating_sub(1), end);
+        for (labels, _) in &mut newest {
+            if let Some(clean) = without_empty_values(labels) {
+                *labels = clean;
+            }
+        }
         if !newest.is_sorted_by(|a, b| compare_labels(&a.0, &b.0).is_le()) {
             newest.sort_by(|a, b| compare_labels(&a.0, &b.0));
         }
@@ -309,10 +314,23 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
                     samples
                 };
                 if !samples.is_empty() {
-                    visit(labels, samples);
+                    match without_empty_values(labels) {
+                        Some(clean) => visit(&clean, samples),
+                        None => visit(labels, samples),
+                    }
                 }
             });
     }
+}
+
+/// The labels without those whose value is empty, or `None` if there are none such
+/// (the usual case: no copy). Prometheus treats a label with an empty value as no label,
+/// so a series sent as `{shard=""}` must not carry `shard` into any result.
+fn without_empty_values(labels: &Labels) -> Option<Labels> {
+    labels
+        .iter()
+        .any(|(_, v)| v.is_empty())
+        .then(|| Labels::from_pairs(labels.iter().filter(|(_, v)| !v.is_empty())))
 }
 
 /// A duration in whole milliseconds, saturating.

@@ -451,3 +451,29 @@ fn ml_forecast_splits_at_its_last_top_level_comma() {
         None
     );
 }
+
+#[test]
+fn a_label_with_an_empty_value_is_no_label_in_results() {
+    let mut source = MemorySource::default();
+    source.push(
+        labels(&[("__name__", "up"), ("job", "db"), ("shard", "")]),
+        vec![s(0, 1.0), s(15_000, 1.0)],
+    );
+    // Prometheus never shows `shard=""`: not on the series, not as a group.
+    assert_eq!(
+        vector(eval(&source, "up", 15_000)),
+        [(r#"up{job="db"}"#.into(), 1.0)]
+    );
+    assert_eq!(
+        vector(eval(&source, r#"up{shard=""}"#, 15_000)),
+        [(r#"up{job="db"}"#.into(), 1.0)]
+    );
+    assert_eq!(
+        vector(eval(&source, "sum by (shard) (up)", 15_000)),
+        [("{}".into(), 1.0)]
+    );
+    assert_eq!(
+        vector(eval(&source, "last_over_time(up[1m])", 15_000)),
+        [(r#"up{job="db"}"#.into(), 1.0)]
+    );
+}
