@@ -107,6 +107,20 @@ impl Labels {
         Self(kept.into())
     }
 
+    /// The labels without those whose value is empty, or `None` when there are none (the
+    /// usual case, found without copying or checking UTF-8). Prometheus treats a label
+    /// with an empty value as no label.
+    pub fn without_empty_values(&self) -> Option<Labels> {
+        if !self.entries().any(|entry| entry.value.is_empty()) {
+            return None;
+        }
+        let mut kept = Vec::with_capacity(self.0.len());
+        for entry in self.entries().filter(|entry| !entry.value.is_empty()) {
+            kept.extend_from_slice(entry.raw);
+        }
+        Some(Self(kept.into()))
+    }
+
     /// The seeded xxh3 hash of the canonical form: the hash `route::Batch` gives a series
     /// routed with the same seed, which [`crate::window::SelectorWindows`] is keyed by.
     pub fn hash_with_seed(&self, seed: u64) -> u64 {

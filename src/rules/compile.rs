@@ -911,3 +911,74 @@ fn expr_kind(expr: &Expr) -> &'static str {
         Expr::Extension(_) => "extension",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(text: &str) -> Result<QuerySpec, CompileError> {
+        let expr = promql::parse(text).unwrap();
+        compile_query("spec.metric", text, expr, EXPRESSION_STEP_MS, false)
+    }
+
+    fn message(text: &str) -> String {
+        query(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_live_rule_refuses_what_reads_outside_its_windows_and_says_why() {
+        assert!(message("x offset -5m").contains("a negative offset (offset -5m)"));
+        assert!(message("rate(x[5m] offset -1m)").contains("negative offset"));
+        assert!(message("max_over_time(x[10m:1m] offset -1h)").contains("negative offset"));
+        assert!(message("x @ 1700000000").contains("@ modifier with a fixed time"));
+        assert!(message("max_over_time(x[10m:] @ 1700000000)").contains("fixed time"));
+        let huge = message("max_over_time(max_over_time(x[1d:1m])[1h:1m])");
+        assert!(
+            huge.contains("evaluates its expression 87901 times"),
+            "nested subqueries multiply (61 × 1441): {huge}"
+        );
+        assert!(message("x[5m]").contains("evaluates to a matrix"));
+        // What the evaluation's own time stands for, and positive offsets, are fine.
+        for fine in [
+            "x @ end() - x @ start() offset 5m",
+            "max_over_time(rate(x[5m])[7d:1m])",
+            "topk(scalar(y @ end()), x)",
+            "predict_linear(x[6h], 4 * 3600) < 0",
+            "x * on(pod) group_left(owner) y",
+        ] {
+            assert!(query(fine).is_ok(), "{fine}: {:?}", query(fine));
+        }
+    }
+
+    #[test]
+    fn selectors_inside_subqueries_keep_the_subquery_range_and_offset_too() {
+        let catch_up = crate::eval::catch_up_ms(EXPRESSION_STEP_MS);
+        let retention = |text: &str| -> Vec<(String, i64)> {
+            let expr = promql::parse(text).unwrap();
+            query_inputs(&expr, EXPRESSION_STEP_MS)
+                .into_iter()
+                .map(|i| {
+                    (
+                        format!("{:?}", i.selector.groups[0][0].value),
+                        i.retention_ms,
+                    )
+                })
+                .collect()
+        };
+        let minute = 60_000;
+        assert_eq!(
+            retention("max_over_time(rate(x[5m])[1h:] offset 10m)"),
+            [("\"x\"".to_owned(), (5 + 60 + 10) * minute + catch_up)]
+        );
+        // Nested: both subqueries' ranges; an instant selector inside keeps the lookback.
+        assert_eq!(
+            retention("max_over_time(avg_over_time(y[10m:1m])[30m:5m])"),
+            [("\"y\"".to_owned(), (5 + 10 + 30) * minute + catch_up)]
+        );
+        // The longest need of a selector read twice wins.
+        assert_eq!(
+            retention("z + max_over_time(z[1h:])"),
+            [("\"z\"".to_owned(), (5 + 60) * minute + catch_up)]
+        );
+    }
+}

@@ -145,7 +145,9 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
             .source
             .select_latest(&selector.groups, start.saturating_sub(1), end);
         for (labels, _) in &mut newest {
-            if let Some(clean) = without_empty_values(labels) {
+            // Prometheus treats a label with an empty value as no label: a series sent as
+            // `{shard=""}` must not carry `shard` into any result.
+            if let Some(clean) = labels.without_empty_values() {
                 *labels = clean;
             }
         }
@@ -314,23 +316,13 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
                     samples
                 };
                 if !samples.is_empty() {
-                    match without_empty_values(labels) {
+                    match labels.without_empty_values() {
                         Some(clean) => visit(&clean, samples),
                         None => visit(labels, samples),
                     }
                 }
             });
     }
-}
-
-/// The labels without those whose value is empty, or `None` if there are none such
-/// (the usual case: no copy). Prometheus treats a label with an empty value as no label,
-/// so a series sent as `{shard=""}` must not carry `shard` into any result.
-fn without_empty_values(labels: &Labels) -> Option<Labels> {
-    labels
-        .iter()
-        .any(|(_, v)| v.is_empty())
-        .then(|| Labels::from_pairs(labels.iter().filter(|(_, v)| !v.is_empty())))
 }
 
 /// A duration in whole milliseconds, saturating.
