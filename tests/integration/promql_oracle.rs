@@ -506,6 +506,16 @@ const EXPRESSIONS: &[&str] = &[
     "absent_over_time(nonexistent[5m:1m])",
     "count_over_time(http_requests_total[20m:1m] @ end())",
     "max_over_time(memory_usage_bytes[10m:1m] @ start())",
+    "max_over_time(rate(http_requests_total[1m])[10m:15s]) > 2",
+    // The shapes of widely used alerts (kube-prometheus, node-exporter, Prometheus).
+    "sum by (instance) (max by (instance) (memory_usage_bytes) * on(instance) group_left(owner) topk by (instance) (1, max by (instance, owner) (pod_info)))",
+    "absent(queue_depth == 1)",
+    r#"count(count by (owner) (label_replace(pod_info, "owner", "$1", "owner", "(w).*")))"#,
+    "2 ^ max(pod_info) by (job) - 1 - sum(2 ^ max by (job, instance) (pod_info)) by (job)",
+    "stdvar(temperature_celsius) by (job) != 0",
+    r#"min without (code) (rate(http_requests_total[5m]) / ignoring(code) group_left rate(http_requests_total{code="200"}[5m]))"#,
+    "predict_linear(memory_usage_bytes[10m], 4 * 3600) < 1.5e8 and memory_usage_bytes > 1e8",
+    "time() - max by (job) (timestamp(memory_usage_bytes))",
     "sum_over_time(vector(time())[5m:1m])",
     // Regex classes are ASCII (Go's RE2).
     r#"path_hits{path=~"/\\w+"}"#,

@@ -477,3 +477,84 @@ fn a_label_with_an_empty_value_is_no_label_in_results() {
         [(r#"up{job="db"}"#.into(), 1.0)]
     );
 }
+
+/// Prometheus 3's name for `holt_winters`, which Prometheus 2.42 (the oracle) does not
+/// know: the cases of Prometheus's own `functions.test` ("Tests for
+/// double_exponential_smoothing", float series only; a linear trend is followed exactly
+/// whatever the range's boundaries, so 2.x and 3.x semantics agree on them).
+#[test]
+fn double_exponential_smoothing_follows_prometheus_test_cases() {
+    // `load 10s` with `<start>+<step>x1000`: samples every 10 s.
+    let load = |series: &[(&str, &str, f64, f64)]| {
+        let mut source = MemorySource::default();
+        for &(instance, group, start, step) in series {
+            source.push(
+                labels(&[
+                    ("__name__", "http_requests"),
+                    ("job", "api-server"),
+                    ("instance", instance),
+                    ("group", group),
+                ]),
+                (0..=1000)
+                    .map(|i| s(i * 10_000, start + step * i as f64))
+                    .collect(),
+            );
+        }
+        source
+    };
+    let expected = |pairs: &[(&str, &str, f64)]| -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = pairs
+            .iter()
+            .map(|&(instance, group, value)| {
+                let l = labels(&[
+                    ("job", "api-server"),
+                    ("instance", instance),
+                    ("group", group),
+                ]);
+                (l.to_string(), value)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let text = "double_exponential_smoothing(http_requests[1m], 0.01, 0.1)";
+    let positive = load(&[
+        ("0", "production", 0.0, 10.0),
+        ("1", "production", 0.0, 20.0),
+        ("0", "canary", 0.0, 30.0),
+        ("1", "canary", 0.0, 40.0),
+    ]);
+    assert_eq!(
+        vector(eval(&positive, text, 8_000_000)),
+        expected(&[
+            ("0", "production", 8000.0),
+            ("1", "production", 16000.0),
+            ("0", "canary", 24000.0),
+            ("1", "canary", 32000.0),
+        ])
+    );
+    let negative = load(&[
+        ("0", "production", 8000.0, -10.0),
+        ("1", "production", 0.0, -20.0),
+        ("0", "canary", 0.0, 30.0),
+        ("1", "canary", 0.0, -40.0),
+    ]);
+    assert_eq!(
+        vector(eval(&negative, text, 8_000_000)),
+        expected(&[
+            ("0", "production", 0.0),
+            ("1", "production", -16000.0),
+            ("0", "canary", 24000.0),
+            ("1", "canary", -32000.0),
+        ])
+    );
+    // The same function under its Prometheus 2 name.
+    assert_eq!(
+        eval(
+            &negative,
+            "holt_winters(http_requests[1m], 0.01, 0.1)",
+            8_000_000
+        ),
+        eval(&negative, text, 8_000_000)
+    );
+}
