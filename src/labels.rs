@@ -111,6 +111,12 @@ impl Labels {
     /// usual case, found without copying or checking UTF-8). Prometheus treats a label
     /// with an empty value as no label.
     pub fn without_empty_values(&self) -> Option<Labels> {
+        // An empty value is written as its tag and a zero length: a plain byte scan rules
+        // most sets out before any entry is parsed (the bytes can also occur inside a
+        // name or value, hence the exact check after it).
+        if !self.0.windows(2).any(|pair| pair == [TAG_TWO, 0]) {
+            return None;
+        }
         if !self.entries().any(|entry| entry.value.is_empty()) {
             return None;
         }
@@ -428,5 +434,21 @@ mod tests {
     fn empty_values_survive() {
         let l = Labels::from_pairs([("__name__", "x"), ("a", "")]);
         assert_eq!(l.iter().collect::<Vec<_>>(), [("__name__", "x"), ("a", "")]);
+    }
+
+    #[test]
+    fn without_empty_values_drops_only_empty_ones() {
+        let l = Labels::from_pairs([("__name__", "x"), ("a", ""), ("b", "y")]);
+        assert_eq!(
+            l.without_empty_values(),
+            Some(Labels::from_pairs([("__name__", "x"), ("b", "y")]))
+        );
+        assert_eq!(
+            Labels::from_pairs([("a", "x")]).without_empty_values(),
+            None
+        );
+        // The bytes of an empty value inside a non-empty one are no empty value.
+        let tricky = Labels::from_pairs([("a", "\u{12}\u{0}")]);
+        assert_eq!(tricky.without_empty_values(), None);
     }
 }
