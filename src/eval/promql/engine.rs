@@ -181,7 +181,7 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
         // Go's integer division truncates towards zero, as Rust's does.
         let mut at = step * (earliest / step);
         if at < earliest {
-            at += step;
+            at = at.saturating_add(step);
         }
         let mut index: LabelsMap<usize> = LabelsMap::default();
         let mut series: Vec<SeriesSamples> = Vec::new();
@@ -212,7 +212,12 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
                     }
                 }
             }
-            at += step;
+            // A time at the end of the i64 range (an absurd `@`) ends the steps instead
+            // of overflowing.
+            match at.checked_add(step) {
+                Some(next) => at = next,
+                None => break,
+            }
         }
         series.sort_by(|a, b| compare_labels(&a.labels, &b.labels));
         Ok(series)
