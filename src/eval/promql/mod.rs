@@ -108,7 +108,7 @@ pub enum EvalError {
 /// Makes `ml_forecast(<vector>, <scalar>)` (and Prometheus 2.x's `holt_winters`) known
 /// to promql-parser. Idempotent and cheap after the first call; the registry is
 /// process-wide.
-pub fn register_ml_forecast() {
+pub fn register_functions() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let forecast = Function::new(
@@ -141,7 +141,7 @@ pub fn register_ml_forecast() {
 /// Parses PromQL text, with `ml_forecast` and `holt_winters` known to the parser, and
 /// regex matchers compiled with Go's meaning (see [`go_regex`]).
 pub fn parse(text: &str) -> Result<Expr, String> {
-    register_ml_forecast();
+    register_functions();
     let mut expr = promql_parser::parser::parse(text)?;
     go_regex::go_matchers(&mut expr);
     Ok(expr)
