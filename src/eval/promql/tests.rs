@@ -558,3 +558,41 @@ fn double_exponential_smoothing_follows_prometheus_test_cases() {
         eval(&negative, text, 8_000_000)
     );
 }
+
+/// `check` and the evaluator must agree: every function `check` accepts is evaluated,
+/// whatever its arguments' shape.
+#[test]
+fn every_function_check_accepts_is_evaluated() {
+    let mut source = MemorySource::default();
+    source.push(
+        labels(&[("__name__", "x"), ("le", "1")]),
+        (0..40).map(|i| s(i * 15_000, i as f64)).collect(),
+    );
+    let candidates = |name: &str| {
+        [
+            format!("{name}(x[5m])"),
+            format!("{name}(0.5, x[5m])"),
+            format!("{name}(x[5m], 60)"),
+            format!("{name}(x[5m], 0.5, 0.5)"),
+            format!("{name}(0.5, x)"),
+            format!("{name}(x, 0, 1)"),
+            format!("{name}(x, 1)"),
+            format!(r#"{name}(x, "a", "b", "le", "(.*)")"#),
+            format!(r#"{name}(x, "a", "-", "le")"#),
+            format!("{name}(1)"),
+            format!("{name}(x)"),
+            format!("{name}()"),
+        ]
+    };
+    for name in super::check::FUNCTIONS {
+        let text = candidates(name)
+            .into_iter()
+            .find(|t| parse(t).is_ok())
+            .unwrap_or_else(|| panic!("no call of {name} parses"));
+        let result = eval(&source, &text, 600_000);
+        assert!(
+            !matches!(result, Err(EvalError::Unsupported(_))),
+            "{text}: {result:?}"
+        );
+    }
+}
