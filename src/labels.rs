@@ -111,10 +111,13 @@ impl Labels {
     /// usual case, found without copying or checking UTF-8). Prometheus treats a label
     /// with an empty value as no label.
     pub fn without_empty_values(&self) -> Option<Labels> {
-        // An empty value is written as its tag and a zero length: a plain byte scan rules
-        // most sets out before any entry is parsed (the bytes can also occur inside a
-        // name or value, hence the exact check after it).
-        if !self.0.windows(2).any(|pair| pair == [TAG_TWO, 0]) {
+        // An empty value is written with a zero length byte, and no other length or tag
+        // is zero (names are never empty; a varint's bytes are never zero but for zero
+        // itself): a set without a zero byte has no empty value. std's byte search
+        // (`contains` on `[u8]` is memchr) rules most sets out a word at a time, before
+        // any entry is parsed; this runs for every series an expression selects at every
+        // step. A NUL inside a name or value is caught by the exact check after it.
+        if !self.0.contains(&0) {
             return None;
         }
         if !self.entries().any(|entry| entry.value.is_empty()) {
