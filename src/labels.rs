@@ -107,6 +107,29 @@ impl Labels {
         Self(kept.into())
     }
 
+    /// The labels without those whose value is empty, or `None` when there are none (the
+    /// usual case, found without copying or checking UTF-8). Prometheus treats a label
+    /// with an empty value as no label.
+    pub fn without_empty_values(&self) -> Option<Labels> {
+        // An empty value is written with a zero length byte, and no other length or tag
+        // is zero (names are never empty; a varint's bytes are never zero but for zero
+        // itself): a set without a zero byte has no empty value. std's byte search
+        // (`contains` on `[u8]` is memchr) rules most sets out a word at a time, before
+        // any entry is parsed; this runs for every series an expression selects at every
+        // step. A NUL inside a name or value is caught by the exact check after it.
+        if !self.0.contains(&0) {
+            return None;
+        }
+        if !self.entries().any(|entry| entry.value.is_empty()) {
+            return None;
+        }
+        let mut kept = Vec::with_capacity(self.0.len());
+        for entry in self.entries().filter(|entry| !entry.value.is_empty()) {
+            kept.extend_from_slice(entry.raw);
+        }
+        Some(Self(kept.into()))
+    }
+
     /// The seeded xxh3 hash of the canonical form: the hash `route::Batch` gives a series
     /// routed with the same seed, which [`crate::window::SelectorWindows`] is keyed by.
     pub fn hash_with_seed(&self, seed: u64) -> u64 {
@@ -414,5 +437,21 @@ mod tests {
     fn empty_values_survive() {
         let l = Labels::from_pairs([("__name__", "x"), ("a", "")]);
         assert_eq!(l.iter().collect::<Vec<_>>(), [("__name__", "x"), ("a", "")]);
+    }
+
+    #[test]
+    fn without_empty_values_drops_only_empty_ones() {
+        let l = Labels::from_pairs([("__name__", "x"), ("a", ""), ("b", "y")]);
+        assert_eq!(
+            l.without_empty_values(),
+            Some(Labels::from_pairs([("__name__", "x"), ("b", "y")]))
+        );
+        assert_eq!(
+            Labels::from_pairs([("a", "x")]).without_empty_values(),
+            None
+        );
+        // The bytes of an empty value inside a non-empty one are no empty value.
+        let tricky = Labels::from_pairs([("a", "\u{12}\u{0}")]);
+        assert_eq!(tricky.without_empty_values(), None);
     }
 }

@@ -622,33 +622,106 @@ fn compile_query(
     })
 }
 
-/// Finds what a live rule cannot evaluate beyond what [`promql::check`] refuses.
+/// Finds what a live rule cannot evaluate beyond what [`promql::check`] refuses: an `@`
+/// pinned to a fixed time, a negative `offset`, and subqueries that would evaluate their
+/// expression more than [`MAX_SUBQUERY_STEPS`] times at each step.
 #[derive(Default)]
 struct LiveCheck {
     problem: Option<String>,
     forecast: bool,
+    /// How many times the enclosing subqueries evaluate what is being visited.
+    steps: Vec<i64>,
+}
+
+/// The most evaluations of an expression's innermost part that its subqueries may ask
+/// for at each step of the rule: a week at the default step of one minute. A subquery's
+/// every step is a full evaluation over the windows; this keeps one rule from stalling
+/// the evaluator.
+pub const MAX_SUBQUERY_STEPS: i64 = 7 * 24 * 60 + 1;
+
+impl LiveCheck {
+    fn modifiers(&mut self, at: Option<&parser::AtModifier>, offset: Option<&parser::Offset>) {
+        if self.problem.is_some() {
+            return;
+        }
+        if let Some(parser::AtModifier::At(_)) = at {
+            self.problem = Some(
+                "the @ modifier with a fixed time pins a selector to that time, which a rule evaluated on the live stream cannot keep; only @ start() and @ end(), the evaluation's own time in a rule, are accepted".into(),
+            );
+        } else if let Some(parser::Offset::Neg(d)) = offset {
+            self.problem = Some(format!(
+                "a negative offset (offset -{}) reads samples after the evaluation time, which have not arrived when a rule on the live stream is evaluated",
+                promql_duration(*d)
+            ));
+        }
+    }
 }
 
 impl ExprVisitor for LiveCheck {
     type Error = ();
 
     fn pre_visit(&mut self, expr: &Expr) -> Result<bool, ()> {
-        let at = match expr {
-            Expr::VectorSelector(vs) => vs.at.is_some(),
-            Expr::MatrixSelector(ms) => ms.vs.at.is_some(),
-            Expr::Call(call) => {
-                self.forecast |= call.func.name == ML_FORECAST;
-                false
+        match expr {
+            Expr::VectorSelector(vs) => self.modifiers(vs.at.as_ref(), vs.offset.as_ref()),
+            Expr::MatrixSelector(ms) => self.modifiers(ms.vs.at.as_ref(), ms.vs.offset.as_ref()),
+            Expr::Subquery(sq) => {
+                self.modifiers(sq.at.as_ref(), sq.offset.as_ref());
+                let step_ms = sq
+                    .step
+                    .map(millis)
+                    .filter(|&s| s > 0)
+                    .unwrap_or(promql::EvalOptions::default().subquery_step_ms);
+                let own = millis(sq.range) / step_ms + 1;
+                let total = self.steps.last().copied().unwrap_or(1).saturating_mul(own);
+                if total > MAX_SUBQUERY_STEPS && self.problem.is_none() {
+                    self.problem = Some(format!(
+                        "the subquery [{}:{}] evaluates its expression {total} times at each step; a rule may ask for at most {MAX_SUBQUERY_STEPS} (a week at the default step of 1m): use a longer step",
+                        promql_duration(sq.range),
+                        promql_duration(std::time::Duration::from_millis(step_ms.unsigned_abs())),
+                    ));
+                }
+                self.steps.push(total);
             }
-            _ => false,
-        };
-        if at && self.problem.is_none() {
-            self.problem = Some(
-                "the @ modifier pins a selector to a fixed time, which a rule evaluated on the live stream cannot use".into(),
-            );
+            Expr::Call(call) => self.forecast |= call.func.name == ML_FORECAST,
+            // The walk does not descend into an aggregation's parameter.
+            Expr::Aggregate(agg) => {
+                if let Some(param) = &agg.param {
+                    let _ = walk_expr(self, param);
+                }
+            }
+            _ => {}
         }
         Ok(true)
     }
+
+    fn post_visit(&mut self, expr: &Expr) -> Result<bool, ()> {
+        if let Expr::Subquery(_) = expr {
+            self.steps.pop();
+        }
+        Ok(true)
+    }
+}
+
+/// A duration as PromQL writes it (`1h30m`, `90s`, `250ms`), for messages.
+fn promql_duration(d: Duration) -> String {
+    let mut ms = millis(d);
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 24 * HOUR_MS),
+        ("h", HOUR_MS),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ] {
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    out
 }
 
 /// The inputs an expression reads: one per distinct selector, each keeping the history
@@ -658,7 +731,9 @@ impl ExprVisitor for LiveCheck {
 /// An instant selector needs each series' newest sample within the lookback; a range
 /// selector its range. Prometheus 2.x ranges include their start, and the window trims
 /// relative to each series' newest sample, which may be ahead of the evaluation time;
-/// `offset` moves the whole range back.
+/// `offset` moves the whole range back. Inside a subquery, the expression is evaluated
+/// as far back as the subquery's range (and offset) reaches, so its selectors keep that
+/// much more.
 pub fn query_inputs(expr: &Expr, step_ms: i64) -> Vec<InputSpec> {
     struct Selectors {
         inputs: Vec<InputSpec>,
@@ -683,30 +758,51 @@ pub fn query_inputs(expr: &Expr, step_ms: i64) -> Vec<InputSpec> {
                 }),
             }
         }
-    }
-    impl ExprVisitor for Selectors {
-        type Error = ();
-        fn pre_visit(&mut self, expr: &Expr) -> Result<bool, ()> {
+
+        /// Visits `expr`, evaluated as far as `back_ms` before the rule's evaluation
+        /// time (by the subqueries around it).
+        fn walk(&mut self, expr: &Expr, back_ms: i64) {
             match expr {
-                Expr::VectorSelector(vs) => self.add(vs, LOOKBACK_MS),
-                // (Returning false here would stop the whole walk, not just this branch.)
-                Expr::MatrixSelector(ms) => self.add(&ms.vs, millis(ms.range)),
-                // walk_expr does not descend into an aggregation's parameter.
+                Expr::VectorSelector(vs) => self.add(vs, LOOKBACK_MS.saturating_add(back_ms)),
+                Expr::MatrixSelector(ms) => {
+                    self.add(&ms.vs, millis(ms.range).saturating_add(back_ms))
+                }
+                Expr::Subquery(sq) => {
+                    let offset_ms = match &sq.offset {
+                        Some(parser::Offset::Pos(d)) => millis(*d),
+                        _ => 0,
+                    };
+                    let back_ms = back_ms
+                        .saturating_add(millis(sq.range))
+                        .saturating_add(offset_ms);
+                    self.walk(&sq.expr, back_ms);
+                }
                 Expr::Aggregate(agg) => {
                     if let Some(param) = &agg.param {
-                        let _ = walk_expr(self, param);
+                        self.walk(param, back_ms);
+                    }
+                    self.walk(&agg.expr, back_ms);
+                }
+                Expr::Unary(u) => self.walk(&u.expr, back_ms),
+                Expr::Paren(p) => self.walk(&p.expr, back_ms),
+                Expr::Binary(b) => {
+                    self.walk(&b.lhs, back_ms);
+                    self.walk(&b.rhs, back_ms);
+                }
+                Expr::Call(call) => {
+                    for arg in &call.args.args {
+                        self.walk(arg, back_ms);
                     }
                 }
-                _ => {}
+                Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
             }
-            Ok(true)
         }
     }
     let mut selectors = Selectors {
         inputs: Vec::new(),
         step_ms,
     };
-    let _ = walk_expr(&mut selectors, expr);
+    selectors.walk(expr, 0);
     selectors.inputs
 }
 
@@ -913,5 +1009,146 @@ mod tests {
     fn real_expressions_still_compile() {
         let yaml = "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {name: ratio}\nspec:\n  metric: 'sum by (pod) (rate(errors_total{code=~\"5..\"}[5m])) / sum by (pod) (rate(requests_total[5m])) > 0.05'\n  threshold: '> 0'\n  remediation: {type: alert}\n";
         assert!(compiled(yaml).is_ok());
+    }
+
+    fn query(text: &str) -> Result<QuerySpec, CompileError> {
+        let expr = promql::parse(text).unwrap();
+        compile_query("spec.metric", text, expr, EXPRESSION_STEP_MS, false)
+    }
+
+    fn message(text: &str) -> String {
+        query(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_live_rule_refuses_what_reads_outside_its_windows_and_says_why() {
+        assert!(message("x offset -5m").contains("a negative offset (offset -5m)"));
+        assert!(message("rate(x[5m] offset -1m)").contains("negative offset"));
+        assert!(message("max_over_time(x[10m:1m] offset -1h)").contains("negative offset"));
+        assert!(message("x @ 1700000000").contains("@ modifier with a fixed time"));
+        assert!(message("max_over_time(x[10m:] @ 1700000000)").contains("fixed time"));
+        let huge = message("max_over_time(max_over_time(x[1d:1m])[1h:1m])");
+        assert!(
+            huge.contains("evaluates its expression 87901 times"),
+            "nested subqueries multiply (61 × 1441): {huge}"
+        );
+        assert!(message("x[5m]").contains("evaluates to a matrix"));
+        // What the evaluation's own time stands for, and positive offsets, are fine.
+        for fine in [
+            "x @ end() - x @ start() offset 5m",
+            "max_over_time(rate(x[5m])[7d:1m])",
+            "topk(scalar(y @ end()), x)",
+            "predict_linear(x[6h], 4 * 3600) < 0",
+            "x * on(pod) group_left(owner) y",
+        ] {
+            assert!(query(fine).is_ok(), "{fine}: {:?}", query(fine));
+        }
+    }
+
+    #[test]
+    fn selectors_inside_subqueries_keep_the_subquery_range_and_offset_too() {
+        let catch_up = crate::eval::catch_up_ms(EXPRESSION_STEP_MS);
+        let retention = |text: &str| -> Vec<(String, i64)> {
+            let expr = promql::parse(text).unwrap();
+            query_inputs(&expr, EXPRESSION_STEP_MS)
+                .into_iter()
+                .map(|i| {
+                    (
+                        format!("{:?}", i.selector.groups[0][0].value),
+                        i.retention_ms,
+                    )
+                })
+                .collect()
+        };
+        let minute = 60_000;
+        assert_eq!(
+            retention("max_over_time(rate(x[5m])[1h:] offset 10m)"),
+            [("\"x\"".to_owned(), (5 + 60 + 10) * minute + catch_up)]
+        );
+        // Nested: both subqueries' ranges; an instant selector inside keeps the lookback.
+        assert_eq!(
+            retention("max_over_time(avg_over_time(y[10m:1m])[30m:5m])"),
+            [("\"y\"".to_owned(), (5 + 10 + 30) * minute + catch_up)]
+        );
+        // The longest need of a selector read twice wins.
+        assert_eq!(
+            retention("z + max_over_time(z[1h:])"),
+            [("\"z\"".to_owned(), (5 + 60) * minute + catch_up)]
+        );
+    }
+
+    /// Alert expressions as the kube-prometheus, node-exporter and Prometheus mixins
+    /// write them (selectors shortened where they only repeat `job` matchers): each must
+    /// compile into a live rule.
+    #[test]
+    fn widely_used_alerts_compile() {
+        let alerts = [
+            // kube-prometheus
+            r#"max_over_time(kube_pod_container_status_waiting_reason{reason="CrashLoopBackOff", job="kube-state-metrics"}[5m]) >= 1"#,
+            r#"sum by (namespace, pod, cluster) (max by(namespace, pod, cluster) (kube_pod_status_phase{job="kube-state-metrics", phase=~"Pending|Unknown|Failed"}) * on(namespace, pod, cluster) group_left(owner_kind) topk by(namespace, pod, cluster) (1, max by(namespace, pod, owner_kind, cluster) (kube_pod_owner{owner_kind!="Job"}))) > 0"#,
+            r#"(kube_deployment_spec_replicas{job="kube-state-metrics"} > kube_deployment_status_replicas_available{job="kube-state-metrics"}) and (changes(kube_deployment_status_replicas_updated{job="kube-state-metrics"}[10m]) == 0)"#,
+            r#"(max by(namespace, statefulset, job, cluster) (kube_statefulset_status_current_revision{job="kube-state-metrics"} unless kube_statefulset_status_update_revision{job="kube-state-metrics"}) * (kube_statefulset_replicas{job="kube-state-metrics"} != kube_statefulset_status_replicas_updated{job="kube-state-metrics"})) and (changes(kube_statefulset_status_replicas_updated{job="kube-state-metrics"}[5m]) == 0)"#,
+            r#"sum by (namespace, pod, container, cluster) (kube_pod_container_status_waiting_reason{job="kube-state-metrics"}) > 0"#,
+            r#"time() - max by(namespace, job_name, cluster) (kube_job_status_start_time{job="kube-state-metrics"} and kube_job_status_active{job="kube-state-metrics"} > 0) > 43200"#,
+            r#"kube_job_failed{job="kube-state-metrics"} > 0"#,
+            r#"(kube_horizontalpodautoscaler_status_desired_replicas{job="kube-state-metrics"} != kube_horizontalpodautoscaler_status_current_replicas{job="kube-state-metrics"}) and (kube_horizontalpodautoscaler_status_current_replicas{job="kube-state-metrics"} > kube_horizontalpodautoscaler_spec_min_replicas{job="kube-state-metrics"}) and changes(kube_horizontalpodautoscaler_status_current_replicas{job="kube-state-metrics"}[15m]) == 0"#,
+            r#"sum(namespace_cpu:kube_pod_container_resource_requests:sum{}) by (cluster) - (sum(kube_node_status_allocatable{resource="cpu"}) by (cluster) - max(kube_node_status_allocatable{resource="cpu"}) by (cluster)) > 0 and (sum(kube_node_status_allocatable{resource="cpu"}) by (cluster) - max(kube_node_status_allocatable{resource="cpu"}) by (cluster)) > 0"#,
+            r#"kube_resourcequota{job="kube-state-metrics", type="used"} / ignoring(instance, job, type) (kube_resourcequota{job="kube-state-metrics", type="hard"} > 0) > 1.10"#,
+            r#"sum(increase(container_cpu_cfs_throttled_periods_total{container!=""}[5m])) by (container, pod, namespace) / sum(increase(container_cpu_cfs_periods_total{}[5m])) by (container, pod, namespace) > (25 / 100)"#,
+            r#"(kubelet_volume_stats_available_bytes{job="kubelet"} / kubelet_volume_stats_capacity_bytes{job="kubelet"}) < 0.15 and kubelet_volume_stats_used_bytes{job="kubelet"} > 0 and predict_linear(kubelet_volume_stats_available_bytes{job="kubelet"}[6h], 4 * 24 * 3600) < 0 unless on(namespace, persistentvolumeclaim) kube_persistentvolumeclaim_access_mode{access_mode="ReadOnlyMany"} == 1 unless on(namespace, persistentvolumeclaim) kube_persistentvolumeclaim_labels{label_excluded_from_alerts="true"} == 1"#,
+            r#"kube_persistentvolume_status_phase{phase=~"Failed|Pending",job="kube-state-metrics"} > 0"#,
+            r#"count by (cluster) (count by (git_version, cluster) (label_replace(kubernetes_build_info{job!~"kube-dns|coredns"},"git_version","$1","git_version","(v[0-9]*.[0-9]*).*"))) > 1"#,
+            r#"(sum(rate(rest_client_requests_total{job="apiserver",code=~"5.."}[5m])) by (cluster, instance, job, namespace) / sum(rate(rest_client_requests_total{job="apiserver"}[5m])) by (cluster, instance, job, namespace)) > 0.01"#,
+            r#"apiserver_client_certificate_expiration_seconds_count{job="apiserver"} > 0 and on(job) histogram_quantile(0.01, sum by (job, le) (rate(apiserver_client_certificate_expiration_seconds_bucket{job="apiserver"}[5m]))) < 604800"#,
+            r#"sum by(name, namespace, cluster)(increase(aggregator_unavailable_apiservice_total{job="apiserver"}[10m])) > 4"#,
+            r#"(1 - max by(name, namespace, cluster)(avg_over_time(aggregator_unavailable_apiservice{job="apiserver"}[10m]))) * 100 < 85"#,
+            r#"absent(up{job="apiserver"} == 1)"#,
+            r#"kube_node_status_condition{job="kube-state-metrics",condition="Ready",status="true"} == 0 and on (cluster, node) kube_node_spec_unschedulable{job="kube-state-metrics"} == 0"#,
+            r#"sum(changes(kube_node_status_condition{job="kube-state-metrics",status="true",condition="Ready"}[15m])) by (cluster, node) > 2 and on (cluster, node) kube_node_spec_unschedulable{job="kube-state-metrics"} == 0"#,
+            r#"count by(cluster, node) ((kube_pod_status_phase{job="kube-state-metrics",phase="Running"} == 1) * on(instance,pod,namespace,cluster) group_left(node) topk by(instance,pod,namespace,cluster) (1, kube_pod_info{job="kube-state-metrics"})) / max by(cluster, node) (kube_node_status_capacity{job="kube-state-metrics",resource="pods"} != 1) > 0.95"#,
+            r#"histogram_quantile(0.99, sum(rate(kubelet_pod_worker_duration_seconds_bucket{job="kubelet", metrics_path="/metrics"}[5m])) by (cluster, instance, le)) * on(cluster, instance) group_left(node) kubelet_node_name{job="kubelet", metrics_path="/metrics"} > 60"#,
+            r#"kubelet_certificate_manager_client_ttl_seconds < 604800"#,
+            r#"absent(up{job="kubelet", metrics_path="/metrics"} == 1)"#,
+            r#"(sum by (cluster) (rate(kube_state_metrics_list_total{job="kube-state-metrics",result="error"}[5m])) / sum by (cluster) (rate(kube_state_metrics_list_total{job="kube-state-metrics"}[5m]))) > 0.01"#,
+            r#"stdvar (kube_state_metrics_total_shards{job="kube-state-metrics"}) by (cluster) != 0"#,
+            r#"2^max(kube_state_metrics_total_shards{job="kube-state-metrics"}) by (cluster) - 1 - sum(2 ^ max by (cluster, shard_ordinal) (kube_state_metrics_shard_ordinal{job="kube-state-metrics"})) by (cluster) != 0"#,
+            r#"100 * (count(up == 0) BY (cluster, job, namespace, service) / count(up) BY (cluster, job, namespace, service)) > 10"#,
+            "vector(1)",
+            // node-exporter
+            r#"(node_filesystem_avail_bytes{job="node-exporter",fstype!="",mountpoint!=""} / node_filesystem_size_bytes{job="node-exporter",fstype!="",mountpoint!=""} * 100 < 15 and predict_linear(node_filesystem_avail_bytes{job="node-exporter",fstype!="",mountpoint!=""}[6h], 4*60*60) < 0 and node_filesystem_readonly{job="node-exporter",fstype!="",mountpoint!=""} == 0)"#,
+            r#"(node_filesystem_files_free{job="node-exporter",fstype!=""} / node_filesystem_files{job="node-exporter",fstype!=""} * 100 < 20 and predict_linear(node_filesystem_files_free{job="node-exporter",fstype!=""}[6h], 24*60*60) < 0 and node_filesystem_readonly{job="node-exporter",fstype!=""} == 0)"#,
+            r#"rate(node_network_receive_errs_total{job="node-exporter"}[2m]) / rate(node_network_receive_packets_total{job="node-exporter"}[2m]) > 0.01"#,
+            r#"(node_nf_conntrack_entries{job="node-exporter"} / node_nf_conntrack_entries_limit) > 0.75"#,
+            r#"node_textfile_scrape_error{job="node-exporter"} == 1"#,
+            r#"((node_timex_offset_seconds{job="node-exporter"} > 0.05 and deriv(node_timex_offset_seconds{job="node-exporter"}[5m]) >= 0) or (node_timex_offset_seconds{job="node-exporter"} < -0.05 and deriv(node_timex_offset_seconds{job="node-exporter"}[5m]) <= 0))"#,
+            r#"(min_over_time(node_timex_sync_status{job="node-exporter"}[5m]) == 0 and node_timex_maxerror_seconds{job="node-exporter"} >= 16)"#,
+            r#"node_md_disks_required{job="node-exporter",device=~"(/dev/)?(mmcblk.p.+|nvme.+|rbd.+|sd.+|vd.+|xvd.+|dm-.+|md.+|dasd.+)"} - ignoring (state) (node_md_disks{state="active",job="node-exporter",device=~"(/dev/)?(mmcblk.p.+|nvme.+|rbd.+|sd.+|vd.+|xvd.+|dm-.+|md.+|dasd.+)"}) > 0"#,
+            r#"(node_filefd_allocated{job="node-exporter"} * 100 / node_filefd_maximum{job="node-exporter"} > 90)"#,
+            r#"sum without(mode) (avg without (cpu) (rate(node_cpu_seconds_total{job="node-exporter", mode!~"idle|iowait"}[2m]))) * 100 > 90"#,
+            r#"node_load1{job="node-exporter"} / count without (cpu, mode) (node_cpu_seconds_total{job="node-exporter", mode="idle"}) > 2"#,
+            r#"rate(node_vmstat_pgmajfault{job="node-exporter"}[5m]) > 500"#,
+            r#"100 - (node_memory_MemAvailable_bytes{job="node-exporter"} / node_memory_MemTotal_bytes{job="node-exporter"} * 100) > 90"#,
+            r#"rate(node_disk_io_time_weighted_seconds_total{job="node-exporter", device=~"(/dev/)?(mmcblk.p.+|nvme.+|sd.+)"}[5m]) > 10"#,
+            r#"node_systemd_unit_state{job="node-exporter", state="failed"} == 1"#,
+            r#"(node_bonding_slaves - node_bonding_active) != 0"#,
+            r#"changes(node_network_up{job="node-exporter",device!~"veth.+"}[2m]) > 2"#,
+            // Prometheus
+            r#"max_over_time(prometheus_config_last_reload_successful{job="prometheus"}[5m]) == 0"#,
+            r#"(predict_linear(prometheus_notifications_queue_length{job="prometheus"}[5m], 60 * 30) > min_over_time(prometheus_notifications_queue_capacity{job="prometheus"}[5m]))"#,
+            r#"min without (alertmanager) (rate(prometheus_notifications_errors_total{job="prometheus",alertmanager!~``}[5m]) / ignoring (reason) group_left rate(prometheus_notifications_sent_total{job="prometheus",alertmanager!~``}[5m])) * 100 > 3"#,
+            r#"max_over_time(prometheus_notifications_alertmanagers_discovered{job="prometheus"}[5m]) < 1"#,
+            r#"increase(prometheus_tsdb_reloads_failures_total{job="prometheus"}[3h]) > 0"#,
+            r#"(max_over_time(prometheus_remote_storage_highest_timestamp_in_seconds{job="prometheus"}[5m]) - ignoring(remote_name, url) group_right max_over_time(prometheus_remote_storage_queue_highest_sent_timestamp_seconds{job="prometheus"}[5m])) > 120"#,
+            r#"(max_over_time(prometheus_remote_storage_shards_desired{job="prometheus"}[5m]) > max_over_time(prometheus_remote_storage_shards_max{job="prometheus"}[5m]))"#,
+            r#"sum by (rule_group) (prometheus_rule_group_iterations_missed_total{job="prometheus"}) > 0"#,
+            r#"avg_over_time(prometheus_engine_queries{job="prometheus"}[5m]) / max_over_time(prometheus_engine_queries_concurrent_max{job="prometheus"}[5m]) > 0.8"#,
+            r#"min by (job) (up{job=~"prometheus|alertmanager"}) == 0 or absent_over_time(up{job="prometheus"}[10m])"#,
+            r#"count by (namespace,service,cluster) (avg_over_time(up{job="alertmanager"}[5m]) < 0.5) / count by (namespace,service,cluster) (up{job="alertmanager"}) >= 0.5"#,
+        ];
+        let refused: Vec<String> = alerts
+            .iter()
+            .filter_map(|text| query(text).err().map(|e| format!("{text}: {e}")))
+            .collect();
+        assert!(refused.is_empty(), "{}", refused.join("\n"));
     }
 }

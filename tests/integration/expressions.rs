@@ -129,15 +129,11 @@ async fn a_series_the_expression_stops_returning_clears() {
 #[tokio::test]
 async fn unsupported_promql_makes_only_that_rule_invalid_and_names_the_part() {
     let rules = [
-        expression_rule(
-            "relabel",
-            r#"label_replace(up, "x", "$1", "job", "(.*)")"#,
-            "> 0",
-        ),
+        expression_rule("native", "histogram_count(up)", "> 0"),
         expression_rule("pinned", "up @ 1700000000", "> 0"),
         expression_rule("range", "up[5m]", "> 0"),
-        expression_rule("sub", "max_over_time(rate(up[1m])[5m:1m])", "> 0"),
-        expression_rule("predict", "predict_linear(up[5m], 60)", "> 0"),
+        expression_rule("ahead", "up offset -1m", "> 0"),
+        expression_rule("huge", "max_over_time(rate(up[1m])[30d:1s])", "> 0"),
         expression_rule(
             "fine",
             r#"sum by (namespace, pod) (rate(http_requests_total[1m]))"#,
@@ -147,11 +143,11 @@ async fn unsupported_promql_makes_only_that_rule_invalid_and_names_the_part() {
     .concat();
     let app = start(&rules);
     for (name, part) in [
-        ("relabel", "label_replace"),
+        ("native", "histogram_count"),
         ("pinned", "@ modifier"),
         ("range", "matrix"),
-        ("sub", "subquery"),
-        ("predict", "predict_linear"),
+        ("ahead", "negative offset"),
+        ("huge", "subquery [30d:1s]"),
     ] {
         let rule = app.rule(name).await;
         assert_eq!(rule["state"], "invalid", "{rule}");
@@ -183,6 +179,14 @@ fn evaluating_over_the_windows_equals_evaluating_over_all_samples() {
         r#"max by (pod) (queue_depth) / on(pod) sum by (pod) (rate(http_requests_total[1m]))"#,
         r#"changes(queue_depth[3m]) + resets(http_requests_total[3m])"#,
         r#"quantile(0.9, last_over_time(queue_depth[1m]))"#,
+        // Subqueries reach back their range (and offset) before each evaluation.
+        r#"max_over_time(rate(http_requests_total[1m])[10m:])"#,
+        r#"avg_over_time(max by (pod) (queue_depth)[5m:30s] offset 2m)"#,
+        r#"max_over_time(deriv(queue_depth[1m])[3m:15s])"#,
+        r#"predict_linear(queue_depth[5m], 600)"#,
+        r#"queue_depth * on(pod) group_left sum by (pod) (rate(http_requests_total[1m]))"#,
+        r#"absent(queue_depth{pod="c"}) or absent_over_time(queue_depth[1m])"#,
+        r#"queue_depth @ end() - queue_depth @ start() offset 30s"#,
     ];
     // Two pods; one counter with a reset and a gap longer than the lookback, one gauge
     // scraped every 10 s with a staleness marker.

@@ -200,6 +200,77 @@ fn data_set(start: i64) -> Vec<Series> {
         out.push(count_series);
     }
 
+    // An info metric to join on (as kube_pod_owner or kube_node_info are): c:80's has
+    // no node, so a group_left(node) copies none.
+    for (instance, owner, node) in [
+        ("a:80", "web", "n1"),
+        ("b:80", "batch", "n2"),
+        ("c:80", "web", ""),
+    ] {
+        let mut pairs = vec![
+            ("__name__", "pod_info"),
+            ("job", "api"),
+            ("instance", instance),
+            ("owner", owner),
+        ];
+        if !node.is_empty() {
+            pairs.push(("node", node));
+        }
+        let mut info = series(&pairs);
+        for i in 0..POINTS {
+            info.samples.push((t(i), 1.0));
+        }
+        out.push(info);
+    }
+
+    // Paths with and without non-ASCII letters and digits, for the regex classes, which
+    // are ASCII in Go.
+    for (k, path) in ["/cafe", "/café", "/naïve_2", "/x٣", "/a b", "/a\u{b}b"]
+        .iter()
+        .enumerate()
+    {
+        let mut hits = series(&[("__name__", "path_hits"), ("path", path)]);
+        for i in 0..POINTS {
+            hits.samples.push((t(i), (k as f64) + 1.0));
+        }
+        out.push(hits);
+    }
+
+    // Ties and NaNs, for the order of sort, topk and bottomk: a few (insertion sort in
+    // Go) and many (Go's pdqsort).
+    let few = [f64::NAN, 5.0, 5.0, f64::NAN, 3.0, 5.0];
+    for (k, v) in few.iter().enumerate() {
+        let mut s = series(&[("__name__", "ties"), ("i", &k.to_string())]);
+        for i in 0..POINTS {
+            s.samples.push((t(i), *v));
+        }
+        out.push(s);
+    }
+    for k in 0..40usize {
+        let v = if k % 7 == 3 {
+            f64::NAN
+        } else {
+            ((k * 5) % 4) as f64
+        };
+        let group = if k % 2 == 0 { "even" } else { "odd" };
+        let mut s = series(&[
+            ("__name__", "ties_many"),
+            ("i", &format!("{k:02}")),
+            ("g", group),
+        ]);
+        for i in 0..POINTS {
+            s.samples.push((t(i), v));
+        }
+        out.push(s);
+    }
+
+    // A series with an empty label value, which Prometheus treats as no label.
+    let mut shard = series(&[("__name__", "shard_up"), ("job", "db"), ("shard", "")]);
+    for i in 0..POINTS {
+        shard.samples.push((t(i), 1.0));
+    }
+    out.push(shard);
+
     // A series that ends with a staleness marker.
     let mut queue = series(&[
         ("__name__", "queue_depth"),
@@ -305,7 +376,172 @@ const EXPRESSIONS: &[&str] = &[
     "memory_usage_bytes / scalar(max(memory_usage_bytes))",
     // Errors both must report.
     r#"abs({__name__=~"memory_usage_bytes|temperature_celsius"})"#,
+    // predict_linear and deriv (disks and queues filling up).
+    "predict_linear(memory_usage_bytes[10m], 3600)",
+    "predict_linear(memory_usage_bytes[30m] offset 5m, 4 * 3600) < 1.2e8",
+    "predict_linear(queue_depth[5m], 60)",
+    "predict_linear(http_requests_total[2m], 600)",
+    "deriv(temperature_celsius[5m])",
+    "deriv(http_requests_total[10m])",
+    "deriv(pod_info[5m])",
+    // Many-to-one matching (joins with info metrics).
+    "memory_usage_bytes * on(instance) group_left(owner, node) pod_info",
+    "pod_info * on(instance) group_right(owner) rate(http_requests_total[5m])",
+    "sum by (instance) (rate(http_requests_total[5m])) * on(instance) group_left(owner) pod_info",
+    "http_requests_total / on(instance) group_left memory_usage_bytes",
+    "rate(http_requests_total[5m]) > on(instance, job) group_left 0 * memory_usage_bytes",
+    "rate(http_requests_total[5m]) > bool on(instance) group_left(owner) pod_info",
+    "http_requests_total * on(job) group_left pod_info",
+    r#"{__name__=~"memory_usage_bytes|temperature_celsius"} * on(instance) group_left pod_info"#,
+    "pod_info * ignoring(owner, node) group_right memory_usage_bytes",
+    // absent and friends (targets down).
+    r#"absent(nonexistent{job="x", instance=~"a.*", env="prod"})"#,
+    r#"absent(nonexistent{job="x", job="y", zone=""})"#,
+    "absent(memory_usage_bytes)",
+    "absent(queue_depth)",
+    "absent(sum(nonexistent))",
+    r#"absent_over_time(queue_depth{job="worker"}[2m])"#,
+    r#"absent_over_time(nonexistent{a="b"}[5m])"#,
+    r#"present_over_time(http_requests_total{job="web"}[1m])"#,
+    // Time and dates.
+    "time()",
+    "time() - timestamp(queue_depth)",
+    "timestamp(http_requests_total)",
+    "timestamp(sum(memory_usage_bytes))",
+    "timestamp(memory_usage_bytes offset 1m)",
+    "hour()",
+    "minute()",
+    "day_of_week()",
+    "day_of_month()",
+    "day_of_year()",
+    "days_in_month()",
+    "month()",
+    "year()",
+    "hour(timestamp(memory_usage_bytes))",
+    "day_of_week(vector(1.7e9))",
+    "days_in_month(vector(951782400))",
+    "year(temperature_celsius * 1e9)",
+    "month(temperature_celsius * 3e6)",
+    "day_of_year(vector(-1e11))",
+    "year(vector(0/0))",
+    // Labels.
+    r#"label_replace(http_requests_total, "host", "$1", "instance", "(.*):.*")"#,
+    r#"label_replace(memory_usage_bytes, "instance", "", "instance", "a.*")"#,
+    r#"label_replace(http_requests_total, "x", "$1$2", "code", "(5)(.*)")"#,
+    r#"label_replace(http_requests_total, "x", "${1}x$1x", "code", "(.).*")"#,
+    r#"label_replace(http_requests_total, "1bad", "x", "code", ".*")"#,
+    r#"label_replace(http_requests_total, "code", "", "code", ".*")"#,
+    r#"label_join(http_requests_total, "key", "/", "job", "instance", "code")"#,
+    r#"label_join(memory_usage_bytes, "instance", "-", "nope")"#,
+    // Math.
+    "round(temperature_celsius)",
+    "round(temperature_celsius, 0.5)",
+    "round(memory_usage_bytes, 1e6)",
+    "ceil(temperature_celsius)",
+    "floor(temperature_celsius)",
+    "sqrt(memory_usage_bytes)",
+    "sqrt(temperature_celsius)",
+    "exp(temperature_celsius)",
+    "ln(memory_usage_bytes)",
+    "ln(temperature_celsius)",
+    "log2(memory_usage_bytes)",
+    "log10(memory_usage_bytes)",
+    "sgn(temperature_celsius)",
+    "sin(temperature_celsius) + cos(temperature_celsius) + tan(temperature_celsius)",
+    "asin(temperature_celsius / 10) + acos(temperature_celsius / 10) + atan(temperature_celsius)",
+    "sinh(temperature_celsius) + cosh(temperature_celsius) + tanh(temperature_celsius)",
+    "asinh(temperature_celsius) + acosh(abs(temperature_celsius) + 1) + atanh(temperature_celsius / 10)",
+    "deg(temperature_celsius) + rad(temperature_celsius)",
+    "pi()",
+    "clamp(temperature_celsius, -1, 1)",
+    "clamp(temperature_celsius, 1, -1)",
+    "temperature_celsius atan2 on(instance) temperature_celsius offset 1m",
+    "temperature_celsius atan2 0.5",
+    "2 atan2 temperature_celsius",
+    // Aggregations.
+    "stddev(temperature_celsius)",
+    "stdvar by (job) (rate(http_requests_total[5m]))",
+    "stddev(ties_many)",
+    "group by (job) (http_requests_total)",
+    "group(memory_usage_bytes)",
+    r#"count_values("value", ceil(temperature_celsius))"#,
+    r#"count_values by (job) ("c", http_requests_total{code="500"} % 3)"#,
+    r#"count_values without (instance) ("v", round(temperature_celsius))"#,
+    r#"count_values("v", ties)"#,
+    r#"count_values("1bad", ties)"#,
+    // Ordering: sort and topk/bottomk through ties and NaNs (compared in order).
+    "sort(temperature_celsius)",
+    "sort_desc(memory_usage_bytes)",
+    "sort(ties)",
+    "sort_desc(ties)",
+    "sort(ties_many)",
+    "sort_desc(ties_many)",
+    "topk(2, ties)",
+    "topk(1, ties)",
+    "bottomk(2, ties)",
+    "bottomk(1, ties)",
+    "topk(4, ties)",
+    "topk(3, ties_many)",
+    "bottomk(5, ties_many)",
+    "topk by (g) (2, ties_many)",
+    "bottomk(20, ties_many)",
+    // Range functions added with the rest.
+    "stdvar_over_time(temperature_celsius[5m])",
+    "holt_winters(memory_usage_bytes[10m], 0.3, 0.6)",
+    "holt_winters(temperature_celsius[5m], 0.9, 0.1)",
+    "holt_winters(memory_usage_bytes[5m], 1, 0.5)",
+    "holt_winters(nonexistent[5m], 1, 0.5)",
+    // Subqueries.
+    "max_over_time(rate(http_requests_total[5m])[30m:])",
+    "max_over_time(rate(http_requests_total[5m])[30m:1m])",
+    "avg_over_time(memory_usage_bytes[10m:30s])",
+    "min_over_time(sum by (job) (rate(http_requests_total[1m]))[15m:2m] offset 3m)",
+    "rate(http_requests_total[10m:1m])",
+    "deriv(memory_usage_bytes[10m:])",
+    "quantile_over_time(0.9, temperature_celsius[20m:1m])",
+    "last_over_time(queue_depth[10m:1m])",
+    "max_over_time(max_over_time(temperature_celsius[2m:30s])[10m:1m])",
+    "memory_usage_bytes[5m:1m]",
+    "predict_linear(avg(memory_usage_bytes)[30m:1m], 600)",
+    "absent_over_time(nonexistent[5m:1m])",
+    "count_over_time(http_requests_total[20m:1m] @ end())",
+    "max_over_time(memory_usage_bytes[10m:1m] @ start())",
+    "max_over_time(rate(http_requests_total[1m])[10m:15s]) > 2",
+    // The shapes of widely used alerts (kube-prometheus, node-exporter, Prometheus).
+    "sum by (instance) (max by (instance) (memory_usage_bytes) * on(instance) group_left(owner) topk by (instance) (1, max by (instance, owner) (pod_info)))",
+    "absent(queue_depth == 1)",
+    r#"count(count by (owner) (label_replace(pod_info, "owner", "$1", "owner", "(w).*")))"#,
+    "2 ^ max(pod_info) by (job) - 1 - sum(2 ^ max by (job, instance) (pod_info)) by (job)",
+    "stdvar(temperature_celsius) by (job) != 0",
+    r#"min without (code) (rate(http_requests_total[5m]) / ignoring(code) group_left rate(http_requests_total{code="200"}[5m]))"#,
+    "predict_linear(memory_usage_bytes[10m], 4 * 3600) < 1.5e8 and memory_usage_bytes > 1e8",
+    "time() - max by (job) (timestamp(memory_usage_bytes))",
+    "sum_over_time(vector(time())[5m:1m])",
+    // Regex classes are ASCII (Go's RE2).
+    r#"path_hits{path=~"/\\w+"}"#,
+    r#"path_hits{path!~".*\\d.*"}"#,
+    r#"path_hits{path=~"/\\W*\\w*\\b.*"}"#,
+    r#"path_hits{path=~"/a\\sb"}"#,
+    r#"label_replace(path_hits, "word", "$1", "path", "/(\\w+).*")"#,
+    // An empty label value is no label.
+    "shard_up",
+    r#"shard_up{shard=""}"#,
+    "sum by (shard) (shard_up)",
 ];
+
+/// Expressions whose answer's order is part of it: compared element by element.
+fn ordered(text: &str) -> bool {
+    [
+        "sort(",
+        "sort_desc(",
+        "topk(",
+        "bottomk(",
+        "topk by",
+        "bottomk by",
+    ]
+    .iter()
+    .any(|p| text.starts_with(p))
+}
 
 fn start_prometheus(dir: &Path, port: u16) -> Running {
     let binary = Path::new("/usr/bin/prometheus");
@@ -596,7 +832,12 @@ async fn the_engine_agrees_with_prometheus() {
     for text in EXPRESSIONS {
         let expr = promql::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         for (what, at) in times {
-            let ours = prophet_outcome(promql::evaluate(&expr, at, &source, &opts));
+            let result = promql::evaluate(&expr, at, &source, &opts);
+            let our_order = match &result {
+                Ok(Value::Vector(v)) => Some(v.iter().map(|(l, _)| label_map(l)).collect()),
+                _ => None,
+            };
+            let ours = prophet_outcome(result);
             let url = format!(
                 "{base}/api/v1/query?query={}&time={}.{:03}",
                 percent_encode(text),
@@ -615,6 +856,15 @@ async fn the_engine_agrees_with_prometheus() {
             }
             if let Some(d) = diff(&ours, &theirs) {
                 failures.push(format!("{text} at {what} ({at}):\n{d}"));
+            } else if ordered(text) {
+                let their_order: Option<Vec<BTreeMap<String, String>>> = body["data"]["result"]
+                    .as_array()
+                    .map(|r| r.iter().map(|e| metric(&e["metric"])).collect());
+                if our_order != their_order {
+                    failures.push(format!(
+                        "{text} at {what} ({at}): the order differs\n  prophet    {our_order:?}\n  prometheus {their_order:?}"
+                    ));
+                }
             }
         }
     }

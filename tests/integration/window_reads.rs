@@ -78,6 +78,7 @@ fn window_source_agrees_with_memory_source() {
     ];
     let opts = EvalOptions {
         lookback_ms: 60_000,
+        ..EvalOptions::default()
     };
     for expr in exprs {
         let parsed = promql_parser::parser::parse(expr).unwrap();
@@ -160,6 +161,7 @@ fn window_source_agrees_through_wrapped_buffers_evictions_and_restores() {
         .collect();
     let opts = EvalOptions {
         lookback_ms: 60_000,
+        ..EvalOptions::default()
     };
     let mut quiet_until = vec![0i64; sets.len()];
     let (mut wrapped, mut evicted, mut restores) = (0, 0, 0);

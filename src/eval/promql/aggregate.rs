@@ -1,17 +1,22 @@
-//! Aggregation operators: `sum`, `avg`, `min`, `max`, `count`, `quantile`, `topk` and
-//! `bottomk`, with `by` and `without`. Groups and per-group arithmetic follow Prometheus
-//! 2.42's `aggregation` (its incremental mean for `avg`, NaN handling for `min`/`max`,
-//! and a binary heap for `topk`/`bottomk` so that ties keep the same series).
+//! Aggregation operators: `sum`, `avg`, `min`, `max`, `count`, `group`, `stddev`,
+//! `stdvar`, `count_values`, `quantile`, `topk` and `bottomk`, with `by` and `without`.
+//! Groups and per-group arithmetic follow Prometheus 2.42's `aggregation` (its
+//! incremental mean for `avg`, Welford's method for `stddev`/`stdvar`, NaN handling for
+//! `min`/`max`, and Go's binary heap for `topk`/`bottomk`, pushed and popped as
+//! Prometheus does and sorted with Go's `sort.Sort`, so that ties and NaNs keep the same
+//! series in the same order).
 
 use promql_parser::parser::token::{
-    T_AVG, T_BOTTOMK, T_COUNT, T_MAX, T_MIN, T_QUANTILE, T_SUM, T_TOPK,
+    T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_GROUP, T_MAX, T_MIN, T_QUANTILE, T_STDDEV,
+    T_STDVAR, T_SUM, T_TOPK,
 };
-use promql_parser::parser::{AggregateExpr, LabelModifier};
+use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
 use super::EvalError;
 use super::engine::{Engine, Vector};
+use super::gosort;
 use super::source::SeriesSource;
-use super::value::{Value, keep_labels, quantile, remove_labels};
+use super::value::{Value, keep_labels, quantile, remove_labels, set_label, valid_label_name};
 use crate::labels::{Labels, LabelsMap};
 
 /// One group's running state.
@@ -31,6 +36,18 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
     ts: i64,
 ) -> Result<Value, EvalError> {
     let op = agg.op.id();
+    if op == T_COUNT_VALUES {
+        let label = match agg.param.as_deref().map(super::functions::unwrap_parens) {
+            Some(Expr::StringLiteral(s)) => s.val.clone(),
+            _ => {
+                return Err(EvalError::Type(
+                    "count_values needs a string literal as its label name".into(),
+                ));
+            }
+        };
+        let input = engine.eval_vector(&agg.expr, ts)?;
+        return count_values(&label, agg.modifier.as_ref(), input).map(Value::Vector);
+    }
     let param = match (&agg.param, op) {
         (Some(p), T_TOPK | T_BOTTOMK | T_QUANTILE) => engine.eval_scalar(p, ts)?,
         _ => f64::NAN,
@@ -42,6 +59,45 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
         param,
         input,
     )?))
+}
+
+/// `count_values("label", v)`: per group, the number of elements of each value, the
+/// value written (as Go's `strconv.FormatFloat(v, 'f', -1, 64)`) into `label`, which
+/// joins the `by` labels.
+fn count_values(
+    label: &str,
+    modifier: Option<&LabelModifier>,
+    input: Vector,
+) -> Result<Vector, EvalError> {
+    if !valid_label_name(label) {
+        return Err(EvalError::Function(format!("invalid label name {label:?}")));
+    }
+    let modifier = match modifier {
+        Some(LabelModifier::Include(names)) => {
+            let mut names = names.clone();
+            if !names.labels.iter().any(|n| n == label) {
+                names.labels.push(label.to_owned());
+            }
+            LabelModifier::Include(names)
+        }
+        Some(without @ LabelModifier::Exclude(_)) => without.clone(),
+        None => LabelModifier::Include(promql_parser::label::Labels::new(vec![label])),
+    };
+    let input = input
+        .into_iter()
+        .map(|(labels, v)| (set_label(&labels, label, Some(&go_format_float(v))), v))
+        .collect();
+    aggregate(T_COUNT, Some(&modifier), f64::NAN, input)
+}
+
+/// Go's `strconv.FormatFloat(v, 'f', -1, 64)`: the shortest decimal that reads back as
+/// `v`, never in exponent form, which is also what Rust's `Display` writes, but for the
+/// infinities.
+fn go_format_float(v: f64) -> String {
+    if v.is_infinite() {
+        return if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned();
+    }
+    v.to_string()
 }
 
 /// Aggregates `input` (in Prometheus's series order) with operator `op`.
@@ -62,8 +118,9 @@ pub(super) fn aggregate(
         }
         k = usize::try_from(k_signed).unwrap_or(usize::MAX);
     }
-    // Prometheus's heaps: topk keeps the smallest kept value on top, bottomk the largest;
-    // NaN counts as the least wanted either way.
+    // Prometheus's heaps (`vectorByValueHeap`, `vectorByReverseValueHeap`): topk keeps
+    // the smallest kept value on top, bottomk the largest; a NaN is "less" than anything,
+    // so it is the first pushed out.
     let less = |a: f64, b: f64| -> bool {
         if a.is_nan() {
             return true;
@@ -89,7 +146,14 @@ pub(super) fn aggregate(
             };
             groups.push(Group {
                 labels: key,
-                value: v,
+                // stddev and stdvar keep the sum of squared deviations here.
+                value: if matches!(op, T_STDDEV | T_STDVAR) {
+                    0.0
+                } else if op == T_GROUP {
+                    1.0
+                } else {
+                    v
+                },
                 mean: v,
                 count: 1,
                 heap,
@@ -112,7 +176,14 @@ pub(super) fn aggregate(
                 let n = group.count as f64;
                 group.mean += v / n - group.mean / n;
             }
+            T_GROUP => {}
             T_COUNT => group.count += 1,
+            T_STDDEV | T_STDVAR => {
+                group.count += 1;
+                let delta = v - group.mean;
+                group.mean += delta / group.count as f64;
+                group.value += delta * (v - group.mean);
+            }
             T_MAX => {
                 if group.value < v || group.value.is_nan() {
                     group.value = v;
@@ -126,18 +197,20 @@ pub(super) fn aggregate(
             T_QUANTILE => group.heap.push((labels, v)),
             T_TOPK | T_BOTTOMK => {
                 let heap = &mut group.heap;
-                if heap.len() < k {
+                let top = heap.first().map_or(f64::NAN, |e| e.1);
+                let wanted = if op == T_TOPK { top < v } else { top > v };
+                // As Prometheus: a NaN on top is replaced by anything, even a NaN.
+                if heap.len() < k || wanted || top.is_nan() {
+                    if heap.len() == k {
+                        if k == 1 {
+                            heap[0] = (labels, v);
+                            continue;
+                        }
+                        heap_pop(heap, &less);
+                    }
                     heap.push((labels, v));
                     let last = heap.len() - 1;
                     heap_up(heap, last, &less);
-                } else if let Some(top) = heap.first().map(|e| e.1) {
-                    let wanted = if op == T_TOPK { top < v } else { top > v };
-                    if wanted || (top.is_nan() && !v.is_nan()) {
-                        heap[0] = (labels, v);
-                        if k > 1 {
-                            heap_fix(heap, 0, &less);
-                        }
-                    }
                 }
             }
             other => {
@@ -152,15 +225,22 @@ pub(super) fn aggregate(
     let mut out = Vector::with_capacity(groups.len());
     for group in groups {
         match op {
-            T_SUM | T_MIN | T_MAX => out.push((group.labels, group.value)),
+            T_SUM | T_MIN | T_MAX | T_GROUP => out.push((group.labels, group.value)),
             T_AVG => out.push((group.labels, group.mean)),
             T_COUNT => out.push((group.labels, group.count as f64)),
+            T_STDVAR => out.push((group.labels, group.value / group.count as f64)),
+            T_STDDEV => out.push((group.labels, (group.value / group.count as f64).sqrt())),
             T_QUANTILE => {
                 let mut values: Vec<f64> = group.heap.iter().map(|e| e.1).collect();
                 out.push((group.labels, quantile(param, &mut values)));
             }
-            // The elements keep all their labels, metric name included.
-            T_TOPK | T_BOTTOMK => out.extend(group.heap),
+            // The elements keep all their labels, metric name included, in the order
+            // of `sort.Sort(sort.Reverse(heap))`.
+            T_TOPK | T_BOTTOMK => {
+                let mut heap = group.heap;
+                gosort::sort(&mut heap, |a, b| less(b.1, a.1));
+                out.extend(heap);
+            }
             _ => {}
         }
     }
@@ -179,9 +259,8 @@ fn heap_up(heap: &mut [(Labels, f64)], mut j: usize, less: &impl Fn(f64, f64) ->
     }
 }
 
-/// Go's `container/heap` `down`; true if the element moved.
-fn heap_down(heap: &mut [(Labels, f64)], i0: usize, less: &impl Fn(f64, f64) -> bool) -> bool {
-    let n = heap.len();
+/// Go's `container/heap` `down` over the first `n` elements.
+fn heap_down(heap: &mut [(Labels, f64)], i0: usize, n: usize, less: &impl Fn(f64, f64) -> bool) {
     let mut i = i0;
     loop {
         let j1 = 2 * i + 1;
@@ -199,12 +278,12 @@ fn heap_down(heap: &mut [(Labels, f64)], i0: usize, less: &impl Fn(f64, f64) -> 
         heap.swap(i, j);
         i = j;
     }
-    i > i0
 }
 
-/// Go's `heap.Fix`.
-fn heap_fix(heap: &mut [(Labels, f64)], i: usize, less: &impl Fn(f64, f64) -> bool) {
-    if !heap_down(heap, i, less) {
-        heap_up(heap, i, less);
-    }
+/// Go's `heap.Pop`: moves the top to the end, restores the heap before it, drops it.
+fn heap_pop(heap: &mut Vec<(Labels, f64)>, less: &impl Fn(f64, f64) -> bool) {
+    let n = heap.len() - 1;
+    heap.swap(0, n);
+    heap_down(heap, 0, n, less);
+    heap.pop();
 }

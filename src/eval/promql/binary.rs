@@ -1,13 +1,14 @@
-//! Binary operators: arithmetic (`+ - * / % ^`) and comparisons (`== != > < >= <=`,
-//! filtering or with `bool`) between scalars and vectors, one-to-one vector matching
-//! with `on`/`ignoring`, and the set operators `and`, `or`, `unless`. Follows Prometheus
+//! Binary operators: arithmetic (`+ - * / % ^ atan2`) and comparisons (`== != > < >= <=`,
+//! filtering or with `bool`) between scalars and vectors, vector matching with
+//! `on`/`ignoring` one-to-one or many-to-one (`group_left`/`group_right`), and the set
+//! operators `and`, `or`, `unless`. Follows Prometheus
 //! 2.42's `VectorBinop`, `VectorscalarBinop` and `scalarBinop`, including which results
 //! keep the metric name (comparisons without `bool` and set operators) and its errors
 //! for ambiguous matches.
 
 use promql_parser::parser::token::{
-    T_ADD, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MOD, T_MUL,
-    T_NEQ, T_POW, T_SUB,
+    T_ADD, T_ATAN2, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MOD,
+    T_MUL, T_NEQ, T_POW, T_SUB,
 };
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 
@@ -25,17 +26,6 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
 ) -> Result<Value, EvalError> {
     let op = expr.op.id();
     let return_bool = expr.modifier.as_ref().is_some_and(|m| m.return_bool);
-    if let Some(m) = &expr.modifier {
-        match m.card {
-            VectorMatchCardinality::ManyToOne(_) => {
-                return Err(EvalError::Unsupported("group_left".into()));
-            }
-            VectorMatchCardinality::OneToMany(_) => {
-                return Err(EvalError::Unsupported("group_right".into()));
-            }
-            _ => {}
-        }
-    }
     let lhs = engine.eval(&expr.lhs, ts)?;
     let rhs = engine.eval(&expr.rhs, ts)?;
     match (lhs, rhs) {
@@ -68,7 +58,8 @@ fn is_comparison(op: u16) -> bool {
     matches!(op, T_EQLC | T_NEQ | T_GTR | T_LSS | T_GTE | T_LTE)
 }
 
-/// Arithmetic drops the metric name; comparisons and set operators keep it.
+/// Arithmetic drops the metric name; comparisons and set operators keep it, and so does
+/// `atan2`, which Prometheus 2.42's `shouldDropMetricName` does not list.
 fn drops_metric_name(op: u16) -> bool {
     matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_MOD | T_POW)
 }
@@ -83,6 +74,7 @@ fn elem_binop(op: u16, l: f64, r: f64) -> Result<(f64, bool), EvalError> {
         // Rust's `%` on floats is C's fmod, as is Go's math.Mod.
         T_MOD => (l % r, true),
         T_POW => (l.powf(r), true),
+        T_ATAN2 => (l.atan2(r), true),
         T_EQLC => (l, l == r),
         T_NEQ => (l, l != r),
         T_GTR => (l, l > r),
@@ -143,28 +135,48 @@ fn vector_scalar(
     Ok(out)
 }
 
+/// Which side of a matching is the "one" side: each of its elements may pair with
+/// several of the other side's (`group_left`: the right side is the one side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cardinality {
+    OneToOne,
+    /// `group_left`: many left elements to one right element.
+    ManyToOne,
+    /// `group_right`: one left element to many right elements.
+    OneToMany,
+}
+
 /// How two vectors' elements are paired: by the `on` labels only, or by all labels but
-/// the `ignoring` ones and the metric name.
+/// the `ignoring` ones and the metric name; with `group_left`/`group_right`, which side
+/// is the "one" side and which of its labels the results copy (`include`).
 struct Matching {
     on: bool,
     names: Vec<String>,
+    card: Cardinality,
+    include: Vec<String>,
 }
 
 impl Matching {
     fn of(expr: &BinaryExpr) -> Self {
-        match expr.modifier.as_ref().and_then(|m| m.matching.as_ref()) {
-            Some(LabelModifier::Include(l)) => Self {
-                on: true,
-                names: l.labels.clone(),
-            },
-            Some(LabelModifier::Exclude(l)) => Self {
-                on: false,
-                names: l.labels.clone(),
-            },
-            None => Self {
-                on: false,
-                names: Vec::new(),
-            },
+        let (on, names) = match expr.modifier.as_ref().and_then(|m| m.matching.as_ref()) {
+            Some(LabelModifier::Include(l)) => (true, l.labels.clone()),
+            Some(LabelModifier::Exclude(l)) => (false, l.labels.clone()),
+            None => (false, Vec::new()),
+        };
+        let (card, include) = match expr.modifier.as_ref().map(|m| &m.card) {
+            Some(VectorMatchCardinality::ManyToOne(l)) => {
+                (Cardinality::ManyToOne, l.labels.clone())
+            }
+            Some(VectorMatchCardinality::OneToMany(l)) => {
+                (Cardinality::OneToMany, l.labels.clone())
+            }
+            _ => (Cardinality::OneToOne, Vec::new()),
+        };
+        Self {
+            on,
+            names,
+            card,
+            include,
         }
     }
 
@@ -184,9 +196,12 @@ fn prometheus_string(labels: &Labels) -> String {
     format!("{{{}}}", pairs.join(", "))
 }
 
-/// One-to-one matching: each left element pairs with the right element of the same
-/// signature. Two right elements with one signature, or two results for one signature,
-/// are errors, as in Prometheus.
+/// Matching of two vectors for arithmetic and comparisons, as Prometheus's
+/// `VectorBinop`: each element of the "many" side pairs with the element of the "one"
+/// side that has the same signature (for one-to-one, the right side is the one side).
+/// Two one-side elements with one signature are an error; so are two results for one
+/// signature (one-to-one) or two results with the same labels (`group_left`/
+/// `group_right`).
 fn vector_binop(
     op: u16,
     lhs: Vector,
@@ -194,26 +209,41 @@ fn vector_binop(
     matching: &Matching,
     return_bool: bool,
 ) -> Result<Vector, EvalError> {
-    let mut right: LabelsMap<(Labels, f64)> =
-        LabelsMap::with_capacity_and_hasher(rhs.len(), Default::default());
-    for (labels, v) in rhs {
+    // Nothing can match, and Prometheus looks no further (not even for duplicates).
+    if lhs.is_empty() || rhs.is_empty() {
+        return Ok(Vector::new());
+    }
+    // group_right is group_left with the sides swapped; values are swapped back below.
+    let swapped = matching.card == Cardinality::OneToMany;
+    let (many, one) = if swapped { (rhs, lhs) } else { (lhs, rhs) };
+    let mut one_side: LabelsMap<(Labels, f64)> =
+        LabelsMap::with_capacity_and_hasher(one.len(), Default::default());
+    for (labels, v) in one {
         let sig = matching.signature(&labels);
-        if let Some((dup, _)) = right.get(&sig) {
+        if let Some((dup, _)) = one_side.get(&sig) {
             return Err(EvalError::ManyToMany {
                 group: prometheus_string(&sig),
-                side: "right",
+                side: if swapped { "left" } else { "right" },
                 first: prometheus_string(&labels),
                 second: prometheus_string(dup),
             });
         }
-        right.insert(sig, (labels, v));
+        one_side.insert(sig, (labels, v));
     }
+    // One-to-one: the signatures already matched. Many-to-one: per signature, the
+    // result label sets already produced.
     let mut matched = LabelsSet::default();
+    let mut produced: LabelsMap<LabelsSet> = LabelsMap::default();
     let mut out = Vector::new();
-    for (labels, l) in lhs {
+    for (labels, many_value) in many {
         let sig = matching.signature(&labels);
-        let Some(&(_, r)) = right.get(&sig) else {
+        let Some((one_labels, one_value)) = one_side.get(&sig) else {
             continue;
+        };
+        let (l, r) = if swapped {
+            (*one_value, many_value)
+        } else {
+            (many_value, *one_value)
         };
         let (mut value, keep) = elem_binop(op, l, r)?;
         if return_bool {
@@ -221,26 +251,55 @@ fn vector_binop(
         } else if !keep {
             continue;
         }
-        let mut metric = if drops_metric_name(op) {
-            drop_metric_name(&labels)
-        } else {
-            labels
-        };
-        metric = if matching.on {
-            keep_labels(&metric, &matching.names)
-        } else {
-            remove_labels(&metric, &matching.names, false)
-        };
+        let mut metric = result_metric(&labels, one_labels, op, matching);
         if return_bool {
             metric = drop_metric_name(&metric);
         }
-        if !matched.insert(sig) {
-            return Err(EvalError::MultipleMatches);
+        if matching.card == Cardinality::OneToOne {
+            if !matched.insert(sig) {
+                return Err(EvalError::MultipleMatches);
+            }
+        } else if !produced.entry(sig).or_default().insert(metric.clone()) {
+            return Err(EvalError::GroupingNotUnique);
         }
         out.push((metric, value));
     }
     ensure_unique(&out)?;
     Ok(out)
+}
+
+/// Prometheus's `resultMetric`: the many side's labels, without the metric name for
+/// arithmetic; for one-to-one only the `on` labels (or without the `ignoring` ones); and
+/// with `group_x(...)` the listed labels copied from the one side (removed where the one
+/// side lacks them, as an empty value is no label).
+fn result_metric(many: &Labels, one: &Labels, op: u16, matching: &Matching) -> Labels {
+    let mut metric = if drops_metric_name(op) {
+        drop_metric_name(many)
+    } else {
+        many.clone()
+    };
+    if matching.card == Cardinality::OneToOne {
+        metric = if matching.on {
+            keep_labels(&metric, &matching.names)
+        } else {
+            remove_labels(&metric, &matching.names, false)
+        };
+    }
+    if !matching.include.is_empty() {
+        let mut pairs: Vec<(String, String)> = metric
+            .iter()
+            .filter(|(n, _)| !matching.include.iter().any(|i| i == n))
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        for name in &matching.include {
+            match one.get(name) {
+                Some(v) if !v.is_empty() => pairs.push((name.clone(), v.to_owned())),
+                _ => {}
+            }
+        }
+        metric = Labels::from_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    }
+    metric
 }
 
 /// `and`: the left elements that have a match on the right.

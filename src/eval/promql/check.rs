@@ -2,44 +2,104 @@
 //! does not evaluate, so that a rule using it is reported invalid when loaded. It must
 //! accept exactly what `engine` evaluates (plus `ml_forecast`, which callers evaluate).
 
+use promql_parser::parser::Expr;
 use promql_parser::parser::token::{
-    T_ADD, T_AVG, T_BOTTOMK, T_COUNT, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE,
-    T_LUNLESS, T_MAX, T_MIN, T_MOD, T_MUL, T_NEQ, T_POW, T_QUANTILE, T_SUB, T_SUM, T_TOPK,
+    T_ADD, T_ATAN2, T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_DIV, T_EQLC, T_GROUP, T_GTE,
+    T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MAX, T_MIN, T_MOD, T_MUL, T_NEQ, T_POW,
+    T_QUANTILE, T_STDDEV, T_STDVAR, T_SUB, T_SUM, T_TOPK,
 };
-use promql_parser::parser::{Expr, VectorMatchCardinality};
 
 use super::{EvalError, ML_FORECAST};
 
-/// Functions the engine evaluates, by name.
+/// Functions the engine evaluates, by name: every function of Prometheus 2.42 but the
+/// three that read native histograms, which Prophet does not keep.
 pub(super) const FUNCTIONS: &[&str] = &[
-    "rate",
-    "irate",
-    "increase",
-    "delta",
-    "idelta",
-    "resets",
-    "changes",
-    "avg_over_time",
-    "min_over_time",
-    "max_over_time",
-    "sum_over_time",
-    "count_over_time",
-    "stddev_over_time",
-    "quantile_over_time",
-    "last_over_time",
-    "histogram_quantile",
     "abs",
-    "clamp_min",
+    "absent",
+    "absent_over_time",
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atanh",
+    "avg_over_time",
+    "ceil",
+    "changes",
+    "clamp",
     "clamp_max",
+    "clamp_min",
+    "cos",
+    "cosh",
+    "count_over_time",
+    "days_in_month",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "deg",
+    "delta",
+    "deriv",
+    "double_exponential_smoothing",
+    "exp",
+    "floor",
+    "histogram_quantile",
+    "holt_winters",
+    "hour",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "last_over_time",
+    "ln",
+    "log10",
+    "log2",
+    "max_over_time",
+    "min_over_time",
+    "minute",
+    "month",
+    "pi",
+    "predict_linear",
+    "present_over_time",
+    "quantile_over_time",
+    "rad",
+    "rate",
+    "resets",
+    "round",
     "scalar",
+    "sgn",
+    "sin",
+    "sinh",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "sum_over_time",
+    "tan",
+    "tanh",
+    "time",
+    "timestamp",
     "vector",
+    "year",
 ];
 
 /// Whether the engine evaluates the aggregation operator `op`.
 pub(super) fn aggregation_supported(op: u16) -> bool {
     matches!(
         op,
-        T_SUM | T_AVG | T_MIN | T_MAX | T_COUNT | T_QUANTILE | T_TOPK | T_BOTTOMK
+        T_SUM
+            | T_AVG
+            | T_MIN
+            | T_MAX
+            | T_COUNT
+            | T_GROUP
+            | T_STDDEV
+            | T_STDVAR
+            | T_COUNT_VALUES
+            | T_QUANTILE
+            | T_TOPK
+            | T_BOTTOMK
     )
 }
 
@@ -53,6 +113,7 @@ pub(super) fn binary_supported(op: u16) -> bool {
             | T_DIV
             | T_MOD
             | T_POW
+            | T_ATAN2
             | T_EQLC
             | T_NEQ
             | T_GTR
@@ -74,7 +135,7 @@ pub fn check(expr: &Expr) -> Result<(), EvalError> {
         Expr::MatrixSelector(_) => Ok(()),
         Expr::Paren(p) => check(&p.expr),
         Expr::Unary(u) => check(&u.expr),
-        Expr::Subquery(_) => Err(EvalError::Unsupported("a subquery".into())),
+        Expr::Subquery(sq) => check(&sq.expr),
         Expr::Extension(e) => Err(EvalError::Unsupported(format!(
             "the extension expression {:?}",
             e.expr.name()
@@ -92,19 +153,11 @@ pub fn check(expr: &Expr) -> Result<(), EvalError> {
             if !binary_supported(b.op.id()) {
                 return Err(EvalError::Unsupported(format!("operator \"{}\"", b.op)));
             }
-            if let Some(modifier) = &b.modifier {
-                match &modifier.card {
-                    VectorMatchCardinality::ManyToOne(_) => {
-                        return Err(EvalError::Unsupported("group_left".into()));
-                    }
-                    VectorMatchCardinality::OneToMany(_) => {
-                        return Err(EvalError::Unsupported("group_right".into()));
-                    }
-                    VectorMatchCardinality::OneToOne | VectorMatchCardinality::ManyToMany => {}
-                }
-                if modifier.fill_values.lhs.is_some() || modifier.fill_values.rhs.is_some() {
-                    return Err(EvalError::Unsupported("fill".into()));
-                }
+            // Prometheus 3's experimental fill modifiers are not 2.42's PromQL.
+            if let Some(modifier) = &b.modifier
+                && (modifier.fill_values.lhs.is_some() || modifier.fill_values.rhs.is_some())
+            {
+                return Err(EvalError::Unsupported("fill".into()));
             }
             check(&b.lhs)?;
             check(&b.rhs)
@@ -115,11 +168,6 @@ pub fn check(expr: &Expr) -> Result<(), EvalError> {
                 return Err(EvalError::Unsupported(format!("function \"{name}\"")));
             }
             for arg in &call.args.args {
-                if let Expr::Subquery(_) = arg.as_ref() {
-                    return Err(EvalError::Unsupported(format!(
-                        "a subquery as argument of \"{name}\""
-                    )));
-                }
                 check(arg)?;
             }
             Ok(())

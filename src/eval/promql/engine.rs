@@ -1,17 +1,20 @@
 //! The evaluator's core: walks the expression tree at one instant, selects series from
 //! the source the way Prometheus 2.42 does (lookback and staleness for instant
-//! selectors, closed ranges for range selectors, `offset` and `@`), and hands operators,
-//! functions and aggregations to their own files.
+//! selectors, closed ranges for range selectors, `offset` and `@`), evaluates subqueries
+//! step by step, and hands operators, functions and aggregations to their own files.
 
 use std::time::{Duration, SystemTime};
 
-use promql_parser::parser::{AtModifier, Expr, MatrixSelector, Offset, VectorSelector};
+use promql_parser::parser::{
+    AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector,
+};
 
+use super::functions::Window;
 use super::source::{SeriesSamples, SeriesSource};
 use super::value::{Value, compare_labels, drop_metric_name, ensure_unique};
 use super::{EvalError, EvalOptions, aggregate, binary, check, functions};
 use crate::ingest::{Sample, is_stale_marker};
-use crate::labels::Labels;
+use crate::labels::{Labels, LabelsMap};
 use crate::route::Selector;
 
 /// Evaluates `expr` as a Prometheus instant query at `at_ms` (milliseconds since the
@@ -71,7 +74,7 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
             Expr::Aggregate(a) => aggregate::eval(self, a, ts),
             Expr::Binary(b) => binary::eval(self, b, ts),
             Expr::Call(c) => functions::eval(self, c, ts),
-            Expr::Subquery(_) => Err(EvalError::Unsupported("a subquery".into())),
+            Expr::Subquery(sq) => Ok(Value::Matrix(self.subquery(sq, ts)?)),
             Expr::Extension(_) => Err(EvalError::Unsupported("an extension expression".into())),
         }
     }
@@ -101,12 +104,19 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
     /// The time a selector reads at: its `@` time if it has one, else `ts`, moved back
     /// by its offset.
     pub(super) fn selector_time(&self, vs: &VectorSelector, ts: i64) -> i64 {
-        let base = match &vs.at {
+        self.modified_time(vs.at.as_ref(), vs.offset.as_ref(), ts)
+    }
+
+    /// `ts` under an `@` and an `offset` modifier: the `@` time if there is one (in an
+    /// instant query, `start()` and `end()` are both the query's time), moved back by the
+    /// offset.
+    fn modified_time(&self, at: Option<&AtModifier>, offset: Option<&Offset>, ts: i64) -> i64 {
+        let base = match at {
             None => ts,
             Some(AtModifier::Start | AtModifier::End) => self.query_ms,
             Some(AtModifier::At(time)) => system_time_ms(*time),
         };
-        let offset = match &vs.offset {
+        let offset = match offset {
             None => 0,
             Some(Offset::Pos(d)) => duration_ms(*d),
             Some(Offset::Neg(d)) => -duration_ms(*d),
@@ -119,6 +129,14 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
     /// lookback's start is inclusive in Prometheus 2.x (`t < refTime - lookback` is what
     /// excludes a sample).
     pub(super) fn instant_vector(&self, vs: &VectorSelector, ts: i64) -> Vector {
+        self.instant_samples(vs, ts)
+            .into_iter()
+            .map(|(labels, sample)| (labels, sample.value))
+            .collect()
+    }
+
+    /// [`Self::instant_vector`] with each sample's own time, for `timestamp()`.
+    pub(super) fn instant_samples(&self, vs: &VectorSelector, ts: i64) -> Vec<(Labels, Sample)> {
         let end = self.selector_time(vs, ts);
         let start = end.saturating_sub(self.opts.lookback_ms);
         let selector = Selector::from_promql(vs);
@@ -126,14 +144,125 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
         let mut newest = self
             .source
             .select_latest(&selector.groups, start.saturating_sub(1), end);
+        for (labels, _) in &mut newest {
+            // Prometheus treats a label with an empty value as no label: a series sent as
+            // `{shard=""}` must not carry `shard` into any result.
+            if let Some(clean) = labels.without_empty_values() {
+                *labels = clean;
+            }
+        }
         if !newest.is_sorted_by(|a, b| compare_labels(&a.0, &b.0).is_le()) {
             newest.sort_by(|a, b| compare_labels(&a.0, &b.0));
         }
         newest
             .into_iter()
             .filter(|(_, sample)| !is_stale_marker(sample.value))
-            .map(|(labels, sample)| (labels, sample.value))
             .collect()
+    }
+
+    /// A subquery's matrix: the inner expression evaluated at every multiple of the
+    /// step (the subquery's own, else [`EvalOptions::subquery_step_ms`]) in
+    /// `[t - range, t]`, `t` the subquery's time (`@` and `offset` applied), each series'
+    /// values gathered into its samples. As Prometheus's `SubqueryExpr` evaluation: the
+    /// steps are aligned to the epoch, not to `t`.
+    pub(super) fn subquery(
+        &self,
+        sq: &SubqueryExpr,
+        ts: i64,
+    ) -> Result<Vec<SeriesSamples>, EvalError> {
+        let end = self.modified_time(sq.at.as_ref(), sq.offset.as_ref(), ts);
+        let step = sq
+            .step
+            .map(duration_ms)
+            .filter(|&s| s > 0)
+            .unwrap_or(self.opts.subquery_step_ms)
+            .max(1);
+        let earliest = end.saturating_sub(duration_ms(sq.range));
+        // Go's integer division truncates towards zero, as Rust's does.
+        let mut at = step * (earliest / step);
+        if at < earliest {
+            at = at.saturating_add(step);
+        }
+        let mut index: LabelsMap<usize> = LabelsMap::default();
+        let mut series: Vec<SeriesSamples> = Vec::new();
+        while at <= end {
+            let elements = match self.eval(&sq.expr, at)? {
+                Value::Vector(v) => v,
+                Value::Scalar(v) => vec![(Labels::from_pairs([]), v)],
+                other => {
+                    return Err(EvalError::Type(format!(
+                        "subquery is only allowed on instant vector, got {}",
+                        other.type_name()
+                    )));
+                }
+            };
+            for (labels, value) in elements {
+                let sample = Sample {
+                    timestamp_ms: at,
+                    value,
+                };
+                match index.get(&labels) {
+                    Some(&i) => series[i].samples.push(sample),
+                    None => {
+                        index.insert(labels.clone(), series.len());
+                        series.push(SeriesSamples {
+                            labels,
+                            samples: vec![sample],
+                        });
+                    }
+                }
+            }
+            // A time at the end of the i64 range (an absurd `@`) ends the steps instead
+            // of overflowing.
+            match at.checked_add(step) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        series.sort_by(|a, b| compare_labels(&a.labels, &b.labels));
+        Ok(series)
+    }
+
+    /// Calls `visit` with each series of a range function's argument (a range selector
+    /// or a subquery, through parentheses), its samples in the window and the window.
+    /// `function` names the caller, for the message when the argument is neither.
+    pub(super) fn visit_range_input(
+        &self,
+        input: &Expr,
+        ts: i64,
+        function: &str,
+        visit: &mut dyn FnMut(&Labels, &[Sample], &Window),
+    ) -> Result<(), EvalError> {
+        match input {
+            Expr::Paren(p) => self.visit_range_input(&p.expr, ts, function, visit),
+            Expr::MatrixSelector(ms) => {
+                let end = self.selector_time(&ms.vs, ts);
+                let window = Window {
+                    start_ms: end.saturating_sub(duration_ms(ms.range)),
+                    end_ms: end,
+                    range_seconds: ms.range.as_secs_f64(),
+                    eval_ms: ts,
+                };
+                self.visit_range(ms, ts, |labels, samples| visit(labels, samples, &window));
+                Ok(())
+            }
+            Expr::Subquery(sq) => {
+                let end = self.modified_time(sq.at.as_ref(), sq.offset.as_ref(), ts);
+                let window = Window {
+                    start_ms: end.saturating_sub(duration_ms(sq.range)),
+                    end_ms: end,
+                    range_seconds: sq.range.as_secs_f64(),
+                    eval_ms: ts,
+                };
+                for s in self.subquery(sq, ts)? {
+                    visit(&s.labels, &s.samples, &window);
+                }
+                Ok(())
+            }
+            _ => Err(EvalError::Type(format!(
+                "expected type range vector in call to function \"{function}\""
+            ))),
+        }
     }
 
     /// Each matching series' samples in `[t - range, t]` (`t` the selector's time; both
@@ -192,7 +321,10 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
                     samples
                 };
                 if !samples.is_empty() {
-                    visit(labels, samples);
+                    match labels.without_empty_values() {
+                        Some(clean) => visit(&clean, samples),
+                        None => visit(labels, samples),
+                    }
                 }
             });
     }

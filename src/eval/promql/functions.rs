@@ -1,16 +1,24 @@
-//! PromQL functions: the range-vector functions (`rate` and friends, `*_over_time`),
-//! `histogram_quantile` over classic buckets, and the instant helpers `abs`,
-//! `clamp_min`, `clamp_max`, `scalar`, `vector`. Each follows Prometheus 2.42's
+//! PromQL functions: every function of Prometheus 2.42 but the native-histogram ones
+//! (`histogram_count`, `histogram_sum`, `histogram_fraction`): the range-vector
+//! functions (`rate` and friends, `deriv`, `predict_linear`, `holt_winters`, the
+//! `*_over_time` functions, `absent_over_time`), over a range selector or a subquery;
+//! `histogram_quantile` over classic buckets; the math, clamping, rounding and date
+//! functions; `time`, `timestamp`, `absent`, `label_replace`, `label_join`, `sort`,
+//! `sort_desc`, `scalar`, `vector`; and Prometheus 3's name `double_exponential_smoothing`
+//! for `holt_winters`. Each follows Prometheus 2.42's
 //! `functions.go` step for step, floating-point operation order included, so results
 //! agree to the last bit where Go and Rust arithmetic agree.
 
-use promql_parser::parser::{Call, Expr, MatrixSelector};
+use promql_parser::label::MatchOp;
+use promql_parser::parser::{Call, Expr};
 
 use super::EvalError;
-use super::engine::{Engine, Vector, duration_ms};
+use super::engine::{Engine, Vector};
+use super::go_time;
 use super::source::SeriesSource;
 use super::value::{
     METRIC_NAME, Value, drop_metric_name, ensure_unique, go_max, go_min, kahan_sum_inc, quantile,
+    set_label, valid_label_name,
 };
 use crate::ingest::Sample;
 use crate::labels::{Labels, LabelsMap};
@@ -28,15 +36,38 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
             .map(|a| a.as_ref())
             .ok_or_else(|| EvalError::Type(format!("missing argument {i} of \"{name}\"")))
     };
+    // An optional scalar argument, evaluated when present.
+    let optional_scalar = |i: usize| -> Result<Option<f64>, EvalError> {
+        args.get(i).map(|a| engine.eval_scalar(a, ts)).transpose()
+    };
     match name {
-        "rate" | "irate" | "increase" | "delta" | "idelta" | "resets" | "changes"
+        "rate" | "irate" | "increase" | "delta" | "idelta" | "resets" | "changes" | "deriv"
         | "avg_over_time" | "min_over_time" | "max_over_time" | "sum_over_time"
-        | "count_over_time" | "stddev_over_time" | "last_over_time" => {
-            range_function(engine, name, matrix_selector(arg(0)?, name)?, None, ts)
-        }
+        | "count_over_time" | "stddev_over_time" | "stdvar_over_time" | "last_over_time"
+        | "present_over_time" => range_function(engine, name, arg(0)?, [f64::NAN; 2], ts),
         "quantile_over_time" => {
             let q = engine.eval_scalar(arg(0)?, ts)?;
-            range_function(engine, name, matrix_selector(arg(1)?, name)?, Some(q), ts)
+            range_function(engine, name, arg(1)?, [q, f64::NAN], ts)
+        }
+        "predict_linear" => {
+            let seconds = engine.eval_scalar(arg(1)?, ts)?;
+            range_function(engine, name, arg(0)?, [seconds, f64::NAN], ts)
+        }
+        "holt_winters" | "double_exponential_smoothing" => {
+            let smoothing = engine.eval_scalar(arg(1)?, ts)?;
+            let trend = engine.eval_scalar(arg(2)?, ts)?;
+            range_function(engine, name, arg(0)?, [smoothing, trend], ts)
+        }
+        "absent_over_time" => {
+            let selector = arg(0)?;
+            let mut present = false;
+            engine.visit_range_input(selector, ts, name, &mut |_, _, _| present = true)?;
+            Ok(Value::Vector(absent(present, selector)))
+        }
+        "absent" => {
+            let selector = arg(0)?;
+            let present = !engine.eval_vector(selector, ts)?.is_empty();
+            Ok(Value::Vector(absent(present, selector)))
         }
         "histogram_quantile" => {
             let q = engine.eval_scalar(arg(0)?, ts)?;
@@ -45,6 +76,56 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
             Ok(Value::Vector(out))
         }
         "abs" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::abs),
+        "ceil" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::ceil),
+        "floor" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::floor),
+        "exp" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::exp),
+        "sqrt" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::sqrt),
+        "ln" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::ln),
+        "log2" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::log2),
+        "log10" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::log10),
+        "sin" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::sin),
+        "cos" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::cos),
+        "tan" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::tan),
+        "asin" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::asin),
+        "acos" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::acos),
+        "atan" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::atan),
+        "sinh" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::sinh),
+        "cosh" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::cosh),
+        "tanh" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::tanh),
+        "asinh" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::asinh),
+        "acosh" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::acosh),
+        "atanh" => map_vector(engine.eval_vector(arg(0)?, ts)?, f64::atanh),
+        // The same operation order as Prometheus, so the last bit agrees.
+        "rad" => map_vector(engine.eval_vector(arg(0)?, ts)?, |v| {
+            v * std::f64::consts::PI / 180.0
+        }),
+        "deg" => map_vector(engine.eval_vector(arg(0)?, ts)?, |v| {
+            v * 180.0 / std::f64::consts::PI
+        }),
+        "sgn" => map_vector(engine.eval_vector(arg(0)?, ts)?, |v| {
+            if v < 0.0 {
+                -1.0
+            } else if v > 0.0 {
+                1.0
+            } else {
+                v
+            }
+        }),
+        "round" => {
+            let input = engine.eval_vector(arg(0)?, ts)?;
+            // Inverted first, as Prometheus does ("fewer floating point accuracy issues").
+            let inverse = 1.0 / optional_scalar(1)?.unwrap_or(1.0);
+            map_vector(input, |v| (v * inverse + 0.5).floor() / inverse)
+        }
+        "clamp" => {
+            let input = engine.eval_vector(arg(0)?, ts)?;
+            let min = engine.eval_scalar(arg(1)?, ts)?;
+            let max = engine.eval_scalar(arg(2)?, ts)?;
+            if max < min {
+                return Ok(Value::Vector(Vector::new()));
+            }
+            map_vector(input, |v| go_max(min, go_min(max, v)))
+        }
         "clamp_min" => {
             let input = engine.eval_vector(arg(0)?, ts)?;
             let min = engine.eval_scalar(arg(1)?, ts)?;
@@ -66,22 +147,238 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
             Labels::from_pairs([]),
             engine.eval_scalar(arg(0)?, ts)?,
         )])),
+        "time" => Ok(Value::Scalar(ts as f64 / 1000.0)),
+        "pi" => Ok(Value::Scalar(std::f64::consts::PI)),
+        "timestamp" => timestamp(engine, arg(0)?, ts),
+        "minute" | "hour" | "day_of_week" | "day_of_month" | "day_of_year" | "days_in_month"
+        | "month" | "year" => {
+            let part = |seconds: i64| date_part(name, seconds);
+            match args.first() {
+                // Without an argument: the evaluation time.
+                None => Ok(Value::Vector(vec![(
+                    Labels::from_pairs([]),
+                    part(ts / 1000),
+                )])),
+                Some(input) => {
+                    map_vector(engine.eval_vector(input, ts)?, |v| part(go_float_to_int(v)))
+                }
+            }
+        }
+        "label_replace" => {
+            let input = engine.eval_vector(arg(0)?, ts)?;
+            let out = label_replace(
+                input,
+                string_arg(arg(1)?)?,
+                string_arg(arg(2)?)?,
+                string_arg(arg(3)?)?,
+                string_arg(arg(4)?)?,
+            )?;
+            ensure_unique(&out)?;
+            Ok(Value::Vector(out))
+        }
+        "label_join" => {
+            let input = engine.eval_vector(arg(0)?, ts)?;
+            let sources = args
+                .iter()
+                .skip(3)
+                .map(|a| string_arg(a))
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = label_join(input, string_arg(arg(1)?)?, string_arg(arg(2)?)?, &sources)?;
+            ensure_unique(&out)?;
+            Ok(Value::Vector(out))
+        }
+        "sort" | "sort_desc" => {
+            let mut input = engine.eval_vector(arg(0)?, ts)?;
+            sort_by_value(&mut input, name == "sort_desc");
+            Ok(Value::Vector(input))
+        }
         other => Err(EvalError::Unsupported(format!("function \"{other}\""))),
     }
 }
 
-/// The range selector a range function reads, through any parentheses.
-fn matrix_selector<'e>(expr: &'e Expr, name: &str) -> Result<&'e MatrixSelector, EvalError> {
+/// A string literal argument (`label_replace`'s and `label_join`'s), through any
+/// parentheses.
+fn string_arg(expr: &Expr) -> Result<&str, EvalError> {
     match expr {
-        Expr::MatrixSelector(ms) => Ok(ms),
-        Expr::Paren(p) => matrix_selector(&p.expr, name),
-        Expr::Subquery(_) => Err(EvalError::Unsupported(format!(
-            "a subquery as argument of \"{name}\""
-        ))),
-        _ => Err(EvalError::Type(format!(
-            "expected type range vector in call to function \"{name}\""
-        ))),
+        Expr::StringLiteral(s) => Ok(&s.val),
+        Expr::Paren(p) => string_arg(&p.expr),
+        _ => Err(EvalError::Type("expected a string literal argument".into())),
     }
+}
+
+/// `absent` and `absent_over_time`: nothing if the input had a series, else one element
+/// of value 1 whose labels are the selector's equality matchers (Prometheus's
+/// `createLabelsForAbsentFunction`: a name matched twice, or by another operator, is
+/// left out; anything but a selector gives no labels).
+fn absent(present: bool, input: &Expr) -> Vector {
+    if present {
+        return Vector::new();
+    }
+    let matchers = match unwrap_parens(input) {
+        Expr::VectorSelector(vs) => &vs.matchers.matchers,
+        Expr::MatrixSelector(ms) => &ms.vs.matchers.matchers,
+        _ => return vec![(Labels::from_pairs([]), 1.0)],
+    };
+    let mut labels: Vec<(&str, &str)> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for m in matchers {
+        if m.name == METRIC_NAME {
+            continue;
+        }
+        labels.retain(|(n, _)| *n != m.name);
+        if m.op == MatchOp::Equal && !seen.contains(&m.name.as_str()) {
+            // An empty value is no label.
+            if !m.value.is_empty() {
+                labels.push((&m.name, &m.value));
+            }
+        }
+        seen.push(&m.name);
+    }
+    vec![(Labels::from_pairs(labels), 1.0)]
+}
+
+/// The expression inside any parentheses.
+pub(super) fn unwrap_parens(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Paren(p) => unwrap_parens(&p.expr),
+        other => other,
+    }
+}
+
+/// `timestamp(v)`: each element's sample time in seconds. For a plain selector that is
+/// the time of the sample the lookback found; for anything else Prometheus's elements
+/// carry the evaluation time.
+fn timestamp<S: SeriesSource + ?Sized>(
+    engine: &Engine<'_, S>,
+    input: &Expr,
+    ts: i64,
+) -> Result<Value, EvalError> {
+    let out: Vector = match unwrap_parens(input) {
+        Expr::VectorSelector(vs) => engine
+            .instant_samples(vs, ts)
+            .into_iter()
+            .map(|(labels, sample)| {
+                (
+                    drop_metric_name(&labels),
+                    sample.timestamp_ms as f64 / 1000.0,
+                )
+            })
+            .collect(),
+        other => engine
+            .eval_vector(other, ts)?
+            .into_iter()
+            .map(|(labels, _)| (drop_metric_name(&labels), ts as f64 / 1000.0))
+            .collect(),
+    };
+    ensure_unique(&out)?;
+    Ok(Value::Vector(out))
+}
+
+/// Go's conversion of a float to int64 on amd64 (`CVTTSD2SQ`): truncation, and the
+/// "integer indefinite" value, the smallest int64, for NaN and out-of-range values.
+fn go_float_to_int(v: f64) -> i64 {
+    // 2^63: the int64 range is [-2^63, 2^63).
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    if (-LIMIT..LIMIT).contains(&v) {
+        v as i64
+    } else {
+        i64::MIN
+    }
+}
+
+/// One part of the UTC date of `seconds` after the epoch, as Go's `time` package computes
+/// it (so even the dates of absurd times, such as a NaN's, agree with Prometheus).
+fn date_part(name: &str, seconds: i64) -> f64 {
+    let date = go_time::Date::of_unix(seconds);
+    f64::from(match name {
+        "minute" => date.minute,
+        "hour" => date.hour,
+        "day_of_week" => date.weekday,
+        "day_of_month" => date.day,
+        "day_of_year" => date.year_day,
+        "days_in_month" => date.days_in_month(),
+        "month" => date.month,
+        _ => return date.year as f64,
+    })
+}
+
+/// `label_replace(v, dst, replacement, src, regex)`: where the anchored `regex` matches
+/// the value of `src`, `dst` is set to the expanded `replacement` (removed if that is
+/// empty); other elements pass unchanged. The metric name stays.
+fn label_replace(
+    input: Vector,
+    dst: &str,
+    replacement: &str,
+    src: &str,
+    regex: &str,
+) -> Result<Vector, EvalError> {
+    let re = regex::Regex::new(&format!("^(?:{})$", super::go_regex::go_compatible(regex)))
+        .map_err(|_| {
+            EvalError::Function(format!(
+                "invalid regular expression in label_replace(): {regex}"
+            ))
+        })?;
+    if !valid_label_name(dst) {
+        return Err(EvalError::Function(format!(
+            "invalid destination label name in label_replace(): {dst}"
+        )));
+    }
+    Ok(input
+        .into_iter()
+        .map(|(labels, v)| {
+            let value = labels.get(src).unwrap_or_default();
+            let labels = match re.captures(value) {
+                None => labels,
+                Some(captures) => {
+                    let mut expanded = String::new();
+                    captures.expand(replacement, &mut expanded);
+                    set_label(&labels, dst, Some(&expanded))
+                }
+            };
+            (labels, v)
+        })
+        .collect())
+}
+
+/// `label_join(v, dst, separator, src...)`: `dst` set to the `src` values joined by
+/// `separator` (removed if that is empty). The metric name stays.
+fn label_join(
+    input: Vector,
+    dst: &str,
+    separator: &str,
+    sources: &[&str],
+) -> Result<Vector, EvalError> {
+    if let Some(bad) = sources.iter().find(|s| !valid_label_name(s)) {
+        return Err(EvalError::Function(format!(
+            "invalid source label name in label_join(): {bad}"
+        )));
+    }
+    if !valid_label_name(dst) {
+        return Err(EvalError::Function(format!(
+            "invalid destination label name in label_join(): {dst}"
+        )));
+    }
+    Ok(input
+        .into_iter()
+        .map(|(labels, v)| {
+            let joined = sources
+                .iter()
+                .map(|s| labels.get(s).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(separator);
+            (set_label(&labels, dst, Some(&joined)), v)
+        })
+        .collect())
+}
+
+/// `sort` (ascending) and `sort_desc`, NaN last either way, ordered as Prometheus 2.42
+/// orders them: Go's `sort.Sort` over its value heaps, reversed, so that even equal
+/// values come out in the same order.
+fn sort_by_value(input: &mut Vector, descending: bool) {
+    // sort: the reverse of a descending order with NaN first; sort_desc: the reverse
+    // of an ascending one with NaN first.
+    let heap_less = |a: f64, b: f64| a.is_nan() || if descending { a < b } else { a > b };
+    super::gosort::sort(input, |a, b| heap_less(b.1, a.1));
 }
 
 /// Applies `f` to every element; drops the metric name as Prometheus's math functions do.
@@ -94,23 +391,18 @@ fn map_vector(input: Vector, f: impl Fn(f64) -> f64) -> Result<Value, EvalError>
     Ok(Value::Vector(out))
 }
 
-/// A range function over each series of `ms`. Every one but `last_over_time` drops the
-/// metric name (Prometheus: "last_over_time acts like offset").
+/// A range function over each series of its range argument (a range selector or a
+/// subquery). Every one but `last_over_time` drops the metric name (Prometheus:
+/// "last_over_time acts like offset"). `params` are the function's scalar arguments.
 fn range_function<S: SeriesSource + ?Sized>(
     engine: &Engine<'_, S>,
     name: &str,
-    ms: &MatrixSelector,
-    param: Option<f64>,
+    input: &Expr,
+    params: [f64; 2],
     ts: i64,
 ) -> Result<Value, EvalError> {
-    let range_end = engine.selector_time(&ms.vs, ts);
-    let range_ms = duration_ms(ms.range);
-    let window = Window {
-        start_ms: range_end.saturating_sub(range_ms),
-        end_ms: range_end,
-        range_seconds: ms.range.as_secs_f64(),
-    };
-    let function: fn(&[Sample], &Window, Option<f64>) -> Option<f64> = match name {
+    type RangeFn = fn(&[Sample], &Window, [f64; 2]) -> Option<f64>;
+    let function: RangeFn = match name {
         "rate" => |p, w, _| extrapolated_rate(p, w, true, true),
         "increase" => |p, w, _| extrapolated_rate(p, w, true, false),
         "delta" => |p, w, _| extrapolated_rate(p, w, false, false),
@@ -118,22 +410,50 @@ fn range_function<S: SeriesSource + ?Sized>(
         "idelta" => |p, _, _| instant_value(p, false),
         "resets" => |p, _, _| Some(resets(p)),
         "changes" => |p, _, _| Some(changes(p)),
+        // Regressed on the first sample's time, as Prometheus does to keep precision.
+        "deriv" => |p, _, _| {
+            let first = p.first()?.timestamp_ms;
+            (p.len() >= 2).then(|| linear_regression(p, first).0)
+        },
+        // Regressed on the evaluation time: the intercept is the value "now".
+        "predict_linear" => |p, w, [seconds, _]| {
+            (p.len() >= 2).then(|| {
+                let (slope, intercept) = linear_regression(p, w.eval_ms);
+                slope * seconds + intercept
+            })
+        },
+        "holt_winters" | "double_exponential_smoothing" => {
+            |p, _, [smoothing, trend]| holt_winters(p, smoothing, trend)
+        }
         "avg_over_time" => |p, _, _| Some(avg_over_time(p)),
         "min_over_time" => |p, _, _| Some(min_over_time(p)),
         "max_over_time" => |p, _, _| Some(max_over_time(p)),
         "sum_over_time" => |p, _, _| Some(sum_over_time(p)),
         "count_over_time" => |p, _, _| Some(p.len() as f64),
-        "stddev_over_time" => |p, _, _| Some(stddev_over_time(p)),
-        "quantile_over_time" => |p, _, q| {
+        "stddev_over_time" => |p, _, _| Some(stdvar_over_time(p).sqrt()),
+        "stdvar_over_time" => |p, _, _| Some(stdvar_over_time(p)),
+        "present_over_time" => |_, _, _| Some(1.0),
+        "quantile_over_time" => |p, _, [q, _]| {
             let mut values: Vec<f64> = p.iter().map(|p| p.value).collect();
-            Some(quantile(q.unwrap_or(f64::NAN), &mut values))
+            Some(quantile(q, &mut values))
         },
         "last_over_time" => |p, _, _| p.last().map(|p| p.value),
         other => return Err(EvalError::Unsupported(format!("function \"{other}\""))),
     };
+    // Prometheus checks holt_winters' factors when it first has a series to smooth.
+    let factors = if matches!(name, "holt_winters" | "double_exponential_smoothing") {
+        holt_winters_factors(params)
+    } else {
+        Ok(())
+    };
     let mut out = Vector::new();
-    engine.visit_range(ms, ts, |labels, points| {
-        if let Some(value) = function(points, &window, param) {
+    let mut failed = None;
+    engine.visit_range_input(input, ts, name, &mut |labels, points, window| {
+        if let Err(e) = &factors {
+            failed.get_or_insert_with(|| e.clone());
+            return;
+        }
+        if let Some(value) = function(points, window, params) {
             let labels = if name == "last_over_time" {
                 labels.clone()
             } else {
@@ -141,16 +461,96 @@ fn range_function<S: SeriesSource + ?Sized>(
             };
             out.push((labels, value));
         }
-    });
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     ensure_unique(&out)?;
     Ok(Value::Vector(out))
 }
 
-/// The bounds of a range function's window.
+/// Prometheus's `linearRegression`: least squares over `(t - intercept_ms, value)` in
+/// seconds, with Kahan-compensated sums; a constant series has slope 0 (NaN if that
+/// constant is infinite). Returns `(slope, intercept)`.
+fn linear_regression(points: &[Sample], intercept_ms: i64) -> (f64, f64) {
+    let (mut n, mut sum_x, mut c_x, mut sum_y, mut c_y) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut sum_xy, mut c_xy, mut sum_x2, mut c_x2) = (0.0, 0.0, 0.0, 0.0);
+    let init_y = points.first().map_or(f64::NAN, |p| p.value);
+    let mut const_y = true;
+    for (i, p) in points.iter().enumerate() {
+        if const_y && i > 0 && p.value != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (p.timestamp_ms - intercept_ms) as f64 / 1e3;
+        (sum_x, c_x) = kahan_sum_inc(x, sum_x, c_x);
+        (sum_y, c_y) = kahan_sum_inc(p.value, sum_y, c_y);
+        (sum_xy, c_xy) = kahan_sum_inc(x * p.value, sum_xy, c_xy);
+        (sum_x2, c_x2) = kahan_sum_inc(x * x, sum_x2, c_x2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    let (sum_x, sum_y) = (sum_x + c_x, sum_y + c_y);
+    let (sum_xy, sum_x2) = (sum_xy + c_xy, sum_x2 + c_x2);
+    let cov_xy = sum_xy - sum_x * sum_y / n;
+    let var_x = sum_x2 - sum_x * sum_x / n;
+    let slope = cov_xy / var_x;
+    let intercept = sum_y / n - slope * sum_x / n;
+    (slope, intercept)
+}
+
+/// Prometheus 2.42's checks of `holt_winters`' smoothing and trend factors.
+fn holt_winters_factors([smoothing, trend]: [f64; 2]) -> Result<(), EvalError> {
+    // Go's %f: six decimals.
+    if smoothing <= 0.0 || smoothing >= 1.0 {
+        return Err(EvalError::Function(format!(
+            "invalid smoothing factor. Expected: 0 < sf < 1, got: {smoothing:.6}"
+        )));
+    }
+    if trend <= 0.0 || trend >= 1.0 {
+        return Err(EvalError::Function(format!(
+            "invalid trend factor. Expected: 0 < tf < 1, got: {trend:.6}"
+        )));
+    }
+    Ok(())
+}
+
+/// Prometheus 2.42's `holt_winters` (double exponential smoothing; Prometheus 3 calls it
+/// `double_exponential_smoothing`): the last smoothed value, `None` under two samples.
+fn holt_winters(points: &[Sample], smoothing: f64, trend: f64) -> Option<f64> {
+    if points.len() < 2 {
+        return None;
+    }
+    let trend_value = |i: usize, s0: f64, s1: f64, b: f64| {
+        if i == 0 {
+            b
+        } else {
+            trend * (s1 - s0) + (1.0 - trend) * b
+        }
+    };
+    let (mut s0, mut s1) = (0.0, points[0].value);
+    let mut b = points[1].value - points[0].value;
+    for (i, p) in points.iter().enumerate().skip(1) {
+        let x = smoothing * p.value;
+        b = trend_value(i - 1, s0, s1, b);
+        let y = (1.0 - smoothing) * (s1 + b);
+        (s0, s1) = (s1, x + y);
+    }
+    Some(s1)
+}
+
+/// The bounds of a range function's window, and the evaluation time it is read at.
 pub(super) struct Window {
     pub start_ms: i64,
     pub end_ms: i64,
     pub range_seconds: f64,
+    /// The evaluation's time (not moved by `offset` or `@`): what `predict_linear`
+    /// predicts from.
+    pub eval_ms: i64,
 }
 
 /// Prometheus's `extrapolatedRate`, behind `rate`, `increase` and `delta`: the change
@@ -296,9 +696,9 @@ fn sum_over_time(points: &[Sample]) -> f64 {
     if sum.is_infinite() { sum } else { sum + c }
 }
 
-/// Population standard deviation, by Welford's method with Kahan-compensated sums as in
-/// Prometheus.
-fn stddev_over_time(points: &[Sample]) -> f64 {
+/// Population variance, by Welford's method with Kahan-compensated sums as in
+/// Prometheus (`stddev_over_time` is its square root).
+fn stdvar_over_time(points: &[Sample]) -> f64 {
     let (mut count, mut mean, mut c_mean, mut aux, mut c_aux) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for p in points {
         count += 1.0;
@@ -306,7 +706,7 @@ fn stddev_over_time(points: &[Sample]) -> f64 {
         (mean, c_mean) = kahan_sum_inc(delta / count, mean, c_mean);
         (aux, c_aux) = kahan_sum_inc(delta * (p.value - (mean + c_mean)), aux, c_aux);
     }
-    ((aux + c_aux) / count).sqrt()
+    (aux + c_aux) / count
 }
 
 /// One classic bucket: its upper bound (`le`) and cumulative count.

@@ -1,9 +1,9 @@
 //! PromQL evaluation over in-memory series: a pure, deterministic engine that gives the
-//! same answers as Prometheus 2.42's instant queries for the subset rules use (selectors,
-//! the counter and `_over_time` range functions, aggregations, arithmetic and comparison
-//! operators with one-to-one matching, `histogram_quantile` over classic buckets and a few
-//! scalar helpers). Series come from a [`SeriesSource`]; nothing here reads a clock, does
-//! I/O or keeps state between evaluations.
+//! same answers as Prometheus 2.42's instant queries: selectors with `offset` and `@`,
+//! subqueries, every function but the native-histogram ones, every aggregation,
+//! arithmetic, comparison and set operators with one-to-one and many-to-one matching.
+//! Series come from a [`SeriesSource`]; nothing here reads a clock, does I/O or keeps
+//! state between evaluations.
 //!
 //! [`check`] walks an expression once at load time and names the first part the engine
 //! cannot evaluate, so a rule is reported invalid when it is loaded, not when it first
@@ -28,6 +28,9 @@ mod binary;
 mod check;
 mod engine;
 mod functions;
+mod go_regex;
+mod go_time;
+mod gosort;
 pub mod size;
 mod source;
 mod value;
@@ -51,12 +54,16 @@ pub struct EvalOptions {
     /// How far back an instant selector looks for a series' newest sample
     /// (Prometheus's `--query.lookback-delta`, 5 minutes by default).
     pub lookback_ms: i64,
+    /// The step of a subquery that names none (`x[1h:]`): Prometheus takes its global
+    /// `evaluation_interval`, 1 minute unless configured.
+    pub subquery_step_ms: i64,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
         Self {
             lookback_ms: 5 * 60 * 1000,
+            subquery_step_ms: 60 * 1000,
         }
     }
 }
@@ -93,14 +100,23 @@ pub enum EvalError {
         "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
     )]
     MultipleMatches,
+    /// `group_left`/`group_right` gave two results with the same labels for one match
+    /// group.
+    #[error("multiple matches for labels: grouping labels must ensure unique matches")]
+    GroupingNotUnique,
+    /// A function refused its arguments at run time (an invalid regular expression or
+    /// label name, a smoothing factor out of range), in Prometheus's words.
+    #[error("{0}")]
+    Function(String),
     /// The `k` of `topk`/`bottomk` does not fit a 64-bit integer (or is NaN).
     #[error("Scalar value {0} overflows int64")]
     Overflow(f64),
 }
 
-/// Makes `ml_forecast(<vector>, <scalar>)` known to promql-parser. Idempotent and cheap
-/// after the first call; the registry is process-wide.
-pub fn register_ml_forecast() {
+/// Makes `ml_forecast(<vector>, <scalar>)` (and Prometheus 2.x's `holt_winters`) known
+/// to promql-parser. Idempotent and cheap after the first call; the registry is
+/// process-wide.
+pub fn register_functions() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let forecast = Function::new(
@@ -115,15 +131,30 @@ pub fn register_ml_forecast() {
         if let Err(error) = register_extra_functions(vec![forecast]) {
             tracing::warn!(%error, "cannot register ml_forecast with the PromQL parser");
         }
+        // Prometheus 2.x's name for `double_exponential_smoothing`, which promql-parser
+        // (following Prometheus 3) no longer knows; rules written for 2.x use it.
+        let holt_winters = Function::new(
+            "holt_winters",
+            vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar],
+            0,
+            ValueType::Vector,
+            false,
+        );
+        if let Err(error) = register_extra_functions(vec![holt_winters]) {
+            tracing::warn!(%error, "cannot register holt_winters with the PromQL parser");
+        }
     });
 }
 
-/// Parses PromQL text, with `ml_forecast` known to the parser. Text over the size
+/// Parses PromQL text, with `ml_forecast` and `holt_winters` known to the parser, and
+/// regex matchers compiled with Go's meaning (see [`go_regex`]). Text over the size
 /// limits ([`check_size`]) is refused before the parser sees it.
 pub fn parse(text: &str) -> Result<Expr, String> {
     check_size(text).map_err(|too_large| format!("the expression is {too_large}"))?;
-    register_ml_forecast();
-    promql_parser::parser::parse(text)
+    register_functions();
+    let mut expr = promql_parser::parser::parse(text)?;
+    go_regex::go_matchers(&mut expr);
+    Ok(expr)
 }
 
 /// Splits `ml_forecast(<expr>, <horizon>)` into the texts of `<expr>` and `<horizon>`,

@@ -49,6 +49,7 @@ fn window(start_ms: i64, end_ms: i64) -> Window {
         start_ms,
         end_ms,
         range_seconds: (end_ms - start_ms) as f64 / 1000.0,
+        eval_ms: end_ms,
     }
 }
 
@@ -311,19 +312,126 @@ fn aggregations_group_and_topk_keeps_labels() {
 #[test]
 fn check_names_what_is_unsupported() {
     let err = |text: &str| check(&parse(text).unwrap()).unwrap_err().to_string();
+    // Native histograms are not kept, and Prometheus 3's experimental parts are not 2.42's.
     assert_eq!(
-        err("predict_linear(x[5m], 60)"),
-        r#"function "predict_linear" is not supported"#
+        err("histogram_count(x)"),
+        r#"function "histogram_count" is not supported"#
     );
-    assert_eq!(err("stddev(x)"), r#"aggregation "stddev" is not supported"#);
-    assert_eq!(err("a * on(x) group_left b"), "group_left is not supported");
     assert_eq!(
-        err("rate(x[5m:1m])"),
-        r#"a subquery as argument of "rate" is not supported"#
+        err("limitk(2, x)"),
+        r#"aggregation "limitk" is not supported"#
     );
-    assert!(check(&parse("sum by (job) (rate(x[5m])) > bool 2").unwrap()).is_ok());
-    assert!(check(&parse("ml_forecast(sum(rate(x[5m])), 1h)").unwrap()).is_ok());
-    assert!(check(&parse("ml_forecast(predict_linear(x[5m], 1), 1h)").unwrap()).is_err());
+    for supported in [
+        "sum by (job) (rate(x[5m])) > bool 2",
+        "predict_linear(x[5m], 60) < 0",
+        "stddev(x) + stdvar(x) + group(x)",
+        r#"count_values("v", x)"#,
+        "a * on(x) group_left(y) b",
+        "a / on(x) group_right b",
+        "max_over_time(rate(x[5m])[1h:])",
+        "absent(x) or absent_over_time(y[5m])",
+        r#"label_join(label_replace(x, "a", "$1", "b", "(.*)"), "c", "-", "a", "b")"#,
+        "hour() == 3 and day_of_week(timestamp(x)) > 5",
+        "x @ end() - x @ start() offset 5m",
+        "holt_winters(x[10m], 0.5, 0.5) + double_exponential_smoothing(x[10m], 0.5, 0.5)",
+        "a atan2 b",
+        "ml_forecast(sum(rate(x[5m])), 1h)",
+    ] {
+        assert!(check(&parse(supported).unwrap()).is_ok(), "{supported}");
+    }
+}
+
+#[test]
+fn subqueries_step_on_multiples_of_their_step_and_reach_back_their_range() {
+    let mut source = MemorySource::default();
+    // One sample a second from t = 0 to 600 s, value = t in seconds.
+    source.push(
+        labels(&[("__name__", "c")]),
+        (0..=600).map(|i| s(i * 1000, i as f64)).collect(),
+    );
+    // Steps at 60, 120, ..., 300 s (the first multiple of 1m at or after 250 - 60 s is
+    // 240 s, no: 190 s rounds up to 240 s): 240 and 300... evaluated at 250 s with
+    // [1m:1m] the steps are 240 only (190 < 240 <= 250).
+    assert_eq!(
+        one(eval(&source, "count_over_time(c[1m:1m])", 250_000)),
+        1.0
+    );
+    assert_eq!(
+        one(eval(&source, "max_over_time(c[1m:1m])", 250_000)),
+        240.0
+    );
+    // [5m:1m] at 300 s: steps 0, 60, ..., 300 (both ends, as Prometheus 2.x).
+    assert_eq!(
+        one(eval(&source, "count_over_time(c[5m:1m])", 300_000)),
+        6.0
+    );
+    // A subquery of a range function: rate over 1m is 1/s at every step.
+    assert_eq!(
+        one(eval(&source, "avg_over_time(rate(c[1m])[5m:30s])", 600_000)),
+        1.0
+    );
+    // The default step is EvalOptions::subquery_step_ms (1m, Prometheus's default).
+    assert_eq!(one(eval(&source, "count_over_time(c[5m:])", 600_000)), 6.0);
+    // offset moves the subquery's window back.
+    assert_eq!(
+        one(eval(&source, "max_over_time(c[1m:1m] offset 2m)", 600_000)),
+        480.0
+    );
+}
+
+#[test]
+fn group_left_copies_the_one_sides_labels_and_refuses_ambiguity() {
+    let mut source = MemorySource::default();
+    source.push(
+        labels(&[("__name__", "req"), ("pod", "a"), ("code", "200")]),
+        vec![s(0, 10.0)],
+    );
+    source.push(
+        labels(&[("__name__", "req"), ("pod", "a"), ("code", "500")]),
+        vec![s(0, 2.0)],
+    );
+    source.push(
+        labels(&[
+            ("__name__", "owner"),
+            ("pod", "a"),
+            ("owner", "web"),
+            ("node", ""),
+        ]),
+        vec![s(0, 1.0)],
+    );
+    assert_eq!(
+        vector(eval(&source, "req * on(pod) group_left(owner) owner", 0)),
+        [
+            (r#"{code="200", owner="web", pod="a"}"#.into(), 10.0),
+            (r#"{code="500", owner="web", pod="a"}"#.into(), 2.0)
+        ]
+    );
+    assert_eq!(
+        vector(eval(&source, "owner * on(pod) group_right(owner) req", 0)),
+        [
+            (r#"{code="200", owner="web", pod="a"}"#.into(), 10.0),
+            (r#"{code="500", owner="web", pod="a"}"#.into(), 2.0)
+        ]
+    );
+    // Without group_left the two left series match one right series: an error.
+    assert_eq!(
+        eval(&source, "req * on(pod) owner", 0),
+        Err(EvalError::MultipleMatches)
+    );
+    // Results that group_left cannot tell apart: arithmetic drops the names that
+    // told the left series apart.
+    source.push(
+        labels(&[("__name__", "req2"), ("pod", "a"), ("code", "200")]),
+        vec![s(0, 1.0)],
+    );
+    assert_eq!(
+        eval(
+            &source,
+            r#"{__name__=~"req|req2", code="200"} * on(pod) group_left owner"#,
+            0
+        ),
+        Err(EvalError::GroupingNotUnique)
+    );
 }
 
 #[test]
@@ -372,13 +480,13 @@ fn at_the_depth_limit() -> Vec<(&'static str, String)> {
 
 #[test]
 fn expressions_at_the_depth_limit_evaluate_within_a_default_thread_stack() {
-    // 2 MiB, a spawned thread's default, explicitly: the evaluator thread gets more, so
-    // this is the limit's margin in a debug build, whatever RUST_MIN_STACK says.
-    let evaluated = std::thread::Builder::new()
+    // Parsing, copying, printing and dropping happen where rules are compiled (the async
+    // runtime's threads, 2 MiB by default); evaluating on the evaluator thread, which has
+    // 16 MiB: half of that here is the limit's margin in a debug build, whatever
+    // RUST_MIN_STACK says.
+    let handled = std::thread::Builder::new()
         .stack_size(2 << 20)
         .spawn(|| {
-            let mut source = MemorySource::default();
-            source.push(labels(&[("__name__", "m"), ("pod", "a")]), vec![s(0, 2.0)]);
             for (shape, text) in at_the_depth_limit() {
                 let size = check_size(&text).unwrap_or_else(|e| panic!("{shape}: {e}"));
                 assert!(size.depth <= size::MAX_DEPTH, "{shape}: {size:?}");
@@ -386,13 +494,31 @@ fn expressions_at_the_depth_limit_evaluate_within_a_default_thread_stack() {
                 let copy = expr.clone();
                 assert!(!format!("{copy:?}").is_empty());
                 drop(copy);
+            }
+        })
+        .expect("thread starts")
+        .join();
+    assert!(
+        handled.is_ok(),
+        "an expression at the limit failed to parse or drop"
+    );
+    let evaluated = std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(|| {
+            let mut source = MemorySource::default();
+            source.push(labels(&[("__name__", "m"), ("pod", "a")]), vec![s(0, 2.0)]);
+            for (shape, text) in at_the_depth_limit() {
+                let expr = parse(&text).unwrap_or_else(|e| panic!("{shape}: {e}"));
                 let value = evaluate(&expr, 1_000, &source, &EvalOptions::default());
                 assert!(value.is_ok(), "{shape}: {value:?}");
             }
         })
         .expect("thread starts")
         .join();
-    assert!(evaluated.is_ok(), "an expression at the limit failed");
+    assert!(
+        evaluated.is_ok(),
+        "an expression at the limit failed to evaluate"
+    );
 }
 
 #[test]
@@ -405,4 +531,149 @@ fn parse_refuses_expressions_past_the_limits_unparsed() {
     );
     let error = parse(&format!("{}m", "-".repeat(20_000))).expect_err("20 000 minus signs");
     assert!(error.contains("over the limit of 128"), "{error}");
+}
+
+#[test]
+fn a_label_with_an_empty_value_is_no_label_in_results() {
+    let mut source = MemorySource::default();
+    source.push(
+        labels(&[("__name__", "up"), ("job", "db"), ("shard", "")]),
+        vec![s(0, 1.0), s(15_000, 1.0)],
+    );
+    // Prometheus never shows `shard=""`: not on the series, not as a group.
+    assert_eq!(
+        vector(eval(&source, "up", 15_000)),
+        [(r#"up{job="db"}"#.into(), 1.0)]
+    );
+    assert_eq!(
+        vector(eval(&source, r#"up{shard=""}"#, 15_000)),
+        [(r#"up{job="db"}"#.into(), 1.0)]
+    );
+    assert_eq!(
+        vector(eval(&source, "sum by (shard) (up)", 15_000)),
+        [("{}".into(), 1.0)]
+    );
+    assert_eq!(
+        vector(eval(&source, "last_over_time(up[1m])", 15_000)),
+        [(r#"up{job="db"}"#.into(), 1.0)]
+    );
+}
+
+/// Prometheus 3's name for `holt_winters`, which Prometheus 2.42 (the oracle) does not
+/// know: the cases of Prometheus's own `functions.test` ("Tests for
+/// double_exponential_smoothing", float series only; a linear trend is followed exactly
+/// whatever the range's boundaries, so 2.x and 3.x semantics agree on them).
+#[test]
+fn double_exponential_smoothing_follows_prometheus_test_cases() {
+    // `load 10s` with `<start>+<step>x1000`: samples every 10 s.
+    let load = |series: &[(&str, &str, f64, f64)]| {
+        let mut source = MemorySource::default();
+        for &(instance, group, start, step) in series {
+            source.push(
+                labels(&[
+                    ("__name__", "http_requests"),
+                    ("job", "api-server"),
+                    ("instance", instance),
+                    ("group", group),
+                ]),
+                (0..=1000)
+                    .map(|i| s(i * 10_000, start + step * i as f64))
+                    .collect(),
+            );
+        }
+        source
+    };
+    let expected = |pairs: &[(&str, &str, f64)]| -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = pairs
+            .iter()
+            .map(|&(instance, group, value)| {
+                let l = labels(&[
+                    ("job", "api-server"),
+                    ("instance", instance),
+                    ("group", group),
+                ]);
+                (l.to_string(), value)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let text = "double_exponential_smoothing(http_requests[1m], 0.01, 0.1)";
+    let positive = load(&[
+        ("0", "production", 0.0, 10.0),
+        ("1", "production", 0.0, 20.0),
+        ("0", "canary", 0.0, 30.0),
+        ("1", "canary", 0.0, 40.0),
+    ]);
+    assert_eq!(
+        vector(eval(&positive, text, 8_000_000)),
+        expected(&[
+            ("0", "production", 8000.0),
+            ("1", "production", 16000.0),
+            ("0", "canary", 24000.0),
+            ("1", "canary", 32000.0),
+        ])
+    );
+    let negative = load(&[
+        ("0", "production", 8000.0, -10.0),
+        ("1", "production", 0.0, -20.0),
+        ("0", "canary", 0.0, 30.0),
+        ("1", "canary", 0.0, -40.0),
+    ]);
+    assert_eq!(
+        vector(eval(&negative, text, 8_000_000)),
+        expected(&[
+            ("0", "production", 0.0),
+            ("1", "production", -16000.0),
+            ("0", "canary", 24000.0),
+            ("1", "canary", -32000.0),
+        ])
+    );
+    // The same function under its Prometheus 2 name.
+    assert_eq!(
+        eval(
+            &negative,
+            "holt_winters(http_requests[1m], 0.01, 0.1)",
+            8_000_000
+        ),
+        eval(&negative, text, 8_000_000)
+    );
+}
+
+/// `check` and the evaluator must agree: every function `check` accepts is evaluated,
+/// whatever its arguments' shape.
+#[test]
+fn every_function_check_accepts_is_evaluated() {
+    let mut source = MemorySource::default();
+    source.push(
+        labels(&[("__name__", "x"), ("le", "1")]),
+        (0..40).map(|i| s(i * 15_000, i as f64)).collect(),
+    );
+    let candidates = |name: &str| {
+        [
+            format!("{name}(x[5m])"),
+            format!("{name}(0.5, x[5m])"),
+            format!("{name}(x[5m], 60)"),
+            format!("{name}(x[5m], 0.5, 0.5)"),
+            format!("{name}(0.5, x)"),
+            format!("{name}(x, 0, 1)"),
+            format!("{name}(x, 1)"),
+            format!(r#"{name}(x, "a", "b", "le", "(.*)")"#),
+            format!(r#"{name}(x, "a", "-", "le")"#),
+            format!("{name}(1)"),
+            format!("{name}(x)"),
+            format!("{name}()"),
+        ]
+    };
+    for name in super::check::FUNCTIONS {
+        let text = candidates(name)
+            .into_iter()
+            .find(|t| parse(t).is_ok())
+            .unwrap_or_else(|| panic!("no call of {name} parses"));
+        let result = eval(&source, &text, 600_000);
+        assert!(
+            !matches!(result, Err(EvalError::Unsupported(_))),
+            "{text}: {result:?}"
+        );
+    }
 }

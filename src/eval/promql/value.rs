@@ -52,6 +52,26 @@ pub(super) fn remove_labels(labels: &Labels, names: &[String], drop_name: bool) 
     })
 }
 
+/// The labels with `name` set to `value`, or without `name` when `value` is empty or
+/// `None`: in Prometheus a label with an empty value is no label (`labels.Builder.Set`).
+pub(super) fn set_label(labels: &Labels, name: &str, value: Option<&str>) -> Labels {
+    let mut pairs: Vec<(&str, &str)> = labels.iter().filter(|(n, _)| *n != name).collect();
+    if let Some(value) = value.filter(|v| !v.is_empty()) {
+        pairs.push((name, value));
+    }
+    Labels::from_pairs(pairs)
+}
+
+/// Whether `name` is a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`, Prometheus 2.x's
+/// `model.LabelName.IsValid`).
+pub(super) fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Prometheus's order of label sets (`labels.Compare`): pair by pair, name then value,
 /// then the shorter first. The canonical byte form orders differently (its separator
 /// sorts after every character), so series are sorted with this before anything whose
