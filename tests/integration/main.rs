@@ -9,6 +9,7 @@
 mod common;
 
 mod anomaly;
+mod auth;
 mod cluster;
 mod crds;
 mod deploy_manifests;
