@@ -348,7 +348,7 @@ mod tests {
         )
     }
 
-    fn gate(tokens: Option<&str>, basic: Option<&str>, ca: bool) -> (tempfile::TempDir, Gate) {
+    fn gate_with(tokens: Option<&str>, basic: Option<&str>, ca: bool) -> (tempfile::TempDir, Gate) {
         let dir = tempfile::tempdir().unwrap();
         let mut config = AuthConfig::default();
         if let Some(tokens) = tokens {
@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn any_listed_token_is_admitted_and_nothing_else() {
-        let (_dir, gate) = gate(
+        let (_dir, gate) = gate_with(
             Some("# rotation: old, then new\nold-token\n\n  new-token  \n"),
             None,
             false,
@@ -410,7 +410,7 @@ mod tests {
 
     #[test]
     fn basic_auth_compares_user_and_password_together() {
-        let (_dir, gate) = gate(
+        let (_dir, gate) = gate_with(
             None,
             Some("prometheus:s3cret:with colon\nother:pw\n"),
             false,
@@ -441,24 +441,27 @@ mod tests {
 
     #[test]
     fn a_verified_client_certificate_is_enough_when_a_client_ca_is_configured() {
-        let (_dir, gate) = gate(Some("t\n"), None, true);
+        let (_dir, gate) = gate_with(Some("t\n"), None, true);
         assert_eq!(
             gate.check(&HeaderMap::new(), Some(VerifiedClientCertificate)),
             Ok(())
         );
         assert_eq!(gate.check(&headers("Bearer t"), None), Ok(()));
         assert_eq!(gate.check(&HeaderMap::new(), None), Err(Refusal::Missing));
-        let (_dir, gate) = gate(None, None, true);
-        assert!(!gate.is_open());
-        assert_eq!(gate.check(&headers("Bearer t"), None), Err(Refusal::Wrong));
-        assert_eq!(gate.challenges().len(), 1);
+        let (_dir, certificates_only) = gate_with(None, None, true);
+        assert!(!certificates_only.is_open());
+        assert_eq!(
+            certificates_only.check(&headers("Bearer t"), None),
+            Err(Refusal::Wrong)
+        );
+        assert_eq!(certificates_only.challenges().len(), 1);
     }
 
     #[test]
     fn a_rotation_takes_effect_on_reload_and_a_broken_file_keeps_the_old_credentials() {
-        let (dir, gate) = gate(Some("old\n"), None, false);
+        let (dir, gate) = gate_with(Some("old\n"), None, false);
         let path = dir.path().join("tokens");
-        assert_eq!(gate.reload().unwrap(), false, "unchanged");
+        assert!(!gate.reload().unwrap(), "unchanged");
         std::fs::write(&path, "old\nnew\n").unwrap();
         assert!(gate.reload().unwrap());
         assert_eq!(gate.check(&headers("Bearer new"), None), Ok(()));
