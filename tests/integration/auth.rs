@@ -4,8 +4,10 @@
 //! request is refused with 401 (counted: each batch the sender tries shows), nothing is
 //! accepted and nothing is evaluated. A token rotated by swapping a Secret-style
 //! `..data` link takes effect without a restart. Probes and metrics answer without
-//! credentials on their own listener while ingest refuses. In process: a refusal is
-//! answered from the headers alone, before the body is read.
+//! credentials on their own listener while ingest refuses; with
+//! `--metrics-auth=kubernetes` (against a real API server) `/metrics` answers only a
+//! ServiceAccount token granted `get` on it. In process: a refusal is answered from the
+//! headers alone, before the body is read.
 //!
 //! The Prometheus tests need `/usr/bin/prometheus` (`apt-get install prometheus`).
 //! Certificates are made at test time (rcgen).
@@ -35,11 +37,15 @@ struct Prophet {
 /// Starts `prophet run` on the rules in `rules` with `args`; probes and metrics on a
 /// listener of their own.
 fn start_prophet(rules: &Path, args: &[&str]) -> Prophet {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prophet"))
-        .args(["run", "--rules"])
-        .arg(rules)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_prophet"));
+    command.args(["run", "--rules"]).arg(rules).args(args);
+    start(command)
+}
+
+/// Starts `command` (a `prophet run`) with its listeners on free loopback ports.
+fn start(mut command: Command) -> Prophet {
+    let mut child = command
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(args)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -682,4 +688,87 @@ async fn a_refusal_is_answered_from_the_headers_before_the_body_is_read() {
         .await
         .unwrap();
     assert_eq!(probe.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_metrics_auth_lets_only_a_granted_service_account_read_metrics() {
+    let Some(cluster) = common::k8s::cluster() else {
+        return;
+    };
+    cluster.install_crds();
+    let ns = "metrics-auth";
+    let _ = cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: scraper, namespace: {ns}}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: stranger, namespace: {ns}}}\n"
+        )),
+    );
+    // The component's ClusterRoles, as installed, and the reader granted to the scraper.
+    let rbac = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/components/secure-metrics/rbac.yaml"),
+    )
+    .unwrap();
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&rbac));
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-scraper}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: prophet-metrics-reader}}\nsubjects: [{{kind: ServiceAccount, name: scraper, namespace: {ns}}}]\n"
+        )),
+    );
+    let token = |account: &str| {
+        cluster
+            .kubectl(&["-n", ns, "create", "token", account])
+            .trim()
+            .to_owned()
+    };
+    let (scraper, stranger) = (token("scraper"), token("stranger"));
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_prophet"));
+    command
+        .args([
+            "run",
+            "--cluster",
+            "--leader-elect=false",
+            "--metrics-auth=kubernetes",
+        ])
+        .args(["--namespace", ns])
+        .env("KUBECONFIG", &cluster.kubeconfig);
+    let prophet = start(command);
+    let client = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = client
+            .get(format!("http://{}{path}", prophet.probes))
+            .timeout(Duration::from_secs(10));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(
+            get(probe, None).await.unwrap().status(),
+            200,
+            "{probe} needs no token"
+        );
+    }
+    let anonymous = get("/metrics", None).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers().contains_key("www-authenticate"));
+    assert_eq!(
+        get("/metrics", Some("not-a-token")).await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        get("/metrics", Some(&stranger)).await.unwrap().status(),
+        403
+    );
+    let granted = get("/metrics", Some(&scraper)).await.unwrap();
+    assert_eq!(granted.status(), 200);
+    assert!(granted.text().await.unwrap().contains("prophet_leader"));
+    // A repeated scrape is answered from the cache as well.
+    assert_eq!(get("/metrics", Some(&scraper)).await.unwrap().status(), 200);
+    assert_eq!(
+        get("/metrics", Some(&stranger)).await.unwrap().status(),
+        403
+    );
 }
