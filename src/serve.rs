@@ -251,6 +251,11 @@ async fn serve_connection(
         .is_some_and(|chain| !chain.is_empty())
         .then_some(crate::auth::VerifiedClientCertificate);
     let http2 = session.alpn_protocol() == Some(b"h2".as_slice());
+    tracing::debug!(
+        http2,
+        client_certificate = certificate.is_some(),
+        "TLS connection established"
+    );
     let service = CountInFlight::new(app, &conn, certificate);
     let io = TokioIo::new(stream);
     if http2 {

@@ -497,7 +497,7 @@ async fn mutual_tls_admits_the_certified_sender_and_refuses_one_without_a_certif
         ],
     );
     let url = format!("https://{}/api/v1/write", prophet.ingest);
-    // The certified sender speaks HTTP/2, as Go's client does over TLS when asked.
+    // The certified sender speaks HTTP/2 (ALPN; 2.42's default, said here to be sure).
     let _certified = start_prometheus(
         dir.path(),
         "certified",
@@ -509,12 +509,15 @@ async fn mutual_tls_admits_the_certified_sender_and_refuses_one_without_a_certif
             certs.client_key.display()
         ),
     );
-    // Trusts the server, but has no certificate of its own.
+    // Trusts the server, but has no certificate of its own; HTTP/1.1 over TLS.
     let _anonymous = start_prometheus(
         dir.path(),
         "anonymous",
         &url,
-        &format!("    tls_config: {{ca_file: {}}}", certs.ca.display()),
+        &format!(
+            "    enable_http2: false\n    tls_config: {{ca_file: {}}}",
+            certs.ca.display()
+        ),
     );
     let client = reqwest::Client::new();
     let text = wait_metrics(
