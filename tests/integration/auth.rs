@@ -3,7 +3,9 @@
 //! and its samples arrive and trip a rule; with a wrong or missing credential every
 //! request is refused with 401 (counted: each batch the sender tries shows), nothing is
 //! accepted and nothing is evaluated. A token rotated by swapping a Secret-style
-//! `..data` link takes effect without a restart. Probes and metrics answer without
+//! `..data` link takes effect without a restart, and so does a certificate (new
+//! connections get it); a client that never completes its TLS handshake is closed at the
+//! header-read timeout. Probes and metrics answer without
 //! credentials on their own listener while ingest refuses; with
 //! `--metrics-auth=kubernetes` (against a real API server) `/metrics` answers only a
 //! ServiceAccount token granted `get` on it. In process: a refusal is answered from the
@@ -142,18 +144,30 @@ fn rules(dir: &Path) -> PathBuf {
 /// A Secret as the kubelet mounts it: `name -> ..data/name`, `..data -> ..v<version>`,
 /// replaced by writing a new version folder and swapping the `..data` link at once.
 fn mount_secret(dir: &Path, name: &str, content: &str, version: u32) -> PathBuf {
+    mount_secret_files(dir, &[(name, content)], version).remove(0)
+}
+
+/// [`mount_secret`] with several keys, all swapped at once.
+fn mount_secret_files(dir: &Path, files: &[(&str, &str)], version: u32) -> Vec<PathBuf> {
     let versioned = dir.join(format!("..v{version}"));
     std::fs::create_dir_all(&versioned).unwrap();
-    std::fs::write(versioned.join(name), content).unwrap();
+    for (name, content) in files {
+        std::fs::write(versioned.join(name), content).unwrap();
+    }
     let swap = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&swap);
     std::os::unix::fs::symlink(format!("..v{version}"), &swap).unwrap();
     std::fs::rename(&swap, dir.join("..data")).unwrap();
-    let link = dir.join(name);
-    if std::fs::symlink_metadata(&link).is_err() {
-        std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
-    }
-    link
+    files
+        .iter()
+        .map(|(name, _)| {
+            let link = dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+            }
+            link
+        })
+        .collect()
 }
 
 /// A counter's value in an exposition, 0 when absent.
@@ -774,4 +788,106 @@ async fn kubernetes_metrics_auth_lets_only_a_granted_service_account_read_metric
         get("/metrics", Some(&stranger)).await.unwrap().status(),
         403
     );
+}
+
+/// The certificate the server at `addr` presents in a TLS handshake trusting only `ca`;
+/// an error when the handshake fails (a certificate from another CA).
+async fn presented_certificate(addr: &str, ca: &Path) -> std::io::Result<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await?;
+    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+}
+
+fn pem_der(path: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_file(path)
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_without_a_restart_and_a_stalled_handshake_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = rules(dir.path());
+    let (v1, v2) = (dir.path().join("v1"), dir.path().join("v2"));
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::create_dir(&v2).unwrap();
+    let (old, new) = (certificates(&v1), certificates(&v2));
+    let secret = dir.path().join("tls");
+    std::fs::create_dir(&secret).unwrap();
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+    let mounted = |certs: &Certificates, version| {
+        mount_secret_files(
+            &secret,
+            &[
+                ("tls.crt", &read(&certs.server_cert)),
+                ("tls.key", &read(&certs.server_key)),
+            ],
+            version,
+        )
+    };
+    let files = mounted(&old, 1);
+    let prophet = start_prophet(
+        &rules,
+        &[
+            "--tls-cert-file",
+            files[0].to_str().unwrap(),
+            "--tls-key-file",
+            files[1].to_str().unwrap(),
+            "--write-token-file",
+            mount_secret(&dir.path().join("token"), "token", "t\n", 1)
+                .to_str()
+                .unwrap(),
+            "--header-read-timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(
+        presented_certificate(&prophet.ingest, &old.ca)
+            .await
+            .unwrap(),
+        pem_der(&old.server_cert)
+    );
+
+    // The Secret is updated (a certificate from another CA): new connections get it.
+    mounted(&new, 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rotated = tokio::time::timeout(
+            Duration::from_secs(5),
+            presented_certificate(&prophet.ingest, &new.ca),
+        )
+        .await;
+        if let Ok(Ok(der)) = rotated {
+            assert_eq!(der, pem_der(&new.server_cert));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new certificate within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A client that opens a connection and never says hello holds it for the
+    // header-read timeout, not for ever.
+    use tokio::io::AsyncReadExt;
+    let mut silent = tokio::net::TcpStream::connect(&prophet.ingest)
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buffer))
+        .await
+        .expect("closed within 10 s");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
