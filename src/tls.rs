@@ -120,11 +120,6 @@ impl Tls {
         files
     }
 
-    /// Whether client certificates are verified.
-    pub fn verifies_clients(&self) -> bool {
-        self.files.client_ca.is_some()
-    }
-
     /// Rebuilds the configuration; on error the one in force stays (a certificate and
     /// its key are rarely swapped at the same instant: the next check picks up the pair).
     pub fn reload(&self) -> Result<(), TlsError> {

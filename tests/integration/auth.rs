@@ -732,6 +732,21 @@ async fn kubernetes_metrics_auth_lets_only_a_granted_service_account_read_metric
             "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-scraper}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: prophet-metrics-reader}}\nsubjects: [{{kind: ServiceAccount, name: scraper, namespace: {ns}}}]\n"
         )),
     );
+    // What the component grants Prophet is what the review needs (Prophet runs with the
+    // admin kubeconfig below; this checks the grant itself).
+    for resource in [
+        "tokenreviews.authentication.k8s.io",
+        "subjectaccessreviews.authorization.k8s.io",
+    ] {
+        let answer = cluster.kubectl(&[
+            "auth",
+            "can-i",
+            "create",
+            resource,
+            "--as=system:serviceaccount:prophet-system:prophet",
+        ]);
+        assert_eq!(answer.trim(), "yes", "{resource}");
+    }
     let token = |account: &str| {
         cluster
             .kubectl(&["-n", ns, "create", "token", account])

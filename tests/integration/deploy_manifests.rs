@@ -748,6 +748,65 @@ fn the_single_namespace_component_swaps_the_cluster_grant_for_a_namespace_one() 
     assert!(args.contains(&"--namespace=shop".to_owned()), "{args:?}");
 }
 
+#[test]
+fn the_secure_metrics_component_turns_on_kubernetes_metrics_auth() {
+    let Some(cluster) = cluster() else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("secure-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!(
+            "resources: [{}]\ncomponents: [{}]\n",
+            pathdiff(&repo("deploy"), &dir),
+            pathdiff(&repo("deploy/components/secure-metrics"), &dir)
+        ),
+    )
+    .unwrap();
+    let docs = yaml_documents(&cluster.kubectl(&["kustomize", dir.to_str().unwrap()]));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let set: StatefulSet = object(&docs, "StatefulSet", "prophet");
+    let args = set.spec.template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.contains(&"--metrics-auth=kubernetes".to_owned()),
+        "{args:?}"
+    );
+    let reviews: ClusterRole = object(&docs, "ClusterRole", "prophet-metrics-auth");
+    let granted: Vec<(String, String)> = reviews
+        .rules
+        .unwrap()
+        .into_iter()
+        .flat_map(|rule| {
+            let group = rule.api_groups.unwrap()[0].clone();
+            assert_eq!(rule.verbs, ["create"]);
+            rule.resources
+                .unwrap()
+                .into_iter()
+                .map(move |resource| (group.clone(), resource))
+        })
+        .collect();
+    assert_eq!(
+        granted,
+        [
+            (
+                "authentication.k8s.io".to_owned(),
+                "tokenreviews".to_owned()
+            ),
+            (
+                "authorization.k8s.io".to_owned(),
+                "subjectaccessreviews".to_owned()
+            )
+        ]
+    );
+    let reader: ClusterRole = object(&docs, "ClusterRole", "prophet-metrics-reader");
+    let rule = &reader.rules.unwrap()[0];
+    assert_eq!(rule.non_resource_urls, Some(vec!["/metrics".to_owned()]));
+    assert_eq!(rule.verbs, ["get"]);
+}
+
 /// `to` relative to the folder `from`, both absolute.
 fn pathdiff(to: &Path, from: &Path) -> String {
     let to: Vec<_> = to.components().collect();
