@@ -46,8 +46,9 @@ struct RunArgs {
     /// /readyz unless --metrics-listen gives them their own.
     #[arg(long, default_value = "0.0.0.0:8080", env = "PROPHET_LISTEN")]
     listen: SocketAddr,
-    /// Address for /healthz, /readyz and /metrics alone (no credential asked), apart
-    /// from the ingest listener. Default: served on --listen.
+    /// Address for /healthz, /readyz and /metrics alone, apart from the ingest listener
+    /// (the probes never ask a credential; /metrics as --metrics-auth says). Default:
+    /// served on --listen.
     #[arg(long, env = "PROPHET_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// Bearer tokens remote-write (and the JSON API) accept, one per line, so an old and
@@ -71,13 +72,13 @@ struct RunArgs {
     tls_key_file: Option<PathBuf>,
     /// `off` removes /api/v1/rules and /api/v1/decisions (which name series labels and
     /// every decision); `on` serves them behind the ingest credentials.
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
-    api: String,
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    api: Switch,
     /// Who may read /metrics: `none` (anyone) or `kubernetes` (a bearer token that a
     /// TokenReview accepts and whose user may get the non-resource URL /metrics, checked
     /// by SubjectAccessReview; cluster mode).
-    #[arg(long, default_value = "none", value_parser = ["none", "kubernetes"], requires_if("kubernetes", "cluster"))]
-    metrics_auth: String,
+    #[arg(long, value_enum, default_value_t = MetricsAuth::None, requires_if("kubernetes", "cluster"))]
+    metrics_auth: MetricsAuth,
     /// Cluster mode: accept that an unauthenticated remote-write drives real actions.
     /// Without it Prophet refuses to act on an open ingest.
     #[arg(long)]
@@ -159,6 +160,23 @@ struct RunArgs {
     /// the final state is written.
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     shutdown_grace: std::time::Duration,
+}
+
+/// On or off.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Switch {
+    On,
+    Off,
+}
+
+/// Who may read /metrics.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum MetricsAuth {
+    /// Anyone.
+    None,
+    /// A Kubernetes bearer token allowed to get /metrics (TokenReview and
+    /// SubjectAccessReview).
+    Kubernetes,
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
@@ -251,9 +269,9 @@ fn run(args: RunArgs) -> prophet::Result<()> {
         tls_cert_file: args.tls_cert_file,
         tls_key_file: args.tls_key_file,
         metrics_listen: args.metrics_listen,
-        api: args.api == "on",
+        api: args.api == Switch::On,
         allow_unauthenticated_write: args.allow_unauthenticated_write,
-        metrics_auth_kubernetes: args.metrics_auth == "kubernetes",
+        metrics_auth_kubernetes: args.metrics_auth == MetricsAuth::Kubernetes,
         reload_every: std::time::Duration::from_secs(1),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
