@@ -118,13 +118,21 @@ struct Builders {
     http2: auto::Builder<TokioExecutor>,
 }
 
+/// TLS for [`serve_tls`]: the configuration in force, and where failed handshakes are
+/// counted (they never reach the router, so its counts cannot show them).
+#[derive(Clone)]
+pub struct TlsServing {
+    pub tls: Arc<crate::tls::Tls>,
+    pub handshake_failures: prometheus_client::metrics::counter::Counter,
+}
+
 /// [`serve`], over TLS when `tls` is given.
 pub async fn serve_tls(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: ServeLimits,
-    tls: Option<Arc<crate::tls::Tls>>,
+    tls: Option<TlsServing>,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let mut http1 = auto::Builder::new(TokioExecutor::new()).http1_only();
@@ -176,7 +184,8 @@ pub async fn serve_tls(
             conn,
             limits,
             stopped.clone(),
-            tls.as_ref().map(|tls| tls.acceptor()),
+            tls.as_ref()
+                .map(|tls| (tls.tls.acceptor(), tls.handshake_failures.clone())),
         ));
     }
 
@@ -211,14 +220,17 @@ async fn serve_connection(
     conn: Admitted,
     limits: ServeLimits,
     mut stopped: watch::Receiver<bool>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<(
+        tokio_rustls::TlsAcceptor,
+        prometheus_client::metrics::counter::Counter,
+    )>,
 ) {
     let _ = stream.set_nodelay(true);
     let tracked = Tracked {
         stream,
         conn: conn.state.clone(),
     };
-    let Some(acceptor) = tls else {
+    let Some((acceptor, handshake_failures)) = tls else {
         let service = CountInFlight::new(app, &conn, None);
         let connection = builders
             .http1
@@ -231,12 +243,15 @@ async fn serve_connection(
         shaken = handshake => match shaken {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
-                // Debug: a scanner or a sender with the wrong CA must not flood the log.
+                // Debug: a scanner or a sender with the wrong CA must not flood the log;
+                // the count shows them.
                 tracing::debug!(%error, "TLS handshake failed");
+                handshake_failures.inc();
                 return;
             }
             Err(_) => {
                 tracing::debug!("TLS handshake not done within the header-read timeout");
+                handshake_failures.inc();
                 return;
             }
         },

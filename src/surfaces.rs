@@ -192,8 +192,12 @@ impl Surfaces {
             self.config.api,
             probes.is_none().then(|| access.clone()),
         );
+        let tls = self.tls.map(|tls| crate::serve::TlsServing {
+            tls,
+            handshake_failures: state.metrics.tls_handshake_failures.clone(),
+        });
         let served_ingest =
-            crate::serve::serve_tls(listener, ingest, stopped(stop.clone()), limits, self.tls);
+            crate::serve::serve_tls(listener, ingest, stopped(stop.clone()), limits, tls);
         let served_probes = async {
             match probes {
                 Some(listener) => {

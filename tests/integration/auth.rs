@@ -5,7 +5,8 @@
 //! accepted and nothing is evaluated. A token rotated by swapping a Secret-style
 //! `..data` link takes effect without a restart, and so does a certificate (new
 //! connections get it); a client that never completes its TLS handshake is closed at the
-//! header-read timeout. Probes and metrics answer without
+//! header-read timeout, and counted with the handshakes a certificate from another CA
+//! fails. Probes and metrics answer without
 //! credentials on their own listener while ingest refuses; with
 //! `--metrics-auth=kubernetes` (against a real API server) `/metrics` answers only a
 //! ServiceAccount token granted `get` on it. In process: a refusal is answered from the
@@ -181,6 +182,7 @@ fn counter(metrics: &str, series: &str) -> f64 {
 const WRITES_204: &str = r#"prophet_remote_write_requests_total{version="1.0",code="204"}"#;
 const WRITES_401: &str = r#"prophet_remote_write_requests_total{version="1.0",code="401"}"#;
 const ACCEPTED: &str = r#"prophet_remote_write_samples_total{result="accepted"}"#;
+const HANDSHAKE_FAILURES: &str = "prophet_tls_handshake_failures_total";
 
 async fn metrics(client: &reqwest::Client, prophet: &Prophet) -> String {
     client
@@ -549,6 +551,35 @@ async fn mutual_tls_admits_the_certified_sender_and_refuses_one_without_a_certif
     )
     .await;
     assert!(counter(&text, WRITES_204) > 0.0, "{text}");
+    assert_eq!(counter(&text, HANDSHAKE_FAILURES), 0.0, "{text}");
+
+    // A client certificate from another CA fails the handshake: no request is made, and
+    // the count shows the attempt.
+    let rogue = dir.path().join("rogue");
+    std::fs::create_dir(&rogue).unwrap();
+    let rogue = certificates(&rogue);
+    let tcp = tokio::net::TcpStream::connect(&prophet.ingest)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connector = tls_connector(&certs.ca, Some((&rogue.client_cert, &rogue.client_key)));
+    if let Ok(mut stream) = connector.connect(name, tcp).await {
+        // TLS 1.3: the client is done before the server has judged its certificate; the
+        // server's refusal arrives on the first read.
+        use tokio::io::AsyncReadExt;
+        let mut buffer = [0u8; 16];
+        let read = stream.read(&mut buffer).await;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    let text = wait_metrics(
+        &client,
+        &prophet,
+        Duration::from_secs(10),
+        "the rogue certificate's handshake counted",
+        |text| counter(text, HANDSHAKE_FAILURES) >= 1.0,
+    )
+    .await;
+    assert_eq!(counter(&text, HANDSHAKE_FAILURES), 1.0, "{text}");
     // Exactly one series tripped: the certified sender's (the anonymous sender's `up`
     // would be a second one).
     assert!(
@@ -805,24 +836,36 @@ async fn kubernetes_metrics_auth_lets_only_a_granted_service_account_read_metric
     );
 }
 
-/// The certificate the server at `addr` presents in a TLS handshake trusting only `ca`;
-/// an error when the handshake fails (a certificate from another CA).
-async fn presented_certificate(addr: &str, ca: &Path) -> std::io::Result<Vec<u8>> {
+/// A TLS client trusting only `ca`, presenting `client` (certificate, key) if given.
+fn tls_connector(ca: &Path, client: Option<(&Path, &Path)>) -> tokio_rustls::TlsConnector {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![rustls_pki_types::CertificateDer::from_pem_file(cert).unwrap()],
+                rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// The certificate the server at `addr` presents in a TLS handshake trusting only `ca`;
+/// an error when the handshake fails (a certificate from another CA).
+async fn presented_certificate(addr: &str, ca: &Path) -> std::io::Result<Vec<u8>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = connector.connect(name, tcp).await?;
+    let tls = tls_connector(ca, None).connect(name, tcp).await?;
     Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
 }
 
@@ -905,4 +948,6 @@ async fn a_rotated_certificate_is_served_without_a_restart_and_a_stalled_handsha
         .await
         .expect("closed within 10 s");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let text = metrics(&reqwest::Client::new(), &prophet).await;
+    assert!(counter(&text, HANDSHAKE_FAILURES) >= 1.0, "{text}");
 }
