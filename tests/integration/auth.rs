@@ -683,11 +683,7 @@ fn a_credential_file_that_cannot_be_read_stops_prophet_at_start() {
 
 /// A body that never arrives: a handler that reads it would wait for ever.
 fn endless_body() -> Body {
-    Body::from_stream(futures_pending())
-}
-
-fn futures_pending() -> impl tokio_stream::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    tokio_stream::pending()
+    Body::from_stream(tokio_stream::pending::<Result<Vec<u8>, std::io::Error>>())
 }
 
 #[tokio::test]
