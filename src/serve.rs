@@ -172,7 +172,11 @@ pub async fn serve_tls(
                 max_connections = limits.max_connections,
                 "connection refused: every connection is in the middle of a request"
             );
-            if let Some(refusal) = Refusal::start(&refusing) {
+            // Over TLS the connection is just closed: a plain-text 503 would reach a TLS
+            // client as a broken handshake anyway.
+            if tls.is_none()
+                && let Some(refusal) = Refusal::start(&refusing)
+            {
                 connections.spawn(refuse(stream, refusal));
             }
             continue;
