@@ -35,6 +35,19 @@ struct Prophet {
     _process: Running,
     ingest: String,
     probes: String,
+    /// Every line it logged so far (debug level for Prophet's own modules).
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Prophet {
+    /// The lines logged so far that contain `text`.
+    fn logged(&self, text: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|line| line.contains(text))
+            .cloned()
+            .collect()
+    }
 }
 
 /// Starts `prophet run` on the rules in `rules` with `args`; probes and metrics on a
@@ -49,15 +62,20 @@ fn start_prophet(rules: &Path, args: &[&str]) -> Prophet {
 fn start(mut command: Command) -> Prophet {
     let mut child = command
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
+        // Debug, so that a credential logged anywhere (refusals are logged at debug)
+        // would show.
+        .env("RUST_LOG", "info,prophet=debug")
         .stderr(Stdio::piped())
         .spawn()
         .expect("prophet starts");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("prophet: {line}");
+            lines.lock().unwrap().push(line.clone());
             for (marker, kind) in [
                 ("listening on ", "ingest"),
                 ("probes and metrics on ", "probes"),
@@ -88,6 +106,7 @@ fn start(mut command: Command) -> Prophet {
         _process: process,
         ingest: ingest.unwrap(),
         probes: probes.unwrap(),
+        log,
     }
 }
 
@@ -372,6 +391,13 @@ async fn a_bearer_token_admits_prometheus_and_a_rotation_needs_no_restart() {
         },
     )
     .await;
+    // Refusals were logged (at debug), the tokens never; and a standalone Prophet has
+    // no cause to warn about an open ingest.
+    assert!(!prophet.logged("unauthorized").is_empty());
+    for secret in ["old-token", "new-token"] {
+        assert!(prophet.logged(secret).is_empty(), "{secret} logged");
+    }
+    assert!(prophet.logged("UNAUTHENTICATED").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,6 +461,13 @@ async fn basic_auth_with_a_wrong_password_is_refused_and_nothing_is_evaluated() 
     // rule trips.
     std::fs::write(&password, "correct horse\n").unwrap();
     wait_trip(&client, &prophet, authorization, "prometheus-0").await;
+    for secret in [
+        "horse",
+        "cHJvbWV0aGV1czpjb3JyZWN0IGhvcnNl",
+        "cHJvbWV0aGV1czp3cm9uZyBob3JzZQ==",
+    ] {
+        assert!(prophet.logged(secret).is_empty(), "{secret} logged");
+    }
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate it signed, as PEM
@@ -793,6 +826,9 @@ async fn kubernetes_metrics_auth_lets_only_a_granted_service_account_read_metric
         .args(["--namespace", ns])
         .env("KUBECONFIG", &cluster.kubeconfig);
     let prophet = start(command);
+    // Cluster mode with no write credential says so loudly (actions are dry run, so it
+    // still starts).
+    assert_eq!(prophet.logged("UNAUTHENTICATED REMOTE WRITE").len(), 1);
     let client = reqwest::Client::new();
     let get = |path: &str, token: Option<&str>| {
         let mut request = client
