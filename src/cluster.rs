@@ -52,6 +52,8 @@ pub struct ClusterConfig {
     pub figures_every: Duration,
     /// Decisions on samples older than this (against the wall clock) are stale.
     pub max_action_lag: Duration,
+    /// Credentials, TLS and the listeners.
+    pub surfaces: crate::surfaces::SurfaceConfig,
 }
 
 /// This replica's name: `POD_NAME` (the downward API), else the host name.
@@ -275,7 +277,12 @@ pub async fn run(
     config: ClusterConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let surfaces = crate::surfaces::Surfaces::load(config.surfaces.clone())?;
+    // Every action is dry run for now: an open ingest is allowed, and said loudly.
+    surfaces.check_actions(false)?;
     let client = Client::try_default().await.map_err(Error::Kube)?;
+    // For --metrics-auth=kubernetes: reviews /metrics callers' tokens.
+    let review_client = client.clone();
     let (stop_tx, stop) = watch::channel(false);
     let ledger = Ledger::new();
     let pipeline = Arc::new(Pipeline::start_with(
@@ -351,12 +358,18 @@ pub async fn run(
         %identity,
         namespaces = ?config.namespaces,
         leader_election = config.lease.is_some(),
+        ingest = %surfaces.describe(),
         "listening on {local} (cluster mode, dry run: status and Events are written, nothing is acted on)"
     );
-    let app = crate::http::router(pipeline.state.clone());
-    let served = crate::serve::serve(listener, app, shutdown, config.serve)
-        .await
-        .map_err(Error::Serve);
+    let served = surfaces
+        .serve(
+            listener,
+            pipeline.state.clone(),
+            shutdown,
+            config.serve,
+            Some(review_client),
+        )
+        .await;
     let _ = stop_tx.send(true);
     let _ = source.await;
     let _ = live.await;

@@ -1,6 +1,13 @@
-//! The HTTP surface: one axum router on one listener for `POST /api/v1/write`, `/metrics`,
-//! `/healthz`, `/readyz` and the read-only JSON endpoints. Handlers translate between HTTP
-//! and the stages (ingest, route, eval); no decoding or rule logic lives here.
+//! The HTTP surface: axum routers for `POST /api/v1/write`, `/metrics`, `/healthz`,
+//! `/readyz` and the read-only JSON endpoints. Handlers translate between HTTP and the
+//! stages (ingest, route, eval); no decoding or rule logic lives here.
+//!
+//! Two surfaces ([`ingest_router`], [`probes_router`]), one listener each when
+//! `--metrics-listen` is given, or one router for both ([`router`] when nothing is
+//! configured). The ingest surface's write and JSON routes sit behind the credential
+//! [`Gate`]: a request without an accepted credential is answered `401` from its headers
+//! alone, before its body is read or decompressed. Probes never need a credential (the
+//! kubelet has none).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +18,7 @@ use axum::Json;
 use axum::Router as HttpRouter;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,9 +26,11 @@ use serde::Serialize;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::actuate::{Decision, DecisionLog};
+use crate::auth::{Gate, VerifiedClientCertificate};
 use crate::eval::{EvalHandle, RuleSnapshot, SubmitError};
 use crate::ingest::{self, DecodeStats, IngestError, Limits, Protocol, SnappyBuffer};
 use crate::metrics::{Metrics, RequestLabels};
+use crate::review::{MetricsReviewer, Review};
 use crate::route::{Batch, Router};
 use crate::rules::load::RuleKey;
 
@@ -95,15 +104,127 @@ impl AppState {
 /// Protocol label for requests refused before their protocol was known.
 const UNKNOWN_VERSION: &str = "unknown";
 
-/// Builds the router with body-size and time limits.
+/// Builds the router of every endpoint, with no credential required: Prophet as it runs
+/// when nothing about authentication is configured (and the router tests drive).
 pub fn router(state: Arc<AppState>) -> HttpRouter {
+    ingest_router(
+        state,
+        Arc::new(Gate::open()),
+        true,
+        Some(MetricsAccess::Open),
+    )
+}
+
+/// Who may read `/metrics`.
+#[derive(Clone, Default)]
+pub enum MetricsAccess {
+    /// Anyone (the default: Prometheus scrapes it without credentials).
+    #[default]
+    Open,
+    /// Callers whose Kubernetes bearer token may `get` the non-resource URL `/metrics`.
+    Reviewed(Arc<MetricsReviewer>),
+}
+
+/// The ingest surface: `POST /api/v1/write` and, with `api`, the JSON endpoints, both
+/// behind `gate`; with `probes`, also the probes (open) and `/metrics` (as it says), for
+/// when they have no listener of their own.
+pub fn ingest_router(
+    state: Arc<AppState>,
+    gate: Arc<Gate>,
+    api: bool,
+    probes: Option<MetricsAccess>,
+) -> HttpRouter {
+    let guarded = (state.clone(), gate.clone());
+    let mut router = HttpRouter::new().route(
+        "/api/v1/write",
+        post(write).route_layer(axum::middleware::from_fn_with_state(
+            guarded.clone(),
+            require_write_credential,
+        )),
+    );
+    if api {
+        let api = HttpRouter::new()
+            .route("/api/v1/rules", get(rules))
+            .route("/api/v1/decisions", get(decisions))
+            .route_layer(axum::middleware::from_fn_with_state(
+                guarded,
+                require_api_credential,
+            ));
+        router = router.merge(api);
+    }
+    if let Some(access) = probes {
+        router = router.merge(probe_routes(access));
+    }
+    limit(router).with_state(state)
+}
+
+/// The probes and metrics surface: `/healthz` and `/readyz` with no credential, and
+/// `/metrics` as `access` says.
+pub fn probes_router(state: Arc<AppState>, access: MetricsAccess) -> HttpRouter {
+    limit(probe_routes(access)).with_state(state)
+}
+
+fn probe_routes(access: MetricsAccess) -> HttpRouter<Arc<AppState>> {
+    let metrics_route = match access {
+        MetricsAccess::Open => get(metrics),
+        MetricsAccess::Reviewed(reviewer) => get(metrics).route_layer(
+            axum::middleware::from_fn_with_state(reviewer, require_metrics_reader),
+        ),
+    };
     HttpRouter::new()
-        .route("/api/v1/write", post(write))
-        .route("/api/v1/rules", get(rules))
-        .route("/api/v1/decisions", get(decisions))
-        .route("/metrics", get(metrics))
+        .route("/metrics", metrics_route)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+}
+
+/// Admits a `/metrics` request whose bearer token the API server says may get
+/// `/metrics`: `401` without a token or with one it does not know, `403` for a user
+/// without the grant, `503` when the API server cannot be asked (the scrape is retried).
+async fn require_metrics_reader(
+    State(reviewer): State<Arc<MetricsReviewer>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|token| !token.is_empty());
+    let Some(token) = token else {
+        return challenge_bearer((StatusCode::UNAUTHORIZED, "unauthorized\n").into_response());
+    };
+    match reviewer.review(token).await {
+        Ok(Review::Allowed) => next.run(request).await,
+        Ok(Review::Unauthenticated) => {
+            challenge_bearer((StatusCode::UNAUTHORIZED, "unauthorized\n").into_response())
+        }
+        Ok(Review::Forbidden) => (StatusCode::FORBIDDEN, "forbidden\n").into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot review a /metrics caller's token");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot review the token now\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+fn challenge_bearer(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static(r#"Bearer realm="prophet-metrics""#),
+    );
+    response
+}
+
+/// Body-size and time limits shared by every surface.
+fn limit(router: HttpRouter<Arc<AppState>>) -> HttpRouter<Arc<AppState>> {
+    router
         // The write handler enforces its own body limit, so that the refusal is answered
         // (and counted) like every other one.
         .layer(DefaultBodyLimit::disable())
@@ -112,7 +233,81 @@ pub fn router(state: Arc<AppState>) -> HttpRouter {
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
         ))
-        .with_state(state)
+}
+
+/// The `401` a refused request gets, with one `WWW-Authenticate` challenge per scheme
+/// accepted.
+fn unauthorized(gate: &Gate, mut response: Response) -> Response {
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    for challenge in gate.challenges() {
+        response
+            .headers_mut()
+            .append(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
+    response
+}
+
+/// Admits a write by its credential, or answers `401` without reading its body, counted
+/// in `prophet_remote_write_requests_total{code="401"}` under the protocol its headers
+/// name. What was presented is never logged.
+async fn require_write_credential(
+    State((state, gate)): State<(Arc<AppState>, Arc<Gate>)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let certificate = request
+        .extensions()
+        .get::<VerifiedClientCertificate>()
+        .copied();
+    let Err(refusal) = gate.check(request.headers(), certificate) else {
+        return next.run(request).await;
+    };
+    tracing::debug!(
+        reason = refusal.as_str(),
+        "remote-write request refused: unauthorized"
+    );
+    let protocol = header(request.headers(), CONTENT_TYPE)
+        .ok()
+        .and_then(|content_type| ingest::negotiate(content_type, None).ok());
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            version: protocol.map_or(UNKNOWN_VERSION, Protocol::as_str),
+            code: StatusCode::UNAUTHORIZED.as_u16(),
+        })
+        .inc();
+    let response = WriteResponse {
+        protocol,
+        status: StatusCode::UNAUTHORIZED,
+        stats: DecodeStats::default(),
+        message: Some("unauthorized".to_owned()),
+        retry_after: false,
+    };
+    unauthorized(&gate, response.into_response())
+}
+
+/// The JSON endpoints name series labels and every decision: the same credential as a
+/// write is asked for.
+async fn require_api_credential(
+    State((_, gate)): State<(Arc<AppState>, Arc<Gate>)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let certificate = request
+        .extensions()
+        .get::<VerifiedClientCertificate>()
+        .copied();
+    match gate.check(request.headers(), certificate) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            tracing::debug!(
+                reason = refusal.as_str(),
+                "API request refused: unauthorized"
+            );
+            unauthorized(&gate, "unauthorized\n".into_response())
+        }
+    }
 }
 
 thread_local! {

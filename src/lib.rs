@@ -16,6 +16,11 @@
 //! - [`standalone`]: wires the stages for `prophet run`.
 //! - [`cluster`]: wires the same stages for `prophet run --cluster`: rules from custom
 //!   resources, status and Events, one leader.
+//! - [`surfaces`]: the listeners (ingest with its credentials and TLS, probes and
+//!   metrics apart) and the files they follow; [`auth`] (the credential gate, the
+//!   predicate that keeps an unauthenticated ingest from driving real actions), [`tls`],
+//!   [`follow`] (files re-read when they change), [`review`] (`/metrics` behind
+//!   Kubernetes tokens).
 //! - [`serve`]: the HTTP server loop: header-read and idle timeouts, the connection cap,
 //!   and a shutdown bounded by a grace period.
 //! - [`state`]: the `--state-dir` file (versioned, checksummed, atomic).
@@ -28,21 +33,26 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub mod actuate;
+pub mod auth;
 pub mod cluster;
 pub mod eval;
+pub mod follow;
 pub mod http;
 pub mod ingest;
 pub mod labels;
 pub mod metrics;
 pub mod proto;
 pub mod reconcile;
+pub mod review;
 pub mod route;
 pub mod rules;
 pub mod serve;
 pub mod standalone;
 pub mod state;
+pub mod surfaces;
 pub mod synth;
 pub mod telemetry;
+pub mod tls;
 pub mod window;
 
 /// What can stop Prophet as a whole. Per-request and per-rule problems never do: they are
@@ -71,6 +81,14 @@ pub enum Error {
         "cannot reach the Kubernetes API (in-cluster config, KUBECONFIG or ~/.kube/config): {0}"
     )]
     Kube(kube::Error),
+    #[error("ingest credentials: {0}")]
+    Auth(auth::AuthError),
+    #[error("TLS: {0}")]
+    Tls(tls::TlsError),
+    #[error("{0}")]
+    Surfaces(String),
+    #[error(transparent)]
+    UnauthenticatedIngest(auth::UnauthenticatedIngest),
 }
 
 impl Error {
@@ -84,6 +102,10 @@ impl Error {
             Self::Crds(_) => "crds",
             Self::EvaluatorStopped => "evaluator",
             Self::Kube(_) => "kube",
+            Self::Auth(_) => "auth",
+            Self::Tls(_) => "tls",
+            Self::Surfaces(_) => "surfaces",
+            Self::UnauthenticatedIngest(_) => "unauthenticated_ingest",
         }
     }
 }

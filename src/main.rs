@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use prophet::auth::AuthConfig;
 use prophet::cluster::{self, ClusterConfig};
 use prophet::ingest::Limits;
 use prophet::reconcile::leader::LeaseConfig;
@@ -12,6 +13,7 @@ use prophet::rules::compile::CompileOptions;
 use prophet::rules::tenancy::Tenancy;
 use prophet::serve::ServeLimits;
 use prophet::standalone::{self, PipelineConfig, RunConfig};
+use prophet::surfaces::SurfaceConfig;
 
 /// Prophet evaluates SRE rules on the Prometheus remote-write stream.
 #[derive(Parser, Debug)]
@@ -40,9 +42,47 @@ struct RunArgs {
     /// Folder of rule YAML files (every document of every *.yaml / *.yml file).
     #[arg(long, default_value = "rules", env = "PROPHET_RULES")]
     rules: PathBuf,
-    /// Address for remote-write, /metrics, /healthz, /readyz and the JSON endpoints.
+    /// Address for remote-write and the JSON endpoints, and for /metrics, /healthz and
+    /// /readyz unless --metrics-listen gives them their own.
     #[arg(long, default_value = "0.0.0.0:8080", env = "PROPHET_LISTEN")]
     listen: SocketAddr,
+    /// Address for /healthz, /readyz and /metrics alone, apart from the ingest listener
+    /// (the probes never ask a credential; /metrics as --metrics-auth says). Default:
+    /// served on --listen.
+    #[arg(long, env = "PROPHET_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Bearer tokens remote-write (and the JSON API) accept, one per line, so an old and
+    /// a new one overlap during a rotation. Re-read when it changes.
+    #[arg(long, env = "PROPHET_WRITE_TOKEN_FILE")]
+    write_token_file: Option<PathBuf>,
+    /// `user:password` pairs remote-write (and the JSON API) accept, one per line.
+    /// Re-read when it changes.
+    #[arg(long, env = "PROPHET_WRITE_BASIC_AUTH_FILE")]
+    write_basic_auth_file: Option<PathBuf>,
+    /// Client certificates signed by this CA (PEM) are accepted as a credential; needs
+    /// --tls-cert-file. Re-read when it changes.
+    #[arg(long, env = "PROPHET_CLIENT_CA_FILE")]
+    client_ca_file: Option<PathBuf>,
+    /// Serve the ingest listener over TLS with this certificate chain (PEM); with
+    /// --tls-key-file. Re-read when it changes.
+    #[arg(long, env = "PROPHET_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert-file.
+    #[arg(long, env = "PROPHET_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// `off` removes /api/v1/rules and /api/v1/decisions (which name series labels and
+    /// every decision); `on` serves them behind the ingest credentials.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    api: Switch,
+    /// Who may read /metrics: `none` (anyone) or `kubernetes` (a bearer token that a
+    /// TokenReview accepts and whose user may get the non-resource URL /metrics, checked
+    /// by SubjectAccessReview; cluster mode).
+    #[arg(long, value_enum, default_value_t = MetricsAuth::None, requires_if("kubernetes", "cluster"))]
+    metrics_auth: MetricsAuth,
+    /// Cluster mode: accept that an unauthenticated remote-write drives real actions.
+    /// Without it Prophet refuses to act on an open ingest.
+    #[arg(long)]
+    allow_unauthenticated_write: bool,
     /// Largest decoded remote-write body, in bytes; larger ones are refused (413)
     /// before anything of that size is allocated.
     #[arg(long, default_value_t = 32 << 20)]
@@ -121,6 +161,23 @@ struct RunArgs {
     /// the final state is written.
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     shutdown_grace: std::time::Duration,
+}
+
+/// On or off.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Switch {
+    On,
+    Off,
+}
+
+/// Who may read /metrics.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum MetricsAuth {
+    /// Anyone.
+    None,
+    /// A Kubernetes bearer token allowed to get /metrics (TokenReview and
+    /// SubjectAccessReview).
+    Kubernetes,
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
@@ -214,6 +271,20 @@ fn run(args: RunArgs) -> prophet::Result<()> {
         max_connections: args.max_connections,
         shutdown_grace: args.shutdown_grace,
     };
+    let surfaces = SurfaceConfig {
+        auth: AuthConfig {
+            token_file: args.write_token_file,
+            basic_auth_file: args.write_basic_auth_file,
+            client_ca_file: args.client_ca_file,
+        },
+        tls_cert_file: args.tls_cert_file,
+        tls_key_file: args.tls_key_file,
+        metrics_listen: args.metrics_listen,
+        api: args.api == Switch::On,
+        allow_unauthenticated_write: args.allow_unauthenticated_write,
+        metrics_auth_kubernetes: args.metrics_auth == MetricsAuth::Kubernetes,
+        reload_every: std::time::Duration::from_secs(1),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -235,6 +306,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
             debounce: std::time::Duration::from_millis(200),
             figures_every: std::time::Duration::from_secs(10),
             max_action_lag: args.max_action_lag,
+            surfaces,
         };
         return runtime.block_on(cluster::run(config, shutdown_signal()));
     }
@@ -244,6 +316,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
         listen: args.listen,
         pipeline,
         serve,
+        surfaces,
     };
     runtime.block_on(standalone::run(config, shutdown_signal()))
 }

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Status writes sent to the API server.
     pub status_writes: Counter,
+    /// TLS handshakes on the ingest listener that failed or did not finish in time (a
+    /// client certificate from another CA, a plain-HTTP sender, a stalled client).
+    pub tls_handshake_failures: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,7 +173,14 @@ impl Metrics {
             "Status writes sent to the API server",
             status_writes.clone(),
         );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "prophet_tls_handshake_failures",
+            "TLS handshakes on the ingest listener that failed or did not finish within the header-read timeout",
+            tls_handshake_failures.clone(),
+        );
         Self {
+            tls_handshake_failures,
             reconciles,
             reconcile_errors,
             reconcile_time,

@@ -25,8 +25,17 @@
 //!   [`ServeLimits::shutdown_grace`] is dropped, so [`serve`] always returns and the
 //!   pipeline behind it can drain and save its state.
 //!
-//! HTTP/1.1 only, as before (remote-write senders speak HTTP/1.1 to a plain-HTTP
-//! endpoint). Time here is the wall clock (tokio's), never event time: these limits are
+//! - **TLS** ([`serve_tls`]). The handshake must end within the header-read timeout
+//!   (a client stalling it holds nothing for longer than one stalling a head). HTTP/2 is
+//!   served when the client chose it by ALPN, HTTP/1.1 otherwise; the limits above hold
+//!   for both, and the header-read timeout is HTTP/1's (HTTP/2 has no request head to
+//!   time; the idle timeout closes a silent HTTP/2 connection). A request on a
+//!   connection whose client certificate was verified carries
+//!   [`crate::auth::VerifiedClientCertificate`] in its extensions.
+//!
+//! Plain HTTP is HTTP/1.1 only (remote-write senders speak HTTP/1.1 to a plain-HTTP
+//! endpoint, and guessing HTTP/2 from the first bytes would wait outside the header-read
+//! timeout). Time here is the wall clock (tokio's), never event time: these limits are
 //! about sockets, not samples.
 
 use std::collections::HashMap;
@@ -99,13 +108,41 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: ServeLimits,
 ) -> std::io::Result<()> {
+    serve_tls(listener, app, shutdown, limits, None).await
+}
+
+/// The HTTP/1.1 and HTTP/2 connection builders, one per protocol so that each
+/// connection is served in the protocol it chose (ALPN) without sniffing its bytes.
+struct Builders {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+/// TLS for [`serve_tls`]: the configuration in force, and where failed handshakes are
+/// counted (they never reach the router, so its counts cannot show them).
+#[derive(Clone)]
+pub struct TlsServing {
+    pub tls: Arc<crate::tls::Tls>,
+    pub handshake_failures: prometheus_client::metrics::counter::Counter,
+}
+
+/// [`serve`], over TLS when `tls` is given.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+    tls: Option<TlsServing>,
+) -> std::io::Result<()> {
     let local = listener.local_addr()?;
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
+    let mut http1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+    http1
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let builder = Arc::new(builder);
+    let mut http2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+    http2.http2().timer(TokioTimer::new());
+    let builder = Arc::new(Builders { http1, http2 });
     let registry = Arc::new(Registry::new(limits.max_connections.max(1)));
     let refusing = Arc::new(AtomicUsize::new(0));
     let (stop, stopped) = watch::channel(false);
@@ -135,7 +172,11 @@ pub async fn serve(
                 max_connections = limits.max_connections,
                 "connection refused: every connection is in the middle of a request"
             );
-            if let Some(refusal) = Refusal::start(&refusing) {
+            // Over TLS the connection is just closed: a plain-text 503 would reach a TLS
+            // client as a broken handshake anyway.
+            if tls.is_none()
+                && let Some(refusal) = Refusal::start(&refusing)
+            {
                 connections.spawn(refuse(stream, refusal));
             }
             continue;
@@ -147,6 +188,8 @@ pub async fn serve(
             conn,
             limits,
             stopped.clone(),
+            tls.as_ref()
+                .map(|tls| (tls.tls.acceptor(), tls.handshake_failures.clone())),
         ));
     }
 
@@ -177,21 +220,92 @@ pub async fn serve(
 async fn serve_connection(
     stream: TcpStream,
     app: Router,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     conn: Admitted,
     limits: ServeLimits,
     mut stopped: watch::Receiver<bool>,
+    tls: Option<(
+        tokio_rustls::TlsAcceptor,
+        prometheus_client::metrics::counter::Counter,
+    )>,
 ) {
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(Tracked {
+    let tracked = Tracked {
         stream,
         conn: conn.state.clone(),
-    });
-    let service = CountInFlight {
-        inner: TowerToHyperService::new(app),
-        conn: conn.state.clone(),
     };
-    let connection = builder.serve_connection(io, service);
+    let Some((acceptor, handshake_failures)) = tls else {
+        let service = CountInFlight::new(app, &conn, None);
+        let connection = builders
+            .http1
+            .serve_connection(TokioIo::new(tracked), service);
+        return drive(connection, &conn, limits, stopped).await;
+    };
+    // The handshake is bounded like a request head, and yields to eviction and shutdown.
+    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked));
+    let stream = tokio::select! {
+        shaken = handshake => match shaken {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                // Debug: a scanner or a sender with the wrong CA must not flood the log;
+                // the count shows them.
+                tracing::debug!(%error, "TLS handshake failed");
+                handshake_failures.inc();
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake not done within the header-read timeout");
+                handshake_failures.inc();
+                return;
+            }
+        },
+        () = conn.state.evict.notified() => return,
+        _ = stopped.wait_for(|stop| *stop) => return,
+    };
+    let session = stream.get_ref().1;
+    // rustls verified any certificate the client sent against the client CA; one that
+    // did not chain to it failed the handshake above.
+    let certificate = session
+        .peer_certificates()
+        .is_some_and(|chain| !chain.is_empty())
+        .then_some(crate::auth::VerifiedClientCertificate);
+    let http2 = session.alpn_protocol() == Some(b"h2".as_slice());
+    tracing::debug!(
+        http2,
+        client_certificate = certificate.is_some(),
+        "TLS connection established"
+    );
+    let service = CountInFlight::new(app, &conn, certificate);
+    let io = TokioIo::new(stream);
+    if http2 {
+        drive(
+            builders.http2.serve_connection(io, service),
+            &conn,
+            limits,
+            stopped,
+        )
+        .await;
+    } else {
+        drive(
+            builders.http1.serve_connection(io, service),
+            &conn,
+            limits,
+            stopped,
+        )
+        .await;
+    }
+}
+
+/// Drives a connection until it ends, is found idle, is evicted or shutdown's grace runs
+/// out; asks it to finish gracefully when shutdown begins.
+async fn drive<C>(
+    connection: C,
+    conn: &Admitted,
+    limits: ServeLimits,
+    mut stopped: watch::Receiver<bool>,
+) where
+    C: GracefulConnection,
+{
     let mut connection = std::pin::pin!(connection);
     let mut stopping = false;
     loop {
@@ -218,6 +332,22 @@ async fn serve_connection(
                 }
             }
         }
+    }
+}
+
+/// A hyper-util connection of either protocol, over either transport.
+trait GracefulConnection:
+    Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
+{
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I> GracefulConnection for auto::Connection<'_, I, CountInFlight, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::Connection::graceful_shutdown(self);
     }
 }
 
@@ -453,9 +583,25 @@ impl AsyncWrite for Tracked {
 /// The router as a hyper service, counting each request as handled until the router
 /// answers and as responding until its body is written, so a connection busy with a
 /// slow request is never taken for idle nor evicted.
+#[derive(Clone)]
 struct CountInFlight {
     inner: TowerToHyperService<Router>,
     conn: Arc<ConnState>,
+    certificate: Option<crate::auth::VerifiedClientCertificate>,
+}
+
+impl CountInFlight {
+    fn new(
+        app: Router,
+        conn: &Admitted,
+        certificate: Option<crate::auth::VerifiedClientCertificate>,
+    ) -> Self {
+        Self {
+            inner: TowerToHyperService::new(app),
+            conn: conn.state.clone(),
+            certificate,
+        }
+    }
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for CountInFlight {
@@ -464,7 +610,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for CountInFlight {
     type Future =
         Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
 
-    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        if let Some(certificate) = self.certificate {
+            request.extensions_mut().insert(certificate);
+        }
         let handling = Stage::enter(&self.conn, |conn| &conn.handling);
         let conn = self.conn.clone();
         let response = self.inner.call(request);

@@ -68,6 +68,8 @@ pub struct RunConfig {
     pub listen: SocketAddr,
     pub pipeline: PipelineConfig,
     pub serve: crate::serve::ServeLimits,
+    /// Credentials, TLS and the listeners.
+    pub surfaces: crate::surfaces::SurfaceConfig,
 }
 
 /// The running stages behind the HTTP surface.
@@ -439,6 +441,7 @@ pub async fn run(
         dir: config.rules_dir.clone(),
         source,
     })?;
+    let surfaces = crate::surfaces::Surfaces::load(config.surfaces.clone())?;
     let pipeline = Arc::new(Pipeline::start(&report, &config.pipeline)?);
     let (stop_reload, stopped) = tokio::sync::watch::channel(false);
     let reload = tokio::spawn(reload_rules(
@@ -457,12 +460,18 @@ pub async fn run(
     tracing::info!(
         addr = %local,
         rules = pipeline.state.current_listing().rules.len(),
+        ingest = %surfaces.describe(),
         "listening on {local} (standalone, dry run: no cluster is contacted)"
     );
-    let app = crate::http::router(pipeline.state.clone());
-    let served = crate::serve::serve(listener, app, shutdown, config.serve)
-        .await
-        .map_err(Error::Serve);
+    let served = surfaces
+        .serve(
+            listener,
+            pipeline.state.clone(),
+            shutdown,
+            config.serve,
+            None,
+        )
+        .await;
     let _ = stop_reload.send(true);
     let _ = reload.await;
     match Arc::try_unwrap(pipeline) {
@@ -475,7 +484,7 @@ pub async fn run(
 }
 
 /// One entry of a rules folder as [`folder_signature`] sees it.
-type EntrySignature = (
+pub(crate) type EntrySignature = (
     std::ffi::OsString,
     Option<u64>,
     Option<std::time::SystemTime>,
@@ -484,8 +493,9 @@ type EntrySignature = (
 
 /// What the rules folder looks like now: each entry's name, size and modification time
 /// (through links) and link target. A mounted ConfigMap changes by swapping its `..data`
-/// link, which changes the target even where sizes and times would not.
-fn folder_signature(dir: &Path) -> Vec<EntrySignature> {
+/// link, which changes the target even where sizes and times would not. Also used to
+/// follow credential and certificate files (`crate::follow`).
+pub(crate) fn folder_signature(dir: &Path) -> Vec<EntrySignature> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };

@@ -4,7 +4,9 @@
 //! Services, its ServiceAccount, RBAC and PodDisruptionBudget are wired to each other;
 //! the operator's ServiceAccount may do what cluster mode needs and nothing else, and
 //! people bound to `edit`/`view` may manage/read the rules. The Prometheus fragments
-//! write to every replica, and the standalone example still parses and loads.
+//! write to every replica with the token of the Secret the StatefulSet mounts, the
+//! NetworkPolicy lets only Prometheus reach the ingest port and leaves the probes' and
+//! metrics' port open, and the standalone example still parses and loads.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -81,7 +84,7 @@ fn object<T: serde::de::DeserializeOwned>(docs: &[serde_yaml::Value], kind: &str
 
 /// The objects `kubectl apply -k deploy/` installs, as `kind/name` (cluster-scoped) or
 /// `kind/namespace/name`.
-const INSTALLED: [&str; 15] = [
+const INSTALLED: [&str; 16] = [
     "Namespace/prophet-system",
     "CustomResourceDefinition/anomalyactions.aiops.prophet.io",
     "CustomResourceDefinition/predictivescales.aiops.prophet.io",
@@ -97,6 +100,7 @@ const INSTALLED: [&str; 15] = [
     "Service/prophet-system/prophet-headless",
     "StatefulSet/prophet-system/prophet",
     "PodDisruptionBudget/prophet-system/prophet",
+    "NetworkPolicy/prophet-system/prophet",
 ];
 
 fn identity(doc: &serde_yaml::Value) -> String {
@@ -115,7 +119,7 @@ fn the_base_renders_the_operator_and_nothing_else() {
     let rendered: BTreeSet<String> = docs.iter().map(identity).collect();
     let expected: BTreeSet<String> = INSTALLED.iter().map(|s| s.to_string()).collect();
     assert_eq!(rendered, expected);
-    assert_eq!(docs.len(), 15, "one document per object");
+    assert_eq!(docs.len(), 16, "one document per object");
     // Every namespaced object lands in prophet-system; the examples, components and
     // integrations stay out.
     for doc in &docs {
@@ -185,6 +189,13 @@ fn the_statefulset_is_wired_to_its_services_account_lease_and_budget() {
         let port = &ports.as_ref().unwrap()[0];
         assert_eq!(port.port, 8080);
         assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+        // The probes' and metrics' listener, per replica and behind the Service.
+        let metrics = &ports.as_ref().unwrap()[1];
+        assert_eq!(metrics.port, 8081);
+        assert_eq!(
+            metrics.target_port,
+            Some(IntOrString::String("metrics".into()))
+        );
     }
 
     let pod = spec.template.spec.unwrap();
@@ -198,6 +209,7 @@ fn the_statefulset_is_wired_to_its_services_account_lease_and_budget() {
     for arg in [
         "--cluster",
         "--listen=0.0.0.0:8080",
+        "--metrics-listen=0.0.0.0:8081",
         "--state-dir=/var/lib/prophet",
         "--leader-elect=true",
         "--privileged-namespace=prophet-system",
@@ -244,6 +256,96 @@ fn the_statefulset_is_wired_to_its_services_account_lease_and_budget() {
     };
     assert_eq!(probe_path(&container.liveness_probe), "/healthz");
     assert_eq!(probe_path(&container.readiness_probe), "/readyz");
+    // Probes go to the listener that asks for no credential.
+    for probe in [
+        &container.startup_probe,
+        &container.liveness_probe,
+        &container.readiness_probe,
+    ] {
+        let port = &probe.as_ref().unwrap().http_get.as_ref().unwrap().port;
+        assert_eq!(port, &IntOrString::String("metrics".into()));
+    }
+    let container_ports: Vec<(String, i32)> = container
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        container_ports,
+        [("http".to_owned(), 8080), ("metrics".to_owned(), 8081)]
+    );
+
+    // Ingest asks for the token of the Secret prophet-remote-write, mounted as a folder
+    // (no subPath, so a rotation reaches the pod).
+    let token_file = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--write-token-file="))
+        .expect("--write-token-file");
+    let (folder, key) = token_file.rsplit_once('/').unwrap();
+    assert_eq!(key, "token");
+    let mount = container
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == folder)
+        .expect("the token's folder is mounted");
+    assert_eq!(mount.sub_path, None);
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let secret = volume.secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("prophet-remote-write"));
+    assert_ne!(secret.optional, Some(true), "no token, no start");
+
+    // Only Prometheus reaches the ingest port; probes and metrics stay reachable.
+    let policy: NetworkPolicy = object(&docs, "NetworkPolicy", "prophet");
+    let policy = policy.spec.unwrap();
+    assert!(selects_pods(
+        policy
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()
+    ));
+    assert_eq!(policy.policy_types, Some(vec!["Ingress".to_owned()]));
+    let rules = policy.ingress.unwrap();
+    let allows = |port: &str| {
+        rules
+            .iter()
+            .filter(|rule| {
+                rule.ports.as_ref().is_some_and(|ports| {
+                    ports
+                        .iter()
+                        .any(|p| p.port == Some(IntOrString::String(port.into())))
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let ingest = allows("http");
+    assert_eq!(ingest.len(), 1, "{ingest:?}");
+    let from = ingest[0].from.as_ref().expect("ingest is not open to all");
+    assert!(!from.is_empty());
+    for peer in from {
+        let pods = peer.pod_selector.as_ref().expect("only some pods");
+        assert_eq!(
+            pods.match_labels.as_ref().unwrap()["app.kubernetes.io/name"],
+            "prometheus"
+        );
+    }
+    let metrics = allows("metrics");
+    assert!(
+        metrics.iter().any(|rule| rule.from.is_none()),
+        "probes and scrapers come from anywhere: {metrics:?}"
+    );
     let resources = container.resources.as_ref().unwrap();
     assert!(
         resources
@@ -377,6 +479,7 @@ fn a_real_api_server_accepts_the_whole_install_without_warnings() {
         "service/prophet-headless",
         "statefulset.apps/prophet",
         "poddisruptionbudget.policy/prophet",
+        "networkpolicy.networking.k8s.io/prophet",
     ]
     .into();
     assert_eq!(applied, expected, "{stderr}");
@@ -645,6 +748,65 @@ fn the_single_namespace_component_swaps_the_cluster_grant_for_a_namespace_one() 
     assert!(args.contains(&"--namespace=shop".to_owned()), "{args:?}");
 }
 
+#[test]
+fn the_secure_metrics_component_turns_on_kubernetes_metrics_auth() {
+    let Some(cluster) = cluster() else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("secure-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!(
+            "resources: [{}]\ncomponents: [{}]\n",
+            pathdiff(&repo("deploy"), &dir),
+            pathdiff(&repo("deploy/components/secure-metrics"), &dir)
+        ),
+    )
+    .unwrap();
+    let docs = yaml_documents(&cluster.kubectl(&["kustomize", dir.to_str().unwrap()]));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let set: StatefulSet = object(&docs, "StatefulSet", "prophet");
+    let args = set.spec.template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.contains(&"--metrics-auth=kubernetes".to_owned()),
+        "{args:?}"
+    );
+    let reviews: ClusterRole = object(&docs, "ClusterRole", "prophet-metrics-auth");
+    let granted: Vec<(String, String)> = reviews
+        .rules
+        .unwrap()
+        .into_iter()
+        .flat_map(|rule| {
+            let group = rule.api_groups.unwrap()[0].clone();
+            assert_eq!(rule.verbs, ["create"]);
+            rule.resources
+                .unwrap()
+                .into_iter()
+                .map(move |resource| (group.clone(), resource))
+        })
+        .collect();
+    assert_eq!(
+        granted,
+        [
+            (
+                "authentication.k8s.io".to_owned(),
+                "tokenreviews".to_owned()
+            ),
+            (
+                "authorization.k8s.io".to_owned(),
+                "subjectaccessreviews".to_owned()
+            )
+        ]
+    );
+    let reader: ClusterRole = object(&docs, "ClusterRole", "prophet-metrics-reader");
+    let rule = &reader.rules.unwrap()[0];
+    assert_eq!(rule.non_resource_urls, Some(vec!["/metrics".to_owned()]));
+    assert_eq!(rule.verbs, ["get"]);
+}
+
 /// `to` relative to the folder `from`, both absolute.
 fn pathdiff(to: &Path, from: &Path) -> String {
     let to: Vec<_> = to.components().collect();
@@ -672,7 +834,7 @@ fn replica_urls() -> Vec<String> {
 }
 
 #[test]
-fn every_prometheus_fragment_writes_to_every_replica_by_name() {
+fn every_prometheus_fragment_writes_to_every_replica_by_name_with_the_token() {
     let urls = replica_urls();
     let list = |entries: &serde_yaml::Value| -> Vec<String> {
         entries
@@ -682,16 +844,35 @@ fn every_prometheus_fragment_writes_to_every_replica_by_name() {
             .map(|e| e["url"].as_str().unwrap().to_owned())
             .collect()
     };
+    let authorizations = |entries: &serde_yaml::Value| -> Vec<serde_yaml::Value> {
+        entries
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|e| e["authorization"].clone())
+            .collect()
+    };
     let plain = &documents("deploy/integrations/prometheus-remote-write.yml")[0];
     assert_eq!(list(&plain["remote_write"]), urls);
+    for authorization in authorizations(&plain["remote_write"]) {
+        assert_eq!(authorization["type"], "Bearer");
+        let file = authorization["credentials_file"].as_str().unwrap();
+        assert!(file.ends_with("/prophet-remote-write/token"), "{file}");
+    }
     let operator = &documents("deploy/integrations/prometheus-operator.yaml")[0];
     assert_eq!(operator["kind"], "Prometheus");
     assert_eq!(list(&operator["spec"]["remoteWrite"]), urls);
     let helm = &documents("deploy/integrations/kube-prometheus-stack-values.yaml")[0];
-    assert_eq!(
-        list(&helm["prometheus"]["prometheusSpec"]["remoteWrite"]),
-        urls
-    );
+    let helm = &helm["prometheus"]["prometheusSpec"]["remoteWrite"];
+    assert_eq!(list(helm), urls);
+    for authorization in authorizations(&operator["spec"]["remoteWrite"])
+        .into_iter()
+        .chain(authorizations(helm))
+    {
+        assert_eq!(authorization["type"], "Bearer");
+        assert_eq!(authorization["credentials"]["name"], "prophet-remote-write");
+        assert_eq!(authorization["credentials"]["key"], "token");
+    }
     let argo = &documents("deploy/integrations/argocd-application.yaml")[0];
     assert_eq!(argo["kind"], "Application");
     assert_eq!(argo["spec"]["source"]["path"], "deploy");

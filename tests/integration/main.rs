@@ -9,6 +9,7 @@
 mod common;
 
 mod anomaly;
+mod auth;
 mod catch_up;
 mod cluster;
 mod crds;
