@@ -28,7 +28,7 @@ pub struct BandSpec {
 }
 
 /// The expected range of the next value.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Band {
     pub center: f64,
     pub lower: f64,
@@ -311,7 +311,25 @@ impl SortedHistory {
         } else {
             (nth(n / 2 - 1) + nth(n / 2)) / 2.0
         };
-        let half = spec.sensitivity * (mad * MAD_TO_SIGMA);
+        let spread = if mad > 0.0 {
+            mad * MAD_TO_SIGMA
+        } else {
+            // Rare (more than half the history equal), so a pass over it is affordable:
+            // the deviations in ascending order, merged from the two runs, as the
+            // recount sums them.
+            let (mut i, mut j, mut sum) = (0, 0, 0.0);
+            while i < split || j < n - split {
+                if j == n - split || (i < split && below(i) <= above(j)) {
+                    sum += below(i);
+                    i += 1;
+                } else {
+                    sum += above(j);
+                    j += 1;
+                }
+            }
+            sum / n as f64 * MEAN_DEVIATION_TO_SIGMA
+        };
+        let half = spec.sensitivity * spread;
         Some(Band {
             center: median,
             lower: median - half,
@@ -437,6 +455,24 @@ impl RunningBands {
 /// Scale that turns a median absolute deviation into a σ estimate for normal data.
 const MAD_TO_SIGMA: f64 = 1.4826;
 
+/// Scale that turns a mean absolute deviation into a σ estimate for normal data (√(π/2)).
+const MEAN_DEVIATION_TO_SIGMA: f64 = 1.253_314_137_315_500_3;
+
+/// The mean of absolute deviations (ascending): a MAD band's spread when its MAD is
+/// zero. On quantised data (error counts, replica counts, percentages rounded by
+/// the exporter) more than half of a window is often one value, so the MAD is 0 and a
+/// band of any sensitivity has zero width: every change trips (a quarter of all MAD trips
+/// on real cloud metrics were such). The mean deviation still sees the values that
+/// differ, and scaled by √(π/2) it estimates σ as the scaled MAD does (the fallback of
+/// Iglewicz and Hoaglin's modified z-score), so the sensitivity keeps its meaning. It is
+/// zero only for a flat history, which then flags any change.
+fn mean_deviation(deviations: &[f64]) -> f64 {
+    if deviations.is_empty() {
+        return 0.0;
+    }
+    deviations.iter().sum::<f64>() / deviations.len() as f64
+}
+
 /// The band from `history` (finite values, any order); `None` during cold start. Uses
 /// `scratch` to sort without allocating per call.
 pub fn band(history: &[f64], spec: &BandSpec, scratch: &mut Vec<f64>) -> Option<Band> {
@@ -475,7 +511,16 @@ pub fn band_of(
             for v in scratch.iter_mut() {
                 *v = (*v - median).abs();
             }
-            (median, median_of(scratch) * MAD_TO_SIGMA)
+            let mad = median_of(scratch);
+            let spread = if mad > 0.0 {
+                mad * MAD_TO_SIGMA
+            } else {
+                // Summed in ascending order, as a sorted history sums them, so that the
+                // two agree bit for bit.
+                scratch.sort_unstable_by(f64::total_cmp);
+                mean_deviation(scratch) * MEAN_DEVIATION_TO_SIGMA
+            };
+            (median, spread)
         }
     };
     let half = spec.sensitivity * spread;
@@ -694,6 +739,40 @@ mod tests {
                 assert_eq!(kth_of_two(|i| a[i], a_len, |i| b[i], b_len, k), *w);
             }
         }
+    }
+
+    #[test]
+    fn a_mad_band_over_quantised_values_has_a_width_that_follows_the_sensitivity() {
+        // 60% at 10, the rest one step either side: the MAD is 0. The band must still
+        // be wide enough that a sensitivity of 3 takes a one-step change as normal, and
+        // narrow enough to flag a jump of a few steps.
+        let history: Vec<f64> = (0..100)
+            .map(|i| match i % 10 {
+                0 | 1 => 9.0,
+                2 | 3 => 11.0,
+                _ => 10.0,
+            })
+            .collect();
+        let mad = |k: f64| {
+            let spec = BandSpec {
+                sensitivity: k,
+                ..spec(BandAlgorithm::Mad)
+            };
+            band(&history, &spec, &mut Vec::new()).unwrap()
+        };
+        let b = mad(3.0);
+        assert_eq!(b.center, 10.0);
+        assert!(!b.excludes(11.0) && !b.excludes(9.0), "{b:?}");
+        assert!(b.excludes(12.0) && b.excludes(8.0), "{b:?}");
+        // Mean deviation 0.4, × √(π/2) ≈ 0.50 as σ: twice the sensitivity, twice the width.
+        let (narrow, wide) = (mad(1.0), mad(2.0));
+        assert!(narrow.upper > 10.4 && narrow.upper < 10.6, "{narrow:?}");
+        assert!(((wide.upper - 10.0) / (narrow.upper - 10.0) - 2.0).abs() < 1e-12);
+        // The running sorted history gives the same band.
+        let mut sorted = SortedHistory::default();
+        sorted.values = history.clone();
+        sorted.values.sort_by(f64::total_cmp);
+        assert_eq!(sorted.band(&spec(BandAlgorithm::Mad)), Some(b));
     }
 
     #[test]

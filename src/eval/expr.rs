@@ -216,6 +216,9 @@ pub struct ResultValue {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub band: Option<Band>,
     pub tripped: bool,
+    /// While tripped: when the incident began (the condition first held), event time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomalous_since_ms: Option<i64>,
 }
 
 /// The latest evaluation of an expression rule.
@@ -400,6 +403,7 @@ impl ExprDetector {
             if self.state.results.len() < SHOWN_MAX {
                 self.state.results.push(ResultValue {
                     tripped: self.condition.is_tripped(id),
+                    anomalous_since_ms: self.condition.anomalous_since(id),
                     series: labels,
                     value,
                     band,

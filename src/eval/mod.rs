@@ -351,6 +351,9 @@ pub struct TrippedSeries {
     pub series: Labels,
     pub value: Option<String>,
     pub sample_time_ms: i64,
+    /// When the incident began: the event time the condition first held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomalous_since_ms: Option<i64>,
 }
 
 /// A live view of one active rule.
@@ -771,6 +774,7 @@ impl Evaluator {
                                 series: r.series.clone(),
                                 value: Some(format_value(r.value)),
                                 sample_time_ms: d.state().at_ms.unwrap_or_default(),
+                                anomalous_since_ms: r.anomalous_since_ms,
                             }),
                     );
                 }
@@ -786,10 +790,11 @@ impl Evaluator {
                             .iter()
                             .filter(|(id, _)| d.is_tripped(*id))
                             .take(SNAPSHOT_TRIPPED_MAX)
-                            .map(|(_, w)| TrippedSeries {
+                            .map(|(id, w)| TrippedSeries {
                                 series: w.labels().clone(),
                                 value: w.current().map(|s| format_value(s.value)),
                                 sample_time_ms: w.last_timestamp_ms(),
+                                anomalous_since_ms: d.anomalous_since(id),
                             }),
                     );
                 }
@@ -828,6 +833,7 @@ fn condition_values<'a>(
                 value: current.value,
                 band: band.and_then(|spec| band::band(&history, spec, &mut sort)),
                 tripped: detector.is_tripped(id),
+                anomalous_since_ms: detector.anomalous_since(id),
             });
         }
     }

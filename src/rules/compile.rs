@@ -77,6 +77,9 @@ pub struct ConditionSpec {
     pub threshold: Option<Threshold>,
     pub band: Option<BandSpec>,
     pub for_ms: i64,
+    /// A tripped series clears once the condition has not held for this long (0: at the
+    /// first sample it does not hold).
+    pub clear_after_ms: i64,
 }
 
 /// A PromQL expression a rule evaluates at a fixed step of event time over its inputs'
@@ -218,8 +221,8 @@ fn compile_anomaly_action(
                 .map_err(|e| CompileError::Invalid(format!("spec.threshold: {e}")))
         })
         .transpose()?;
-    let (band, band_window_ms) = match &spec.detection {
-        None => (None, 0),
+    let (band, band_window_ms, clear_after_ms) = match &spec.detection {
+        None => (None, 0, 0),
         Some(detection) => {
             let algorithm = match detection.algorithm {
                 DetectionAlgorithm::Zscore => BandAlgorithm::Zscore,
@@ -243,7 +246,16 @@ fn compile_anomaly_action(
                 sensitivity: detection.sensitivity,
                 min_samples: detection.min_samples as usize,
             };
-            (Some(band), window_ms)
+            let clear_after_ms = match &detection.clear_after {
+                None => window_ms,
+                Some(text) => duration_in(
+                    "spec.detection.clearAfter",
+                    text,
+                    (0, WEEK_MS),
+                    "between 0s and 7d",
+                )?,
+            };
+            (Some(band), window_ms, clear_after_ms)
         }
     };
     if threshold.is_none() && band.is_none() {
@@ -282,6 +294,7 @@ fn compile_anomaly_action(
         threshold,
         band,
         for_ms,
+        clear_after_ms,
     };
     let plain = match &expr {
         Expr::VectorSelector(vs) if vs.offset.is_none() && vs.at.is_none() => {

@@ -248,6 +248,14 @@ pub struct Detection {
     #[serde(default = "default_min_samples")]
     #[schemars(schema_with = "non_negative_int32")]
     pub min_samples: u32,
+
+    /// How long a tripped series' value must stay within the band (and under the
+    /// threshold) before it clears, in event time (a Prometheus duration; `0s` clears at
+    /// the first normal value). Default: the detection `window`, so that a series whose
+    /// band has followed it into an anomaly, and whose return to normal then looks
+    /// anomalous too, is one incident: one trip, one clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_after: Option<String>,
 }
 
 /// The anomaly detection algorithms.

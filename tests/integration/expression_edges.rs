@@ -220,13 +220,20 @@ fn an_expression_band_is_the_band_of_the_values_it_returned() {
         } else {
             let center = median(&mut values.to_vec());
             let mut deviations: Vec<f64> = values.iter().map(|v| (v - center).abs()).collect();
-            (center, median(&mut deviations) * 1.4826)
+            let mad = median(&mut deviations);
+            if mad > 0.0 {
+                (center, mad * 1.4826)
+            } else {
+                // More than half the history equal: the mean deviation, scaled to σ.
+                let mean = deviations.iter().sum::<f64>() / n;
+                (center, mean * (std::f64::consts::PI / 2.0).sqrt())
+            }
         };
         Some((center - 3.0 * spread, center + 3.0 * spread))
     }
     for algorithm in ["zscore", "mad"] {
         let yaml = format!(
-            "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: r, namespace: shop}}\nspec:\n  metric: 'm * 1'\n  detection: {{algorithm: {algorithm}, sensitivity: 3, window: 3m, minSamples: 4}}\n  remediation: {{type: alert}}\n"
+            "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: r, namespace: shop}}\nspec:\n  metric: 'm * 1'\n  detection: {{algorithm: {algorithm}, sensitivity: 3, window: 3m, minSamples: 4, clearAfter: 0s}}\n  remediation: {{type: alert}}\n"
         );
         let mut ev = evaluator(&yaml);
         let base = 9_000_000_000;
