@@ -96,6 +96,19 @@ const DETECTORS: &[(&str, &str)] = &[
         "seasonal-k3-3d",
         "detection: {algorithm: seasonal, window: 3d}",
     ),
+    (
+        "likelihood-k2.5",
+        "detection: {algorithm: likelihood, sensitivity: 2.5}",
+    ),
+    (
+        "likelihood-k3.5",
+        "detection: {algorithm: likelihood, sensitivity: 3.5}",
+    ),
+    (
+        "likelihood-k3-clear1h",
+        "detection: {algorithm: likelihood, clearAfter: 1h}",
+    ),
+    ("default", "detection: {}"),
 ];
 
 const PROFILES: [&str; 3] = ["standard", "reward_low_FP_rate", "reward_low_FN_rate"];

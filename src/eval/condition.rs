@@ -9,7 +9,7 @@
 use crate::rules::compile::ConditionSpec;
 use crate::window::SeriesId;
 
-use super::band::Band;
+use super::band::{Band, BandAlgorithm};
 use super::verdict::Change;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -102,6 +102,12 @@ impl ConditionDetector {
         at_ms: i64,
     ) -> Option<Transition> {
         let (for_ms, clear_after_ms) = (self.spec.for_ms, self.spec.clear_after_ms);
+        // A `likelihood` band is already one of how surprising the series has been
+        // lately, not of where it was before: its own band is the guide.
+        let against_baseline = self
+            .spec
+            .band
+            .is_none_or(|b| b.algorithm != BandAlgorithm::Likelihood);
         let holds = value.is_some_and(|v| self.holds(v, band));
         let over_threshold =
             value.is_some_and(|v| self.spec.threshold.as_ref().is_some_and(|t| t.holds(v)));
@@ -152,8 +158,9 @@ impl ConditionDetector {
             });
         }
         // Back to the baseline, or (without a band then) the condition no longer holds.
+        let baseline = state.baseline.filter(|_| against_baseline);
         let normal = !over_threshold
-            && match state.baseline {
+            && match baseline {
                 Some(baseline) => !baseline.excludes(value),
                 None => !holds,
             };

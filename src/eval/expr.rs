@@ -393,7 +393,7 @@ impl ExprDetector {
                 seen.resize(index + 1, false);
             }
             seen[index] = true;
-            let band = self.band_for(id, at_ms);
+            let band = self.band_for(id, at_ms, value);
             if let Some(t) = self.condition.observe(id, Some(value), band, at_ms) {
                 changes.push((t, labels.clone(), Some(value)));
             }
@@ -437,7 +437,7 @@ impl ExprDetector {
 
     /// The band for result `id` from its history before `at_ms`, if the rule has one and
     /// the history is long enough.
-    fn band_for(&mut self, id: SeriesId, at_ms: i64) -> Option<Band> {
+    fn band_for(&mut self, id: SeriesId, at_ms: i64, value: f64) -> Option<Band> {
         let spec = self.band?;
         let index = id.0 as usize;
         let history = self.history.get(index)?;
@@ -457,6 +457,16 @@ impl ExprDetector {
                     Some(band) => band,
                     None => band::band_of(values(), &spec, &mut self.sort),
                 }
+            }
+            BandAlgorithm::Likelihood => {
+                self.running.advance(index, history, from, at_ms);
+                let sample = Sample {
+                    timestamp_ms: at_ms,
+                    value,
+                };
+                self.running
+                    .judge(index, &spec, history, from, sample)
+                    .flatten()
             }
             BandAlgorithm::Seasonal => {
                 self.values.clear();

@@ -16,7 +16,7 @@ mod verdict;
 mod worker;
 
 use band::RunningBands;
-pub use band::{Band, BandAlgorithm, BandSpec};
+pub use band::{Band, BandAlgorithm, BandSpec, SURPRISE_KEEP_MS};
 pub use condition::{ConditionDetector, Transition};
 pub use expr::{ExprDetector, ExprState, ResultValue, WindowSource, catch_up_ms};
 pub use persist::{DetectorState, EvaluatorState, Restored, RuleState, fingerprint};
@@ -101,6 +101,12 @@ impl Detector {
             } => {
                 let current = window.current().map(|s| s.value);
                 let band = band.as_ref().and_then(|spec| {
+                    // A likelihood band has state of its own, learnt from each sample.
+                    if let Some(band) =
+                        running.judge(id.0 as usize, spec, window, history_from_ms, sample)
+                    {
+                        return band;
+                    }
                     if let Some(band) =
                         running.band(id.0 as usize, spec, history_from_ms, sample.timestamp_ms)
                     {
@@ -411,7 +417,7 @@ impl Evaluator {
             .map(|(index, compiled)| {
                 let first = inputs.len();
                 for (position, input) in compiled.inputs.iter().enumerate() {
-                    let idle_ms = input.retention_ms.max(LOOKBACK_MS);
+                    let idle_ms = input.retention_ms.max(LOOKBACK_MS).max(input.min_idle_ms);
                     let store = *by_key
                         .entry((format!("{:?}", input.selector), idle_ms))
                         .or_insert_with(|| {
