@@ -981,9 +981,12 @@ mod tests {
         assert!(narrow.upper > 10.4 && narrow.upper < 10.6, "{narrow:?}");
         assert!(((wide.upper - 10.0) / (narrow.upper - 10.0) - 2.0).abs() < 1e-12);
         // The running sorted history gives the same band.
-        let mut sorted = SortedHistory::default();
-        sorted.values = history.clone();
-        sorted.values.sort_by(f64::total_cmp);
+        let mut values = history.clone();
+        values.sort_by(f64::total_cmp);
+        let sorted = SortedHistory {
+            values,
+            ..SortedHistory::default()
+        };
         assert_eq!(sorted.band(&spec(BandAlgorithm::Mad)), Some(b));
     }
 

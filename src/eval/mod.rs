@@ -840,6 +840,7 @@ fn condition_values<'a>(
                 band: band.and_then(|spec| band::band(&history, spec, &mut sort)),
                 tripped: detector.is_tripped(id),
                 anomalous_since_ms: detector.anomalous_since(id),
+                band_missing: None,
             });
         }
     }
