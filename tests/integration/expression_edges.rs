@@ -441,3 +441,28 @@ fn a_series_scraped_every_half_hour_gets_a_seasonal_band() {
     let at = banded.expect("pod a never got a band");
     assert!(at <= 2 * 1440 + 90, "first band at minute {at}");
 }
+
+/// The default detector on an expression rule: judged at every 15 s step with state of
+/// its own per result series; quiet through a noisy daily pattern once it has learnt it,
+/// and trips once, within a minute, when the level shifts.
+#[test]
+fn the_default_detector_judges_an_expressions_results() {
+    let yaml = "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {name: r, namespace: shop}\nspec:\n  metric: 'm * 1'\n  detection: {}\n  remediation: {type: alert}\n";
+    let mut ev = evaluator(yaml);
+    let base = 1_700_000_040_000i64;
+    let shift = 3 * 1440 + 100;
+    let mut changes = Vec::new();
+    for minute in 0..shift + 30 {
+        let t = base + minute * 60_000;
+        let v = 100.0
+            + 20.0 * (std::f64::consts::TAU * minute as f64 / 1440.0).sin()
+            + ((minute * 7919) % 13) as f64 * 0.1
+            + if minute >= shift { 15.0 } else { 0.0 };
+        for (change, at, _) in feed(&mut ev, t, vec![m(&[(t, v)])]) {
+            changes.push((change, (at - base) / 60_000));
+        }
+    }
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].0, "tripped");
+    assert!((shift..=shift + 1).contains(&changes[0].1), "{changes:?}");
+}
