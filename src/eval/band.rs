@@ -494,6 +494,31 @@ impl RunningBands {
         }
     }
 
+    /// The likelihood state of every series that has one, by id, for saving.
+    pub fn export_surprise(&self) -> Vec<(u32, SavedSurprise)> {
+        let Self::Likelihood(all) = self else {
+            return Vec::new();
+        };
+        all.iter()
+            .enumerate()
+            .filter_map(|(id, (_, s))| Some((id as u32, s.save()?)))
+            .collect()
+    }
+
+    /// Puts a series' saved likelihood state back under its id now (its running mean
+    /// is rebuilt from the restored window at its next sample).
+    pub fn restore_surprise(&mut self, series: usize, saved: &SavedSurprise) {
+        let Self::Likelihood(all) = self else {
+            return;
+        };
+        if let Some(surprise) = Surprise::load(saved) {
+            if series >= all.len() {
+                all.resize_with(series + 1, Default::default);
+            }
+            all[series] = (Moments::default(), surprise);
+        }
+    }
+
     /// Drops every series' history (their ids were remapped).
     pub fn clear(&mut self) {
         match self {
@@ -581,7 +606,74 @@ pub struct Surprise {
     profile: Option<Box<[(i64, f64); PROFILE_SLOTS]>>,
 }
 
+/// A [`Surprise`] as saved across a restart (`--state-dir`): floats as their bits, so
+/// that the restored state is the saved one exactly; the daily profile's filled slots.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedSurprise {
+    recent: Vec<u64>,
+    filled: usize,
+    next: usize,
+    level: u64,
+    spread_sq: u64,
+    weight: u64,
+    seen: Option<(i64, i64)>,
+    samples: usize,
+    /// `(slot, time, value bits)` of the slots holding a value.
+    profile: Vec<(usize, i64, u64)>,
+}
+
 impl Surprise {
+    fn save(&self) -> Option<SavedSurprise> {
+        self.seen?;
+        Some(SavedSurprise {
+            recent: self.recent.iter().map(|v| v.to_bits()).collect(),
+            filled: self.filled,
+            next: self.next,
+            level: self.level.to_bits(),
+            spread_sq: self.spread_sq.to_bits(),
+            weight: self.weight.to_bits(),
+            seen: self.seen,
+            samples: self.samples,
+            profile: self
+                .profile
+                .iter()
+                .flat_map(|p| p.iter().enumerate())
+                .filter(|(_, (t, _))| *t != i64::MIN)
+                .map(|(slot, (t, v))| (slot, *t, v.to_bits()))
+                .collect(),
+        })
+    }
+
+    /// The saved state, checked: anything out of range (a tampered file) starts afresh.
+    fn load(saved: &SavedSurprise) -> Option<Surprise> {
+        let mut recent = [0.0; SURPRISE_RUN - 1];
+        if saved.recent.len() != recent.len()
+            || saved.filled > recent.len()
+            || saved.next >= recent.len()
+        {
+            return None;
+        }
+        for (r, bits) in recent.iter_mut().zip(&saved.recent) {
+            *r = f64::from_bits(*bits);
+        }
+        let mut profile = Box::new([(i64::MIN, 0.0); PROFILE_SLOTS]);
+        for &(slot, t, bits) in &saved.profile {
+            *profile.get_mut(slot)? = (t, f64::from_bits(bits));
+        }
+        Some(Surprise {
+            recent,
+            filled: saved.filled,
+            next: saved.next,
+            level: f64::from_bits(saved.level),
+            spread_sq: f64::from_bits(saved.spread_sq),
+            weight: f64::from_bits(saved.weight),
+            seen: saved.seen,
+            samples: saved.samples,
+            profile: Some(profile),
+        })
+    }
+
     /// The band for `sample`, given the window's `expected` mean over `count` values;
     /// then learns the sample. `None` during warm-up.
     fn judge(
