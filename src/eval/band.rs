@@ -494,6 +494,15 @@ impl RunningBands {
         }
     }
 
+    /// For `likelihood`: the band series `series`' latest value was judged against
+    /// (`Some(None)` during warm-up); `None` for other algorithms.
+    pub fn last_band(&self, series: usize) -> Option<Option<Band>> {
+        let Self::Likelihood(all) = self else {
+            return None;
+        };
+        Some(all.get(series).and_then(|(_, s)| s.last_band))
+    }
+
     /// The likelihood state of every series that has one, by id, for saving.
     pub fn export_surprise(&self) -> Vec<(u32, SavedSurprise)> {
         let Self::Likelihood(all) = self else {
@@ -604,6 +613,8 @@ pub struct Surprise {
     samples: usize,
     /// Per 5-minute slot of the day: the newest sample in it (time, value).
     profile: Option<Box<[(i64, f64); PROFILE_SLOTS]>>,
+    /// The band the latest value was judged against, for the rules endpoint.
+    last_band: Option<Band>,
 }
 
 /// A [`Surprise`] as saved across a restart (`--state-dir`): floats as their bits, so
@@ -671,6 +682,7 @@ impl Surprise {
             seen: saved.seen,
             samples: saved.samples,
             profile: Some(profile),
+            last_band: None,
         })
     }
 
@@ -751,6 +763,7 @@ impl Surprise {
             self.filled = (self.filled + 1).min(self.recent.len());
         }
         profile[slot(t)] = (t, x);
+        self.last_band = band;
         band
     }
 }

@@ -758,10 +758,15 @@ impl Evaluator {
                     },
                     values: match &rule.detector {
                         Detector::Expression(d) => Some(d.state().clone()),
-                        Detector::Condition { detector, band, .. } => Some(condition_values(
+                        Detector::Condition {
+                            detector,
+                            band,
+                            running,
+                        } => Some(condition_values(
                             slots.iter().map(|s| (self.windows(s), s.retention_ms)),
                             detector,
                             band.as_ref(),
+                            running,
                         )),
                         _ => None,
                     },
@@ -816,6 +821,7 @@ fn condition_values<'a>(
     inputs: impl Iterator<Item = (&'a SelectorWindows, i64)>,
     detector: &ConditionDetector,
     band: Option<&BandSpec>,
+    running: &RunningBands,
 ) -> ExprState {
     let mut sort = Vec::new();
     let mut state = ExprState::default();
@@ -837,7 +843,10 @@ fn condition_values<'a>(
             state.results.push(ResultValue {
                 series: window.labels().clone(),
                 value: current.value,
-                band: band.and_then(|spec| band::band(&history, spec, &mut sort)),
+                // A likelihood band depends on the value judged: the latest one's.
+                band: running
+                    .last_band(id.0 as usize)
+                    .unwrap_or_else(|| band.and_then(|spec| band::band(&history, spec, &mut sort))),
                 tripped: detector.is_tripped(id),
                 anomalous_since_ms: detector.anomalous_since(id),
                 band_missing: None,

@@ -466,3 +466,27 @@ fn the_default_detector_judges_an_expressions_results() {
     assert_eq!(changes[0].0, "tripped");
     assert!((shift..=shift + 1).contains(&changes[0].1), "{changes:?}");
 }
+
+/// The rules endpoint shows a default-detector rule's band: none in its first two days
+/// (warm-up), then the band its latest value was judged against, around that value.
+#[test]
+fn the_rules_endpoint_shows_the_default_detectors_band() {
+    let yaml = "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {name: r, namespace: shop}\nspec:\n  metric: m\n  detection: {}\n  remediation: {type: alert}\n";
+    let mut ev = evaluator(yaml);
+    let base = 1_700_000_040_000i64;
+    for i in 0..(3 * 288) {
+        let t = base + i * 300_000;
+        let v = 50.0 + ((i * 7919) % 13) as f64 * 0.1;
+        feed(&mut ev, t, vec![m(&[(t, v)])]);
+        let shown = result_of(&ev, "a").expect("pod a shown");
+        if i < 2 * 288 {
+            assert!(shown.band.is_none(), "a band in warm-up at {i}");
+        } else {
+            let band = shown.band.expect("a band after warm-up");
+            assert!(
+                !band.excludes(v) && band.lower < v && v < band.upper,
+                "{band:?}"
+            );
+        }
+    }
+}
