@@ -1,12 +1,15 @@
 //! The per-series condition detector of AnomalyAction rules: each series' current value
 //! against the rule's threshold (`<op> <quantity>`) and/or outside its anomaly band, held
 //! for the rule's `for` duration (in event time) before it trips, like a Prometheus
-//! alert's pending state. A staleness marker, or the series going away, clears it.
+//! alert's pending state. A tripped series clears once the condition has not held for
+//! the rule's `clear_after` (hysteresis: one incident is one trip, however the band moves
+//! as the series' own history takes the anomaly in), or at once on a staleness marker or
+//! when the series goes away.
 
 use crate::rules::compile::ConditionSpec;
 use crate::window::SeriesId;
 
-use super::band::Band;
+use super::band::{Band, BandAlgorithm};
 use super::verdict::Change;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -15,7 +18,28 @@ pub struct SeriesState {
     /// Event time since which the condition has held, while it holds.
     pub holding_since: Option<i64>,
     pub tripped: bool,
+    /// While tripped: when the condition began to hold in this incident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomalous_since: Option<i64>,
+    /// While tripped: the band the series tripped against, its range before the
+    /// incident (`None` when a threshold tripped it without a band).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Band>,
+    /// While tripped: since when the value has been back in that range (the clear
+    /// waits for `clear_after` of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_since: Option<i64>,
+    /// While tripped: since when the value has been within the live band (a new level
+    /// becomes normal after [`NEW_NORMAL_CLEAR_AFTERS`] `clear_after`s of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_since: Option<i64>,
 }
+
+/// How many `clear_after`s a tripped series must stay within the band of a new level
+/// before that level counts as normal: long enough that the return from an incident
+/// several windows long is still seen as its end (one trip, one clear), short enough that
+/// a lasting change (a deploy that raised memory for good) clears within hours.
+pub const NEW_NORMAL_CLEAR_AFTERS: i64 = 4;
 
 /// A verdict change, before reconcile's context is added.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,8 +75,25 @@ impl ConditionDetector {
         self.states.get(id.0 as usize).is_some_and(|s| s.tripped)
     }
 
+    /// When a tripped series' incident began (the condition first held), in event time.
+    pub fn anomalous_since(&self, id: SeriesId) -> Option<i64> {
+        self.states
+            .get(id.0 as usize)
+            .filter(|s| s.tripped)
+            .and_then(|s| s.anomalous_since)
+    }
+
     /// Feeds a series' new current value (`None` after a staleness marker) at `at_ms`,
     /// with its anomaly band (`None` without detection, or during cold start).
+    ///
+    /// A tripped series clears once its value has been normal for `clear_after`: back
+    /// within the band it tripped against (its baseline before the incident), and under
+    /// the threshold. The live band is no guide while tripped: the series' own history
+    /// takes the anomaly in, so the live band follows it there, and then flags its return
+    /// to normal as a second anomaly. A level the series stays at is accepted as its new
+    /// normal once it has been within the live band for [`NEW_NORMAL_CLEAR_AFTERS`] times
+    /// `clear_after`. With `clear_after` 0 a series clears at the first value that does
+    /// not meet the condition, as before hysteresis.
     pub fn observe(
         &mut self,
         id: SeriesId,
@@ -60,22 +101,35 @@ impl ConditionDetector {
         band: Option<Band>,
         at_ms: i64,
     ) -> Option<Transition> {
-        let for_ms = self.spec.for_ms;
+        let (for_ms, clear_after_ms) = (self.spec.for_ms, self.spec.clear_after_ms);
+        // A `likelihood` band is already one of how surprising the series has been
+        // lately, not of where it was before: its own band is the guide.
+        let against_baseline = self
+            .spec
+            .band
+            .is_none_or(|b| b.algorithm != BandAlgorithm::Likelihood);
         let holds = value.is_some_and(|v| self.holds(v, band));
+        let over_threshold =
+            value.is_some_and(|v| self.spec.threshold.as_ref().is_some_and(|t| t.holds(v)));
         let state = self.state(id);
         let Some(value) = value else {
-            state.holding_since = None;
-            return std::mem::take(&mut state.tripped).then(|| Transition {
+            return std::mem::take(state).tripped.then(|| Transition {
                 change: Change::Cleared,
                 reason: "the series went stale (staleness marker)".into(),
             });
         };
-        if holds {
+        if !state.tripped {
+            if !holds {
+                state.holding_since = None;
+                return None;
+            }
             let since = *state.holding_since.get_or_insert(at_ms);
-            if state.tripped || at_ms.saturating_sub(since) < for_ms {
+            if at_ms.saturating_sub(since) < for_ms {
                 return None;
             }
             state.tripped = true;
+            state.anomalous_since = Some(since);
+            state.baseline = band;
             let held = if for_ms > 0 {
                 format!(" for {}s", at_ms.saturating_sub(since) / 1000)
             } else {
@@ -88,10 +142,60 @@ impl ConditionDetector {
                 reason: format!("{why}{held}"),
             });
         }
-        state.holding_since = None;
-        std::mem::take(&mut state.tripped).then(|| Transition {
+        let since = state.anomalous_since.unwrap_or(at_ms);
+        let lasted = |until: i64| format!("anomalous for {}s", until.saturating_sub(since) / 1000);
+        if clear_after_ms == 0 {
+            if holds {
+                return None;
+            }
+            *state = SeriesState::default();
+            return Some(Transition {
+                change: Change::Cleared,
+                reason: format!(
+                    "value {value} is back within the rule's condition ({})",
+                    lasted(at_ms)
+                ),
+            });
+        }
+        // Back to the baseline, or (without a band then) the condition no longer holds.
+        let baseline = state.baseline.filter(|_| against_baseline);
+        let normal = !over_threshold
+            && match baseline {
+                Some(baseline) => !baseline.excludes(value),
+                None => !holds,
+            };
+        if !normal {
+            state.quiet_since = None;
+        }
+        if holds {
+            state.settled_since = None;
+        }
+        let quiet = normal.then(|| *state.quiet_since.get_or_insert(at_ms));
+        let settled = (!holds).then(|| *state.settled_since.get_or_insert(at_ms));
+        let reason = if let Some(quiet) = quiet
+            && at_ms.saturating_sub(quiet) >= clear_after_ms
+        {
+            format!(
+                "value {value} has been back within its usual range for {}s ({})",
+                at_ms.saturating_sub(quiet) / 1000,
+                lasted(quiet)
+            )
+        } else if let Some(settled) = settled
+            && at_ms.saturating_sub(settled)
+                >= clear_after_ms.saturating_mul(NEW_NORMAL_CLEAR_AFTERS)
+        {
+            format!(
+                "value {value} has stayed within the band of its new level for {}s ({})",
+                at_ms.saturating_sub(settled) / 1000,
+                lasted(settled)
+            )
+        } else {
+            return None;
+        };
+        *state = SeriesState::default();
+        Some(Transition {
             change: Change::Cleared,
-            reason: format!("value {value} is back within the rule's condition"),
+            reason,
         })
     }
 
@@ -151,7 +255,106 @@ mod tests {
             threshold: Some(Threshold::parse(threshold).unwrap()),
             band: None,
             for_ms,
+            clear_after_ms: 0,
         })
+    }
+
+    /// A lasting change of level trips once and becomes the series' new normal after
+    /// four `clear_after`s within the band of that level.
+    #[test]
+    fn a_lasting_new_level_clears_after_four_clear_afters() {
+        let mut d = ConditionDetector::new(ConditionSpec {
+            threshold: None,
+            band: None,
+            for_ms: 0,
+            clear_after_ms: 600_000,
+        });
+        let band = |center: f64| Band {
+            center,
+            lower: center - 1.0,
+            upper: center + 1.0,
+        };
+        let mut changes = Vec::new();
+        for minute in 0..60 {
+            let (value, center) = match minute {
+                0 => (10.0, 10.0),
+                1..=4 => (20.0, 10.0),
+                _ => (20.0, 20.0),
+            };
+            if let Some(t) = d.observe(
+                SeriesId(0),
+                Some(value),
+                Some(band(center)),
+                minute * 60_000,
+            ) {
+                changes.push((minute, t.change));
+            }
+        }
+        assert_eq!(changes, [(1, Change::Tripped), (45, Change::Cleared)]);
+    }
+
+    /// A series whose band follows it into an anomaly and back: outside, inside once
+    /// its history has taken the new level in, outside again when it returns. With
+    /// `clear_after` that is one incident, with the time it began; without, two trips.
+    #[test]
+    fn hysteresis_makes_one_incident_one_trip() {
+        let band = |center: f64| Band {
+            center,
+            lower: center - 1.0,
+            upper: center + 1.0,
+        };
+        // (time in minutes, value, the band's centre then)
+        let incident = [
+            (0, 10.0, 10.0),
+            (1, 20.0, 10.0), // trips
+            (2, 20.0, 12.0),
+            (5, 20.0, 19.5), // the history has absorbed the new level
+            (9, 20.0, 20.0),
+            (10, 10.0, 19.0), // back to normal: outside the moved band again
+            (11, 10.0, 17.0),
+            (20, 10.0, 10.0), // back in its usual range since 10
+            (21, 10.0, 10.0),
+        ];
+        let replay = |clear_after_ms: i64| {
+            let mut d = ConditionDetector::new(ConditionSpec {
+                threshold: None,
+                band: Some(crate::eval::BandSpec {
+                    algorithm: crate::eval::BandAlgorithm::Zscore,
+                    sensitivity: 3.0,
+                    min_samples: 1,
+                }),
+                for_ms: 0,
+                clear_after_ms,
+            });
+            let mut changes = Vec::new();
+            for (minute, value, center) in incident {
+                let at = minute * 60_000;
+                if let Some(t) = d.observe(SeriesId(0), Some(value), Some(band(center)), at) {
+                    changes.push((minute, t.change, d.anomalous_since(SeriesId(0))));
+                }
+                if minute == 9 && clear_after_ms > 0 {
+                    assert_eq!(d.anomalous_since(SeriesId(0)), Some(60_000));
+                }
+            }
+            changes
+        };
+        assert_eq!(
+            replay(600_000),
+            [
+                (1, Change::Tripped, Some(60_000)),
+                (20, Change::Cleared, None)
+            ]
+        );
+        let without: Vec<_> = replay(0).into_iter().map(|(m, c, _)| (m, c)).collect();
+        assert_eq!(
+            without,
+            [
+                (1, Change::Tripped),
+                (5, Change::Cleared),
+                (10, Change::Tripped),
+                (20, Change::Cleared)
+            ]
+        );
     }
 
     #[test]

@@ -188,6 +188,10 @@ impl ResultIds {
         id
     }
 
+    fn labels_of(&self, id: SeriesId) -> Option<&Labels> {
+        self.labels.get(id.0 as usize)?.as_ref()
+    }
+
     fn remove(&mut self, id: SeriesId) -> Option<Labels> {
         let labels = self.labels.get_mut(id.0 as usize)?.take()?;
         self.ids.remove(&labels);
@@ -216,6 +220,12 @@ pub struct ResultValue {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub band: Option<Band>,
     pub tripped: bool,
+    /// While tripped: when the incident began (the condition first held), event time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomalous_since_ms: Option<i64>,
+    /// Why a seasonal rule has no band for this series yet (cold start, no season).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub band_missing: Option<String>,
 }
 
 /// The latest evaluation of an expression rule.
@@ -244,6 +254,8 @@ struct SeasonalFit {
     from_ms: i64,
     /// `None` while there is no season to fit (cold start).
     bands: Option<Vec<Band>>,
+    /// Why `bands` is `None`, for the rules endpoint.
+    missing: Option<String>,
 }
 
 /// How many result series the rules endpoint lists per rule.
@@ -390,7 +402,7 @@ impl ExprDetector {
                 seen.resize(index + 1, false);
             }
             seen[index] = true;
-            let band = self.band_for(id, at_ms);
+            let band = self.band_for(id, at_ms, value);
             if let Some(t) = self.condition.observe(id, Some(value), band, at_ms) {
                 changes.push((t, labels.clone(), Some(value)));
             }
@@ -398,8 +410,14 @@ impl ExprDetector {
                 self.remember(id, at_ms, value);
             }
             if self.state.results.len() < SHOWN_MAX {
+                let band_missing = band
+                    .is_none()
+                    .then(|| self.seasonal.get(index)?.as_ref()?.missing.clone())
+                    .flatten();
                 self.state.results.push(ResultValue {
                     tripped: self.condition.is_tripped(id),
+                    anomalous_since_ms: self.condition.anomalous_since(id),
+                    band_missing,
                     series: labels,
                     value,
                     band,
@@ -412,16 +430,36 @@ impl ExprDetector {
             .map(|(id, _)| id)
             .filter(|id| !seen.get(id.0 as usize).copied().unwrap_or(false))
             .collect();
+        let seasonal = self
+            .band
+            .is_some_and(|b| b.algorithm == BandAlgorithm::Seasonal);
         for id in gone {
+            let index = id.0 as usize;
             let cleared = self.condition.forget(id);
-            if let Some(history) = self.history.get_mut(id.0 as usize) {
-                *history = SeriesWindow::detached();
-            }
-            self.running.forget(id.0 as usize);
-            if let Some(fit) = self.seasonal.get_mut(id.0 as usize) {
-                *fit = None;
-            }
-            if let Some(labels) = self.ids.remove(id)
+            // A seasonal baseline's history is days of values. A series that a missed
+            // scrape, or a scrape interval longer than the 5m lookback, takes out of the
+            // results for a while keeps it (its trip still clears now) until its newest
+            // value leaves the band's window; the gap is then carried over like any
+            // step it was not returned at.
+            let keep = seasonal
+                && self
+                    .history
+                    .get(index)
+                    .and_then(SeriesWindow::last)
+                    .is_some_and(|s| s.timestamp_ms >= at_ms.saturating_sub(self.band_window_ms));
+            let labels = if keep {
+                self.ids.labels_of(id).cloned()
+            } else {
+                if let Some(history) = self.history.get_mut(index) {
+                    *history = SeriesWindow::detached();
+                }
+                self.running.forget(index);
+                if let Some(fit) = self.seasonal.get_mut(index) {
+                    *fit = None;
+                }
+                self.ids.remove(id)
+            };
+            if let Some(labels) = labels
                 && let Some(mut t) = cleared
             {
                 t.reason = "the expression no longer returns this series".into();
@@ -433,9 +471,10 @@ impl ExprDetector {
 
     /// The band for result `id` from its history before `at_ms`, if the rule has one and
     /// the history is long enough.
-    fn band_for(&mut self, id: SeriesId, at_ms: i64) -> Option<Band> {
+    fn band_for(&mut self, id: SeriesId, at_ms: i64, value: f64) -> Option<Band> {
         let spec = self.band?;
         let index = id.0 as usize;
+        self.carry_over(id, at_ms);
         let history = self.history.get(index)?;
         let from = at_ms.saturating_sub(self.band_window_ms);
         let values = || {
@@ -453,6 +492,16 @@ impl ExprDetector {
                     Some(band) => band,
                     None => band::band_of(values(), &spec, &mut self.sort),
                 }
+            }
+            BandAlgorithm::Likelihood => {
+                self.running.advance(index, history, from, at_ms);
+                let sample = Sample {
+                    timestamp_ms: at_ms,
+                    value,
+                };
+                self.running
+                    .judge(index, &spec, history, from, sample)
+                    .flatten()
             }
             BandAlgorithm::Seasonal => {
                 self.values.clear();
@@ -485,7 +534,14 @@ impl ExprDetector {
                     skip + SEASONAL_REFIT_STEPS,
                 );
                 let band = bands.as_ref().and_then(|b| b.get(skip).copied());
-                self.seasonal[index] = Some(SeasonalFit { from_ms, bands });
+                let missing = bands
+                    .is_none()
+                    .then(|| seasonal_missing(self.values.len(), spec.min_samples, step));
+                self.seasonal[index] = Some(SeasonalFit {
+                    from_ms,
+                    bands,
+                    missing,
+                });
                 band
             }
         }
@@ -495,34 +551,50 @@ impl ExprDetector {
     /// a seasonal baseline, which needs a fixed step, the previous value is carried over
     /// the steps the series was not returned at.
     fn remember(&mut self, id: SeriesId, at_ms: i64, value: f64) {
+        self.carry_over(id, at_ms);
+        let window_ms = self.band_window_ms;
+        let sample = Sample {
+            timestamp_ms: at_ms,
+            value,
+        };
+        self.history_of(id.0 as usize)
+            .insert(sample, window_ms, at_ms);
+    }
+
+    /// For a seasonal baseline, which needs a value at every step: carries a result
+    /// series' newest value over the steps before `at_ms` it was not returned at (or not
+    /// evaluated at: a step more than a minute behind a batch's clock is skipped).
+    /// Done before a fit too, not only when the next value comes: a fit made at such a
+    /// step saw a history a few steps short (2879 one-minute values of a 2-day window on
+    /// 5-minute data), too short for two daily seasons, and the band never came.
+    fn carry_over(&mut self, id: SeriesId, at_ms: i64) {
+        // Only the seasonal baseline needs a fixed step; carrying values over a gap
+        // would make a z-score or MAD history look flat.
+        if !self
+            .band
+            .is_some_and(|b| b.algorithm == BandAlgorithm::Seasonal)
+        {
+            return;
+        }
         let step = self.query.step_ms;
         let window_ms = self.band_window_ms;
         let from = at_ms.saturating_sub(window_ms);
-        // Only the seasonal baseline needs a fixed step; carrying values over a gap
-        // would make a z-score or MAD history look flat.
-        let seasonal = self
-            .band
-            .is_some_and(|b| b.algorithm == BandAlgorithm::Seasonal);
         let history = self.history_of(id.0 as usize);
-        let last = history.last();
-        let mut append = |timestamp_ms, value| {
-            let sample = Sample {
-                timestamp_ms,
-                value,
-            };
-            history.insert(sample, window_ms, timestamp_ms);
+        let Some(last) = history.last() else {
+            return;
         };
-        if seasonal && let Some(last) = last {
-            let mut t = last
-                .timestamp_ms
-                .max(from.saturating_sub(step))
-                .saturating_add(step);
-            while t < at_ms {
-                append(t, last.value);
-                t += step;
-            }
+        let mut t = last
+            .timestamp_ms
+            .max(from.saturating_sub(step))
+            .saturating_add(step);
+        while t < at_ms {
+            let sample = Sample {
+                timestamp_ms: t,
+                value: last.value,
+            };
+            history.insert(sample, window_ms, t);
+            t += step;
         }
-        append(at_ms, value);
     }
 
     /// Result `index`'s history, made when it has none.
@@ -531,6 +603,21 @@ impl ExprDetector {
             self.history.resize_with(index + 1, SeriesWindow::detached);
         }
         &mut self.history[index]
+    }
+}
+
+/// Why a seasonal fit of `have` values at `step_ms` gave no band.
+fn seasonal_missing(have: usize, min_samples: usize, step_ms: i64) -> String {
+    let need = min_samples.max(forecast::MIN_POINTS);
+    let daily = (86_400_000 / step_ms.max(1)) as usize * 2;
+    if have < need {
+        format!("cold start: {have} of the {need} values (one per step) a band needs")
+    } else if have < daily {
+        format!(
+            "no season yet: {have} values hold less than the two days ({daily} values) a daily season needs, and the periodogram found no shorter season the decomposition confirms"
+        )
+    } else {
+        "the seasonal fit gave no finite band".into()
     }
 }
 

@@ -16,7 +16,7 @@ mod verdict;
 mod worker;
 
 use band::RunningBands;
-pub use band::{Band, BandAlgorithm, BandSpec};
+pub use band::{Band, BandAlgorithm, BandSpec, SURPRISE_KEEP_MS};
 pub use condition::{ConditionDetector, Transition};
 pub use expr::{ExprDetector, ExprState, ResultValue, WindowSource, catch_up_ms};
 pub use persist::{DetectorState, EvaluatorState, Restored, RuleState, fingerprint};
@@ -101,6 +101,12 @@ impl Detector {
             } => {
                 let current = window.current().map(|s| s.value);
                 let band = band.as_ref().and_then(|spec| {
+                    // A likelihood band has state of its own, learnt from each sample.
+                    if let Some(band) =
+                        running.judge(id.0 as usize, spec, window, history_from_ms, sample)
+                    {
+                        return band;
+                    }
                     if let Some(band) =
                         running.band(id.0 as usize, spec, history_from_ms, sample.timestamp_ms)
                     {
@@ -351,6 +357,9 @@ pub struct TrippedSeries {
     pub series: Labels,
     pub value: Option<String>,
     pub sample_time_ms: i64,
+    /// When the incident began: the event time the condition first held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomalous_since_ms: Option<i64>,
 }
 
 /// A live view of one active rule.
@@ -408,7 +417,7 @@ impl Evaluator {
             .map(|(index, compiled)| {
                 let first = inputs.len();
                 for (position, input) in compiled.inputs.iter().enumerate() {
-                    let idle_ms = input.retention_ms.max(LOOKBACK_MS);
+                    let idle_ms = input.retention_ms.max(LOOKBACK_MS).max(input.min_idle_ms);
                     let store = *by_key
                         .entry((format!("{:?}", input.selector), idle_ms))
                         .or_insert_with(|| {
@@ -755,10 +764,15 @@ impl Evaluator {
                     },
                     values: match &rule.detector {
                         Detector::Expression(d) => Some(d.state().clone()),
-                        Detector::Condition { detector, band, .. } => Some(condition_values(
+                        Detector::Condition {
+                            detector,
+                            band,
+                            running,
+                        } => Some(condition_values(
                             slots.iter().map(|s| (self.windows(s), s.retention_ms)),
                             detector,
                             band.as_ref(),
+                            running,
                         )),
                         _ => None,
                     },
@@ -777,6 +791,7 @@ impl Evaluator {
                                 series: r.series.clone(),
                                 value: Some(format_value(r.value)),
                                 sample_time_ms: d.state().at_ms.unwrap_or_default(),
+                                anomalous_since_ms: r.anomalous_since_ms,
                             }),
                     );
                 }
@@ -792,10 +807,11 @@ impl Evaluator {
                             .iter()
                             .filter(|(id, _)| d.is_tripped(*id))
                             .take(SNAPSHOT_TRIPPED_MAX)
-                            .map(|(_, w)| TrippedSeries {
+                            .map(|(id, w)| TrippedSeries {
                                 series: w.labels().clone(),
                                 value: w.current().map(|s| format_value(s.value)),
                                 sample_time_ms: w.last_timestamp_ms(),
+                                anomalous_since_ms: d.anomalous_since(id),
                             }),
                     );
                 }
@@ -811,6 +827,7 @@ fn condition_values<'a>(
     inputs: impl Iterator<Item = (&'a SelectorWindows, i64)>,
     detector: &ConditionDetector,
     band: Option<&BandSpec>,
+    running: &RunningBands,
 ) -> ExprState {
     let mut sort = Vec::new();
     let mut state = ExprState::default();
@@ -832,8 +849,13 @@ fn condition_values<'a>(
             state.results.push(ResultValue {
                 series: window.labels().clone(),
                 value: current.value,
-                band: band.and_then(|spec| band::band(&history, spec, &mut sort)),
+                // A likelihood band depends on the value judged: the latest one's.
+                band: running
+                    .last_band(id.0 as usize)
+                    .unwrap_or_else(|| band.and_then(|spec| band::band(&history, spec, &mut sort))),
                 tripped: detector.is_tripped(id),
+                anomalous_since_ms: detector.anomalous_since(id),
+                band_missing: None,
             });
         }
     }

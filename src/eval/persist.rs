@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::band::SavedSurprise;
 use super::condition::SeriesState;
 use super::expr::ExprDetectorState;
 use super::predict::ForecastDetectorState;
@@ -42,6 +43,10 @@ pub struct RuleState {
     /// Per input, in the rule's input order.
     pub inputs: Vec<Vec<SeriesExport>>,
     pub detector: DetectorState,
+    /// A `likelihood` rule's learnt state per series (by the id it had when saved):
+    /// days of learning a restart must not throw away. Absent from older files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub surprise: Vec<(u32, SavedSurprise)>,
 }
 
 /// A detector's saved state.
@@ -111,6 +116,10 @@ impl Evaluator {
                         }
                         Detector::Expression(d) => DetectorState::Expression(d.export()),
                         Detector::Forecast(d) => DetectorState::Forecast(d.export()),
+                    },
+                    surprise: match &rule.detector {
+                        Detector::Condition { running, .. } => running.export_surprise(),
+                        _ => Vec::new(),
                     },
                 })
                 .collect(),
@@ -196,6 +205,7 @@ impl Evaluator {
                     map
                 })
                 .collect();
+            let surprise = state.surprise;
             match (&mut rule.detector, state.detector) {
                 (
                     Detector::Condition {
@@ -208,6 +218,11 @@ impl Evaluator {
                     for (old, s) in states {
                         if let Some(&id) = remaps.first().and_then(|m| m.get(&old)) {
                             detector.restore(id, s);
+                        }
+                    }
+                    for (old, saved) in &surprise {
+                        if let Some(&id) = remaps.first().and_then(|m| m.get(old)) {
+                            running.restore_surprise(id.0 as usize, saved);
                         }
                     }
                 }

@@ -227,14 +227,23 @@ fn default_cooldown_seconds() -> u64 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Detection {
-    /// `zscore`: mean ± sensitivity·σ; `mad`: median ± sensitivity·MAD (the MAD scaled by
-    /// 1.4826 so that it estimates σ for normal data, which makes one sensitivity mean
-    /// the same for both); `seasonal`: a seasonal (MSTL) baseline with a prediction
-    /// interval, fitted to the series at 1-minute steps and judged every minute.
+    /// `likelihood` (the default): trips when the series has lately been more surprising
+    /// than usual: each value's surprise is its distance from the mean of `window` (or
+    /// from the value a day earlier, when closer), and the mean surprise of the last 10
+    /// values is compared with its usual level, learnt over days (no verdict in a
+    /// series' first two days); sensitivity k flags it 4k/3 standard deviations above
+    /// that level (the default 3: 4σ).
+    /// `zscore`: mean ± sensitivity·σ; `mad`: median ± sensitivity·MAD (the MAD scaled
+    /// by 1.4826 so that it estimates σ for normal data, which makes one sensitivity
+    /// mean the same for both); `seasonal`: a seasonal (MSTL) baseline with a
+    /// prediction interval, fitted to the series at 1-minute steps and judged every
+    /// minute.
+    #[serde(default)]
     pub algorithm: DetectionAlgorithm,
 
-    /// Width of the band, in σ (zscore), scaled MADs (mad) or σ of the baseline's
-    /// prediction interval (seasonal). Default 3.
+    /// Width of the band, in σ (zscore), scaled MADs (mad), σ of the baseline's
+    /// prediction interval (seasonal) or, for likelihood, in 4/3 σ of the recent mean
+    /// surprise. Default 3.
     #[serde(default = "default_sensitivity")]
     pub sensitivity: f64,
 
@@ -248,12 +257,25 @@ pub struct Detection {
     #[serde(default = "default_min_samples")]
     #[schemars(schema_with = "non_negative_int32")]
     pub min_samples: u32,
+
+    /// How long a tripped series' value must stay normal before it clears, in event
+    /// time (a Prometheus duration; `0s` clears at the first normal value). For
+    /// `zscore`, `mad` and `seasonal`, normal is back within the band the series tripped
+    /// against (and under the threshold), default the detection `window`, so that a
+    /// series whose band has followed it into an anomaly, and whose return to normal
+    /// then looks anomalous too, is one incident: one trip, one clear. For `likelihood`,
+    /// normal is not surprising, default `12h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_after: Option<String>,
 }
 
 /// The anomaly detection algorithms.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DetectionAlgorithm {
+    /// The recent surprise against its usual level (the default).
+    #[default]
+    Likelihood,
     /// Mean ± k standard deviations of the window.
     Zscore,
     /// Median ± k scaled median absolute deviations of the window: robust to outliers.

@@ -209,8 +209,10 @@ pub fn band_rule(
     min_samples: usize,
     extra: &str,
 ) -> String {
+    // `clearAfter: 0s`: these rules clear at the first normal value, which is what the
+    // recounts they are checked against do; hysteresis is tested on its own.
     format!(
-        "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  metric: {metric}\n  detection: {{algorithm: {algorithm}, sensitivity: 3, window: {window}, minSamples: {min_samples}}}\n  remediation: {{type: alert, cooldownSeconds: 0}}\n{extra}---\n"
+        "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  metric: {metric}\n  detection: {{algorithm: {algorithm}, sensitivity: 3, window: {window}, minSamples: {min_samples}, clearAfter: 0s}}\n  remediation: {{type: alert, cooldownSeconds: 0}}\n{extra}---\n"
     )
 }
 

@@ -101,6 +101,61 @@ async fn a_spike_trips_and_clears_with_the_next_normal_sample() {
     );
 }
 
+/// One incident is one trip: a level shift that lasts longer than the band's window is
+/// taken into the series' history (the band follows it, and the value is inside), and
+/// its end then looks like a shift of its own. With the default `clearAfter` (the
+/// window) the series trips when the shift starts, stays tripped through its end, says
+/// since when it has been anomalous, and clears once a window of values has been
+/// normal.
+#[tokio::test]
+async fn an_incident_longer_than_the_window_trips_once_and_clears_once() {
+    for algorithm in ["zscore", "mad"] {
+        let yaml = format!(
+            "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: shift, namespace: default}}\nspec:\n  metric: queue_depth\n  detection: {{algorithm: {algorithm}, window: 10m, minSamples: 20}}\n  remediation: {{type: alert, cooldownSeconds: 0}}\n"
+        );
+        let app = start(&yaml);
+        // 15 s apart: 40 samples a window. Shifted by 50 from sample 60 to 199.
+        let values = noisy(
+            400,
+            21,
+            |i| if (60..200).contains(&i) { 150.0 } else { 100.0 },
+        );
+        let decisions = run(&app, &values).await;
+        assert_eq!(
+            decisions.first(),
+            Some(&("tripped".to_owned(), 60)),
+            "{algorithm}"
+        );
+        assert_eq!(decisions.len(), 2, "{algorithm}: {decisions:?}");
+        assert_eq!(decisions[1].0, "cleared", "{algorithm}: {decisions:?}");
+        // Normal again from 200; the band of the shifted level flags that for a while,
+        // then a whole window (40 samples) inside the band clears it.
+        assert!(
+            (240..=300).contains(&decisions[1].1),
+            "{algorithm}: {decisions:?}"
+        );
+    }
+}
+
+/// While tripped, the rules endpoint says since when the series has been anomalous.
+#[tokio::test]
+async fn a_tripped_series_says_since_when_it_is_anomalous() {
+    let yaml = "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {name: since, namespace: default}\nspec:\n  metric: queue_depth\n  detection: {algorithm: zscore, window: 10m, minSamples: 20}\n  remediation: {type: alert, cooldownSeconds: 0}\n";
+    let app = start(yaml);
+    let values = noisy(100, 23, |i| if i >= 60 { 150.0 } else { 100.0 });
+    let end = now_ms() - 60_000;
+    let start_ms = end - 15_000 * values.len() as i64;
+    let decisions = run(&app, &values).await;
+    assert_eq!(decisions, [("tripped".to_owned(), 60)]);
+    let view = app.rule("since").await;
+    let since = view["trippedSeries"][0]["anomalousSinceMs"]
+        .as_i64()
+        .unwrap();
+    // `run` ends its samples a minute before now, as computed here a moment earlier.
+    let index = (since - start_ms + 7_500).div_euclid(15_000);
+    assert!((59..=61).contains(&index), "{view}");
+}
+
 #[tokio::test]
 async fn the_for_duration_ignores_a_lone_spike_and_cold_start_ignores_early_ones() {
     let app = start(&rule("held", "zscore", "  for: 1m\n"));
@@ -143,7 +198,7 @@ kind: AnomalyAction
 metadata: {{name: {algorithm}, namespace: default}}
 spec:
   metric: requests_in_flight
-  detection: {{algorithm: {algorithm}, sensitivity: 4, window: 3d, minSamples: 100}}
+  detection: {{algorithm: {algorithm}, sensitivity: 4, window: 3d, minSamples: 100, clearAfter: 0s}}
   remediation: {{type: alert, cooldownSeconds: 0}}
 ---
 "#

@@ -220,13 +220,20 @@ fn an_expression_band_is_the_band_of_the_values_it_returned() {
         } else {
             let center = median(&mut values.to_vec());
             let mut deviations: Vec<f64> = values.iter().map(|v| (v - center).abs()).collect();
-            (center, median(&mut deviations) * 1.4826)
+            let mad = median(&mut deviations);
+            if mad > 0.0 {
+                (center, mad * 1.4826)
+            } else {
+                // More than half the history equal: the mean deviation, scaled to σ.
+                let mean = deviations.iter().sum::<f64>() / n;
+                (center, mean * (std::f64::consts::PI / 2.0).sqrt())
+            }
         };
         Some((center - 3.0 * spread, center + 3.0 * spread))
     }
     for algorithm in ["zscore", "mad"] {
         let yaml = format!(
-            "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: r, namespace: shop}}\nspec:\n  metric: 'm * 1'\n  detection: {{algorithm: {algorithm}, sensitivity: 3, window: 3m, minSamples: 4}}\n  remediation: {{type: alert}}\n"
+            "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: r, namespace: shop}}\nspec:\n  metric: 'm * 1'\n  detection: {{algorithm: {algorithm}, sensitivity: 3, window: 3m, minSamples: 4, clearAfter: 0s}}\n  remediation: {{type: alert}}\n"
         );
         let mut ev = evaluator(&yaml);
         let base = 9_000_000_000;
@@ -295,5 +302,191 @@ fn an_expression_band_is_the_band_of_the_values_it_returned() {
             returned.contains_key("b"),
             "{algorithm}: pod b never came back"
         );
+    }
+}
+
+/// Issue 14: a seasonal band with `window: 2d` must come once the series has two days
+/// of history, whether it is scraped every minute or every 5 minutes (it came on
+/// 1-minute data only: the history looked one step short of two seasons at refit).
+#[test]
+fn a_two_day_seasonal_band_comes_on_five_minute_data_too() {
+    let yaml = "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {name: r, namespace: shop}\nspec:\n  metric: m\n  detection: {algorithm: seasonal, window: 2d, minSamples: 100}\n  remediation: {type: alert}\n";
+    for (scrape_min, offset_ms) in [
+        (1i64, 7_000i64),
+        (5, 7_000),
+        (5, 0),
+        (5, 53_000),
+        (5, 59_999),
+    ] {
+        let mut ev = evaluator(yaml);
+        let base = 1_700_000_040_000i64; // on a minute boundary
+        let mut banded_at = None;
+        let total = (2 * 1440 + 180) / scrape_min;
+        for i in 0..total {
+            let t = base + i * scrape_min * 60_000 + offset_ms;
+            let minute = (i * scrape_min) as f64;
+            let v = 100.0
+                + 20.0 * (std::f64::consts::TAU * minute / 1440.0).sin()
+                + ((i * 7919) % 13) as f64 * 0.1;
+            feed(&mut ev, t, vec![m(&[(t, v)])]);
+            let snapshot = ev.snapshot();
+            let has_band = snapshot[0]
+                .values
+                .as_ref()
+                .and_then(|v| v.results.first())
+                .is_some_and(|r| r.band.is_some());
+            if has_band && banded_at.is_none() {
+                banded_at = Some(i * scrape_min);
+            }
+        }
+        let why = result_of(&ev, "a").and_then(|r| r.band_missing);
+        let at = banded_at.unwrap_or_else(|| {
+            panic!("no band on {scrape_min}-minute data, offset {offset_ms}: {why:?}")
+        });
+        // Two days of one-minute steps, and the first refit (hourly) after them.
+        assert!(
+            (2 * 1440..=2 * 1440 + 61).contains(&at),
+            "{scrape_min}-minute data: first band at minute {at}"
+        );
+    }
+}
+
+/// The seasonal rule of the gap tests: a band over 12h of an hourly pattern (the
+/// periodogram's season), or `window` of a daily one.
+fn seasonal_rule(window: &str) -> String {
+    format!(
+        "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: r, namespace: shop}}\nspec:\n  metric: m\n  detection: {{algorithm: seasonal, window: {window}, minSamples: 100, clearAfter: 0s}}\n  remediation: {{type: alert}}\n"
+    )
+}
+
+/// Pod `a`'s result in the rule's latest evaluation.
+fn result_of(ev: &Evaluator, pod: &str) -> Option<prophet::eval::ResultValue> {
+    ev.snapshot()[0]
+        .values
+        .as_ref()?
+        .results
+        .iter()
+        .find(|r| r.series.get("pod") == Some(pod))
+        .cloned()
+}
+
+/// Issue 14: one missed scrape (a 10-minute gap, longer than the 5m lookback) forgot a
+/// seasonal band's days of history, so the band disappeared and a 25σ spike two hours
+/// later was not flagged. The history is kept across the gap.
+#[test]
+fn a_missed_scrape_keeps_the_seasonal_history() {
+    let mut ev = evaluator(&seasonal_rule("12h"));
+    let base = 1_700_000_040_000i64;
+    let value = |minute: i64| {
+        10.0 * (std::f64::consts::TAU * minute as f64 / 60.0).sin()
+            + ((minute * 7919) % 13) as f64 * 0.1
+    };
+    let spike = 13 * 60 + 10 + 120;
+    let mut trips = Vec::new();
+    for minute in 0..=spike + 1 {
+        // Scrapes missed from 13:00 to 13:10.
+        if (13 * 60..13 * 60 + 10).contains(&minute) {
+            continue;
+        }
+        let t = base + minute * 60_000;
+        let v = value(minute) + if minute == spike { 10.0 } else { 0.0 };
+        for (change, at, _) in feed(&mut ev, t, vec![m(&[(t, v)])]) {
+            trips.push((change, (at - base) / 60_000));
+        }
+        if minute == 50 {
+            // Cold start, and the rules endpoint says so.
+            let early = result_of(&ev, "a").expect("pod a returned");
+            assert!(early.band.is_none());
+            let why = early.band_missing.expect("a reason for the missing band");
+            assert!(why.contains("cold start"), "{why}");
+        }
+    }
+    assert!(
+        trips.contains(&("tripped".to_owned(), spike)),
+        "the spike after the gap was not flagged: {trips:?}"
+    );
+}
+
+/// Issue 14: a series scraped every 30 minutes (longer than the 5m lookback) never got
+/// a seasonal band: between its samples, with other series moving the rule's clock, it
+/// was dropped with its history each time.
+#[test]
+fn a_series_scraped_every_half_hour_gets_a_seasonal_band() {
+    let mut ev = evaluator(&seasonal_rule("3d"));
+    let base = 1_700_000_040_000i64;
+    let daily = |minute: i64| {
+        100.0
+            + 20.0 * (std::f64::consts::TAU * minute as f64 / 1440.0).sin()
+            + ((minute * 7919) % 13) as f64 * 0.05
+    };
+    let mut banded = None;
+    for minute in 0..(3 * 1440 + 120) {
+        let t = base + minute * 60_000;
+        // Pod b every minute keeps the rule's clock moving; pod a every 30 minutes.
+        let mut batch = vec![series(&[("__name__", "m"), ("pod", "b")], &[(t, 1.0)])];
+        if minute % 30 == 0 {
+            batch.push(series(
+                &[("__name__", "m"), ("pod", "a")],
+                &[(t, daily(minute))],
+            ));
+        }
+        feed(&mut ev, t, batch);
+        if banded.is_none()
+            && minute % 30 == 0
+            && result_of(&ev, "a").is_some_and(|r| r.band.is_some())
+        {
+            banded = Some(minute);
+        }
+    }
+    let at = banded.expect("pod a never got a band");
+    assert!(at <= 2 * 1440 + 90, "first band at minute {at}");
+}
+
+/// The default detector on an expression rule: judged at every 15 s step with state of
+/// its own per result series; quiet through a noisy daily pattern once it has learnt it,
+/// and trips once, within a minute, when the level shifts.
+#[test]
+fn the_default_detector_judges_an_expressions_results() {
+    let yaml = "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {name: r, namespace: shop}\nspec:\n  metric: 'm * 1'\n  detection: {}\n  remediation: {type: alert}\n";
+    let mut ev = evaluator(yaml);
+    let base = 1_700_000_040_000i64;
+    let shift = 3 * 1440 + 100;
+    let mut changes = Vec::new();
+    for minute in 0..shift + 30 {
+        let t = base + minute * 60_000;
+        let v = 100.0
+            + 20.0 * (std::f64::consts::TAU * minute as f64 / 1440.0).sin()
+            + ((minute * 7919) % 13) as f64 * 0.1
+            + if minute >= shift { 15.0 } else { 0.0 };
+        for (change, at, _) in feed(&mut ev, t, vec![m(&[(t, v)])]) {
+            changes.push((change, (at - base) / 60_000));
+        }
+    }
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].0, "tripped");
+    assert!((shift..=shift + 1).contains(&changes[0].1), "{changes:?}");
+}
+
+/// The rules endpoint shows a default-detector rule's band: none in its first two days
+/// (warm-up), then the band its latest value was judged against, around that value.
+#[test]
+fn the_rules_endpoint_shows_the_default_detectors_band() {
+    let yaml = "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {name: r, namespace: shop}\nspec:\n  metric: m\n  detection: {}\n  remediation: {type: alert}\n";
+    let mut ev = evaluator(yaml);
+    let base = 1_700_000_040_000i64;
+    for i in 0..(3 * 288) {
+        let t = base + i * 300_000;
+        let v = 50.0 + ((i * 7919) % 13) as f64 * 0.1;
+        feed(&mut ev, t, vec![m(&[(t, v)])]);
+        let shown = result_of(&ev, "a").expect("pod a shown");
+        if i < 2 * 288 {
+            assert!(shown.band.is_none(), "a band in warm-up at {i}");
+        } else {
+            let band = shown.band.expect("a band after warm-up");
+            assert!(
+                !band.excludes(v) && band.lower < v && v < band.upper,
+                "{band:?}"
+            );
+        }
     }
 }
