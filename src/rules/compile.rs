@@ -648,6 +648,20 @@ fn compile_query(
             )));
         }
     }
+    // Windows keep raw samples for each selector's range (and offset): `rate(x[10y])`
+    // would keep every sample it is ever sent.
+    if let Some(input) = query_inputs(&expr, step_ms)
+        .into_iter()
+        .find(|input| input.retention_ms > MAX_RANGE_MS)
+    {
+        return Err(CompileError::Invalid(format!(
+            "{field} {text:?}: a selector reads {} of samples back (its range, offset and enclosing subqueries), over the limit of {} that windows keep raw; for longer periods use an SLOViolation (per-minute rollups) or a shorter range",
+            promql_duration(std::time::Duration::from_millis(
+                u64::try_from(input.retention_ms).unwrap_or(u64::MAX)
+            )),
+            promql_duration(std::time::Duration::from_millis(MAX_RANGE_MS as u64)),
+        )));
+    }
     Ok(QuerySpec {
         expr: Arc::new(expr),
         text: text.to_owned(),
@@ -671,6 +685,11 @@ struct LiveCheck {
 /// every step is a full evaluation over the windows; this keeps one rule from stalling
 /// the evaluator.
 pub const MAX_SUBQUERY_STEPS: i64 = 7 * 24 * 60 + 1;
+
+/// The longest history an expression's selector may read back (range, offset and
+/// enclosing subqueries, plus the lookback and the catch-up minute): windows keep raw
+/// samples for it, so it bounds a rule's memory per series. A week and a day.
+pub const MAX_RANGE_MS: i64 = 8 * 24 * HOUR_MS;
 
 impl LiveCheck {
     fn modifiers(&mut self, at: Option<&parser::AtModifier>, offset: Option<&parser::Offset>) {
@@ -959,6 +978,23 @@ fn expr_kind(expr: &Expr) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_longer_than_windows_keep_is_refused_with_the_limit() {
+        let refused = |text: &str| {
+            let expr = promql::parse(text).unwrap();
+            compile_query("spec.metric", text, expr, EXPRESSION_STEP_MS, false)
+                .unwrap_err()
+                .to_string()
+        };
+        let message = refused("rate(x[10y])");
+        assert!(message.contains("over the limit of 8d"), "{message}");
+        assert!(refused("max_over_time(x[7d] offset 2d)").contains("over the limit"));
+        assert!(refused("max_over_time(rate(x[5m])[9d:1h])").contains("over the limit"));
+        let fine = "max_over_time(x[7d])";
+        let expr = promql::parse(fine).unwrap();
+        assert!(compile_query("spec.metric", fine, expr, EXPRESSION_STEP_MS, false).is_ok());
+    }
     use crate::rules::load::parse_documents;
 
     /// The four shapes that used to overflow a stack, as a user would write them.
