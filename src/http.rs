@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::Router as HttpRouter;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -579,8 +579,26 @@ struct DecisionsResponse {
     decisions: Vec<Decision>,
 }
 
-async fn decisions(State(state): State<Arc<AppState>>) -> Json<DecisionsResponse> {
+/// Most decisions one answer holds: the log keeps up to `--decisions-kept`, and a
+/// reader asking for all of them at once, several at a time, held hundreds of MB.
+const DECISIONS_PAGE_MAX: usize = 1000;
+
+/// `GET /api/v1/decisions?since=ID&limit=N`.
+#[derive(serde::Deserialize)]
+struct DecisionsQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn decisions(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<DecisionsQuery>,
+) -> Json<DecisionsResponse> {
+    let limit = query
+        .limit
+        .unwrap_or(DECISIONS_PAGE_MAX)
+        .clamp(1, DECISIONS_PAGE_MAX);
     Json(DecisionsResponse {
-        decisions: state.decisions.snapshot(),
+        decisions: state.decisions.page(query.since, limit),
     })
 }

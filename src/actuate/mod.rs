@@ -15,6 +15,9 @@ use crate::rules::load::RuleKey;
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
+    /// Its place in the decision log, counting from 1 (0 until logged): a reader pages
+    /// with `GET /api/v1/decisions?since=ID`.
+    pub id: u64,
     pub rule: RuleKey,
     pub verdict: Change,
     /// `restart`, `scale`, `alert` (an SLO's actions joined with `+`); `resolve` when a
@@ -68,6 +71,7 @@ impl Decision {
         dry_run: bool,
     ) -> Self {
         Self {
+            id: 0,
             rule: verdict.rule.clone(),
             verdict: verdict.change,
             action: action.to_owned(),
@@ -95,30 +99,45 @@ pub fn format_time_ms(ms: i64) -> String {
 /// The most recent decisions, newest last, bounded so a flapping rule cannot grow memory.
 #[derive(Clone)]
 pub struct DecisionLog {
-    inner: Arc<Mutex<VecDeque<Decision>>>,
+    inner: Arc<Mutex<(VecDeque<Decision>, u64)>>,
     capacity: usize,
 }
 
 impl DecisionLog {
     pub fn new(capacity: usize) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(1024)))),
+            inner: Arc::new(Mutex::new((VecDeque::with_capacity(capacity.min(1024)), 0))),
             capacity,
         }
     }
 
-    pub fn push(&self, decision: Decision) {
+    pub fn push(&self, mut decision: Decision) {
         // std Mutex: held only to push or clone, never across an await.
-        let mut log = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (log, last_id) = &mut *guard;
+        *last_id += 1;
+        decision.id = *last_id;
         log.push_back(decision);
         while log.len() > self.capacity {
             log.pop_front();
         }
     }
 
+    /// Every decision kept, oldest first.
     pub fn snapshot(&self) -> Vec<Decision> {
-        let log = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        log.iter().cloned().collect()
+        self.page(None, usize::MAX)
+    }
+
+    /// At most `limit` decisions, oldest first: those after id `since`, or without it the
+    /// newest. Only the page is copied, so a reader costs what it asks for.
+    pub fn page(&self, since: Option<u64>, limit: usize) -> Vec<Decision> {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let log = &guard.0;
+        let start = match since {
+            Some(since) => log.partition_point(|d| d.id <= since),
+            None => log.len().saturating_sub(limit),
+        };
+        log.range(start..).take(limit).cloned().collect()
     }
 }
 

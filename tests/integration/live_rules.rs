@@ -330,3 +330,43 @@ async fn saved_state_waits_for_rules_that_arrive_after_the_start() {
         "the tripped series survived both restarts"
     );
 }
+
+/// The decision log is read a page at a time: at most 1000 decisions an answer, the
+/// newest by default, or those after an id (`since`), oldest first.
+#[tokio::test]
+async fn decisions_are_read_a_page_at_a_time() {
+    let app = common::start(&memory_rule("memory", "> 1Gi", 0));
+    let now = common::now_ms();
+    // 1200 pods trip, in two requests.
+    for half in 0..2 {
+        let series = (0..600)
+            .map(|i| memory(&format!("web-{}", half * 600 + i), now + half * 15_000, 2e9))
+            .collect();
+        let answer = app.write(Some(common::V1), common::v1_body(series)).await;
+        assert_eq!(answer.status, 204);
+    }
+    let ids = |page: &serde_json::Value| -> Vec<u64> {
+        page["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_u64().unwrap())
+            .collect()
+    };
+    // Decisions are made after the 204; wait for the last one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ids(&app.get_json("/api/v1/decisions?limit=1").await) != vec![1200] {
+        assert!(std::time::Instant::now() < deadline, "1200 decisions");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let newest = ids(&app.get_json("/api/v1/decisions").await);
+    assert_eq!(newest, (201..=1200).collect::<Vec<_>>(), "the newest 1000");
+    let first = ids(&app.get_json("/api/v1/decisions?since=0&limit=500").await);
+    assert_eq!(first, (1..=500).collect::<Vec<_>>());
+    let next = ids(&app.get_json("/api/v1/decisions?since=500&limit=5000").await);
+    assert_eq!(
+        next,
+        (501..=1500).filter(|&i| i <= 1200).collect::<Vec<_>>()
+    );
+    assert!(ids(&app.get_json("/api/v1/decisions?since=1200").await).is_empty());
+}
