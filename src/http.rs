@@ -73,6 +73,20 @@ pub struct AppState {
     pub decisions: DecisionLog,
     pub listing: RwLock<Arc<RuleListing>>,
     pub ready: AtomicBool,
+    /// Compressed request bytes that may be held at once, in KiB (see
+    /// [`Limits::max_bytes_in_flight`]).
+    pub bodies_in_flight: tokio::sync::Semaphore,
+}
+
+/// The permits of [`AppState::bodies_in_flight`]: the budget, but never less than one
+/// body of the largest size accepted (which would then never be read).
+pub fn in_flight_budget(limits: &Limits) -> tokio::sync::Semaphore {
+    let bytes = limits.max_bytes_in_flight.max(max_body_bytes(limits));
+    tokio::sync::Semaphore::new(
+        bytes
+            .div_ceil(1024)
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
+    )
 }
 
 impl AppState {
@@ -446,7 +460,28 @@ async fn write(
                 .and_then(|ct| ingest::negotiate(ct, None).ok()),
             error,
         ),
-        Ok(protocol) => {
+        Ok(protocol) => 'read: {
+            // The body's bytes are reserved before it is read: uploads in flight are
+            // bounded in total, not only each one.
+            let limit = max_body_bytes(&state.limits);
+            let declared = headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .unwrap_or(limit)
+                .min(limit);
+            let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+            let Ok(_reserved) = state.bodies_in_flight.try_acquire_many(kib) else {
+                break 'read WriteResponse {
+                    protocol: Some(protocol),
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    stats: DecodeStats::default(),
+                    message: Some(format!(
+                        "more than {} MiB of request bodies are being received; retry",
+                        state.limits.max_bytes_in_flight >> 20
+                    )),
+                    retry_after: true,
+                };
+            };
             let ingested = match read_body(body, &state.limits).await {
                 Ok(body) => ingest_body(&state, protocol, &body, arrived),
                 Err(error) => Err(error),

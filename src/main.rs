@@ -87,6 +87,11 @@ struct RunArgs {
     /// before anything of that size is allocated.
     #[arg(long, default_value_t = 32 << 20)]
     max_decoded_bytes: usize,
+    /// Most compressed request bytes received at once across all requests (each
+    /// reserves its Content-Length before its body is read); past it, 503 with
+    /// Retry-After. Never less than one largest body.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_bytes_in_flight: usize,
     /// Most series a rule keeps; samples of further series are dropped and counted.
     #[arg(long, default_value_t = 10_000)]
     series_limit: usize,
@@ -249,6 +254,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
     let pipeline = PipelineConfig {
         limits: Limits {
             max_decoded_bytes: args.max_decoded_bytes,
+            max_bytes_in_flight: args.max_bytes_in_flight,
             ..Limits::default()
         },
         series_limit: args.series_limit,

@@ -273,6 +273,7 @@ impl Pipeline {
             decisions,
             listing: RwLock::new(Arc::new(listing)),
             ready: AtomicBool::new(true),
+            bodies_in_flight: crate::http::in_flight_budget(&config.limits),
         });
         let saver = state_file.clone().map(|path| {
             let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -44,6 +44,10 @@ pub struct Limits {
     /// Most label bytes a request may bring into rule windows. Bounds what a 2.0 request
     /// can make Prophet copy by referencing one large symbol from many series.
     pub max_kept_label_bytes: usize,
+    /// Most compressed request bytes held at once across all requests being read (each
+    /// request reserves its `Content-Length`, or the largest body it may send, before its
+    /// body is read): past it a request is answered 503 with `Retry-After`.
+    pub max_bytes_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +58,7 @@ impl Default for Limits {
             max_labels_per_series: 512,
             max_label_bytes: 64 << 10,
             max_kept_label_bytes: 32 << 20,
+            max_bytes_in_flight: 256 << 20,
         }
     }
 }

@@ -452,3 +452,96 @@ async fn extreme_timestamps_neither_crash_nor_trip() {
     assert!(app.wait_decisions(1).await.is_empty());
     assert_eq!(app.rule("mem").await["counters"]["samples"], 3);
 }
+
+/// Uploads in flight are bounded in total: a request reserves its `Content-Length`
+/// before its body is read, one that would pass the budget is answered 503 with
+/// `Retry-After` (Prometheus retries it) without being read, and the budget comes back
+/// when an upload ends.
+#[tokio::test]
+async fn request_bodies_in_flight_are_bounded_in_total_with_503() {
+    let limits = prophet::ingest::Limits {
+        max_decoded_bytes: 64 << 10,
+        max_bytes_in_flight: 100 << 10,
+        ..Default::default()
+    };
+    let app = start_with(
+        &threshold_rule("mem", MEM, "> 1Gi", ""),
+        prophet::standalone::PipelineConfig {
+            limits,
+            ..Default::default()
+        },
+    );
+    // A sender that announced 70 KiB and is still sending.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(1);
+    let stalled = Request::post("/api/v1/write")
+        .header("content-type", V1)
+        .header("content-encoding", "snappy")
+        .header("content-length", (70 << 10).to_string())
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    let router = app.router.clone();
+    let upload = tokio::spawn(async move {
+        use tower::ServiceExt;
+        router.oneshot(stalled).await.unwrap().status()
+    });
+    tx.send(Ok(axum::body::Bytes::from(vec![0u8; 1024])))
+        .await
+        .unwrap();
+    // Once the first chunk is taken, the stalled request holds its reservation.
+    let body = v1_body(vec![pod_series("web-1", &[(now_ms(), 2e9)])]);
+    let mut refused = None;
+    for _ in 0..1000 {
+        let answer = app
+            .send(
+                Request::post("/api/v1/write")
+                    .header("content-type", V1)
+                    .header("content-encoding", "snappy")
+                    .header("content-length", (40 << 10).to_string())
+                    .body(Body::from(vec![0u8; 40 << 10]))
+                    .unwrap(),
+            )
+            .await;
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(answer);
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let refused = refused.expect("a request past the budget is refused");
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert!(refused.body.contains("request bodies"), "{}", refused.body);
+    // A small request still fits beside the stalled one (a request without a
+    // Content-Length reserves the largest body instead, which would not).
+    let answer = app
+        .send(
+            Request::post("/api/v1/write")
+                .header("content-type", V1)
+                .header("content-encoding", "snappy")
+                .header("content-length", body.len().to_string())
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.body);
+    // The stalled sender gives up; its reservation comes back.
+    drop(tx);
+    let _ = upload.await.unwrap();
+    let answer = app
+        .send(
+            Request::post("/api/v1/write")
+                .header("content-type", V1)
+                .header("content-encoding", "snappy")
+                .header("content-length", (80 << 10).to_string())
+                .body(Body::from(vec![0u8; 80 << 10]))
+                .unwrap(),
+        )
+        .await;
+    assert_ne!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.body
+    );
+}
