@@ -17,6 +17,7 @@ mod deploy_manifests;
 mod e2e_prometheus;
 mod expression_edges;
 mod expressions;
+mod fuzz;
 mod hardening;
 mod http_write;
 mod ingest_captures;
