@@ -430,19 +430,29 @@ fn compile_slo(rule: &SLOViolation, options: CompileOptions) -> Result<CompiledR
         ServiceLevelIndicator::Latency(latency) => {
             let bucket = parse_counter("spec.sli.latency.bucket", &latency.bucket, confine)?;
             // Good events are the bucket at the threshold, all events the +Inf bucket.
-            let with_le = |le: &str| {
+            let with_le = |le: Matcher| {
                 let mut selector = bucket.clone();
                 for group in &mut selector.groups {
                     group.retain(|m| m.name != "le");
-                    group.push(Matcher::new(MatchOp::Equal, "le", le));
+                    group.push(le.clone());
                 }
                 selector
             };
+            let metric = bucket.groups.first().and_then(|group| {
+                group
+                    .iter()
+                    .find(|m| m.name == "__name__" && m.op == MatchOp::Equal)
+                    .map(|m| m.value.clone())
+            });
+            let threshold = le_matcher(latency.le.trim(), metric.as_deref())?;
             (
                 SliShape::Latency,
                 vec![
-                    (with_le(latency.le.trim()), SliCounter::Good),
-                    (with_le("+Inf"), SliCounter::Total),
+                    (with_le(threshold), SliCounter::Good),
+                    (
+                        with_le(Matcher::new(MatchOp::Equal, "le", "+Inf")),
+                        SliCounter::Total,
+                    ),
                 ],
             )
         }
@@ -909,6 +919,52 @@ fn tiers(spec: Option<&[BurnRateTier]>, period_ms: i64) -> Result<Vec<BurnTier>,
 }
 
 /// An SLI selector: a plain selector over a counter, as the SLO takes increases itself.
+/// The matcher for a latency SLI's threshold bucket. `le` is compared as a number, as
+/// Prometheus 3 normalises it: `0.1`, `0.10` and `0.100` are one bucket. A duration
+/// (`100ms`, `1.5s`) is converted to the histogram's unit, taken from the metric's name
+/// (`_milliseconds_bucket`, `_microseconds_bucket`; seconds otherwise, Prometheus's base
+/// unit).
+fn le_matcher(text: &str, metric: Option<&str>) -> Result<Matcher, CompileError> {
+    let value = match text.parse::<f64>() {
+        Ok(value) => value,
+        Err(_) => {
+            let duration = parse_duration(text).map_err(|e| {
+                CompileError::Invalid(format!(
+                    "spec.sli.latency.le {text:?} is neither a number nor a duration: {e}"
+                ))
+            })?;
+            let scale = match metric {
+                Some(name) if name.ends_with("_milliseconds_bucket") => 1e3,
+                Some(name) if name.ends_with("_microseconds_bucket") => 1e6,
+                _ => 1.0,
+            };
+            duration.as_secs_f64() * scale
+        }
+    };
+    if !value.is_finite() || value < 0.0 {
+        return Err(CompileError::Invalid(format!(
+            "spec.sli.latency.le {text:?} must be a finite bucket bound of zero or more"
+        )));
+    }
+    // Every way a client library writes the number: shortest form, trailing zeros after
+    // a decimal point, or an integer's ".0".
+    let shortest = format!("{value}");
+    let escaped = regex::escape(&shortest);
+    let pattern = if shortest.contains('.') {
+        format!("{escaped}0*")
+    } else {
+        format!("{escaped}(\\.0*)?")
+    };
+    Ok(Matcher::new(
+        MatchOp::Re(
+            regex::Regex::new(&format!("^(?:{pattern})$"))
+                .map_err(|e| CompileError::Invalid(format!("spec.sli.latency.le {text:?}: {e}")))?,
+        ),
+        "le",
+        &pattern,
+    ))
+}
+
 /// With `confine`, the selector reads only series of that namespace.
 fn parse_counter(field: &str, text: &str, confine: Option<&str>) -> Result<Selector, CompileError> {
     parse_selector(field, text, confine).map_err(|e| match e {
@@ -978,6 +1034,32 @@ fn expr_kind(expr: &Expr) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_latency_threshold_matches_its_bucket_as_a_number_in_the_metrics_unit() {
+        let matches = |le_text: &str, metric: &str, bucket_le: &str| {
+            le_matcher(le_text, Some(metric))
+                .unwrap()
+                .is_match(bucket_le)
+        };
+        let seconds = "http_request_duration_seconds_bucket";
+        for written in ["0.1", "0.10", "0.100"] {
+            assert!(matches("0.1", seconds, written), "{written}");
+            assert!(matches("0.10", seconds, written), "{written}");
+            assert!(matches("100ms", seconds, written), "{written}");
+        }
+        assert!(!matches("0.1", seconds, "0.15"));
+        assert!(!matches("0.1", seconds, "10.1"));
+        assert!(!matches("100ms", seconds, "100"));
+        let millis = "rpc_latency_milliseconds_bucket";
+        assert!(matches("100ms", millis, "100"));
+        assert!(matches("100ms", millis, "100.0"));
+        assert!(!matches("100ms", millis, "0.1"));
+        assert!(matches("1", seconds, "1.0") && matches("1s", seconds, "1"));
+        for bad in ["fast", "-1", "NaN"] {
+            assert!(le_matcher(bad, Some(seconds)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_range_longer_than_windows_keep_is_refused_with_the_limit() {
