@@ -432,6 +432,10 @@ pub struct SloState {
     /// Days until the budget is gone at the first tier's long-window burn rate; `None`
     /// while nothing burns.
     pub time_to_exhaustion_days: Option<f64>,
+    /// Why the SLO is not judged although events arrive (a latency SLI whose `le`
+    /// matches no bucket of the data); then it never trips and shows no budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_judged: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -632,11 +636,30 @@ impl SloDetector {
         let period_days = self.spec.period_ms as f64 / DAY_MS as f64;
         let time_to_exhaustion_days =
             (current > 0.0).then(|| budget_remaining.max(0.0) * period_days / current);
+        // A latency SLI counts good events in the bucket at its `le`: if events arrive
+        // (the +Inf bucket) but no series has that `le`, every event would read as bad.
+        let seen = |counter: SliCounter| self.last[counter as usize].iter().any(Option::is_some);
+        let not_judged = (self.spec.shape == SliShape::Latency
+            && seen(SliCounter::Total)
+            && !seen(SliCounter::Good))
+        .then(|| {
+            "no series of the histogram has a bucket at spec.sli.latency.le: events arrive, but none can be counted as good, so the SLO is not judged (check le against the buckets the histogram exposes)".to_owned()
+        });
+        if not_judged.is_some() {
+            return SloState {
+                at_ms: now_ms,
+                tiers: Vec::new(),
+                budget_remaining: f64::NAN,
+                time_to_exhaustion_days: None,
+                not_judged,
+            };
+        }
         SloState {
             at_ms: now_ms,
             tiers,
             budget_remaining,
             time_to_exhaustion_days,
+            not_judged: None,
         }
     }
 
@@ -660,7 +683,7 @@ impl SloDetector {
             })
             .collect();
         let low_budget = state.budget_remaining < self.spec.budget_threshold;
-        let violated = !firing.is_empty() || low_budget;
+        let violated = state.not_judged.is_none() && (!firing.is_empty() || low_budget);
         let transition = match (violated, self.tripped) {
             (true, false) => {
                 let mut reasons = firing;
@@ -1154,6 +1177,40 @@ mod tests {
             d.observe(SliCounter::Total, 0, minute * MINUTE_MS, minute as f64);
         }
         assert_eq!(d.rollup_bytes(), 30 * 24 * 60 * bucket);
+    }
+
+    #[test]
+    fn a_latency_le_that_matches_no_bucket_is_said_and_never_trips() {
+        let mut d = SloDetector::new(SloSpec {
+            shape: SliShape::Latency,
+            ..spec(0.99)
+        });
+        // Only the +Inf bucket arrives: the threshold's bucket is not in the data.
+        for minute in 0..120 {
+            d.observe(
+                SliCounter::Total,
+                0,
+                minute * MINUTE_MS,
+                (minute * 100) as f64,
+            );
+            let (state, transition) = d.evaluate(minute * MINUTE_MS);
+            assert!(transition.is_none(), "minute {minute}: {transition:?}");
+            assert!(state.not_judged.is_some());
+            assert!(state.budget_remaining.is_nan());
+        }
+        // With the bucket in the data (le right), the same traffic is judged: all good.
+        let mut right = SloDetector::new(SloSpec {
+            shape: SliShape::Latency,
+            ..spec(0.99)
+        });
+        for minute in 0..120 {
+            let count = (minute * 100) as f64;
+            right.observe(SliCounter::Total, 0, minute * MINUTE_MS, count);
+            right.observe(SliCounter::Good, 1, minute * MINUTE_MS, count);
+        }
+        let (state, _) = right.evaluate(120 * MINUTE_MS);
+        assert!(state.not_judged.is_none());
+        assert_eq!(state.budget_remaining, 1.0);
     }
 
     #[test]
