@@ -36,6 +36,8 @@ pub struct RuleLevel {
     pub last_forecast: Option<ForecastView>,
     /// An SLO's budget remaining and time to exhaustion (days), from the evaluator.
     pub slo: Option<(f64, Option<f64>)>,
+    /// Why an SLO is not judged (its latency `le` matches no bucket), from the evaluator.
+    pub slo_not_judged: Option<String>,
 }
 
 impl RuleLevel {
@@ -174,8 +176,10 @@ impl Ledger {
                     continue;
                 };
                 let now = (slo.budget_remaining, slo.time_to_exhaustion_days);
-                if figures_moved(level.slo, now) {
+                let said_changed = level.slo_not_judged != slo.not_judged;
+                if figures_moved(level.slo, now) || said_changed {
                     level.slo = Some(now);
+                    level.slo_not_judged = slo.not_judged.clone();
                     moved.push(snapshot.rule.clone());
                 }
             }

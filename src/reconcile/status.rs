@@ -358,7 +358,10 @@ pub fn slo_violation(
         last_violated,
         violation_count,
         observed_generation: observed.generation,
-        message: validity.message.or_else(|| decision_message(level)),
+        message: validity
+            .message
+            .or_else(|| level.and_then(|l| l.slo_not_judged.clone()))
+            .or_else(|| decision_message(level)),
         conditions,
     })
 }
@@ -628,6 +631,30 @@ mod tests {
             condition_status(&cleared.conditions, AWAITING_APPROVAL),
             Some("False")
         );
+    }
+
+    #[test]
+    fn an_slo_that_is_not_judged_says_why_and_shows_no_budget() {
+        let compiled = compiled("active", 1);
+        let level = RuleLevel {
+            slo: Some((f64::NAN, None)),
+            slo_not_judged: Some("no series of the histogram has a bucket at le".into()),
+            ..RuleLevel::default()
+        };
+        let t = now(100);
+        let status = slo_violation(
+            None,
+            &Observed {
+                compiled: Some(&compiled),
+                level: Some(&level),
+                generation: Some(1),
+                now: &t,
+            },
+        )
+        .unwrap();
+        assert_eq!(status.phase, SloPhase::Monitoring);
+        assert_eq!(status.error_budget_remaining, None);
+        assert!(status.message.unwrap().contains("bucket at le"));
     }
 
     #[test]
