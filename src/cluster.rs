@@ -378,11 +378,5 @@ pub async fn run(
         let _ = election.await;
     }
     drop(ctx);
-    match Arc::try_unwrap(pipeline) {
-        Ok(pipeline) => pipeline.drain().await,
-        Err(_) => tracing::warn!("pipeline still shared at shutdown: state not saved"),
-    }
-    served?;
-    tracing::info!("stopped");
-    Ok(())
+    Pipeline::finish(pipeline, served).await
 }

@@ -324,6 +324,19 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The end of a run in either mode, once the server and every other holder of the
+    /// pipeline have stopped: drains it (the last state is saved) and returns how
+    /// serving ended.
+    pub async fn finish(pipeline: Arc<Self>, served: Result<()>) -> Result<()> {
+        match Arc::try_unwrap(pipeline) {
+            Ok(pipeline) => pipeline.drain().await,
+            Err(_) => tracing::warn!("pipeline still shared at shutdown: state not saved"),
+        }
+        served?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
     /// Waits until everything accepted has gone through eval and reconcile. Call after
     /// the HTTP server (which holds the other references to the state) has stopped.
     pub async fn drain(self) {
@@ -475,13 +488,7 @@ pub async fn run(
         .await;
     let _ = stop_reload.send(true);
     let _ = reload.await;
-    match Arc::try_unwrap(pipeline) {
-        Ok(pipeline) => pipeline.drain().await,
-        Err(_) => tracing::warn!("pipeline still shared at shutdown: state not saved"),
-    }
-    served?;
-    tracing::info!("stopped");
-    Ok(())
+    Pipeline::finish(pipeline, served).await
 }
 
 /// One entry of a rules folder as [`folder_signature`] sees it.

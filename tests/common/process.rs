@@ -49,3 +49,54 @@ pub fn prometheus() -> Option<&'static std::path::Path> {
         None
     }
 }
+
+/// Starts the `prophet` binary with `args` and `--listen 127.0.0.1:0` (plus `env`),
+/// echoing its log; returns it, the address it reports listening on, and its log lines
+/// from then on.
+pub fn start_prophet(
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Running, String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_prophet"));
+    command
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("prophet starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("prophet: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let running = Running(child);
+    let line = wait_line(&rx, "listening on ");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("an address after \"listening on\"")
+        .to_owned();
+    (running, addr, rx)
+}
+
+/// The next log line containing `text`, waiting at most a minute.
+pub fn wait_line(lines: &std::sync::mpsc::Receiver<String>, text: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no log line with {text:?}"));
+        if line.contains(text) {
+            return line;
+        }
+    }
+}

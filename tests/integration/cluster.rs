@@ -11,9 +11,6 @@ use crate::common;
 use crate::common::k8s::Cluster;
 use crate::common::process::Running;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -23,33 +20,11 @@ use prophet::rules::crd::AnomalyAction;
 
 /// Starts `prophet run --cluster` against the test cluster; returns it and its address.
 fn start_prophet(cluster: &Cluster, extra: &[&str]) -> (Running, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prophet"))
-        .args(["run", "--cluster", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("prophet starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("prophet: {line}");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("prophet reports its listening address");
-    (Running(child), addr)
+    let mut args = vec!["run", "--cluster"];
+    args.extend_from_slice(extra);
+    let (prophet, addr, _) =
+        common::process::start_prophet(&args, &[("KUBECONFIG", cluster.kubeconfig.as_os_str())]);
+    (prophet, addr)
 }
 
 /// Polls `check` until it returns `Some`, for at most `within`.

@@ -8,43 +8,17 @@
 
 use crate::common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::process::{Running, free_port, percent_encode};
 
 /// Starts `prophet run` on a free port; returns it and the address it reports.
 fn start_prophet(rules: &Path) -> (Running, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prophet"))
-        .args(["run", "--rules"])
-        .arg(rules)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("prophet starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("prophet: {line}");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("prophet reports its listening address within 30 s");
-    (Running(child), addr)
+    let rules = rules.to_str().expect("a UTF-8 temp path");
+    let (prophet, addr, _) = common::process::start_prophet(&["run", "--rules", rules], &[]);
+    (prophet, addr)
 }
 
 /// Starts Prometheus remote-writing to `prophet`; returns it and its HTTP port.

@@ -5,12 +5,10 @@
 //! process).
 
 use crate::common;
-use crate::common::process::Running;
+use crate::common::process::{start_prophet, wait_line};
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use prophet::eval::SubmitError;
@@ -144,48 +142,6 @@ async fn a_batch_routed_under_the_old_rules_is_refused_for_a_retry() {
     assert_eq!(tripped(&app.rule("memory").await), 1);
 }
 
-/// Starts standalone Prophet; returns it, its address and its log lines.
-fn start_prophet(rules: &Path) -> (Running, String, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prophet"))
-        .args(["run", "--rules"])
-        .arg(rules)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("prophet starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("prophet: {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let line = wait_line(&rx, "listening on ");
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    (Running(child), addr, rx)
-}
-
-/// The next log line containing `text` (bounded wait).
-fn wait_line(lines: &mpsc::Receiver<String>, text: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no log line with {text:?}"));
-        if line.contains(text) {
-            return line;
-        }
-    }
-}
-
 async fn rule_names(addr: &str) -> Vec<String> {
     let rules: serde_json::Value = reqwest::get(format!("http://{addr}/api/v1/rules"))
         .await
@@ -247,7 +203,8 @@ async fn the_rules_folder_is_reread_on_change_on_a_configmap_swap_and_on_sighup(
         "..2026_12_06_01",
         &[("rules.yaml", &memory_rule("first", "> 1Gi", 300))],
     );
-    let (mut prophet, addr, lines) = start_prophet(dir.path());
+    let rules = dir.path().to_str().unwrap();
+    let (mut prophet, addr, lines) = start_prophet(&["run", "--rules", rules], &[]);
     wait_rules(&addr, &["first"]).await;
 
     // The ConfigMap is updated: a new version behind `..data`.
