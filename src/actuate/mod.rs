@@ -1,10 +1,35 @@
 //! Actuate: what is done about a decision. The only stage that may touch anything outside
-//! Prophet's own rules. This version has the dry-run actuator of standalone mode, which
-//! records each decision (log line and [`DecisionLog`]) and changes nothing.
+//! Prophet's own rules, and the only one that makes outbound HTTP calls. Standalone mode
+//! has the dry-run actuator, which records each decision (log line and [`DecisionLog`])
+//! and changes nothing; in cluster mode reconcile calls the actions of the submodules,
+//! each an idempotent async function on behalf of an [`Actor`] (the rule's resource)
+//! that answers [`Acted`] or an [`ActError`] to report and retry.
+//!
+//! - [`guard`]: the checks every action makes first (namespace, GitOps ownership).
+//! - [`workload`]: pod eviction and rollout restarts; [`hpa`]: scaling through the
+//!   `scale` subresource, HPA `minReplicas` claims and KEDA ScaledObjects.
+//! - [`rollback`], [`chaos`]: an SLO's rollback and chaos-experiment pause;
+//!   [`k8sgpt`]: K8sGPT analyses.
+//! - [`nodepool`]: Karpenter NodePools (placeholders, limits, disruption budgets,
+//!   weights) and Grafana annotations.
+//! - [`outbound`]: the guarded HTTP client (allow-list, resolved-address checks,
+//!   bounded time and size); [`alert`]: Alertmanager, webhooks, Slack and PagerDuty.
+
+pub mod alert;
+pub mod chaos;
+pub mod guard;
+pub mod hpa;
+pub mod k8sgpt;
+pub mod nodepool;
+pub mod outbound;
+pub mod rollback;
+pub mod workload;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde::Serialize;
 
 use crate::eval::{Change, PodRef, format_value};
@@ -171,5 +196,161 @@ impl Actuator for DryRun {
             "decision (dry run)"
         );
         self.log.push(decision);
+    }
+}
+
+/// The rule resource on whose behalf an action is taken: for ownership, claims, the
+/// checks of [`guard`] and the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub kind: crate::rules::load::RuleKind,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The resource's `allowGitOpsManaged`.
+    pub allow_git_ops: bool,
+    /// Prophet's `--allow-cross-namespace`.
+    pub allow_cross_namespace: bool,
+}
+
+/// The API group and version of Prophet's resources.
+pub const API_VERSION: &str = "aiops.prophet.io/v1alpha1";
+
+/// The prefix of every annotation Prophet writes on objects it acts on.
+pub const ANNOTATION_PREFIX: &str = "aiops.prophet.io/";
+
+impl Actor {
+    /// An owner reference to the resource, for objects it creates (placeholders), so
+    /// the garbage collector removes them with it.
+    pub fn owner_reference(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: API_VERSION.to_owned(),
+            kind: self.kind.as_str().to_owned(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(false),
+        }
+    }
+
+    /// A short stable key for this resource in annotation names (claims), unique per
+    /// resource and valid as an annotation name's part: `<kind>.<namespace>.<name>`
+    /// would overflow 63 characters, so the uid's first 8 hex digits.
+    pub fn claim_key(&self) -> String {
+        let short: String = self.uid.chars().filter(|c| *c != '-').take(8).collect();
+        format!("{}-{short}", self.kind.as_str().to_ascii_lowercase())
+    }
+
+    /// `Kind namespace/name`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+}
+
+/// An object acted on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+impl std::fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// What one action did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acted {
+    /// `evict`, `rollout-restart`, `scale`, `hpa-min-replicas`, ... (see
+    /// `ActionRecord::action`).
+    pub action: &'static str,
+    pub target: TargetRef,
+    /// The target's `resourceVersion` before and after, for the audit log.
+    pub version_before: Option<String>,
+    pub version_after: Option<String>,
+    /// False when the object already was as the action wants it: reconciling twice
+    /// acts once, and the second answer is `changed: false`.
+    pub changed: bool,
+    /// What changed, for status and the Event (`replicas 2 → 3`).
+    pub summary: String,
+}
+
+/// Why an action was not done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActError {
+    /// Not done, and not retried until the rule or the target changes: the target may
+    /// not be acted on (another namespace, GitOps-managed, a bare pod, a paused
+    /// Deployment, a KEDA-owned HPA that cannot be changed).
+    #[error("{message}")]
+    Refused {
+        /// CamelCase, for the `ActionFailed` condition and the Event.
+        reason: &'static str,
+        message: String,
+    },
+    /// Not done this time: retried with backoff (after `retry_after` when the server
+    /// said when, as a PodDisruptionBudget's 429 does).
+    #[error("{message}")]
+    Failed {
+        reason: &'static str,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl ActError {
+    pub fn refused(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::Refused {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::Failed {
+            reason,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// An API error met while `doing` something, classified by its HTTP status:
+    /// `Forbidden` (403: RBAC), `NotFound` (404), `Conflict` (409: retried at once with
+    /// a fresh read), `Invalid` (422), `TooManyRequests` (429), `ServerError` (5xx),
+    /// `Unreachable` (no answer). All are retried with backoff.
+    pub fn api(doing: impl std::fmt::Display, error: kube::Error) -> Self {
+        let reason = match &error {
+            kube::Error::Api(status) => match status.code {
+                403 => "Forbidden",
+                404 => "NotFound",
+                409 => "Conflict",
+                422 => "Invalid",
+                429 => "TooManyRequests",
+                500..=599 => "ServerError",
+                _ => "ApiError",
+            },
+            _ => "Unreachable",
+        };
+        Self::failed(reason, format!("{doing}: {error}"))
+    }
+
+    /// The CamelCase reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Refused { reason, .. } | Self::Failed { reason, .. } => reason,
+        }
+    }
+
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Self::Refused { .. })
     }
 }

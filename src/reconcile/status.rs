@@ -252,6 +252,7 @@ pub fn anomaly_action(
         last_remediated: current.and_then(|s| s.last_remediated.clone()),
         remediation_count: current.map_or(0, |s| s.remediation_count),
         k8sgpt_analysis: current.and_then(|s| s.k8sgpt_analysis.clone()),
+        last_actions: current.map(|s| s.last_actions.clone()).unwrap_or_default(),
         observed_generation: observed.generation,
         message: validity.message.or_else(|| decision_message(level)),
         conditions,
@@ -297,6 +298,7 @@ pub fn predictive_scale(
         last_forecast,
         last_scaled: current.and_then(|s| s.last_scaled.clone()),
         scaling_count: current.map_or(0, |s| s.scaling_count),
+        last_actions: current.map(|s| s.last_actions.clone()).unwrap_or_default(),
         observed_generation: observed.generation,
         message: validity.message.or_else(|| decision_message(level)),
         conditions,
@@ -357,6 +359,7 @@ pub fn slo_violation(
         time_to_exhaustion,
         last_violated,
         violation_count,
+        last_actions: current.map(|s| s.last_actions.clone()).unwrap_or_default(),
         observed_generation: observed.generation,
         message: validity
             .message

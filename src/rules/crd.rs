@@ -140,18 +140,45 @@ pub struct AnomalyActionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<RemediationTarget>,
 
-    /// Ask a K8sGPT server to explain each detection, its answer to be written to
-    /// `status.k8sgptAnalysis`. Accepted and not used yet: this version calls no K8sGPT
-    /// server.
+    /// Put K8sGPT's analysis of the acted-on workload in `status.k8sgptAnalysis`, the
+    /// Event and the alert: by default read from the K8sGPT operator's `Result` objects;
+    /// asking a server at `endpoint` is opt-in. An unavailable K8sGPT never delays an
+    /// action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k8sgpt: Option<K8sGptConfig>,
 
-    /// URL meant to receive a JSON notification for every detection and remediation
-    /// (PagerDuty, Slack, a custom receiver). Empty or omitted means no notification.
-    /// Accepted and not called yet: this version records the URL with each decision and
-    /// sends nothing.
+    /// URL of a non-secret receiver of a notification for every detection and its
+    /// resolution, in `webhookFormat`. A URL that carries a token (Slack, most custom
+    /// receivers) belongs in a Secret: use `webhookSecretRef`. The host must be allowed
+    /// with `--allow-url-host`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+
+    /// A key of a Secret in the rule's namespace holding the webhook URL (or, for
+    /// `webhookFormat: pagerduty`, the Events API v2 routing key). Used instead of
+    /// `webhookUrl` when both are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_ref: Option<SecretKeyRef>,
+
+    /// The body sent to the webhook: `alertmanager` (Alertmanager's webhook JSON, the
+    /// default), `slack` (an incoming-webhook message) or `pagerduty` (Events API v2).
+    #[serde(default)]
+    pub webhook_format: WebhookFormat,
+
+    /// The `severity` label of alerts and notifications. Default `warning`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+
+    /// Decide, record and publish Events, but change nothing and notify no one, as
+    /// Prophet's global `--dry-run` does for every rule.
+    #[serde(default)]
+    pub dry_run: bool,
+
+    /// Allow acting on objects that a GitOps controller keeps in sync (ArgoCD's
+    /// tracking annotation or label, Flux's labels). Off by default: the GitOps
+    /// controller would revert the change and the two would flap.
+    #[serde(default)]
+    pub allow_git_ops_managed: bool,
 
     /// Anomaly detection, instead of or beside `threshold`: a band around each series'
     /// own recent behaviour. A series trips when its value leaves the band (or, when a
@@ -201,10 +228,42 @@ pub struct Remediation {
     #[schemars(schema_with = "non_negative_int64")]
     pub cooldown_seconds: u64,
 
-    /// For `scale`: the replica count to set. Omitted means one more replica than the
-    /// workload currently has.
+    /// For `scale`: the replica count to set. Omitted means `scaleStep` more replicas
+    /// than the workload currently has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+
+    /// For `scale`: how many replicas one detection adds. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_step: Option<i32>,
+
+    /// For `scale`: the most replicas Prophet scales a workload to (and the highest
+    /// `minReplicas` it sets on an HPA, never above the HPA's `maxReplicas`). Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<i32>,
+}
+
+/// A key of a Secret in the rule's own namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    pub name: String,
+    /// The key within the Secret's data.
+    pub key: String,
+}
+
+/// The body a webhook receives.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// Alertmanager's webhook JSON (`version: "4"`, `alerts: [...]`).
+    #[default]
+    Alertmanager,
+    /// A Slack incoming-webhook message.
+    Slack,
+    /// PagerDuty Events API v2: `trigger`, then `resolve` with the same `dedup_key`.
+    Pagerduty,
 }
 
 /// One tier of an SLO's multi-window burn-rate table.
@@ -365,8 +424,10 @@ pub struct K8sGptConfig {
     #[serde(default)]
     pub enabled: bool,
 
-    /// Base URL of the K8sGPT server, for example
-    /// `http://k8sgpt-operator.k8sgpt.svc.cluster.local:8080`. Accepted and not used yet.
+    /// Base URL of a K8sGPT server run with `--http` (for example
+    /// `http://k8sgpt.k8sgpt.svc:8080`), asked directly, with explanations off. Omitted:
+    /// the K8sGPT operator's `Result` objects are read. The host must be allowed with
+    /// `--allow-url-host`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
 }
@@ -393,10 +454,14 @@ pub struct AnomalyActionStatus {
     #[serde(default)]
     pub remediation_count: i64,
 
-    /// K8sGPT's explanation of the last detection (not written yet: this version calls
-    /// no K8sGPT server).
+    /// K8sGPT's analysis of the workload last acted on (bounded), when `k8sgpt.enabled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k8sgpt_analysis: Option<String>,
+
+    /// The most recent actions, newest first (at most 10): what was done to which
+    /// object, and how it ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_actions: Vec<ActionRecord>,
 
     /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -410,6 +475,35 @@ pub struct AnomalyActionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// One action taken (or tried) by Prophet, as recorded in a rule's status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRecord {
+    /// When it ended.
+    pub time: Time,
+    /// What was done: `evict`, `rollout-restart`, `scale`, `hpa-min-replicas`,
+    /// `keda-min-replicas`, `alert`, `webhook`, `rollback`, `chaos-pause`,
+    /// `chaos-resume`, `placeholders`, `nodepool-limits`, `nodepool-budget`,
+    /// `nodepool-weight`, `release`.
+    pub action: String,
+    /// The object acted on, as `Kind namespace/name` (or `Kind name`).
+    pub target: String,
+    /// The object's uid, when it is a Kubernetes object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_uid: Option<String>,
+    /// `Succeeded`, `Unchanged` (already as wanted), `DryRun`, `Refused` or `Failed`.
+    pub result: String,
+    /// Why it was refused or failed, or what changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The detection acted on (stable across restarts and leaders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection: Option<String>,
+    /// Who approved it, for rules with `requireApproval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
 }
 
 /// Lifecycle of an AnomalyAction.
@@ -535,11 +629,59 @@ pub struct PredictiveScaleSpec {
     /// or `adjust` in whichever direction the forecast moves.
     pub action: ScaleAction,
 
-    /// Base URL of a Grafana instance with Machine Learning forecasts. Accepted and not
-    /// used: Prophet makes its forecasts in-process (augurs MSTL and ETS models) whether
-    /// or not this is set.
+    /// Base URL of a Grafana instance: each forecast-driven action is marked on it with
+    /// an annotation (the API token comes from `grafanaTokenSecretRef`). Prophet makes
+    /// its forecasts in-process (augurs MSTL and ETS models) whether or not this is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grafana_endpoint: Option<String>,
+
+    /// A key of a Secret in the rule's namespace holding a Grafana service-account token
+    /// for the annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grafana_token_secret_ref: Option<SecretKeyRef>,
+
+    /// For `provision` and `consolidate`: how capacity is reserved ahead of demand, as
+    /// placeholder pods (pause containers at a negative priority) pinned to the NodePool.
+    /// Without it a rise only raises the NodePool's limits and holds consolidation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
+
+    /// For `adjust`: the other NodePool (for example the on-demand pool beside a spot
+    /// pool in `nodePoolRef`). A rise gives `nodePoolRef` the higher `weight`, a fall
+    /// gives it to this one. Only weights change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alternate_node_pool_ref: Option<NodePoolRef>,
+
+    /// Decide, record and publish Events, but change nothing (see `--dry-run`).
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// How a PredictiveScale turns a forecast into reserved capacity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    /// CPU that one unit of the forecast query stands for (a quantity such as `500m`).
+    /// For a query in cores, `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_per_unit: Option<String>,
+
+    /// Memory that one unit of the forecast query stands for (a quantity such as
+    /// `256Mi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_per_unit: Option<String>,
+
+    /// CPU requested by one placeholder pod. Default `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder_cpu: Option<String>,
+
+    /// Memory requested by one placeholder pod. Default `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder_memory: Option<String>,
+
+    /// The most placeholder pods kept for this rule. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_placeholders: Option<i32>,
 }
 
 /// Reference to the node pool a PredictiveScale resizes.
@@ -582,6 +724,11 @@ pub struct PredictiveScaleStatus {
     /// How many scaling actions this rule has performed.
     #[serde(default)]
     pub scaling_count: i64,
+
+    /// The most recent actions, newest first (at most 10): what was done to which
+    /// object, and how it ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_actions: Vec<ActionRecord>,
 
     /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -726,9 +873,46 @@ pub struct SLOViolationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hpa_ref: Option<HpaRef>,
 
-    /// Allow `chaos` actions. Off by default so copying an example never injects faults.
+    /// Let Prophet pause the chaos experiment named in `chaosRef` whenever a burn-rate
+    /// tier fires or the budget falls below `errorBudgetThreshold`, and resume it when the
+    /// objective is healthy again. Off by default. Prophet never starts an experiment.
     #[serde(default)]
     pub enable_chaos: bool,
+
+    /// The chaos experiment (a Chaos Mesh `Schedule` or `PodChaos` in the rule's
+    /// namespace) that `enableChaos` pauses while the objective is violated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos_ref: Option<ChaosRef>,
+
+    /// The workload `rollback` rolls back (a Deployment in the rule's namespace).
+    /// Omitted: the HPA's `scaleTargetRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<WorkloadRef>,
+
+    /// URL of a non-secret receiver for `alert` actions (see AnomalyAction's
+    /// `webhookUrl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+
+    /// A key of a Secret holding the webhook URL or PagerDuty routing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_ref: Option<SecretKeyRef>,
+
+    /// The body sent to the webhook: `alertmanager` (default), `slack` or `pagerduty`.
+    #[serde(default)]
+    pub webhook_format: WebhookFormat,
+
+    /// The `severity` label of alerts and notifications. Default `critical`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+
+    /// Decide, record and publish Events, but change nothing (see `--dry-run`).
+    #[serde(default)]
+    pub dry_run: bool,
+
+    /// Allow acting on objects that a GitOps controller keeps in sync. Off by default.
+    #[serde(default)]
+    pub allow_git_ops_managed: bool,
 
     /// How the service level is measured: either `ratio` (error events over total events)
     /// or `latency` (requests slower than a histogram bucket bound). Required for Prophet
@@ -779,6 +963,31 @@ pub enum SloActionType {
     Rollback,
     /// Run a chaos experiment (requires `enableChaos`).
     Chaos,
+}
+
+/// Reference to a chaos experiment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChaosRef {
+    /// `Schedule` or `PodChaos` (Chaos Mesh, `chaos-mesh.org/v1alpha1`).
+    pub kind: String,
+    /// Name of the experiment in the rule's namespace.
+    pub name: String,
+}
+
+/// Reference to a workload in the rule's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// `Deployment` (the only kind `rollback` supports).
+    #[serde(default = "default_workload_kind")]
+    pub kind: String,
+    /// Name of the workload.
+    pub name: String,
+}
+
+fn default_workload_kind() -> String {
+    "Deployment".to_owned()
 }
 
 /// Reference to a HorizontalPodAutoscaler.
@@ -969,6 +1178,11 @@ pub struct SLOViolationStatus {
     /// How many times the objective was violated.
     #[serde(default)]
     pub violation_count: i64,
+
+    /// The most recent actions, newest first (at most 10): what was done to which
+    /// object, and how it ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_actions: Vec<ActionRecord>,
 
     /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
