@@ -180,6 +180,7 @@ async fn main() {
         .args([
             "run",
             "--cluster",
+            "--dry-run",
             "--listen",
             "127.0.0.1:0",
             "--leader-elect=false",

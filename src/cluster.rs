@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::StreamExt;
 
+use crate::actuate::dispatch::{ActionConfig, ClusterActuator, PauseState};
 use crate::actuate::{DecisionLog, DryRun};
 use crate::eval::EvalEvent;
 use crate::reconcile::Decider;
@@ -54,6 +55,14 @@ pub struct ClusterConfig {
     pub max_action_lag: Duration,
     /// Credentials, TLS and the listeners.
     pub surfaces: crate::surfaces::SurfaceConfig,
+    /// What actions may do.
+    pub actions: ActionConfig,
+    /// Alertmanagers to send alerts to.
+    pub alertmanagers: Vec<String>,
+    /// Hosts outbound calls may go to.
+    pub allow_url_hosts: Vec<String>,
+    /// The pause switch: a ConfigMap's namespace and name.
+    pub control: (String, String),
 }
 
 /// This replica's name: `POD_NAME` (the downward API), else the host name.
@@ -119,14 +128,15 @@ fn apis<K: RuleResource>(client: &Client, namespaces: &[String]) -> Vec<Api<K>> 
     }
 }
 
-/// The reconcile driver of cluster mode: each verdict is decided (dry run, recorded) and
-/// goes into the ledger with its decision; each rule set updates the ledger.
-fn cluster_driver(ledger: Arc<Ledger>, max_action_lag: Duration) -> ReconcileDriver {
+/// The reconcile driver of cluster mode: each verdict is decided and recorded (the
+/// decision log), and goes into the ledger with its decision, where the leader's
+/// reconcile takes the actions to do; each rule set updates the ledger.
+fn cluster_driver(ledger: Arc<Ledger>, max_action_lag: Duration, dry_run: bool) -> ReconcileDriver {
     Box::new(
         move |mut events: mpsc::UnboundedReceiver<EvalEvent>, decisions: DecisionLog| {
             tokio::spawn(async move {
                 let mut decider =
-                    Decider::new(Default::default(), true).with_max_action_lag(max_action_lag);
+                    Decider::new(Default::default(), dry_run).with_max_action_lag(max_action_lag);
                 let actuator = DryRun { log: decisions };
                 while let Some(event) = events.recv().await {
                     match event {
@@ -167,7 +177,10 @@ fn rule_set_signature(caches: &Caches) -> Vec<(RuleKind, String, String, Option<
                         meta.name.as_deref().unwrap_or_default(),
                         meta.uid.as_deref().unwrap_or_default()
                     ),
-                    meta.generation,
+                    // A deletion (with our finalizer on) wakes every rule's reconcile,
+                    // which releases what the rule holds.
+                    meta.generation
+                        .map(|g| if meta.deletion_timestamp.is_some() { -g } else { g }),
                 ));
             }
         }
@@ -271,6 +284,78 @@ async fn figures(ctx: Arc<Context>, every: Duration, stop: watch::Receiver<bool>
     }
 }
 
+/// The notifier of alerts and webhooks, and its resend loop.
+fn notifier(
+    config: &ClusterConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<(Arc<crate::actuate::alert::Notifier>, Option<tokio::task::JoinHandle<()>>)> {
+    let _ = (config, stop);
+    Ok((Arc::new(crate::actuate::alert::Notifier), None))
+}
+
+/// Follows the pause switch: the ConfigMap `control` (namespace, name), live. `paused:
+/// "true"` pauses every action; `pausedNamespaces: "a,b"` those of the rules in these
+/// namespaces. A missing ConfigMap pauses nothing.
+async fn follow_pause_switch(
+    client: Client,
+    (namespace, name): (String, String),
+    pause: Arc<std::sync::RwLock<PauseState>>,
+    stop: watch::Receiver<bool>,
+) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let events = watcher(api, config).default_backoff();
+    let mut events = pin!(events);
+    let mut stop = pin!(stopped(stop));
+    let set = |state: PauseState| {
+        let mut current = pause.write().unwrap_or_else(|e| e.into_inner());
+        if *current != state {
+            tracing::warn!(paused = state.all, namespaces = ?state.namespaces, "the pause switch changed");
+            *current = state;
+        }
+    };
+    let read = |map: &ConfigMap| {
+        let data = map.data.clone().unwrap_or_default();
+        PauseState {
+            all: data.get("paused").is_some_and(|v| v.trim() == "true"),
+            namespaces: data
+                .get("pausedNamespaces")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    };
+    let mut seen_in_list = false;
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(watcher::Event::Apply(map) | watcher::Event::InitApply(map))) => {
+                    seen_in_list = true;
+                    set(read(&map));
+                }
+                Some(Ok(watcher::Event::Delete(_))) => set(PauseState::default()),
+                Some(Ok(watcher::Event::Init)) => seen_in_list = false,
+                Some(Ok(watcher::Event::InitDone)) => {
+                    if !seen_in_list {
+                        set(PauseState::default());
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, %namespace, %name, "cannot watch the pause switch; retrying");
+                }
+                None => return,
+            },
+            () = &mut stop => return,
+        }
+    }
+}
+
 /// Connects to the cluster, serves and reconciles until `shutdown` resolves; then drains
 /// what was accepted before returning.
 pub async fn run(
@@ -278,8 +363,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let surfaces = crate::surfaces::Surfaces::load(config.surfaces.clone())?;
-    // Every action is dry run for now: an open ingest is allowed, and said loudly.
-    surfaces.check_actions(false)?;
+    // Forged samples must not drive real actions: without --dry-run, ingest needs a
+    // credential (or the explicit --allow-unauthenticated-write).
+    surfaces.check_actions(!config.actions.dry_run)?;
     let client = Client::try_default().await.map_err(Error::Kube)?;
     // For --metrics-auth=kubernetes: reviews /metrics callers' tokens.
     let review_client = client.clone();
@@ -288,7 +374,7 @@ pub async fn run(
     let pipeline = Arc::new(Pipeline::start_with(
         &LoadReport::default(),
         &config.pipeline,
-        cluster_driver(ledger.clone(), config.max_action_lag),
+        cluster_driver(ledger.clone(), config.max_action_lag, config.actions.dry_run),
         true,
     )?);
 
@@ -327,13 +413,29 @@ pub async fn run(
             instance: Some(identity.clone()),
         },
     );
-    let ctx = Context::new(
+    let pause = Arc::new(std::sync::RwLock::new(PauseState::default()));
+    let pause_switch = tokio::spawn(follow_pause_switch(
+        client.clone(),
+        config.control.clone(),
+        pause.clone(),
+        stop.clone(),
+    ));
+    let (notifier, notifier_task) = notifier(&config, stop.clone())?;
+    let actuator = Arc::new(ClusterActuator::new(
+        client.clone(),
+        config.actions.clone(),
+        notifier,
+        pause,
+    ));
+    let ctx = Context::acting(
         client,
         caches.clone(),
         ledger,
         pipeline.state.clone(),
         leadership,
         recorder,
+        actuator,
+        config.max_action_lag,
     );
     let reconciler = tokio::spawn(controller::run(ctx.clone(), stopped(stop.clone())));
     let source = tokio::spawn(rule_source(
@@ -359,7 +461,13 @@ pub async fn run(
         namespaces = ?config.namespaces,
         leader_election = config.lease.is_some(),
         ingest = %surfaces.describe(),
-        "listening on {local} (cluster mode, dry run: status and Events are written, nothing is acted on)"
+        dry_run = config.actions.dry_run,
+        "listening on {local} (cluster mode{})",
+        if config.actions.dry_run {
+            ", --dry-run: status and Events are written, nothing is acted on"
+        } else {
+            ""
+        }
     );
     let served = surfaces
         .serve(
@@ -374,6 +482,10 @@ pub async fn run(
     let _ = source.await;
     let _ = live.await;
     let _ = reconciler.await;
+    let _ = pause_switch.await;
+    if let Some(task) = notifier_task {
+        let _ = task.await;
+    }
     if let Some(election) = election {
         let _ = election.await;
     }

@@ -95,7 +95,8 @@ struct RunArgs {
     /// Most series a rule keeps; samples of further series are dropped and counted.
     #[arg(long, default_value_t = 10_000)]
     series_limit: usize,
-    /// Let rules act outside their own namespace.
+    /// Let rules act on objects outside their own namespace (an AnomalyAction's
+    /// `target.namespace`, an SLO's `hpaRef.namespace`). Off: such a rule is refused.
     #[arg(long)]
     allow_cross_namespace: bool,
     /// Batches queued for the evaluator before remote-write answers 503.
@@ -150,6 +151,28 @@ struct RunArgs {
     /// name.
     #[arg(long)]
     identity: Option<String>,
+    /// Cluster mode: decide, record in status and publish Events, but change nothing and
+    /// notify no one (every rule, as a rule's own `dryRun` does for itself).
+    #[arg(long)]
+    dry_run: bool,
+    /// Cluster mode: the most actions that change something, across all rules, per
+    /// minute; the rest wait for the budget.
+    #[arg(long, default_value_t = 30)]
+    max_actions_per_minute: u32,
+    /// Cluster mode: an Alertmanager to send alerts to (repeatable: every replica of an
+    /// HA Alertmanager, as Prometheus does), e.g. http://alertmanager.monitoring:9093.
+    #[arg(long = "alertmanager-url", value_name = "URL")]
+    alertmanager_urls: Vec<String>,
+    /// A host that webhooks, K8sGPT and Grafana may be called on (repeatable): an exact
+    /// name, `*.example.com`, or an IP or CIDR. Every other host is refused; the
+    /// Alertmanagers given are allowed.
+    #[arg(long = "allow-url-host", value_name = "HOST")]
+    allow_url_hosts: Vec<String>,
+    /// Cluster mode: the ConfigMap that pauses every action when its `paused` key is
+    /// `"true"`, or those of the namespaces listed in `pausedNamespaces` (comma-separated),
+    /// live; in the Lease's namespace.
+    #[arg(long, default_value = "prophet-control")]
+    control_configmap: String,
     /// How long a client has to send a whole request head (e.g. 10s); a connection
     /// still short of one is closed. Also ends a keep-alive connection that sends no
     /// next request within it.
@@ -297,6 +320,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
         .map_err(prophet::Error::Serve)?;
     if args.cluster {
         let identity = args.identity.unwrap_or_else(cluster::default_identity);
+        let control_namespace = args.lease_namespace.clone();
         let config = ClusterConfig {
             listen: args.listen,
             pipeline,
@@ -313,6 +337,14 @@ fn run(args: RunArgs) -> prophet::Result<()> {
             figures_every: std::time::Duration::from_secs(10),
             max_action_lag: args.max_action_lag,
             surfaces,
+            actions: prophet::actuate::dispatch::ActionConfig {
+                dry_run: args.dry_run,
+                allow_cross_namespace: args.allow_cross_namespace,
+                max_actions_per_minute: args.max_actions_per_minute,
+            },
+            alertmanagers: args.alertmanager_urls,
+            allow_url_hosts: args.allow_url_hosts,
+            control: (control_namespace, args.control_configmap),
         };
         return runtime.block_on(cluster::run(config, shutdown_signal()));
     }

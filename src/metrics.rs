@@ -66,6 +66,27 @@ pub struct Metrics {
     /// TLS handshakes on the ingest listener that failed or did not finish in time (a
     /// client certificate from another CA, a plain-HTTP sender, a stalled client).
     pub tls_handshake_failures: Counter,
+    /// Actions by rule kind, action and result (cluster mode).
+    pub actions: Family<ActionLabels, Counter>,
+    /// Seconds from the arrival of the request carrying the deciding sample to the end of
+    /// the action's API call.
+    pub action_latency: Family<ActionKindLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// `AnomalyAction`, `PredictiveScale`, `SLOViolation`.
+    pub kind: &'static str,
+    /// `evict`, `rollout-restart`, `scale`, `alert`, ...
+    pub action: String,
+    /// `succeeded`, `unchanged`, `dry-run`, `refused`, `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionKindLabels {
+    pub kind: &'static str,
+    pub action: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,7 +200,22 @@ impl Metrics {
             "TLS handshakes on the ingest listener that failed or did not finish within the header-read timeout",
             tls_handshake_failures.clone(),
         );
+        let actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "prophet_actions",
+            "Actions taken or tried, by rule kind, action and result",
+            actions.clone(),
+        );
+        let action_latency: Family<ActionKindLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(reconcile_histogram);
+        registry.register(
+            "prophet_action_latency_seconds",
+            "Seconds from the arrival of the deciding sample to the end of the action's API call",
+            action_latency.clone(),
+        );
         Self {
+            actions,
+            action_latency,
             tls_handshake_failures,
             reconciles,
             reconcile_errors,

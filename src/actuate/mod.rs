@@ -17,6 +17,7 @@
 
 pub mod alert;
 pub mod chaos;
+pub mod dispatch;
 pub mod guard;
 pub mod hpa;
 pub mod k8sgpt;

@@ -12,8 +12,17 @@
 //! ([`WRITE_BUDGET_PER_SECOND`], whatever the number of resources), failures retried
 //! with exponential backoff, and only the leader writes.
 //!
-//! RBAC: get, list, watch on the three kinds; patch on their `status`; create and patch
-//! on `events.k8s.io` events.
+//! When an actuator is given (cluster mode), a reconcile also acts: it takes the
+//! rule's decided actions from the ledger and carries them out once per detection, sets
+//! what the rule holds while tripped (an HPA claim, a chaos pause, a NodePool
+//! reservation, alerts), records each action in `status.lastActions` and as Events on the
+//! rule and on the object acted on, and keeps a finalizer on a rule that holds effects,
+//! so deleting it undoes them first. Actions are retried with backoff and never repeated
+//! once they succeeded (a new leader skips the detections its predecessor's status
+//! records, and each action is idempotent on its target).
+//!
+//! RBAC: get, list, watch on the three kinds; patch on them (the finalizer) and on their
+//! `status`; create and patch on `events.k8s.io` events; and what the actions use.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,7 +37,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::leader::Leadership;
-use super::ledger::{Ledger, RuleLevel};
+use super::ledger::{Intent, Ledger, RuleLevel};
+use crate::actuate::dispatch::{Attempt, AttemptResult, ClusterActuator, RuleObject};
+use crate::rules::crd::ActionRecord;
 use super::status::{self, Observed, Transition};
 use crate::http::AppState;
 use crate::metrics::{ControllerLabels, ReconcileLabels};
@@ -66,10 +77,12 @@ pub trait RuleResource:
     fn conditions(status: &Self::Status) -> &[Condition];
     fn message(status: &Self::Status) -> Option<&str>;
     fn to_rule(&self) -> Rule;
+    fn rule_object(&self) -> RuleObject<'_>;
+    fn last_actions(status: &Self::Status) -> &[ActionRecord];
 }
 
 macro_rules! rule_resource {
-    ($kind:ty, $status:ty, $rule_kind:expr, $desired:path) => {
+    ($kind:ty, $status:ty, $rule_kind:expr, $desired:path, $object:path) => {
         impl RuleResource for $kind {
             type Status = $status;
             const KIND: RuleKind = $rule_kind;
@@ -91,6 +104,12 @@ macro_rules! rule_resource {
             fn to_rule(&self) -> Rule {
                 Rule::from(self.clone())
             }
+            fn rule_object(&self) -> RuleObject<'_> {
+                $object(self)
+            }
+            fn last_actions(status: &Self::Status) -> &[ActionRecord] {
+                &status.last_actions
+            }
         }
     };
 }
@@ -99,19 +118,22 @@ rule_resource!(
     AnomalyAction,
     AnomalyActionStatus,
     RuleKind::AnomalyAction,
-    status::anomaly_action
+    status::anomaly_action,
+    RuleObject::Anomaly
 );
 rule_resource!(
     PredictiveScale,
     PredictiveScaleStatus,
     RuleKind::PredictiveScale,
-    status::predictive_scale
+    status::predictive_scale,
+    RuleObject::Predictive
 );
 rule_resource!(
     SLOViolation,
     SLOViolationStatus,
     RuleKind::SloViolation,
-    status::slo_violation
+    status::slo_violation,
+    RuleObject::Slo
 );
 
 /// The caches of the three kinds (one store per watched namespace, or one for all).
@@ -189,7 +211,23 @@ pub struct Context {
     in_flight: Mutex<HashMap<RuleKey, bool>>,
     /// When each rule last had an Event of each reason, for [`EVENT_INTERVAL`].
     events: Mutex<HashMap<(RuleKey, &'static str), Instant>>,
+    /// Carries out actions; `None`: status and Events only.
+    actuator: Option<Arc<ClusterActuator>>,
+    /// Decided actions whose deciding sample is older than this are not done (a replica
+    /// that just became leader holds what it decided as a standby).
+    max_action_lag: Option<Duration>,
+    /// Actions done and not yet in a written status, per rule, oldest first.
+    unwritten: Mutex<HashMap<RuleKey, Vec<ActionRecord>>>,
+    /// The newest failing action per rule (reason, message), until one succeeds.
+    failing: Mutex<HashMap<RuleKey, (String, String)>>,
+    /// The level state each rule's held actions were last set for.
+    held: Mutex<HashMap<RuleKey, String>>,
+    /// The newest K8sGPT analysis per rule, until written.
+    analysis: Mutex<HashMap<RuleKey, String>>,
 }
+
+/// The finalizer on a rule that holds side effects.
+pub const FINALIZER: &str = "aiops.prophet.io/cleanup";
 
 /// A rule gets at most one Event of a reason in this time: a series flapping around its
 /// threshold changes status each time (status stays true), not the Event stream.
@@ -239,7 +277,33 @@ impl Context {
             written: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             events: Mutex::new(HashMap::new()),
+            actuator: None,
+            max_action_lag: None,
+            unwritten: Mutex::new(HashMap::new()),
+            failing: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            analysis: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// [`Self::new`], acting through `actuator`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn acting(
+        client: Client,
+        caches: Caches,
+        ledger: Arc<Ledger>,
+        app: Arc<AppState>,
+        leadership: Leadership,
+        recorder: Recorder,
+        actuator: Arc<ClusterActuator>,
+        max_action_lag: Duration,
+    ) -> Arc<Self> {
+        let mut ctx = Self::new(client, caches, ledger, app, leadership, recorder);
+        if let Some(ctx) = Arc::get_mut(&mut ctx) {
+            ctx.actuator = Some(actuator);
+            ctx.max_action_lag = Some(max_action_lag);
+        }
+        ctx
     }
 }
 
@@ -248,6 +312,10 @@ impl Context {
 pub enum ReconcileError {
     #[error("status write of {rule} failed: {source}")]
     Write { rule: RuleKey, source: kube::Error },
+    #[error("finalizer of {rule} not updated: {source}")]
+    Finalizer { rule: RuleKey, source: kube::Error },
+    #[error("{rule} is being deleted and what it holds is not released yet: {message}")]
+    Release { rule: RuleKey, message: String },
 }
 
 /// What a reconcile did.
@@ -282,13 +350,19 @@ async fn reconcile_kind<K: RuleResource>(
     let Some(resource) = resource else {
         return Ok(Reconciled::Unchanged);
     };
+    if let Some(actuator) = ctx.actuator.clone() {
+        if resource.meta().deletion_timestamp.is_some() {
+            return finalize(ctx, &actuator, resource.as_ref(), key).await;
+        }
+        act(ctx, &actuator, resource.as_ref(), key).await?;
+    }
     let uid = resource.meta().uid.clone().unwrap_or_default();
-    let Some((current, desired)) = plan_status(ctx, resource.as_ref(), key, &uid) else {
+    let Some((current, desired, recorded)) = plan_status(ctx, resource.as_ref(), key, &uid) else {
         return Ok(Reconciled::Unchanged);
     };
     let wait = ctx.budget.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let (current, desired) = match wait {
-        Ok(()) => (current, desired),
+    let (current, desired, recorded) = match wait {
+        Ok(()) => (current, desired, recorded),
         Err(wait) => {
             // The token is reserved: wait for it, holding this reconcile's slot, so at
             // most CONCURRENCY rules wait and the rest stay marked in the ledger; then
@@ -322,6 +396,20 @@ async fn reconcile_kind<K: RuleResource>(
         rule: key.clone(),
         source,
     })?;
+    // What was recorded is written: forget it (newer records stay for the next write).
+    if recorded > 0
+        && let Some(records) = ctx
+            .unwritten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(key)
+    {
+        records.drain(..recorded.min(records.len()));
+    }
+    ctx.analysis
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(key);
     if let Ok(value) = serde_json::to_value(&desired) {
         ctx.written
             .lock()
@@ -339,23 +427,46 @@ async fn reconcile_kind<K: RuleResource>(
     Ok(Reconciled::Written)
 }
 
-/// The status a rule has (as this leader last wrote it, or as the cache holds it) and
-/// the one it should have; `None` when nothing is to be written.
+/// The status a rule has (as this leader last wrote it, or as the cache holds it), the
+/// one it should have and how many action records it adds; `None` when nothing is to be
+/// written.
 fn plan_status<K: RuleResource>(
     ctx: &Context,
     resource: &K,
     key: &RuleKey,
     uid: &str,
-) -> Option<(Option<K::Status>, K::Status)> {
+) -> Option<(Option<K::Status>, K::Status, usize)> {
     let listing = ctx.app.current_listing();
     let compiled = listing.rules.iter().find(|r| r.rule == *key);
     let level: Option<RuleLevel> = ctx.ledger.level(key);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let records: Vec<ActionRecord> = ctx
+        .unwritten
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .cloned()
+        .unwrap_or_default();
+    let failure = ctx
+        .failing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .cloned();
+    let analysis = ctx
+        .analysis
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .cloned();
     let observed = Observed {
         compiled,
         level: level.as_ref(),
         generation: resource.meta().generation,
         now: &now,
+        actions: &records,
+        action_failure: failure.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
+        analysis: analysis.as_deref(),
     };
     let remembered: Option<K::Status> = ctx
         .written
@@ -366,7 +477,7 @@ fn plan_status<K: RuleResource>(
         .and_then(|(_, value)| serde_json::from_value(value.clone()).ok());
     let current = remembered.or_else(|| resource.current_status().cloned());
     let desired = K::desired(current.as_ref(), &observed)?;
-    (current.as_ref() != Some(&desired)).then_some((current, desired))
+    (current.as_ref() != Some(&desired)).then_some((current, desired, records.len()))
 }
 
 /// Publishes one Event; whether it went.
@@ -391,6 +502,453 @@ async fn publish<K: RuleResource>(ctx: &Context, resource: &K, transition: &Tran
             false
         }
     }
+}
+
+/// Carries out what a rule's actions call for now: its decided actions (once per
+/// detection) and what it holds while tripped, then records every attempt (audit log,
+/// metrics, Events, and `status.lastActions` through [`Context::unwritten`]).
+async fn act<K: RuleResource>(
+    ctx: &Context,
+    actuator: &ClusterActuator,
+    resource: &K,
+    key: &RuleKey,
+) -> Result<(), ReconcileError> {
+    let rule = resource.rule_object();
+    let acting_for_real = !actuator.config().dry_run && !rule.dry_run();
+    let level = ctx.ledger.level(key);
+    let tripped = level.as_ref().is_some_and(|l| l.tripped_count() > 0);
+    // The finalizer goes on before the first effect is held, so deleting the rule can
+    // never leave an effect behind.
+    if acting_for_real && rule.holds_effects() && tripped && !has_finalizer(resource) {
+        add_finalizer::<K>(ctx, key).await?;
+    }
+    let mut attempts: Vec<(Attempt, Option<Instant>)> = Vec::new();
+    let mut retry = Vec::new();
+    let done_before = resource
+        .current_status()
+        .map(|s| K::last_actions(s).to_vec())
+        .unwrap_or_default();
+    for mut intent in ctx.ledger.take_intents(key) {
+        if intent.attempts == 0 && stale(ctx, &intent) {
+            tracing::info!(
+                rule = %key,
+                detection = %intent.detection,
+                "decided action not done: its deciding sample is older than --max-action-lag (decided while standby)"
+            );
+            continue;
+        }
+        let already = done_before.iter().any(|r| {
+            r.detection.as_deref() == Some(intent.detection.as_str())
+                && (r.result == "Succeeded" || r.result == "Unchanged")
+        });
+        if already {
+            continue;
+        }
+        let acting = actuator.act_on(rule, &intent).await;
+        if let Some(analysis) = acting.analysis {
+            ctx.analysis
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone(), analysis);
+        }
+        let mut again: Option<Attempt> = None;
+        for attempt in acting.attempts {
+            if attempt.retry() {
+                // A failure repeated with the same reason is recorded once.
+                let repeated = intent.attempts > 0
+                    && intent.decision.reason.ends_with(attempt.reason.unwrap_or(""));
+                again = Some(attempt.clone());
+                if repeated {
+                    continue;
+                }
+            }
+            attempts.push((attempt, Some(intent.arrived)));
+        }
+        if let Some(failed) = again {
+            intent.attempts = intent.attempts.saturating_add(1);
+            let wait = failed
+                .retry_after
+                .unwrap_or_else(|| backoff(intent.attempts))
+                .max(Duration::from_millis(200));
+            intent.not_before = Some(Instant::now() + wait);
+            // Remembers the reason, so the same failure is not recorded again.
+            intent.decision.reason = format!(
+                "{} [{}]",
+                intent.decision.reason.split(" [").next().unwrap_or_default(),
+                failed.reason.unwrap_or("")
+            );
+            retry.push((intent, wait));
+        }
+    }
+    // Held actions: set again only when the level they hold for changed, or the last
+    // try failed.
+    let signature = format!(
+        "{}:{}:{:?}",
+        tripped,
+        level
+            .as_ref()
+            .and_then(|l| l.current_detection.as_ref())
+            .map_or("", |(id, _)| id.as_str()),
+        resource.meta().generation
+    );
+    let held_for = ctx
+        .held
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .cloned();
+    let mut hold_failed = false;
+    if held_for.as_deref() != Some(signature.as_str()) {
+        let held = actuator.hold(rule, level.as_ref()).await;
+        hold_failed = held.iter().any(Attempt::retry);
+        if !hold_failed {
+            ctx.held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone(), signature);
+        }
+        attempts.extend(held.into_iter().map(|a| (a, None)));
+    }
+    let notified = actuator.notify(rule, level.as_ref()).await;
+    hold_failed |= notified.iter().any(Attempt::retry);
+    attempts.extend(notified.into_iter().map(|a| (a, None)));
+
+    let retry_in = retry.iter().map(|(_, wait)| *wait).min();
+    ctx.ledger
+        .requeue(key, retry.into_iter().map(|(intent, _)| intent).collect());
+    let mut failures = ctx
+        .failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .copied()
+        .unwrap_or(0);
+    if hold_failed {
+        failures = failures.saturating_add(1);
+    }
+    if let Some(wait) = retry_in.or(hold_failed.then(|| backoff(failures))) {
+        let ledger = ctx.ledger.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            ledger.mark(key);
+        });
+    }
+    record(ctx, resource, key, attempts).await;
+    Ok(())
+}
+
+/// Whether a decided action's deciding sample is too old to act on now.
+fn stale(ctx: &Context, intent: &Intent) -> bool {
+    let Some(lag) = ctx.max_action_lag else {
+        return false;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    now_ms.saturating_sub(intent.decision.sample_time_ms)
+        > i64::try_from(lag.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Records attempts: the audit log line, the metrics, the failing condition, the records
+/// for status and the Events on the rule and on the object acted on.
+async fn record<K: RuleResource>(
+    ctx: &Context,
+    resource: &K,
+    key: &RuleKey,
+    attempts: Vec<(Attempt, Option<Instant>)>,
+) {
+    if attempts.is_empty() {
+        return;
+    }
+    let now = Time(k8s_openapi::jiff::Timestamp::from_second(
+        k8s_openapi::jiff::Timestamp::now().as_second(),
+    )
+    .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()));
+    let uid = resource.meta().uid.clone().unwrap_or_default();
+    let kind = key.kind.as_str();
+    let mut records = Vec::new();
+    for (attempt, arrived) in &attempts {
+        tracing::info!(
+            target: "prophet::audit",
+            rule = %key,
+            rule_uid = %uid,
+            action = %attempt.action,
+            target = %attempt.target,
+            target_uid = attempt.target_ref.as_ref().and_then(|t| t.uid.as_deref()).unwrap_or(""),
+            result = attempt.result.as_str(),
+            reason = attempt.reason.unwrap_or(""),
+            detection = attempt.detection.as_deref().unwrap_or(""),
+            version_before = attempt.version_before.as_deref().unwrap_or(""),
+            version_after = attempt.version_after.as_deref().unwrap_or(""),
+            approver = "",
+            message = %attempt.message,
+            "action"
+        );
+        ctx.app
+            .metrics
+            .actions
+            .get_or_create(&crate::metrics::ActionLabels {
+                kind,
+                action: attempt.action.clone(),
+                result: attempt.result.metric(),
+            })
+            .inc();
+        if let Some(arrived) = arrived
+            && matches!(
+                attempt.result,
+                AttemptResult::Succeeded | AttemptResult::Unchanged
+            )
+        {
+            ctx.app
+                .metrics
+                .action_latency
+                .get_or_create(&crate::metrics::ActionKindLabels {
+                    kind,
+                    action: attempt.action.clone(),
+                })
+                .observe(arrived.elapsed().as_secs_f64());
+        }
+        records.push(attempt.record(&now, None));
+    }
+    {
+        let mut failing = ctx.failing.lock().unwrap_or_else(|e| e.into_inner());
+        let failed = attempts.iter().rev().find(|(a, _)| {
+            matches!(a.result, AttemptResult::Failed | AttemptResult::Refused)
+        });
+        match failed {
+            Some((attempt, _)) => {
+                failing.insert(
+                    key.clone(),
+                    (
+                        attempt.reason.unwrap_or("ActionFailed").to_owned(),
+                        format!("{} {}: {}", attempt.action, attempt.target, attempt.message),
+                    ),
+                );
+            }
+            None if attempts
+                .iter()
+                .any(|(a, _)| matches!(a.result, AttemptResult::Succeeded | AttemptResult::Unchanged)) =>
+            {
+                failing.remove(key);
+            }
+            None => {}
+        }
+    }
+    ctx.unwritten
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key.clone())
+        .or_default()
+        .extend(records);
+    for (attempt, _) in &attempts {
+        publish_action(ctx, resource, key, attempt).await;
+    }
+}
+
+/// The Events of one action: on the rule, and on the object acted on when it changed.
+async fn publish_action<K: RuleResource>(
+    ctx: &Context,
+    resource: &K,
+    key: &RuleKey,
+    attempt: &Attempt,
+) {
+    let (reason, warning): (&'static str, bool) = match attempt.result {
+        AttemptResult::Succeeded => ("Acted", false),
+        AttemptResult::Unchanged => return,
+        AttemptResult::DryRun => ("DryRun", false),
+        AttemptResult::Refused => ("ActionRefused", true),
+        AttemptResult::Failed => ("ActionFailed", true),
+    };
+    // Failures are limited like status transitions; each change is an Event.
+    if warning && !ctx.event_allowed(key, reason) {
+        return;
+    }
+    let note: String = format!("{} {}: {}", attempt.action, attempt.target, attempt.message)
+        .chars()
+        .take(1000)
+        .collect();
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note.clone()),
+        action: action_verb(&attempt.action).into(),
+        secondary: None,
+    };
+    let reference = resource.object_ref(&());
+    match ctx.recorder.publish(&event, &reference).await {
+        Ok(()) if warning => ctx.event_published(key, reason),
+        Ok(()) => {}
+        Err(error) => {
+            tracing::warn!(%error, rule = %key, "cannot publish the action's Event");
+        }
+    }
+    if attempt.result == AttemptResult::Succeeded
+        && let Some(target) = &attempt.target_ref
+        && let Some(api_version) = api_version_of(&target.kind)
+    {
+        let on_target = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(api_version.to_owned()),
+            kind: Some(target.kind.clone()),
+            name: Some(target.name.clone()),
+            namespace: target.namespace.clone(),
+            uid: target.uid.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            note: Some(format!("by {key}: {note}").chars().take(1000).collect()),
+            secondary: Some(reference),
+            ..event
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &on_target).await {
+            tracing::warn!(%error, rule = %key, "cannot publish the Event on the object acted on");
+        }
+    }
+}
+
+/// The Event `action` (UpperCamelCase, as events.k8s.io wants).
+fn action_verb(action: &str) -> &'static str {
+    match action {
+        "evict" => "Evict",
+        "rollout-restart" => "RolloutRestart",
+        "scale" | "hpa-min-replicas" | "keda-min-replicas" => "Scale",
+        "rollback" => "Rollback",
+        "chaos-pause" => "PauseChaos",
+        "chaos-resume" => "ResumeChaos",
+        "alert" | "webhook" => "Notify",
+        "release" => "Release",
+        _ => "Act",
+    }
+}
+
+fn api_version_of(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Pod" => "v1",
+        "Deployment" | "StatefulSet" | "ReplicaSet" => "apps/v1",
+        "HorizontalPodAutoscaler" => "autoscaling/v2",
+        "ScaledObject" => "keda.sh/v1alpha1",
+        "NodePool" => "karpenter.sh/v1",
+        "Schedule" | "PodChaos" => "chaos-mesh.org/v1alpha1",
+        _ => return None,
+    })
+}
+
+fn has_finalizer<K: RuleResource>(resource: &K) -> bool {
+    resource
+        .meta()
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+}
+
+/// Adds Prophet's finalizer, keeping the others (a JSON patch appends to the list).
+async fn add_finalizer<K: RuleResource>(ctx: &Context, key: &RuleKey) -> Result<(), ReconcileError> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let current = api.get(&key.name).await.map_err(|source| ReconcileError::Finalizer {
+        rule: key.clone(),
+        source,
+    })?;
+    if has_finalizer(&current) {
+        return Ok(());
+    }
+    let version = current.meta().resource_version.clone().unwrap_or_default();
+    let operations = if current.meta().finalizers.is_some() {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}
+        ])
+    } else {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
+        ])
+    };
+    let patch: json_patch::Patch = serde_json::from_value(operations).map_err(|e| {
+        ReconcileError::Release {
+            rule: key.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    api.patch(&key.name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map_err(|source| ReconcileError::Finalizer {
+            rule: key.clone(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// A rule being deleted: undo what it holds, then let it go.
+async fn finalize<K: RuleResource>(
+    ctx: &Context,
+    actuator: &ClusterActuator,
+    resource: &K,
+    key: &RuleKey,
+) -> Result<Reconciled, ReconcileError> {
+    if !has_finalizer(resource) {
+        return Ok(Reconciled::Unchanged);
+    }
+    let attempts = actuator.release(resource.rule_object()).await;
+    let failed: Vec<String> = attempts
+        .iter()
+        .filter(|a| a.retry())
+        .map(|a| format!("{} {}: {}", a.action, a.target, a.message))
+        .collect();
+    record(ctx, resource, key, attempts.into_iter().map(|a| (a, None)).collect()).await;
+    if !failed.is_empty() {
+        return Err(ReconcileError::Release {
+            rule: key.clone(),
+            message: failed.join("; "),
+        });
+    }
+    if !ctx.leadership.is_leader() {
+        return Ok(Reconciled::Standby);
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let finalizers = resource.meta().finalizers.clone().unwrap_or_default();
+    if let Some(index) = finalizers.iter().position(|f| f == FINALIZER) {
+        let operations = serde_json::json!([
+            {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": FINALIZER},
+            {"op": "remove", "path": format!("/metadata/finalizers/{index}")}
+        ]);
+        let patch: json_patch::Patch = serde_json::from_value(operations).map_err(|e| {
+            ReconcileError::Release {
+                rule: key.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        match api
+            .patch(&key.name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(ReconcileError::Finalizer {
+                    rule: key.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    ctx.held
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(key);
+    ctx.failing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(key);
+    ctx.unwritten
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(key);
+    tracing::info!(rule = %key, "released what the rule held; finalizer removed");
+    Ok(Reconciled::Written)
 }
 
 fn controller_name(kind: RuleKind) -> &'static str {
@@ -506,7 +1064,7 @@ async fn reconcile_timed(ctx: &Arc<Context>, key: RuleKey) {
         .observe(started.elapsed().as_secs_f64());
     let label = match &result {
         Ok(_) => "success",
-        Err(ReconcileError::Write { .. }) => "error",
+        Err(_) => "error",
     };
     ctx.app
         .metrics
@@ -907,6 +1465,9 @@ mod api_tests {
                 level: probe.ledger.level(&rule_key()).as_ref(),
                 generation: Some(1),
                 now: &now,
+                actions: &[],
+                action_failure: None,
+                analysis: None,
             },
         );
         let (ctx, _handle, _pipeline) = context(resource(current), &[], true).await;

@@ -6,17 +6,47 @@
 //! of rule keys, so memory grows with the number of rules, never with the number of
 //! verdicts, and nothing here ever waits on the API server.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use crate::actuate::Decision;
+use crate::actuate::{Decision, Outcome};
 use crate::eval::{Change, ForecastView, RuleSetChange, RuleSnapshot, Verdict};
+use crate::labels::Labels;
 use crate::rules::load::RuleKey;
 
 /// Most tripped series listed per rule (status names a few; the count is exact).
 const TRIPPED_KEPT: usize = 1_000;
+
+/// Most actions waiting per rule. A standby replica decides as the leader does but never
+/// acts, so its queue would only grow: the oldest go first (they would be stale by the
+/// time this replica leads anyway).
+const INTENTS_KEPT: usize = 64;
+
+/// An action decided and not yet carried out: taken by the leader's reconcile of the
+/// rule, which acts on it or, when it failed in a way worth retrying, puts it back.
+#[derive(Debug, Clone)]
+pub struct Intent {
+    pub decision: Decision,
+    /// A stable id of the detection acted on: the same on every replica that saw the same
+    /// samples (rule, series, event time of the trip), so an action is done once per
+    /// detection whoever leads, and actions record it on what they change.
+    pub detection: String,
+    /// When the request carrying the deciding sample arrived (for the latency metric).
+    pub arrived: Instant,
+    /// Failed attempts so far, and the earliest time of the next.
+    pub attempts: u32,
+    pub not_before: Option<Instant>,
+}
+
+/// The detection id of a trip: 16 hex digits of a stable hash (never the process's
+/// random hasher: another replica must compute the same id).
+pub fn detection_id(rule: &RuleKey, series: &Labels, sample_time_ms: i64) -> String {
+    let text = format!("{rule}\n{series}\n{sample_time_ms}");
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
 
 /// One rule's level state.
 #[derive(Debug, Clone, Default)]
@@ -24,8 +54,16 @@ pub struct RuleLevel {
     /// Tripped series now, by their labels as Prometheus prints them, with the event time
     /// (ms) each tripped at.
     pub tripped: BTreeMap<String, i64>,
+    /// The labels of each tripped series (for alerts), by the same key.
+    pub tripped_labels: HashMap<String, Labels>,
     /// Tripped series beyond [`TRIPPED_KEPT`] (counted, not named).
     pub tripped_uncounted: usize,
+    /// Actions decided and not yet done, oldest first.
+    pub intents: VecDeque<Intent>,
+    /// The newest trip's detection id and deciding sample time: level actions (an SLO's
+    /// HPA claim, a chaos pause, a NodePool reservation) hold while a rule is tripped and
+    /// name this detection.
+    pub current_detection: Option<(String, i64)>,
     /// Event time (ms) of the newest trip.
     pub last_detected_ms: Option<i64>,
     /// Trips seen since the rule (with these inputs) started.
@@ -118,7 +156,10 @@ impl Ledger {
                 let level = levels.entry(rule.clone()).or_default();
                 if !change.kept.contains(rule) {
                     level.tripped.clear();
+                    level.tripped_labels.clear();
                     level.tripped_uncounted = 0;
+                    level.intents.clear();
+                    level.current_detection = None;
                 }
             }
         }
@@ -136,7 +177,10 @@ impl Ledger {
             match verdict.change {
                 Change::Tripped => {
                     if level.tripped.len() < TRIPPED_KEPT || level.tripped.contains_key(&series) {
-                        level.tripped.insert(series, verdict.sample_time_ms);
+                        level.tripped.insert(series.clone(), verdict.sample_time_ms);
+                        level
+                            .tripped_labels
+                            .insert(series, verdict.series.clone());
                     } else {
                         level.tripped_uncounted += 1;
                     }
@@ -148,6 +192,7 @@ impl Ledger {
                     );
                 }
                 Change::Cleared => {
+                    level.tripped_labels.remove(&series);
                     if level.tripped.remove(&series).is_none() {
                         level.tripped_uncounted = level.tripped_uncounted.saturating_sub(1);
                     }
@@ -156,11 +201,66 @@ impl Ledger {
             if verdict.forecast.is_some() {
                 level.last_forecast = verdict.forecast;
             }
+            if verdict.change == Change::Tripped {
+                let detection =
+                    detection_id(&verdict.rule, &verdict.series, verdict.sample_time_ms);
+                level.current_detection = Some((detection, verdict.sample_time_ms));
+            } else if level.tripped.is_empty() {
+                level.current_detection = None;
+            }
             if let Some(decision) = decision {
                 level.last_decision = Some(decision.clone());
+                if decision.outcome == Outcome::Act && !decision.dry_run {
+                    if level.intents.len() >= INTENTS_KEPT {
+                        level.intents.pop_front();
+                    }
+                    level.intents.push_back(Intent {
+                        decision: decision.clone(),
+                        detection: detection_id(
+                            &verdict.rule,
+                            &verdict.series,
+                            verdict.sample_time_ms,
+                        ),
+                        arrived: verdict.arrived,
+                        attempts: 0,
+                        not_before: None,
+                    });
+                }
             }
         }
         self.mark(verdict.rule.clone());
+    }
+
+    /// Takes the actions of a rule that are due now; those waiting for a retry stay.
+    pub fn take_intents(&self, rule: &RuleKey) -> Vec<Intent> {
+        let now = Instant::now();
+        let mut levels = self.lock_levels();
+        let Some(level) = levels.get_mut(rule) else {
+            return Vec::new();
+        };
+        let (due, waiting): (Vec<Intent>, Vec<Intent>) = level
+            .intents
+            .drain(..)
+            .partition(|i| i.not_before.is_none_or(|t| t <= now));
+        level.intents.extend(waiting);
+        due
+    }
+
+    /// Puts back actions to retry (at their `not_before`), ahead of newer ones.
+    pub fn requeue(&self, rule: &RuleKey, intents: Vec<Intent>) {
+        if intents.is_empty() {
+            return;
+        }
+        let mut levels = self.lock_levels();
+        let Some(level) = levels.get_mut(rule) else {
+            return;
+        };
+        for intent in intents.into_iter().rev() {
+            level.intents.push_front(intent);
+        }
+        while level.intents.len() > INTENTS_KEPT {
+            level.intents.pop_front();
+        }
     }
 
     /// Live figures from the evaluator (an SLO's budget). A rule is marked dirty only

@@ -11,7 +11,7 @@ use super::ledger::RuleLevel;
 use crate::actuate::Outcome;
 use crate::http::RuleStatus;
 use crate::rules::crd::{
-    AnomalyActionStatus, AnomalyPhase, Forecast, PredictiveScalePhase, PredictiveScaleStatus,
+    ActionRecord, AnomalyActionStatus, AnomalyPhase, Forecast, PredictiveScalePhase, PredictiveScaleStatus,
     SLOViolationStatus, SloPhase,
 };
 
@@ -26,6 +26,57 @@ pub struct Observed<'a> {
     pub generation: Option<i64>,
     /// The wall clock, for condition transitions.
     pub now: &'a Time,
+    /// Actions done (or tried) since status was last written, oldest first.
+    pub actions: &'a [ActionRecord],
+    /// The newest failure or refusal of an action, while no later action succeeded:
+    /// (reason, message).
+    pub action_failure: Option<(&'a str, &'a str)>,
+    /// K8sGPT's analysis of what was last acted on.
+    pub analysis: Option<&'a str>,
+}
+
+/// How many actions `status.lastActions` keeps.
+pub const LAST_ACTIONS: usize = 10;
+
+/// `status.lastActions`: the new records, newest first, then what was there.
+fn last_actions(current: &[ActionRecord], observed: &Observed<'_>) -> Vec<ActionRecord> {
+    observed
+        .actions
+        .iter()
+        .rev()
+        .chain(current.iter())
+        .take(LAST_ACTIONS)
+        .cloned()
+        .collect()
+}
+
+/// The number of new records that changed something, and the time of the newest.
+fn changes(observed: &Observed<'_>) -> (i64, Option<Time>) {
+    let mut changed = observed
+        .actions
+        .iter()
+        .filter(|a| a.result == "Succeeded" && a.action != "release" && a.action != "alert");
+    let count = changed.clone().count() as i64;
+    (count, changed.next_back().map(|a| a.time.clone()))
+}
+
+/// `ActionFailed`: true while the newest action failed or was refused and none
+/// succeeded after it.
+fn action_condition(conditions: &mut Vec<Condition>, previous: &[Condition], observed: &Observed<'_>) -> bool {
+    let (status, reason, message) = match observed.action_failure {
+        Some((reason, message)) => (true, reason, message.to_owned()),
+        None => (false, "NoFailure", "no action is failing".to_owned()),
+    };
+    set_condition(
+        conditions,
+        previous,
+        ACTION_FAILED,
+        status,
+        reason,
+        message,
+        observed,
+    );
+    status
 }
 
 /// A Kubernetes Event a status transition stands for.
@@ -42,6 +93,7 @@ const READY: &str = "Ready";
 const RULE_VALID: &str = "RuleValid";
 const TRIPPED: &str = "Tripped";
 const AWAITING_APPROVAL: &str = "AwaitingApproval";
+const ACTION_FAILED: &str = "ActionFailed";
 
 /// Sets one condition in `conditions`, keeping its `lastTransitionTime` from `previous`
 /// when its status did not change (so an unchanged condition compares equal).
@@ -227,14 +279,20 @@ pub fn anomaly_action(
     let level = observed.level;
     let tripped = tripped_condition(&mut conditions, previous, level, observed);
     approval_condition(&mut conditions, previous, level, tripped, observed);
+    let failing = action_condition(&mut conditions, previous, observed);
+    let (acted, acted_at) = changes(observed);
     let was_detected = current.is_some_and(|s| {
         matches!(
             s.phase,
             AnomalyPhase::Detected | AnomalyPhase::Remediating | AnomalyPhase::Resolved
         )
     }) || level.is_some_and(|l| l.detections > 0);
-    let phase = if !validity.valid {
+    let remediating = acted > 0
+        || (tripped && current.is_some_and(|s| s.phase == AnomalyPhase::Remediating));
+    let phase = if !validity.valid || (failing && tripped) {
         AnomalyPhase::Failed
+    } else if tripped && remediating {
+        AnomalyPhase::Remediating
     } else if tripped {
         AnomalyPhase::Detected
     } else if was_detected {
@@ -249,10 +307,13 @@ pub fn anomaly_action(
     Some(AnomalyActionStatus {
         phase,
         last_detected,
-        last_remediated: current.and_then(|s| s.last_remediated.clone()),
-        remediation_count: current.map_or(0, |s| s.remediation_count),
-        k8sgpt_analysis: current.and_then(|s| s.k8sgpt_analysis.clone()),
-        last_actions: current.map(|s| s.last_actions.clone()).unwrap_or_default(),
+        last_remediated: acted_at.or_else(|| current.and_then(|s| s.last_remediated.clone())),
+        remediation_count: current.map_or(0, |s| s.remediation_count) + acted,
+        k8sgpt_analysis: observed
+            .analysis
+            .map(str::to_owned)
+            .or_else(|| current.and_then(|s| s.k8sgpt_analysis.clone())),
+        last_actions: last_actions(current.map_or(&[][..], |s| &s.last_actions[..]), observed),
         observed_generation: observed.generation,
         message: validity.message.or_else(|| decision_message(level)),
         conditions,
@@ -269,10 +330,14 @@ pub fn predictive_scale(
     let validity = common_conditions(&mut conditions, previous, observed)?;
     let level = observed.level;
     let tripped = tripped_condition(&mut conditions, previous, level, observed);
-    let phase = if !validity.valid {
+    let failing = action_condition(&mut conditions, previous, observed);
+    let (acted, acted_at) = changes(observed);
+    let phase = if !validity.valid || failing {
         PredictiveScalePhase::Failed
     } else if tripped {
         PredictiveScalePhase::Scaling
+    } else if acted > 0 || current.is_some_and(|s| s.phase == PredictiveScalePhase::Complete) {
+        PredictiveScalePhase::Complete
     } else {
         PredictiveScalePhase::Monitoring
     };
@@ -296,9 +361,9 @@ pub fn predictive_scale(
     Some(PredictiveScaleStatus {
         phase,
         last_forecast,
-        last_scaled: current.and_then(|s| s.last_scaled.clone()),
-        scaling_count: current.map_or(0, |s| s.scaling_count),
-        last_actions: current.map(|s| s.last_actions.clone()).unwrap_or_default(),
+        last_scaled: acted_at.or_else(|| current.and_then(|s| s.last_scaled.clone())),
+        scaling_count: current.map_or(0, |s| s.scaling_count) + acted,
+        last_actions: last_actions(current.map_or(&[][..], |s| &s.last_actions[..]), observed),
         observed_generation: observed.generation,
         message: validity.message.or_else(|| decision_message(level)),
         conditions,
@@ -316,13 +381,19 @@ pub fn slo_violation(
     let validity = common_conditions(&mut conditions, previous, observed)?;
     let level = observed.level;
     let violated = tripped_condition(&mut conditions, previous, level, observed);
+    action_condition(&mut conditions, previous, observed);
+    let (acted, _) = changes(observed);
     let was_violated = current.is_some_and(|s| {
         matches!(
             s.phase,
             SloPhase::Violated | SloPhase::Remediating | SloPhase::Resolved
         )
     }) || level.is_some_and(|l| l.detections > 0);
-    let phase = if violated {
+    let remediating =
+        acted > 0 || current.is_some_and(|s| s.phase == SloPhase::Remediating);
+    let phase = if violated && remediating {
+        SloPhase::Remediating
+    } else if violated {
         SloPhase::Violated
     } else if was_violated && validity.valid {
         SloPhase::Resolved
@@ -350,7 +421,8 @@ pub fn slo_violation(
         .and_then(|l| l.last_detected_ms)
         .and_then(time_of)
         .or_else(|| current.and_then(|s| s.last_violated.clone()));
-    let previously_violated = current.is_some_and(|s| s.phase == SloPhase::Violated);
+    let previously_violated = current
+        .is_some_and(|s| matches!(s.phase, SloPhase::Violated | SloPhase::Remediating));
     let violation_count =
         current.map_or(0, |s| s.violation_count) + i64::from(violated && !previously_violated);
     Some(SLOViolationStatus {
@@ -359,7 +431,7 @@ pub fn slo_violation(
         time_to_exhaustion,
         last_violated,
         violation_count,
-        last_actions: current.map(|s| s.last_actions.clone()).unwrap_or_default(),
+        last_actions: last_actions(current.map_or(&[][..], |s| &s.last_actions[..]), observed),
         observed_generation: observed.generation,
         message: validity
             .message
@@ -412,6 +484,13 @@ pub fn transitions(
             reason: "AwaitingApproval",
             warning: false,
             note: "an action is held until approved; see status".into(),
+        });
+    }
+    if changed(ACTION_FAILED) == Some("True") {
+        out.push(Transition {
+            reason: "ActionFailed",
+            warning: true,
+            note: "an action failed or was refused; see the ActionFailed condition".into(),
         });
     }
     match changed(TRIPPED) {
@@ -471,6 +550,9 @@ mod tests {
             level: None,
             generation: Some(1),
             now: &t,
+            actions: &[],
+            action_failure: None,
+            analysis: None,
         };
         let status = anomaly_action(None, &observed).unwrap();
         assert_eq!(status.phase, AnomalyPhase::Pending);
@@ -488,6 +570,9 @@ mod tests {
             level: None,
             generation: Some(3),
             now: &t,
+            actions: &[],
+            action_failure: None,
+            analysis: None,
         };
         let status = anomaly_action(None, &observed).unwrap();
         assert_eq!(status.phase, AnomalyPhase::Failed);
@@ -521,6 +606,9 @@ mod tests {
             level: None,
             generation: Some(2),
             now: &t,
+            actions: &[],
+            action_failure: None,
+            analysis: None,
         };
         assert!(anomaly_action(None, &observed).is_none());
     }
@@ -537,6 +625,9 @@ mod tests {
                 level: Some(&level),
                 generation: Some(1),
                 now: &t1,
+                actions: &[],
+                action_failure: None,
+                analysis: None,
             },
         )
         .unwrap();
@@ -560,6 +651,9 @@ mod tests {
                 level: Some(&cleared),
                 generation: Some(1),
                 now: &t2,
+                actions: &[],
+                action_failure: None,
+                analysis: None,
             },
         )
         .unwrap();
@@ -609,6 +703,9 @@ mod tests {
             level: Some(&level),
             generation: Some(1),
             now: &t,
+            actions: &[],
+            action_failure: None,
+            analysis: None,
         };
         let status = anomaly_action(None, &observed).unwrap();
         assert_eq!(
@@ -652,6 +749,9 @@ mod tests {
                 level: Some(&level),
                 generation: Some(1),
                 now: &t,
+                actions: &[],
+                action_failure: None,
+                analysis: None,
             },
         )
         .unwrap();
@@ -671,6 +771,9 @@ mod tests {
             level: Some(&level),
             generation: Some(1),
             now: &t,
+            actions: &[],
+            action_failure: None,
+            analysis: None,
         };
         let violated = slo_violation(None, &observed).unwrap();
         assert_eq!(violated.phase, SloPhase::Violated);

@@ -820,6 +820,7 @@ async fn kubernetes_metrics_auth_lets_only_a_granted_service_account_read_metric
         .args([
             "run",
             "--cluster",
+            "--dry-run",
             "--leader-elect=false",
             "--metrics-auth=kubernetes",
         ])

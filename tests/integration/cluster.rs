@@ -20,7 +20,9 @@ use prophet::rules::crd::AnomalyAction;
 
 /// Starts `prophet run --cluster` against the test cluster; returns it and its address.
 fn start_prophet(cluster: &Cluster, extra: &[&str]) -> (Running, String) {
-    let mut args = vec!["run", "--cluster"];
+    // Status, Events and leadership are what these tests watch: actions stay dry run
+    // (tests/integration/actions_cluster.rs runs them for real).
+    let mut args = vec!["run", "--cluster", "--dry-run"];
     args.extend_from_slice(extra);
     let (prophet, addr, _) =
         common::process::start_prophet(&args, &[("KUBECONFIG", cluster.kubeconfig.as_os_str())]);

@@ -1,0 +1,1226 @@
+//! The cluster actuator: what a rule's spec asks for, turned into calls of the action
+//! modules, behind the checks that hold for every action whatever its kind — the global
+//! and per-rule dry run, the live pause switch, the global budget of actions per minute,
+//! and one lock per target across rules (two rules tripping on one pod restart it once).
+//! It decides nothing about *whether* to act (reconcile did, from the verdicts), and it
+//! never writes a rule's status: it answers [`Attempt`]s, which reconcile records.
+//!
+//! Two shapes of action:
+//! - **per detection** ([`ClusterActuator::act_on`]): an AnomalyAction's `restart` or
+//!   `scale`, an SLO's `rollback` — done once for each detection reconcile hands over;
+//! - **held while tripped** ([`ClusterActuator::hold`]): an SLO's HPA claim and chaos
+//!   pause, a PredictiveScale's NodePool reservation, alerts — set while the rule is
+//!   tripped and undone when it clears or the resource is deleted
+//!   ([`ClusterActuator::release`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{Client, Resource};
+
+use super::alert::{self, Alert, Notifier, WebhookTarget};
+use super::hpa::{self, MinReplicas};
+use super::{ActError, Acted, Actor, TargetRef, chaos, k8sgpt, nodepool, rollback, workload};
+use crate::reconcile::ledger::{Intent, RuleLevel};
+use crate::rules::crd::{
+    ActionRecord, AnomalyAction, PredictiveScale, RemediationType, SLOViolation, ScaleAction,
+    SloActionType, TargetResourceType, WebhookFormat,
+};
+use crate::rules::load::{RuleKey, RuleKind};
+
+/// What the operator allows actions to do.
+#[derive(Debug, Clone)]
+pub struct ActionConfig {
+    /// `--dry-run`: decide, record, publish Events; change nothing.
+    pub dry_run: bool,
+    /// `--allow-cross-namespace`.
+    pub allow_cross_namespace: bool,
+    /// `--max-actions-per-minute`: every action that changes something draws from it.
+    pub max_actions_per_minute: u32,
+}
+
+impl Default for ActionConfig {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            allow_cross_namespace: false,
+            max_actions_per_minute: 30,
+        }
+    }
+}
+
+/// The pause switch, live: the whole cluster, or some namespaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PauseState {
+    pub all: bool,
+    pub namespaces: HashSet<String>,
+}
+
+impl PauseState {
+    pub fn pauses(&self, namespace: &str) -> bool {
+        self.all || self.namespaces.contains(namespace)
+    }
+}
+
+/// How one action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Succeeded,
+    /// Already as wanted, or held back by another rule's action on the same target.
+    Unchanged,
+    DryRun,
+    Refused,
+    Failed,
+}
+
+impl AttemptResult {
+    /// As written in `status.lastActions[].result`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "Succeeded",
+            Self::Unchanged => "Unchanged",
+            Self::DryRun => "DryRun",
+            Self::Refused => "Refused",
+            Self::Failed => "Failed",
+        }
+    }
+
+    /// As the `result` label of `prophet_actions_total`.
+    pub fn metric(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Unchanged => "unchanged",
+            Self::DryRun => "dry-run",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One action tried, for status, the Events, the audit log and the metrics.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub action: String,
+    /// The object acted on (or meant to be).
+    pub target: String,
+    pub target_ref: Option<TargetRef>,
+    pub result: AttemptResult,
+    pub message: String,
+    /// CamelCase, for a refusal or failure.
+    pub reason: Option<&'static str>,
+    pub detection: Option<String>,
+    pub retry_after: Option<Duration>,
+    pub version_before: Option<String>,
+    pub version_after: Option<String>,
+}
+
+impl Attempt {
+    fn from_result(
+        action: &str,
+        target: &str,
+        detection: Option<&str>,
+        result: Result<Acted, ActError>,
+    ) -> Self {
+        match result {
+            Ok(acted) => Self {
+                action: acted.action.to_owned(),
+                target: acted.target.to_string(),
+                result: if acted.changed {
+                    AttemptResult::Succeeded
+                } else {
+                    AttemptResult::Unchanged
+                },
+                message: acted.summary,
+                reason: None,
+                detection: detection.map(str::to_owned),
+                retry_after: None,
+                version_before: acted.version_before,
+                version_after: acted.version_after,
+                target_ref: Some(acted.target),
+            },
+            Err(error) => {
+                let (result, retry_after) = match &error {
+                    ActError::Refused { .. } => (AttemptResult::Refused, None),
+                    ActError::Failed { retry_after, .. } => (AttemptResult::Failed, *retry_after),
+                };
+                Self {
+                    action: action.to_owned(),
+                    target: target.to_owned(),
+                    target_ref: None,
+                    result,
+                    reason: Some(error.reason()),
+                    message: error.to_string(),
+                    detection: detection.map(str::to_owned),
+                    retry_after,
+                    version_before: None,
+                    version_after: None,
+                }
+            }
+        }
+    }
+
+    fn not_done(
+        action: &str,
+        target: &str,
+        detection: Option<&str>,
+        result: AttemptResult,
+        reason: &'static str,
+        message: String,
+    ) -> Self {
+        Self {
+            action: action.to_owned(),
+            target: target.to_owned(),
+            target_ref: None,
+            result,
+            message,
+            reason: Some(reason),
+            detection: detection.map(str::to_owned),
+            retry_after: None,
+            version_before: None,
+            version_after: None,
+        }
+    }
+
+    /// Whether the action should be tried again later.
+    pub fn retry(&self) -> bool {
+        self.result == AttemptResult::Failed
+    }
+
+    /// The line in `status.lastActions`.
+    pub fn record(&self, at: &Time, approver: Option<&str>) -> ActionRecord {
+        ActionRecord {
+            time: at.clone(),
+            action: self.action.clone(),
+            target: self.target.clone(),
+            target_uid: self.target_ref.as_ref().and_then(|t| t.uid.clone()),
+            result: self.result.as_str().to_owned(),
+            message: (!self.message.is_empty()).then(|| truncate(&self.message, 512)),
+            detection: self.detection.clone(),
+            approver: approver.map(str::to_owned),
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The rule resource an action is for, whatever its kind.
+#[derive(Clone, Copy)]
+pub enum RuleObject<'a> {
+    Anomaly(&'a AnomalyAction),
+    Predictive(&'a PredictiveScale),
+    Slo(&'a SLOViolation),
+}
+
+impl RuleObject<'_> {
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Self::Anomaly(r) => r.meta(),
+            Self::Predictive(r) => r.meta(),
+            Self::Slo(r) => r.meta(),
+        }
+    }
+
+    fn kind(&self) -> RuleKind {
+        match self {
+            Self::Anomaly(_) => RuleKind::AnomalyAction,
+            Self::Predictive(_) => RuleKind::PredictiveScale,
+            Self::Slo(_) => RuleKind::SloViolation,
+        }
+    }
+
+    fn key(&self) -> RuleKey {
+        let meta = self.meta();
+        RuleKey {
+            kind: self.kind(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The resource's own `dryRun`.
+    pub fn dry_run(&self) -> bool {
+        match self {
+            Self::Anomaly(r) => r.spec.dry_run,
+            Self::Predictive(r) => r.spec.dry_run,
+            Self::Slo(r) => r.spec.dry_run,
+        }
+    }
+
+    /// Whether the rule can hold side effects that deleting it must undo (an HPA claim,
+    /// a paused experiment, NodePool changes, placeholders, firing alerts): such a
+    /// resource carries Prophet's finalizer.
+    pub fn holds_effects(&self) -> bool {
+        match self {
+            Self::Anomaly(r) => {
+                r.spec.remediation.type_ != RemediationType::Restart || has_webhook_anomaly(r)
+            }
+            Self::Predictive(_) => true,
+            Self::Slo(r) => {
+                r.spec.enable_chaos
+                    || r.spec.actions.iter().any(|a| {
+                        matches!(a.type_, SloActionType::Scale | SloActionType::Alert)
+                    })
+            }
+        }
+    }
+}
+
+fn has_webhook_anomaly(r: &AnomalyAction) -> bool {
+    r.spec.webhook_url.as_deref().is_some_and(|u| !u.is_empty())
+        || r.spec.webhook_secret_ref.is_some()
+}
+
+/// A token bucket of actions per minute.
+struct ActionBudget {
+    tokens: f64,
+    at: Instant,
+    per_minute: f64,
+}
+
+impl ActionBudget {
+    fn take(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let per_second = self.per_minute / 60.0;
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * per_second)
+            .min(self.per_minute.max(1.0));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / per_second.max(f64::MIN_POSITIVE),
+            ))
+        }
+    }
+}
+
+/// Each rule's webhook target and when it was read.
+type WebhookCache = HashMap<RuleKey, (Instant, Option<Arc<WebhookTarget>>)>;
+
+/// How long a webhook target read from a Secret is reused before it is read again (a
+/// rotated Secret takes effect within this).
+const WEBHOOK_TTL: Duration = Duration::from_secs(60);
+
+/// Most characters of a K8sGPT analysis kept in status, the Event and the alert.
+const ANALYSIS_CHARS: usize = 1_000;
+
+/// How long a K8sGPT analysis may take; it is asked after the action, never before.
+const ANALYSIS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Carries out actions against the cluster (and the notification endpoints).
+pub struct ClusterActuator {
+    client: Client,
+    config: ActionConfig,
+    notifier: Arc<Notifier>,
+    pause: Arc<RwLock<PauseState>>,
+    budget: Mutex<ActionBudget>,
+    /// When each target was last changed, by any rule: the cross-rule lock.
+    recent: Mutex<HashMap<String, Instant>>,
+    webhooks: Mutex<WebhookCache>,
+}
+
+/// What acting on a rule came to.
+#[derive(Debug, Default)]
+pub struct Acting {
+    pub attempts: Vec<Attempt>,
+    /// K8sGPT's analysis of what was acted on.
+    pub analysis: Option<String>,
+}
+
+impl ClusterActuator {
+    pub fn new(
+        client: Client,
+        config: ActionConfig,
+        notifier: Arc<Notifier>,
+        pause: Arc<RwLock<PauseState>>,
+    ) -> Self {
+        let per_minute = f64::from(config.max_actions_per_minute.max(1));
+        Self {
+            client,
+            config,
+            notifier,
+            pause,
+            budget: Mutex::new(ActionBudget {
+                tokens: per_minute,
+                at: Instant::now(),
+                per_minute,
+            }),
+            recent: Mutex::new(HashMap::new()),
+            webhooks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &ActionConfig {
+        &self.config
+    }
+
+    fn actor(&self, rule: RuleObject<'_>) -> Actor {
+        let meta = rule.meta();
+        let allow_git_ops = match rule {
+            RuleObject::Anomaly(r) => r.spec.allow_git_ops_managed,
+            RuleObject::Slo(r) => r.spec.allow_git_ops_managed,
+            // A NodePool's own annotations say who may change it.
+            RuleObject::Predictive(_) => false,
+        };
+        Actor {
+            kind: rule.kind(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            allow_git_ops,
+            allow_cross_namespace: self.config.allow_cross_namespace,
+        }
+    }
+
+    /// Why nothing may change now, if so: dry run (global or the rule's) or the pause
+    /// switch.
+    fn held_back(&self, rule: RuleObject<'_>) -> Option<(AttemptResult, &'static str, String)> {
+        if self.config.dry_run || rule.dry_run() {
+            let why = if self.config.dry_run {
+                "--dry-run: decided and recorded, nothing changed"
+            } else {
+                "dryRun: decided and recorded, nothing changed"
+            };
+            return Some((AttemptResult::DryRun, "DryRun", why.to_owned()));
+        }
+        let namespace = rule.meta().namespace.clone().unwrap_or_default();
+        let paused = self
+            .pause
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .pauses(&namespace);
+        paused.then(|| {
+            (
+                AttemptResult::Failed,
+                "Paused",
+                format!(
+                    "actions are paused (the pause switch, cluster-wide or for namespace {namespace}); retried when resumed"
+                ),
+            )
+        })
+    }
+
+    /// Draws one action from the global budget.
+    fn draw_budget(&self) -> Result<(), Duration> {
+        self.budget.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// When `target` was changed within `cooldown`, by any rule.
+    fn recently_changed(&self, target: &str, cooldown: Duration) -> Option<Duration> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .get(target)
+            .map(Instant::elapsed)
+            .filter(|ago| *ago < cooldown)
+    }
+
+    fn note_changed(&self, keys: impl IntoIterator<Item = String>) {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() > 10_000 {
+            // Cooldowns are minutes: forget what can no longer hold anything back.
+            recent.retain(|_, at| now.duration_since(*at) < Duration::from_secs(24 * 3600));
+        }
+        for key in keys {
+            recent.insert(key, now);
+        }
+    }
+
+    /// Acts on one detection of `rule` (an AnomalyAction's restart or scale, an SLO's
+    /// rollback).
+    pub async fn act_on(&self, rule: RuleObject<'_>, intent: &Intent) -> Acting {
+        let detection = intent.detection.as_str();
+        let action = intent.decision.action.clone();
+        let target = intent
+            .decision
+            .targets
+            .first()
+            .map(|p| format!("Pod {}/{}", p.namespace, p.name))
+            .or_else(|| intent.decision.object.clone())
+            .unwrap_or_else(|| intent.decision.series.to_string());
+        if let Some((result, reason, message)) = self.held_back(rule) {
+            return Acting {
+                attempts: vec![Attempt::not_done(
+                    &action,
+                    &target,
+                    Some(detection),
+                    result,
+                    reason,
+                    message,
+                )],
+                analysis: None,
+            };
+        }
+        match rule {
+            RuleObject::Anomaly(resource) => self.anomaly(resource, intent).await,
+            RuleObject::Slo(resource) => Acting {
+                attempts: self.slo_rollback(resource, detection).await,
+                analysis: None,
+            },
+            // A PredictiveScale's actions are held while its forecast trips.
+            RuleObject::Predictive(_) => Acting::default(),
+        }
+    }
+
+    async fn anomaly(&self, resource: &AnomalyAction, intent: &Intent) -> Acting {
+        let actor = self.actor(RuleObject::Anomaly(resource));
+        let spec = &resource.spec;
+        let detection = intent.detection.as_str();
+        let cooldown = Duration::from_secs(spec.remediation.cooldown_seconds);
+        let pods = &intent.decision.targets;
+        let kind = spec
+            .target
+            .as_ref()
+            .map(|t| t.resource_type)
+            .unwrap_or_default();
+        let mut attempts = Vec::new();
+        // The targets another rule changed within this rule's cooldown are left alone.
+        let mut free = Vec::new();
+        for pod in pods {
+            let key = format!("Pod {}/{}", pod.namespace, pod.name);
+            match self.recently_changed(&key, cooldown) {
+                Some(ago) => attempts.push(Attempt::not_done(
+                    &intent.decision.action,
+                    &key,
+                    Some(detection),
+                    AttemptResult::Unchanged,
+                    "TargetLocked",
+                    format!(
+                        "{key} was acted on {}s ago (by this or another rule), within the cooldown",
+                        ago.as_secs()
+                    ),
+                )),
+                None => free.push(pod.clone()),
+            }
+        }
+        if free.is_empty() && !pods.is_empty() {
+            return Acting {
+                attempts,
+                analysis: None,
+            };
+        }
+        if let Err(wait) = self.draw_budget() {
+            attempts.push(budget_exhausted(
+                &intent.decision.action,
+                &intent.decision.series.to_string(),
+                detection,
+                wait,
+            ));
+            return Acting {
+                attempts,
+                analysis: None,
+            };
+        }
+        // Workload-wide actions (a rollout, a scale) are done once per rule and cooldown
+        // window, whichever of the workload's pods tripped: the id is the window's.
+        let window = workload_detection(&actor, intent.decision.sample_time_ms, cooldown);
+        match spec.remediation.type_ {
+            RemediationType::Restart => match kind {
+                TargetResourceType::Pod => {
+                    for (pod, result) in free.iter().zip(
+                        workload::evict(&self.client, &actor, &free, detection).await,
+                    ) {
+                        let key = format!("Pod {}/{}", pod.namespace, pod.name);
+                        attempts.push(Attempt::from_result("evict", &key, Some(detection), result));
+                    }
+                }
+                TargetResourceType::Deployment | TargetResourceType::StatefulSet => {
+                    let named = spec.target.as_ref().and_then(|t| t.name.clone());
+                    let result = match (&named, free.first()) {
+                        (Some(name), _) => {
+                            let namespace = spec
+                                .target
+                                .as_ref()
+                                .and_then(|t| t.namespace.clone())
+                                .unwrap_or_else(|| actor.namespace.clone());
+                            workload::rollout_restart_named(
+                                &self.client,
+                                &actor,
+                                &namespace,
+                                kind,
+                                name,
+                                &window,
+                            )
+                            .await
+                        }
+                        (None, Some(pod)) => {
+                            workload::rollout_restart(&self.client, &actor, pod, kind, &window)
+                                .await
+                        }
+                        (None, None) => Err(ActError::refused(
+                            "NoTarget",
+                            "the tripped series names no pod and the rule names no workload",
+                        )),
+                    };
+                    attempts.push(Attempt::from_result(
+                        "rollout-restart",
+                        named.as_deref().unwrap_or("the pods' owner"),
+                        Some(&window),
+                        result,
+                    ));
+                }
+            },
+            RemediationType::Scale => {
+                let step = spec.remediation.scale_step.unwrap_or(1).max(1);
+                let max = spec.remediation.max_replicas.unwrap_or(10).max(1);
+                let result = match free.first() {
+                    Some(pod) => {
+                        hpa::scale(
+                            &self.client,
+                            &actor,
+                            pod,
+                            step,
+                            max,
+                            spec.remediation.replicas,
+                            &window,
+                        )
+                        .await
+                    }
+                    None => Err(ActError::refused(
+                        "NoTarget",
+                        "the tripped series names no pod whose workload could be scaled",
+                    )),
+                };
+                attempts.push(Attempt::from_result(
+                    "scale",
+                    "the pods' owner",
+                    Some(&window),
+                    result,
+                ));
+            }
+            // Alerts are held while tripped (see `hold`), not done per detection.
+            RemediationType::Alert => {}
+        }
+        self.note_changed(changed_keys(&attempts, &free));
+        let analysis = match &spec.k8sgpt {
+            Some(k8sgpt) if k8sgpt.enabled && attempts.iter().any(|a| a.result == AttemptResult::Succeeded) => {
+                let targets: Vec<(String, String)> = free
+                    .iter()
+                    .map(|p| ("Pod".to_owned(), p.name.clone()))
+                    .chain(attempts.iter().filter_map(|a| {
+                        a.target_ref
+                            .as_ref()
+                            .map(|t| (t.kind.clone(), t.name.clone()))
+                    }))
+                    .collect();
+                match tokio::time::timeout(
+                    ANALYSIS_TIMEOUT,
+                    k8sgpt::analysis(&self.client, &actor.namespace, &targets, ANALYSIS_CHARS),
+                )
+                .await
+                {
+                    Ok(Ok(analysis)) => analysis,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, rule = %actor.describe(), "no K8sGPT analysis");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(rule = %actor.describe(), "K8sGPT analysis timed out");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        Acting { attempts, analysis }
+    }
+
+    async fn slo_rollback(&self, resource: &SLOViolation, detection: &str) -> Vec<Attempt> {
+        let spec = &resource.spec;
+        if !spec
+            .actions
+            .iter()
+            .any(|a| a.type_ == SloActionType::Rollback)
+        {
+            return Vec::new();
+        }
+        let actor = self.actor(RuleObject::Slo(resource));
+        let target = match (&spec.target_ref, &spec.hpa_ref) {
+            (Some(workload), _) => {
+                if workload.kind != "Deployment" {
+                    Err(ActError::refused(
+                        "UnsupportedKind",
+                        format!(
+                            "rollback supports Deployments; targetRef names a {}",
+                            workload.kind
+                        ),
+                    ))
+                } else {
+                    Ok((actor.namespace.clone(), workload.name.clone()))
+                }
+            }
+            (None, Some(hpa)) => {
+                let namespace = hpa.namespace.clone().unwrap_or_else(|| actor.namespace.clone());
+                match super::guard::check_namespace(
+                    &actor,
+                    &namespace,
+                    &format!("HorizontalPodAutoscaler {namespace}/{}", hpa.name),
+                ) {
+                    Ok(()) => {
+                        rollback::rollback_target_of_hpa(&self.client, &namespace, &hpa.name).await
+                    }
+                    Err(refused) => Err(refused),
+                }
+            }
+            (None, None) => Err(ActError::refused(
+                "NoTarget",
+                "rollback needs targetRef or hpaRef to know which Deployment to roll back",
+            )),
+        };
+        let result = match target {
+            Ok((namespace, name)) => {
+                if let Err(wait) = self.draw_budget() {
+                    return vec![budget_exhausted(
+                        "rollback",
+                        &format!("Deployment {namespace}/{name}"),
+                        detection,
+                        wait,
+                    )];
+                }
+                rollback::rollback(&self.client, &actor, &namespace, &name, detection).await
+            }
+            Err(error) => Err(error),
+        };
+        let attempts = vec![Attempt::from_result(
+            "rollback",
+            "the SLO's Deployment",
+            Some(detection),
+            result,
+        )];
+        self.note_changed(changed_keys(&attempts, &[]));
+        attempts
+    }
+
+    /// Sets the actions a rule holds while tripped, for its level state now: an SLO's
+    /// HPA claim and chaos pause, a PredictiveScale's NodePool changes. Called when the
+    /// level changed (tripped or cleared, a new detection) or a previous call failed.
+    pub async fn hold(&self, rule: RuleObject<'_>, level: Option<&RuleLevel>) -> Vec<Attempt> {
+        let tripped = level.is_some_and(|l| l.tripped_count() > 0);
+        let detection = level
+            .and_then(|l| l.current_detection.as_ref())
+            .map(|(id, _)| id.clone());
+        match rule {
+            RuleObject::Anomaly(_) => Vec::new(),
+            RuleObject::Slo(resource) => {
+                self.hold_slo(rule, resource, tripped, detection.as_deref())
+                    .await
+            }
+            RuleObject::Predictive(resource) => {
+                self.hold_predictive(rule, resource, level, tripped, detection.as_deref())
+                    .await
+            }
+        }
+    }
+
+    async fn hold_slo(
+        &self,
+        rule: RuleObject<'_>,
+        resource: &SLOViolation,
+        violated: bool,
+        detection: Option<&str>,
+    ) -> Vec<Attempt> {
+        let spec = &resource.spec;
+        let actor = self.actor(rule);
+        let mut attempts = Vec::new();
+        let held_back = self.held_back(rule);
+        if let Some(hpa) = &spec.hpa_ref
+            && let Some(scale) = spec.actions.iter().find(|a| a.type_ == SloActionType::Scale)
+        {
+            let namespace = hpa.namespace.clone().unwrap_or_else(|| actor.namespace.clone());
+            let target = format!("HorizontalPodAutoscaler {namespace}/{}", hpa.name);
+            let action = if violated { "hpa-min-replicas" } else { "release" };
+            if let Some((result, reason, message)) = &held_back {
+                attempts.push(Attempt::not_done(
+                    action,
+                    &target,
+                    detection,
+                    *result,
+                    reason,
+                    message.clone(),
+                ));
+            } else if violated {
+                let want = match scale.value.as_deref().map(str::trim) {
+                    None | Some("") | Some("increase") => Ok(MinReplicas::Step(1)),
+                    Some(text) => text
+                        .parse::<i32>()
+                        .map(MinReplicas::Exactly)
+                        .map_err(|_| {
+                            ActError::refused(
+                                "InvalidValue",
+                                format!(
+                                    "scale value {text:?} is neither `increase` nor a replica count"
+                                ),
+                            )
+                        }),
+                };
+                let result = match want {
+                    Ok(want) => match super::guard::check_namespace(&actor, &namespace, &target) {
+                        Ok(()) => {
+                            hpa::claim_min_replicas(
+                                &self.client,
+                                &actor,
+                                &namespace,
+                                &hpa.name,
+                                want,
+                                None,
+                                detection.unwrap_or("violation"),
+                            )
+                            .await
+                        }
+                        Err(refused) => Err(refused),
+                    },
+                    Err(refused) => Err(refused),
+                };
+                attempts.push(Attempt::from_result(action, &target, detection, result));
+            } else {
+                let result = hpa::release_claim(&self.client, &actor, &namespace, &hpa.name).await;
+                if let Some(attempt) = released(action, &target, result) {
+                    attempts.push(attempt);
+                }
+            }
+        }
+        if spec.enable_chaos
+            && let Some(chaos) = &spec.chaos_ref
+        {
+            let target = format!("{} {}/{}", chaos.kind, actor.namespace, chaos.name);
+            let action = if violated { "chaos-pause" } else { "chaos-resume" };
+            if let Some((result, reason, message)) = &held_back {
+                attempts.push(Attempt::not_done(
+                    action,
+                    &target,
+                    detection,
+                    *result,
+                    reason,
+                    message.clone(),
+                ));
+            } else {
+                let result =
+                    chaos::set_paused(&self.client, &actor, &actor.namespace, chaos, violated)
+                        .await;
+                attempts.push(Attempt::from_result(action, &target, detection, result));
+            }
+        }
+        attempts
+    }
+
+    async fn hold_predictive(
+        &self,
+        rule: RuleObject<'_>,
+        resource: &PredictiveScale,
+        level: Option<&RuleLevel>,
+        tripped: bool,
+        detection: Option<&str>,
+    ) -> Vec<Attempt> {
+        let spec = &resource.spec;
+        let actor = self.actor(rule);
+        let target = format!("NodePool {}", spec.node_pool_ref.name);
+        let forecast = level.and_then(|l| l.last_forecast);
+        let detection_id = detection.unwrap_or("forecast");
+        let action = match (spec.action, tripped) {
+            (ScaleAction::Provision, true) => "provision",
+            (ScaleAction::Provision, false) | (ScaleAction::Consolidate, true) => "consolidate",
+            (ScaleAction::Adjust, true) => "adjust",
+            (ScaleAction::Consolidate, false) | (ScaleAction::Adjust, false) => return Vec::new(),
+        };
+        if let Some((result, reason, message)) = self.held_back(rule) {
+            return vec![Attempt::not_done(
+                action,
+                &target,
+                detection,
+                result,
+                reason,
+                message,
+            )];
+        }
+        let result = match action {
+            "provision" => match &forecast {
+                Some(forecast) => {
+                    let now_ms = now_ms();
+                    nodepool::provision(&self.client, &actor, spec, forecast, detection_id, now_ms)
+                        .await
+                }
+                None => Err(ActError::failed(
+                    "NoForecast",
+                    "tripped without a forecast to size the reservation by",
+                )),
+            },
+            "consolidate" => {
+                nodepool::consolidate(&self.client, &actor, spec, detection_id).await
+            }
+            _ => {
+                let rising = forecast.is_some_and(|f| f.change_percent > 0.0);
+                nodepool::adjust(&self.client, &actor, spec, rising, detection_id).await
+            }
+        };
+        match result {
+            Ok(acted) if acted.is_empty() => vec![Attempt::not_done(
+                action,
+                &target,
+                detection,
+                AttemptResult::Unchanged,
+                "NothingToDo",
+                "the NodePool is already as the forecast wants it".into(),
+            )],
+            Ok(acted) => acted
+                .into_iter()
+                .map(|a| Attempt::from_result(action, &target, detection, Ok(a)))
+                .collect(),
+            Err(error) => vec![Attempt::from_result(action, &target, detection, Err(error))],
+        }
+    }
+
+    /// Delivers a rule's alerts and webhook notifications for its tripped series now
+    /// (level-based: the notifier sends only what changed since it last delivered).
+    pub async fn notify(&self, rule: RuleObject<'_>, level: Option<&RuleLevel>) -> Vec<Attempt> {
+        let key = rule.key();
+        let Some(settings) = NotifySettings::of(rule) else {
+            return Vec::new();
+        };
+        if self.held_back(rule).is_some() {
+            return Vec::new();
+        }
+        let actor = self.actor(rule);
+        let webhook = match self.webhook(rule, &key, &actor, &settings).await {
+            Ok(webhook) => webhook,
+            Err(error) => {
+                return vec![Attempt::from_result(
+                    "webhook",
+                    "Webhook",
+                    None,
+                    Err(error),
+                )];
+            }
+        };
+        let link = format!(
+            "kubectl -n {} get {} {}",
+            actor.namespace,
+            actor.kind.as_str().to_ascii_lowercase(),
+            actor.name
+        );
+        let firing: Vec<Alert> = match level {
+            Some(level) if settings.alertmanager || webhook.is_some() => level
+                .tripped
+                .iter()
+                .filter_map(|(text, at)| {
+                    let labels = level.tripped_labels.get(text)?;
+                    let reason = level
+                        .last_decision
+                        .as_ref()
+                        .filter(|d| d.series.to_string() == *text)
+                        .map_or_else(|| format!("{text} tripped"), |d| d.reason.clone());
+                    let value = level
+                        .last_decision
+                        .as_ref()
+                        .filter(|d| d.series.to_string() == *text)
+                        .and_then(|d| d.value.clone());
+                    Some(Alert::new(
+                        &actor,
+                        labels,
+                        &settings.severity,
+                        &reason,
+                        value,
+                        &link,
+                        *at,
+                    ))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.notifier
+            .sync(&key, webhook.as_deref(), firing, now_ms())
+            .await
+            .into_iter()
+            .map(|result| Attempt::from_result("alert", "Alertmanager", None, result))
+            .collect()
+    }
+
+    async fn webhook(
+        &self,
+        rule: RuleObject<'_>,
+        key: &RuleKey,
+        actor: &Actor,
+        settings: &NotifySettings,
+    ) -> Result<Option<Arc<WebhookTarget>>, ActError> {
+        let _ = rule;
+        if settings.url.is_none() && settings.secret.is_none() {
+            return Ok(None);
+        }
+        if let Some((at, target)) = self
+            .webhooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            && at.elapsed() < WEBHOOK_TTL
+        {
+            return Ok(target.clone());
+        }
+        let target = alert::webhook_target(
+            &self.client,
+            &actor.namespace,
+            settings.url.as_deref(),
+            settings.secret.as_ref(),
+            settings.format,
+        )
+        .await?
+        .map(Arc::new);
+        self.webhooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), (Instant::now(), target.clone()));
+        Ok(target)
+    }
+
+    /// Undoes what a rule holds (its resource is being deleted): HPA claims, a paused
+    /// experiment, NodePool changes, firing alerts. Targets already gone are skipped.
+    pub async fn release(&self, rule: RuleObject<'_>) -> Vec<Attempt> {
+        let actor = self.actor(rule);
+        let key = rule.key();
+        let mut attempts: Vec<Attempt> = self
+            .notifier
+            .resolve_all(&key)
+            .await
+            .into_iter()
+            .map(|r| Attempt::from_result("alert", "Alertmanager", None, r))
+            .collect();
+        self.webhooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        match rule {
+            RuleObject::Slo(resource) => {
+                let spec = &resource.spec;
+                if let Some(hpa) = &spec.hpa_ref {
+                    let namespace =
+                        hpa.namespace.clone().unwrap_or_else(|| actor.namespace.clone());
+                    let target = format!("HorizontalPodAutoscaler {namespace}/{}", hpa.name);
+                    let result =
+                        hpa::release_claim(&self.client, &actor, &namespace, &hpa.name).await;
+                    attempts.extend(released("release", &target, result));
+                }
+                if let Some(chaos) = &spec.chaos_ref {
+                    let target = format!("{} {}/{}", chaos.kind, actor.namespace, chaos.name);
+                    let result = chaos::release(&self.client, &actor, &actor.namespace, chaos).await;
+                    attempts.extend(released("chaos-resume", &target, result));
+                }
+            }
+            RuleObject::Predictive(resource) => {
+                let target = format!("NodePool {}", resource.spec.node_pool_ref.name);
+                match nodepool::release(&self.client, &actor, &resource.spec).await {
+                    Ok(acted) => attempts.extend(
+                        acted
+                            .into_iter()
+                            .map(|a| Attempt::from_result("release", &target, None, Ok(a))),
+                    ),
+                    Err(error) => {
+                        attempts.push(Attempt::from_result("release", &target, None, Err(error)));
+                    }
+                }
+            }
+            RuleObject::Anomaly(_) => {
+                for (namespace, hpa) in self.claimed_hpas(&actor).await {
+                    let target = format!("HorizontalPodAutoscaler {namespace}/{hpa}");
+                    let result = hpa::release_claim(&self.client, &actor, &namespace, &hpa).await;
+                    attempts.extend(released("release", &target, result));
+                }
+            }
+        }
+        attempts
+    }
+
+    /// The HPAs in the rule's namespace holding a claim of the rule (an AnomalyAction's
+    /// `scale` raises an HPA's minimum rather than fight it).
+    async fn claimed_hpas(&self, actor: &Actor) -> Vec<(String, String)> {
+        use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+        let api: kube::Api<HorizontalPodAutoscaler> =
+            kube::Api::namespaced(self.client.clone(), &actor.namespace);
+        let claim = format!(
+            "{}min-replicas.{}",
+            super::ANNOTATION_PREFIX,
+            actor.claim_key()
+        );
+        match api.list(&kube::api::ListParams::default()).await {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .filter(|h| {
+                    h.metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(&claim))
+                })
+                .filter_map(|h| Some((actor.namespace.clone(), h.metadata.name?)))
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, rule = %actor.describe(), "cannot list HPAs to release claims");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// What a rule notifies with.
+struct NotifySettings {
+    alertmanager: bool,
+    url: Option<String>,
+    secret: Option<crate::rules::crd::SecretKeyRef>,
+    format: WebhookFormat,
+    severity: String,
+}
+
+impl NotifySettings {
+    fn of(rule: RuleObject<'_>) -> Option<Self> {
+        let settings = match rule {
+            RuleObject::Anomaly(r) => Self {
+                alertmanager: r.spec.remediation.type_ == RemediationType::Alert,
+                url: r.spec.webhook_url.clone().filter(|u| !u.is_empty()),
+                secret: r.spec.webhook_secret_ref.clone(),
+                format: r.spec.webhook_format,
+                severity: r.spec.severity.clone().unwrap_or_else(|| "warning".into()),
+            },
+            RuleObject::Slo(r) => Self {
+                alertmanager: r.spec.actions.iter().any(|a| a.type_ == SloActionType::Alert),
+                url: r.spec.webhook_url.clone().filter(|u| !u.is_empty()),
+                secret: r.spec.webhook_secret_ref.clone(),
+                format: r.spec.webhook_format,
+                severity: r.spec.severity.clone().unwrap_or_else(|| "critical".into()),
+            },
+            RuleObject::Predictive(_) => return None,
+        };
+        (settings.alertmanager || settings.url.is_some() || settings.secret.is_some())
+            .then_some(settings)
+    }
+}
+
+fn budget_exhausted(action: &str, target: &str, detection: &str, wait: Duration) -> Attempt {
+    let mut attempt = Attempt::not_done(
+        action,
+        target,
+        Some(detection),
+        AttemptResult::Failed,
+        "ActionBudget",
+        format!(
+            "the global budget of actions per minute (--max-actions-per-minute) is spent; retried in {}s",
+            wait.as_secs().max(1)
+        ),
+    );
+    attempt.retry_after = Some(wait);
+    attempt
+}
+
+/// An attempt for a release; `None` when there was nothing to release.
+fn released(
+    action: &str,
+    target: &str,
+    result: Result<Option<Acted>, ActError>,
+) -> Option<Attempt> {
+    match result {
+        Ok(None) => None,
+        Ok(Some(acted)) => Some(Attempt::from_result(action, target, None, Ok(acted))),
+        Err(error) => Some(Attempt::from_result(action, target, None, Err(error))),
+    }
+}
+
+/// The keys of the targets an attempt changed, and of the pods behind them, for the
+/// cross-rule lock.
+fn changed_keys(attempts: &[Attempt], pods: &[crate::eval::PodRef]) -> Vec<String> {
+    let mut keys = Vec::new();
+    for attempt in attempts {
+        if attempt.result == AttemptResult::Succeeded {
+            if let Some(target) = &attempt.target_ref {
+                keys.push(target.to_string());
+            }
+            keys.push(attempt.target.clone());
+        }
+    }
+    if !keys.is_empty() {
+        keys.extend(
+            pods.iter()
+                .map(|p| format!("Pod {}/{}", p.namespace, p.name)),
+        );
+    }
+    keys
+}
+
+/// The detection id of a workload-wide action (a rollout, a scale): one per rule and
+/// cooldown window of event time, so the pods of one workload tripping one after
+/// another restart or scale it once.
+fn workload_detection(actor: &Actor, sample_time_ms: i64, cooldown: Duration) -> String {
+    let window = i64::try_from(cooldown.as_millis()).unwrap_or(i64::MAX).max(60_000);
+    let text = format!("{}\n{}", actor.uid, sample_time_ms.div_euclid(window));
+    format!("w{:015x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()) >> 4)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_refills_by_the_minute() {
+        let mut budget = ActionBudget {
+            tokens: 2.0,
+            at: Instant::now(),
+            per_minute: 2.0,
+        };
+        assert!(budget.take().is_ok());
+        assert!(budget.take().is_ok());
+        let wait = budget.take().unwrap_err();
+        assert!(wait > Duration::from_secs(20) && wait <= Duration::from_secs(30), "{wait:?}");
+    }
+
+    #[test]
+    fn one_workload_action_per_rule_and_cooldown_window() {
+        let actor = Actor {
+            kind: RuleKind::AnomalyAction,
+            namespace: "shop".into(),
+            name: "memory".into(),
+            uid: "u-1".into(),
+            allow_git_ops: false,
+            allow_cross_namespace: false,
+        };
+        let five_minutes = Duration::from_secs(300);
+        let t = 1_000 * 300_000;
+        assert_eq!(
+            workload_detection(&actor, t + 1_000, five_minutes),
+            workload_detection(&actor, t + 200_000, five_minutes)
+        );
+        assert_ne!(
+            workload_detection(&actor, t + 1_000, five_minutes),
+            workload_detection(&actor, t + 300_000, five_minutes)
+        );
+    }
+
+    #[test]
+    fn the_pause_switch_holds_the_namespaces_named() {
+        let pause = PauseState {
+            all: false,
+            namespaces: HashSet::from(["shop".to_owned()]),
+        };
+        assert!(pause.pauses("shop"));
+        assert!(!pause.pauses("web"));
+        assert!(
+            PauseState {
+                all: true,
+                ..PauseState::default()
+            }
+            .pauses("web")
+        );
+    }
+}
