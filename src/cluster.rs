@@ -179,8 +179,13 @@ fn rule_set_signature(caches: &Caches) -> Vec<(RuleKind, String, String, Option<
                     ),
                     // A deletion (with our finalizer on) wakes every rule's reconcile,
                     // which releases what the rule holds.
-                    meta.generation
-                        .map(|g| if meta.deletion_timestamp.is_some() { -g } else { g }),
+                    meta.generation.map(|g| {
+                        if meta.deletion_timestamp.is_some() {
+                            -g
+                        } else {
+                            g
+                        }
+                    }),
                 ));
             }
         }
@@ -288,7 +293,10 @@ async fn figures(ctx: Arc<Context>, every: Duration, stop: watch::Receiver<bool>
 fn notifier(
     config: &ClusterConfig,
     stop: watch::Receiver<bool>,
-) -> Result<(Arc<crate::actuate::alert::Notifier>, Option<tokio::task::JoinHandle<()>>)> {
+) -> Result<(
+    Arc<crate::actuate::alert::Notifier>,
+    Option<tokio::task::JoinHandle<()>>,
+)> {
     let _ = (config, stop);
     Ok((Arc::new(crate::actuate::alert::Notifier), None))
 }
@@ -374,7 +382,11 @@ pub async fn run(
     let pipeline = Arc::new(Pipeline::start_with(
         &LoadReport::default(),
         &config.pipeline,
-        cluster_driver(ledger.clone(), config.max_action_lag, config.actions.dry_run),
+        cluster_driver(
+            ledger.clone(),
+            config.max_action_lag,
+            config.actions.dry_run,
+        ),
         true,
     )?);
 

@@ -268,9 +268,10 @@ impl RuleObject<'_> {
             Self::Predictive(_) => true,
             Self::Slo(r) => {
                 r.spec.enable_chaos
-                    || r.spec.actions.iter().any(|a| {
-                        matches!(a.type_, SloActionType::Scale | SloActionType::Alert)
-                    })
+                    || r.spec
+                        .actions
+                        .iter()
+                        .any(|a| matches!(a.type_, SloActionType::Scale | SloActionType::Alert))
             }
         }
     }
@@ -529,9 +530,10 @@ impl ClusterActuator {
         match spec.remediation.type_ {
             RemediationType::Restart => match kind {
                 TargetResourceType::Pod => {
-                    for (pod, result) in free.iter().zip(
-                        workload::evict(&self.client, &actor, &free, detection).await,
-                    ) {
+                    for (pod, result) in free
+                        .iter()
+                        .zip(workload::evict(&self.client, &actor, &free, detection).await)
+                    {
                         let key = format!("Pod {}/{}", pod.namespace, pod.name);
                         attempts.push(Attempt::from_result("evict", &key, Some(detection), result));
                     }
@@ -605,7 +607,12 @@ impl ClusterActuator {
         }
         self.note_changed(changed_keys(&attempts, &free));
         let analysis = match &spec.k8sgpt {
-            Some(k8sgpt) if k8sgpt.enabled && attempts.iter().any(|a| a.result == AttemptResult::Succeeded) => {
+            Some(k8sgpt)
+                if k8sgpt.enabled
+                    && attempts
+                        .iter()
+                        .any(|a| a.result == AttemptResult::Succeeded) =>
+            {
                 let targets: Vec<(String, String)> = free
                     .iter()
                     .map(|p| ("Pod".to_owned(), p.name.clone()))
@@ -662,7 +669,10 @@ impl ClusterActuator {
                 }
             }
             (None, Some(hpa)) => {
-                let namespace = hpa.namespace.clone().unwrap_or_else(|| actor.namespace.clone());
+                let namespace = hpa
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| actor.namespace.clone());
                 match super::guard::check_namespace(
                     &actor,
                     &namespace,
@@ -736,11 +746,21 @@ impl ClusterActuator {
         let mut attempts = Vec::new();
         let held_back = self.held_back(rule);
         if let Some(hpa) = &spec.hpa_ref
-            && let Some(scale) = spec.actions.iter().find(|a| a.type_ == SloActionType::Scale)
+            && let Some(scale) = spec
+                .actions
+                .iter()
+                .find(|a| a.type_ == SloActionType::Scale)
         {
-            let namespace = hpa.namespace.clone().unwrap_or_else(|| actor.namespace.clone());
+            let namespace = hpa
+                .namespace
+                .clone()
+                .unwrap_or_else(|| actor.namespace.clone());
             let target = format!("HorizontalPodAutoscaler {namespace}/{}", hpa.name);
-            let action = if violated { "hpa-min-replicas" } else { "release" };
+            let action = if violated {
+                "hpa-min-replicas"
+            } else {
+                "release"
+            };
             if let Some((result, reason, message)) = &held_back {
                 attempts.push(Attempt::not_done(
                     action,
@@ -753,17 +773,14 @@ impl ClusterActuator {
             } else if violated {
                 let want = match scale.value.as_deref().map(str::trim) {
                     None | Some("") | Some("increase") => Ok(MinReplicas::Step(1)),
-                    Some(text) => text
-                        .parse::<i32>()
-                        .map(MinReplicas::Exactly)
-                        .map_err(|_| {
-                            ActError::refused(
-                                "InvalidValue",
-                                format!(
-                                    "scale value {text:?} is neither `increase` nor a replica count"
-                                ),
-                            )
-                        }),
+                    Some(text) => text.parse::<i32>().map(MinReplicas::Exactly).map_err(|_| {
+                        ActError::refused(
+                            "InvalidValue",
+                            format!(
+                                "scale value {text:?} is neither `increase` nor a replica count"
+                            ),
+                        )
+                    }),
                 };
                 let result = match want {
                     Ok(want) => match super::guard::check_namespace(&actor, &namespace, &target) {
@@ -795,7 +812,11 @@ impl ClusterActuator {
             && let Some(chaos) = &spec.chaos_ref
         {
             let target = format!("{} {}/{}", chaos.kind, actor.namespace, chaos.name);
-            let action = if violated { "chaos-pause" } else { "chaos-resume" };
+            let action = if violated {
+                "chaos-pause"
+            } else {
+                "chaos-resume"
+            };
             if let Some((result, reason, message)) = &held_back {
                 attempts.push(Attempt::not_done(
                     action,
@@ -836,12 +857,7 @@ impl ClusterActuator {
         };
         if let Some((result, reason, message)) = self.held_back(rule) {
             return vec![Attempt::not_done(
-                action,
-                &target,
-                detection,
-                result,
-                reason,
-                message,
+                action, &target, detection, result, reason, message,
             )];
         }
         let result = match action {
@@ -856,9 +872,7 @@ impl ClusterActuator {
                     "tripped without a forecast to size the reservation by",
                 )),
             },
-            "consolidate" => {
-                nodepool::consolidate(&self.client, &actor, spec, detection_id).await
-            }
+            "consolidate" => nodepool::consolidate(&self.client, &actor, spec, detection_id).await,
             _ => {
                 let rising = forecast.is_some_and(|f| f.change_percent > 0.0);
                 nodepool::adjust(&self.client, &actor, spec, rising, detection_id).await
@@ -895,12 +909,7 @@ impl ClusterActuator {
         let webhook = match self.webhook(rule, &key, &actor, &settings).await {
             Ok(webhook) => webhook,
             Err(error) => {
-                return vec![Attempt::from_result(
-                    "webhook",
-                    "Webhook",
-                    None,
-                    Err(error),
-                )];
+                return vec![Attempt::from_result("webhook", "Webhook", None, Err(error))];
             }
         };
         let link = format!(
@@ -1002,8 +1011,10 @@ impl ClusterActuator {
             RuleObject::Slo(resource) => {
                 let spec = &resource.spec;
                 if let Some(hpa) = &spec.hpa_ref {
-                    let namespace =
-                        hpa.namespace.clone().unwrap_or_else(|| actor.namespace.clone());
+                    let namespace = hpa
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| actor.namespace.clone());
                     let target = format!("HorizontalPodAutoscaler {namespace}/{}", hpa.name);
                     let result =
                         hpa::release_claim(&self.client, &actor, &namespace, &hpa.name).await;
@@ -1011,7 +1022,8 @@ impl ClusterActuator {
                 }
                 if let Some(chaos) = &spec.chaos_ref {
                     let target = format!("{} {}/{}", chaos.kind, actor.namespace, chaos.name);
-                    let result = chaos::release(&self.client, &actor, &actor.namespace, chaos).await;
+                    let result =
+                        chaos::release(&self.client, &actor, &actor.namespace, chaos).await;
                     attempts.extend(released("chaos-resume", &target, result));
                 }
             }
@@ -1090,7 +1102,11 @@ impl NotifySettings {
                 severity: r.spec.severity.clone().unwrap_or_else(|| "warning".into()),
             },
             RuleObject::Slo(r) => Self {
-                alertmanager: r.spec.actions.iter().any(|a| a.type_ == SloActionType::Alert),
+                alertmanager: r
+                    .spec
+                    .actions
+                    .iter()
+                    .any(|a| a.type_ == SloActionType::Alert),
                 url: r.spec.webhook_url.clone().filter(|u| !u.is_empty()),
                 secret: r.spec.webhook_secret_ref.clone(),
                 format: r.spec.webhook_format,
@@ -1157,7 +1173,9 @@ fn changed_keys(attempts: &[Attempt], pods: &[crate::eval::PodRef]) -> Vec<Strin
 /// cooldown window of event time, so the pods of one workload tripping one after
 /// another restart or scale it once.
 fn workload_detection(actor: &Actor, sample_time_ms: i64, cooldown: Duration) -> String {
-    let window = i64::try_from(cooldown.as_millis()).unwrap_or(i64::MAX).max(60_000);
+    let window = i64::try_from(cooldown.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(60_000);
     let text = format!("{}\n{}", actor.uid, sample_time_ms.div_euclid(window));
     format!("w{:015x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()) >> 4)
 }
@@ -1182,7 +1200,10 @@ mod tests {
         assert!(budget.take().is_ok());
         assert!(budget.take().is_ok());
         let wait = budget.take().unwrap_err();
-        assert!(wait > Duration::from_secs(20) && wait <= Duration::from_secs(30), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(20) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
     }
 
     #[test]

@@ -38,11 +38,11 @@ use serde::de::DeserializeOwned;
 
 use super::leader::Leadership;
 use super::ledger::{Intent, Ledger, RuleLevel};
-use crate::actuate::dispatch::{Attempt, AttemptResult, ClusterActuator, RuleObject};
-use crate::rules::crd::ActionRecord;
 use super::status::{self, Observed, Transition};
+use crate::actuate::dispatch::{Attempt, AttemptResult, ClusterActuator, RuleObject};
 use crate::http::AppState;
 use crate::metrics::{ControllerLabels, ReconcileLabels};
+use crate::rules::crd::ActionRecord;
 use crate::rules::crd::{
     AnomalyAction, AnomalyActionStatus, PredictiveScale, PredictiveScaleStatus, SLOViolation,
     SLOViolationStatus,
@@ -555,8 +555,7 @@ async fn act<K: RuleResource>(
         for attempt in acting.attempts {
             if attempt.retry() {
                 // A failure repeated with the same reason is recorded once.
-                let repeated = intent.attempts > 0
-                    && intent.decision.reason.ends_with(attempt.reason.unwrap_or(""));
+                let repeated = intent.attempts > 0 && intent.last_failure == attempt.reason;
                 again = Some(attempt.clone());
                 if repeated {
                     continue;
@@ -571,12 +570,7 @@ async fn act<K: RuleResource>(
                 .unwrap_or_else(|| backoff(intent.attempts))
                 .max(Duration::from_millis(200));
             intent.not_before = Some(Instant::now() + wait);
-            // Remembers the reason, so the same failure is not recorded again.
-            intent.decision.reason = format!(
-                "{} [{}]",
-                intent.decision.reason.split(" [").next().unwrap_or_default(),
-                failed.reason.unwrap_or("")
-            );
+            intent.last_failure = failed.reason;
             retry.push((intent, wait));
         }
     }
@@ -661,10 +655,10 @@ async fn record<K: RuleResource>(
     if attempts.is_empty() {
         return;
     }
-    let now = Time(k8s_openapi::jiff::Timestamp::from_second(
-        k8s_openapi::jiff::Timestamp::now().as_second(),
-    )
-    .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()));
+    let now = Time(
+        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
+    );
     let uid = resource.meta().uid.clone().unwrap_or_default();
     let kind = key.kind.as_str();
     let mut records = Vec::new();
@@ -713,9 +707,10 @@ async fn record<K: RuleResource>(
     }
     {
         let mut failing = ctx.failing.lock().unwrap_or_else(|e| e.into_inner());
-        let failed = attempts.iter().rev().find(|(a, _)| {
-            matches!(a.result, AttemptResult::Failed | AttemptResult::Refused)
-        });
+        let failed = attempts
+            .iter()
+            .rev()
+            .find(|(a, _)| matches!(a.result, AttemptResult::Failed | AttemptResult::Refused));
         match failed {
             Some((attempt, _)) => {
                 failing.insert(
@@ -726,9 +721,12 @@ async fn record<K: RuleResource>(
                     ),
                 );
             }
-            None if attempts
-                .iter()
-                .any(|(a, _)| matches!(a.result, AttemptResult::Succeeded | AttemptResult::Unchanged)) =>
+            None if attempts.iter().any(|(a, _)| {
+                matches!(
+                    a.result,
+                    AttemptResult::Succeeded | AttemptResult::Unchanged
+                )
+            }) =>
             {
                 failing.remove(key);
             }
@@ -846,12 +844,18 @@ fn has_finalizer<K: RuleResource>(resource: &K) -> bool {
 }
 
 /// Adds Prophet's finalizer, keeping the others (a JSON patch appends to the list).
-async fn add_finalizer<K: RuleResource>(ctx: &Context, key: &RuleKey) -> Result<(), ReconcileError> {
+async fn add_finalizer<K: RuleResource>(
+    ctx: &Context,
+    key: &RuleKey,
+) -> Result<(), ReconcileError> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let current = api.get(&key.name).await.map_err(|source| ReconcileError::Finalizer {
-        rule: key.clone(),
-        source,
-    })?;
+    let current = api
+        .get(&key.name)
+        .await
+        .map_err(|source| ReconcileError::Finalizer {
+            rule: key.clone(),
+            source,
+        })?;
     if has_finalizer(&current) {
         return Ok(());
     }
@@ -867,18 +871,21 @@ async fn add_finalizer<K: RuleResource>(ctx: &Context, key: &RuleKey) -> Result<
             {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
         ])
     };
-    let patch: json_patch::Patch = serde_json::from_value(operations).map_err(|e| {
-        ReconcileError::Release {
+    let patch: json_patch::Patch =
+        serde_json::from_value(operations).map_err(|e| ReconcileError::Release {
             rule: key.clone(),
             message: e.to_string(),
-        }
-    })?;
-    api.patch(&key.name, &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await
-        .map_err(|source| ReconcileError::Finalizer {
-            rule: key.clone(),
-            source,
         })?;
+    api.patch(
+        &key.name,
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .map_err(|source| ReconcileError::Finalizer {
+        rule: key.clone(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -898,7 +905,13 @@ async fn finalize<K: RuleResource>(
         .filter(|a| a.retry())
         .map(|a| format!("{} {}: {}", a.action, a.target, a.message))
         .collect();
-    record(ctx, resource, key, attempts.into_iter().map(|a| (a, None)).collect()).await;
+    record(
+        ctx,
+        resource,
+        key,
+        attempts.into_iter().map(|a| (a, None)).collect(),
+    )
+    .await;
     if !failed.is_empty() {
         return Err(ReconcileError::Release {
             rule: key.clone(),
@@ -915,14 +928,17 @@ async fn finalize<K: RuleResource>(
             {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": FINALIZER},
             {"op": "remove", "path": format!("/metadata/finalizers/{index}")}
         ]);
-        let patch: json_patch::Patch = serde_json::from_value(operations).map_err(|e| {
-            ReconcileError::Release {
+        let patch: json_patch::Patch =
+            serde_json::from_value(operations).map_err(|e| ReconcileError::Release {
                 rule: key.clone(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         match api
-            .patch(&key.name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .patch(
+                &key.name,
+                &PatchParams::default(),
+                &Patch::<()>::Json(patch),
+            )
             .await
         {
             Ok(_) => {}

@@ -39,6 +39,8 @@ pub struct Intent {
     /// Failed attempts so far, and the earliest time of the next.
     pub attempts: u32,
     pub not_before: Option<Instant>,
+    /// The reason of the last failure: the same failure again is not recorded again.
+    pub last_failure: Option<&'static str>,
 }
 
 /// The detection id of a trip: 16 hex digits of a stable hash (never the process's
@@ -178,9 +180,7 @@ impl Ledger {
                 Change::Tripped => {
                     if level.tripped.len() < TRIPPED_KEPT || level.tripped.contains_key(&series) {
                         level.tripped.insert(series.clone(), verdict.sample_time_ms);
-                        level
-                            .tripped_labels
-                            .insert(series, verdict.series.clone());
+                        level.tripped_labels.insert(series, verdict.series.clone());
                     } else {
                         level.tripped_uncounted += 1;
                     }
@@ -224,6 +224,7 @@ impl Ledger {
                         arrived: verdict.arrived,
                         attempts: 0,
                         not_before: None,
+                        last_failure: None,
                     });
                 }
             }

@@ -11,8 +11,8 @@ use super::ledger::RuleLevel;
 use crate::actuate::Outcome;
 use crate::http::RuleStatus;
 use crate::rules::crd::{
-    ActionRecord, AnomalyActionStatus, AnomalyPhase, Forecast, PredictiveScalePhase, PredictiveScaleStatus,
-    SLOViolationStatus, SloPhase,
+    ActionRecord, AnomalyActionStatus, AnomalyPhase, Forecast, PredictiveScalePhase,
+    PredictiveScaleStatus, SLOViolationStatus, SloPhase,
 };
 
 /// Everything a desired status is decided from.
@@ -62,7 +62,11 @@ fn changes(observed: &Observed<'_>) -> (i64, Option<Time>) {
 
 /// `ActionFailed`: true while the newest action failed or was refused and none
 /// succeeded after it.
-fn action_condition(conditions: &mut Vec<Condition>, previous: &[Condition], observed: &Observed<'_>) -> bool {
+fn action_condition(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    observed: &Observed<'_>,
+) -> bool {
     let (status, reason, message) = match observed.action_failure {
         Some((reason, message)) => (true, reason, message.to_owned()),
         None => (false, "NoFailure", "no action is failing".to_owned()),
@@ -287,8 +291,8 @@ pub fn anomaly_action(
             AnomalyPhase::Detected | AnomalyPhase::Remediating | AnomalyPhase::Resolved
         )
     }) || level.is_some_and(|l| l.detections > 0);
-    let remediating = acted > 0
-        || (tripped && current.is_some_and(|s| s.phase == AnomalyPhase::Remediating));
+    let remediating =
+        acted > 0 || (tripped && current.is_some_and(|s| s.phase == AnomalyPhase::Remediating));
     let phase = if !validity.valid || (failing && tripped) {
         AnomalyPhase::Failed
     } else if tripped && remediating {
@@ -389,8 +393,7 @@ pub fn slo_violation(
             SloPhase::Violated | SloPhase::Remediating | SloPhase::Resolved
         )
     }) || level.is_some_and(|l| l.detections > 0);
-    let remediating =
-        acted > 0 || current.is_some_and(|s| s.phase == SloPhase::Remediating);
+    let remediating = acted > 0 || current.is_some_and(|s| s.phase == SloPhase::Remediating);
     let phase = if violated && remediating {
         SloPhase::Remediating
     } else if violated {
@@ -421,8 +424,8 @@ pub fn slo_violation(
         .and_then(|l| l.last_detected_ms)
         .and_then(time_of)
         .or_else(|| current.and_then(|s| s.last_violated.clone()));
-    let previously_violated = current
-        .is_some_and(|s| matches!(s.phase, SloPhase::Violated | SloPhase::Remediating));
+    let previously_violated =
+        current.is_some_and(|s| matches!(s.phase, SloPhase::Violated | SloPhase::Remediating));
     let violation_count =
         current.map_or(0, |s| s.violation_count) + i64::from(violated && !previously_violated);
     Some(SLOViolationStatus {
