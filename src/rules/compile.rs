@@ -457,6 +457,26 @@ fn compile_slo(rule: &SLOViolation, options: CompileOptions) -> Result<CompiledR
             )
         }
     };
+    if spec.actions.iter().any(|a| a.type_ == SloActionType::Chaos) {
+        return Err(CompileError::Invalid(
+            "spec.actions: `chaos` is not an action: Prophet never starts chaos. Set enableChaos: true and chaosRef to the Chaos Mesh experiment Prophet should pause while the SLO is violated".into(),
+        ));
+    }
+    if spec.enable_chaos && spec.chaos_ref.is_none() {
+        return Err(CompileError::Invalid(
+            "spec.chaosRef: enableChaos needs chaosRef (kind Schedule or PodChaos, and name) naming the experiment to pause while the SLO is violated".into(),
+        ));
+    }
+    if let Some(hpa) = &spec.hpa_ref
+        && let Some(hpa_namespace) = &hpa.namespace
+        && *hpa_namespace != key.namespace
+        && !options.allow_cross_namespace
+    {
+        return Err(CompileError::Invalid(format!(
+            "spec.hpaRef.namespace {hpa_namespace:?} is outside the rule's namespace {:?}; rules act only in their own namespace unless Prophet runs with --allow-cross-namespace",
+            key.namespace
+        )));
+    }
     let actions: Vec<String> = spec
         .actions
         .iter()
@@ -1155,6 +1175,39 @@ mod tests {
             );
             assert_too_deep(compiled(&latency), "spec.sli.latency.bucket", depth);
         }
+    }
+
+    #[test]
+    fn an_slo_never_starts_chaos_and_acts_only_in_its_namespace() {
+        let slo = |extra: &str| {
+            format!(
+                "apiVersion: aiops.prophet.io/v1alpha1\nkind: SLOViolation\nmetadata: {{name: api, namespace: shop}}\nspec:\n  sloName: api\n  sloTarget: 99.9%\n  errorBudgetThreshold: 0.1\n  sli:\n    ratio: {{errors: 'errors_total', total: 'requests_total'}}\n{extra}"
+            )
+        };
+        let reason = |yaml: String| match compiled(&yaml) {
+            Err(CompileError::Invalid(reason)) => reason,
+            other => panic!("expected an invalid rule, got {other:?}"),
+        };
+        let chaos = reason(slo("  actions: [{type: chaos}]\n  enableChaos: false\n"));
+        assert!(chaos.contains("chaosRef"), "{chaos}");
+        let unnamed = reason(slo("  enableChaos: true\n"));
+        assert!(unnamed.starts_with("spec.chaosRef"), "{unnamed}");
+        assert!(
+            compiled(&slo(
+                "  enableChaos: true\n  chaosRef: {kind: Schedule, name: kill-pods}\n"
+            ))
+            .is_ok()
+        );
+        let elsewhere = reason(slo(
+            "  actions: [{type: scale}]\n  hpaRef: {name: api, namespace: payments}\n",
+        ));
+        assert!(elsewhere.contains("--allow-cross-namespace"), "{elsewhere}");
+        assert!(
+            compiled(&slo(
+                "  actions: [{type: scale}]\n  hpaRef: {name: api, namespace: shop}\n"
+            ))
+            .is_ok()
+        );
     }
 
     #[test]
