@@ -15,11 +15,11 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::StreamExt;
@@ -31,7 +31,8 @@ use crate::reconcile::Decider;
 use crate::reconcile::controller::{self, Caches, Context, RuleResource};
 use crate::reconcile::leader::{self, Leadership, LeaseConfig};
 use crate::reconcile::ledger::Ledger;
-use crate::rules::load::{LoadReport, RuleKind};
+use crate::rules::crd::ActionApproval;
+use crate::rules::load::{LoadReport, RuleKey, RuleKind};
 use crate::standalone::{Pipeline, PipelineConfig, ReconcileDriver};
 use crate::{Error, Result};
 
@@ -63,6 +64,8 @@ pub struct ClusterConfig {
     pub allow_url_hosts: Vec<String>,
     /// The pause switch: a ConfigMap's namespace and name.
     pub control: (String, String),
+    /// How long an ActionApproval stays in force.
+    pub approval_ttl: Duration,
 }
 
 /// This replica's name: `POD_NAME` (the downward API), else the host name.
@@ -117,7 +120,50 @@ fn reflect<K: RuleResource>(
     reader
 }
 
-fn apis<K: RuleResource>(client: &Client, namespaces: &[String]) -> Vec<Api<K>> {
+/// Starts a reflector of the approvals of held actions; each approval seen wakes the
+/// reconcile of the rule it names.
+fn reflect_approvals(
+    api: Api<ActionApproval>,
+    ledger: Arc<Ledger>,
+    stop: watch::Receiver<bool>,
+) -> Store<ActionApproval> {
+    let (reader, writer) = reflector::store();
+    let events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|object| {
+            object.metadata.managed_fields = None;
+        });
+    let stream = reflector::reflector(writer, events);
+    tokio::spawn(async move {
+        let mut stream = pin!(stream);
+        let mut stop = pin!(stopped(stop));
+        loop {
+            tokio::select! {
+                event = stream.next() => match event {
+                    Some(Ok(watcher::Event::Apply(approval) | watcher::Event::InitApply(approval))) => {
+                        ledger.mark(RuleKey {
+                            kind: RuleKind::AnomalyAction,
+                            namespace: approval.metadata.namespace.clone().unwrap_or_default(),
+                            name: approval.spec.rule.clone(),
+                        });
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "watch of ActionApprovals failed; retrying with backoff");
+                    }
+                    None => return,
+                },
+                () = &mut stop => return,
+            }
+        }
+    });
+    reader
+}
+
+fn apis<K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>>(
+    client: &Client,
+    namespaces: &[String],
+) -> Vec<Api<K>> {
     if namespaces.is_empty() {
         vec![Api::all(client.clone())]
     } else {
@@ -404,6 +450,10 @@ pub async fn run(
             .into_iter()
             .map(|api| reflect(api, changed.clone(), stop.clone()))
             .collect(),
+        approvals: apis(&client, &config.namespaces)
+            .into_iter()
+            .map(|api| reflect_approvals(api, ledger.clone(), stop.clone()))
+            .collect(),
     };
 
     let (leadership, election) = match &config.lease {
@@ -448,6 +498,7 @@ pub async fn run(
         recorder,
         actuator,
         config.max_action_lag,
+        config.approval_ttl,
     );
     let reconciler = tokio::spawn(controller::run(ctx.clone(), stopped(stop.clone())));
     let source = tokio::spawn(rule_source(

@@ -173,6 +173,10 @@ struct RunArgs {
     /// live; in the Lease's namespace.
     #[arg(long, default_value = "prophet-control")]
     control_configmap: String,
+    /// Cluster mode: how long an ActionApproval stays in force after it is created (it
+    /// acts only while its detection is still tripped).
+    #[arg(long, default_value = "1h", value_parser = parse_interval)]
+    approval_ttl: std::time::Duration,
     /// How long a client has to send a whole request head (e.g. 10s); a connection
     /// still short of one is closed. Also ends a keep-alive connection that sends no
     /// next request within it.
@@ -345,6 +349,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
             alertmanagers: args.alertmanager_urls,
             allow_url_hosts: args.allow_url_hosts,
             control: (control_namespace, args.control_configmap),
+            approval_ttl: args.approval_ttl,
         };
         return runtime.block_on(cluster::run(config, shutdown_signal()));
     }

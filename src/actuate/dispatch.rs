@@ -114,6 +114,8 @@ pub struct Attempt {
     pub retry_after: Option<Duration>,
     pub version_before: Option<String>,
     pub version_after: Option<String>,
+    /// Who approved the action, for a rule with `requireApproval`.
+    pub approver: Option<String>,
 }
 
 impl Attempt {
@@ -139,6 +141,7 @@ impl Attempt {
                 version_before: acted.version_before,
                 version_after: acted.version_after,
                 target_ref: Some(acted.target),
+                approver: None,
             },
             Err(error) => {
                 let (result, retry_after) = match &error {
@@ -156,6 +159,7 @@ impl Attempt {
                     retry_after,
                     version_before: None,
                     version_after: None,
+                    approver: None,
                 }
             }
         }
@@ -180,6 +184,7 @@ impl Attempt {
             retry_after: None,
             version_before: None,
             version_after: None,
+            approver: None,
         }
     }
 

@@ -42,7 +42,7 @@ use super::status::{self, Observed, Transition};
 use crate::actuate::dispatch::{Attempt, AttemptResult, ClusterActuator, RuleObject};
 use crate::http::AppState;
 use crate::metrics::{ControllerLabels, ReconcileLabels};
-use crate::rules::crd::ActionRecord;
+use crate::rules::crd::{ActionApproval, ActionRecord, PendingApproval};
 use crate::rules::crd::{
     AnomalyAction, AnomalyActionStatus, PredictiveScale, PredictiveScaleStatus, SLOViolation,
     SLOViolationStatus,
@@ -136,12 +136,14 @@ rule_resource!(
     RuleObject::Slo
 );
 
-/// The caches of the three kinds (one store per watched namespace, or one for all).
+/// The caches of the three kinds (one store per watched namespace, or one for all), and
+/// of the approvals of held actions.
 #[derive(Clone, Default)]
 pub struct Caches {
     pub anomaly: Vec<Store<AnomalyAction>>,
     pub predictive: Vec<Store<PredictiveScale>>,
     pub slo: Vec<Store<SLOViolation>>,
+    pub approvals: Vec<Store<ActionApproval>>,
 }
 
 fn find<K: RuleResource>(stores: &[Store<K>], key: &RuleKey) -> Option<Arc<K>> {
@@ -150,6 +152,28 @@ fn find<K: RuleResource>(stores: &[Store<K>], key: &RuleKey) -> Option<Arc<K>> {
 }
 
 impl Caches {
+    /// The approvals in force for one rule's held actions: naming the rule, created
+    /// less than `ttl` ago.
+    fn approvals_for(&self, rule: &RuleKey, ttl: Duration) -> Vec<Arc<ActionApproval>> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let ttl_seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        self.approvals
+            .iter()
+            .flat_map(|store| store.state())
+            .filter(|a| {
+                a.metadata.namespace.as_deref() == Some(rule.namespace.as_str())
+                    && a.spec.rule == rule.name
+                    && a.metadata.deletion_timestamp.is_none()
+                    && a.metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .is_some_and(|created| {
+                            now.as_second().saturating_sub(created.0.as_second()) < ttl_seconds
+                        })
+            })
+            .collect()
+    }
+
     /// Every cached resource, as rules.
     pub fn rules(&self) -> Vec<Rule> {
         let mut rules: Vec<Rule> = Vec::new();
@@ -224,7 +248,12 @@ pub struct Context {
     held: Mutex<HashMap<RuleKey, String>>,
     /// The newest K8sGPT analysis per rule, until written.
     analysis: Mutex<HashMap<RuleKey, String>>,
+    /// How long an ActionApproval stays in force after it is created.
+    approval_ttl: Duration,
 }
+
+/// How long an ActionApproval stays in force by default.
+pub const APPROVAL_TTL: Duration = Duration::from_secs(3600);
 
 /// The finalizer on a rule that holds side effects.
 pub const FINALIZER: &str = "aiops.prophet.io/cleanup";
@@ -283,6 +312,7 @@ impl Context {
             failing: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             analysis: Mutex::new(HashMap::new()),
+            approval_ttl: APPROVAL_TTL,
         })
     }
 
@@ -297,11 +327,13 @@ impl Context {
         recorder: Recorder,
         actuator: Arc<ClusterActuator>,
         max_action_lag: Duration,
+        approval_ttl: Duration,
     ) -> Arc<Self> {
         let mut ctx = Self::new(client, caches, ledger, app, leadership, recorder);
         if let Some(ctx) = Arc::get_mut(&mut ctx) {
             ctx.actuator = Some(actuator);
             ctx.max_action_lag = Some(max_action_lag);
+            ctx.approval_ttl = approval_ttl;
         }
         ctx
     }
@@ -459,11 +491,39 @@ fn plan_status<K: RuleResource>(
         .unwrap_or_else(|e| e.into_inner())
         .get(key)
         .cloned();
+    let pending: Vec<PendingApproval> = if key.kind == RuleKind::AnomalyAction {
+        ctx.ledger
+            .awaiting(key)
+            .iter()
+            .filter_map(|intent| {
+                Some(PendingApproval {
+                    detection: intent.detection.clone(),
+                    action: intent.decision.action.clone(),
+                    targets: intent
+                        .decision
+                        .targets
+                        .iter()
+                        .map(|p| format!("Pod {}/{}", p.namespace, p.name))
+                        .collect(),
+                    series: intent.decision.series.to_string(),
+                    detected_at: Time(
+                        k8s_openapi::jiff::Timestamp::from_second(
+                            intent.decision.sample_time_ms.div_euclid(1000),
+                        )
+                        .ok()?,
+                    ),
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let observed = Observed {
         compiled,
         level: level.as_ref(),
         generation: resource.meta().generation,
         now: &now,
+        pending_approvals: &pending,
         actions: &records,
         action_failure: failure.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
         analysis: analysis.as_deref(),
@@ -528,7 +588,27 @@ async fn act<K: RuleResource>(
         .current_status()
         .map(|s| K::last_actions(s).to_vec())
         .unwrap_or_default();
-    for mut intent in ctx.ledger.take_intents(key) {
+    // Held actions someone approved join the due ones, with who approved them.
+    let mut due = ctx.ledger.take_intents(key);
+    if key.kind == RuleKind::AnomalyAction {
+        let awaiting = ctx.ledger.awaiting(key);
+        if !awaiting.is_empty() {
+            let approvals = ctx.caches.approvals_for(key, ctx.approval_ttl);
+            for held in awaiting {
+                let Some(approval) = approvals
+                    .iter()
+                    .find(|a| a.spec.detection == held.detection)
+                else {
+                    continue;
+                };
+                if let Some(mut intent) = ctx.ledger.take_approved(key, &held.detection) {
+                    intent.approver = Some(approval.spec.approver.clone());
+                    due.push(intent);
+                }
+            }
+        }
+    }
+    for mut intent in due {
         if intent.attempts == 0 && stale(ctx, &intent) {
             tracing::info!(
                 rule = %key,
@@ -552,7 +632,8 @@ async fn act<K: RuleResource>(
                 .insert(key.clone(), analysis);
         }
         let mut again: Option<Attempt> = None;
-        for attempt in acting.attempts {
+        for mut attempt in acting.attempts {
+            attempt.approver.clone_from(&intent.approver);
             if attempt.retry() {
                 // A failure repeated with the same reason is recorded once.
                 let repeated = intent.attempts > 0 && intent.last_failure == attempt.reason;
@@ -675,7 +756,7 @@ async fn record<K: RuleResource>(
             detection = attempt.detection.as_deref().unwrap_or(""),
             version_before = attempt.version_before.as_deref().unwrap_or(""),
             version_after = attempt.version_after.as_deref().unwrap_or(""),
-            approver = "",
+            approver = attempt.approver.as_deref().unwrap_or(""),
             message = %attempt.message,
             "action"
         );
@@ -703,7 +784,7 @@ async fn record<K: RuleResource>(
                 })
                 .observe(arrived.elapsed().as_secs_f64());
         }
-        records.push(attempt.record(&now, None));
+        records.push(attempt.record(&now, attempt.approver.as_deref()));
     }
     {
         let mut failing = ctx.failing.lock().unwrap_or_else(|e| e.into_inner());
@@ -1484,6 +1565,7 @@ mod api_tests {
                 actions: &[],
                 action_failure: None,
                 analysis: None,
+                pending_approvals: &[],
             },
         );
         let (ctx, _handle, _pipeline) = context(resource(current), &[], true).await;

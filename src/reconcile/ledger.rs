@@ -25,6 +25,9 @@ const TRIPPED_KEPT: usize = 1_000;
 /// time this replica leads anyway).
 const INTENTS_KEPT: usize = 64;
 
+/// Most actions held for approval per rule.
+const AWAITING_KEPT: usize = 10;
+
 /// An action decided and not yet carried out: taken by the leader's reconcile of the
 /// rule, which acts on it or, when it failed in a way worth retrying, puts it back.
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ pub struct Intent {
     pub not_before: Option<Instant>,
     /// The reason of the last failure: the same failure again is not recorded again.
     pub last_failure: Option<&'static str>,
+    /// Who approved it, for a rule with `requireApproval`.
+    pub approver: Option<String>,
 }
 
 /// The detection id of a trip: 16 hex digits of a stable hash (never the process's
@@ -62,6 +67,8 @@ pub struct RuleLevel {
     pub tripped_uncounted: usize,
     /// Actions decided and not yet done, oldest first.
     pub intents: VecDeque<Intent>,
+    /// Actions held by `requireApproval`, oldest first, while their series stays tripped.
+    pub awaiting: VecDeque<Intent>,
     /// The newest trip's detection id and deciding sample time: level actions (an SLO's
     /// HPA claim, a chaos pause, a NodePool reservation) hold while a rule is tripped and
     /// name this detection.
@@ -161,6 +168,7 @@ impl Ledger {
                     level.tripped_labels.clear();
                     level.tripped_uncounted = 0;
                     level.intents.clear();
+                    level.awaiting.clear();
                     level.current_detection = None;
                 }
             }
@@ -193,6 +201,10 @@ impl Ledger {
                 }
                 Change::Cleared => {
                     level.tripped_labels.remove(&series);
+                    // A held action is for its detection only: gone with it.
+                    level
+                        .awaiting
+                        .retain(|i| i.decision.series.to_string() != series);
                     if level.tripped.remove(&series).is_none() {
                         level.tripped_uncounted = level.tripped_uncounted.saturating_sub(1);
                     }
@@ -210,6 +222,24 @@ impl Ledger {
             }
             if let Some(decision) = decision {
                 level.last_decision = Some(decision.clone());
+                if decision.outcome == Outcome::AwaitingApproval && !decision.dry_run {
+                    if level.awaiting.len() >= AWAITING_KEPT {
+                        level.awaiting.pop_front();
+                    }
+                    level.awaiting.push_back(Intent {
+                        decision: decision.clone(),
+                        detection: detection_id(
+                            &verdict.rule,
+                            &verdict.series,
+                            verdict.sample_time_ms,
+                        ),
+                        arrived: verdict.arrived,
+                        attempts: 0,
+                        not_before: None,
+                        last_failure: None,
+                        approver: None,
+                    });
+                }
                 if decision.outcome == Outcome::Act && !decision.dry_run {
                     if level.intents.len() >= INTENTS_KEPT {
                         level.intents.pop_front();
@@ -225,6 +255,7 @@ impl Ledger {
                         attempts: 0,
                         not_before: None,
                         last_failure: None,
+                        approver: None,
                     });
                 }
             }
@@ -245,6 +276,25 @@ impl Ledger {
             .partition(|i| i.not_before.is_none_or(|t| t <= now));
         level.intents.extend(waiting);
         due
+    }
+
+    /// The actions of a rule held for approval, oldest first.
+    pub fn awaiting(&self, rule: &RuleKey) -> Vec<Intent> {
+        self.lock_levels()
+            .get(rule)
+            .map(|l| l.awaiting.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes the held action of `detection` (approved) out of the held ones.
+    pub fn take_approved(&self, rule: &RuleKey, detection: &str) -> Option<Intent> {
+        let mut levels = self.lock_levels();
+        let level = levels.get_mut(rule)?;
+        let index = level
+            .awaiting
+            .iter()
+            .position(|i| i.detection == detection)?;
+        level.awaiting.remove(index)
     }
 
     /// Puts back actions to retry (at their `not_before`), ahead of newer ones.

@@ -11,8 +11,8 @@ use super::ledger::RuleLevel;
 use crate::actuate::Outcome;
 use crate::http::RuleStatus;
 use crate::rules::crd::{
-    ActionRecord, AnomalyActionStatus, AnomalyPhase, Forecast, PredictiveScalePhase,
-    PredictiveScaleStatus, SLOViolationStatus, SloPhase,
+    ActionRecord, AnomalyActionStatus, AnomalyPhase, Forecast, PendingApproval,
+    PredictiveScalePhase, PredictiveScaleStatus, SLOViolationStatus, SloPhase,
 };
 
 /// Everything a desired status is decided from.
@@ -33,6 +33,8 @@ pub struct Observed<'a> {
     pub action_failure: Option<(&'a str, &'a str)>,
     /// K8sGPT's analysis of what was last acted on.
     pub analysis: Option<&'a str>,
+    /// Actions held by `requireApproval` now.
+    pub pending_approvals: &'a [PendingApproval],
 }
 
 /// How many actions `status.lastActions` keeps.
@@ -212,26 +214,24 @@ fn tripped_condition(
 fn approval_condition(
     conditions: &mut Vec<Condition>,
     previous: &[Condition],
-    level: Option<&RuleLevel>,
-    tripped: bool,
     observed: &Observed<'_>,
 ) {
-    let held = level
-        .and_then(|l| l.last_decision.as_ref())
-        .filter(|d| tripped && d.outcome == Outcome::AwaitingApproval);
-    let (status, reason, message) = match held {
-        Some(decision) => (
+    let (status, reason, message) = match observed.pending_approvals {
+        [] => (
+            false,
+            "NothingHeld",
+            "no action is waiting for approval".to_owned(),
+        ),
+        [first, ..] => (
             true,
             "RequireApproval",
             format!(
-                "{} of {} is held until approved (requireApproval)",
-                decision.action, decision.series
+                "{} action(s) held until approved (requireApproval); the oldest: {} of {} for detection {}: approve it with an ActionApproval naming rule and detection",
+                observed.pending_approvals.len(),
+                first.action,
+                first.series,
+                first.detection
             ),
-        ),
-        None => (
-            false,
-            "NothingHeld",
-            "no action is waiting for approval".into(),
         ),
     };
     set_condition(
@@ -282,7 +282,7 @@ pub fn anomaly_action(
     let validity = common_conditions(&mut conditions, previous, observed)?;
     let level = observed.level;
     let tripped = tripped_condition(&mut conditions, previous, level, observed);
-    approval_condition(&mut conditions, previous, level, tripped, observed);
+    approval_condition(&mut conditions, previous, observed);
     let failing = action_condition(&mut conditions, previous, observed);
     let (acted, acted_at) = changes(observed);
     let was_detected = current.is_some_and(|s| {
@@ -313,6 +313,7 @@ pub fn anomaly_action(
         last_detected,
         last_remediated: acted_at.or_else(|| current.and_then(|s| s.last_remediated.clone())),
         remediation_count: current.map_or(0, |s| s.remediation_count) + acted,
+        pending_approvals: observed.pending_approvals.to_vec(),
         k8sgpt_analysis: observed
             .analysis
             .map(str::to_owned)
@@ -556,6 +557,7 @@ mod tests {
             actions: &[],
             action_failure: None,
             analysis: None,
+            pending_approvals: &[],
         };
         let status = anomaly_action(None, &observed).unwrap();
         assert_eq!(status.phase, AnomalyPhase::Pending);
@@ -576,6 +578,7 @@ mod tests {
             actions: &[],
             action_failure: None,
             analysis: None,
+            pending_approvals: &[],
         };
         let status = anomaly_action(None, &observed).unwrap();
         assert_eq!(status.phase, AnomalyPhase::Failed);
@@ -612,6 +615,7 @@ mod tests {
             actions: &[],
             action_failure: None,
             analysis: None,
+            pending_approvals: &[],
         };
         assert!(anomaly_action(None, &observed).is_none());
     }
@@ -631,6 +635,7 @@ mod tests {
                 actions: &[],
                 action_failure: None,
                 analysis: None,
+                pending_approvals: &[],
             },
         )
         .unwrap();
@@ -657,6 +662,7 @@ mod tests {
                 actions: &[],
                 action_failure: None,
                 analysis: None,
+                pending_approvals: &[],
             },
         )
         .unwrap();
@@ -678,28 +684,16 @@ mod tests {
     }
 
     #[test]
-    fn a_held_action_awaits_approval_while_tripped() {
+    fn a_held_action_awaits_approval_and_says_which_detection_to_approve() {
         let compiled = compiled("active", 1);
-        let mut level = tripped(&[r#"m{pod="a"}"#], 50_000);
-        let verdict = crate::eval::Verdict {
-            rule: compiled.rule.clone(),
-            change: crate::eval::Change::Tripped,
-            series: crate::labels::Labels::from_pairs([("__name__", "m"), ("pod", "a")]),
-            value: Some(2.0),
-            sample_time_ms: 50_000,
-            reason: "m > 1".into(),
-            targets: Vec::new(),
-            untargeted: None,
-            forecast: None,
-            arrived: std::time::Instant::now(),
-        };
-        level.last_decision = Some(crate::actuate::Decision::new(
-            &verdict,
-            "restart",
-            Outcome::AwaitingApproval,
-            "held".into(),
-            true,
-        ));
+        let level = tripped(&[r#"m{pod="a"}"#], 50_000);
+        let held = [PendingApproval {
+            detection: "3f2a9c0d11e4b7a2".into(),
+            action: "restart".into(),
+            targets: vec!["Pod shop/a".into()],
+            series: r#"m{pod="a"}"#.into(),
+            detected_at: now(50),
+        }];
         let t = now(100);
         let observed = Observed {
             compiled: Some(&compiled),
@@ -709,31 +703,115 @@ mod tests {
             actions: &[],
             action_failure: None,
             analysis: None,
+            pending_approvals: &held,
         };
         let status = anomaly_action(None, &observed).unwrap();
         assert_eq!(
             condition_status(&status.conditions, AWAITING_APPROVAL),
             Some("True")
         );
+        let condition = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == AWAITING_APPROVAL)
+            .unwrap();
+        assert!(
+            condition.message.contains("3f2a9c0d11e4b7a2"),
+            "{}",
+            condition.message
+        );
+        assert_eq!(status.pending_approvals, held);
         let events = transitions(&[], &status.conditions, None);
         assert!(
             events.iter().any(|e| e.reason == "AwaitingApproval"),
             "{events:?}"
         );
-        let mut calm = level.clone();
-        calm.tripped.clear();
-        let cleared = anomaly_action(
+        // Approved and done (or its series cleared): nothing held any more.
+        let done = anomaly_action(
             Some(&status),
             &Observed {
-                level: Some(&calm),
+                pending_approvals: &[],
                 ..observed
             },
         )
         .unwrap();
         assert_eq!(
-            condition_status(&cleared.conditions, AWAITING_APPROVAL),
+            condition_status(&done.conditions, AWAITING_APPROVAL),
             Some("False")
         );
+        assert!(done.pending_approvals.is_empty());
+    }
+
+    #[test]
+    fn an_action_failing_shows_until_one_succeeds_and_counts_only_changes() {
+        let compiled = compiled("active", 1);
+        let level = tripped(&[r#"m{pod="a"}"#], 50_000);
+        let t = now(100);
+        let record = |result: &str| ActionRecord {
+            time: now(90),
+            action: "evict".into(),
+            target: "Pod shop/a".into(),
+            target_uid: Some("u1".into()),
+            result: result.into(),
+            message: Some("detail".into()),
+            detection: Some("d1".into()),
+            approver: None,
+        };
+        let failed = [record("Failed")];
+        let observed = Observed {
+            compiled: Some(&compiled),
+            level: Some(&level),
+            generation: Some(1),
+            now: &t,
+            actions: &failed,
+            action_failure: Some((
+                "DisruptionBudget",
+                "evict Pod shop/a: the budget allows none",
+            )),
+            analysis: None,
+            pending_approvals: &[],
+        };
+        let status = anomaly_action(None, &observed).unwrap();
+        assert_eq!(status.phase, AnomalyPhase::Failed);
+        assert_eq!(status.remediation_count, 0);
+        assert_eq!(
+            condition_status(&status.conditions, ACTION_FAILED),
+            Some("True")
+        );
+        assert!(
+            transitions(&[], &status.conditions, None)
+                .iter()
+                .any(|e| e.reason == "ActionFailed")
+        );
+        let succeeded = [record("Succeeded")];
+        let retried = anomaly_action(
+            Some(&status),
+            &Observed {
+                actions: &succeeded,
+                action_failure: None,
+                ..observed
+            },
+        )
+        .unwrap();
+        assert_eq!(retried.phase, AnomalyPhase::Remediating);
+        assert_eq!(retried.remediation_count, 1);
+        assert_eq!(retried.last_actions.len(), 2);
+        assert_eq!(retried.last_actions[0].result, "Succeeded");
+        assert_eq!(
+            condition_status(&retried.conditions, ACTION_FAILED),
+            Some("False")
+        );
+        // Written once: the same reconcile again (nothing new) changes nothing.
+        let again = anomaly_action(
+            Some(&retried),
+            &Observed {
+                actions: &[],
+                action_failure: None,
+                ..observed
+            },
+        )
+        .unwrap();
+        assert_eq!(again, retried);
     }
 
     #[test]
@@ -755,6 +833,7 @@ mod tests {
                 actions: &[],
                 action_failure: None,
                 analysis: None,
+                pending_approvals: &[],
             },
         )
         .unwrap();
@@ -777,6 +856,7 @@ mod tests {
             actions: &[],
             action_failure: None,
             analysis: None,
+            pending_approvals: &[],
         };
         let violated = slo_violation(None, &observed).unwrap();
         assert_eq!(violated.phase, SloPhase::Violated);

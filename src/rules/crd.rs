@@ -454,6 +454,11 @@ pub struct AnomalyActionStatus {
     #[serde(default)]
     pub remediation_count: i64,
 
+    /// Actions held by `requireApproval`, each until an ActionApproval names its
+    /// detection or its series clears (at most 10, oldest first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_approvals: Vec<PendingApproval>,
+
     /// K8sGPT's analysis of the workload last acted on (bounded), when `k8sgpt.enabled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k8sgpt_analysis: Option<String>,
@@ -1213,6 +1218,76 @@ pub enum SloPhase {
 }
 
 // ---------------------------------------------------------------------------------------
+// ActionApproval
+// ---------------------------------------------------------------------------------------
+
+/// Approves one held action of an AnomalyAction with `requireApproval`.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "aiops.prophet.io",
+    version = "v1alpha1",
+    kind = "ActionApproval",
+    plural = "actionapprovals",
+    namespaced,
+    derive = "PartialEq",
+    shortname = "approval",
+    category = "prophet",
+    doc = "An ActionApproval lets Prophet carry out one action an AnomalyAction with requireApproval holds: the detection named in the rule's status.pendingApprovals. Who may approve is whoever may create ActionApprovals in the namespace (RBAC), apart from who may edit the rule; the ValidatingAdmissionPolicy in deploy/ makes spec.approver the name of the user who creates it. An approval acts only while that detection is still tripped, and expires (Prophet's --approval-ttl, one hour by default, from its creation).",
+    printcolumn(
+        name = "Rule",
+        type_ = "string",
+        json_path = ".spec.rule",
+        description = "The AnomalyAction whose action is approved"
+    ),
+    printcolumn(
+        name = "Detection",
+        type_ = "string",
+        json_path = ".spec.detection",
+        description = "The detection approved"
+    ),
+    printcolumn(
+        name = "Approver",
+        type_ = "string",
+        json_path = ".spec.approver",
+        description = "Who approved"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionApprovalSpec {
+    /// Name of the AnomalyAction, in this namespace, whose held action is approved.
+    pub rule: String,
+    /// The detection approved, as the rule's `status.pendingApprovals[].detection` names
+    /// it: one action, for that detection only.
+    pub detection: String,
+    /// Who approves: the user name of whoever creates this object (the admission policy
+    /// shipped in deploy/ rejects any other), recorded with the action.
+    pub approver: String,
+}
+
+/// An action held by `requireApproval`, as shown in an AnomalyAction's status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingApproval {
+    /// The detection to name in an ActionApproval.
+    pub detection: String,
+    /// The action proposed (`restart`, `scale`).
+    pub action: String,
+    /// The pods it would act on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    /// The tripped series.
+    pub series: String,
+    /// When the series tripped (event time).
+    pub detected_at: Time,
+}
+
+// ---------------------------------------------------------------------------------------
 // CRD generation
 // ---------------------------------------------------------------------------------------
 
@@ -1222,6 +1297,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         AnomalyAction::crd(),
         PredictiveScale::crd(),
         SLOViolation::crd(),
+        ActionApproval::crd(),
     ]
 }
 

@@ -483,3 +483,188 @@ spec:
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Installs deploy/approvals.yaml (the approver ClusterRole and the admission policy),
+/// once per test binary; waits until the policy is enforced.
+fn install_approvals(cluster: &Cluster) {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let file =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/approvals.yaml");
+        cluster.kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    });
+}
+
+/// `kubectl create -f -` of an approval as `user`: whether it was accepted, and what
+/// kubectl said.
+fn approve_as(cluster: &Cluster, user: &str, yaml: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(&cluster.kubectl)
+        .args(["create", "-f", "-", "--as", user])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_restart_waits_for_an_approver_and_records_who() {
+    let Some(cluster) = common::k8s::cluster() else {
+        return;
+    };
+    cluster.install_crds();
+    install_approvals(cluster);
+    let ns = cluster.namespace("approve");
+    let client = cluster.client().await;
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&deployment(&ns, "db", 2)));
+    let before = pods(&client, &ns, "db", 2).await;
+    cluster.kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "rolebinding",
+        "approvers",
+        "--clusterrole=prophet-approver",
+        "--user=alice",
+    ]);
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"
+apiVersion: aiops.prophet.io/v1alpha1
+kind: AnomalyAction
+metadata: {{name: memory, namespace: {ns}}}
+spec:
+  metric: container_memory_working_set_bytes
+  threshold: "> 1Gi"
+  remediation: {{type: restart, requireApproval: true, cooldownSeconds: 300}}
+"#
+        )),
+    );
+    let (_prophet, addr) = start_prophet(cluster, &ns, &[]);
+    let rules: Api<AnomalyAction> = Api::namespaced(client.clone(), &ns);
+    eventually("the rule to be Ready", Duration::from_secs(60), || async {
+        let rule = rules.get("memory").await.ok()?;
+        rule.status?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+            .map(|_| ())
+    })
+    .await;
+    let (pod, uid) = &before[0];
+    write(
+        &addr,
+        vec![memory(
+            &ns,
+            pod,
+            common::now_ms(),
+            2.0 * 1024.0 * 1024.0 * 1024.0,
+        )],
+    )
+    .await;
+
+    let held = eventually(
+        "the action held for approval",
+        Duration::from_secs(60),
+        || async {
+            let status = rules.get("memory").await.ok()?.status?;
+            status.pending_approvals.first().cloned()
+        },
+    )
+    .await;
+    assert_eq!(held.action, "restart");
+    assert_eq!(held.targets, vec![format!("Pod {ns}/{pod}")]);
+    assert!(
+        !pod_gone(&client, &ns, pod, uid).await,
+        "acted before approval"
+    );
+
+    let approval = |approver: &str, name: &str| {
+        format!(
+            "apiVersion: aiops.prophet.io/v1alpha1\nkind: ActionApproval\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{rule: memory, detection: \"{}\", approver: {approver}}}\n",
+            held.detection
+        )
+    };
+    // Someone RBAC does not let approve: refused by the API server; nothing happens.
+    let (accepted, said) = approve_as(cluster, "bob", &approval("bob", "by-bob"));
+    assert!(!accepted, "{said}");
+    assert!(said.contains("forbidden"), "{said}");
+    // An approver naming someone else: refused by the admission policy.
+    let (accepted, said) = eventually_sync(|| {
+        let (accepted, said) = approve_as(cluster, "alice", &approval("carol", "as-carol"));
+        // The policy takes a moment to be enforced after it is installed.
+        (!accepted).then_some((accepted, said))
+    });
+    assert!(!accepted);
+    assert!(
+        said.contains("spec.approver must be your own user name"),
+        "{said}"
+    );
+    assert!(
+        !pod_gone(&client, &ns, pod, uid).await,
+        "acted without an approval"
+    );
+
+    // Alice approves as herself: the pod is evicted and the record names her.
+    let (accepted, said) = approve_as(cluster, "alice", &approval("alice", "by-alice"));
+    assert!(accepted, "{said}");
+    eventually("the approved eviction", Duration::from_secs(60), || async {
+        pod_gone(&client, &ns, pod, uid).await.then_some(())
+    })
+    .await;
+    let status = eventually(
+        "the record of who approved",
+        Duration::from_secs(60),
+        || async {
+            let status = rules.get("memory").await.ok()?.status?;
+            status
+                .last_actions
+                .iter()
+                .any(|a| a.action == "evict" && a.result == "Succeeded")
+                .then_some(status)
+        },
+    )
+    .await;
+    let record = status
+        .last_actions
+        .iter()
+        .find(|a| a.action == "evict")
+        .unwrap();
+    assert_eq!(record.approver.as_deref(), Some("alice"));
+    assert_eq!(record.detection.as_deref(), Some(held.detection.as_str()));
+    assert!(
+        status.pending_approvals.is_empty(),
+        "{:?}",
+        status.pending_approvals
+    );
+}
+
+/// Polls a blocking check for at most a minute.
+fn eventually_sync<T>(mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
