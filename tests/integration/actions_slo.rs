@@ -223,22 +223,31 @@ async fn rollback_steps_back_once_per_detection_and_never_returns_to_a_left_roll
         Some(hashes[2].clone())
     );
     assert_eq!(acted.version_after, now.metadata.resource_version);
-    // The controller rolls out v2 again from its old ReplicaSet (no new one).
+    // The controller rolls out v2 again from its old ReplicaSet (no new one), which
+    // becomes revision 4: v3's revision 3 is now the newest earlier one.
     assert_eq!(
         rolled_out(&client, &ns, "api", "registry.invalid/api:v2").await,
         hashes[1]
     );
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let v2 = format!("api-{}", hashes[1]);
+    eventually("v2's ReplicaSet to be revision 4", WAIT, || async {
+        let rs = replica_sets.get(&v2).await.ok()?;
+        (annotation(&rs.metadata, "deployment.kubernetes.io/revision").as_deref() == Some("4"))
+            .then_some(())
+    })
+    .await;
 
     // The same detection again changes nothing.
     let again = rollback::rollback(&client, &rule, &ns, "api", "det-1")
         .await
         .expect("answered");
     assert!(!again.changed, "{}", again.summary);
+    assert_eq!(again.version_before, again.version_after);
+    // (Its status moves on as the controller works; its spec does not.)
     let after = deployments.get("api").await.unwrap();
-    assert_eq!(
-        after.metadata.resource_version,
-        now.metadata.resource_version
-    );
+    assert_eq!(after.metadata.generation, now.metadata.generation);
+    assert_eq!(image_of(&after), "registry.invalid/api:v2");
 
     // A new detection rolls back further, to v1, not back to v3 (revision 3, now the
     // newest earlier revision than v2's renumbered 4).
@@ -463,7 +472,8 @@ async fn chaos_experiments_pause_while_claimed_and_a_users_pause_is_kept() {
     install_chaos_mesh(cluster);
     let client = cluster.client().await;
     let ns = cluster.namespace("chaos");
-    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&experiments(&ns)));
+    // Created, not applied: kubectl apply would add an annotation of its own.
+    cluster.kubectl_stdin(&["create", "-f", "-"], Some(&experiments(&ns)));
     let first = actor(&ns, "checkout-slo", "dddd4444-0000-0000-0000-000000000004");
     let second = actor(&ns, "search-slo", "eeee5555-0000-0000-0000-000000000005");
     let schedules = chaos_api(&client, &ns, "Schedule", "schedules");
