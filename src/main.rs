@@ -159,6 +159,10 @@ struct RunArgs {
     /// minute; the rest wait for the budget.
     #[arg(long, default_value_t = 30)]
     max_actions_per_minute: u32,
+    /// Cluster mode: the namespace where the K8sGPT operator writes its Result objects
+    /// (for `k8sgpt.enabled` rules). Default: read them in every namespace.
+    #[arg(long)]
+    k8sgpt_namespace: Option<String>,
     /// Cluster mode: an Alertmanager to send alerts to (repeatable: every replica of an
     /// HA Alertmanager, as Prometheus does), e.g. http://alertmanager.monitoring:9093.
     #[arg(long = "alertmanager-url", value_name = "URL")]
@@ -345,6 +349,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
                 dry_run: args.dry_run,
                 allow_cross_namespace: args.allow_cross_namespace,
                 max_actions_per_minute: args.max_actions_per_minute,
+                k8sgpt_namespace: args.k8sgpt_namespace,
             },
             alertmanagers: args.alertmanager_urls,
             allow_url_hosts: args.allow_url_hosts,

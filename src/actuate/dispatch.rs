@@ -39,6 +39,9 @@ pub struct ActionConfig {
     pub allow_cross_namespace: bool,
     /// `--max-actions-per-minute`: every action that changes something draws from it.
     pub max_actions_per_minute: u32,
+    /// `--k8sgpt-namespace`: where the K8sGPT operator writes its Results; `None`: read
+    /// them in every namespace.
+    pub k8sgpt_namespace: Option<String>,
 }
 
 impl Default for ActionConfig {
@@ -47,6 +50,7 @@ impl Default for ActionConfig {
             dry_run: false,
             allow_cross_namespace: false,
             max_actions_per_minute: 30,
+            k8sgpt_namespace: None,
         }
     }
 }
@@ -629,7 +633,13 @@ impl ClusterActuator {
                     .collect();
                 match tokio::time::timeout(
                     ANALYSIS_TIMEOUT,
-                    k8sgpt::analysis(&self.client, &actor.namespace, &targets, ANALYSIS_CHARS),
+                    k8sgpt::analysis(
+                        &self.client,
+                        self.config.k8sgpt_namespace.as_deref(),
+                        &actor.namespace,
+                        &targets,
+                        ANALYSIS_CHARS,
+                    ),
                 )
                 .await
                 {
@@ -831,11 +841,14 @@ impl ClusterActuator {
                     reason,
                     message.clone(),
                 ));
-            } else {
+            } else if violated {
                 let result =
-                    chaos::set_paused(&self.client, &actor, &actor.namespace, chaos, violated)
-                        .await;
+                    chaos::set_paused(&self.client, &actor, &actor.namespace, chaos, true).await;
                 attempts.push(Attempt::from_result(action, &target, detection, result));
+            } else {
+                // Healthy: this rule's claim goes (an experiment already gone is fine).
+                let result = chaos::release(&self.client, &actor, &actor.namespace, chaos).await;
+                attempts.extend(released(action, &target, result));
             }
         }
         attempts

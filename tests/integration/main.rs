@@ -9,6 +9,7 @@
 mod common;
 
 mod actions_cluster;
+mod actions_slo;
 mod anomaly;
 mod auth;
 mod catch_up;
