@@ -250,6 +250,10 @@ pub struct Context {
     analysis: Mutex<HashMap<RuleKey, String>>,
     /// How long an ActionApproval stays in force after it is created.
     approval_ttl: Duration,
+    /// Events held back by [`EVENT_INTERVAL`], published once it passed if the status
+    /// they announce still holds (a flap must not leave a Tripped rule without its
+    /// Event).
+    suppressed: Mutex<HashMap<RuleKey, Vec<Transition>>>,
 }
 
 /// How long an ActionApproval stays in force by default.
@@ -313,6 +317,7 @@ impl Context {
             held: Mutex::new(HashMap::new()),
             analysis: Mutex::new(HashMap::new()),
             approval_ttl: APPROVAL_TTL,
+            suppressed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -389,6 +394,24 @@ async fn reconcile_kind<K: RuleResource>(
         act(ctx, &actuator, resource.as_ref(), key).await?;
     }
     let uid = resource.meta().uid.clone().unwrap_or_default();
+    let held_back = !ctx
+        .suppressed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(key);
+    if !held_back {
+        let remembered = ctx
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .filter(|(written_uid, _)| *written_uid == uid)
+            .and_then(|(_, value)| serde_json::from_value::<K::Status>(value.clone()).ok());
+        let status = remembered.or_else(|| resource.current_status().cloned());
+        if let Some(status) = status {
+            publish_held_back(ctx, resource.as_ref(), key, K::conditions(&status)).await;
+        }
+    }
     let Some((current, desired, recorded)) = plan_status(ctx, resource.as_ref(), key, &uid) else {
         return Ok(Reconciled::Unchanged);
     };
@@ -450,13 +473,61 @@ async fn reconcile_kind<K: RuleResource>(
     }
     let before = current.map_or(&[][..], |s| K::conditions(s));
     for transition in status::transitions(before, K::conditions(&desired), K::message(&desired)) {
-        if ctx.event_allowed(key, transition.reason)
-            && publish(ctx, resource.as_ref(), &transition).await
-        {
+        if !ctx.event_allowed(key, transition.reason) {
+            hold_back(ctx, key, transition);
+            continue;
+        }
+        if publish(ctx, resource.as_ref(), &transition).await {
             ctx.event_published(key, transition.reason);
         }
     }
     Ok(Reconciled::Written)
+}
+
+/// Keeps an Event the rate limit held back, and wakes the rule when it may go.
+fn hold_back(ctx: &Context, key: &RuleKey, transition: Transition) {
+    {
+        let mut suppressed = ctx.suppressed.lock().unwrap_or_else(|e| e.into_inner());
+        let held = suppressed.entry(key.clone()).or_default();
+        held.retain(|t| t.reason != transition.reason);
+        held.push(transition);
+    }
+    let ledger = ctx.ledger.clone();
+    let key = key.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(EVENT_INTERVAL).await;
+        ledger.mark(key);
+    });
+}
+
+/// Publishes the Events held back for a rule whose time has come, if what they announce
+/// still holds in `conditions`; drops those it no longer does.
+async fn publish_held_back<K: RuleResource>(
+    ctx: &Context,
+    resource: &K,
+    key: &RuleKey,
+    conditions: &[Condition],
+) {
+    let due: Vec<Transition> = {
+        let mut suppressed = ctx.suppressed.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(held) = suppressed.get_mut(key) else {
+            return;
+        };
+        held.retain(|t| status::transition_holds(t.reason, conditions));
+        let (due, waiting): (Vec<Transition>, Vec<Transition>) = held
+            .drain(..)
+            .partition(|t| ctx.event_allowed(key, t.reason));
+        *held = waiting;
+        if held.is_empty() {
+            suppressed.remove(key);
+        }
+        due
+    };
+    for transition in due {
+        if publish(ctx, resource, &transition).await {
+            ctx.event_published(key, transition.reason);
+        }
+    }
 }
 
 /// The status a rule has (as this leader last wrote it, or as the cache holds it), the

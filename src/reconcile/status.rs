@@ -515,6 +515,21 @@ pub fn transitions(
     out
 }
 
+/// Whether the status a transition's Event announced still holds in `conditions`: an
+/// Event held back by the rate limit is published late only if so.
+pub fn transition_holds(reason: &str, conditions: &[Condition]) -> bool {
+    let status = |kind| condition_status(conditions, kind);
+    match reason {
+        "RuleInvalid" => status(RULE_VALID) == Some("False"),
+        "RuleValid" => status(RULE_VALID) == Some("True"),
+        "AwaitingApproval" => status(AWAITING_APPROVAL) == Some("True"),
+        "ActionFailed" => status(ACTION_FAILED) == Some("True"),
+        "Tripped" => status(TRIPPED) == Some("True"),
+        "Resolved" => status(TRIPPED) == Some("False"),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
