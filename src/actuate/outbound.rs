@@ -56,8 +56,14 @@ impl Allowed {
         if entry.is_empty() {
             return None;
         }
+        let name_ok = |name: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        };
         if let Some(suffix) = entry.strip_prefix("*.") {
-            return (!suffix.is_empty()).then(|| Self::Suffix(format!(".{suffix}")));
+            return name_ok(suffix).then(|| Self::Suffix(format!(".{suffix}")));
         }
         let (addr, prefix) = match entry.split_once('/') {
             Some((addr, prefix)) => (addr, Some(prefix)),
@@ -72,7 +78,7 @@ impl Allowed {
             };
             return Some(Self::Net(ip, prefix));
         }
-        if prefix.is_some() {
+        if prefix.is_some() || !name_ok(&entry) {
             return None;
         }
         Some(Self::Exact(entry))
@@ -660,6 +666,9 @@ mod tests {
         assert_eq!(Allowed::parse("10.0.0.0/33"), None);
         assert_eq!(Allowed::parse("name/8"), None);
         assert_eq!(Allowed::parse("*."), None);
+        assert_eq!(Allowed::parse("*"), None);
+        assert_eq!(Allowed::parse("a*.b"), None);
+        assert_eq!(Allowed::parse("host:9093"), None);
         assert_eq!(Allowed::parse(" "), None);
     }
 
