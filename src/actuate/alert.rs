@@ -56,7 +56,13 @@ pub struct Alert {
 
 /// Labels Prophet sets itself; a series label of the same name is kept as
 /// `exported_<name>`, as Prometheus does with clashing target labels.
-const OWN_LABELS: [&str; 5] = ["alertname", "prophet_rule", "namespace", "severity", "metric"];
+const OWN_LABELS: [&str; 5] = [
+    "alertname",
+    "prophet_rule",
+    "namespace",
+    "severity",
+    "metric",
+];
 
 impl Alert {
     /// The alert of `rule` for one tripped series. `severity` is the rule's (default
@@ -102,7 +108,12 @@ impl Alert {
         let mut annotations = BTreeMap::new();
         annotations.insert(
             "summary".to_owned(),
-            format!("{} {}/{}: {reason}", rule.kind.as_str(), rule.namespace, rule.name),
+            format!(
+                "{} {}/{}: {reason}",
+                rule.kind.as_str(),
+                rule.namespace,
+                rule.name
+            ),
         );
         let description = match value {
             Some(v) => format!("{reason} (value {v}) on {series}"),
@@ -137,7 +148,10 @@ impl Alert {
     }
 
     fn label(&self, name: &str) -> &str {
-        self.labels.get(name).map(String::as_str).unwrap_or_default()
+        self.labels
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 
     fn annotation(&self, name: &str) -> &str {
@@ -209,7 +223,12 @@ pub async fn webhook_target(
 ) -> Result<Option<WebhookTarget>, ActError> {
     if let Some(secret) = secret {
         let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
-        let doing = || format!("reading key {:?} of Secret {namespace}/{}", secret.key, secret.name);
+        let doing = || {
+            format!(
+                "reading key {:?} of Secret {namespace}/{}",
+                secret.key, secret.name
+            )
+        };
         let found = api
             .get_opt(&secret.name)
             .await
@@ -524,9 +543,8 @@ impl Notifier {
         resolved: &[Alert],
         now_ms: i64,
     ) -> Result<Acted, ActError> {
-        let ends = now_ms.saturating_add(
-            (self.config.resend_interval * ENDS_AT_INTERVALS).as_millis() as i64,
-        );
+        let ends = now_ms
+            .saturating_add((self.config.resend_interval * ENDS_AT_INTERVALS).as_millis() as i64);
         let body = alertmanager_alerts_body(firing, resolved, ends, now_ms);
         let mut calls = tokio::task::JoinSet::new();
         for base in &self.config.alertmanagers {
@@ -705,7 +723,10 @@ pub fn alertmanager_alerts_body(
 }
 
 /// The labels (or annotations) every alert shares.
-fn common(alerts: &[&Alert], pick: impl Fn(&Alert) -> &BTreeMap<String, String>) -> BTreeMap<String, String> {
+fn common(
+    alerts: &[&Alert],
+    pick: impl Fn(&Alert) -> &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let Some((first, rest)) = alerts.split_first() else {
         return BTreeMap::new();
     };
@@ -794,7 +815,10 @@ pub fn slack_body(rule: &RuleKey, firing: bool, alerts: &[&Alert]) -> Value {
             line.push_str(&format!("\nseverity: `{}`", slack_escape(severity)));
         }
         if alert.generator_url.starts_with("http") {
-            line.push_str(&format!("  <{}|rule>", alert.generator_url.replace('|', "%7C")));
+            line.push_str(&format!(
+                "  <{}|rule>",
+                alert.generator_url.replace('|', "%7C")
+            ));
         }
         let line: String = line.chars().take(2900).collect();
         blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": line } }));
@@ -925,8 +949,11 @@ mod tests {
     #[test]
     fn alert_labels_and_annotations() {
         let a = alert("api-0");
-        let labels: Vec<(&str, &str)> =
-            a.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let labels: Vec<(&str, &str)> = a
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         assert_eq!(
             labels,
             [
@@ -940,7 +967,10 @@ mod tests {
                 ("severity", "critical"),
             ]
         );
-        assert_eq!(a.annotation("summary"), "AnomalyAction shop/memory: memory > 1Gi");
+        assert_eq!(
+            a.annotation("summary"),
+            "AnomalyAction shop/memory: memory > 1Gi"
+        );
         assert!(a.annotation("description").contains("(value 1.5Gi)"));
         assert!(a.annotation("description").contains("pod=\"api-0\""));
         assert_eq!(a.annotation("value"), "1.5Gi");
@@ -964,7 +994,10 @@ mod tests {
         // Pinned: the same in every process, build and leader (xxh3 is specified).
         assert_eq!(dedup_key("uid-1", &s), dedup_key("uid-1", &s.clone()));
         let pinned = dedup_key("uid-1", &Labels::from_pairs([("pod", "a")]));
-        assert_eq!(pinned, dedup_key("uid-1", &Labels::from_pairs([("pod", "a")])));
+        assert_eq!(
+            pinned,
+            dedup_key("uid-1", &Labels::from_pairs([("pod", "a")]))
+        );
         assert!(pinned.starts_with("prophet-") && pinned.len() == 8 + 32);
         assert_ne!(dedup_key("uid-1", &s), dedup_key("uid-2", &s));
         assert_ne!(dedup_key("uid-1", &s), dedup_key("uid-1", &series("api-1")));
@@ -973,7 +1006,10 @@ mod tests {
             dedup_key("u", &Labels::from_pairs([("a", "bc")])),
             dedup_key("u", &Labels::from_pairs([("ab", "c")]))
         );
-        assert_eq!(alert("api-0").dedup_key, dedup_key(&actor().uid, &series("api-0")));
+        assert_eq!(
+            alert("api-0").dedup_key,
+            dedup_key(&actor().uid, &series("api-0"))
+        );
     }
 
     #[test]
@@ -984,11 +1020,17 @@ mod tests {
             "prophet-{:032x}",
             xxhash_rust::xxh3::xxh3_128(b"uid-1\xffpod\xfea\xff")
         );
-        assert_eq!(dedup_key("uid-1", &Labels::from_pairs([("pod", "a")])), expected);
+        assert_eq!(
+            dedup_key("uid-1", &Labels::from_pairs([("pod", "a")])),
+            expected
+        );
     }
 
     fn keyed(alerts: &[Alert]) -> BTreeMap<String, Alert> {
-        alerts.iter().map(|a| (a.fingerprint(), a.clone())).collect()
+        alerts
+            .iter()
+            .map(|a| (a.fingerprint(), a.clone()))
+            .collect()
     }
 
     #[test]
@@ -996,8 +1038,14 @@ mod tests {
         let delivered = keyed(&[alert("a"), alert("b")]);
         let firing = keyed(&[alert("b"), alert("c")]);
         let (new, gone) = diff(&delivered, &firing);
-        assert_eq!(new.iter().map(|a| a.label("pod")).collect::<Vec<_>>(), ["c"]);
-        assert_eq!(gone.iter().map(|a| a.label("pod")).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            new.iter().map(|a| a.label("pod")).collect::<Vec<_>>(),
+            ["c"]
+        );
+        assert_eq!(
+            gone.iter().map(|a| a.label("pod")).collect::<Vec<_>>(),
+            ["a"]
+        );
         let (new, gone) = diff(&firing, &firing);
         assert!(new.is_empty() && gone.is_empty());
         // A changed value (annotation) is the same alert; a changed label is another.
@@ -1026,7 +1074,11 @@ mod tests {
         assert_eq!(body[1]["endsAt"], "2023-11-14T22:14:20.000Z");
         assert_eq!(body[0]["labels"]["pod"], "a");
         assert_eq!(body[0]["annotations"]["value"], "1.5Gi");
-        assert!(body[0]["generatorURL"].as_str().is_some_and(|u| u.starts_with("http")));
+        assert!(
+            body[0]["generatorURL"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("http"))
+        );
         // A resolution never ends before the alert started.
         let body = alertmanager_alerts_body(&[], &[alert("b")], 0, 0);
         assert_eq!(body[0]["endsAt"], body[0]["startsAt"]);
@@ -1044,7 +1096,10 @@ mod tests {
             body["groupKey"],
             "{}:{prophet_rule=\"AnomalyAction/shop/memory\"}"
         );
-        assert_eq!(body["groupLabels"]["prophet_rule"], "AnomalyAction/shop/memory");
+        assert_eq!(
+            body["groupLabels"]["prophet_rule"],
+            "AnomalyAction/shop/memory"
+        );
         assert_eq!(body["commonLabels"]["alertname"], "memory");
         assert!(body["commonLabels"].get("pod").is_none(), "pods differ");
         assert_eq!(body["commonAnnotations"]["value"], "1.5Gi");
@@ -1068,14 +1123,23 @@ mod tests {
         let a = alert("a");
         let body = slack_body(&key(), true, &[&a]);
         let text = body["text"].as_str().expect("text");
-        assert!(text.contains("[FIRING:1] AnomalyAction shop/memory"), "{text}");
+        assert!(
+            text.contains("[FIRING:1] AnomalyAction shop/memory"),
+            "{text}"
+        );
         let blocks = body["blocks"].as_array().expect("blocks");
         assert_eq!(blocks.len(), 2);
         let line = blocks[1]["text"]["text"].as_str().expect("line");
         assert!(line.contains("memory &gt; 1Gi"), "escaped: {line}");
-        assert!(line.contains("<http://prophet.example/api/v1/rules/AnomalyAction/shop/memory|rule>"));
+        assert!(
+            line.contains("<http://prophet.example/api/v1/rules/AnomalyAction/shop/memory|rule>")
+        );
         let resolved = slack_body(&key(), false, &[&a]);
-        assert!(resolved["text"].as_str().is_some_and(|t| t.contains("RESOLVED")));
+        assert!(
+            resolved["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("RESOLVED"))
+        );
 
         let many: Vec<Alert> = (0..13).map(|i| alert(&format!("p{i}"))).collect();
         let refs: Vec<&Alert> = many.iter().collect();
@@ -1099,7 +1163,11 @@ mod tests {
         assert_eq!(payload["group"], "shop");
         assert_eq!(payload["class"], "AnomalyAction");
         assert_eq!(payload["custom_details"]["labels"]["pod"], "a");
-        assert!(payload["summary"].as_str().is_some_and(|s| s.contains("memory > 1Gi")));
+        assert!(
+            payload["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains("memory > 1Gi"))
+        );
 
         let resolve = pagerduty_event("R0UT1NG", &a, false, &key());
         assert_eq!(
@@ -1108,7 +1176,8 @@ mod tests {
         );
 
         let mut long = alert("a");
-        long.annotations.insert("description".into(), "é".repeat(5000));
+        long.annotations
+            .insert("description".into(), "é".repeat(5000));
         let event = pagerduty_event("k", &long, true, &key());
         let summary = event["payload"]["summary"].as_str().expect("summary");
         assert_eq!(summary.chars().count(), PAGERDUTY_SUMMARY_MAX);
@@ -1139,7 +1208,10 @@ mod tests {
             url_or_key: "https://hooks.slack.com/services/T0/B0/s3cr3t".into(),
         };
         let shown = format!("{slack:?}");
-        assert!(shown.contains("hooks.slack.com") && !shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("hooks.slack.com") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
         let pd = WebhookTarget {
             format: WebhookFormat::Pagerduty,
             url_or_key: "R0UT1NGKEY".into(),

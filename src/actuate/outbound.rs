@@ -205,9 +205,7 @@ impl AllowList {
     fn admits(&self, ip: IpAddr, how: Option<HostMatch>) -> bool {
         match classify(ip) {
             AddressClass::Forbidden => false,
-            AddressClass::Internal => {
-                how == Some(HostMatch::Explicit) || self.in_listed_net(ip)
-            }
+            AddressClass::Internal => how == Some(HostMatch::Explicit) || self.in_listed_net(ip),
             AddressClass::Public => how.is_some() || self.in_listed_net(ip),
         }
     }
@@ -434,7 +432,9 @@ impl Outbound {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let reply = self.read_body(method, &host, status.as_u16(), response).await?;
+        let reply = self
+            .read_body(method, &host, status.as_u16(), response)
+            .await?;
         if status.is_success() {
             return Ok(reply);
         }
@@ -684,7 +684,10 @@ mod tests {
             Some(HostMatch::Explicit)
         );
         assert_eq!(allow.host_match("a.example.com"), Some(HostMatch::Pattern));
-        assert_eq!(allow.host_match("a.b.example.com"), Some(HostMatch::Pattern));
+        assert_eq!(
+            allow.host_match("a.b.example.com"),
+            Some(HostMatch::Pattern)
+        );
         // The apex and look-alikes are not under the suffix.
         assert_eq!(allow.host_match("example.com"), None);
         assert_eq!(allow.host_match("badexample.com"), None);
@@ -772,7 +775,10 @@ mod tests {
     #[test]
     fn urls_are_checked_before_connecting() {
         let out = outbound(&["hooks.slack.com", "127.0.0.1"]);
-        assert!(out.check_url("https://hooks.slack.com/services/T/B/secret").is_ok());
+        assert!(
+            out.check_url("https://hooks.slack.com/services/T/B/secret")
+                .is_ok()
+        );
         assert!(out.check_url("http://127.0.0.1:9093/api/v2/alerts").is_ok());
         for url in [
             "https://evil.example/services/T/B/secret",
@@ -802,11 +808,13 @@ mod tests {
         out.allow("am.monitoring").expect("valid");
         assert!(out.check_url("http://am.monitoring:9093/").is_ok());
         assert!(out.allow("a/b/c").is_err());
-        assert!(Outbound::new(OutboundConfig {
-            allow_hosts: vec!["10.0.0.0/99".into()],
-            ..OutboundConfig::default()
-        })
-        .is_err());
+        assert!(
+            Outbound::new(OutboundConfig {
+                allow_hosts: vec!["10.0.0.0/99".into()],
+                ..OutboundConfig::default()
+            })
+            .is_err()
+        );
     }
 
     #[tokio::test]

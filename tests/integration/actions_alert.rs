@@ -190,7 +190,12 @@ async fn every_alertmanager_replica_gets_the_alert_then_its_resolution() {
 
     // The same alert again: nothing sent.
     let results = notifier
-        .sync(&rule(), None, vec![alert("api-0", now - 5_000)], now + 1_000)
+        .sync(
+            &rule(),
+            None,
+            vec![alert("api-0", now - 5_000)],
+            now + 1_000,
+        )
         .await;
     assert!(results.is_empty(), "{results:?}");
     assert!(rx0.try_recv().is_err() && rx1.try_recv().is_err());
@@ -210,7 +215,10 @@ async fn every_alertmanager_replica_gets_the_alert_then_its_resolution() {
 async fn one_alertmanager_down_does_not_stop_the_others() {
     let (up, mut rx) = receiver(vec![Answer::Status(200)]).await;
     // A port nothing listens on: connection refused.
-    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let notifier = notifier(
         vec![format!("http://{down}"), format!("http://{up}")],
         Duration::from_secs(60),
@@ -220,9 +228,15 @@ async fn one_alertmanager_down_does_not_stop_the_others() {
     let results = notifier
         .sync(&rule(), None, vec![alert("api-0", now)], now)
         .await;
-    let acted = results[0].as_ref().expect("one replica accepting is success");
+    let acted = results[0]
+        .as_ref()
+        .expect("one replica accepting is success");
     assert_eq!(acted.target.name, up.to_string());
-    assert!(acted.summary.contains(&down.to_string()), "{}", acted.summary);
+    assert!(
+        acted.summary.contains(&down.to_string()),
+        "{}",
+        acted.summary
+    );
     assert_eq!(next(&mut rx).await.body[0]["labels"]["pod"], "api-0");
 
     // None accepting is a retryable failure, and the alert is tried again next sync.
@@ -236,7 +250,11 @@ async fn one_alertmanager_down_does_not_stop_the_others() {
     let again = only_down
         .sync(&rule(), None, vec![alert("api-0", now)], now)
         .await;
-    assert_eq!(again.len(), 1, "a failed delivery is retried by the next sync");
+    assert_eq!(
+        again.len(),
+        1,
+        "a failed delivery is retried by the next sync"
+    );
 }
 
 fn notifier_for(alertmanagers: Vec<String>) -> Arc<Notifier> {
@@ -246,11 +264,7 @@ fn notifier_for(alertmanagers: Vec<String>) -> Arc<Notifier> {
 #[tokio::test]
 async fn the_resend_loop_keeps_alerts_alive_with_a_fresh_ends_at() {
     let (am, mut rx) = receiver(vec![Answer::Status(200)]).await;
-    let notifier = notifier(
-        vec![format!("http://{am}")],
-        Duration::from_millis(300),
-        "",
-    );
+    let notifier = notifier(vec![format!("http://{am}")], Duration::from_millis(300), "");
     let now = now_ms();
     notifier
         .sync(&rule(), None, vec![alert("api-0", now)], now)
@@ -264,7 +278,10 @@ async fn the_resend_loop_keeps_alerts_alive_with_a_fresh_ends_at() {
     let resent = next(&mut rx).await;
     assert_eq!(resent.body[0]["labels"]["pod"], "api-0");
     let second = ms_of(&resent.body[0]["endsAt"]);
-    assert!(second > first, "endsAt moves forward: {first} then {second}");
+    assert!(
+        second > first,
+        "endsAt moves forward: {first} then {second}"
+    );
     let third = ms_of(&next(&mut rx).await.body[0]["endsAt"]);
     assert!(third > second);
     stop.send(()).unwrap();
@@ -278,7 +295,11 @@ async fn the_resend_loop_keeps_alerts_alive_with_a_fresh_ends_at() {
 async fn each_webhook_format_as_received() {
     let (hook, mut rx) = receiver(vec![Answer::Status(200)]).await;
     let (pd, mut pd_rx) = receiver(vec![Answer::Status(202)]).await;
-    let notifier = notifier(vec![], Duration::from_secs(60), &format!("http://{pd}/v2/enqueue"));
+    let notifier = notifier(
+        vec![],
+        Duration::from_secs(60),
+        &format!("http://{pd}/v2/enqueue"),
+    );
     let now = now_ms();
     let firing = || vec![alert("api-0", now), alert("api-1", now)];
 
@@ -287,10 +308,15 @@ async fn each_webhook_format_as_received() {
         format: WebhookFormat::Alertmanager,
         url_or_key: format!("http://{hook}/alertmanager-hook"),
     };
-    let results = notifier.sync(&rule(), Some(&am_format), firing(), now).await;
+    let results = notifier
+        .sync(&rule(), Some(&am_format), firing(), now)
+        .await;
     assert_eq!(results.len(), 1);
     let acted = results[0].as_ref().expect("sent");
-    assert_eq!((acted.action, acted.target.kind.as_str()), ("webhook", "Webhook"));
+    assert_eq!(
+        (acted.action, acted.target.kind.as_str()),
+        ("webhook", "Webhook")
+    );
     assert_eq!(acted.target.name, hook.to_string());
     let got = next(&mut rx).await;
     assert_eq!(got.path, "/alertmanager-hook");
@@ -314,7 +340,11 @@ async fn each_webhook_format_as_received() {
         url_or_key: format!("http://{hook}/services/T0/B0/s3cr3t"),
     };
     let results = notifier.sync(&rule(), Some(&slack), firing(), now).await;
-    assert!(results[0].as_ref().is_ok_and(|a| !a.summary.contains("s3cr3t")));
+    assert!(
+        results[0]
+            .as_ref()
+            .is_ok_and(|a| !a.summary.contains("s3cr3t"))
+    );
     let got = next(&mut rx).await;
     assert!(got.body["text"].as_str().unwrap().contains("[FIRING:2]"));
     assert!(got.body["blocks"].as_array().is_some_and(|b| b.len() == 3));
@@ -327,7 +357,9 @@ async fn each_webhook_format_as_received() {
         format: WebhookFormat::Pagerduty,
         url_or_key: "R0UT1NGKEY".into(),
     };
-    let results = notifier.sync(&rule(), Some(&pagerduty), firing(), now).await;
+    let results = notifier
+        .sync(&rule(), Some(&pagerduty), firing(), now)
+        .await;
     assert_eq!(results.len(), 2);
     let mut keys = Vec::new();
     for _ in 0..2 {
@@ -344,7 +376,10 @@ async fn each_webhook_format_as_received() {
         .await;
     let got = next(&mut pd_rx).await;
     assert_eq!(got.body["event_action"], "resolve");
-    assert_eq!(got.body["dedup_key"], alert("api-0", now).dedup_key.as_str());
+    assert_eq!(
+        got.body["dedup_key"],
+        alert("api-0", now).dedup_key.as_str()
+    );
     assert!(keys.contains(&got.body["dedup_key"]));
 }
 
@@ -394,7 +429,12 @@ async fn a_rejected_delivery_is_not_remembered_and_the_next_sync_retries_it() {
         .sync(&rule(), Some(&target), vec![alert("api-0", now)], now)
         .await;
     assert!(results[0].is_ok(), "{results:?}");
-    assert!(next(&mut rx).await.body["text"].as_str().unwrap().contains("FIRING"));
+    assert!(
+        next(&mut rx).await.body["text"]
+            .as_str()
+            .unwrap()
+            .contains("FIRING")
+    );
     let results = notifier
         .sync(&rule(), Some(&target), vec![alert("api-0", now)], now)
         .await;
@@ -413,7 +453,10 @@ async fn a_receiver_that_never_answers_times_out_within_the_bound() {
     let took = started.elapsed();
     assert_eq!(error.reason(), "WebhookTimeout", "{error}");
     assert!(!error.is_refused());
-    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     next(&mut rx).await;
 }
 
@@ -433,7 +476,16 @@ async fn a_host_not_allowed_is_refused_without_connecting() {
             .post_json(&url, &[], &serde_json::json!({}))
             .await
             .expect_err("denied");
-        assert!(matches!(error, ActError::Refused { reason: "UrlNotAllowed", .. }), "{error:?}");
+        assert!(
+            matches!(
+                error,
+                ActError::Refused {
+                    reason: "UrlNotAllowed",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
         assert!(error.to_string().contains("--allow-url-host"), "{error}");
         assert!(!error.to_string().contains("secret"), "{error}");
     }
@@ -470,7 +522,10 @@ async fn a_redirect_to_another_host_is_not_followed() {
         .expect_err("not followed");
     assert_eq!(error.reason(), "WebhookRedirected", "{error}");
     next(&mut rx).await;
-    assert!(elsewhere_rx.try_recv().is_err(), "the other host got nothing");
+    assert!(
+        elsewhere_rx.try_recv().is_err(),
+        "the other host got nothing"
+    );
     // A redirect on the same host is followed.
     out.post_json(&url, &[], &serde_json::json!({}))
         .await
@@ -523,19 +578,34 @@ async fn the_webhook_url_comes_from_a_secret() {
     assert_eq!(next(&mut rx).await.path, "/services/T0/B0/s3cr3t");
 
     for (name, key) in [("slack", "nokey"), ("absent", "url")] {
-        let error = webhook_target(&client, &ns, None, Some(&secret(name, key)), WebhookFormat::Slack)
-            .await
-            .expect_err("missing");
+        let error = webhook_target(
+            &client,
+            &ns,
+            None,
+            Some(&secret(name, key)),
+            WebhookFormat::Slack,
+        )
+        .await
+        .expect_err("missing");
         assert_eq!(error.reason(), "SecretNotFound");
         assert!(!error.is_refused(), "retried: the Secret may come later");
-        assert!(error.to_string().contains(name) && error.to_string().contains(key), "{error}");
+        assert!(
+            error.to_string().contains(name) && error.to_string().contains(key),
+            "{error}"
+        );
         assert!(!error.to_string().contains("s3cr3t"), "{error}");
     }
 
     // The URL alone, and nothing at all.
-    let plain = webhook_target(&client, &ns, Some("http://h/x"), None, WebhookFormat::Alertmanager)
-        .await
-        .expect("no read needed");
+    let plain = webhook_target(
+        &client,
+        &ns,
+        Some("http://h/x"),
+        None,
+        WebhookFormat::Alertmanager,
+    )
+    .await
+    .expect("no read needed");
     assert_eq!(plain.map(|t| t.url_or_key), Some("http://h/x".to_owned()));
     assert!(
         webhook_target(&client, &ns, None, None, WebhookFormat::Slack)
