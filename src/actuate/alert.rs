@@ -497,7 +497,9 @@ impl Notifier {
             stop.await;
             return;
         }
-        let mut tick = tokio::time::interval(self.config.resend_interval);
+        // `interval` panics on zero; a resend more often than this is a mistake anyway.
+        let every = self.config.resend_interval.max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // The first tick is immediate; `sync` has just sent.
         tokio::pin!(stop);
@@ -1199,6 +1201,70 @@ mod tests {
         ] {
             assert_eq!(pagerduty_severity(given), expected, "{given}");
         }
+    }
+
+    /// A Secret Prophet may not read (RBAC) is a retryable `Forbidden` naming the Secret:
+    /// the admin client of the integration tests cannot produce it.
+    #[tokio::test]
+    async fn a_forbidden_secret_read_names_the_secret() {
+        use http::{Method, Request, Response};
+        use kube::client::Body;
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(mock, "default");
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("a Secret read");
+            assert_eq!(request.method(), Method::GET);
+            assert_eq!(request.uri().path(), "/api/v1/namespaces/shop/secrets/pd");
+            let status = json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "secrets \"pd\" is forbidden: User \"system:serviceaccount:prophet:prophet\" cannot get resource \"secrets\"",
+                "reason": "Forbidden", "code": 403,
+            });
+            send.send_response(
+                Response::builder()
+                    .status(403)
+                    .body(Body::from(serde_json::to_vec(&status).expect("json")))
+                    .expect("response"),
+            );
+        });
+        let secret = SecretKeyRef {
+            name: "pd".into(),
+            key: "routingKey".into(),
+        };
+        let error = webhook_target(
+            &client,
+            "shop",
+            None,
+            Some(&secret),
+            WebhookFormat::Pagerduty,
+        )
+        .await
+        .expect_err("forbidden");
+        assert_eq!(error.reason(), "Forbidden");
+        assert!(!error.is_refused());
+        assert!(error.to_string().contains("Secret shop/pd"), "{error}");
+        assert!(error.to_string().contains("routingKey"), "{error}");
+        server.await.expect("the mock server saw the read");
+    }
+
+    #[tokio::test]
+    async fn pagerduty_needs_its_key_from_a_secret() {
+        let (mock, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(mock, "default");
+        let error = webhook_target(
+            &client,
+            "shop",
+            Some("https://events.pagerduty.com/v2/enqueue"),
+            None,
+            WebhookFormat::Pagerduty,
+        )
+        .await
+        .expect_err("refused");
+        assert!(error.is_refused());
+        assert_eq!(error.reason(), "WebhookNeedsSecret");
     }
 
     #[test]

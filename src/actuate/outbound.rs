@@ -838,6 +838,29 @@ mod tests {
         assert!(error.downcast_ref::<BlockedAddress>().is_some());
     }
 
+    #[tokio::test]
+    async fn a_name_the_resolver_blocks_is_refused_not_retried() {
+        // The URL check passes (`localhost` listed) while the resolver's list, the one a
+        // connection obeys, does not name it: the refusal must come back through
+        // reqwest's error chain as `UrlNotAllowed`, not as a retryable connect error.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut out = outbound(&["127.0.0.1"]);
+        out.allow = Arc::new(list(&["localhost"]));
+        let error = out
+            .post_json(
+                &format!("http://localhost:{port}/path/secret"),
+                &[],
+                &serde_json::json!({}),
+            )
+            .await
+            .expect_err("blocked at resolution");
+        assert!(error.is_refused(), "{error:?}");
+        assert_eq!(error.reason(), "UrlNotAllowed");
+        assert!(error.to_string().contains("localhost:"), "{error}");
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retries_transient_errors_three_times_with_backoff() {
         let mut calls = 0;
