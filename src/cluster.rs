@@ -58,8 +58,8 @@ pub struct ClusterConfig {
     pub surfaces: crate::surfaces::SurfaceConfig,
     /// What actions may do.
     pub actions: ActionConfig,
-    /// Alertmanagers to send alerts to.
-    pub alertmanagers: Vec<String>,
+    /// Alertmanagers, the resend interval, PagerDuty's URL.
+    pub notify: crate::actuate::alert::NotifierConfig,
     /// Hosts outbound calls may go to.
     pub allow_url_hosts: Vec<String>,
     /// The pause switch: a ConfigMap's namespace and name.
@@ -341,10 +341,18 @@ fn notifier(
     stop: watch::Receiver<bool>,
 ) -> Result<(
     Arc<crate::actuate::alert::Notifier>,
-    Option<tokio::task::JoinHandle<()>>,
+    tokio::task::JoinHandle<()>,
 )> {
-    let _ = (config, stop);
-    Ok((Arc::new(crate::actuate::alert::Notifier), None))
+    use crate::actuate::alert::Notifier;
+    use crate::actuate::outbound::{Outbound, OutboundConfig};
+    let outbound = Outbound::new(OutboundConfig {
+        allow_hosts: config.allow_url_hosts.clone(),
+        ..OutboundConfig::default()
+    })
+    .map_err(Error::Actions)?;
+    let notifier = Notifier::new(outbound, config.notify.clone()).map_err(Error::Actions)?;
+    let task = tokio::spawn(notifier.clone().run(stopped(stop)));
+    Ok((notifier, task))
 }
 
 /// Follows the pause switch: the ConfigMap `control` (namespace, name), live. `paused:
@@ -546,9 +554,7 @@ pub async fn run(
     let _ = live.await;
     let _ = reconciler.await;
     let _ = pause_switch.await;
-    if let Some(task) = notifier_task {
-        let _ = task.await;
-    }
+    let _ = notifier_task.await;
     if let Some(election) = election {
         let _ = election.await;
     }

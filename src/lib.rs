@@ -89,6 +89,9 @@ pub enum Error {
     Surfaces(String),
     #[error(transparent)]
     UnauthenticatedIngest(auth::UnauthenticatedIngest),
+    /// An action setting that cannot be used (an allow-list entry, an Alertmanager URL).
+    #[error("actions: {0}")]
+    Actions(String),
 }
 
 impl Error {
@@ -98,6 +101,7 @@ impl Error {
             Self::Rules { .. } => "rules",
             Self::Bind { .. } => "bind",
             Self::Serve(_) => "serve",
+            Self::Actions(_) => "actions",
             Self::Spawn(_) => "spawn",
             Self::Crds(_) => "crds",
             Self::EvaluatorStopped => "evaluator",

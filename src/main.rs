@@ -167,6 +167,13 @@ struct RunArgs {
     /// HA Alertmanager, as Prometheus does), e.g. http://alertmanager.monitoring:9093.
     #[arg(long = "alertmanager-url", value_name = "URL")]
     alertmanager_urls: Vec<String>,
+    /// Cluster mode: how often firing alerts are re-sent to Alertmanager, each with an
+    /// `endsAt` four intervals ahead (so they resolve by themselves if Prophet stops).
+    #[arg(long, default_value = "1m", value_parser = parse_interval)]
+    alert_resend_interval: std::time::Duration,
+    /// Cluster mode: where PagerDuty events (webhookFormat: pagerduty) are sent.
+    #[arg(long, default_value = "https://events.pagerduty.com/v2/enqueue")]
+    pagerduty_events_url: String,
     /// A host that webhooks, K8sGPT and Grafana may be called on (repeatable): an exact
     /// name, `*.example.com`, or an IP or CIDR. Every other host is refused; the
     /// Alertmanagers given are allowed.
@@ -351,7 +358,12 @@ fn run(args: RunArgs) -> prophet::Result<()> {
                 max_actions_per_minute: args.max_actions_per_minute,
                 k8sgpt_namespace: args.k8sgpt_namespace,
             },
-            alertmanagers: args.alertmanager_urls,
+            notify: prophet::actuate::alert::NotifierConfig {
+                alertmanagers: args.alertmanager_urls,
+                resend_interval: args.alert_resend_interval,
+                pagerduty_url: args.pagerduty_events_url,
+                ..prophet::actuate::alert::NotifierConfig::default()
+            },
             allow_url_hosts: args.allow_url_hosts,
             control: (control_namespace, args.control_configmap),
             approval_ttl: args.approval_ttl,

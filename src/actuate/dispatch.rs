@@ -376,6 +376,12 @@ impl ClusterActuator {
         &self.config
     }
 
+    /// This replica no longer leads: it forgets what it delivered, so it stops
+    /// re-sending alerts (the new leader sends them; those it sent expire by `endsAt`).
+    pub fn stand_down(&self) {
+        self.notifier.clear();
+    }
+
     fn actor(&self, rule: RuleObject<'_>) -> Actor {
         let meta = rule.meta();
         let allow_git_ops = match rule {
@@ -957,9 +963,9 @@ impl ClusterActuator {
                         labels,
                         &settings.severity,
                         &reason,
-                        value,
-                        &link,
+                        value.as_deref(),
                         *at,
+                        &link,
                     ))
                 })
                 .collect(),
@@ -1016,11 +1022,12 @@ impl ClusterActuator {
         let key = rule.key();
         let mut attempts: Vec<Attempt> = self
             .notifier
-            .resolve_all(&key)
+            .resolve_all(&key, now_ms())
             .await
             .into_iter()
             .map(|r| Attempt::from_result("alert", "Alertmanager", None, r))
             .collect();
+        self.notifier.forget(&key);
         self.webhooks
             .lock()
             .unwrap_or_else(|e| e.into_inner())

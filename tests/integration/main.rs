@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod actions_alert;
 mod actions_cluster;
 mod actions_slo;
 mod anomaly;
