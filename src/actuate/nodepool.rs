@@ -1461,6 +1461,7 @@ async fn scale_placeholders_to_zero(
             &params,
             &Patch::Merge(json!({"spec": {"replicas": 0}})),
         )
+        .await
         .map_err(|e| ActError::api(format!("scaling placeholders {target} to 0"), e))?;
     Ok(Acted {
         action: "placeholders",
