@@ -1141,10 +1141,17 @@ async fn apply_placeholders(
     let after = applied.metadata.resource_version.clone();
     let replicas = |d: Option<&Deployment>| d.and_then(|d| d.spec.replicas);
     let (was, now) = (replicas(existing), replicas(Some(wanted)).unwrap_or(0));
+    // Not the resourceVersion: the Deployment controller writes status all the time.
+    // The spec's generation, and the metadata Prophet sets, tell what the apply did.
+    let changed = existing.is_none_or(|e| {
+        e.metadata.generation != applied.metadata.generation
+            || e.metadata.labels != applied.metadata.labels
+            || e.metadata.owner_references != applied.metadata.owner_references
+    });
     Ok(Acted {
         action: "placeholders",
         target: deployment_target(&applied),
-        changed: before != after || (dry_run && was != Some(now)),
+        changed,
         version_before: before,
         version_after: after,
         summary: format!(
@@ -1724,4 +1731,873 @@ pub async fn release(
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    use super::*;
+    use crate::eval::forecast::ForecastModel;
+    use crate::rules::load::RuleKind;
+
+    fn actor() -> Actor {
+        Actor {
+            kind: RuleKind::PredictiveScale,
+            namespace: "shop".into(),
+            name: "checkout".into(),
+            uid: "0b6c2f0e-1111-2222-3333-444455556666".into(),
+            allow_git_ops: false,
+            allow_cross_namespace: false,
+        }
+    }
+
+    fn forecast(current: f64, value: f64) -> ForecastView {
+        ForecastView {
+            current,
+            value,
+            lower: value,
+            upper: value,
+            change_percent: 0.0,
+            model: ForecastModel::Trend,
+            at_ms: 1_750_000_000_000,
+            horizon_ms: 3_600_000,
+            history: 100,
+        }
+    }
+
+    fn reservation(cpu: Option<&str>, memory: Option<&str>) -> Reservation {
+        Reservation {
+            cpu_per_unit: cpu.map(str::to_owned),
+            memory_per_unit: memory.map(str::to_owned),
+            placeholder_cpu: None,
+            placeholder_memory: None,
+            max_placeholders: None,
+        }
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    // --- sizing -------------------------------------------------------------------------
+
+    #[test]
+    fn placeholders_cover_the_forecast_rise_in_cpu_or_memory_whichever_needs_more() {
+        // A query in cores: 3.2 cores more, placeholders of 1 core: 4.
+        let cpu = Sizing::parse(&reservation(Some("1"), None)).unwrap();
+        assert_eq!(cpu.replicas(&forecast(10.0, 13.2), None), 4);
+        // A query in requests per second, 500m and 256Mi per unit, placeholders of the
+        // default 1 core / 1Gi: 6 rps more → 3 cores (3) and 1.5Gi (2): 3.
+        let both = Sizing::parse(&reservation(Some("500m"), Some("256Mi"))).unwrap();
+        assert_eq!(both.replicas(&forecast(10.0, 16.0), None), 3);
+        // Memory the larger: 1Gi per unit, 2.5 units more → 3 placeholders of 1Gi.
+        let memory = Sizing::parse(&reservation(Some("100m"), Some("1Gi"))).unwrap();
+        assert_eq!(memory.replicas(&forecast(1.0, 3.5), None), 3);
+    }
+
+    #[test]
+    fn placeholders_are_capped_by_the_rule_and_the_pool() {
+        let sizing = Sizing::parse(&reservation(Some("1"), None)).unwrap();
+        assert_eq!(
+            sizing.replicas(&forecast(0.0, 500.0), None),
+            10,
+            "default cap"
+        );
+        assert_eq!(
+            sizing.replicas(&forecast(0.0, 500.0), Some(4)),
+            4,
+            "pool cap"
+        );
+        let mut r = reservation(Some("1"), None);
+        r.max_placeholders = Some(2);
+        let sizing = Sizing::parse(&r).unwrap();
+        assert_eq!(
+            sizing.replicas(&forecast(0.0, 500.0), Some(4)),
+            2,
+            "rule cap"
+        );
+        assert_eq!(sizing.replicas(&forecast(0.0, 1e300), None), 2);
+    }
+
+    #[test]
+    fn no_placeholders_when_the_forecast_falls_or_is_not_a_number() {
+        let sizing = Sizing::parse(&reservation(Some("1"), Some("1Gi"))).unwrap();
+        assert_eq!(sizing.replicas(&forecast(10.0, 8.0), None), 0);
+        assert_eq!(sizing.replicas(&forecast(10.0, 10.0), None), 0);
+        assert_eq!(sizing.replicas(&forecast(10.0, f64::NAN), None), 0);
+        assert_eq!(sizing.replicas(&forecast(f64::INFINITY, 1.0), None), 0);
+    }
+
+    #[test]
+    fn an_exact_multiple_is_not_rounded_up_by_float_error() {
+        // 0.3 × 1 / 0.1 is 2.9999999999999996 or 3.0000000000000004 in floats.
+        let mut r = reservation(Some("1"), None);
+        r.placeholder_cpu = Some("100m".into());
+        let sizing = Sizing::parse(&r).unwrap();
+        assert_eq!(sizing.replicas(&forecast(0.0, 0.3), None), 3);
+        assert_eq!(sizing.replicas(&forecast(0.0, 0.30001), None), 4);
+    }
+
+    #[test]
+    fn a_reservation_that_cannot_size_anything_is_refused() {
+        let none = Sizing::parse(&reservation(None, None)).unwrap_err();
+        assert_eq!(none.reason(), "InvalidReservation");
+        assert!(none.is_refused());
+        let bad = Sizing::parse(&reservation(Some("lots"), None)).unwrap_err();
+        assert!(bad.to_string().contains("cpuPerUnit"), "{bad}");
+        let mut zero = reservation(Some("1"), None);
+        zero.placeholder_memory = Some("0".into());
+        let zero = Sizing::parse(&zero).unwrap_err();
+        assert!(zero.to_string().contains("placeholderMemory"), "{zero}");
+        let mut negative = reservation(Some("1"), None);
+        negative.max_placeholders = Some(-1);
+        assert_eq!(
+            Sizing::parse(&negative).unwrap_err().reason(),
+            "InvalidReservation"
+        );
+        let defaults = Sizing::parse(&reservation(Some("1"), None)).unwrap();
+        assert_eq!(
+            (
+                defaults.placeholder_cpu.as_str(),
+                defaults.placeholder_memory.as_str()
+            ),
+            ("1", "1Gi")
+        );
+        assert_eq!(defaults.max_placeholders, 10);
+    }
+
+    #[test]
+    fn quantities_are_written_rounded_up_in_a_readable_unit() {
+        assert_eq!(format_quantity("cpu", 4.0), "4");
+        assert_eq!(format_quantity("cpu", 1.5), "1500m");
+        assert_eq!(format_quantity("cpu", 0.1 + 0.2), "300m");
+        assert_eq!(format_quantity("cpu", 0.0004), "1m");
+        assert_eq!(
+            format_quantity("memory", 8.0 * 1024.0 * 1024.0 * 1024.0),
+            "8Gi"
+        );
+        assert_eq!(
+            format_quantity("memory", 1536.0 * 1024.0 * 1024.0),
+            "1536Mi"
+        );
+        assert_eq!(format_quantity("memory", 1000.0), "1000");
+        assert_eq!(format_quantity("memory", 0.0), "0");
+    }
+
+    // --- policy -------------------------------------------------------------------------
+
+    #[test]
+    fn the_pool_policy_is_read_from_the_admins_annotations() {
+        let policy = NodePoolPolicy::from_annotations(
+            "general",
+            Some(&annotations(&[
+                (ALLOWED_NAMESPACES, " shop, web ,,"),
+                (MAX_LIMITS_CPU, "200"),
+                (MAX_LIMITS_MEMORY, "800Gi"),
+                (MAX_PLACEHOLDERS, "5"),
+                ("unrelated", "x"),
+            ])),
+        )
+        .unwrap();
+        assert_eq!(
+            policy,
+            NodePoolPolicy {
+                allowed_namespaces: Some(vec!["shop".into(), "web".into()]),
+                max_limits_cpu: Some(200.0),
+                max_limits_memory: Some(800.0 * (1u64 << 30) as f64),
+                max_placeholders: Some(5),
+            }
+        );
+        assert!(policy.check_allowed(&actor(), "general").is_ok());
+    }
+
+    #[test]
+    fn a_pool_without_the_allow_annotation_or_without_the_namespace_is_refused() {
+        let none = NodePoolPolicy::from_annotations("general", None).unwrap();
+        assert_eq!(none, NodePoolPolicy::default());
+        let refused = none.check_allowed(&actor(), "general").unwrap_err();
+        assert_eq!(refused.reason(), "NodePoolNotAllowed");
+        assert!(refused.is_refused());
+        assert!(
+            refused.to_string().contains(ALLOWED_NAMESPACES),
+            "{refused}"
+        );
+        let other = NodePoolPolicy::from_annotations(
+            "general",
+            Some(&annotations(&[(ALLOWED_NAMESPACES, "web,shopping")])),
+        )
+        .unwrap();
+        let refused = other.check_allowed(&actor(), "general").unwrap_err();
+        assert_eq!(refused.reason(), "NodePoolNotAllowed");
+        assert!(refused.to_string().contains("\"shop\""), "{refused}");
+    }
+
+    #[test]
+    fn a_policy_value_that_does_not_parse_is_refused_not_read_as_unlimited() {
+        for (key, value) in [
+            (MAX_LIMITS_CPU, "lots"),
+            (MAX_LIMITS_MEMORY, "-1Gi"),
+            (MAX_PLACEHOLDERS, "ten"),
+            (MAX_PLACEHOLDERS, "-1"),
+        ] {
+            let err = NodePoolPolicy::from_annotations(
+                "general",
+                Some(&annotations(&[(ALLOWED_NAMESPACES, "shop"), (key, value)])),
+            )
+            .unwrap_err();
+            assert_eq!(err.reason(), "InvalidNodePoolPolicy", "{key}={value}");
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    // --- the hold -----------------------------------------------------------------------
+
+    /// 2025-06-15T14:37:20Z
+    const NOW: i64 = 1_749_998_240_000;
+
+    #[test]
+    fn the_hold_is_a_budget_of_zero_for_consolidation_from_this_minute_to_the_peak() {
+        // The peak 1h30m10s from now: from 14:37:00, 1h31m rounded up.
+        let entry = hold_budget(NOW, NOW + 90 * 60_000 + 10_000);
+        assert_eq!(
+            entry,
+            json!({
+                "nodes": "0",
+                "reasons": ["Underutilized", "Empty"],
+                "schedule": "37 14 15 6 *",
+                "duration": "1h31m0s",
+            })
+        );
+        assert_eq!(
+            hold_end_ms(&entry, NOW),
+            Some(NOW - 20_000 + 91 * 60_000),
+            "the end is read back from the entry"
+        );
+    }
+
+    #[test]
+    fn the_hold_duration_is_rounded_up_to_whole_minutes() {
+        let start = NOW - 20_000; // 14:37:00
+        let duration = |until: i64| hold_budget(NOW, until)["duration"].clone();
+        assert_eq!(duration(start + 60 * 60_000), "1h0m0s", "exact");
+        assert_eq!(
+            duration(start + 60 * 60_000 + 1),
+            "1h1m0s",
+            "a millisecond more"
+        );
+        assert_eq!(duration(start + 5 * 60_000), "5m0s");
+        assert_eq!(duration(start + 26 * 3_600_000), "26h0m0s");
+        assert_eq!(duration(NOW - 3_600_000), "1m0s", "a peak already past");
+        assert_eq!(go_duration(59), "59m0s");
+        assert_eq!(go_duration(61), "1h1m0s");
+    }
+
+    #[test]
+    fn every_hold_matches_karpenters_duration_pattern() {
+        // ^((([0-9]+(h|m))|([0-9]+h[0-9]+m))(0s)?)$, checked by hand: the CRD enforces it.
+        let pattern = regex::Regex::new(r"^((([0-9]+(h|m))|([0-9]+h[0-9]+m))(0s)?)$").unwrap();
+        for minutes in [1, 59, 60, 61, 1440, 100_000] {
+            let d = go_duration(minutes);
+            assert!(pattern.is_match(&d), "{d}");
+        }
+    }
+
+    #[test]
+    fn a_hold_made_last_year_is_read_with_last_years_date() {
+        // Made on 31 December at 23:30 for two hours; read at 00:10 on 1 January.
+        let new_year = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        let made = new_year - 30 * 60_000;
+        let entry = hold_budget(made, made + 120 * 60_000);
+        assert_eq!(entry["schedule"], "30 23 31 12 *");
+        assert_eq!(
+            hold_end_ms(&entry, new_year + 10 * 60_000),
+            Some(made + 120 * 60_000)
+        );
+        assert_eq!(hold_end_ms(&json!({"nodes": "0"}), NOW), None);
+    }
+
+    fn pool(budgets: Option<Value>) -> Value {
+        let mut pool = json!({
+            "apiVersion": "karpenter.sh/v1",
+            "kind": "NodePool",
+            "metadata": {"name": "general", "resourceVersion": "41", "annotations": {ALLOWED_NAMESPACES: "shop"}},
+            "spec": {
+                "limits": {"cpu": "100", "memory": "400Gi"},
+                "disruption": {"consolidateAfter": "0s"},
+                "template": {"spec": {"requirements": []}},
+            },
+        });
+        if let Some(budgets) = budgets {
+            pool["spec"]["disruption"]["budgets"] = budgets;
+        }
+        pool
+    }
+
+    #[test]
+    fn the_hold_is_added_to_the_users_budgets_behind_a_version_test() {
+        let user = json!([{"nodes": "20%"}]);
+        let pool = pool(Some(user));
+        let mut patch = PoolPatch::new(&pool);
+        let key = budget_annotation(&actor());
+        let hold = hold_budget(NOW, NOW + 3_600_000);
+        let change = plan_hold(&mut patch, &BTreeMap::new(), &key, Some(&hold), NOW);
+        assert!(
+            change
+                .unwrap()
+                .starts_with("consolidation held until 2025-06-15T15:38")
+        );
+        assert_eq!(
+            patch.ops,
+            vec![
+                json!({"op": "test", "path": "/metadata/resourceVersion", "value": "41"}),
+                json!({"op": "add", "path": "/spec/disruption/budgets/-", "value": hold}),
+                json!({"op": "add", "path": "/metadata/annotations/aiops.prophet.io~1budget.predictivescale-0b6c2f0e", "value": hold.to_string()}),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_same_peak_keeps_the_hold_and_a_moved_peak_replaces_it() {
+        let key = budget_annotation(&actor());
+        let hold = hold_budget(NOW, NOW + 3_600_000);
+        let pool = pool(Some(json!([{"nodes": "20%"}, hold.clone()])));
+        let kept = annotations(&[(key.as_str(), &hold.to_string())]);
+
+        // Five minutes later, the same peak: a new entry would differ (its schedule is
+        // the current minute) but end at the same minute, so nothing changes.
+        let later = NOW + 5 * 60_000;
+        let same = hold_budget(later, NOW + 3_600_000);
+        assert_ne!(same, hold);
+        let mut patch = PoolPatch::new(&pool);
+        assert_eq!(plan_hold(&mut patch, &kept, &key, Some(&same), later), None);
+        assert!(!patch.changed);
+
+        // The peak moved: the old entry is tested and removed by its index, the new one
+        // appended; the user's entry is not touched.
+        let moved = hold_budget(later, NOW + 2 * 3_600_000);
+        let mut patch = PoolPatch::new(&pool);
+        assert!(plan_hold(&mut patch, &kept, &key, Some(&moved), later).is_some());
+        assert_eq!(
+            patch.ops[1..4],
+            [
+                json!({"op": "test", "path": "/spec/disruption/budgets/1", "value": hold}),
+                json!({"op": "remove", "path": "/spec/disruption/budgets/1"}),
+                json!({"op": "add", "path": "/spec/disruption/budgets/-", "value": moved}),
+            ]
+        );
+
+        // Given back: removed by value, the annotation with it.
+        let mut patch = PoolPatch::new(&pool);
+        assert_eq!(
+            plan_hold(&mut patch, &kept, &key, None, later).as_deref(),
+            Some("consolidation hold removed")
+        );
+        assert_eq!(patch.ops.len(), 4);
+        assert_eq!(patch.budgets, Some(vec![json!({"nodes": "20%"})]));
+    }
+
+    #[test]
+    fn a_pool_without_budgets_keeps_karpenters_default_beside_the_hold() {
+        let hold = hold_budget(NOW, NOW + 3_600_000);
+        let mut patch = PoolPatch::new(&pool(None));
+        patch.add_budget(hold.clone());
+        assert_eq!(
+            patch.ops[1],
+            json!({"op": "add", "path": "/spec/disruption/budgets", "value": [{"nodes": "10%"}, hold]})
+        );
+        let mut bare = pool(None);
+        bare["spec"].as_object_mut().unwrap().remove("disruption");
+        bare["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations");
+        let mut patch = PoolPatch::new(&bare);
+        patch.add_budget(hold.clone());
+        patch.annotate("aiops.prophet.io/x", Some("y".into()));
+        assert_eq!(
+            patch.ops[1..],
+            [
+                json!({"op": "add", "path": "/spec/disruption", "value": {"budgets": [{"nodes": "10%"}, hold]}}),
+                json!({"op": "add", "path": "/metadata/annotations", "value": {}}),
+                json!({"op": "add", "path": "/metadata/annotations/aiops.prophet.io~1x", "value": "y"}),
+            ]
+        );
+    }
+
+    // --- limits -------------------------------------------------------------------------
+
+    fn policy(cpu: Option<f64>, memory: Option<f64>) -> NodePoolPolicy {
+        NodePoolPolicy {
+            allowed_namespaces: Some(vec!["shop".into()]),
+            max_limits_cpu: cpu,
+            max_limits_memory: memory,
+            max_placeholders: None,
+        }
+    }
+
+    const GI: f64 = 1_073_741_824.0;
+
+    fn claim(cpu: f64, memory: f64) -> BTreeMap<String, f64> {
+        BTreeMap::from([("cpu".into(), cpu), ("memory".into(), memory)])
+    }
+
+    #[test]
+    fn limits_are_raised_by_the_reservation_within_the_admins_bound() {
+        let key = limits_annotation(&actor());
+        let plan = plan_limits(
+            &pool(None),
+            &policy(Some(103.0), Some(1000.0 * GI)),
+            &BTreeMap::new(),
+            &key,
+            Some(&claim(4.0, 8.0 * GI)),
+        );
+        assert_eq!(
+            plan.set,
+            vec![
+                ("cpu".to_owned(), json!("103")),
+                ("memory".to_owned(), json!("408Gi"))
+            ]
+        );
+        assert_eq!(
+            plan.annotations,
+            vec![
+                (
+                    ORIGINAL_LIMITS.to_owned(),
+                    Some(r#"{"cpu":"100","memory":"400Gi"}"#.to_owned())
+                ),
+                (
+                    LIMITS_SET.to_owned(),
+                    Some(r#"{"cpu":"103","memory":"408Gi"}"#.to_owned())
+                ),
+                (
+                    key.clone(),
+                    Some(r#"{"cpu":"4","memory":"8Gi"}"#.to_owned())
+                ),
+            ]
+        );
+        assert_eq!(
+            plan.changes,
+            ["limits.cpu 100 → 103", "limits.memory 400Gi → 408Gi"]
+        );
+    }
+
+    #[test]
+    fn limits_are_never_raised_without_a_bound_and_never_lowered() {
+        let key = limits_annotation(&actor());
+        let plan = plan_limits(
+            &pool(None),
+            &policy(None, Some(300.0 * GI)),
+            &BTreeMap::new(),
+            &key,
+            Some(&claim(4.0, 8.0 * GI)),
+        );
+        assert!(plan.set.is_empty(), "{plan:?}");
+        assert!(plan.notes[0].contains(MAX_LIMITS_CPU), "{plan:?}");
+        // A pool without a memory limit: nothing blocks memory, nothing is written.
+        let mut unlimited = pool(None);
+        unlimited["spec"]["limits"] = json!({"cpu": 100});
+        let plan = plan_limits(
+            &unlimited,
+            &policy(Some(200.0), Some(1000.0 * GI)),
+            &BTreeMap::new(),
+            &key,
+            Some(&claim(4.0, 8.0 * GI)),
+        );
+        assert_eq!(plan.set, vec![("cpu".to_owned(), json!("104"))]);
+        assert_eq!(plan.annotations[0].1.as_deref(), Some(r#"{"cpu":100}"#));
+    }
+
+    #[test]
+    fn giving_the_claim_back_restores_the_users_limit_unless_they_changed_it() {
+        let key = limits_annotation(&actor());
+        let mut raised = pool(None);
+        raised["spec"]["limits"] = json!({"cpu": "104", "memory": "400Gi"});
+        let held = annotations(&[
+            (ORIGINAL_LIMITS, r#"{"cpu":"100","memory":"400Gi"}"#),
+            (LIMITS_SET, r#"{"cpu":"104"}"#),
+            (key.as_str(), r#"{"cpu":"4","memory":"8Gi"}"#),
+        ]);
+        let p = policy(Some(200.0), None);
+        let plan = plan_limits(&raised, &p, &held, &key, None);
+        assert_eq!(plan.set, vec![("cpu".to_owned(), json!("100"))]);
+        assert_eq!(
+            plan.annotations,
+            vec![
+                (ORIGINAL_LIMITS.to_owned(), None),
+                (LIMITS_SET.to_owned(), None),
+                (key.clone(), None)
+            ]
+        );
+        // The user set 150 since: theirs now, only the marks go.
+        raised["spec"]["limits"]["cpu"] = json!("150");
+        let plan = plan_limits(&raised, &p, &held, &key, None);
+        assert!(plan.set.is_empty(), "{plan:?}");
+        assert_eq!(plan.annotations.len(), 3);
+        // Nothing held: nothing to do.
+        let plan = plan_limits(&raised, &p, &BTreeMap::new(), &key, None);
+        assert_eq!(plan, LimitsPlan::default());
+    }
+
+    #[test]
+    fn claims_of_two_rules_add_up_and_one_given_back_leaves_the_others() {
+        let ours = limits_annotation(&actor());
+        let theirs = format!("{ANNOTATION_PREFIX}limits.predictivescale-99999999");
+        let mut raised = pool(None);
+        raised["spec"]["limits"] = json!({"cpu": "106", "memory": "400Gi"});
+        let held = annotations(&[
+            (ORIGINAL_LIMITS, r#"{"cpu":"100","memory":"400Gi"}"#),
+            (LIMITS_SET, r#"{"cpu":"106"}"#),
+            (ours.as_str(), r#"{"cpu":"4"}"#),
+            (theirs.as_str(), r#"{"cpu":"2"}"#),
+        ]);
+        let p = policy(Some(200.0), None);
+        // Ours grows to 8: 100 + 8 + 2.
+        let plan = plan_limits(&raised, &p, &held, &ours, Some(&claim(8.0, 0.0)));
+        assert_eq!(plan.set, vec![("cpu".to_owned(), json!("110"))]);
+        // Ours given back: 100 + 2, the marks of the other rule stay.
+        let plan = plan_limits(&raised, &p, &held, &ours, None);
+        assert_eq!(plan.set, vec![("cpu".to_owned(), json!("102"))]);
+        assert_eq!(
+            plan.annotations,
+            vec![
+                (LIMITS_SET.to_owned(), Some(r#"{"cpu":"102"}"#.to_owned())),
+                (ours.clone(), None)
+            ]
+        );
+    }
+
+    // --- weights and names --------------------------------------------------------------
+
+    #[test]
+    fn the_preferred_pool_gets_the_higher_of_the_two_weights() {
+        assert_eq!(preferred_weights(Some(10), Some(50)), (Some(50), Some(10)));
+        assert_eq!(preferred_weights(Some(50), Some(10)), (Some(50), Some(10)));
+        assert_eq!(preferred_weights(Some(30), Some(30)), (Some(31), Some(30)));
+        assert_eq!(
+            preferred_weights(Some(100), Some(100)),
+            (Some(100), Some(99))
+        );
+        assert_eq!(preferred_weights(None, None), (Some(1), None));
+        assert_eq!(preferred_weights(None, Some(20)), (Some(20), None));
+    }
+
+    #[test]
+    fn placeholder_names_fit_in_63_characters_and_stay_distinct() {
+        assert_eq!(placeholder_name(&actor()), "prophet-reserve-checkout");
+        let long = "a".repeat(40) + "-" + &"b".repeat(40);
+        let mut other = long.clone();
+        other.push('c');
+        let (a, b) = (
+            bounded_name("prophet-reserve-", &long),
+            bounded_name("prophet-reserve-", &other),
+        );
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_ne!(a, b);
+        assert!(a.starts_with("prophet-reserve-aaaa"));
+        // A cut that ends on a separator drops it.
+        let dotted = format!("{}.{}", "x".repeat(37), "y".repeat(30));
+        let name = bounded_name("prophet-reserve-", &dotted);
+        assert!(!name.contains(".-") && !name.contains("--"), "{name}");
+    }
+
+    #[test]
+    fn the_placeholder_pods_are_pause_containers_pinned_to_the_pool() {
+        let mut r = reservation(Some("1"), None);
+        r.placeholder_cpu = Some("500m".into());
+        let sizing = Sizing::parse(&r).unwrap();
+        let mut pool = pool(None);
+        pool["spec"]["template"]["spec"]["taints"] = json!([{"key": "gpu", "effect": "NoSchedule"}, {"key": "team", "value": "shop", "effect": "NoExecute"}]);
+        let d = placeholder_deployment(&actor(), "general", &pool, &sizing, 3);
+        let d = serde_json::to_value(&d).unwrap();
+        assert_eq!(d["spec"]["replicas"], 3);
+        assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], actor().uid);
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["nodeSelector"],
+            json!({"karpenter.sh/nodepool": "general"})
+        );
+        assert_eq!(pod["priorityClassName"], "prophet-placeholder");
+        assert_eq!(pod["terminationGracePeriodSeconds"], 0);
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["containers"][0]["image"], PAUSE_IMAGE);
+        assert_eq!(
+            pod["containers"][0]["resources"]["requests"],
+            json!({"cpu": "500m", "memory": "1Gi"})
+        );
+        assert_eq!(
+            pod["tolerations"],
+            json!([
+                {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "team", "operator": "Equal", "value": "shop", "effect": "NoExecute"},
+            ])
+        );
+        assert_eq!(
+            d["spec"]["selector"]["matchLabels"],
+            json!({"aiops.prophet.io/placeholder": "prophet-reserve-checkout"})
+        );
+    }
+}
+
+/// The error paths a real API server will not produce on demand, against a mock that
+/// checks each request and answers as the server would.
+#[cfg(test)]
+mod api_tests {
+    use super::*;
+    use crate::eval::forecast::ForecastModel;
+    use crate::rules::load::RuleKind;
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use std::time::Duration;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+    type Send = tower_test::mock::SendResponse<Response<Body>>;
+
+    const POOL_PATH: &str = "/apis/karpenter.sh/v1/nodepools/general";
+
+    fn actor() -> Actor {
+        Actor {
+            kind: RuleKind::PredictiveScale,
+            namespace: "shop".into(),
+            name: "checkout".into(),
+            uid: "0b6c2f0e-1111-2222-3333-444455556666".into(),
+            allow_git_ops: false,
+            allow_cross_namespace: false,
+        }
+    }
+
+    /// A rule without a reservation: provision touches the pool alone.
+    fn spec() -> PredictiveScaleSpec {
+        serde_json::from_value(json!({
+            "forecastQuery": "sum(rate(requests_total[5m]))",
+            "nodePoolRef": {"name": "general"},
+            "horizon": "1h",
+            "thresholdPercent": 20,
+            "action": "provision",
+        }))
+        .unwrap()
+    }
+
+    fn forecast() -> ForecastView {
+        ForecastView {
+            current: 10.0,
+            value: 14.0,
+            lower: 13.0,
+            upper: 15.0,
+            change_percent: 40.0,
+            model: ForecastModel::Trend,
+            at_ms: 1_749_998_240_000,
+            horizon_ms: 3_600_000,
+            history: 100,
+        }
+    }
+
+    fn pool() -> Value {
+        json!({
+            "apiVersion": "karpenter.sh/v1",
+            "kind": "NodePool",
+            "metadata": {
+                "name": "general", "uid": "p-1", "resourceVersion": "41",
+                "annotations": {ALLOWED_NAMESPACES: "shop"},
+            },
+            "spec": {
+                "limits": {"cpu": "100"},
+                "disruption": {"consolidateAfter": "0s", "budgets": [{"nodes": "10%"}]},
+                "template": {"spec": {"requirements": []}},
+            },
+        })
+    }
+
+    fn answer(send: Send, status: StatusCode, body: &Value) {
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap(),
+        );
+    }
+
+    fn failure(code: StatusCode, reason: &str, message: &str) -> Value {
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code.as_u16(),
+        })
+    }
+
+    async fn expect(handle: &mut Handle, method: Method, path: &str) -> (Request<Body>, Send) {
+        let (request, send) = handle.next_request().await.expect("a request");
+        assert_eq!(request.method(), method);
+        assert_eq!(request.uri().path(), path);
+        (request, send)
+    }
+
+    async fn run<F, T>(scenario: F) -> Result<Vec<Acted>, ActError>
+    where
+        F: FnOnce(Handle) -> T,
+        T: std::future::Future<Output = ()> + std::marker::Send + 'static,
+    {
+        let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(mock, "default");
+        let verifier = tokio::spawn(scenario(handle));
+        let result = provision(
+            &client,
+            &actor(),
+            &spec(),
+            &forecast(),
+            "d-1",
+            1_749_998_240_000,
+        )
+        .await;
+        tokio::time::timeout(Duration::from_secs(5), verifier)
+            .await
+            .expect("the scenario ends")
+            .expect("the scenario passes");
+        result
+    }
+
+    /// Reads the pool, then answers its guarded patch with `status`.
+    async fn patch_answered(
+        status: StatusCode,
+        reason: &'static str,
+        message: &'static str,
+    ) -> ActError {
+        run(move |mut handle| async move {
+            let (_, send) = expect(&mut handle, Method::GET, POOL_PATH).await;
+            answer(send, StatusCode::OK, &pool());
+            let (request, send) = expect(&mut handle, Method::PATCH, POOL_PATH).await;
+            assert_eq!(
+                request.headers()["content-type"],
+                "application/json-patch+json"
+            );
+            assert!(
+                request
+                    .uri()
+                    .query()
+                    .unwrap_or("")
+                    .contains("fieldManager=prophet")
+            );
+            let body: Value =
+                serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap())
+                    .unwrap();
+            // The version read is tested first; the user's budget is not replaced.
+            assert_eq!(
+                body[0],
+                json!({"op": "test", "path": "/metadata/resourceVersion", "value": "41"})
+            );
+            assert_eq!(body[1]["op"], "add");
+            assert_eq!(body[1]["path"], "/spec/disruption/budgets/-");
+            assert_eq!(body[1]["value"]["nodes"], "0");
+            answer(send, status, &failure(status, reason, message));
+        })
+        .await
+        .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_pool_changed_between_read_and_patch_is_a_conflict_to_retry() {
+        let err = patch_answered(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "Operation cannot be fulfilled on nodepools.karpenter.sh \"general\": the object has been modified",
+        )
+        .await;
+        assert_eq!(err.reason(), "Conflict");
+        assert!(!err.is_refused());
+        assert!(
+            err.to_string().contains("NodePool general changed"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_version_test_is_a_conflict_to_retry_too() {
+        // What the API server answers when a JSON Patch `test` op fails.
+        let err = patch_answered(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "the server rejected our request due to an error in our request: testing value /metadata/resourceVersion failed: test failed",
+        )
+        .await;
+        assert_eq!(err.reason(), "Conflict");
+        assert!(!err.is_refused());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_patch_stays_invalid() {
+        let err = patch_answered(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "NodePool.karpenter.sh \"general\" is invalid: spec.disruption.budgets: Too many: 51: must have at most 50 items",
+        )
+        .await;
+        assert_eq!(err.reason(), "Invalid");
+        assert!(!err.is_refused());
+    }
+
+    #[tokio::test]
+    async fn no_rbac_on_nodepools_is_forbidden_and_nothing_is_written() {
+        let err = run(|mut handle| async move {
+            let (_, send) = expect(&mut handle, Method::GET, POOL_PATH).await;
+            answer(
+                send,
+                StatusCode::FORBIDDEN,
+                &failure(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "nodepools.karpenter.sh \"general\" is forbidden: User \"system:serviceaccount:prophet-system:prophet\" cannot get resource \"nodepools\"",
+                ),
+            );
+            // The test ends with the handle dropped: a further request would fail the
+            // action with a transport error instead of Forbidden.
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "Forbidden");
+        assert!(
+            err.to_string().contains("reading NodePool general"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_pool_and_missing_karpenter_are_told_apart() {
+        let not_found = |what: &str| failure(StatusCode::NOT_FOUND, "NotFound", what);
+        let err = run(move |mut handle| async move {
+            let (_, send) = expect(&mut handle, Method::GET, POOL_PATH).await;
+            answer(
+                send,
+                StatusCode::NOT_FOUND,
+                &not_found("the server could not find the requested resource"),
+            );
+            let (_, send) = expect(&mut handle, Method::GET, "/apis/karpenter.sh/v1").await;
+            answer(
+                send,
+                StatusCode::NOT_FOUND,
+                &not_found("the server could not find the requested resource"),
+            );
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "KarpenterMissing");
+        assert!(!err.is_refused());
+
+        let err = run(move |mut handle| async move {
+            let (_, send) = expect(&mut handle, Method::GET, POOL_PATH).await;
+            answer(send, StatusCode::NOT_FOUND, &not_found("nodepools.karpenter.sh \"general\" not found"));
+            let (_, send) = expect(&mut handle, Method::GET, "/apis/karpenter.sh/v1").await;
+            answer(
+                send,
+                StatusCode::OK,
+                &json!({
+                    "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "karpenter.sh/v1",
+                    "resources": [{"name": "nodepools", "singularName": "nodepool", "namespaced": false, "kind": "NodePool", "verbs": ["get", "list", "patch"]}],
+                }),
+            );
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "NotFound");
+        assert!(
+            err.to_string().contains("NodePool general does not exist"),
+            "{err}"
+        );
+    }
+}
