@@ -1229,6 +1229,18 @@ async fn read_pool_opt(
     }
 }
 
+/// A 422 that names no object and no invalid field: the JSON Patch did not apply to the
+/// object as it is now (a failed `test`, or a budget index gone), which the API server
+/// answers with only "the server rejected our request due to an error in our request".
+/// A schema violation names the object and its causes.
+fn patch_did_not_apply(status: &kube::core::Status) -> bool {
+    status.code == 422
+        && status
+            .details
+            .as_ref()
+            .is_none_or(|d| d.name.is_empty() && d.causes.is_empty())
+}
+
 /// Sends a pool's guarded JSON Patch. A failed `test` (the pool changed since it was
 /// read: the server answers 422, or 409 where it checks the version itself) is a
 /// `Conflict`, retried with a fresh read, never a lost update.
@@ -1256,9 +1268,7 @@ async fn send_patch(
         .await
     {
         Ok(pool) => Ok(pool),
-        Err(kube::Error::Api(status))
-            if status.code == 409 || (status.code == 422 && status.message.contains("test")) =>
-        {
+        Err(kube::Error::Api(status)) if status.code == 409 || patch_did_not_apply(&status) => {
             Err(ActError::failed(
                 "Conflict",
                 format!(
@@ -2422,6 +2432,32 @@ mod api_tests {
         })
     }
 
+    /// As a real API server answers a JSON Patch whose `test` fails (checked against
+    /// one by the integration test `a_stale_version_test_is_answered_as_the_action_expects`).
+    fn test_failed() -> Value {
+        let mut status = failure(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "the server rejected our request due to an error in our request",
+        );
+        status["details"] = json!({});
+        status
+    }
+
+    /// As a real API server answers a patch that breaks the CRD's schema.
+    fn schema_invalid() -> Value {
+        let mut status = failure(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "NodePool.karpenter.sh \"general\" is invalid: spec.disruption.budgets: Too many: 51: must have at most 50 items",
+        );
+        status["details"] = json!({
+            "name": "general", "group": "karpenter.sh", "kind": "NodePool",
+            "causes": [{"reason": "FieldValueTooMany", "message": "Too many: 51: must have at most 50 items", "field": "spec.disruption.budgets"}],
+        });
+        status
+    }
+
     async fn expect(handle: &mut Handle, method: Method, path: &str) -> (Request<Body>, Send) {
         let (request, send) = handle.next_request().await.expect("a request");
         assert_eq!(request.method(), method);
@@ -2454,11 +2490,7 @@ mod api_tests {
     }
 
     /// Reads the pool, then answers its guarded patch with `status`.
-    async fn patch_answered(
-        status: StatusCode,
-        reason: &'static str,
-        message: &'static str,
-    ) -> ActError {
+    async fn patch_answered(status: StatusCode, reply: Value) -> ActError {
         run(move |mut handle| async move {
             let (_, send) = expect(&mut handle, Method::GET, POOL_PATH).await;
             answer(send, StatusCode::OK, &pool());
@@ -2485,7 +2517,7 @@ mod api_tests {
             assert_eq!(body[1]["op"], "add");
             assert_eq!(body[1]["path"], "/spec/disruption/budgets/-");
             assert_eq!(body[1]["value"]["nodes"], "0");
-            answer(send, status, &failure(status, reason, message));
+            answer(send, status, &reply);
         })
         .await
         .unwrap_err()
@@ -2495,8 +2527,11 @@ mod api_tests {
     async fn a_pool_changed_between_read_and_patch_is_a_conflict_to_retry() {
         let err = patch_answered(
             StatusCode::CONFLICT,
-            "Conflict",
-            "Operation cannot be fulfilled on nodepools.karpenter.sh \"general\": the object has been modified",
+            failure(
+                StatusCode::CONFLICT,
+                "Conflict",
+                "Operation cannot be fulfilled on nodepools.karpenter.sh \"general\": the object has been modified",
+            ),
         )
         .await;
         assert_eq!(err.reason(), "Conflict");
@@ -2510,24 +2545,14 @@ mod api_tests {
     #[tokio::test]
     async fn a_failed_version_test_is_a_conflict_to_retry_too() {
         // What the API server answers when a JSON Patch `test` op fails.
-        let err = patch_answered(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            "the server rejected our request due to an error in our request: testing value /metadata/resourceVersion failed: test failed",
-        )
-        .await;
+        let err = patch_answered(StatusCode::UNPROCESSABLE_ENTITY, test_failed()).await;
         assert_eq!(err.reason(), "Conflict");
         assert!(!err.is_refused());
     }
 
     #[tokio::test]
     async fn an_invalid_patch_stays_invalid() {
-        let err = patch_answered(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            "NodePool.karpenter.sh \"general\" is invalid: spec.disruption.budgets: Too many: 51: must have at most 50 items",
-        )
-        .await;
+        let err = patch_answered(StatusCode::UNPROCESSABLE_ENTITY, schema_invalid()).await;
         assert_eq!(err.reason(), "Invalid");
         assert!(!err.is_refused());
     }
