@@ -180,7 +180,7 @@ impl NodePoolPolicy {
     /// Refuses (`NodePoolNotAllowed`) a rule whose namespace the pool does not list.
     pub fn check_allowed(&self, actor: &Actor, pool: &str) -> Result<(), ActError> {
         match &self.allowed_namespaces {
-            Some(list) if list.iter().any(|ns| *ns == actor.namespace) => Ok(()),
+            Some(list) if list.contains(&actor.namespace) => Ok(()),
             Some(list) => Err(ActError::refused(
                 "NodePoolNotAllowed",
                 format!(
@@ -333,7 +333,7 @@ impl Sizing {
 pub fn format_quantity(resource: &str, value: f64) -> String {
     if resource == "cpu" {
         let millis = (value * 1000.0 - 1e-6).ceil().max(0.0) as u64;
-        if millis % 1000 == 0 {
+        if millis.is_multiple_of(1000) {
             format!("{}", millis / 1000)
         } else {
             format!("{millis}m")
@@ -346,7 +346,7 @@ pub fn format_quantity(resource: &str, value: f64) -> String {
             ("Mi", 1 << 20),
             ("Ki", 1 << 10),
         ] {
-            if bytes != 0 && bytes % unit == 0 {
+            if bytes != 0 && bytes.is_multiple_of(unit) {
                 return format!("{}{suffix}", bytes / unit);
             }
         }
@@ -1368,14 +1368,22 @@ pub async fn provision(
 
     // The pool first: room (limits) and the hold before the demand arrives.
     let mut patch = PoolPatch::new(&value);
-    let reserved = sizing.as_ref().map(|s| s.reserved(replicas));
-    let limits = plan_limits(
-        &value,
-        &policy,
-        &annotations,
-        &limits_annotation(actor),
-        reserved.as_ref(),
-    );
+    // No placeholders wanted (the forecast no longer rises): the claim stays as it is;
+    // provisioning never lowers a limit, consolidate and release give it back.
+    let reserved = sizing
+        .as_ref()
+        .filter(|_| replicas > 0)
+        .map(|s| s.reserved(replicas));
+    let limits = match &reserved {
+        Some(reserved) => plan_limits(
+            &value,
+            &policy,
+            &annotations,
+            &limits_annotation(actor),
+            Some(reserved),
+        ),
+        None => LimitsPlan::default(),
+    };
     for (resource, v) in &limits.set {
         patch.set_limit(resource, v.clone());
     }

@@ -577,10 +577,12 @@ async fn a_stale_version_test_is_answered_as_the_action_expects() {
     };
     // 422 naming no object and no field: what the action reads as "changed since read".
     assert_eq!(status.code, 422, "{status:?}");
-    let details = status.details.unwrap_or_default();
     assert!(
-        details.name.is_empty() && details.causes.is_empty(),
-        "{details:?}"
+        status
+            .details
+            .as_ref()
+            .is_none_or(|d| d.name.is_empty() && d.causes.is_empty()),
+        "{status:?}"
     );
     assert_eq!(
         budgets(&read_pool(&client, &name).await).len(),
