@@ -491,7 +491,8 @@ fn plan_limits(
             let wanted = wanted_limit(original, max, resource, &claims);
             let text = format_quantity(resource, wanted);
             let wanted = parse_quantity(&text).unwrap_or(wanted);
-            if now.is_none_or(|now| wanted > now && !same_quantity(wanted, now)) {
+            // A limit the user has removed since (now unlimited) blocks nothing.
+            if now.is_some_and(|now| wanted > now && !same_quantity(wanted, now)) {
                 plan.changes.push(format!(
                     "limits.{resource} {} → {text}",
                     current
@@ -2222,6 +2223,18 @@ mod tests {
         );
         assert_eq!(plan.set, vec![("cpu".to_owned(), json!("104"))]);
         assert_eq!(plan.annotations[0].1.as_deref(), Some(r#"{"cpu":100}"#));
+        // The user removed the cpu limit after Prophet recorded it: not written back.
+        let mut removed = unlimited.clone();
+        removed["spec"]["limits"] = json!({});
+        let held = annotations(&[(ORIGINAL_LIMITS, r#"{"cpu":100}"#)]);
+        let plan = plan_limits(
+            &removed,
+            &policy(Some(200.0), None),
+            &held,
+            &key,
+            Some(&claim(4.0, 0.0)),
+        );
+        assert!(plan.set.is_empty(), "{plan:?}");
     }
 
     #[test]
