@@ -84,7 +84,7 @@ fn object<T: serde::de::DeserializeOwned>(docs: &[serde_yaml::Value], kind: &str
 
 /// The objects `kubectl apply -k deploy/` installs, as `kind/name` (cluster-scoped) or
 /// `kind/namespace/name`.
-const INSTALLED: [&str; 16] = [
+const INSTALLED: [&str; 17] = [
     "Namespace/prophet-system",
     "CustomResourceDefinition/anomalyactions.aiops.prophet.io",
     "CustomResourceDefinition/predictivescales.aiops.prophet.io",
@@ -101,6 +101,7 @@ const INSTALLED: [&str; 16] = [
     "StatefulSet/prophet-system/prophet",
     "PodDisruptionBudget/prophet-system/prophet",
     "NetworkPolicy/prophet-system/prophet",
+    "PriorityClass/prophet-placeholder",
 ];
 
 fn identity(doc: &serde_yaml::Value) -> String {
@@ -119,7 +120,7 @@ fn the_base_renders_the_operator_and_nothing_else() {
     let rendered: BTreeSet<String> = docs.iter().map(identity).collect();
     let expected: BTreeSet<String> = INSTALLED.iter().map(|s| s.to_string()).collect();
     assert_eq!(rendered, expected);
-    assert_eq!(docs.len(), 16, "one document per object");
+    assert_eq!(docs.len(), 17, "one document per object");
     // Every namespaced object lands in prophet-system; the examples, components and
     // integrations stay out.
     for doc in &docs {
@@ -480,6 +481,7 @@ fn a_real_api_server_accepts_the_whole_install_without_warnings() {
         "statefulset.apps/prophet",
         "poddisruptionbudget.policy/prophet",
         "networkpolicy.networking.k8s.io/prophet",
+        "priorityclass.scheduling.k8s.io/prophet-placeholder",
     ]
     .into();
     assert_eq!(applied, expected, "{stderr}");

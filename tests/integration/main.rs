@@ -10,6 +10,7 @@ mod common;
 
 mod actions_alert;
 mod actions_cluster;
+mod actions_nodepool;
 mod actions_slo;
 mod anomaly;
 mod auth;
