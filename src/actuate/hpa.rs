@@ -31,7 +31,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams}
 use kube::core::GroupVersionKind;
 use serde_json::json;
 
-use super::workload::pod_workload;
+use super::workload::{pod_workload, retry_conflicts};
 use super::{ActError, Acted, Actor, TargetRef, guard};
 use crate::eval::PodRef;
 
@@ -258,15 +258,27 @@ fn state_of(holder: &MinHolder, object: &DynamicObject) -> ClaimState {
     }
 }
 
-/// Reads the holder, plans with `plan`, and writes the plan by a merge patch guarded by
-/// the resourceVersion read (409 is retried by the caller with a fresh read).
+/// [`write_min_once`], read afresh and tried again on a 409.
 async fn write_min(
     client: &kube::Client,
     actor: &Actor,
     holder: MinHolder,
     namespace: &str,
     name: &str,
-    plan: impl FnOnce(&ClaimState) -> Option<ClaimPlan>,
+    plan: impl Fn(&ClaimState) -> Option<ClaimPlan>,
+) -> Result<Option<Acted>, ActError> {
+    retry_conflicts(|| write_min_once(client, actor, holder, namespace, name, &plan)).await
+}
+
+/// Reads the holder, plans with `plan`, and writes the plan by a merge patch guarded by
+/// the resourceVersion read (409 is retried by the caller with a fresh read).
+async fn write_min_once(
+    client: &kube::Client,
+    actor: &Actor,
+    holder: MinHolder,
+    namespace: &str,
+    name: &str,
+    plan: &impl Fn(&ClaimState) -> Option<ClaimPlan>,
 ) -> Result<Option<Acted>, ActError> {
     let described = format!("{} {namespace}/{name}", holder.kind);
     let api: Api<DynamicObject> =
@@ -574,6 +586,26 @@ fn scale_target(
 
 #[allow(clippy::too_many_arguments)]
 async fn scale_workload(
+    client: &kube::Client,
+    actor: &Actor,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    step: i32,
+    max: i32,
+    replicas: Option<i32>,
+    detection: &str,
+) -> Result<Acted, ActError> {
+    retry_conflicts(|| {
+        scale_once(
+            client, actor, namespace, kind, name, step, max, replicas, detection,
+        )
+    })
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn scale_once(
     client: &kube::Client,
     actor: &Actor,
     namespace: &str,

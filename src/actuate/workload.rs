@@ -352,24 +352,33 @@ async fn record_stateful_evictions(
     detection: &str,
 ) -> Result<(), ActError> {
     let namespace = set.meta.namespace.clone().unwrap_or_default();
-    let mut record = eviction_record(&set.meta, detection);
-    for pod in pods {
-        if let (Some(name), Some(uid)) = (&pod.metadata.name, &pod.metadata.uid) {
-            record.insert(name.clone(), uid.clone());
-        }
-    }
-    let value: Vec<String> = record.iter().map(|(n, u)| format!("{n}={u}")).collect();
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": set.meta.resource_version,
-            "annotations": { EVICTED_FOR: detection, EVICTED_PODS: value.join(",") },
-        }
-    });
     let api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    api.patch(&set.name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| ActError::api(format!("recording the evictions on {}", set.describe()), e))?;
-    Ok(())
+    let doing = format!("recording the evictions on {}", set.describe());
+    retry_conflicts(|| async {
+        // Read afresh each time: the record may have grown since the pods were checked.
+        let now = api
+            .get(&set.name)
+            .await
+            .map_err(|e| ActError::api(&doing, e))?;
+        let mut record = eviction_record(&now.metadata, detection);
+        for pod in pods {
+            if let (Some(name), Some(uid)) = (&pod.metadata.name, &pod.metadata.uid) {
+                record.insert(name.clone(), uid.clone());
+            }
+        }
+        let value: Vec<String> = record.iter().map(|(n, u)| format!("{n}={u}")).collect();
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": now.metadata.resource_version,
+                "annotations": { EVICTED_FOR: detection, EVICTED_PODS: value.join(",") },
+            }
+        });
+        api.patch(&set.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| ActError::api(&doing, e))?;
+        Ok(())
+    })
+    .await
 }
 
 /// Evicts the tripped `pods` (a rule's `target.resourceType: Pod`), one result per pod
@@ -569,6 +578,38 @@ pub async fn rollout_restart(
 /// changes nothing. Refused: another namespace, a GitOps-managed workload (unless
 /// allowed), a paused Deployment (`DeploymentPaused`: it would not roll).
 pub async fn rollout_restart_named(
+    client: &kube::Client,
+    actor: &Actor,
+    namespace: &str,
+    kind: TargetResourceType,
+    name: &str,
+    detection: &str,
+) -> Result<Acted, ActError> {
+    retry_conflicts(|| restart_once(client, actor, namespace, kind, name, detection)).await
+}
+
+/// How many times an action reads afresh and tries again when its guarded write met a
+/// 409 (a controller updated the object's status between our read and our write).
+const CONFLICT_TRIES: usize = 3;
+
+/// Runs `attempt` until it does not fail with a 409, at most [`CONFLICT_TRIES`] times:
+/// each attempt reads the object afresh, so this is the optimistic lock's loop. The last
+/// conflict is returned (retryable) for the caller to back off.
+pub(crate) async fn retry_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, ActError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ActError>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(error) if error.reason() == "Conflict" && tries < CONFLICT_TRIES => tries += 1,
+            done => return done,
+        }
+    }
+}
+
+async fn restart_once(
     client: &kube::Client,
     actor: &Actor,
     namespace: &str,

@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod actions_workload;
 mod anomaly;
 mod auth;
 mod catch_up;
