@@ -700,3 +700,244 @@ async fn restart_once(
         summary: format!("restarted {described} (restartedAt {now})"),
     })
 }
+
+/// A mock API server for the actions' error paths: each expected request (method,
+/// path, optional check of its body) is answered with a status and a JSON body.
+#[cfg(test)]
+pub(crate) mod mock {
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::Value;
+
+    pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    pub fn client() -> (kube::Client, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (kube::Client::new(service, "default"), handle)
+    }
+
+    /// Expects one request; answers `status` with `answer`; returns the request's body.
+    pub async fn expect(
+        handle: &mut Handle,
+        method: Method,
+        path: &str,
+        status: u16,
+        answer: Value,
+    ) -> Value {
+        let (request, send) = handle
+            .next_request()
+            .await
+            .unwrap_or_else(|| panic!("expected {method} {path}"));
+        assert_eq!(request.method(), method, "{}", request.uri());
+        assert_eq!(request.uri().path(), path);
+        let bytes = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap_or_default()))
+                .expect("a response"),
+        );
+        body
+    }
+
+    /// The API server's error body.
+    pub fn status(code: u16, reason: &str, message: &str) -> Value {
+        serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": message, "reason": reason, "code": code,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::load::RuleKind;
+    use http::Method;
+    use serde_json::Value;
+
+    fn actor() -> Actor {
+        Actor {
+            kind: RuleKind::AnomalyAction,
+            namespace: "shop".into(),
+            name: "memory".into(),
+            uid: "0b6c2f0e-1111-2222-3333-444455556666".into(),
+            allow_git_ops: false,
+            allow_cross_namespace: false,
+        }
+    }
+
+    fn pod(name: &str, labels: &[(&str, &str)]) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": name, "namespace": "shop",
+                "labels": labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            },
+        }))
+        .unwrap()
+    }
+
+    fn pdb(selector: Value, allowed: Option<i32>) -> PodDisruptionBudget {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": selector},
+            "status": allowed.map(|a| json!({
+                "disruptionsAllowed": a, "currentHealthy": 2, "desiredHealthy": 2, "expectedPods": 2,
+            })),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_budget_is_the_least_a_matching_pdb_allows_and_one_without() {
+        let web = pod("web-1", &[("app", "web")]);
+        let pods = [&web];
+        assert_eq!(budget(&[], &pods).0, 1);
+        let matching = pdb(json!({"matchLabels": {"app": "web"}}), Some(2));
+        let other = pdb(json!({"matchLabels": {"app": "db"}}), Some(0));
+        assert_eq!(budget(&[matching.clone(), other], &pods).0, 2);
+        let tight = pdb(
+            json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}),
+            Some(0),
+        );
+        assert_eq!(budget(&[matching.clone(), tight], &pods).0, 0);
+        // No status yet: the PDB controller has not counted; the API server would refuse.
+        assert_eq!(budget(&[pdb(json!({}), None)], &pods).0, 0);
+        // A null selector selects nothing.
+        assert_eq!(budget(&[pdb(Value::Null, Some(0))], &pods).0, 1);
+    }
+
+    #[test]
+    fn a_stateful_sets_record_counts_only_for_its_detection() {
+        let meta: ObjectMeta = serde_json::from_value(json!({
+            "annotations": {EVICTED_FOR: "d1", EVICTED_PODS: "db-0=u0,db-1=u1"},
+        }))
+        .unwrap();
+        let record = eviction_record(&meta, "d1");
+        assert_eq!(record.get("db-0").map(String::as_str), Some("u0"));
+        assert_eq!(record.len(), 2);
+        assert!(eviction_record(&meta, "d2").is_empty());
+    }
+
+    fn daemon_pod() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "agent-x", "namespace": "shop", "uid": "pod-uid", "resourceVersion": "3",
+                "labels": {"app": "agent"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "uid": "ds-uid", "controller": true}],
+            },
+        })
+    }
+
+    #[tokio::test]
+    async fn a_429_from_the_eviction_api_is_a_disruption_budget_with_its_retry_after() {
+        let (client, mut handle) = mock::client();
+        let server = tokio::spawn(async move {
+            mock::expect(
+                &mut handle,
+                Method::GET,
+                "/api/v1/namespaces/shop/pods/agent-x",
+                200,
+                daemon_pod(),
+            )
+            .await;
+            mock::expect(
+                &mut handle,
+                Method::GET,
+                "/apis/apps/v1/namespaces/shop/daemonsets/agent",
+                200,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                       "metadata": {"name": "agent", "namespace": "shop", "uid": "ds-uid"}}),
+            )
+            .await;
+            mock::expect(
+                &mut handle,
+                Method::GET,
+                "/apis/policy/v1/namespaces/shop/poddisruptionbudgets",
+                200,
+                json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudgetList", "metadata": {}, "items": []}),
+            )
+            .await;
+            let mut refusal = mock::status(
+                429,
+                "TooManyRequests",
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+            );
+            refusal["details"] = json!({
+                "causes": [{"reason": "DisruptionBudget", "message": "The disruption budget agent needs 3 healthy pods and has 3 currently"}],
+                "retryAfterSeconds": 7,
+            });
+            let eviction = mock::expect(
+                &mut handle,
+                Method::POST,
+                "/api/v1/namespaces/shop/pods/agent-x/eviction",
+                429,
+                refusal,
+            )
+            .await;
+            // Only the pod read is evicted: never a same-named replacement.
+            assert_eq!(
+                eviction["delete_options"]["preconditions"]["uid"],
+                "pod-uid"
+            );
+            assert!(
+                handle.next_request().await.is_none(),
+                "nothing after the refusal"
+            );
+        });
+        let target = PodRef {
+            namespace: "shop".into(),
+            name: "agent-x".into(),
+        };
+        let results = evict(&client, &actor(), &[target], "d1").await;
+        drop(client);
+        server.await.unwrap();
+        match &results[0] {
+            Err(ActError::Failed {
+                reason,
+                message,
+                retry_after,
+            }) => {
+                assert_eq!(*reason, "DisruptionBudget");
+                assert_eq!(*retry_after, Some(Duration::from_secs(7)));
+                assert!(message.contains("needs 3 healthy pods"), "{message}");
+                assert!(message.contains("shop/agent-x"), "{message}");
+            }
+            other => panic!("expected DisruptionBudget, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pod_without_a_controller_is_never_evicted() {
+        let (client, mut handle) = mock::client();
+        let server = tokio::spawn(async move {
+            let mut bare = daemon_pod();
+            bare["metadata"]["ownerReferences"] = json!([]);
+            mock::expect(
+                &mut handle,
+                Method::GET,
+                "/api/v1/namespaces/shop/pods/agent-x",
+                200,
+                bare,
+            )
+            .await;
+            assert!(handle.next_request().await.is_none(), "no eviction");
+        });
+        let target = PodRef {
+            namespace: "shop".into(),
+            name: "agent-x".into(),
+        };
+        let results = evict(&client, &actor(), &[target], "d1").await;
+        drop(client);
+        server.await.unwrap();
+        let refused = results[0].as_ref().unwrap_err();
+        assert_eq!(refused.reason(), "BarePod");
+        assert!(refused.is_refused());
+    }
+}
