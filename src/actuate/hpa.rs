@@ -163,13 +163,17 @@ fn plan_claim(
     let own_for = state.annotations.get(&for_key).map(String::as_str);
     let ceiling = cap.unwrap_or(i32::MAX).min(state.max);
     let claim = match want {
-        MinReplicas::Exactly(n) => n,
+        MinReplicas::Exactly(n) => n.min(ceiling),
         MinReplicas::Step(_) if own_for == Some(detection) && own.is_some() => {
             own.unwrap_or(state.min)
         }
-        MinReplicas::Step(step) => state.min.saturating_add(step.max(0)),
+        // A step only ever raises this rule's claim, even when its cap has come down.
+        MinReplicas::Step(step) => state
+            .min
+            .saturating_add(step.max(0))
+            .min(ceiling)
+            .max(own.unwrap_or(0)),
     }
-    .min(ceiling)
     .max(0);
     let mut others = claims(&state.annotations);
     others.remove(key);
@@ -704,4 +708,253 @@ async fn scale_once(
         changed: true,
         summary: format!("{described} replicas {current} → {want}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actuate::workload::mock;
+    use crate::rules::load::RuleKind;
+    use http::Method;
+
+    fn state(min: i32, max: i32, annotations: &[(&str, &str)]) -> ClaimState {
+        ClaimState {
+            min,
+            max,
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Applies a plan to a state, as the API server applies the merge patch.
+    fn apply(mut state: ClaimState, plan: &ClaimPlan) -> ClaimState {
+        state.min = plan.min;
+        for (k, v) in &plan.annotations {
+            match v {
+                Some(v) => state.annotations.insert(k.clone(), v.clone()),
+                None => state.annotations.remove(k),
+            };
+        }
+        state
+    }
+
+    #[test]
+    fn a_step_claim_adds_once_per_detection_and_never_passes_the_maximum() {
+        let start = state(2, 5, &[]);
+        let first = plan_claim(&start, "a", MinReplicas::Step(2), None, "d1");
+        assert_eq!(first.min, 4);
+        assert!(first.changed);
+        let after = apply(start, &first);
+        assert_eq!(after.annotations[ORIGINAL_MIN], "2");
+        assert_eq!(after.annotations[&format!("{CLAIM_PREFIX}a")], "4");
+        let again = plan_claim(&after, "a", MinReplicas::Step(2), None, "d1");
+        assert_eq!(again.min, 4);
+        assert!(!again.changed);
+        let next = plan_claim(&after, "a", MinReplicas::Step(2), None, "d2");
+        assert_eq!(next.min, 5, "capped by maxReplicas");
+        let capped = plan_claim(&after, "a", MinReplicas::Step(2), Some(3), "d2");
+        assert_eq!(capped.min, 4, "a step never lowers the rule's own claim");
+    }
+
+    #[test]
+    fn the_highest_claim_wins_and_the_last_release_restores_the_original() {
+        let start = state(2, 10, &[]);
+        let a = apply(
+            start.clone(),
+            &plan_claim(&start, "a", MinReplicas::Exactly(4), None, "a1"),
+        );
+        let ab = apply(
+            a.clone(),
+            &plan_claim(&a, "b", MinReplicas::Exactly(6), None, "b1"),
+        );
+        assert_eq!(ab.min, 6);
+        let released_b = apply(ab.clone(), &plan_release(&ab, "b").unwrap());
+        assert_eq!(released_b.min, 4);
+        assert!(plan_release(&released_b, "b").is_none());
+        let released = apply(released_b.clone(), &plan_release(&released_b, "a").unwrap());
+        assert_eq!(released.min, 2);
+        assert!(
+            released.annotations.is_empty(),
+            "{:?}",
+            released.annotations
+        );
+    }
+
+    #[test]
+    fn a_users_edit_while_claimed_becomes_the_original() {
+        let claimed = state(
+            5,
+            10,
+            &[
+                (ORIGINAL_MIN, "2"),
+                ("aiops.prophet.io/min-replicas.a", "5"),
+            ],
+        );
+        assert_eq!(original(&claimed), 2);
+        let edited = ClaimState { min: 7, ..claimed };
+        assert_eq!(original(&edited), 7);
+        let released = plan_release(&edited, "a").unwrap();
+        assert_eq!(released.min, 7);
+    }
+
+    #[test]
+    fn a_direct_scale_steps_up_to_max_and_never_down() {
+        assert_eq!(scale_target(1, None, 1, 10, None), Ok(2));
+        assert_eq!(scale_target(1, None, 5, 3, None), Ok(3));
+        assert_eq!(scale_target(2, None, 1, 10, Some(6)), Ok(6));
+        assert!(
+            scale_target(3, None, 1, 3, None)
+                .unwrap_err()
+                .contains("max 3")
+        );
+        assert!(scale_target(6, None, 1, 10, Some(4)).is_err());
+        // Recorded for this detection: done when reached, finished when not.
+        assert!(scale_target(2, Some(2), 1, 10, None).is_err());
+        assert_eq!(scale_target(1, Some(2), 1, 10, None), Ok(2));
+    }
+
+    fn actor() -> Actor {
+        Actor {
+            kind: RuleKind::SloViolation,
+            namespace: "shop".into(),
+            name: "latency".into(),
+            uid: "0b6c2f0e-1111-2222-3333-444455556666".into(),
+            allow_git_ops: false,
+            allow_cross_namespace: false,
+        }
+    }
+
+    fn hpa_object(owner: Option<serde_json::Value>) -> serde_json::Value {
+        json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "hpa-uid", "resourceVersion": "5",
+                         "ownerReferences": owner.map(|o| vec![o]).unwrap_or_default()},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                     "minReplicas": 2, "maxReplicas": 10},
+        })
+    }
+
+    const HPA_PATH: &str = "/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers/web";
+
+    async fn claim(client: &kube::Client) -> Result<Acted, ActError> {
+        claim_min_replicas(
+            client,
+            &actor(),
+            "shop",
+            "web",
+            MinReplicas::Exactly(4),
+            None,
+            "d1",
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_409_on_the_hpa_patch_is_read_again_and_stays_retryable() {
+        let (client, mut handle) = mock::client();
+        let server = tokio::spawn(async move {
+            mock::expect(&mut handle, Method::GET, HPA_PATH, 200, hpa_object(None)).await;
+            for _ in 0..CONFLICT_TRIES_EXPECTED {
+                mock::expect(&mut handle, Method::GET, HPA_PATH, 200, hpa_object(None)).await;
+                let patch = mock::expect(
+                    &mut handle,
+                    Method::PATCH,
+                    HPA_PATH,
+                    409,
+                    mock::status(409, "Conflict", "the object has been modified"),
+                )
+                .await;
+                assert_eq!(patch["metadata"]["resourceVersion"], "5");
+                assert_eq!(patch["spec"]["minReplicas"], 4);
+                assert_eq!(
+                    patch["metadata"]["annotations"]["aiops.prophet.io/original-min-replicas"],
+                    "2"
+                );
+                assert_eq!(
+                    patch["metadata"]["annotations"]["aiops.prophet.io/min-replicas.sloviolation-0b6c2f0e"],
+                    "4"
+                );
+            }
+            assert!(handle.next_request().await.is_none());
+        });
+        let result = claim(&client).await;
+        drop(client);
+        server.await.unwrap();
+        let error = result.unwrap_err();
+        assert_eq!(error.reason(), "Conflict");
+        assert!(!error.is_refused(), "a conflict is retried");
+    }
+
+    /// Matches `workload::CONFLICT_TRIES`.
+    const CONFLICT_TRIES_EXPECTED: usize = 3;
+
+    #[tokio::test]
+    async fn a_403_is_forbidden_and_not_retried_at_once() {
+        let (client, mut handle) = mock::client();
+        let server = tokio::spawn(async move {
+            mock::expect(&mut handle, Method::GET, HPA_PATH, 200, hpa_object(None)).await;
+            mock::expect(&mut handle, Method::GET, HPA_PATH, 200, hpa_object(None)).await;
+            mock::expect(
+                &mut handle,
+                Method::PATCH,
+                HPA_PATH,
+                403,
+                mock::status(403, "Forbidden", "cannot patch horizontalpodautoscalers"),
+            )
+            .await;
+            assert!(handle.next_request().await.is_none());
+        });
+        let result = claim(&client).await;
+        drop(client);
+        server.await.unwrap();
+        let error = result.unwrap_err();
+        assert_eq!(error.reason(), "Forbidden");
+        assert!(
+            error
+                .to_string()
+                .contains("HorizontalPodAutoscaler shop/web"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_keda_hpa_whose_scaled_object_cannot_be_read_is_refused() {
+        let (client, mut handle) = mock::client();
+        let server = tokio::spawn(async move {
+            let owner = json!({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+                               "name": "web", "uid": "so-uid", "controller": true});
+            mock::expect(
+                &mut handle,
+                Method::GET,
+                HPA_PATH,
+                200,
+                hpa_object(Some(owner)),
+            )
+            .await;
+            mock::expect(
+                &mut handle,
+                Method::GET,
+                "/apis/keda.sh/v1alpha1/namespaces/shop/scaledobjects/web",
+                404,
+                mock::status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            )
+            .await;
+            assert!(
+                handle.next_request().await.is_none(),
+                "the HPA is not patched"
+            );
+        });
+        let result = claim(&client).await;
+        drop(client);
+        server.await.unwrap();
+        let error = result.unwrap_err();
+        assert_eq!(error.reason(), "KedaManaged");
+        assert!(error.is_refused());
+    }
 }
