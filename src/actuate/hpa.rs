@@ -34,6 +34,7 @@ use serde_json::json;
 use super::workload::{pod_workload, retry_conflicts};
 use super::{ActError, Acted, Actor, TargetRef, guard};
 use crate::eval::PodRef;
+use crate::rules::crd::TargetResourceType;
 
 /// On an HPA or ScaledObject: the minimum the user had before the first claim.
 pub const ORIGINAL_MIN: &str = "aiops.prophet.io/original-min-replicas";
@@ -526,21 +527,7 @@ pub async fn scale(
             ),
         ));
     }
-    if let Some(hpa) = hpa_for(client, &pod.namespace, kind, &workload.name).await? {
-        let hpa_name = hpa.metadata.name.unwrap_or_default();
-        let want = replicas.map_or(MinReplicas::Step(step), MinReplicas::Exactly);
-        return claim_min_replicas(
-            client,
-            actor,
-            &pod.namespace,
-            &hpa_name,
-            want,
-            Some(max),
-            detection,
-        )
-        .await;
-    }
-    scale_workload(
+    scale_workload_or_hpa(
         client,
         actor,
         &pod.namespace,
@@ -550,6 +537,69 @@ pub async fn scale(
         max,
         replicas,
         detection,
+    )
+    .await
+}
+
+/// [`scale`] for a named workload (a rule's `target.name` with `resourceType`
+/// `Deployment` or `StatefulSet`) instead of a pod's owner.
+#[allow(clippy::too_many_arguments)]
+pub async fn scale_named(
+    client: &kube::Client,
+    actor: &Actor,
+    namespace: &str,
+    kind: TargetResourceType,
+    name: &str,
+    step: i32,
+    max: i32,
+    replicas: Option<i32>,
+    detection: &str,
+) -> Result<Acted, ActError> {
+    let kind = match kind {
+        TargetResourceType::Deployment => "Deployment",
+        TargetResourceType::StatefulSet => "StatefulSet",
+        TargetResourceType::Pod => {
+            return Err(ActError::refused(
+                "UnsupportedKind",
+                "scaling a named target needs resourceType Deployment or StatefulSet",
+            ));
+        }
+    };
+    guard::check_namespace(actor, namespace, &format!("{kind} {namespace}/{name}"))?;
+    scale_workload_or_hpa(
+        client, actor, namespace, kind, name, step, max, replicas, detection,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn scale_workload_or_hpa(
+    client: &kube::Client,
+    actor: &Actor,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    step: i32,
+    max: i32,
+    replicas: Option<i32>,
+    detection: &str,
+) -> Result<Acted, ActError> {
+    if let Some(hpa) = hpa_for(client, namespace, kind, name).await? {
+        let hpa_name = hpa.metadata.name.unwrap_or_default();
+        let want = replicas.map_or(MinReplicas::Step(step), MinReplicas::Exactly);
+        return claim_min_replicas(
+            client,
+            actor,
+            namespace,
+            &hpa_name,
+            want,
+            Some(max),
+            detection,
+        )
+        .await;
+    }
+    scale_workload(
+        client, actor, namespace, kind, name, step, max, replicas, detection,
     )
     .await
 }

@@ -478,6 +478,23 @@ async fn scaling_without_an_hpa_adds_a_step_once_per_detection_up_to_max() {
     assert!(!at_max.changed);
     assert!(at_max.summary.contains("max 3"), "{}", at_max.summary);
     assert_eq!(replicas(&client, &ns, "web").await, 3);
+
+    // A named target (target.name) scales the same way.
+    let named = hpa::scale_named(
+        &client,
+        &actor,
+        &ns,
+        TargetResourceType::Deployment,
+        "web",
+        1,
+        4,
+        None,
+        "d4",
+    )
+    .await
+    .unwrap();
+    assert!(named.changed, "{named:?}");
+    assert_eq!(replicas(&client, &ns, "web").await, 4);
 }
 
 fn hpa_yaml(name: &str, target: &str, min: i32, max: i32, owner: Option<(&str, &str)>) -> String {
