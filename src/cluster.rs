@@ -491,8 +491,18 @@ pub async fn run(
         stop.clone(),
     ));
     let (notifier, notifier_task) = notifier(&config, stop.clone())?;
+    // Actions get a client of their own that does not retry a 429 by itself: a
+    // disruption budget's refusal must come back at once, to be reported and retried
+    // with the action's own backoff, not hold the reconcile for minutes.
+    let action_client = {
+        let mut kube_config = kube::Config::infer()
+            .await
+            .map_err(|e| Error::Actions(format!("Kubernetes client config: {e}")))?;
+        kube_config.default_retry = false;
+        Client::try_from(kube_config).map_err(Error::Kube)?
+    };
     let actuator = Arc::new(ClusterActuator::new(
-        client.clone(),
+        action_client,
         config.actions.clone(),
         notifier,
         pause,

@@ -592,8 +592,28 @@ impl ClusterActuator {
             RemediationType::Scale => {
                 let step = spec.remediation.scale_step.unwrap_or(1).max(1);
                 let max = spec.remediation.max_replicas.unwrap_or(10).max(1);
-                let result = match free.first() {
-                    Some(pod) => {
+                let named = spec.target.as_ref().and_then(|t| t.name.clone());
+                let result = match (&named, free.first()) {
+                    (Some(name), _) => {
+                        let namespace = spec
+                            .target
+                            .as_ref()
+                            .and_then(|t| t.namespace.clone())
+                            .unwrap_or_else(|| actor.namespace.clone());
+                        hpa::scale_named(
+                            &self.client,
+                            &actor,
+                            &namespace,
+                            kind,
+                            name,
+                            step,
+                            max,
+                            spec.remediation.replicas,
+                            &window,
+                        )
+                        .await
+                    }
+                    (None, Some(pod)) => {
                         hpa::scale(
                             &self.client,
                             &actor,
@@ -605,7 +625,7 @@ impl ClusterActuator {
                         )
                         .await
                     }
-                    None => Err(ActError::refused(
+                    (None, None) => Err(ActError::refused(
                         "NoTarget",
                         "the tripped series names no pod whose workload could be scaled",
                     )),

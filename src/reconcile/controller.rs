@@ -1159,9 +1159,13 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> 
                 ctx.app.metrics.leader.set(i64::from(leading));
                 if open && *leadership.borrow_and_update() && leading {
                     // A new leader converges every status to the truth it holds now,
-                    // from what the API server holds (another leader wrote meanwhile).
+                    // from what the API server holds (another leader wrote meanwhile),
+                    // and sets what rules hold again (each action is idempotent).
                     ctx.written.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    ctx.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     mark_listed(&ctx);
+                } else if !leading && let Some(actuator) = &ctx.actuator {
+                    actuator.stand_down();
                 }
                 continue;
             }

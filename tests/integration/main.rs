@@ -12,6 +12,7 @@ mod actions_alert;
 mod actions_cluster;
 mod actions_nodepool;
 mod actions_slo;
+mod actions_workload;
 mod anomaly;
 mod auth;
 mod catch_up;
