@@ -174,6 +174,7 @@ impl Cluster {
                 "crd/anomalyactions.aiops.prophet.io",
                 "crd/predictivescales.aiops.prophet.io",
                 "crd/sloviolations.aiops.prophet.io",
+                "crd/actionapprovals.aiops.prophet.io",
             ]);
         });
     }

@@ -84,11 +84,12 @@ fn object<T: serde::de::DeserializeOwned>(docs: &[serde_yaml::Value], kind: &str
 
 /// The objects `kubectl apply -k deploy/` installs, as `kind/name` (cluster-scoped) or
 /// `kind/namespace/name`.
-const INSTALLED: [&str; 17] = [
+const INSTALLED: [&str; 21] = [
     "Namespace/prophet-system",
     "CustomResourceDefinition/anomalyactions.aiops.prophet.io",
     "CustomResourceDefinition/predictivescales.aiops.prophet.io",
     "CustomResourceDefinition/sloviolations.aiops.prophet.io",
+    "CustomResourceDefinition/actionapprovals.aiops.prophet.io",
     "ServiceAccount/prophet-system/prophet",
     "ClusterRole/prophet",
     "ClusterRoleBinding/prophet",
@@ -96,6 +97,9 @@ const INSTALLED: [&str; 17] = [
     "RoleBinding/prophet-system/prophet-leader-election",
     "ClusterRole/prophet-edit",
     "ClusterRole/prophet-view",
+    "ClusterRole/prophet-approver",
+    "ValidatingAdmissionPolicy/prophet-approver-is-the-requester",
+    "ValidatingAdmissionPolicyBinding/prophet-approver-is-the-requester",
     "Service/prophet-system/prophet",
     "Service/prophet-system/prophet-headless",
     "StatefulSet/prophet-system/prophet",
@@ -120,7 +124,7 @@ fn the_base_renders_the_operator_and_nothing_else() {
     let rendered: BTreeSet<String> = docs.iter().map(identity).collect();
     let expected: BTreeSet<String> = INSTALLED.iter().map(|s| s.to_string()).collect();
     assert_eq!(rendered, expected);
-    assert_eq!(docs.len(), 17, "one document per object");
+    assert_eq!(docs.len(), 21, "one document per object");
     // Every namespaced object lands in prophet-system; the examples, components and
     // integrations stay out.
     for doc in &docs {
@@ -408,8 +412,17 @@ fn the_statefulset_is_wired_to_its_services_account_lease_and_budget() {
 fn installed(cluster: &Cluster) -> &'static [serde_yaml::Value] {
     static INSTALLED: OnceLock<Vec<serde_yaml::Value>> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        // `kubectl auth can-i` finds the kinds by discovery: they must be served.
+        // `kubectl auth can-i` finds the kinds by discovery: they must be served
+        // (Karpenter's NodePool too, as a test copy).
         cluster.install_crds();
+        let karpenter = repo("tests/fixtures/crds/karpenter.yaml");
+        cluster.kubectl(&["apply", "--server-side", "-f", karpenter.to_str().unwrap()]);
+        cluster.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/nodepools.karpenter.sh",
+        ]);
         let docs = yaml_documents(&kustomize(cluster, "deploy"));
         let namespace = docs
             .iter()
@@ -469,10 +482,14 @@ fn a_real_api_server_accepts_the_whole_install_without_warnings() {
         "customresourcedefinition.apiextensions.k8s.io/anomalyactions.aiops.prophet.io",
         "customresourcedefinition.apiextensions.k8s.io/predictivescales.aiops.prophet.io",
         "customresourcedefinition.apiextensions.k8s.io/sloviolations.aiops.prophet.io",
+        "customresourcedefinition.apiextensions.k8s.io/actionapprovals.aiops.prophet.io",
         "serviceaccount/prophet",
         "clusterrole.rbac.authorization.k8s.io/prophet",
         "clusterrole.rbac.authorization.k8s.io/prophet-edit",
         "clusterrole.rbac.authorization.k8s.io/prophet-view",
+        "clusterrole.rbac.authorization.k8s.io/prophet-approver",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/prophet-approver-is-the-requester",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/prophet-approver-is-the-requester",
         "clusterrolebinding.rbac.authorization.k8s.io/prophet",
         "role.rbac.authorization.k8s.io/prophet-leader-election",
         "rolebinding.rbac.authorization.k8s.io/prophet-leader-election",
@@ -583,6 +600,20 @@ fn the_operator_may_do_what_cluster_mode_needs_and_nothing_else() {
             &ns,
         ],
         &["create", "events.events.k8s.io", &ns],
+        // Actions (deploy/rbac.yaml says why each).
+        &["create", "pods/eviction", &ns],
+        &["patch", "deployments.apps", &ns],
+        &["patch", "statefulsets.apps", "--subresource=scale", &ns],
+        &["patch", "horizontalpodautoscalers.autoscaling", &ns],
+        &["patch", "nodepools.karpenter.sh"],
+        &["patch", "anomalyactions.aiops.prophet.io", &ns],
+        &[
+            "watch",
+            "actionapprovals.aiops.prophet.io",
+            "--all-namespaces",
+        ],
+        &["get", "secrets", &ns],
+        &["watch", "configmaps", "--namespace=prophet-system"],
         &["patch", "events.events.k8s.io", &ns],
         &[
             "create",
@@ -611,11 +642,18 @@ fn the_operator_may_do_what_cluster_mode_needs_and_nothing_else() {
             "leases.coordination.k8s.io/kube-scheduler",
             "--namespace=prophet-system",
         ],
-        // Nothing of the workloads or secrets yet.
+        // Workloads only through the actions' verbs: no deleting pods (evictions
+        // honour budgets), no creating them, no touching other kinds.
         &["delete", "pods", &ns],
-        &["patch", "deployments.apps", &ns],
-        &["get", "secrets", "--namespace=prophet-system"],
+        &["create", "pods", &ns],
+        &["delete", "statefulsets.apps", &ns],
+        &["update", "deployments.apps", &ns],
+        &["delete", "nodepools.karpenter.sh"],
+        // Secrets by name only, ConfigMaps only its own pause switch's namespace.
+        &["list", "secrets", &ns],
         &["list", "configmaps", &ns],
+        // Approvals are the approvers'.
+        &["create", "actionapprovals.aiops.prophet.io", &ns],
         // Core Events are not the ones it writes.
         &["create", "events", &ns],
     ];
