@@ -108,10 +108,21 @@ const INSTALLED: [&str; 21] = [
     "PriorityClass/prophet-placeholder",
 ];
 
+/// Cluster-scoped kinds kustomize 5.8's built-in schema does not know: its namespace
+/// transformer stamps `prophet-system` on them, which the API server ignores for a
+/// cluster-scoped object (the server-side dry run below installs them as such).
+const CLUSTER_SCOPED_UNKNOWN_TO_KUSTOMIZE: [&str; 2] = [
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
+
 fn identity(doc: &serde_yaml::Value) -> String {
     let kind = doc["kind"].as_str().unwrap();
     let name = doc["metadata"]["name"].as_str().unwrap();
-    match doc["metadata"]["namespace"].as_str() {
+    let namespace = doc["metadata"]["namespace"]
+        .as_str()
+        .filter(|_| !CLUSTER_SCOPED_UNKNOWN_TO_KUSTOMIZE.contains(&kind));
+    match namespace {
         Some(namespace) => format!("{kind}/{namespace}/{name}"),
         None => format!("{kind}/{name}"),
     }
@@ -601,7 +612,7 @@ fn the_operator_may_do_what_cluster_mode_needs_and_nothing_else() {
         ],
         &["create", "events.events.k8s.io", &ns],
         // Actions (deploy/rbac.yaml says why each).
-        &["create", "pods/eviction", &ns],
+        &["create", "pods", "--subresource=eviction", &ns],
         &["patch", "deployments.apps", &ns],
         &["patch", "statefulsets.apps", "--subresource=scale", &ns],
         &["patch", "horizontalpodautoscalers.autoscaling", &ns],
