@@ -362,6 +362,7 @@ async fn follow_pause_switch(
     client: Client,
     (namespace, name): (String, String),
     pause: Arc<std::sync::RwLock<PauseState>>,
+    ledger: Arc<Ledger>,
     stop: watch::Receiver<bool>,
 ) {
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -371,10 +372,18 @@ async fn follow_pause_switch(
     let mut events = pin!(events);
     let mut stop = pin!(stopped(stop));
     let set = |state: PauseState| {
-        let mut current = pause.write().unwrap_or_else(|e| e.into_inner());
-        if *current != state {
-            tracing::warn!(paused = state.all, namespaces = ?state.namespaces, "the pause switch changed");
-            *current = state;
+        let changed = {
+            let mut current = pause.write().unwrap_or_else(|e| e.into_inner());
+            let changed = *current != state;
+            if changed {
+                tracing::warn!(paused = state.all, namespaces = ?state.namespaces, "the pause switch changed");
+                *current = state;
+            }
+            changed
+        };
+        // What waited for the switch goes at once, not at its next retry.
+        if changed {
+            ledger.mark_all();
         }
     };
     let read = |map: &ConfigMap| {
@@ -391,6 +400,7 @@ async fn follow_pause_switch(
                         .collect()
                 })
                 .unwrap_or_default(),
+            unknown: false,
         }
     };
     let mut seen_in_list = false;
@@ -483,11 +493,12 @@ pub async fn run(
             instance: Some(identity.clone()),
         },
     );
-    let pause = Arc::new(std::sync::RwLock::new(PauseState::default()));
+    let pause = Arc::new(std::sync::RwLock::new(PauseState::unread()));
     let pause_switch = tokio::spawn(follow_pause_switch(
         client.clone(),
         config.control.clone(),
         pause.clone(),
+        ledger.clone(),
         stop.clone(),
     ));
     let (notifier, notifier_task) = notifier(&config, stop.clone())?;

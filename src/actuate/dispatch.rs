@@ -60,11 +60,22 @@ impl Default for ActionConfig {
 pub struct PauseState {
     pub all: bool,
     pub namespaces: HashSet<String>,
+    /// The switch has not been read yet (at start, or its watch fails): nothing acts
+    /// until it is, so a restart in the middle of an incident cannot act past a pause.
+    pub unknown: bool,
 }
 
 impl PauseState {
+    /// Not read yet: everything held.
+    pub fn unread() -> Self {
+        Self {
+            unknown: true,
+            ..Self::default()
+        }
+    }
+
     pub fn pauses(&self, namespace: &str) -> bool {
-        self.all || self.namespaces.contains(namespace)
+        self.unknown || self.all || self.namespaces.contains(namespace)
     }
 }
 
@@ -192,6 +203,25 @@ impl Attempt {
         }
     }
 
+    /// An action not done because it is no longer to be done (the detection is over,
+    /// its sample too old, its target in cooldown): recorded, not a failure.
+    pub fn skipped(
+        action: &str,
+        target: &str,
+        detection: &str,
+        reason: &'static str,
+        message: String,
+    ) -> Self {
+        Self::not_done(
+            action,
+            target,
+            Some(detection),
+            AttemptResult::Unchanged,
+            reason,
+            message,
+        )
+    }
+
     /// Whether the action should be tried again later.
     pub fn retry(&self) -> bool {
         self.result == AttemptResult::Failed
@@ -277,6 +307,8 @@ impl RuleObject<'_> {
             Self::Predictive(_) => true,
             Self::Slo(r) => {
                 r.spec.enable_chaos
+                    || r.spec.webhook_url.as_deref().is_some_and(|u| !u.is_empty())
+                    || r.spec.webhook_secret_ref.is_some()
                     || r.spec
                         .actions
                         .iter()
@@ -418,13 +450,19 @@ impl ClusterActuator {
             .unwrap_or_else(|e| e.into_inner())
             .pauses(&namespace);
         paused.then(|| {
-            (
-                AttemptResult::Failed,
-                "Paused",
+            let unread = self
+                .pause
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .unknown;
+            let message = if unread {
+                "the pause switch (--control-configmap) has not been read yet: actions wait for it".to_owned()
+            } else {
                 format!(
                     "actions are paused (the pause switch, cluster-wide or for namespace {namespace}); retried when resumed"
-                ),
-            )
+                )
+            };
+            (AttemptResult::Failed, "Paused", message)
         })
     }
 
@@ -521,6 +559,25 @@ impl ClusterActuator {
                 None => free.push(pod.clone()),
             }
         }
+        // Alerts are held while tripped (see `notify`), not done per detection.
+        if spec.remediation.type_ == RemediationType::Alert {
+            return Acting::default();
+        }
+        // A pod outside `remediation.podSelector` is never acted on: the series may
+        // lack the labels the selector names, so the live pod is checked.
+        let mut selected = Vec::new();
+        for pod in free {
+            match self.outside_selector(spec, &pod).await {
+                Some(refused) => attempts.push(Attempt::from_result(
+                    &intent.decision.action,
+                    &format!("Pod {}/{}", pod.namespace, pod.name),
+                    Some(detection),
+                    Err(refused),
+                )),
+                None => selected.push(pod),
+            }
+        }
+        let free = selected;
         if free.is_empty() && !pods.is_empty() {
             return Acting {
                 attempts,
@@ -637,7 +694,6 @@ impl ClusterActuator {
                     result,
                 ));
             }
-            // Alerts are held while tripped (see `hold`), not done per detection.
             RemediationType::Alert => {}
         }
         self.note_changed(changed_keys(&attempts, &free));
@@ -683,6 +739,147 @@ impl ClusterActuator {
             _ => None,
         };
         Acting { attempts, analysis }
+    }
+
+    /// Why `pod` may not be acted on under the rule's `remediation.podSelector`, if so
+    /// (a pod already gone is left to the action, which says so).
+    async fn outside_selector(
+        &self,
+        spec: &crate::rules::crd::AnomalyActionSpec,
+        pod: &crate::eval::PodRef,
+    ) -> Option<ActError> {
+        let selector = &spec.remediation.pod_selector;
+        if selector.is_empty() {
+            return None;
+        }
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.client.clone(), &pod.namespace);
+        let live = match api.get_opt(&pod.name).await {
+            Ok(Some(live)) => live,
+            Ok(None) => return None,
+            Err(error) => {
+                return Some(ActError::api(
+                    format!("reading Pod {}/{} for its labels", pod.namespace, pod.name),
+                    error,
+                ));
+            }
+        };
+        let labels = live.metadata.labels.unwrap_or_default();
+        let mismatch: Vec<String> = selector
+            .iter()
+            .filter(|(k, v)| labels.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        (!mismatch.is_empty()).then(|| {
+            ActError::refused(
+                "OutsidePodSelector",
+                format!(
+                    "Pod {}/{} does not carry {} of remediation.podSelector",
+                    pod.namespace,
+                    pod.name,
+                    mismatch.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Acts on several detections of one rule at once. An AnomalyAction's pod restarts
+    /// go out in one eviction call, so no more pods of one workload are evicted at once
+    /// than its disruption budget allows (one without a budget), however many of its
+    /// pods tripped together; the rest fail with `DisruptionBudget` and are retried.
+    pub async fn act_on_all(&self, rule: RuleObject<'_>, intents: &[Intent]) -> Vec<Acting> {
+        let batch = match rule {
+            RuleObject::Anomaly(resource) => {
+                resource.spec.remediation.type_ == RemediationType::Restart
+                    && resource
+                        .spec
+                        .target
+                        .as_ref()
+                        .map(|t| t.resource_type)
+                        .unwrap_or_default()
+                        == TargetResourceType::Pod
+                    && intents.len() > 1
+                    && self.held_back(rule).is_none()
+            }
+            _ => false,
+        };
+        if let (true, RuleObject::Anomaly(resource)) = (batch, rule) {
+            return self.evict_together(resource, intents).await;
+        }
+        let mut out = Vec::with_capacity(intents.len());
+        for intent in intents {
+            out.push(self.act_on(rule, intent).await);
+        }
+        out
+    }
+
+    async fn evict_together(&self, resource: &AnomalyAction, intents: &[Intent]) -> Vec<Acting> {
+        let actor = self.actor(RuleObject::Anomaly(resource));
+        let cooldown = Duration::from_secs(resource.spec.remediation.cooldown_seconds);
+        let mut out: Vec<Acting> = intents.iter().map(|_| Acting::default()).collect();
+        // (intent index, pod) to evict.
+        let mut chosen: Vec<(usize, crate::eval::PodRef)> = Vec::new();
+        for (index, intent) in intents.iter().enumerate() {
+            let detection = intent.detection.as_str();
+            let Some(pod) = intent.decision.targets.first() else {
+                continue;
+            };
+            let key = format!("Pod {}/{}", pod.namespace, pod.name);
+            if let Some(ago) = self.recently_changed(&key, cooldown) {
+                out[index].attempts.push(Attempt::not_done(
+                    "evict",
+                    &key,
+                    Some(detection),
+                    AttemptResult::Unchanged,
+                    "TargetLocked",
+                    format!(
+                        "{key} was acted on {}s ago (by this or another rule), within the cooldown",
+                        ago.as_secs()
+                    ),
+                ));
+                continue;
+            }
+            if let Some(refused) = self.outside_selector(&resource.spec, pod).await {
+                out[index].attempts.push(Attempt::from_result(
+                    "evict",
+                    &key,
+                    Some(detection),
+                    Err(refused),
+                ));
+                continue;
+            }
+            if let Err(wait) = self.draw_budget() {
+                out[index]
+                    .attempts
+                    .push(budget_exhausted("evict", &key, detection, wait));
+                continue;
+            }
+            chosen.push((index, pod.clone()));
+        }
+        if chosen.is_empty() {
+            return out;
+        }
+        let pods: Vec<crate::eval::PodRef> = chosen.iter().map(|(_, p)| p.clone()).collect();
+        // One record of what a StatefulSet had evicted, for the batch's cooldown window.
+        let window = workload_detection(
+            &actor,
+            intents[chosen[0].0].decision.sample_time_ms,
+            cooldown,
+        );
+        let results = workload::evict(&self.client, &actor, &pods, &window).await;
+        for ((index, pod), result) in chosen.into_iter().zip(results) {
+            let key = format!("Pod {}/{}", pod.namespace, pod.name);
+            let detection = intents[index].detection.clone();
+            out[index].attempts.push(Attempt::from_result(
+                "evict",
+                &key,
+                Some(&detection),
+                result,
+            ));
+        }
+        let attempts: Vec<Attempt> = out.iter().flat_map(|a| a.attempts.clone()).collect();
+        self.note_changed(changed_keys(&attempts, &[]));
+        out
     }
 
     async fn slo_rollback(&self, resource: &SLOViolation, detection: &str) -> Vec<Attempt> {
@@ -1085,44 +1282,110 @@ impl ClusterActuator {
                     }
                 }
             }
-            RuleObject::Anomaly(_) => {
-                for (namespace, hpa) in self.claimed_hpas(&actor).await {
-                    let target = format!("HorizontalPodAutoscaler {namespace}/{hpa}");
-                    let result = hpa::release_claim(&self.client, &actor, &namespace, &hpa).await;
-                    attempts.extend(released("release", &target, result));
+            RuleObject::Anomaly(resource) => {
+                let mut namespaces = vec![actor.namespace.clone()];
+                if let Some(other) = resource
+                    .spec
+                    .target
+                    .as_ref()
+                    .and_then(|t| t.namespace.clone())
+                    && other != actor.namespace
+                {
+                    namespaces.push(other);
+                }
+                for namespace in namespaces {
+                    match self.claimed_hpas(&actor, &namespace).await {
+                        Ok(claimed) => {
+                            for hpa in claimed {
+                                let target = format!("HorizontalPodAutoscaler {namespace}/{hpa}");
+                                let result =
+                                    hpa::release_claim(&self.client, &actor, &namespace, &hpa)
+                                        .await;
+                                attempts.extend(released("release", &target, result));
+                            }
+                        }
+                        Err(error) => attempts.push(Attempt::from_result(
+                            "release",
+                            &format!("the HPAs of namespace {namespace}"),
+                            None,
+                            Err(error),
+                        )),
+                    }
                 }
             }
         }
         attempts
     }
 
-    /// The HPAs in the rule's namespace holding a claim of the rule (an AnomalyAction's
-    /// `scale` raises an HPA's minimum rather than fight it).
-    async fn claimed_hpas(&self, actor: &Actor) -> Vec<(String, String)> {
+    /// The HPAs in `namespace` whose minimum the rule claims, directly or through the
+    /// KEDA ScaledObject that owns them (an AnomalyAction's `scale` raises an HPA's
+    /// minimum rather than fight it): `release_claim` undoes either.
+    async fn claimed_hpas(&self, actor: &Actor, namespace: &str) -> Result<Vec<String>, ActError> {
         use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-        let api: kube::Api<HorizontalPodAutoscaler> =
-            kube::Api::namespaced(self.client.clone(), &actor.namespace);
         let claim = format!(
             "{}min-replicas.{}",
             super::ANNOTATION_PREFIX,
             actor.claim_key()
         );
+        let api: kube::Api<HorizontalPodAutoscaler> =
+            kube::Api::namespaced(self.client.clone(), namespace);
+        let hpas = api
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(|e| ActError::api(format!("listing the HPAs of {namespace}"), e))?;
+        let claimed_by_keda = self.claimed_scaled_objects(namespace, &claim).await?;
+        Ok(hpas
+            .items
+            .into_iter()
+            .filter(|h| {
+                let direct = h
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(&claim));
+                let through_keda = h
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.kind == "ScaledObject" && claimed_by_keda.contains(&o.name));
+                direct || through_keda
+            })
+            .filter_map(|h| h.metadata.name)
+            .collect())
+    }
+
+    /// The KEDA ScaledObjects of `namespace` carrying `claim`; none when KEDA is not
+    /// installed.
+    async fn claimed_scaled_objects(
+        &self,
+        namespace: &str,
+        claim: &str,
+    ) -> Result<HashSet<String>, ActError> {
+        use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
+            "scaledobjects",
+        );
+        let api: kube::Api<DynamicObject> =
+            kube::Api::namespaced_with(self.client.clone(), namespace, &resource);
         match api.list(&kube::api::ListParams::default()).await {
-            Ok(list) => list
+            Ok(list) => Ok(list
                 .items
                 .into_iter()
-                .filter(|h| {
-                    h.metadata
+                .filter(|o| {
+                    o.metadata
                         .annotations
                         .as_ref()
-                        .is_some_and(|a| a.contains_key(&claim))
+                        .is_some_and(|a| a.contains_key(claim))
                 })
-                .filter_map(|h| Some((actor.namespace.clone(), h.metadata.name?)))
-                .collect(),
-            Err(error) => {
-                tracing::warn!(%error, rule = %actor.describe(), "cannot list HPAs to release claims");
-                Vec::new()
-            }
+                .filter_map(|o| o.metadata.name)
+                .collect()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(HashSet::new()),
+            Err(error) => Err(ActError::api(
+                format!("listing the ScaledObjects of {namespace}"),
+                error,
+            )),
         }
     }
 }
@@ -1278,7 +1541,12 @@ mod tests {
         let pause = PauseState {
             all: false,
             namespaces: HashSet::from(["shop".to_owned()]),
+            unknown: false,
         };
+        assert!(
+            PauseState::unread().pauses("web"),
+            "unread, everything waits"
+        );
         assert!(pause.pauses("shop"));
         assert!(!pause.pauses("web"));
         assert!(

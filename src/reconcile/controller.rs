@@ -246,6 +246,9 @@ pub struct Context {
     failing: Mutex<HashMap<RuleKey, (String, String)>>,
     /// The level state each rule's held actions were last set for.
     held: Mutex<HashMap<RuleKey, String>>,
+    /// Per rule, held actions and notifications failing in a row (for their backoff,
+    /// which a successful status write does not reset) and the failures recorded.
+    level_failures: Mutex<HashMap<RuleKey, (u32, std::collections::HashSet<String>)>>,
     /// The newest K8sGPT analysis per rule, until written.
     analysis: Mutex<HashMap<RuleKey, String>>,
     /// How long an ActionApproval stays in force after it is created.
@@ -258,6 +261,9 @@ pub struct Context {
 
 /// How long an ActionApproval stays in force by default.
 pub const APPROVAL_TTL: Duration = Duration::from_secs(3600);
+
+/// Tries at releasing what a deleted rule holds before its finalizer goes anyway.
+pub const RELEASE_ATTEMPTS: u32 = 10;
 
 /// The finalizer on a rule that holds side effects.
 pub const FINALIZER: &str = "aiops.prophet.io/cleanup";
@@ -315,6 +321,7 @@ impl Context {
             unwritten: Mutex::new(HashMap::new()),
             failing: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            level_failures: Mutex::new(HashMap::new()),
             analysis: Mutex::new(HashMap::new()),
             approval_ttl: APPROVAL_TTL,
             suppressed: Mutex::new(HashMap::new()),
@@ -648,13 +655,7 @@ async fn act<K: RuleResource>(
     let acting_for_real = !actuator.config().dry_run && !rule.dry_run();
     let level = ctx.ledger.level(key);
     let tripped = level.as_ref().is_some_and(|l| l.tripped_count() > 0);
-    // The finalizer goes on before the first effect is held, so deleting the rule can
-    // never leave an effect behind.
-    if acting_for_real && rule.holds_effects() && tripped && !has_finalizer(resource) {
-        add_finalizer::<K>(ctx, key).await?;
-    }
     let mut attempts: Vec<(Attempt, Option<Instant>)> = Vec::new();
-    let mut retry = Vec::new();
     let done_before = resource
         .current_status()
         .map(|s| K::last_actions(s).to_vec())
@@ -679,57 +680,134 @@ async fn act<K: RuleResource>(
             }
         }
     }
-    for mut intent in due {
-        if intent.attempts == 0 && stale(ctx, &intent) {
-            tracing::info!(
-                rule = %key,
-                detection = %intent.detection,
-                "decided action not done: its deciding sample is older than --max-action-lag (decided while standby)"
-            );
-            continue;
-        }
+    // What is no longer to be done is recorded and dropped: a detection whose series
+    // cleared (or tripped anew), a first try on a sample too old (decided while a
+    // standby), one already done (by an earlier leader, as status says), a target acted
+    // on within the cooldown (status keeps it across restarts).
+    let cooldown = match resource.rule_object() {
+        RuleObject::Anomaly(r) => Duration::from_secs(r.spec.remediation.cooldown_seconds),
+        _ => Duration::ZERO,
+    };
+    let now_s = k8s_openapi::jiff::Timestamp::now().as_second();
+    let mut todo = Vec::new();
+    for intent in due {
+        let series = intent.decision.series.to_string();
+        let still_tripped = level
+            .as_ref()
+            .and_then(|l| l.tripped.get(&series))
+            .is_some_and(|at| *at == intent.decision.sample_time_ms);
         let already = done_before.iter().any(|r| {
             r.detection.as_deref() == Some(intent.detection.as_str())
                 && (r.result == "Succeeded" || r.result == "Unchanged")
         });
-        if already {
+        let target = intent
+            .decision
+            .targets
+            .first()
+            .map(|p| format!("Pod {}/{}", p.namespace, p.name));
+        let cooling = target.as_ref().and_then(|target| {
+            done_before.iter().find(|r| {
+                r.result == "Succeeded"
+                    && r.target == *target
+                    && now_s.saturating_sub(r.time.0.as_second())
+                        < i64::try_from(cooldown.as_secs()).unwrap_or(i64::MAX)
+            })
+        });
+        let dropped = if already {
+            None
+        } else if !still_tripped {
+            Some((
+                "NoLongerTripped",
+                "the detection is over (its series cleared or tripped anew) before it was acted on"
+                    .to_owned(),
+            ))
+        } else if intent.attempts == 0 && intent.approver.is_none() && stale(ctx, &intent) {
+            Some((
+                "Stale",
+                "its deciding sample is older than --max-action-lag (decided while a standby, or waiting too long): not acted on".to_owned(),
+            ))
+        } else if let Some(record) = cooling {
+            Some((
+                "Cooldown",
+                format!(
+                    "{} was acted on at {} (status.lastActions), within the cooldown",
+                    record.target, record.time.0
+                ),
+            ))
+        } else {
+            todo.push(intent);
             continue;
-        }
-        let acting = actuator.act_on(rule, &intent).await;
-        if let Some(analysis) = acting.analysis {
-            ctx.analysis
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone(), analysis);
-        }
-        let mut again: Option<Attempt> = None;
-        for mut attempt in acting.attempts {
+        };
+        if let Some((reason, message)) = dropped {
+            let mut attempt = Attempt::skipped(
+                &intent.decision.action,
+                target.as_deref().unwrap_or(&series),
+                &intent.detection,
+                reason,
+                message,
+            );
             attempt.approver.clone_from(&intent.approver);
-            if attempt.retry() {
-                // A failure repeated with the same reason is recorded once.
-                let repeated = intent.attempts > 0 && intent.last_failure == attempt.reason;
-                again = Some(attempt.clone());
-                if repeated {
-                    continue;
-                }
-            }
-            attempts.push((attempt, Some(intent.arrived)));
-        }
-        if let Some(failed) = again {
-            intent.attempts = intent.attempts.saturating_add(1);
-            let wait = failed
-                .retry_after
-                .unwrap_or_else(|| backoff(intent.attempts))
-                .max(Duration::from_millis(200));
-            intent.not_before = Some(Instant::now() + wait);
-            intent.last_failure = failed.reason;
-            retry.push((intent, wait));
+            attempts.push((attempt, None));
         }
     }
+    // The finalizer goes on before the first effect is held, so deleting the rule can
+    // never leave an effect behind.
+    if acting_for_real
+        && rule.holds_effects()
+        && (tripped || !todo.is_empty())
+        && !has_finalizer(resource)
+        && let Err(error) = add_finalizer::<K>(ctx, key).await
+    {
+        ctx.ledger.requeue(key, todo);
+        return Err(error);
+    }
+    let mut retry = Vec::new();
+    // Fencing: an action runs only while this replica leads, checked before each.
+    if !todo.is_empty() && ctx.leadership.is_leader() {
+        let actings = actuator.act_on_all(rule, &todo).await;
+        for (mut intent, acting) in todo.into_iter().zip(actings) {
+            if let Some(analysis) = acting.analysis {
+                ctx.analysis
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone(), analysis);
+            }
+            let mut again: Option<Attempt> = None;
+            for mut attempt in acting.attempts {
+                attempt.approver.clone_from(&intent.approver);
+                if attempt.retry() {
+                    // A failure repeated with the same reason is recorded once.
+                    let repeated = intent.attempts > 0 && intent.last_failure == attempt.reason;
+                    again = Some(attempt.clone());
+                    if repeated {
+                        continue;
+                    }
+                }
+                attempts.push((attempt, Some(intent.arrived)));
+            }
+            if let Some(failed) = again {
+                intent.attempts = intent.attempts.saturating_add(1);
+                let wait = failed
+                    .retry_after
+                    .unwrap_or_else(|| backoff(intent.attempts))
+                    .max(Duration::from_millis(200));
+                intent.not_before = Some(Instant::now() + wait);
+                intent.last_failure = failed.reason;
+                retry.push((intent, wait));
+            }
+        }
+    } else if !todo.is_empty() {
+        ctx.ledger.requeue(key, todo);
+    }
     // Held actions: set again only when the level they hold for changed, or the last
-    // try failed.
+    // try failed or was refused (then with backoff, and recorded once per reason).
+    let forecast = level
+        .as_ref()
+        .and_then(|l| l.last_forecast)
+        .map(|f| format!("{:.3e}@{}", f.value, f.at_ms / 60_000))
+        .unwrap_or_default();
     let signature = format!(
-        "{}:{}:{:?}",
+        "{}:{}:{:?}:{forecast}",
         tripped,
         level
             .as_ref()
@@ -743,36 +821,61 @@ async fn act<K: RuleResource>(
         .unwrap_or_else(|e| e.into_inner())
         .get(key)
         .cloned();
-    let mut hold_failed = false;
-    if held_for.as_deref() != Some(signature.as_str()) {
+    let mut level_attempts = Vec::new();
+    if held_for.as_deref() != Some(signature.as_str()) && ctx.leadership.is_leader() {
         let held = actuator.hold(rule, level.as_ref()).await;
-        hold_failed = held.iter().any(Attempt::retry);
-        if !hold_failed {
+        if !held
+            .iter()
+            .any(|a| a.retry() || a.result == AttemptResult::Refused)
+        {
             ctx.held
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(key.clone(), signature);
         }
-        attempts.extend(held.into_iter().map(|a| (a, None)));
+        level_attempts.extend(held);
     }
-    let notified = actuator.notify(rule, level.as_ref()).await;
-    hold_failed |= notified.iter().any(Attempt::retry);
-    attempts.extend(notified.into_iter().map(|a| (a, None)));
+    if ctx.leadership.is_leader() {
+        level_attempts.extend(actuator.notify(rule, level.as_ref()).await);
+    }
+    let level_retry = {
+        let mut failing = ctx.level_failures.lock().unwrap_or_else(|e| e.into_inner());
+        let unsettled: Vec<&Attempt> = level_attempts
+            .iter()
+            .filter(|a| a.retry() || a.result == AttemptResult::Refused)
+            .collect();
+        if unsettled.is_empty() {
+            failing.remove(key);
+            None
+        } else {
+            let (count, seen) = failing.entry(key.clone()).or_default();
+            *count = count.saturating_add(1);
+            let wait = backoff(*count);
+            // The same failure again is recorded once; the retries go on quietly.
+            level_attempts.retain(|a| {
+                if !(a.retry() || a.result == AttemptResult::Refused) {
+                    return true;
+                }
+                seen.insert(format!(
+                    "{}|{}|{}",
+                    a.action,
+                    a.target,
+                    a.reason.unwrap_or("")
+                ))
+            });
+            Some(wait)
+        }
+    };
+    attempts.extend(level_attempts.into_iter().map(|a| (a, None)));
 
     let retry_in = retry.iter().map(|(_, wait)| *wait).min();
     ctx.ledger
         .requeue(key, retry.into_iter().map(|(intent, _)| intent).collect());
-    let mut failures = ctx
-        .failures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(key)
-        .copied()
-        .unwrap_or(0);
-    if hold_failed {
-        failures = failures.saturating_add(1);
-    }
-    if let Some(wait) = retry_in.or(hold_failed.then(|| backoff(failures))) {
+    let wait = match (retry_in, level_retry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(wait) = wait {
         let ledger = ctx.ledger.clone();
         let key = key.clone();
         tokio::spawn(async move {
@@ -885,12 +988,14 @@ async fn record<K: RuleResource>(
             None => {}
         }
     }
-    ctx.unwritten
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key.clone())
-        .or_default()
-        .extend(records);
+    {
+        let mut unwritten = ctx.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = unwritten.entry(key.clone()).or_default();
+        pending.extend(records);
+        // While status writes fail, only what status can show is kept.
+        let excess = pending.len().saturating_sub(status::LAST_ACTIONS);
+        pending.drain(..excess);
+    }
     for (attempt, _) in &attempts {
         publish_action(ctx, resource, key, attempt).await;
     }
@@ -903,15 +1008,20 @@ async fn publish_action<K: RuleResource>(
     key: &RuleKey,
     attempt: &Attempt,
 ) {
+    let notification = matches!(attempt.action.as_str(), "alert" | "webhook");
     let (reason, warning): (&'static str, bool) = match attempt.result {
+        // A delivery is a courtesy to announce: once a minute per rule at most.
+        AttemptResult::Succeeded if notification => ("Notified", false),
         AttemptResult::Succeeded => ("Acted", false),
         AttemptResult::Unchanged => return,
         AttemptResult::DryRun => ("DryRun", false),
         AttemptResult::Refused => ("ActionRefused", true),
         AttemptResult::Failed => ("ActionFailed", true),
     };
-    // Failures are limited like status transitions; each change is an Event.
-    if warning && !ctx.event_allowed(key, reason) {
+    // Failures and deliveries are limited like status transitions; each change to an
+    // object is an Event.
+    let limited = warning || notification;
+    if limited && !ctx.event_allowed(key, reason) {
         return;
     }
     let note: String = format!("{} {}: {}", attempt.action, attempt.target, attempt.message)
@@ -931,7 +1041,7 @@ async fn publish_action<K: RuleResource>(
     };
     let reference = resource.object_ref(&());
     match ctx.recorder.publish(&event, &reference).await {
-        Ok(()) if warning => ctx.event_published(key, reason),
+        Ok(()) if limited => ctx.event_published(key, reason),
         Ok(()) => {}
         Err(error) => {
             tracing::warn!(%error, rule = %key, "cannot publish the action's Event");
@@ -1054,7 +1164,7 @@ async fn finalize<K: RuleResource>(
     let attempts = actuator.release(resource.rule_object()).await;
     let failed: Vec<String> = attempts
         .iter()
-        .filter(|a| a.retry())
+        .filter(|a| a.retry() || a.result == AttemptResult::Refused)
         .map(|a| format!("{} {}: {}", a.action, a.target, a.message))
         .collect();
     record(
@@ -1065,10 +1175,34 @@ async fn finalize<K: RuleResource>(
     )
     .await;
     if !failed.is_empty() {
-        return Err(ReconcileError::Release {
-            rule: key.clone(),
-            message: failed.join("; "),
-        });
+        // A release that keeps failing (RBAC taken away, a receiver gone for good) must
+        // not hold the rule, or its namespace's deletion, forever: after
+        // RELEASE_ATTEMPTS tries the finalizer goes anyway, said in a Warning Event.
+        let tries = {
+            let mut failing = ctx.level_failures.lock().unwrap_or_else(|e| e.into_inner());
+            let (count, _) = failing.entry(key.clone()).or_default();
+            *count = count.saturating_add(1);
+            *count
+        };
+        if tries < RELEASE_ATTEMPTS {
+            return Err(ReconcileError::Release {
+                rule: key.clone(),
+                message: failed.join("; "),
+            });
+        }
+        let transition = Transition {
+            reason: "ReleaseAbandoned",
+            warning: true,
+            note: format!(
+                "deleted after {tries} failed attempts to release what the rule held; left as is: {}",
+                failed.join("; ")
+            )
+            .chars()
+            .take(1000)
+            .collect(),
+        };
+        publish(ctx, resource, &transition).await;
+        tracing::warn!(rule = %key, tries, left = %failed.join("; "), "finalizer removed without releasing everything");
     }
     if !ctx.leadership.is_leader() {
         return Ok(Reconciled::Standby);
@@ -1164,8 +1298,16 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> 
                     ctx.written.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     ctx.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     mark_listed(&ctx);
-                } else if !leading && let Some(actuator) = &ctx.actuator {
-                    actuator.stand_down();
+                } else if !leading {
+                    // What this term had not written or done is the next leader's to
+                    // decide from its own ledger and the written status.
+                    ctx.unwritten.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    ctx.failing.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    ctx.analysis.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    ctx.ledger.drop_intents();
+                    if let Some(actuator) = &ctx.actuator {
+                        actuator.stand_down();
+                    }
                 }
                 continue;
             }
@@ -1217,6 +1359,31 @@ pub fn mark_listed(ctx: &Context) {
     let listed: std::collections::HashSet<&RuleKey> =
         listing.rules.iter().map(|r| &r.rule).collect();
     ctx.written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|rule, _| listed.contains(rule));
+    // Rules deleted without a finalizer leave nothing behind here either.
+    ctx.held
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|rule, _| listed.contains(rule));
+    ctx.level_failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|rule, _| listed.contains(rule));
+    ctx.failing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|rule, _| listed.contains(rule));
+    ctx.unwritten
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|rule, _| listed.contains(rule));
+    ctx.analysis
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|rule, _| listed.contains(rule));
+    ctx.suppressed
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|rule, _| listed.contains(rule));

@@ -297,6 +297,14 @@ impl Ledger {
         level.awaiting.remove(index)
     }
 
+    /// Forgets every action waiting for a retry (this replica stopped leading: a retry
+    /// decided in its term is not carried into a later one).
+    pub fn drop_intents(&self) {
+        for level in self.lock_levels().values_mut() {
+            level.intents.retain(|i| i.attempts == 0);
+        }
+    }
+
     /// Puts back actions to retry (at their `not_before`), ahead of newer ones.
     pub fn requeue(&self, rule: &RuleKey, intents: Vec<Intent>) {
         if intents.is_empty() {

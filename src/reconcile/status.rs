@@ -52,14 +52,39 @@ fn last_actions(current: &[ActionRecord], observed: &Observed<'_>) -> Vec<Action
         .collect()
 }
 
-/// The number of new records that changed something, and the time of the newest.
+/// Actions that count as a remediation (or a scaling): changes to workloads and node
+/// pools, not notifications, releases or resumes.
+const COUNTED_ACTIONS: [&str; 10] = [
+    "evict",
+    "rollout-restart",
+    "scale",
+    "hpa-min-replicas",
+    "keda-min-replicas",
+    "rollback",
+    "placeholders",
+    "nodepool-limits",
+    "nodepool-budget",
+    "nodepool-weight",
+];
+
+/// How many detections the new records changed something for (one provision that
+/// touches a pool three ways is one), and the time of the newest change.
 fn changes(observed: &Observed<'_>) -> (i64, Option<Time>) {
-    let mut changed = observed
+    let changed: Vec<&ActionRecord> = observed
         .actions
         .iter()
-        .filter(|a| a.result == "Succeeded" && a.action != "release" && a.action != "alert");
-    let count = changed.clone().count() as i64;
-    (count, changed.next_back().map(|a| a.time.clone()))
+        .filter(|a| a.result == "Succeeded" && COUNTED_ACTIONS.contains(&a.action.as_str()))
+        .collect();
+    let mut detections: Vec<String> = changed
+        .iter()
+        .map(|a| a.detection.clone().unwrap_or_else(|| a.target.clone()))
+        .collect();
+    detections.sort();
+    detections.dedup();
+    (
+        detections.len() as i64,
+        changed.last().map(|a| a.time.clone()),
+    )
 }
 
 /// `ActionFailed`: true while the newest action failed or was refused and none
