@@ -1420,6 +1420,7 @@ mod tests {
                 "anomalyactions.aiops.prophet.io.yaml",
                 "predictivescales.aiops.prophet.io.yaml",
                 "sloviolations.aiops.prophet.io.yaml",
+                "actionapprovals.aiops.prophet.io.yaml",
             ]
         );
     }
