@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, EvictParams, ListParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use prophet::proto::v1;
 use prost::Message;
 use tokio_stream::StreamExt;
@@ -142,12 +142,17 @@ spec:
         let deleted = deleted.clone();
         let api = pods.clone();
         tokio::spawn(async move {
-            let stream = watcher(api, watcher::Config::default()).touched_objects();
+            // A Pending pod is deleted at once (no kubelet to wait for): its watch event
+            // is a deletion, without a deletionTimestamp first.
+            let stream = watcher(api, watcher::Config::default());
             let mut stream = std::pin::pin!(stream);
-            while let Some(Ok(pod)) = stream.next().await {
-                if pod.metadata.deletion_timestamp.is_some()
-                    && let Some(name) = pod.metadata.name
-                {
+            while let Some(Ok(event)) = stream.next().await {
+                let pod = match event {
+                    watcher::Event::Delete(pod) => pod,
+                    watcher::Event::Apply(pod) if pod.metadata.deletion_timestamp.is_some() => pod,
+                    _ => continue,
+                };
+                if let Some(name) = pod.metadata.name {
                     deleted
                         .lock()
                         .unwrap()
@@ -168,7 +173,7 @@ spec:
         }
     };
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prophet"))
+    let child = Command::new(env!("CARGO_BIN_EXE_prophet"))
         .args([
             "run",
             "--cluster",
@@ -185,7 +190,9 @@ spec:
         .stderr(Stdio::piped())
         .spawn()
         .expect("prophet starts");
-    let stderr = child.stderr.take().expect("stderr");
+    // Stopped (by its pid) when dropped, a panic included.
+    let mut child = process::Running(child);
+    let stderr = child.0.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -266,8 +273,7 @@ spec:
     };
     let internal_mean =
         value("prophet_action_latency_seconds_sum") / value("prophet_action_latency_seconds_count");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     prophet_times.sort();
     direct_times.sort();

@@ -512,10 +512,17 @@ pub async fn run(
         kube_config.default_retry = false;
         Client::try_from(kube_config).map_err(Error::Kube)?
     };
+    let outbound =
+        crate::actuate::outbound::Outbound::new(crate::actuate::outbound::OutboundConfig {
+            allow_hosts: config.allow_url_hosts.clone(),
+            ..Default::default()
+        })
+        .map_err(Error::Actions)?;
     let actuator = Arc::new(ClusterActuator::new(
         action_client,
         config.actions.clone(),
         notifier,
+        outbound,
         pause,
     ));
     let ctx = Context::acting(

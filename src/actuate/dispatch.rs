@@ -366,6 +366,8 @@ pub struct ClusterActuator {
     client: Client,
     config: ActionConfig,
     notifier: Arc<Notifier>,
+    /// Calls out of the cluster besides notifications (Grafana annotations).
+    outbound: super::outbound::Outbound,
     pause: Arc<RwLock<PauseState>>,
     budget: Mutex<ActionBudget>,
     /// When each target was last changed, by any rule: the cross-rule lock.
@@ -386,6 +388,7 @@ impl ClusterActuator {
         client: Client,
         config: ActionConfig,
         notifier: Arc<Notifier>,
+        outbound: super::outbound::Outbound,
         pause: Arc<RwLock<PauseState>>,
     ) -> Self {
         let per_minute = f64::from(config.max_actions_per_minute.max(1));
@@ -393,6 +396,7 @@ impl ClusterActuator {
             client,
             config,
             notifier,
+            outbound,
             pause,
             budget: Mutex::new(ActionBudget {
                 tokens: per_minute,
@@ -1128,11 +1132,99 @@ impl ClusterActuator {
                 "NothingToDo",
                 "the NodePool is already as the forecast wants it".into(),
             )],
-            Ok(acted) => acted
-                .into_iter()
-                .map(|a| Attempt::from_result(action, &target, detection, Ok(a)))
-                .collect(),
+            Ok(acted) => {
+                let mut attempts: Vec<Attempt> = acted
+                    .into_iter()
+                    .map(|a| Attempt::from_result(action, &target, detection, Ok(a)))
+                    .collect();
+                let changes: Vec<String> = attempts
+                    .iter()
+                    .filter(|a| a.result == AttemptResult::Succeeded)
+                    .map(|a| format!("{}: {}", a.action, a.message))
+                    .collect();
+                if !changes.is_empty()
+                    && let Some(annotated) = self
+                        .annotate_grafana(resource, &actor, action, &changes.join("; "))
+                        .await
+                {
+                    attempts.push(annotated);
+                }
+                attempts
+            }
             Err(error) => vec![Attempt::from_result(action, &target, detection, Err(error))],
+        }
+    }
+
+    /// Marks a forecast-driven change on the rule's Grafana (`grafanaEndpoint`), as an
+    /// annotation tagged `prophet`, the rule and the action. A courtesy: a Grafana that
+    /// fails is logged and never holds the action back or makes it retry.
+    async fn annotate_grafana(
+        &self,
+        resource: &PredictiveScale,
+        actor: &Actor,
+        action: &str,
+        text: &str,
+    ) -> Option<Attempt> {
+        let endpoint = resource
+            .spec
+            .grafana_endpoint
+            .as_deref()?
+            .trim_end_matches('/');
+        if endpoint.is_empty() {
+            return None;
+        }
+        let token = match &resource.spec.grafana_token_secret_ref {
+            Some(secret) => match alert::webhook_target(
+                &self.client,
+                &actor.namespace,
+                None,
+                Some(secret),
+                WebhookFormat::Alertmanager,
+            )
+            .await
+            {
+                Ok(target) => target.map(|t| t.url_or_key),
+                Err(error) => {
+                    tracing::warn!(%error, rule = %actor.describe(), "no Grafana token: annotation not sent");
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
+        if let Some(value) = &authorization {
+            headers.push(("Authorization", value.as_str()));
+        }
+        let body = serde_json::json!({
+            "time": now_ms(),
+            "tags": ["prophet", actor.describe(), action],
+            "text": format!("Prophet {action} on NodePool {} ({}): {text}", resource.spec.node_pool_ref.name, actor.describe()),
+        });
+        let url = format!("{endpoint}/api/annotations");
+        match self.outbound.post_json(&url, &headers, &body).await {
+            Ok(_) => Some(Attempt::from_result(
+                "grafana-annotation",
+                "Grafana",
+                None,
+                Ok(Acted {
+                    action: "grafana-annotation",
+                    target: TargetRef {
+                        kind: "Grafana".into(),
+                        namespace: None,
+                        name: super::outbound::host_of_str(&url),
+                        uid: None,
+                    },
+                    version_before: None,
+                    version_after: None,
+                    changed: true,
+                    summary: format!("{action} marked on Grafana"),
+                }),
+            )),
+            Err(error) => {
+                tracing::warn!(%error, rule = %actor.describe(), "Grafana annotation not sent");
+                None
+            }
         }
     }
 
@@ -1497,6 +1589,117 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forecast-driven change is marked on Grafana with the rule's token, and a Grafana
+    /// that is down holds nothing back.
+    #[tokio::test]
+    async fn a_change_is_marked_on_grafana_with_the_rules_token() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        use serde_json::json;
+        // Grafana: records what it is sent.
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/api/annotations",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::Json<serde_json::Value>| {
+                    let seen_tx = seen_tx.clone();
+                    async move {
+                        let auth = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let _ = seen_tx.send((auth, body.0));
+                        axum::Json(json!({"id": 1, "message": "Annotation added"}))
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grafana = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        // The API server: one Secret read, the token.
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(mock, "default");
+        tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("a Secret read");
+            assert_eq!(
+                request.uri().path(),
+                "/api/v1/namespaces/shop/secrets/grafana"
+            );
+            let secret = json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "grafana", "namespace": "shop"},
+                "data": {"token": "Z2xzYV9zZWNyZXQ="},
+            });
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&secret).unwrap()))
+                    .unwrap(),
+            );
+        });
+        let outbound =
+            super::super::outbound::Outbound::new(super::super::outbound::OutboundConfig {
+                allow_hosts: vec!["127.0.0.1".into()],
+                ..Default::default()
+            })
+            .unwrap();
+        let notifier = Notifier::new(outbound.clone(), Default::default()).unwrap();
+        let actuator = ClusterActuator::new(
+            client,
+            ActionConfig::default(),
+            notifier,
+            outbound,
+            Arc::new(RwLock::new(PauseState::default())),
+        );
+        let rule: PredictiveScale = serde_json::from_value(json!({
+            "apiVersion": "aiops.prophet.io/v1alpha1", "kind": "PredictiveScale",
+            "metadata": {"name": "cpu", "namespace": "shop", "uid": "u-1"},
+            "spec": {
+                "forecastQuery": "sum(rate(cpu[5m]))", "nodePoolRef": {"name": "spot"},
+                "horizon": "1h", "thresholdPercent": 20, "action": "provision",
+                "grafanaEndpoint": format!("http://{grafana}/"),
+                "grafanaTokenSecretRef": {"name": "grafana", "key": "token"},
+            },
+        }))
+        .unwrap();
+        let actor = actuator.actor(RuleObject::Predictive(&rule));
+        let attempt = actuator
+            .annotate_grafana(&rule, &actor, "provision", "placeholders: 0 -> 4")
+            .await
+            .expect("annotated");
+        assert_eq!(attempt.result, AttemptResult::Succeeded);
+        let (auth, body) = seen.recv().await.unwrap();
+        assert_eq!(auth.as_deref(), Some("Bearer glsa_secret"));
+        assert_eq!(
+            body["tags"],
+            json!(["prophet", "PredictiveScale shop/cpu", "provision"])
+        );
+        assert!(
+            body["text"]
+                .as_str()
+                .unwrap()
+                .contains("placeholders: 0 -> 4"),
+            "{body}"
+        );
+        // A Grafana that is gone: nothing recorded, nothing to retry.
+        let gone: PredictiveScale = serde_json::from_value(json!({
+            "apiVersion": "aiops.prophet.io/v1alpha1", "kind": "PredictiveScale",
+            "metadata": {"name": "cpu", "namespace": "shop", "uid": "u-1"},
+            "spec": {
+                "forecastQuery": "x", "nodePoolRef": {"name": "spot"}, "horizon": "1h",
+                "thresholdPercent": 20, "action": "provision",
+                "grafanaEndpoint": "http://127.0.0.1:9",
+            },
+        }))
+        .unwrap();
+        assert!(
+            actuator
+                .annotate_grafana(&gone, &actor, "provision", "x")
+                .await
+                .is_none()
+        );
+    }
 
     #[test]
     fn the_budget_refills_by_the_minute() {

@@ -103,7 +103,15 @@ fn every_crd_is_a_namespaced_v1alpha1_kind_with_a_status_subresource() {
         .iter()
         .map(|crd| crd.spec.names.kind.as_str())
         .collect();
-    assert_eq!(kinds, ["AnomalyAction", "PredictiveScale", "SLOViolation"]);
+    assert_eq!(
+        kinds,
+        [
+            "AnomalyAction",
+            "PredictiveScale",
+            "SLOViolation",
+            "ActionApproval"
+        ]
+    );
     for crd in &crds {
         let kind = &crd.spec.names.kind;
         assert_eq!(crd.spec.group, GROUP, "{kind}");
@@ -120,12 +128,14 @@ fn every_crd_is_a_namespaced_v1alpha1_kind_with_a_status_subresource() {
             version.served && version.storage,
             "{kind} must be served and stored"
         );
-        assert!(
+        // The rules have a status Prophet writes; an approval is its approver's record.
+        assert_eq!(
             version
                 .subresources
                 .as_ref()
                 .is_some_and(|subresources| subresources.status.is_some()),
-            "{kind} needs a status subresource"
+            kind != "ActionApproval",
+            "{kind}: a status subresource for the rules only"
         );
         assert!(
             crd.spec
@@ -431,17 +441,18 @@ fn descriptions_say_what_this_version_does() {
     let threshold = description("AnomalyAction", "spec.threshold");
     assert!(!threshold.contains("not evaluate"), "{threshold}");
     assert!(threshold.contains("detection"), "{threshold}");
-    // Forecasts are made in-process; the Grafana endpoint is accepted and unused.
+    // Forecasts are made in-process; Grafana gets annotations of the actions.
     let grafana = description("PredictiveScale", "spec.grafanaEndpoint");
     assert!(!grafana.contains("instead of"), "{grafana}");
-    assert!(grafana.contains("not used"), "{grafana}");
+    assert!(grafana.contains("annotation"), "{grafana}");
+    assert!(grafana.contains("in-process"), "{grafana}");
     // There is no allow-list of webhook URLs.
     let webhook = description("AnomalyAction", "spec.webhookUrl");
     assert!(!webhook.contains("allow-list"), "{webhook}");
 }
 
 #[test]
-fn prophet_crds_prints_three_separate_documents() {
+fn prophet_crds_prints_one_document_per_kind() {
     let text = crd::render_all_crds_yaml();
     let documents: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&text)
         .map(|document| CustomResourceDefinition::deserialize(document).expect("a CRD"))
@@ -457,7 +468,7 @@ fn prophet_crds_prints_three_separate_documents() {
     assert_eq!(names, expected);
     assert_eq!(
         text.matches("\n---\n").count(),
-        2,
+        3,
         "one separator between each two CRDs"
     );
 }
@@ -489,8 +500,12 @@ fn a_real_api_server_takes_the_crds_without_a_warning() {
     let created: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         created,
-        ["anomalyactions", "predictivescales", "sloviolations"].map(|plural| format!(
-            "customresourcedefinition.apiextensions.k8s.io/{plural}.{group}"
-        ))
+        [
+            "anomalyactions",
+            "predictivescales",
+            "sloviolations",
+            "actionapprovals"
+        ]
+        .map(|plural| format!("customresourcedefinition.apiextensions.k8s.io/{plural}.{group}"))
     );
 }
