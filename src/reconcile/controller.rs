@@ -253,6 +253,9 @@ pub struct Context {
     analysis: Mutex<HashMap<RuleKey, String>>,
     /// How long an ActionApproval stays in force after it is created.
     approval_ttl: Duration,
+    /// Per rule, the ledger's trip count that the last status this leader wrote
+    /// counted (violationCount).
+    counted_trips: Mutex<HashMap<RuleKey, u64>>,
     /// Events held back by [`EVENT_INTERVAL`], published once it passed if the status
     /// they announce still holds (a flap must not leave a Tripped rule without its
     /// Event).
@@ -324,6 +327,7 @@ impl Context {
             level_failures: Mutex::new(HashMap::new()),
             analysis: Mutex::new(HashMap::new()),
             approval_ttl: APPROVAL_TTL,
+            counted_trips: Mutex::new(HashMap::new()),
             suppressed: Mutex::new(HashMap::new()),
         })
     }
@@ -458,6 +462,13 @@ async fn reconcile_kind<K: RuleResource>(
         rule: key.clone(),
         source,
     })?;
+    // The trips this status counted.
+    if let Some(level) = ctx.ledger.level(key) {
+        ctx.counted_trips
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), level.detections);
+    }
     // What was recorded is written: forget it (newer records stay for the next write).
     if recorded > 0
         && let Some(records) = ctx
@@ -602,6 +613,13 @@ fn plan_status<K: RuleResource>(
         generation: resource.meta().generation,
         now: &now,
         pending_approvals: &pending,
+        new_trips: ctx
+            .counted_trips
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .zip(level.as_ref())
+            .map(|(counted, level)| level.detections.saturating_sub(*counted)),
         actions: &records,
         action_failure: failure.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
         analysis: analysis.as_deref(),
@@ -1297,6 +1315,10 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> 
                     // and sets what rules hold again (each action is idempotent).
                     ctx.written.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     ctx.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    ctx.counted_trips
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clear();
                     mark_listed(&ctx);
                 } else if !leading {
                     // What this term had not written or done is the next leader's to
@@ -1808,6 +1830,7 @@ mod api_tests {
                 action_failure: None,
                 analysis: None,
                 pending_approvals: &[],
+                new_trips: None,
             },
         );
         let (ctx, _handle, _pipeline) = context(resource(current), &[], true).await;

@@ -35,6 +35,9 @@ pub struct Observed<'a> {
     pub analysis: Option<&'a str>,
     /// Actions held by `requireApproval` now.
     pub pending_approvals: &'a [PendingApproval],
+    /// Trips since status was last written by this leader (`None`: not known, a new
+    /// leader): a violation that began and ended between two writes still counts.
+    pub new_trips: Option<u64>,
 }
 
 /// How many actions `status.lastActions` keeps.
@@ -452,8 +455,11 @@ pub fn slo_violation(
         .or_else(|| current.and_then(|s| s.last_violated.clone()));
     let previously_violated =
         current.is_some_and(|s| matches!(s.phase, SloPhase::Violated | SloPhase::Remediating));
-    let violation_count =
-        current.map_or(0, |s| s.violation_count) + i64::from(violated && !previously_violated);
+    let began = i64::from(violated && !previously_violated);
+    let trips = observed
+        .new_trips
+        .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    let violation_count = current.map_or(0, |s| s.violation_count) + began.max(trips);
     Some(SLOViolationStatus {
         phase,
         error_budget_remaining,
@@ -598,6 +604,7 @@ mod tests {
             action_failure: None,
             analysis: None,
             pending_approvals: &[],
+            new_trips: None,
         };
         let status = anomaly_action(None, &observed).unwrap();
         assert_eq!(status.phase, AnomalyPhase::Pending);
@@ -619,6 +626,7 @@ mod tests {
             action_failure: None,
             analysis: None,
             pending_approvals: &[],
+            new_trips: None,
         };
         let status = anomaly_action(None, &observed).unwrap();
         assert_eq!(status.phase, AnomalyPhase::Failed);
@@ -656,6 +664,7 @@ mod tests {
             action_failure: None,
             analysis: None,
             pending_approvals: &[],
+            new_trips: None,
         };
         assert!(anomaly_action(None, &observed).is_none());
     }
@@ -676,6 +685,7 @@ mod tests {
                 action_failure: None,
                 analysis: None,
                 pending_approvals: &[],
+                new_trips: None,
             },
         )
         .unwrap();
@@ -703,6 +713,7 @@ mod tests {
                 action_failure: None,
                 analysis: None,
                 pending_approvals: &[],
+                new_trips: None,
             },
         )
         .unwrap();
@@ -744,6 +755,7 @@ mod tests {
             action_failure: None,
             analysis: None,
             pending_approvals: &held,
+            new_trips: None,
         };
         let status = anomaly_action(None, &observed).unwrap();
         assert_eq!(
@@ -771,6 +783,7 @@ mod tests {
             Some(&status),
             &Observed {
                 pending_approvals: &[],
+                new_trips: None,
                 ..observed
             },
         )
@@ -810,6 +823,7 @@ mod tests {
             )),
             analysis: None,
             pending_approvals: &[],
+            new_trips: None,
         };
         let status = anomaly_action(None, &observed).unwrap();
         assert_eq!(status.phase, AnomalyPhase::Failed);
@@ -874,6 +888,7 @@ mod tests {
                 action_failure: None,
                 analysis: None,
                 pending_approvals: &[],
+                new_trips: None,
             },
         )
         .unwrap();
@@ -897,6 +912,7 @@ mod tests {
             action_failure: None,
             analysis: None,
             pending_approvals: &[],
+            new_trips: None,
         };
         let violated = slo_violation(None, &observed).unwrap();
         assert_eq!(violated.phase, SloPhase::Violated);
@@ -906,5 +922,22 @@ mod tests {
         let again = slo_violation(Some(&violated), &observed).unwrap();
         assert_eq!(again.violation_count, 1, "still the same violation");
         assert_eq!(again, violated);
+        // Two violations that began and ended between two writes: both counted, though
+        // status never saw them violated.
+        let calm = RuleLevel {
+            detections: 3,
+            ..RuleLevel::default()
+        };
+        let after = slo_violation(
+            Some(&violated),
+            &Observed {
+                level: Some(&calm),
+                new_trips: Some(2),
+                ..observed
+            },
+        )
+        .unwrap();
+        assert_eq!(after.violation_count, 3);
+        assert_eq!(after.phase, SloPhase::Resolved);
     }
 }
