@@ -186,7 +186,7 @@ spec:
         ])
         .args(["--namespace", &ns, "--lease-namespace", &ns])
         .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,prophet=info")
         .stderr(Stdio::piped())
         .spawn()
         .expect("prophet starts");

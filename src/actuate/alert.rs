@@ -506,7 +506,13 @@ impl Notifier {
         loop {
             tokio::select! {
                 _ = &mut stop => return,
-                _ = tick.tick() => self.resend(wall_ms()).await,
+                _ = tick.tick() => {
+                    // A round held up by a slow Alertmanager must not hold shutdown.
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        () = self.resend(wall_ms()) => {}
+                    }
+                }
             }
         }
     }
@@ -563,7 +569,14 @@ impl Notifier {
         let mut errors: Vec<(String, ActError)> = Vec::new();
         while let Some(joined) = calls.join_next().await {
             match joined {
-                Ok((host, Ok(_))) => accepted.push(host),
+                Ok((host, Ok(_))) => {
+                    accepted.push(host);
+                    // One replica accepting is enough (they gossip): a slow or dropped
+                    // replica must not hold the reconcile; the others finish on their
+                    // own.
+                    calls.detach_all();
+                    break;
+                }
                 Ok((host, Err(error))) => errors.push((host, error)),
                 Err(join) => errors.push((
                     "(task)".to_owned(),
