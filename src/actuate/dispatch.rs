@@ -601,8 +601,34 @@ impl ClusterActuator {
             };
         }
         // Workload-wide actions (a rollout, a scale) are done once per rule and cooldown
-        // window, whichever of the workload's pods tripped: the id is the window's.
+        // window, whichever of the workload's pods tripped: the id is the window's; and
+        // a workload any rule changed within the cooldown is left alone (two pods
+        // tripping either side of a window's edge restart it once).
         let window = workload_detection(&actor, intent.decision.sample_time_ms, cooldown);
+        let workload_wide =
+            spec.remediation.type_ == RemediationType::Scale || kind != TargetResourceType::Pod;
+        if workload_wide
+            && spec.target.as_ref().and_then(|t| t.name.as_ref()).is_none()
+            && let Some(pod) = free.first()
+            && let Some(owner) = self.owner_of(pod).await
+            && let Some(ago) = self.recently_changed(&owner, cooldown)
+        {
+            attempts.push(Attempt::not_done(
+                &intent.decision.action,
+                &owner,
+                Some(detection),
+                AttemptResult::Unchanged,
+                "TargetLocked",
+                format!(
+                    "{owner} was changed {}s ago (by this or another rule), within the cooldown",
+                    ago.as_secs()
+                ),
+            ));
+            return Acting {
+                attempts,
+                analysis: None,
+            };
+        }
         match spec.remediation.type_ {
             RemediationType::Restart => match kind {
                 TargetResourceType::Pod => {
@@ -743,6 +769,37 @@ impl ClusterActuator {
             _ => None,
         };
         Acting { attempts, analysis }
+    }
+
+    /// The workload that owns `pod` (through its ReplicaSet for a Deployment), as
+    /// `Kind namespace/name`, the key its changes are locked by; `None` when it cannot
+    /// be read (the action itself then says why).
+    async fn owner_of(&self, pod: &crate::eval::PodRef) -> Option<String> {
+        use k8s_openapi::api::apps::v1::ReplicaSet;
+        use k8s_openapi::api::core::v1::Pod;
+        let pods: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &pod.namespace);
+        let live = pods.get_opt(&pod.name).await.ok()??;
+        let owner = live
+            .metadata
+            .owner_references?
+            .into_iter()
+            .find(|o| o.controller == Some(true))?;
+        if owner.kind != "ReplicaSet" {
+            return Some(format!("{} {}/{}", owner.kind, pod.namespace, owner.name));
+        }
+        let sets: kube::Api<ReplicaSet> =
+            kube::Api::namespaced(self.client.clone(), &pod.namespace);
+        let set = sets.get_opt(&owner.name).await.ok()??;
+        let top = set
+            .metadata
+            .owner_references
+            .into_iter()
+            .flatten()
+            .find(|o| o.controller == Some(true));
+        Some(match top {
+            Some(top) => format!("{} {}/{}", top.kind, pod.namespace, top.name),
+            None => format!("ReplicaSet {}/{}", pod.namespace, owner.name),
+        })
     }
 
     /// Why `pod` may not be acted on under the rule's `remediation.podSelector`, if so
