@@ -140,10 +140,9 @@ pub struct AnomalyActionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<RemediationTarget>,
 
-    /// Put K8sGPT's analysis of the acted-on workload in `status.k8sgptAnalysis`, the
-    /// Event and the alert: by default read from the K8sGPT operator's `Result` objects;
-    /// asking a server at `endpoint` is opt-in. An unavailable K8sGPT never delays an
-    /// action.
+    /// Put K8sGPT's analysis of the acted-on workload in `status.k8sgptAnalysis`, read
+    /// from the K8sGPT operator's `Result` objects after the action. An unavailable
+    /// K8sGPT never delays or fails an action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k8sgpt: Option<K8sGptConfig>,
 
@@ -424,10 +423,9 @@ pub struct K8sGptConfig {
     #[serde(default)]
     pub enabled: bool,
 
-    /// Base URL of a K8sGPT server run with `--http` (for example
-    /// `http://k8sgpt.k8sgpt.svc:8080`), asked directly, with explanations off. Omitted:
-    /// the K8sGPT operator's `Result` objects are read. The host must be allowed with
-    /// `--allow-url-host`.
+    /// Base URL of a K8sGPT server (for example `http://k8sgpt.k8sgpt.svc:8080`).
+    /// Accepted and not used by this version: the analysis comes from the K8sGPT
+    /// operator's `Result` objects, which need no call out of the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
 }
