@@ -1,6 +1,6 @@
 //! Trip to action, against a real API server (`../shared/k8s/`, with its controller
 //! manager): the real binary with `--cluster` acting for real on one AnomalyAction
-//! `restart` rule over a Deployment of `PODS` pods (default 60; they stay Pending, no
+//! `restart` rule over a Deployment of `PODS` pods (default 80; they stay Pending, no
 //! kubelet). `TRIALS` times (default 40), a sample that trips one more pod is sent; the
 //! time from sending it to that pod's deletion arriving on a watch of the namespace's
 //! pods is the trip-to-eviction time.
@@ -91,7 +91,7 @@ async fn main() {
         println!("actions bench skipped: no control plane can be started here");
         return;
     };
-    let pods_wanted = count("PODS", 60);
+    let pods_wanted = count("PODS", 80);
     let trials = count("TRIALS", 40).min(pods_wanted / 2);
     cluster.install_crds();
     let ns = cluster.namespace("actbench");

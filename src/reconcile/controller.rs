@@ -360,7 +360,8 @@ impl Context {
 pub enum ReconcileError {
     #[error("status write of {rule} failed: {source}")]
     Write { rule: RuleKey, source: kube::Error },
-    #[error("finalizer of {rule} not updated: {source}")]
+    /// Reading or updating the rule itself (its finalizer, its latest status) failed.
+    #[error("cannot read or update {rule}: {source}")]
     Finalizer { rule: RuleKey, source: kube::Error },
     #[error("{rule} is being deleted and what it holds is not released yet: {message}")]
     Release { rule: RuleKey, message: String },
@@ -674,10 +675,6 @@ async fn act<K: RuleResource>(
     let level = ctx.ledger.level(key);
     let tripped = level.as_ref().is_some_and(|l| l.tripped_count() > 0);
     let mut attempts: Vec<(Attempt, Option<Instant>)> = Vec::new();
-    let done_before = resource
-        .current_status()
-        .map(|s| K::last_actions(s).to_vec())
-        .unwrap_or_default();
     // Held actions someone approved join the due ones, with who approved them.
     let mut due = ctx.ledger.take_intents(key);
     if key.kind == RuleKind::AnomalyAction {
@@ -695,6 +692,38 @@ async fn act<K: RuleResource>(
                     intent.approver = Some(approval.spec.approver.clone());
                     due.push(intent);
                 }
+            }
+        }
+    }
+    // What was done already, as status records it. A leader that has not written this
+    // rule's status in its term reads it from the API server rather than the cache,
+    // which may lag the previous leader's last write: it must not act again on a
+    // detection its predecessor acted on a moment ago.
+    let fresh_term = !ctx
+        .written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(key);
+    let mut done_before = resource
+        .current_status()
+        .map(|s| K::last_actions(s).to_vec())
+        .unwrap_or_default();
+    if !due.is_empty() && fresh_term {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &key.namespace);
+        match api.get(&key.name).await {
+            Ok(latest) => {
+                done_before = latest
+                    .current_status()
+                    .map(|s| K::last_actions(s).to_vec())
+                    .unwrap_or_default();
+            }
+            Err(error) => {
+                // Not knowing what was done, nothing is done now: tried again shortly.
+                ctx.ledger.requeue(key, due);
+                return Err(ReconcileError::Finalizer {
+                    rule: key.clone(),
+                    source: error,
+                });
             }
         }
     }
