@@ -1181,17 +1181,15 @@ impl ClusterActuator {
             }
         };
         match result {
-            Ok(acted) if acted.is_empty() => vec![Attempt::not_done(
-                action,
-                &target,
-                detection,
-                AttemptResult::Unchanged,
-                "NothingToDo",
-                "the NodePool is already as the forecast wants it".into(),
-            )],
+            // Nothing to change (the pool already as wanted, or nothing held to give
+            // back): nothing to record either.
+            Ok(acted) if acted.is_empty() => Vec::new(),
             Ok(acted) => {
+                // Only what changed is recorded: setting a level again (a new term, a
+                // moved forecast) mostly finds the pool as it was.
                 let mut attempts: Vec<Attempt> = acted
                     .into_iter()
+                    .filter(|a| a.changed)
                     .map(|a| Attempt::from_result(action, &target, detection, Ok(a)))
                     .collect();
                 let changes: Vec<String> = attempts

@@ -232,11 +232,9 @@ async fn one_alertmanager_down_does_not_stop_the_others() {
         .as_ref()
         .expect("one replica accepting is success");
     assert_eq!(acted.target.name, up.to_string());
-    assert!(
-        acted.summary.contains(&down.to_string()),
-        "{}",
-        acted.summary
-    );
+    // The first acceptance ends the wait: whether the down replica's refusal came
+    // before it (and is named) depends on timing; what a user notices is the success.
+    assert!(acted.summary.contains(&up.to_string()), "{}", acted.summary);
     assert_eq!(next(&mut rx).await.body[0]["labels"]["pod"], "api-0");
 
     // None accepting is a retryable failure, and the alert is tried again next sync.
