@@ -25,8 +25,6 @@ mod k8s;
 mod process;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -173,42 +171,22 @@ spec:
         }
     };
 
-    let child = Command::new(env!("CARGO_BIN_EXE_prophet"))
-        .args([
+    // Stopped (by its pid) when dropped, a panic included.
+    let (child, addr, _log) = process::start_prophet(
+        &[
             "run",
             "--cluster",
             "--allow-unauthenticated-write",
-            "--listen",
-            "127.0.0.1:0",
             "--leader-elect=false",
             "--max-actions-per-minute",
             "100000",
-        ])
-        .args(["--namespace", &ns, "--lease-namespace", &ns])
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("RUST_LOG", "warn,prophet=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("prophet starts");
-    // Stopped (by its pid) when dropped, a panic included.
-    let mut child = process::Running(child);
-    let stderr = child.0.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("prophet listens");
+            "--namespace",
+            &ns,
+            "--lease-namespace",
+            &ns,
+        ],
+        &[("KUBECONFIG", cluster.kubeconfig.as_os_str())],
+    );
     let http = reqwest::Client::new();
     // Ready: the rule compiled and reconciled (its status says so).
     let rules: Api<prophet::rules::crd::AnomalyAction> = Api::namespaced(client.clone(), &ns);

@@ -1414,33 +1414,25 @@ pub fn mark_listed(ctx: &Context) {
         .unwrap_or_else(|e| e.into_inner())
         .retain(|rule, _| listed.contains(rule));
     // Rules deleted without a finalizer leave nothing behind here either.
-    ctx.held
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|rule, _| listed.contains(rule));
-    ctx.level_failures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|rule, _| listed.contains(rule));
-    ctx.failing
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|rule, _| listed.contains(rule));
-    ctx.unwritten
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|rule, _| listed.contains(rule));
-    ctx.analysis
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|rule, _| listed.contains(rule));
-    ctx.suppressed
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|rule, _| listed.contains(rule));
+    forget_unlisted(&ctx.held, &listed);
+    forget_unlisted(&ctx.level_failures, &listed);
+    forget_unlisted(&ctx.failing, &listed);
+    forget_unlisted(&ctx.unwritten, &listed);
+    forget_unlisted(&ctx.analysis, &listed);
+    forget_unlisted(&ctx.suppressed, &listed);
     for rule in &listing.rules {
         ctx.ledger.mark(rule.rule.clone());
     }
+}
+
+/// Drops the entries of rules no longer listed from a per-rule map.
+fn forget_unlisted<V>(
+    map: &Mutex<HashMap<RuleKey, V>>,
+    listed: &std::collections::HashSet<&RuleKey>,
+) {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|rule, _| listed.contains(rule));
 }
 
 async fn reconcile_timed(ctx: &Arc<Context>, key: RuleKey) {

@@ -48,6 +48,21 @@ pub struct Intent {
     pub approver: Option<String>,
 }
 
+impl Intent {
+    /// The action `decision` takes on `verdict`, not tried yet.
+    fn new(verdict: &Verdict, decision: &Decision) -> Self {
+        Self {
+            decision: decision.clone(),
+            detection: detection_id(&verdict.rule, &verdict.series, verdict.sample_time_ms),
+            arrived: verdict.arrived,
+            attempts: 0,
+            not_before: None,
+            last_failure: None,
+            approver: None,
+        }
+    }
+}
+
 /// The detection id of a trip: 16 hex digits of a stable hash (never the process's
 /// random hasher: another replica must compute the same id).
 pub fn detection_id(rule: &RuleKey, series: &Labels, sample_time_ms: i64) -> String {
@@ -226,37 +241,13 @@ impl Ledger {
                     if level.awaiting.len() >= AWAITING_KEPT {
                         level.awaiting.pop_front();
                     }
-                    level.awaiting.push_back(Intent {
-                        decision: decision.clone(),
-                        detection: detection_id(
-                            &verdict.rule,
-                            &verdict.series,
-                            verdict.sample_time_ms,
-                        ),
-                        arrived: verdict.arrived,
-                        attempts: 0,
-                        not_before: None,
-                        last_failure: None,
-                        approver: None,
-                    });
+                    level.awaiting.push_back(Intent::new(verdict, decision));
                 }
                 if decision.outcome == Outcome::Act && !decision.dry_run {
                     if level.intents.len() >= INTENTS_KEPT {
                         level.intents.pop_front();
                     }
-                    level.intents.push_back(Intent {
-                        decision: decision.clone(),
-                        detection: detection_id(
-                            &verdict.rule,
-                            &verdict.series,
-                            verdict.sample_time_ms,
-                        ),
-                        arrived: verdict.arrived,
-                        attempts: 0,
-                        not_before: None,
-                        last_failure: None,
-                        approver: None,
-                    });
+                    level.intents.push_back(Intent::new(verdict, decision));
                 }
             }
         }

@@ -271,3 +271,24 @@ impl Drop for PrivateCluster {
         let _ = std::fs::remove_dir_all(&self.workdir);
     }
 }
+
+/// Polls `check` until it returns `Some`, for at most `within`: how the tests against
+/// the API server wait on its signals (a condition, an annotation, a deletion), never
+/// on a fixed sleep.
+pub async fn eventually<T, F, Fut>(what: &str, within: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -290,3 +290,34 @@ pub fn decisions(evaluator: &mut Evaluator, bodies: &[Vec<u8>], now_ms: i64) -> 
     }
     all
 }
+
+/// Remote-writes `series` (protocol 1.0) to a running Prophet; the request must be
+/// accepted.
+pub async fn remote_write(addr: &str, series: Vec<prophet::proto::v1::TimeSeries>) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/write"))
+        .header("Content-Type", V1)
+        .header("Content-Encoding", "snappy")
+        .body(v1_body(series))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "{}", response.text().await.unwrap());
+}
+
+/// One sample of a pod's `container_memory_working_set_bytes`.
+pub fn pod_memory(
+    namespace: &str,
+    pod: &str,
+    at: i64,
+    bytes: f64,
+) -> prophet::proto::v1::TimeSeries {
+    series(
+        &[
+            ("__name__", "container_memory_working_set_bytes"),
+            ("namespace", namespace),
+            ("pod", pod),
+        ],
+        &[(at, bytes)],
+    )
+}

@@ -8,8 +8,9 @@
 //! Waits poll the API with a deadline; never a fixed sleep.
 
 use crate::common;
-use crate::common::k8s::Cluster;
+use crate::common::k8s::{Cluster, eventually};
 use crate::common::process::Running;
+use crate::common::{pod_memory as memory, remote_write as write};
 
 use std::time::{Duration, Instant};
 
@@ -36,44 +37,6 @@ fn start_prophet(cluster: &Cluster, ns: &str, extra: &[&str]) -> (Running, Strin
     let (prophet, addr, _) =
         common::process::start_prophet(&args, &[("KUBECONFIG", cluster.kubeconfig.as_os_str())]);
     (prophet, addr)
-}
-
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn write(addr: &str, series: Vec<prophet::proto::v1::TimeSeries>) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{addr}/api/v1/write"))
-        .header("Content-Type", common::V1)
-        .header("Content-Encoding", "snappy")
-        .body(common::v1_body(series))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204, "{}", response.text().await.unwrap());
-}
-
-fn memory(namespace: &str, pod: &str, at: i64, bytes: f64) -> prophet::proto::v1::TimeSeries {
-    common::series(
-        &[
-            ("__name__", "container_memory_working_set_bytes"),
-            ("namespace", namespace),
-            ("pod", pod),
-        ],
-        &[(at, bytes)],
-    )
 }
 
 fn deployment(ns: &str, name: &str, replicas: i32) -> String {

@@ -10,11 +10,11 @@
 //! Waits poll the API with a deadline, never a fixed sleep.
 
 use crate::common;
-use crate::common::k8s::Cluster;
+use crate::common::k8s::{Cluster, eventually};
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
@@ -23,22 +23,6 @@ use prophet::rules::crd::ChaosRef;
 use prophet::rules::load::RuleKind;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Polls `check` until it returns `Some`, for at most `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// An SLOViolation `name` in `namespace`, with a uid of its own (its claim key).
 fn actor(namespace: &str, name: &str, uid: &str) -> Actor {

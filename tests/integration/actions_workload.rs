@@ -9,9 +9,9 @@
 //! deadline.
 
 use crate::common;
-use crate::common::k8s::Cluster;
+use crate::common::k8s::{Cluster, eventually};
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -47,22 +47,6 @@ async fn client(cluster: &Cluster) -> kube::Client {
         .unwrap();
     config.default_retry = false;
     kube::Client::try_from(config).unwrap()
-}
-
-/// Polls `check` until it returns `Some`, for at most `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn deployment(name: &str, replicas: i32, labels: &str, paused: bool) -> String {
