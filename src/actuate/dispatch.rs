@@ -743,18 +743,32 @@ impl ClusterActuator {
                             .map(|t| (t.kind.clone(), t.name.clone()))
                     }))
                     .collect();
-                match tokio::time::timeout(
-                    ANALYSIS_TIMEOUT,
-                    k8sgpt::analysis(
-                        &self.client,
-                        self.config.k8sgpt_namespace.as_deref(),
-                        &actor.namespace,
-                        &targets,
-                        ANALYSIS_CHARS,
-                    ),
-                )
-                .await
-                {
+                let asked = async {
+                    match k8sgpt.endpoint.as_deref().filter(|e| !e.is_empty()) {
+                        // Opt-in: a K8sGPT server, through the outbound allow-list.
+                        Some(endpoint) => {
+                            k8sgpt::analysis_from_server(
+                                &self.outbound,
+                                endpoint,
+                                &actor.namespace,
+                                &targets,
+                                ANALYSIS_CHARS,
+                            )
+                            .await
+                        }
+                        None => {
+                            k8sgpt::analysis(
+                                &self.client,
+                                self.config.k8sgpt_namespace.as_deref(),
+                                &actor.namespace,
+                                &targets,
+                                ANALYSIS_CHARS,
+                            )
+                            .await
+                        }
+                    }
+                };
+                match tokio::time::timeout(ANALYSIS_TIMEOUT, asked).await {
                     Ok(Ok(analysis)) => analysis,
                     Ok(Err(error)) => {
                         tracing::debug!(%error, rule = %actor.describe(), "no K8sGPT analysis");
@@ -1754,6 +1768,72 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    /// The opt-in K8sGPT server: asked about the namespace with explanations off, its
+    /// findings about the target kept and summarised.
+    #[tokio::test]
+    async fn a_k8sgpt_server_is_asked_without_explanations() {
+        use serde_json::json;
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/v1/analyze",
+            axum::routing::post(move |body: axum::Json<serde_json::Value>| {
+                let seen_tx = seen_tx.clone();
+                async move {
+                    let _ = seen_tx.send(body.0);
+                    axum::Json(json!({
+                        "status": "ProblemDetected", "problems": 2,
+                        "results": [
+                            {"kind": "Pod", "name": "shop/api-0",
+                             "error": [{"text": "Back-off restarting failed container"}],
+                             "parentObject": "Deployment/api"},
+                            {"kind": "Service", "name": "shop/other",
+                             "error": [{"text": "no endpoints"}]},
+                        ],
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let outbound =
+            super::super::outbound::Outbound::new(super::super::outbound::OutboundConfig {
+                allow_hosts: vec!["127.0.0.1".into()],
+                ..Default::default()
+            })
+            .unwrap();
+        let targets = [("Pod".to_owned(), "api-0".to_owned())];
+        let summary = k8sgpt::analysis_from_server(
+            &outbound,
+            &format!("http://{server}/"),
+            "shop",
+            &targets,
+            ANALYSIS_CHARS,
+        )
+        .await
+        .unwrap()
+        .expect("a finding about the pod");
+        assert!(summary.contains("Back-off restarting"), "{summary}");
+        assert!(!summary.contains("no endpoints"), "{summary}");
+        assert_eq!(
+            seen.recv().await.unwrap(),
+            json!({"namespace": "shop", "explain": false})
+        );
+        // A server not on the allow-list is never called.
+        let closed = super::super::outbound::Outbound::new(Default::default()).unwrap();
+        let refused = k8sgpt::analysis_from_server(
+            &closed,
+            &format!("http://{server}"),
+            "shop",
+            &targets,
+            ANALYSIS_CHARS,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.reason(), "UrlNotAllowed");
+        assert!(seen.try_recv().is_err());
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!
 //! Advisory only: it never writes anything, and K8sGPT not being installed is no error
 //! (`Ok(None)`), so an analysis can never fail or block an action; the caller bounds the
-//! time it waits. Asking a K8sGPT server directly (`k8sgpt.endpoint`) is not done here.
+//! time it waits. Opt-in, [`analysis_from_server`] asks a K8sGPT server run with
+//! `--http` (`k8sgpt.endpoint`) instead, through the guarded outbound client, with
+//! explanations off (they would call an LLM and send cluster data out).
 //!
 //! RBAC: `results.core.k8sgpt.ai` list, cluster-wide (or in the operator's namespace
 //! when `results_namespace` is given).
@@ -107,6 +109,43 @@ pub async fn analysis(
         return Ok(None);
     }
     // Listing order is by name; sort so the text is stable across reads.
+    found.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
+    Ok(Some(summarise(&found, max_chars)))
+}
+
+/// The same summary, from a K8sGPT server's REST API (`k8sgpt serve --http`: `POST
+/// /v1/analyze`, the gRPC gateway of `ServerAnalyzerService.Analyze`), asked about
+/// `namespace` with `explain: false`. The URL must pass the outbound allow-list.
+pub async fn analysis_from_server(
+    outbound: &super::outbound::Outbound,
+    endpoint: &str,
+    namespace: &str,
+    targets: &[(String, String)],
+    max_chars: usize,
+) -> Result<Option<String>, ActError> {
+    if targets.is_empty() || max_chars == 0 {
+        return Ok(None);
+    }
+    let url = format!("{}/v1/analyze", endpoint.trim_end_matches('/'));
+    let request = serde_json::json!({"namespace": namespace, "explain": false});
+    let reply = outbound.post_json(&url, &[], &request).await?;
+    let answer: serde_json::Value = reply.json().map_err(|e| {
+        ActError::failed(
+            "K8sGptUnreadable",
+            format!("the K8sGPT server's answer is not JSON: {e}"),
+        )
+    })?;
+    let mut found: Vec<ResultSpec> = answer
+        .get("results")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| serde_json::from_value::<ResultSpec>(r.clone()).ok())
+        .filter(|spec| is_about(spec, namespace, targets))
+        .collect();
+    if found.is_empty() {
+        return Ok(None);
+    }
     found.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
     Ok(Some(summarise(&found, max_chars)))
 }

@@ -1043,8 +1043,15 @@ async fn record<K: RuleResource>(
         let excess = pending.len().saturating_sub(status::LAST_ACTIONS);
         pending.drain(..excess);
     }
+    // K8sGPT's analysis of what was acted on goes into the Events of its actions too.
+    let analysis = ctx
+        .analysis
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .cloned();
     for (attempt, _) in &attempts {
-        publish_action(ctx, resource, key, attempt).await;
+        publish_action(ctx, resource, key, attempt, analysis.as_deref()).await;
     }
 }
 
@@ -1054,6 +1061,7 @@ async fn publish_action<K: RuleResource>(
     resource: &K,
     key: &RuleKey,
     attempt: &Attempt,
+    analysis: Option<&str>,
 ) {
     let notification = matches!(attempt.action.as_str(), "alert" | "webhook");
     let (reason, warning): (&'static str, bool) = match attempt.result {
@@ -1071,10 +1079,12 @@ async fn publish_action<K: RuleResource>(
     if limited && !ctx.event_allowed(key, reason) {
         return;
     }
-    let note: String = format!("{} {}: {}", attempt.action, attempt.target, attempt.message)
-        .chars()
-        .take(1000)
-        .collect();
+    let mut note = format!("{} {}: {}", attempt.action, attempt.target, attempt.message);
+    if let Some(analysis) = analysis.filter(|_| attempt.result == AttemptResult::Succeeded) {
+        note.push_str(&format!(" | K8sGPT: {analysis}"));
+    }
+    // The API server refuses an Event note over 1 KiB.
+    let note: String = note.chars().take(1000).collect();
     let event = Event {
         type_: if warning {
             EventType::Warning

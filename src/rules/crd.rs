@@ -140,9 +140,10 @@ pub struct AnomalyActionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<RemediationTarget>,
 
-    /// Put K8sGPT's analysis of the acted-on workload in `status.k8sgptAnalysis`, read
-    /// from the K8sGPT operator's `Result` objects after the action. An unavailable
-    /// K8sGPT never delays or fails an action.
+    /// Put K8sGPT's analysis of the acted-on workload in `status.k8sgptAnalysis` and the
+    /// action's Event, asked after the action: from the K8sGPT operator's `Result`
+    /// objects, or a K8sGPT server at `endpoint`. An unavailable K8sGPT never delays or
+    /// fails an action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k8sgpt: Option<K8sGptConfig>,
 
@@ -423,9 +424,11 @@ pub struct K8sGptConfig {
     #[serde(default)]
     pub enabled: bool,
 
-    /// Base URL of a K8sGPT server (for example `http://k8sgpt.k8sgpt.svc:8080`).
-    /// Accepted and not used by this version: the analysis comes from the K8sGPT
-    /// operator's `Result` objects, which need no call out of the cluster.
+    /// Base URL of a K8sGPT server run with `--http` (for example
+    /// `http://k8sgpt.k8sgpt.svc:8080`), to ask it directly (`POST /v1/analyze`, with
+    /// explanations off, which would call an LLM and send cluster data out) instead of
+    /// reading the K8sGPT operator's `Result` objects. Opt-in; the host must be allowed
+    /// with `--allow-url-host`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
 }
