@@ -1393,6 +1393,133 @@ impl ClusterActuator {
         Ok(target)
     }
 
+    /// A rule whose spec changed: gives back what it holds on objects its spec no longer
+    /// names (an SLO's former HPA or experiment, a PredictiveScale's former NodePools);
+    /// what it still names is set again by [`Self::hold`]. Undoing is never held back by
+    /// the pause switch: it only removes Prophet's own marks.
+    pub async fn release_moved(&self, rule: RuleObject<'_>) -> Vec<Attempt> {
+        let actor = self.actor(rule);
+        let mut attempts = Vec::new();
+        match rule {
+            RuleObject::Slo(resource) => {
+                let spec = &resource.spec;
+                let current_hpa = spec
+                    .hpa_ref
+                    .as_ref()
+                    .filter(|_| spec.actions.iter().any(|a| a.type_ == SloActionType::Scale))
+                    .map(|h| {
+                        (
+                            h.namespace
+                                .clone()
+                                .unwrap_or_else(|| actor.namespace.clone()),
+                            h.name.clone(),
+                        )
+                    });
+                let mut namespaces = vec![actor.namespace.clone()];
+                if let Some((ns, _)) = &current_hpa
+                    && *ns != actor.namespace
+                {
+                    namespaces.push(ns.clone());
+                }
+                for namespace in namespaces {
+                    match self.claimed_hpas(&actor, &namespace).await {
+                        Ok(claimed) => {
+                            for hpa in claimed {
+                                if current_hpa.as_ref() == Some(&(namespace.clone(), hpa.clone())) {
+                                    continue;
+                                }
+                                let target = format!("HorizontalPodAutoscaler {namespace}/{hpa}");
+                                let result =
+                                    hpa::release_claim(&self.client, &actor, &namespace, &hpa)
+                                        .await;
+                                attempts.extend(released("release", &target, result));
+                            }
+                        }
+                        Err(error) => attempts.push(Attempt::from_result(
+                            "release",
+                            &format!("the HPAs of namespace {namespace}"),
+                            None,
+                            Err(error),
+                        )),
+                    }
+                }
+                let current_chaos = spec
+                    .chaos_ref
+                    .as_ref()
+                    .filter(|_| spec.enable_chaos)
+                    .map(|c| (c.kind.clone(), c.name.clone()));
+                for kind in ["Schedule", "PodChaos"] {
+                    for name in self.claimed_experiments(&actor, kind).await {
+                        if current_chaos.as_ref() == Some(&(kind.to_owned(), name.clone())) {
+                            continue;
+                        }
+                        let chaos = crate::rules::crd::ChaosRef {
+                            kind: kind.to_owned(),
+                            name,
+                        };
+                        let target = format!("{kind} {}/{}", actor.namespace, chaos.name);
+                        let result =
+                            chaos::release(&self.client, &actor, &actor.namespace, &chaos).await;
+                        attempts.extend(released("chaos-resume", &target, result));
+                    }
+                }
+            }
+            RuleObject::Predictive(resource) => {
+                // Every pool carrying the rule's marks is given back; `hold` sets the
+                // pools the spec names now again.
+                let target = format!("NodePool {}", resource.spec.node_pool_ref.name);
+                match nodepool::release(&self.client, &actor, &resource.spec).await {
+                    Ok(acted) => attempts.extend(
+                        acted
+                            .into_iter()
+                            .filter(|a| a.changed)
+                            .map(|a| Attempt::from_result("release", &target, None, Ok(a))),
+                    ),
+                    Err(error) => {
+                        attempts.push(Attempt::from_result("release", &target, None, Err(error)));
+                    }
+                }
+            }
+            RuleObject::Anomaly(_) => {}
+        }
+        attempts
+    }
+
+    /// The Chaos Mesh experiments of `kind` in the rule's namespace that the rule holds
+    /// paused; none when Chaos Mesh is not installed or cannot be read.
+    async fn claimed_experiments(&self, actor: &Actor, kind: &str) -> Vec<String> {
+        use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+        let plural = if kind == "Schedule" {
+            "schedules"
+        } else {
+            "podchaos"
+        };
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("chaos-mesh.org", "v1alpha1", kind),
+            plural,
+        );
+        let api: kube::Api<DynamicObject> =
+            kube::Api::namespaced_with(self.client.clone(), &actor.namespace, &resource);
+        let claim = format!("{}{}", chaos::PAUSED_BY_PREFIX, actor.claim_key());
+        match api.list(&kube::api::ListParams::default()).await {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .filter(|o| {
+                    o.metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(&claim))
+                })
+                .filter_map(|o| o.metadata.name)
+                .collect(),
+            Err(error) => {
+                tracing::debug!(%error, kind, rule = %actor.describe(), "cannot list experiments to release");
+                Vec::new()
+            }
+        }
+    }
+
     /// Undoes what a rule holds (its resource is being deleted): HPA claims, a paused
     /// experiment, NodePool changes, firing alerts. Targets already gone are skipped.
     pub async fn release(&self, rule: RuleObject<'_>) -> Vec<Attempt> {

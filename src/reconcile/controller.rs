@@ -246,6 +246,8 @@ pub struct Context {
     failing: Mutex<HashMap<RuleKey, (String, String)>>,
     /// The level state each rule's held actions were last set for.
     held: Mutex<HashMap<RuleKey, String>>,
+    /// The spec generation each rule's held actions were last set for.
+    held_generations: Mutex<HashMap<RuleKey, Option<i64>>>,
     /// Per rule, held actions and notifications failing in a row (for their backoff,
     /// which a successful status write does not reset) and the failures recorded.
     level_failures: Mutex<HashMap<RuleKey, (u32, std::collections::HashSet<String>)>>,
@@ -324,6 +326,7 @@ impl Context {
             unwritten: Mutex::new(HashMap::new()),
             failing: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            held_generations: Mutex::new(HashMap::new()),
             level_failures: Mutex::new(HashMap::new()),
             analysis: Mutex::new(HashMap::new()),
             approval_ttl: APPROVAL_TTL,
@@ -870,7 +873,30 @@ async fn act<K: RuleResource>(
         .cloned();
     let mut level_attempts = Vec::new();
     if held_for.as_deref() != Some(signature.as_str()) && ctx.leadership.is_leader() {
+        // A spec edited while holding: what the old spec named is given back first.
+        let generation = resource.meta().generation;
+        let previous = ctx
+            .held_generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied();
+        // A new term does not know what an earlier leader held for an older spec: an
+        // SLO's strays are cheap to look for (they are only released, never re-set);
+        // a PredictiveScale's release would churn its placeholders, so only a spec
+        // change seen here gives its pools back.
+        let moved = match previous {
+            Some(previous) => previous != generation,
+            None => key.kind == RuleKind::SloViolation,
+        };
+        if moved {
+            level_attempts.extend(actuator.release_moved(rule).await);
+        }
         let held = actuator.hold(rule, level.as_ref()).await;
+        ctx.held_generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), generation);
         if !held
             .iter()
             .any(|a| a.retry() || a.result == AttemptResult::Refused)
@@ -1425,6 +1451,7 @@ pub fn mark_listed(ctx: &Context) {
         .retain(|rule, _| listed.contains(rule));
     // Rules deleted without a finalizer leave nothing behind here either.
     forget_unlisted(&ctx.held, &listed);
+    forget_unlisted(&ctx.held_generations, &listed);
     forget_unlisted(&ctx.level_failures, &listed);
     forget_unlisted(&ctx.failing, &listed);
     forget_unlisted(&ctx.unwritten, &listed);

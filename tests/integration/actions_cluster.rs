@@ -339,7 +339,7 @@ fn requests(ns: &str, code: &str, samples: &[(i64, f64)]) -> prophet::proto::v1:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_slo_raises_its_hpa_while_violated_and_deleting_it_restores_the_hpa() {
+async fn an_slo_raises_its_hpa_while_violated_follows_an_edit_and_deleting_it_restores_the_hpa() {
     let Some(cluster) = common::k8s::cluster() else {
         return;
     };
@@ -358,6 +358,15 @@ spec:
   scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: checkout}}
   minReplicas: 2
   maxReplicas: 6
+  metrics: [{{type: Resource, resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 80}}}}}}]
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: checkout-canary, namespace: {ns}}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: checkout}}
+  minReplicas: 1
+  maxReplicas: 4
   metrics: [{{type: Resource, resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 80}}}}}}]
 ---
 apiVersion: aiops.prophet.io/v1alpha1
@@ -422,6 +431,39 @@ spec:
         "an SLO holding a claim carries the finalizer"
     );
 
+    // The SLO now names another HPA while still violated: the first gets its own
+    // minimum back, the second is raised.
+    cluster.kubectl(&[
+        "-n",
+        &ns,
+        "patch",
+        "sloviolation",
+        "checkout",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"hpaRef":{"name":"checkout-canary"}}}"#,
+    ]);
+    eventually(
+        "the claim moved to the HPA the SLO names now",
+        Duration::from_secs(60),
+        || async {
+            let first = hpas.get("checkout").await.ok()?;
+            let second = hpas.get("checkout-canary").await.ok()?;
+            (min_replicas(&first) == Some(2) && min_replicas(&second) == Some(2)).then_some(())
+        },
+    )
+    .await;
+    let first = hpas.get("checkout").await.unwrap();
+    assert!(
+        first
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .keys()
+            .all(|k| !k.starts_with("aiops.prophet.io/")),
+        "the first HPA keeps no claim"
+    );
+
     // Deleting the SLO gives the HPA back its own minimum, then lets the SLO go.
     cluster.kubectl(&[
         "-n",
@@ -435,8 +477,8 @@ spec:
         slos.get_opt("checkout").await.ok()?.is_none().then_some(())
     })
     .await;
-    let hpa = hpas.get("checkout").await.unwrap();
-    assert_eq!(min_replicas(&hpa), Some(2));
+    let hpa = hpas.get("checkout-canary").await.unwrap();
+    assert_eq!(min_replicas(&hpa), Some(1));
     let leftovers: Vec<String> = hpa
         .metadata
         .annotations
