@@ -383,6 +383,7 @@ async fn follow_pause_switch(
         };
         // What waited for the switch goes at once, not at its next retry.
         if changed {
+            ledger.wake_intents();
             ledger.mark_all();
         }
     };

@@ -607,15 +607,17 @@ impl ClusterActuator {
         let window = workload_detection(&actor, intent.decision.sample_time_ms, cooldown);
         let workload_wide =
             spec.remediation.type_ == RemediationType::Scale || kind != TargetResourceType::Pod;
-        if workload_wide
-            && spec.target.as_ref().and_then(|t| t.name.as_ref()).is_none()
-            && let Some(pod) = free.first()
-            && let Some(owner) = self.owner_of(pod).await
-            && let Some(ago) = self.recently_changed(&owner, cooldown)
+        let named = spec.target.as_ref().and_then(|t| t.name.as_ref()).is_some();
+        let owner = match free.first() {
+            Some(pod) if workload_wide && !named => self.owner_of(pod).await,
+            _ => None,
+        };
+        if let Some(owner) = &owner
+            && let Some(ago) = self.recently_changed(owner, cooldown)
         {
             attempts.push(Attempt::not_done(
                 &intent.decision.action,
-                &owner,
+                owner,
                 Some(detection),
                 AttemptResult::Unchanged,
                 "TargetLocked",
@@ -726,7 +728,15 @@ impl ClusterActuator {
             }
             RemediationType::Alert => {}
         }
-        self.note_changed(changed_keys(&attempts, &free));
+        let mut changed = changed_keys(&attempts, &free);
+        // The workload is locked whichever way it was changed (directly, or through its
+        // HPA or ScaledObject).
+        if let Some(owner) = owner
+            && !changed.is_empty()
+        {
+            changed.push(owner);
+        }
+        self.note_changed(changed);
         let analysis = match &spec.k8sgpt {
             Some(k8sgpt)
                 if k8sgpt.enabled
@@ -862,7 +872,15 @@ impl ClusterActuator {
     /// go out in one eviction call, so no more pods of one workload are evicted at once
     /// than its disruption budget allows (one without a budget), however many of its
     /// pods tripped together; the rest fail with `DisruptionBudget` and are retried.
-    pub async fn act_on_all(&self, rule: RuleObject<'_>, intents: &[Intent]) -> Vec<Acting> {
+    ///
+    /// `leading` is asked before each action: once it says no, the rest are left (the
+    /// answer is shorter than `intents`), for whoever leads to do.
+    pub async fn act_on_all(
+        &self,
+        rule: RuleObject<'_>,
+        intents: &[Intent],
+        leading: &(dyn Fn() -> bool + Sync),
+    ) -> Vec<Acting> {
         let batch = match rule {
             RuleObject::Anomaly(resource) => {
                 resource.spec.remediation.type_ == RemediationType::Restart
@@ -883,6 +901,9 @@ impl ClusterActuator {
         }
         let mut out = Vec::with_capacity(intents.len());
         for intent in intents {
+            if !leading() {
+                break;
+            }
             out.push(self.act_on(rule, intent).await);
         }
         out
@@ -1074,7 +1095,8 @@ impl ClusterActuator {
             } else {
                 "release"
             };
-            if let Some((result, reason, message)) = &held_back {
+            // Giving back is never held back: it only removes Prophet's own marks.
+            if let Some((result, reason, message)) = held_back.as_ref().filter(|_| violated) {
                 attempts.push(Attempt::not_done(
                     action,
                     &target,
@@ -1130,7 +1152,8 @@ impl ClusterActuator {
             } else {
                 "chaos-resume"
             };
-            if let Some((result, reason, message)) = &held_back {
+            // Giving back is never held back: it only removes Prophet's own marks.
+            if let Some((result, reason, message)) = held_back.as_ref().filter(|_| violated) {
                 attempts.push(Attempt::not_done(
                     action,
                     &target,
@@ -1464,6 +1487,9 @@ impl ClusterActuator {
                     }
                 }
             }
+            // While held back (paused, dry run) `hold` would not set the pools again:
+            // nothing is given back either.
+            RuleObject::Predictive(_) if self.held_back(rule).is_some() => {}
             RuleObject::Predictive(resource) => {
                 // Every pool carrying the rule's marks is given back; `hold` sets the
                 // pools the spec names now again.

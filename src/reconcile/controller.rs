@@ -249,8 +249,9 @@ pub struct Context {
     /// The spec generation each rule's held actions were last set for.
     held_generations: Mutex<HashMap<RuleKey, Option<i64>>>,
     /// Per rule, held actions and notifications failing in a row (for their backoff,
-    /// which a successful status write does not reset) and the failures recorded.
-    level_failures: Mutex<HashMap<RuleKey, (u32, std::collections::HashSet<String>)>>,
+    /// which a successful status write does not reset), the failures recorded, and the
+    /// time before which they are not tried again.
+    level_failures: Mutex<HashMap<RuleKey, LevelFailures>>,
     /// The newest K8sGPT analysis per rule, until written.
     analysis: Mutex<HashMap<RuleKey, String>>,
     /// How long an ActionApproval stays in force after it is created.
@@ -267,8 +268,12 @@ pub struct Context {
 /// How long an ActionApproval stays in force by default.
 pub const APPROVAL_TTL: Duration = Duration::from_secs(3600);
 
-/// Tries at releasing what a deleted rule holds before its finalizer goes anyway.
-pub const RELEASE_ATTEMPTS: u32 = 10;
+/// Held actions failing in a row, the failures recorded, and when to try again.
+type LevelFailures = (u32, std::collections::HashSet<String>, Option<Instant>);
+
+/// How long a deleted rule keeps trying to release what it holds before its finalizer
+/// goes anyway.
+pub const RELEASE_GRACE: Duration = Duration::from_secs(600);
 
 /// The finalizer on a rule that holds side effects.
 pub const FINALIZER: &str = "aiops.prophet.io/cleanup";
@@ -675,10 +680,9 @@ async fn act<K: RuleResource>(
 ) -> Result<(), ReconcileError> {
     let rule = resource.rule_object();
     let acting_for_real = !actuator.config().dry_run && !rule.dry_run();
-    let level = ctx.ledger.level(key);
-    let tripped = level.as_ref().is_some_and(|l| l.tripped_count() > 0);
     let mut attempts: Vec<(Attempt, Option<Instant>)> = Vec::new();
-    // Held actions someone approved join the due ones, with who approved them.
+    // Held actions someone approved join the due ones, with who approved them. Taken
+    // before the level is read, so an intent recorded meanwhile finds its trip there.
     let mut due = ctx.ledger.take_intents(key);
     if key.kind == RuleKind::AnomalyAction {
         let awaiting = ctx.ledger.awaiting(key);
@@ -698,6 +702,8 @@ async fn act<K: RuleResource>(
             }
         }
     }
+    let level = ctx.ledger.level(key);
+    let tripped = level.as_ref().is_some_and(|l| l.tripped_count() > 0);
     // What was done already, as status records it. A leader that has not written this
     // rule's status in its term reads it from the API server rather than the cache,
     // which may lag the previous leader's last write: it must not act again on a
@@ -719,6 +725,16 @@ async fn act<K: RuleResource>(
                     .current_status()
                     .map(|s| K::last_actions(s).to_vec())
                     .unwrap_or_default();
+                // The status this reconcile writes builds on this copy, not the cache's.
+                if let (Some(status), Some(uid)) =
+                    (latest.current_status(), latest.meta().uid.clone())
+                    && let Ok(value) = serde_json::to_value(status)
+                {
+                    ctx.written
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.clone(), (uid, value));
+                }
             }
             Err(error) => {
                 // Not knowing what was done, nothing is done now: tried again shortly.
@@ -809,13 +825,19 @@ async fn act<K: RuleResource>(
         && let Err(error) = add_finalizer::<K>(ctx, key).await
     {
         ctx.ledger.requeue(key, todo);
+        record(ctx, resource, key, attempts).await;
         return Err(error);
     }
     let mut retry = Vec::new();
     // Fencing: an action runs only while this replica leads, checked before each.
     if !todo.is_empty() && ctx.leadership.is_leader() {
-        let actings = actuator.act_on_all(rule, &todo).await;
-        for (mut intent, acting) in todo.into_iter().zip(actings) {
+        let leading = || ctx.leadership.is_leader();
+        let actings = actuator.act_on_all(rule, &todo, &leading).await;
+        // Those not tried (leadership lost on the way) wait in the ledger.
+        let mut todo = todo.into_iter();
+        let tried: Vec<Intent> = todo.by_ref().take(actings.len()).collect();
+        ctx.ledger.requeue(key, todo.collect());
+        for (mut intent, acting) in tried.into_iter().zip(actings) {
             if let Some(analysis) = acting.analysis {
                 ctx.analysis
                     .lock()
@@ -872,7 +894,17 @@ async fn act<K: RuleResource>(
         .get(key)
         .cloned();
     let mut level_attempts = Vec::new();
-    if held_for.as_deref() != Some(signature.as_str()) && ctx.leadership.is_leader() {
+    // Held actions and notifications failing in a row wait out their backoff, however
+    // often the rule is woken meanwhile.
+    let backing_off = ctx
+        .level_failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .and_then(|(_, _, not_before)| *not_before)
+        .is_some_and(|t| Instant::now() < t);
+    if held_for.as_deref() != Some(signature.as_str()) && ctx.leadership.is_leader() && !backing_off
+    {
         // A spec edited while holding: what the old spec named is given back first.
         let generation = resource.meta().generation;
         let previous = ctx
@@ -889,14 +921,21 @@ async fn act<K: RuleResource>(
             Some(previous) => previous != generation,
             None => key.kind == RuleKind::SloViolation,
         };
+        let mut released_all = true;
         if moved {
-            level_attempts.extend(actuator.release_moved(rule).await);
+            let released = actuator.release_moved(rule).await;
+            released_all = !released
+                .iter()
+                .any(|a| a.retry() || a.result == AttemptResult::Refused);
+            level_attempts.extend(released);
         }
         let held = actuator.hold(rule, level.as_ref()).await;
-        ctx.held_generations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), generation);
+        if released_all {
+            ctx.held_generations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone(), generation);
+        }
         if !held
             .iter()
             .any(|a| a.retry() || a.result == AttemptResult::Refused)
@@ -908,7 +947,7 @@ async fn act<K: RuleResource>(
         }
         level_attempts.extend(held);
     }
-    if ctx.leadership.is_leader() {
+    if ctx.leadership.is_leader() && !backing_off {
         level_attempts.extend(actuator.notify(rule, level.as_ref()).await);
     }
     let level_retry = {
@@ -921,9 +960,10 @@ async fn act<K: RuleResource>(
             failing.remove(key);
             None
         } else {
-            let (count, seen) = failing.entry(key.clone()).or_default();
+            let (count, seen, not_before) = failing.entry(key.clone()).or_default();
             *count = count.saturating_add(1);
             let wait = backoff(*count);
+            *not_before = Some(Instant::now() + wait);
             // The same failure again is recorded once; the retries go on quietly.
             level_attempts.retain(|a| {
                 if !(a.retry() || a.result == AttemptResult::Refused) {
@@ -1259,15 +1299,14 @@ async fn finalize<K: RuleResource>(
     .await;
     if !failed.is_empty() {
         // A release that keeps failing (RBAC taken away, a receiver gone for good) must
-        // not hold the rule, or its namespace's deletion, forever: after
-        // RELEASE_ATTEMPTS tries the finalizer goes anyway, said in a Warning Event.
-        let tries = {
-            let mut failing = ctx.level_failures.lock().unwrap_or_else(|e| e.into_inner());
-            let (count, _) = failing.entry(key.clone()).or_default();
-            *count = count.saturating_add(1);
-            *count
-        };
-        if tries < RELEASE_ATTEMPTS {
+        // not hold the rule, or its namespace's deletion, forever: RELEASE_GRACE after
+        // the deletion the finalizer goes anyway, said in a Warning Event.
+        let deleting_for = resource.meta().deletion_timestamp.as_ref().map_or(0, |t| {
+            k8s_openapi::jiff::Timestamp::now()
+                .as_second()
+                .saturating_sub(t.0.as_second())
+        });
+        if deleting_for < i64::try_from(RELEASE_GRACE.as_secs()).unwrap_or(i64::MAX) {
             return Err(ReconcileError::Release {
                 rule: key.clone(),
                 message: failed.join("; "),
@@ -1277,7 +1316,7 @@ async fn finalize<K: RuleResource>(
             reason: "ReleaseAbandoned",
             warning: true,
             note: format!(
-                "deleted after {tries} failed attempts to release what the rule held; left as is: {}",
+                "deleted {deleting_for}s ago and what it held could not all be released; left as is: {}",
                 failed.join("; ")
             )
             .chars()
@@ -1285,7 +1324,7 @@ async fn finalize<K: RuleResource>(
             .collect(),
         };
         publish(ctx, resource, &transition).await;
-        tracing::warn!(rule = %key, tries, left = %failed.join("; "), "finalizer removed without releasing everything");
+        tracing::warn!(rule = %key, deleting_for, left = %failed.join("; "), "finalizer removed without releasing everything");
     }
     if !ctx.leadership.is_leader() {
         return Ok(Reconciled::Standby);
@@ -1390,6 +1429,13 @@ pub async fn run(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> 
                     // decide from its own ledger and the written status.
                     ctx.unwritten.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     ctx.failing.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    // A later term starts from what the API server holds.
+                    ctx.written.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    ctx.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    ctx.counted_trips
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clear();
                     ctx.analysis.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     ctx.ledger.drop_intents();
                     if let Some(actuator) = &ctx.actuator {

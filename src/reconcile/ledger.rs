@@ -288,6 +288,16 @@ impl Ledger {
         level.awaiting.remove(index)
     }
 
+    /// Makes every action waiting for a retry due now (what held them, such as the pause
+    /// switch, changed).
+    pub fn wake_intents(&self) {
+        for level in self.lock_levels().values_mut() {
+            for intent in &mut level.intents {
+                intent.not_before = None;
+            }
+        }
+    }
+
     /// Forgets every action waiting for a retry (this replica stopped leading: a retry
     /// decided in its term is not carried into a later one).
     pub fn drop_intents(&self) {
