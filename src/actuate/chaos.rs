@@ -62,6 +62,20 @@ pub async fn set_paused(
     chaos: &ChaosRef,
     paused: bool,
 ) -> Result<Acted, ActError> {
+    // Chaos Mesh writes the experiment's status between our read and our patch: read
+    // afresh and try again on a 409, a few times.
+    super::workload::retry_conflicts(|| set_paused_once(client, actor, namespace, chaos, paused))
+        .await
+}
+
+/// One read-decide-patch of [`set_paused`].
+async fn set_paused_once(
+    client: &kube::Client,
+    actor: &Actor,
+    namespace: &str,
+    chaos: &ChaosRef,
+    paused: bool,
+) -> Result<Acted, ActError> {
     let described = format!("{} {namespace}/{}", chaos.kind, chaos.name);
     let ar = resource(&chaos.kind).ok_or_else(|| {
         ActError::refused(

@@ -1345,6 +1345,24 @@ pub async fn provision(
     detection: &str,
     now_ms: i64,
 ) -> Result<Vec<Acted>, ActError> {
+    // Karpenter writes the pool's status all the time, moving the resourceVersion each
+    // patch is guarded by: read afresh and try again on a conflict, a few times (each
+    // step is idempotent, so what the first try already did is found done).
+    super::workload::retry_conflicts(|| {
+        provision_once(client, actor, spec, forecast, detection, now_ms)
+    })
+    .await
+}
+
+/// One pass of [`provision`].
+async fn provision_once(
+    client: &kube::Client,
+    actor: &Actor,
+    spec: &PredictiveScaleSpec,
+    forecast: &ForecastView,
+    detection: &str,
+    now_ms: i64,
+) -> Result<Vec<Acted>, ActError> {
     let name = spec.node_pool_ref.name.as_str();
     let sizing = spec.reservation.as_ref().map(Sizing::parse).transpose()?;
     let pool = read_pool(client, name).await?;
@@ -2494,7 +2512,8 @@ mod api_tests {
         let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(mock, "default");
         let verifier = tokio::spawn(scenario(handle));
-        let result = provision(
+        // One pass: its requests are what is checked (`provision` repeats it on 409).
+        let result = provision_once(
             &client,
             &actor(),
             &spec(),

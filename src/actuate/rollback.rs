@@ -88,6 +88,23 @@ pub async fn rollback(
     deployment: &str,
     detection: &str,
 ) -> Result<Acted, ActError> {
+    // The Deployment controller writes status between our read and our patch (each
+    // write moves the resourceVersion the patch is guarded by): read afresh and try
+    // again, a few times, before a Conflict goes back to the caller's backoff.
+    super::workload::retry_conflicts(|| {
+        rollback_once(client, actor, namespace, deployment, detection)
+    })
+    .await
+}
+
+/// One read-decide-patch of [`rollback`].
+async fn rollback_once(
+    client: &kube::Client,
+    actor: &Actor,
+    namespace: &str,
+    deployment: &str,
+    detection: &str,
+) -> Result<Acted, ActError> {
     let described = format!("Deployment {namespace}/{deployment}");
     guard::check_namespace(actor, namespace, &described)?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
@@ -639,7 +656,8 @@ mod api_tests {
         let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(mock, "default");
         let server = tokio::spawn(serve(handle, answer, reason));
-        let result = rollback(&client, &actor(), "shop", "api", "det-1").await;
+        // One attempt: its requests are what is checked (`rollback` repeats it on 409).
+        let result = rollback_once(&client, &actor(), "shop", "api", "det-1").await;
         tokio::time::timeout(std::time::Duration::from_secs(5), server)
             .await
             .expect("the scenario ends")
