@@ -209,6 +209,52 @@ impl std::fmt::Debug for WebhookTarget {
     }
 }
 
+/// The value of a key of a Secret in `namespace`, trimmed, for the spec field `field`
+/// that names it (`webhookSecretRef`, `grafanaTokenSecretRef`). A missing Secret or key
+/// is `Failed("SecretNotFound")` (retried: the Secret may come later); the value never
+/// appears in a message. RBAC: `get` on `secrets` in that namespace.
+pub async fn secret_value(
+    client: &kube::Client,
+    namespace: &str,
+    secret: &SecretKeyRef,
+    field: &str,
+) -> Result<String, ActError> {
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let found = api.get_opt(&secret.name).await.map_err(|e| {
+        ActError::api(
+            format!(
+                "reading key {:?} of Secret {namespace}/{}",
+                secret.key, secret.name
+            ),
+            e,
+        )
+    })?;
+    let Some(found) = found else {
+        return Err(ActError::failed(
+            "SecretNotFound",
+            format!(
+                "the Secret {namespace}/{} does not exist ({field}, key {:?})",
+                secret.name, secret.key
+            ),
+        ));
+    };
+    found
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&secret.key))
+        .map(|v| String::from_utf8_lossy(&v.0).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            ActError::failed(
+                "SecretNotFound",
+                format!(
+                    "Secret {namespace}/{} has no non-empty key {:?} ({field})",
+                    secret.name, secret.key
+                ),
+            )
+        })
+}
+
 /// The rule's webhook from its spec: the Secret's key when `secret` is set (it wins over
 /// `url`), else `url`; `None` when neither is set. A missing Secret or key is
 /// `Failed("SecretNotFound")` (retried: the Secret may come later); PagerDuty without a
@@ -222,41 +268,7 @@ pub async fn webhook_target(
     format: WebhookFormat,
 ) -> Result<Option<WebhookTarget>, ActError> {
     if let Some(secret) = secret {
-        let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
-        let doing = || {
-            format!(
-                "reading key {:?} of Secret {namespace}/{}",
-                secret.key, secret.name
-            )
-        };
-        let found = api
-            .get_opt(&secret.name)
-            .await
-            .map_err(|e| ActError::api(doing(), e))?;
-        let Some(found) = found else {
-            return Err(ActError::failed(
-                "SecretNotFound",
-                format!(
-                    "the webhook's Secret {namespace}/{} does not exist (webhookSecretRef, key {:?})",
-                    secret.name, secret.key
-                ),
-            ));
-        };
-        let value = found
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&secret.key))
-            .map(|v| String::from_utf8_lossy(&v.0).trim().to_owned())
-            .filter(|v| !v.is_empty());
-        let Some(value) = value else {
-            return Err(ActError::failed(
-                "SecretNotFound",
-                format!(
-                    "Secret {namespace}/{} has no non-empty key {:?} (webhookSecretRef)",
-                    secret.name, secret.key
-                ),
-            ));
-        };
+        let value = secret_value(client, namespace, secret, "webhookSecretRef").await?;
         return Ok(Some(WebhookTarget {
             format,
             url_or_key: value,

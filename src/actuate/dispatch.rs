@@ -1078,7 +1078,9 @@ impl ClusterActuator {
         let spec = &resource.spec;
         let actor = self.actor(rule);
         let mut attempts = Vec::new();
-        let held_back = self.held_back(rule);
+        // Setting is held back (dry run, pause switch); giving back never is: it only
+        // removes Prophet's own marks.
+        let held_back = if violated { self.held_back(rule) } else { None };
         if let Some(hpa) = &spec.hpa_ref
             && let Some(scale) = spec
                 .actions
@@ -1095,8 +1097,7 @@ impl ClusterActuator {
             } else {
                 "release"
             };
-            // Giving back is never held back: it only removes Prophet's own marks.
-            if let Some((result, reason, message)) = held_back.as_ref().filter(|_| violated) {
+            if let Some((result, reason, message)) = &held_back {
                 attempts.push(Attempt::not_done(
                     action,
                     &target,
@@ -1117,24 +1118,21 @@ impl ClusterActuator {
                         )
                     }),
                 };
-                let result = match want {
-                    Ok(want) => match super::guard::check_namespace(&actor, &namespace, &target) {
-                        Ok(()) => {
-                            hpa::claim_min_replicas(
-                                &self.client,
-                                &actor,
-                                &namespace,
-                                &hpa.name,
-                                want,
-                                None,
-                                detection.unwrap_or("violation"),
-                            )
-                            .await
-                        }
-                        Err(refused) => Err(refused),
-                    },
-                    Err(refused) => Err(refused),
-                };
+                let result = async {
+                    let want = want?;
+                    super::guard::check_namespace(&actor, &namespace, &target)?;
+                    hpa::claim_min_replicas(
+                        &self.client,
+                        &actor,
+                        &namespace,
+                        &hpa.name,
+                        want,
+                        None,
+                        detection.unwrap_or("violation"),
+                    )
+                    .await
+                }
+                .await;
                 attempts.push(Attempt::from_result(action, &target, detection, result));
             } else {
                 let result = hpa::release_claim(&self.client, &actor, &namespace, &hpa.name).await;
@@ -1152,8 +1150,7 @@ impl ClusterActuator {
             } else {
                 "chaos-resume"
             };
-            // Giving back is never held back: it only removes Prophet's own marks.
-            if let Some((result, reason, message)) = held_back.as_ref().filter(|_| violated) {
+            if let Some((result, reason, message)) = &held_back {
                 attempts.push(Attempt::not_done(
                     action,
                     &target,
@@ -1266,16 +1263,15 @@ impl ClusterActuator {
             return None;
         }
         let token = match &resource.spec.grafana_token_secret_ref {
-            Some(secret) => match alert::webhook_target(
+            Some(secret) => match alert::secret_value(
                 &self.client,
                 &actor.namespace,
-                None,
-                Some(secret),
-                WebhookFormat::Alertmanager,
+                secret,
+                "grafanaTokenSecretRef",
             )
             .await
             {
-                Ok(target) => target.map(|t| t.url_or_key),
+                Ok(token) => Some(token),
                 Err(error) => {
                     tracing::warn!(%error, rule = %actor.describe(), "no Grafana token: annotation not sent");
                     return None;
@@ -1438,34 +1434,11 @@ impl ClusterActuator {
                             h.name.clone(),
                         )
                     });
-                let mut namespaces = vec![actor.namespace.clone()];
-                if let Some((ns, _)) = &current_hpa
-                    && *ns != actor.namespace
-                {
-                    namespaces.push(ns.clone());
-                }
-                for namespace in namespaces {
-                    match self.claimed_hpas(&actor, &namespace).await {
-                        Ok(claimed) => {
-                            for hpa in claimed {
-                                if current_hpa.as_ref() == Some(&(namespace.clone(), hpa.clone())) {
-                                    continue;
-                                }
-                                let target = format!("HorizontalPodAutoscaler {namespace}/{hpa}");
-                                let result =
-                                    hpa::release_claim(&self.client, &actor, &namespace, &hpa)
-                                        .await;
-                                attempts.extend(released("release", &target, result));
-                            }
-                        }
-                        Err(error) => attempts.push(Attempt::from_result(
-                            "release",
-                            &format!("the HPAs of namespace {namespace}"),
-                            None,
-                            Err(error),
-                        )),
-                    }
-                }
+                let other = current_hpa.as_ref().map(|(ns, _)| ns.clone());
+                attempts.extend(
+                    self.release_hpa_claims(&actor, other, current_hpa.as_ref())
+                        .await,
+                );
                 let current_chaos = spec
                     .chaos_ref
                     .as_ref()
@@ -1493,18 +1466,7 @@ impl ClusterActuator {
             RuleObject::Predictive(resource) => {
                 // Every pool carrying the rule's marks is given back; `hold` sets the
                 // pools the spec names now again.
-                let target = format!("NodePool {}", resource.spec.node_pool_ref.name);
-                match nodepool::release(&self.client, &actor, &resource.spec).await {
-                    Ok(acted) => attempts.extend(
-                        acted
-                            .into_iter()
-                            .filter(|a| a.changed)
-                            .map(|a| Attempt::from_result("release", &target, None, Ok(a))),
-                    ),
-                    Err(error) => {
-                        attempts.push(Attempt::from_result("release", &target, None, Err(error)));
-                    }
-                }
+                attempts.extend(self.release_pools(&actor, resource).await);
             }
             RuleObject::Anomaly(_) => {}
         }
@@ -1584,51 +1546,67 @@ impl ClusterActuator {
                 }
             }
             RuleObject::Predictive(resource) => {
-                let target = format!("NodePool {}", resource.spec.node_pool_ref.name);
-                match nodepool::release(&self.client, &actor, &resource.spec).await {
-                    Ok(acted) => attempts.extend(
-                        acted
-                            .into_iter()
-                            .map(|a| Attempt::from_result("release", &target, None, Ok(a))),
-                    ),
-                    Err(error) => {
-                        attempts.push(Attempt::from_result("release", &target, None, Err(error)));
-                    }
-                }
+                attempts.extend(self.release_pools(&actor, resource).await);
             }
             RuleObject::Anomaly(resource) => {
-                let mut namespaces = vec![actor.namespace.clone()];
-                if let Some(other) = resource
+                let other = resource
                     .spec
                     .target
                     .as_ref()
-                    .and_then(|t| t.namespace.clone())
-                    && other != actor.namespace
-                {
-                    namespaces.push(other);
-                }
-                for namespace in namespaces {
-                    match self.claimed_hpas(&actor, &namespace).await {
-                        Ok(claimed) => {
-                            for hpa in claimed {
-                                let target = format!("HorizontalPodAutoscaler {namespace}/{hpa}");
-                                let result =
-                                    hpa::release_claim(&self.client, &actor, &namespace, &hpa)
-                                        .await;
-                                attempts.extend(released("release", &target, result));
-                            }
-                        }
-                        Err(error) => attempts.push(Attempt::from_result(
-                            "release",
-                            &format!("the HPAs of namespace {namespace}"),
-                            None,
-                            Err(error),
-                        )),
-                    }
-                }
+                    .and_then(|t| t.namespace.clone());
+                attempts.extend(self.release_hpa_claims(&actor, other, None).await);
             }
         }
         attempts
+    }
+
+    /// Gives back the rule's HPA (and ScaledObject) claims in its namespace and `other`,
+    /// except on `keep` (namespace, name).
+    async fn release_hpa_claims(
+        &self,
+        actor: &Actor,
+        other: Option<String>,
+        keep: Option<&(String, String)>,
+    ) -> Vec<Attempt> {
+        let mut namespaces = vec![actor.namespace.clone()];
+        namespaces.extend(other.filter(|ns| *ns != actor.namespace));
+        let mut attempts = Vec::new();
+        for namespace in namespaces {
+            match self.claimed_hpas(actor, &namespace).await {
+                Ok(claimed) => {
+                    for hpa in claimed {
+                        if keep == Some(&(namespace.clone(), hpa.clone())) {
+                            continue;
+                        }
+                        let target = format!("HorizontalPodAutoscaler {namespace}/{hpa}");
+                        let result =
+                            hpa::release_claim(&self.client, actor, &namespace, &hpa).await;
+                        attempts.extend(released("release", &target, result));
+                    }
+                }
+                Err(error) => attempts.push(Attempt::from_result(
+                    "release",
+                    &format!("the HPAs of namespace {namespace}"),
+                    None,
+                    Err(error),
+                )),
+            }
+        }
+        attempts
+    }
+
+    /// Gives back what the rule holds on every NodePool carrying its marks; only what
+    /// changed is recorded.
+    async fn release_pools(&self, actor: &Actor, resource: &PredictiveScale) -> Vec<Attempt> {
+        let target = format!("NodePool {}", resource.spec.node_pool_ref.name);
+        match nodepool::release(&self.client, actor, &resource.spec).await {
+            Ok(acted) => acted
+                .into_iter()
+                .filter(|a| a.changed)
+                .map(|a| Attempt::from_result("release", &target, None, Ok(a)))
+                .collect(),
+            Err(error) => vec![Attempt::from_result("release", &target, None, Err(error))],
+        }
     }
 
     /// The HPAs in `namespace` whose minimum the rule claims, directly or through the

@@ -414,23 +414,13 @@ async fn reconcile_kind<K: RuleResource>(
         act(ctx, &actuator, resource.as_ref(), key).await?;
     }
     let uid = resource.meta().uid.clone().unwrap_or_default();
-    let held_back = !ctx
+    let events_held_back = ctx
         .suppressed
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .contains_key(key);
-    if !held_back {
-        let remembered = ctx
-            .written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .filter(|(written_uid, _)| *written_uid == uid)
-            .and_then(|(_, value)| serde_json::from_value::<K::Status>(value.clone()).ok());
-        let status = remembered.or_else(|| resource.current_status().cloned());
-        if let Some(status) = status {
-            publish_held_back(ctx, resource.as_ref(), key, K::conditions(&status)).await;
-        }
+    if events_held_back && let Some(status) = current_status(ctx, resource.as_ref(), key, &uid) {
+        publish_held_back(ctx, resource.as_ref(), key, K::conditions(&status)).await;
     }
     let Some((current, desired, recorded)) = plan_status(ctx, resource.as_ref(), key, &uid) else {
         return Ok(Reconciled::Unchanged);
@@ -570,25 +560,9 @@ fn plan_status<K: RuleResource>(
     let compiled = listing.rules.iter().find(|r| r.rule == *key);
     let level: Option<RuleLevel> = ctx.ledger.level(key);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let records: Vec<ActionRecord> = ctx
-        .unwritten
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(key)
-        .cloned()
-        .unwrap_or_default();
-    let failure = ctx
-        .failing
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(key)
-        .cloned();
-    let analysis = ctx
-        .analysis
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(key)
-        .cloned();
+    let records: Vec<ActionRecord> = entry(&ctx.unwritten, key).unwrap_or_default();
+    let failure = entry(&ctx.failing, key);
+    let analysis = entry(&ctx.analysis, key);
     let pending: Vec<PendingApproval> = if key.kind == RuleKind::AnomalyAction {
         ctx.ledger
             .awaiting(key)
@@ -633,14 +607,7 @@ fn plan_status<K: RuleResource>(
         action_failure: failure.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
         analysis: analysis.as_deref(),
     };
-    let remembered: Option<K::Status> = ctx
-        .written
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(key)
-        .filter(|(written_uid, _)| written_uid == uid)
-        .and_then(|(_, value)| serde_json::from_value(value.clone()).ok());
-    let current = remembered.or_else(|| resource.current_status().cloned());
+    let current = current_status(ctx, resource, key, uid);
     let desired = K::desired(current.as_ref(), &observed)?;
     (current.as_ref() != Some(&desired)).then_some((current, desired, records.len()))
 }
@@ -887,12 +854,7 @@ async fn act<K: RuleResource>(
             .map_or("", |(id, _)| id.as_str()),
         resource.meta().generation
     );
-    let held_for = ctx
-        .held
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(key)
-        .cloned();
+    let held_for = entry(&ctx.held, key);
     let mut level_attempts = Vec::new();
     // Held actions and notifications failing in a row wait out their backoff, however
     // often the rule is woken meanwhile.
@@ -907,12 +869,7 @@ async fn act<K: RuleResource>(
     {
         // A spec edited while holding: what the old spec named is given back first.
         let generation = resource.meta().generation;
-        let previous = ctx
-            .held_generations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .copied();
+        let previous = entry(&ctx.held_generations, key);
         // A new term does not know what an earlier leader held for an older spec: an
         // SLO's strays are cheap to look for (they are only released, never re-set);
         // a PredictiveScale's release would churn its placeholders, so only a spec
@@ -1110,12 +1067,7 @@ async fn record<K: RuleResource>(
         pending.drain(..excess);
     }
     // K8sGPT's analysis of what was acted on goes into the Events of its actions too.
-    let analysis = ctx
-        .analysis
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(key)
-        .cloned();
+    let analysis = entry(&ctx.analysis, key);
     for (attempt, _) in &attempts {
         publish_action(ctx, resource, key, attempt, analysis.as_deref()).await;
     }
@@ -1506,6 +1458,31 @@ pub fn mark_listed(ctx: &Context) {
     for rule in &listing.rules {
         ctx.ledger.mark(rule.rule.clone());
     }
+}
+
+/// The status a rule has: as this leader last wrote it (the cache lags a write by a
+/// moment), else as the cache holds it.
+fn current_status<K: RuleResource>(
+    ctx: &Context,
+    resource: &K,
+    key: &RuleKey,
+    uid: &str,
+) -> Option<K::Status> {
+    ctx.written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .filter(|(written_uid, _)| written_uid == uid)
+        .and_then(|(_, value)| serde_json::from_value(value.clone()).ok())
+        .or_else(|| resource.current_status().cloned())
+}
+
+/// A copy of one rule's entry in a per-rule map.
+fn entry<V: Clone>(map: &Mutex<HashMap<RuleKey, V>>, key: &RuleKey) -> Option<V> {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .cloned()
 }
 
 /// Drops the entries of rules no longer listed from a per-rule map.

@@ -49,11 +49,14 @@ pub struct Intent {
 }
 
 impl Intent {
-    /// The action `decision` takes on `verdict`, not tried yet.
-    fn new(verdict: &Verdict, decision: &Decision) -> Self {
+    /// The action `decision` takes on `verdict` (of detection `detection`, when known),
+    /// not tried yet.
+    fn new(verdict: &Verdict, decision: &Decision, detection: Option<String>) -> Self {
         Self {
             decision: decision.clone(),
-            detection: detection_id(&verdict.rule, &verdict.series, verdict.sample_time_ms),
+            detection: detection.unwrap_or_else(|| {
+                detection_id(&verdict.rule, &verdict.series, verdict.sample_time_ms)
+            }),
             arrived: verdict.arrived,
             attempts: 0,
             not_before: None,
@@ -228,12 +231,13 @@ impl Ledger {
             if verdict.forecast.is_some() {
                 level.last_forecast = verdict.forecast;
             }
-            if verdict.change == Change::Tripped {
-                let detection =
-                    detection_id(&verdict.rule, &verdict.series, verdict.sample_time_ms);
-                level.current_detection = Some((detection, verdict.sample_time_ms));
-            } else if level.tripped.is_empty() {
-                level.current_detection = None;
+            // Actions are decided on trips only: the trip's id is theirs.
+            let detection = (verdict.change == Change::Tripped)
+                .then(|| detection_id(&verdict.rule, &verdict.series, verdict.sample_time_ms));
+            match &detection {
+                Some(id) => level.current_detection = Some((id.clone(), verdict.sample_time_ms)),
+                None if level.tripped.is_empty() => level.current_detection = None,
+                None => {}
             }
             if let Some(decision) = decision {
                 level.last_decision = Some(decision.clone());
@@ -241,13 +245,17 @@ impl Ledger {
                     if level.awaiting.len() >= AWAITING_KEPT {
                         level.awaiting.pop_front();
                     }
-                    level.awaiting.push_back(Intent::new(verdict, decision));
+                    level
+                        .awaiting
+                        .push_back(Intent::new(verdict, decision, detection.clone()));
                 }
                 if decision.outcome == Outcome::Act && !decision.dry_run {
                     if level.intents.len() >= INTENTS_KEPT {
                         level.intents.pop_front();
                     }
-                    level.intents.push_back(Intent::new(verdict, decision));
+                    level
+                        .intents
+                        .push_back(Intent::new(verdict, decision, detection.clone()));
                 }
             }
         }
