@@ -507,6 +507,8 @@ mod tests {
             retention_ms: 20 * 15_000,
             idle_ms: 300_000,
             series_limit: 10_000,
+            reclaim_ms: i64::MAX,
+            label_bytes_limit: usize::MAX,
         });
         let mut label_bytes = 0;
         for i in 0..10_000 {

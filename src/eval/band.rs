@@ -921,6 +921,8 @@ mod tests {
             retention_ms: 600_000,
             idle_ms: 3_600_000,
             series_limit: 1,
+            reclaim_ms: i64::MAX,
+            label_bytes_limit: usize::MAX,
         });
         let labels = Labels::from_pairs([("__name__", "m")]);
         let id = windows.get_or_insert(1, labels.as_canonical()).unwrap();
@@ -1116,6 +1118,8 @@ mod tests {
             retention_ms: 3_600_000,
             idle_ms: 3_600_000,
             series_limit: 1,
+            reclaim_ms: i64::MAX,
+            label_bytes_limit: usize::MAX,
         });
         let id = windows
             .get_or_insert(1, Labels::from_pairs([("__name__", "m")]).as_canonical())

@@ -483,6 +483,10 @@ impl Evaluator {
                         retention_ms: most(|i| i.retention_ms),
                         idle_ms: most(|i| i.idle_ms),
                         series_limit,
+                        // What no reader needs past its range or the lookback may make
+                        // room for a new series at the limit.
+                        reclaim_ms: most(|i| i.retention_ms).max(LOOKBACK_MS),
+                        label_bytes_limit: crate::window::LABEL_BYTES_LIMIT,
                     }),
                     selector,
                     readers,

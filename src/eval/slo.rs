@@ -376,9 +376,16 @@ struct StoredBucket(
     #[serde(with = "f64_bits")] f64,
 );
 
-/// One counter series' last raw value as saved: `[counter, series id, value bits]`.
+/// One counter series' last raw value as saved: `[counter, series id, value bits, time]`.
+/// The time (absent from states saved before it was kept) is where an increase across
+/// the restart starts.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct StoredBaseline(SliCounter, u32, #[serde(with = "f64_bits")] f64);
+struct StoredBaseline(
+    SliCounter,
+    u32,
+    #[serde(with = "f64_bits")] f64,
+    #[serde(default)] Option<i64>,
+);
 
 /// What of an [`SloDetector`] outlives a restart: the per-minute rollups with their running
 /// totals, the per-series counter baselines, and whether the SLO was violated at the last
@@ -401,6 +408,10 @@ pub struct SloDetectorState {
     buckets: Vec<StoredBucket>,
     /// Keyed by the series ids `observe` was given; [`SloDetector::import`] renumbers them.
     baselines: Vec<StoredBaseline>,
+    /// The first counter sample's time: what the counts cover. Absent from states saved
+    /// before it was kept; the oldest saved minute stands in then.
+    #[serde(default)]
+    since_ms: Option<i64>,
     /// Whether the SLO was violated at the last evaluation. While it stays violated, an
     /// imported detector announces no new `Tripped`; set this to `false` before importing
     /// if the verdicts it announced were not kept across the restart.
@@ -432,6 +443,10 @@ pub struct SloState {
     /// Days until the budget is gone at the first tier's long-window burn rate; `None`
     /// while nothing burns.
     pub time_to_exhaustion_days: Option<f64>,
+    /// How much of the period the counts cover: from the first counter sample seen (or
+    /// the oldest minute restored) to now, at most the period. A budget figure over less
+    /// than the period is the budget as spent so far, not over the whole period.
+    pub covered_ms: i64,
     /// Why the SLO is not judged although events arrive (a latency SLI whose `le`
     /// matches no bucket of the data); then it never trips and shows no budget.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -453,8 +468,10 @@ pub struct TierState {
 pub struct SloDetector {
     spec: SloSpec,
     rollup: Rollup,
-    /// Last raw value of each counter series, per SLI counter.
-    last: [Vec<Option<f64>>; 3],
+    /// Last raw value of each counter series and its time, per SLI counter.
+    last: [Vec<Option<(f64, i64)>>; 3],
+    /// The first counter sample's time (`i64::MAX` before it): what the counts cover.
+    since_ms: i64,
     tripped: bool,
 }
 
@@ -465,6 +482,7 @@ impl SloDetector {
             spec,
             rollup,
             last: [Vec::new(), Vec::new(), Vec::new()],
+            since_ms: i64::MAX,
             tripped: false,
         }
     }
@@ -481,15 +499,24 @@ impl SloDetector {
         if value.is_nan() {
             return;
         }
+        self.since_ms = self.since_ms.min(at_ms);
         let lasts = &mut self.last[counter as usize];
         let index = series as usize;
         if index >= lasts.len() {
             lasts.resize(index + 1, None);
         }
-        let previous = lasts[index].replace(value);
+        let previous = lasts[index].replace((value, at_ms));
         // The first sample of a series is its baseline: counting it would turn every
         // restart of Prophet or new series into a burst of events.
-        let Some(previous) = previous else { return };
+        let Some((previous, previous_ms)) = previous else {
+            return;
+        };
+        // A baseline restored without a time (see `import`) spreads nothing.
+        let previous_ms = if previous_ms == i64::MIN {
+            at_ms
+        } else {
+            previous_ms
+        };
         let increase = if value >= previous {
             value - previous
         } else {
@@ -500,13 +527,47 @@ impl SloDetector {
         if !increase.is_finite() || increase <= 0.0 {
             return;
         }
-        match (counter, self.spec.shape) {
-            (SliCounter::Total, _) => self.rollup.add(at_ms, 0.0, increase),
-            (SliCounter::Bad, SliShape::Ratio) | (SliCounter::Good, SliShape::Latency) => {
-                self.rollup.add(at_ms, increase, 0.0);
-            }
+        let counted = match (counter, self.spec.shape) {
+            (SliCounter::Total, _) => false,
+            (SliCounter::Bad, SliShape::Ratio) | (SliCounter::Good, SliShape::Latency) => true,
             // The other counter kind does not belong to this shape of SLI.
-            (SliCounter::Bad, SliShape::Latency) | (SliCounter::Good, SliShape::Ratio) => {}
+            (SliCounter::Bad, SliShape::Latency) | (SliCounter::Good, SliShape::Ratio) => {
+                return;
+            }
+        };
+        self.count_between(previous_ms, at_ms, increase, counted);
+    }
+
+    /// Adds an increase that happened between two samples of a counter. Within a minute it
+    /// lands in the newer sample's minute; across a gap (a scrape outage, a series that
+    /// reports rarely) it is spread evenly over the gap's minutes, as a steady counter
+    /// would have risen: all of it in the minute the series came back would read as a
+    /// burst to the short burn-rate windows.
+    fn count_between(&mut self, from_ms: i64, to_ms: i64, increase: f64, counted: bool) {
+        let add = |rollup: &mut Rollup, at_ms: i64, amount: f64| {
+            if counted {
+                rollup.add(at_ms, amount, 0.0);
+            } else {
+                rollup.add(at_ms, 0.0, amount);
+            }
+        };
+        // Minutes a period back are ignored by the rollup anyway.
+        let from_ms = from_ms.max(to_ms.saturating_sub(self.spec.period_ms));
+        let span_ms = to_ms.saturating_sub(from_ms);
+        if from_ms.div_euclid(MINUTE_MS) == to_ms.div_euclid(MINUTE_MS) || span_ms <= MINUTE_MS {
+            add(&mut self.rollup, to_ms, increase);
+            return;
+        }
+        let mut start = from_ms;
+        while start < to_ms {
+            let end = ((start.div_euclid(MINUTE_MS) + 1) * MINUTE_MS).min(to_ms);
+            // The part of the gap up to `end`, counted where a sample at `end` would be.
+            add(
+                &mut self.rollup,
+                end,
+                increase * (end - start) as f64 / span_ms as f64,
+            );
+            start = end;
         }
     }
 
@@ -519,7 +580,9 @@ impl SloDetector {
                     .iter()
                     .enumerate()
                     .filter_map(move |(series, last)| {
-                        last.map(|value| StoredBaseline(counter, series as u32, value))
+                        last.map(|(value, at_ms)| {
+                            StoredBaseline(counter, series as u32, value, Some(at_ms))
+                        })
                     })
             })
             .collect();
@@ -532,6 +595,7 @@ impl SloDetector {
             total: self.rollup.total,
             buckets: self.rollup.export(),
             baselines,
+            since_ms: (self.since_ms != i64::MAX).then_some(self.since_ms),
             tripped: self.tripped,
         }
     }
@@ -564,12 +628,23 @@ impl SloDetector {
             &state.buckets,
             (state.counted, state.total),
         )?;
+        // A baseline saved without its time is taken as of the newest minute saved, so an
+        // increase across the restart is spread from there on.
+        let baseline_ms = state
+            .latest_minute
+            .map_or(i64::MIN, |m| m.saturating_mul(MINUTE_MS));
+        let since_ms = match state.since_ms {
+            Some(since_ms) => since_ms,
+            None if rollup.first_minute == i64::MAX => i64::MAX,
+            None => rollup.first_minute * MINUTE_MS,
+        };
         let mut detector = Self {
             rollup,
             tripped: state.tripped,
+            since_ms,
             ..Self::new(spec)
         };
-        for StoredBaseline(counter, series, value) in state.baselines {
+        for StoredBaseline(counter, series, value, at_ms) in state.baselines {
             // `observe` never keeps a NaN: one would count the next value whole.
             if value.is_nan() {
                 continue;
@@ -582,7 +657,11 @@ impl SloDetector {
             if index >= lasts.len() {
                 lasts.resize(index + 1, None);
             }
-            lasts[index] = Some(value);
+            let baseline_ms = at_ms.unwrap_or(baseline_ms);
+            lasts[index] = Some((value, baseline_ms));
+            if baseline_ms != i64::MIN {
+                detector.since_ms = detector.since_ms.min(baseline_ms);
+            }
         }
         Ok(detector)
     }
@@ -614,8 +693,23 @@ impl SloDetector {
         self.bad_ratio(counted, total) / budget
     }
 
+    /// How much time the counts cover at `now_ms`, at most the period.
+    fn covered_ms(&self, now_ms: i64) -> i64 {
+        if self.since_ms == i64::MAX {
+            return 0;
+        }
+        now_ms
+            .saturating_sub(self.since_ms)
+            .clamp(0, self.spec.period_ms)
+    }
+
     /// The state at event time `now_ms`.
+    ///
+    /// A tier fires only once the counts cover its short window: the multi-window alerts
+    /// of the SRE workbook assume full windows, and two minutes of errors on a fresh start
+    /// are not yet five minutes of burn.
     pub fn state(&self, now_ms: i64) -> SloState {
+        let covered_ms = self.covered_ms(now_ms);
         let tiers: Vec<TierState> = self
             .spec
             .tiers
@@ -627,7 +721,9 @@ impl SloDetector {
                     tier,
                     long_burn_rate,
                     short_burn_rate,
-                    firing: long_burn_rate > tier.factor && short_burn_rate > tier.factor,
+                    firing: covered_ms >= tier.short_ms
+                        && long_burn_rate > tier.factor
+                        && short_burn_rate > tier.factor,
                 }
             })
             .collect();
@@ -651,6 +747,7 @@ impl SloDetector {
                 tiers: Vec::new(),
                 budget_remaining: f64::NAN,
                 time_to_exhaustion_days: None,
+                covered_ms,
                 not_judged,
             };
         }
@@ -659,6 +756,7 @@ impl SloDetector {
             tiers,
             budget_remaining,
             time_to_exhaustion_days,
+            covered_ms,
             not_judged: None,
         }
     }
@@ -682,16 +780,27 @@ impl SloDetector {
                 )
             })
             .collect();
-        let low_budget = state.budget_remaining < self.spec.budget_threshold;
+        // The budget as spent so far trips only once the counts cover the first tier's
+        // long window (1h by default): over a few minutes it is noise, not a budget.
+        let budget_judged = state.covered_ms
+            >= self
+                .spec
+                .tiers
+                .first()
+                .map_or(HOUR_MS, |t| t.long_ms)
+                .min(self.spec.period_ms);
+        let low_budget = budget_judged && state.budget_remaining < self.spec.budget_threshold;
         let violated = state.not_judged.is_none() && (!firing.is_empty() || low_budget);
         let transition = match (violated, self.tripped) {
             (true, false) => {
                 let mut reasons = firing;
                 if low_budget {
                     reasons.push(format!(
-                        "error budget remaining {:.1}% < {:.1}%",
+                        "error budget remaining {:.1}% < {:.1}% (counted over {} of the {} period)",
                         state.budget_remaining * 100.0,
-                        self.spec.budget_threshold * 100.0
+                        self.spec.budget_threshold * 100.0,
+                        window_name(state.covered_ms),
+                        window_name(self.spec.period_ms)
                     ));
                 }
                 Some(Transition {
@@ -982,20 +1091,96 @@ mod tests {
     }
 
     #[test]
+    fn a_young_slo_trips_only_once_the_short_window_is_covered() {
+        let mut d = SloDetector::new(spec(0.99));
+        let mut counters = (0.0, 0.0);
+        // Every request fails from the first sample on: on a fresh start two minutes of
+        // that once tripped with a budget of -9800% "over 30 days".
+        traffic(&mut d, 0, 4, 1.0, &mut counters);
+        let (state, transition) = d.evaluate(4 * MINUTE_MS);
+        assert!(transition.is_none(), "{state:?}");
+        assert_eq!(state.covered_ms, 4 * MINUTE_MS);
+        assert!(state.tiers[0].long_burn_rate > 14.4 && !state.tiers[0].firing);
+        // The 5m window is covered at minute 5: the 1h/5m tier fires, the budget (over
+        // less than an hour) does not count yet.
+        traffic(&mut d, 4, 5, 1.0, &mut counters);
+        let (_, transition) = d.evaluate(5 * MINUTE_MS);
+        let reason = transition.expect("trips at 5 minutes").reason;
+        assert!(reason.contains("over 1h and"), "{reason}");
+        assert!(!reason.contains("error budget"), "{reason}");
+        traffic(&mut d, 5, 60, 1.0, &mut counters);
+        let state = d.state(60 * MINUTE_MS);
+        assert_eq!(state.covered_ms, 60 * MINUTE_MS);
+        let mut later = SloDetector::new(spec(0.99));
+        let mut counters = (0.0, 0.0);
+        traffic(&mut later, 0, 61, 1.0, &mut counters);
+        let (_, transition) = later.evaluate(61 * MINUTE_MS);
+        let reason = transition.unwrap().reason;
+        assert!(
+            reason.contains("(counted over 61m of the 30d period)"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_counter_silent_for_minutes_keeps_its_baseline_and_the_gap_is_spread() {
+        let mut d = SloDetector::new(spec(0.99));
+        let mut counters = (0.0, 0.0);
+        traffic(&mut d, 0, 60, 0.0, &mut counters);
+        // Both counters fall silent for 8 minutes after minute 59, then report what
+        // happened meanwhile: 800 requests, 80 of them errors.
+        let (_, total_before) = d.rollup.sum(59 * MINUTE_MS, DAYS_30);
+        let back = 67 * MINUTE_MS;
+        d.observe(SliCounter::Total, 0, back, counters.1 + 800.0);
+        d.observe(SliCounter::Bad, 0, back, counters.0 + 80.0);
+        let (bad, _) = d.rollup.sum(back, HOUR_MS);
+        assert!(
+            (bad - 80.0).abs() < 1e-9,
+            "the hour counts the whole gap: {bad}"
+        );
+        let (_, total) = d.rollup.sum(back, DAYS_30);
+        assert!((total - total_before - 800.0).abs() < 1e-6, "{total}");
+        // The last 5 minutes hold 5/8 of it, as a steady rise would: not all of it.
+        let (bad_5m, _) = d.rollup.sum(back, 5 * MINUTE_MS);
+        assert!((bad_5m - 50.0).abs() < 1e-9, "{bad_5m}");
+    }
+
+    #[test]
+    fn a_baseline_saved_without_its_time_still_loads() {
+        let mut d = SloDetector::new(spec(0.99));
+        let mut counters = (0.0, 0.0);
+        traffic(&mut d, 0, 10, 0.1, &mut counters);
+        let mut json = serde_json::to_value(d.export()).unwrap();
+        for baseline in json["baselines"].as_array_mut().unwrap() {
+            baseline.as_array_mut().unwrap().truncate(3);
+        }
+        json.as_object_mut().unwrap().remove("sinceMs");
+        let old: SloDetectorState = serde_json::from_value(json).unwrap();
+        let restored = SloDetector::import(spec(0.99), old, same_ids).unwrap();
+        // Without the first sample's time, what the counts cover starts at the oldest
+        // minute counted (the first sample at minute 0 was a baseline).
+        let mut expected = d.state(10 * MINUTE_MS);
+        expected.covered_ms = 9 * MINUTE_MS;
+        assert_eq!(restored.state(10 * MINUTE_MS), expected);
+    }
+
+    #[test]
     fn an_infinite_counter_counts_nothing() {
         let mut d = SloDetector::new(spec(0.99));
         for (minute, total) in [(0, 1.0), (1, f64::INFINITY), (2, f64::INFINITY), (3, 5.0)] {
             d.observe(SliCounter::Total, 0, minute * MINUTE_MS, total);
         }
         d.observe(SliCounter::Total, 0, 4 * MINUTE_MS, 7.0);
-        // Minute 3 (the reset: +5) leaves the period, minute 4 (+2) stays.
+        // Minute 3 (the reset: +5) leaves the period, minute 4 (+2) stays, and the +2
+        // across the month-long gap is spread over it, all inside the period.
         d.observe(
             SliCounter::Total,
             0,
             (DAYS_30 / MINUTE_MS + 3) * MINUTE_MS,
             9.0,
         );
-        assert_eq!((d.rollup.counted, d.rollup.total), (0.0, 4.0));
+        assert_eq!(d.rollup.counted, 0.0);
+        assert!((d.rollup.total - 4.0).abs() < 1e-9, "{}", d.rollup.total);
     }
 
     /// Feeds `minutes` of traffic on two series of each counter, with counter resets.
@@ -1127,7 +1312,7 @@ mod tests {
         odd.buckets.push(StoredBucket(1_000_000, 1.0, 1.0));
         odd.buckets.push(StoredBucket(50, f64::NAN, -1.0));
         odd.baselines
-            .push(StoredBaseline(SliCounter::Bad, 9, f64::NAN));
+            .push(StoredBaseline(SliCounter::Bad, 9, f64::NAN, None));
         odd.counted = f64::INFINITY;
         let d = SloDetector::import(spec(0.99), odd, same_ids).unwrap();
         assert_eq!(

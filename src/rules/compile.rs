@@ -500,6 +500,11 @@ fn compile_slo(rule: &SLOViolation, options: CompileOptions) -> Result<CompiledR
             hpa.name
         )
     });
+    let tiers = tiers(spec.burn_rate_tiers.as_deref(), period_ms)?;
+    // A counter's last value is the baseline of its next increase: a series silent for a
+    // while (a scrape outage, a slow pod) must keep it as long as a burn-rate window can
+    // still see the increase across the gap, or that increase is never counted.
+    let keep_baseline_ms = tiers.iter().map(|t| t.long_ms).max().unwrap_or(0);
     Ok(CompiledRule {
         summary: format!(
             "SLO {} {} over {} (budget threshold {})",
@@ -510,14 +515,14 @@ fn compile_slo(rule: &SLOViolation, options: CompileOptions) -> Result<CompiledR
             .map(|(selector, _)| InputSpec {
                 selector: selector.clone(),
                 retention_ms: 0,
-                min_idle_ms: 0,
+                min_idle_ms: keep_baseline_ms,
             })
             .collect(),
         detector: DetectorSpec::Slo {
             spec: SloSpec {
                 target,
                 period_ms,
-                tiers: tiers(spec.burn_rate_tiers.as_deref(), period_ms)?,
+                tiers,
                 budget_threshold: spec.error_budget_threshold,
                 shape,
             },

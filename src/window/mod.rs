@@ -32,7 +32,19 @@ pub struct WindowSpec {
     pub idle_ms: i64,
     /// The most series tracked; samples of further series are refused and counted.
     pub series_limit: usize,
+    /// A series silent for this long behind the clock may be evicted before `idle_ms` to
+    /// make room for a new one when the windows are full (series limit or label bytes).
+    /// Some inputs keep a silent series for days (a likelihood band's state, an SLO
+    /// counter's baseline); at the limit, a rollout's new pods must not wait that long.
+    pub reclaim_ms: i64,
+    /// The most label bytes (canonical form) the live series may hold together: the
+    /// series limit counts series, and one series may carry hundreds of KiB of labels.
+    pub label_bytes_limit: usize,
 }
+
+/// The default [`WindowSpec::label_bytes_limit`]: 10 000 series of 3.2 KiB of labels
+/// each, several times what kube-state-metrics' widest series carry.
+pub const LABEL_BYTES_LIMIT: usize = 32 << 20;
 
 /// The series was not admitted: the windows are at their series limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +113,15 @@ pub struct SelectorWindows {
     ordered: Vec<SeriesId>,
     free: Vec<SeriesId>,
     live: usize,
+    /// Label bytes of the live series (canonical form), against the spec's limit.
+    label_bytes: usize,
+    /// Series evicted to make room (see [`WindowSpec::reclaim_ms`]) and not yet reported:
+    /// their ids stay out of `free` until [`Self::evict_idle`] hands them to the
+    /// detectors, so no per-series state meant for an old series reaches a new one.
+    reclaimed: Vec<(SeriesId, Labels)>,
+    /// Series that may be reclaimed, oldest last, as found at the first need in a batch
+    /// (one scan per batch, not one per refused series).
+    reclaimable: Option<Vec<SeriesId>>,
     /// The newest sample timestamp seen for this selector: its event clock.
     clock_ms: i64,
     /// The event clock when the batch being applied began: samples are too old when they
@@ -122,6 +143,9 @@ impl SelectorWindows {
             ordered: Vec::new(),
             free: Vec::new(),
             live: 0,
+            label_bytes: 0,
+            reclaimed: Vec::new(),
+            reclaimable: None,
             clock_ms: i64::MIN,
             floor_ms: i64::MIN,
             last_sweep_ms: i64::MIN,
@@ -138,6 +162,7 @@ impl SelectorWindows {
     /// A batch begins: samples of it are judged too old against the clock as it is now.
     pub fn begin_batch(&mut self) {
         self.floor_ms = self.clock_ms;
+        self.reclaimable = None;
     }
 
     pub fn spec(&self) -> WindowSpec {
@@ -161,7 +186,7 @@ impl SelectorWindows {
     pub fn get_or_insert(&mut self, hash: u64, canonical: &[u8]) -> Result<SeriesId, OverLimit> {
         match self.find(hash, canonical, None) {
             Some(id) => Ok(id),
-            None => self.admit(hash, Labels::from_canonical(canonical)),
+            None => self.admit(hash, Labels::from_canonical(canonical), true),
         }
     }
 
@@ -176,7 +201,7 @@ impl SelectorWindows {
     ) -> Result<SeriesId, OverLimit> {
         match self.find(hash, labels.as_canonical(), Some(labels)) {
             Some(id) => Ok(id),
-            None => self.admit(hash, labels.clone()),
+            None => self.admit(hash, labels.clone(), true),
         }
     }
 
@@ -193,9 +218,17 @@ impl SelectorWindows {
             .then_some(id)
     }
 
-    fn admit(&mut self, hash: u64, labels: Labels) -> Result<SeriesId, OverLimit> {
-        if self.live >= self.spec.series_limit {
-            return Err(OverLimit);
+    /// Admits a new series if there is room, making room by reclaiming silent series
+    /// when `reclaim` allows.
+    fn admit(&mut self, hash: u64, labels: Labels, reclaim: bool) -> Result<SeriesId, OverLimit> {
+        let bytes = labels.as_canonical().len();
+        while self.live >= self.spec.series_limit
+            || self.label_bytes.saturating_add(bytes) > self.spec.label_bytes_limit
+        {
+            // A label set larger than the whole budget would evict everything in vain.
+            if !reclaim || bytes > self.spec.label_bytes_limit || !self.reclaim_one() {
+                return Err(OverLimit);
+            }
         }
         let id = match self.free.pop() {
             Some(id) => id,
@@ -220,7 +253,60 @@ impl SelectorWindows {
         self.ordered.insert(at, id);
         self.slots[id.0 as usize] = Some(SeriesWindow::new(labels, hash));
         self.live += 1;
+        self.label_bytes += bytes;
         Ok(id)
+    }
+
+    /// Evicts the series silent longest, if it has been silent for the spec's
+    /// `reclaim_ms`; false if none has.
+    fn reclaim_one(&mut self) -> bool {
+        if self.spec.reclaim_ms > self.spec.idle_ms || self.clock_ms == i64::MIN {
+            return false;
+        }
+        let deadline = self.clock_ms.saturating_sub(self.spec.reclaim_ms);
+        let slots = &self.slots;
+        let last = |id: SeriesId| {
+            slots[id.0 as usize]
+                .as_ref()
+                .map_or(i64::MAX, SeriesWindow::last_timestamp_ms)
+        };
+        let candidates = self.reclaimable.get_or_insert_with(|| {
+            let mut silent: Vec<SeriesId> = (0..slots.len() as u32)
+                .map(SeriesId)
+                .filter(|&id| last(id) < deadline)
+                .collect();
+            silent.sort_by_key(|&id| std::cmp::Reverse(last(id)));
+            silent
+        });
+        // A candidate may have taken a sample since the scan; it is not silent then.
+        while let Some(id) = candidates.pop() {
+            if last(id) < deadline {
+                self.remove(id, true);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Takes a live series out of the maps; its id is reused at once (`free`) or once it
+    /// has been reported (`reclaimed`).
+    fn remove(&mut self, id: SeriesId, reclaimed: bool) -> Option<Labels> {
+        let window = self.slots.get_mut(id.0 as usize)?.take()?;
+        if self.by_hash.get(&window.hash()) == Some(&id) {
+            self.by_hash.remove(&window.hash());
+        } else {
+            self.collided.remove(window.labels());
+        }
+        self.live -= 1;
+        self.label_bytes -= window.labels().as_canonical().len();
+        let labels = window.into_labels();
+        if reclaimed {
+            self.reclaimed.push((id, labels));
+            None
+        } else {
+            self.free.push(id);
+            Some(labels)
+        }
     }
 
     pub fn get(&self, id: SeriesId) -> Option<&SeriesWindow> {
@@ -255,31 +341,24 @@ impl SelectorWindows {
     /// Evicts series idle for longer than the spec allows, behind the event clock. Sweeps
     /// at most once per quarter of the idle time, so the cost stays off the per-sample
     /// path. Returns what was evicted so detectors can drop (and clear) their state.
+    /// Series reclaimed to make room since the last call are returned too, and only now
+    /// may their ids be reused.
     pub fn evict_idle(&mut self) -> Vec<(SeriesId, Labels)> {
+        let mut evicted = std::mem::take(&mut self.reclaimed);
+        self.free.extend(evicted.iter().map(|(id, _)| *id));
         let every = (self.spec.idle_ms / 4).max(1_000);
-        if self.clock_ms == i64::MIN || self.clock_ms.saturating_sub(self.last_sweep_ms) < every {
-            return Vec::new();
-        }
-        self.last_sweep_ms = self.clock_ms;
-        let deadline = self.clock_ms.saturating_sub(self.spec.idle_ms);
-        let mut evicted = Vec::new();
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            let idle = slot
-                .as_ref()
-                .is_some_and(|w| w.last_timestamp_ms() < deadline);
-            if !idle {
-                continue;
+        if self.clock_ms != i64::MIN && self.clock_ms.saturating_sub(self.last_sweep_ms) >= every {
+            self.last_sweep_ms = self.clock_ms;
+            let deadline = self.clock_ms.saturating_sub(self.spec.idle_ms);
+            for index in 0..self.slots.len() {
+                let id = SeriesId(index as u32);
+                let idle = self
+                    .get(id)
+                    .is_some_and(|w| w.last_timestamp_ms() < deadline);
+                if idle && let Some(labels) = self.remove(id, false) {
+                    evicted.push((id, labels));
+                }
             }
-            let Some(window) = slot.take() else { continue };
-            let id = SeriesId(index as u32);
-            if self.by_hash.get(&window.hash()) == Some(&id) {
-                self.by_hash.remove(&window.hash());
-            } else {
-                self.collided.remove(window.labels());
-            }
-            self.free.push(id);
-            self.live -= 1;
-            evicted.push((id, window.into_labels()));
         }
         if !evicted.is_empty() {
             let slots = &self.slots;
@@ -351,7 +430,13 @@ impl SelectorWindows {
                 break;
             }
             let canonical = saved.labels.as_canonical();
-            let Ok(id) = self.get_or_insert(saved.labels.hash_with_seed(seed), canonical) else {
+            // Saved series come newest first: reclaiming would evict a newer one for it.
+            let hash = saved.labels.hash_with_seed(seed);
+            let found = match self.find(hash, canonical, None) {
+                Some(id) => Ok(id),
+                None => self.admit(hash, saved.labels.clone(), false),
+            };
+            let Ok(id) = found else {
                 // At the limit; a series already present may still follow.
                 continue;
             };
@@ -378,6 +463,8 @@ mod tests {
             retention_ms: 60_000,
             idle_ms: 300_000,
             series_limit: limit,
+            reclaim_ms: 300_000,
+            label_bytes_limit: LABEL_BYTES_LIMIT,
         }
     }
 
@@ -529,6 +616,65 @@ mod tests {
             w.insert(id, at(t, v), i64::MAX);
         }
         id
+    }
+
+    #[test]
+    fn at_the_limit_a_series_silent_past_reclaim_makes_room_and_is_reported_once() {
+        // Kept two days when silent (a likelihood band's state), reclaimable after 5 min.
+        let mut w = SelectorWindows::new(WindowSpec {
+            idle_ms: 2 * 86_400_000,
+            ..spec(2)
+        });
+        let a = fill(&mut w, "a", &[(1_000, 1.0)]);
+        let b = fill(&mut w, "b", &[(200_000, 1.0)]);
+        fill(&mut w, "b", &[(400_000, 1.0)]);
+        // "a" is 399 s silent, "b" is not: one new series gets in, a second does not.
+        w.begin_batch();
+        let c = fill(&mut w, "c", &[(400_000, 1.0)]);
+        assert_ne!(c, a, "a reclaimed id is not reused before it is reported");
+        let d = labels("d");
+        assert_eq!(
+            w.get_or_insert(d.hash_with_seed(SEED), d.as_canonical()),
+            Err(OverLimit)
+        );
+        assert_eq!(w.len(), 2);
+        assert!(w.get(a).is_none() && w.get(b).is_some());
+        let evicted = w.evict_idle();
+        assert_eq!(evicted, vec![(a, labels("a"))]);
+        assert!(w.evict_idle().is_empty());
+        assert_eq!(
+            w.iter_ordered().map(|(id, _)| id).collect::<Vec<_>>(),
+            vec![b, c]
+        );
+    }
+
+    #[test]
+    fn label_bytes_are_budgeted_and_given_back_on_eviction() {
+        let one = labels("a").as_canonical().len();
+        let mut w = SelectorWindows::new(WindowSpec {
+            label_bytes_limit: 2 * one,
+            ..spec(100)
+        });
+        fill(&mut w, "a", &[(1_000, 1.0)]);
+        fill(&mut w, "b", &[(1_000, 1.0)]);
+        let c = labels("c");
+        assert_eq!(
+            w.get_or_insert(c.hash_with_seed(SEED), c.as_canonical()),
+            Err(OverLimit)
+        );
+        // A label set over the whole budget is refused without evicting anything.
+        let huge = Labels::from_pairs([("__name__", "m"), ("pod", &"x".repeat(3 * one))]);
+        fill(&mut w, "a", &[(400_000, 1.0)]);
+        w.begin_batch();
+        assert_eq!(
+            w.get_or_insert(huge.hash_with_seed(SEED), huge.as_canonical()),
+            Err(OverLimit)
+        );
+        assert_eq!(w.len(), 2);
+        // "b" went silent past the lookback: it makes room for "c".
+        fill(&mut w, "c", &[(400_000, 1.0)]);
+        assert_eq!(w.evict_idle(), vec![(SeriesId(1), labels("b"))]);
+        assert_eq!(w.len(), 2);
     }
 
     fn by_labels(exports: Vec<SeriesExport>) -> Vec<(Labels, Vec<(i64, u64)>)> {

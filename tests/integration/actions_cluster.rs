@@ -399,13 +399,19 @@ spec:
     })
     .await;
 
-    // A minute of 1000 requests with 20 errors: 2% against a 1% budget.
+    // After an hour without traffic (an SLO judges nothing before its counters cover
+    // its windows), a minute of 1000 requests with 20 errors: 2% against a 1% budget.
     let t = common::now_ms() - 120_000;
+    let quiet = t - 3_600_000;
     write(
         &addr,
         vec![
-            requests(&ns, "200", &[(t, 5_000.0), (t + 60_000, 5_980.0)]),
-            requests(&ns, "500", &[(t, 10.0), (t + 60_000, 30.0)]),
+            requests(
+                &ns,
+                "200",
+                &[(quiet, 5_000.0), (t, 5_000.0), (t + 60_000, 5_980.0)],
+            ),
+            requests(&ns, "500", &[(quiet, 10.0), (t, 10.0), (t + 60_000, 30.0)]),
         ],
     )
     .await;

@@ -247,6 +247,8 @@ fn evaluating_over_the_windows_equals_evaluating_over_all_samples() {
                     retention_ms: i.retention_ms,
                     idle_ms: i.retention_ms.max(LOOKBACK_MS),
                     series_limit: 100,
+                    reclaim_ms: i64::MAX,
+                    label_bytes_limit: usize::MAX,
                 })
             })
             .collect();

@@ -22,6 +22,8 @@ fn window_source_agrees_with_memory_source() {
         retention_ms: 3_600_000,
         idle_ms: i64::MAX / 4,
         series_limit: 1000,
+        reclaim_ms: i64::MAX,
+        label_bytes_limit: usize::MAX,
     };
     let mut windows = SelectorWindows::new(spec);
     let mut memory = MemorySource::default();
@@ -104,6 +106,8 @@ fn window_source_agrees_through_wrapped_buffers_evictions_and_restores() {
         retention_ms: 60_000,
         idle_ms: 90_000,
         series_limit: 1000,
+        reclaim_ms: i64::MAX,
+        label_bytes_limit: usize::MAX,
     };
     let mut windows = SelectorWindows::new(spec);
     let stale = f64::from_bits(STALE_NAN_BITS);
