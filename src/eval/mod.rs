@@ -836,12 +836,19 @@ fn condition_values<'a>(
     let mut sort = Vec::new();
     let mut state = ExprState::default();
     for (windows, retention_ms) in inputs {
-        state.result_count += windows.len();
         state.at_ms = Some(windows.clock_ms()).filter(|&t| t != i64::MIN);
-        for (id, window) in windows.iter().take(expr::SHOWN_MAX) {
-            let Some(current) = window.current() else {
+        // A series whose last sample was a staleness marker, or is older than the lookback
+        // (some inputs keep a silent series for days), has no value now: it is neither
+        // listed nor counted, as the selector evaluated now would not return it.
+        let since_ms = windows.clock_ms().saturating_sub(LOOKBACK_MS);
+        for (id, window, current) in windows.iter().filter_map(|(id, w)| {
+            let current = w.current().filter(|s| s.timestamp_ms >= since_ms)?;
+            Some((id, w, current))
+        }) {
+            state.result_count += 1;
+            if state.results.len() >= expr::SHOWN_MAX {
                 continue;
-            };
+            }
             // The input's own history (the window may keep more for another rule).
             let from_ms = current.timestamp_ms.saturating_sub(retention_ms);
             let history: Vec<f64> = window

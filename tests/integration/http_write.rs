@@ -329,6 +329,28 @@ async fn stale_markers_end_the_value_other_nans_and_infinities_are_values() {
 }
 
 #[tokio::test]
+async fn a_series_ended_by_a_staleness_marker_is_neither_listed_nor_counted() {
+    let app = app();
+    let t = now_ms() - 60_000;
+    let stale = f64::from_bits(STALE_NAN_BITS);
+    let answer = app
+        .write(
+            Some(V1),
+            v1_body(vec![
+                pod_series("a", &[(t, 2.0 * GI), (t + 1_000, 2.0 * GI)]),
+                pod_series("b", &[(t, 1.0), (t + 1_000, stale)]),
+            ]),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
+    let values = &app.rule("mem").await["values"];
+    let results = values["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{values}");
+    assert_eq!(results[0]["series"]["pod"], "a", "{values}");
+    assert_eq!(values["resultCount"], 1, "{values}");
+}
+
+#[tokio::test]
 async fn health_readiness_and_metrics_are_served_on_the_same_listener() {
     let app = app();
     let t = now_ms();
