@@ -26,6 +26,7 @@ fn bytes_held() {
     bytes_per_retained_series_and_per_slo();
     bytes_per_series_of_a_band_rule_with_its_window_full();
     churned_series_leave_nothing_behind();
+    huge_label_sets_are_held_within_the_label_byte_budget();
 }
 
 fn bytes_per_retained_series_and_per_slo() {
@@ -132,4 +133,39 @@ fn churned_series_leave_nothing_behind() {
         per_churned < 8.0,
         "{per_churned} bytes left per churned series"
     );
+}
+
+/// Series of 480 KiB of labels each (8 labels of 60 KiB: within the decoder's per-label
+/// and per-series limits) once cost 1.27 MiB each, 12 GiB at the series limit; the
+/// windows' label-byte budget (32 MiB per selector) now bounds what one rule holds.
+fn huge_label_sets_are_held_within_the_label_byte_budget() {
+    let mut rules = evaluator(
+        "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {name: h}\nspec:\n  metric: wide\n  threshold: \"> 1\"\n  remediation: {type: alert}\n",
+    );
+    let filler = "x".repeat(60 << 10);
+    let before = LIVE.load(Ordering::Relaxed);
+    let t = 1_700_000_000_000;
+    let mut dropped = 0;
+    for request in 0..20 {
+        let wide: Vec<_> = (0..10)
+            .map(|i| {
+                let id = format!("{request}-{i}");
+                let mut labels = vec![("__name__", "wide"), ("id", id.as_str())];
+                let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+                labels.extend(names.iter().map(|n| (*n, filler.as_str())));
+                series(&labels, &[(t, 0.0)])
+            })
+            .collect();
+        let outcome = apply_v1(&mut rules, &v1_body(wide), i64::MAX);
+        dropped += outcome.over_limit.iter().map(|(_, n)| n).sum::<usize>();
+    }
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    println!(
+        "bytes held for 200 series of 480 KiB of labels: {:.1} MiB ({} series kept, {dropped} samples refused)",
+        held as f64 / (1 << 20) as f64,
+        rules.series_active()
+    );
+    assert!(rules.series_active() < 70, "{}", rules.series_active());
+    assert_eq!(rules.series_active() + dropped, 200);
+    assert!(held < 40 << 20, "{held} bytes held");
 }
