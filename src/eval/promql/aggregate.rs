@@ -12,11 +12,11 @@ use promql_parser::parser::token::{
 };
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
-use super::EvalError;
 use super::engine::{Engine, Vector};
 use super::gosort;
 use super::source::SeriesSource;
 use super::value::{Value, keep_labels, quantile, remove_labels, set_label, valid_label_name};
+use super::{EvalError, Semantics};
 use crate::labels::{Labels, LabelsMap};
 
 /// One group's running state.
@@ -46,7 +46,8 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
             }
         };
         let input = engine.eval_vector(&agg.expr, ts)?;
-        return count_values(&label, agg.modifier.as_ref(), input).map(Value::Vector);
+        return count_values(engine.semantics(), &label, agg.modifier.as_ref(), input)
+            .map(Value::Vector);
     }
     let param = match (&agg.param, op) {
         (Some(p), T_TOPK | T_BOTTOMK | T_QUANTILE) => engine.eval_scalar(p, ts)?,
@@ -65,11 +66,12 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
 /// value written (as Go's `strconv.FormatFloat(v, 'f', -1, 64)`) into `label`, which
 /// joins the `by` labels.
 fn count_values(
+    semantics: Semantics,
     label: &str,
     modifier: Option<&LabelModifier>,
     input: Vector,
 ) -> Result<Vector, EvalError> {
-    if !valid_label_name(label) {
+    if !valid_label_name(label, semantics) {
         return Err(EvalError::Function(format!("invalid label name {label:?}")));
     }
     let modifier = match modifier {

@@ -12,7 +12,6 @@
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
 
-use super::EvalError;
 use super::engine::{Engine, Vector};
 use super::go_time;
 use super::source::SeriesSource;
@@ -20,6 +19,7 @@ use super::value::{
     METRIC_NAME, Value, drop_metric_name, ensure_unique, go_max, go_min, kahan_sum_inc, quantile,
     set_label, valid_label_name,
 };
+use super::{EvalError, Semantics};
 use crate::ingest::Sample;
 use crate::labels::{Labels, LabelsMap};
 
@@ -167,6 +167,7 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
         "label_replace" => {
             let input = engine.eval_vector(arg(0)?, ts)?;
             let out = label_replace(
+                engine.semantics(),
                 input,
                 string_arg(arg(1)?)?,
                 string_arg(arg(2)?)?,
@@ -183,7 +184,13 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
                 .skip(3)
                 .map(|a| string_arg(a))
                 .collect::<Result<Vec<_>, _>>()?;
-            let out = label_join(input, string_arg(arg(1)?)?, string_arg(arg(2)?)?, &sources)?;
+            let out = label_join(
+                engine.semantics(),
+                input,
+                string_arg(arg(1)?)?,
+                string_arg(arg(2)?)?,
+                &sources,
+            )?;
             ensure_unique(&out)?;
             Ok(Value::Vector(out))
         }
@@ -306,19 +313,19 @@ fn date_part(name: &str, seconds: i64) -> f64 {
 /// the value of `src`, `dst` is set to the expanded `replacement` (removed if that is
 /// empty); other elements pass unchanged. The metric name stays.
 fn label_replace(
+    semantics: Semantics,
     input: Vector,
     dst: &str,
     replacement: &str,
     src: &str,
     regex: &str,
 ) -> Result<Vector, EvalError> {
-    let re = regex::Regex::new(&format!("^(?:{})$", super::go_regex::go_compatible(regex)))
-        .map_err(|_| {
-            EvalError::Function(format!(
-                "invalid regular expression in label_replace(): {regex}"
-            ))
-        })?;
-    if !valid_label_name(dst) {
+    let re = regex::Regex::new(&super::go_regex::anchored(regex, semantics)).map_err(|_| {
+        EvalError::Function(format!(
+            "invalid regular expression in label_replace(): {regex}"
+        ))
+    })?;
+    if !valid_label_name(dst, semantics) {
         return Err(EvalError::Function(format!(
             "invalid destination label name in label_replace(): {dst}"
         )));
@@ -343,17 +350,18 @@ fn label_replace(
 /// `label_join(v, dst, separator, src...)`: `dst` set to the `src` values joined by
 /// `separator` (removed if that is empty). The metric name stays.
 fn label_join(
+    semantics: Semantics,
     input: Vector,
     dst: &str,
     separator: &str,
     sources: &[&str],
 ) -> Result<Vector, EvalError> {
-    if let Some(bad) = sources.iter().find(|s| !valid_label_name(s)) {
+    if let Some(bad) = sources.iter().find(|s| !valid_label_name(s, semantics)) {
         return Err(EvalError::Function(format!(
             "invalid source label name in label_join(): {bad}"
         )));
     }
-    if !valid_label_name(dst) {
+    if !valid_label_name(dst, semantics) {
         return Err(EvalError::Function(format!(
             "invalid destination label name in label_join(): {dst}"
         )));
