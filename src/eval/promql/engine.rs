@@ -252,6 +252,7 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
                     end_ms: end,
                     range_seconds: ms.range.as_secs_f64(),
                     eval_ms: ts,
+                    semantics: self.opts.semantics,
                 };
                 self.visit_range(ms, ts, |labels, samples| visit(labels, samples, &window));
                 Ok(())
@@ -263,6 +264,7 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
                     end_ms: end,
                     range_seconds: sq.range.as_secs_f64(),
                     eval_ms: ts,
+                    semantics: self.opts.semantics,
                 };
                 for s in self.subquery(sq, ts)? {
                     visit(&s.labels, &s.samples, &window);

@@ -66,6 +66,7 @@ fn window(start_ms: i64, end_ms: i64) -> Window {
         end_ms,
         range_seconds: (end_ms - start_ms) as f64 / 1000.0,
         eval_ms: end_ms,
+        semantics: Semantics::V2,
     }
 }
 

@@ -139,6 +139,15 @@ pub(super) fn kahan_sum_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     (t, c)
 }
 
+/// Prometheus 3's `kahansum.Inc`: [`kahan_sum_inc`], but a sum that became infinite
+/// drops its compensation (which would otherwise turn it into NaN).
+pub(super) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    if (sum + inc).is_infinite() {
+        return (sum + inc, 0.0);
+    }
+    kahan_sum_inc(inc, sum, c)
+}
+
 /// Prometheus's `quantile` over a set of values (the φ-quantile with linear
 /// interpolation between closest ranks); sorts `values`, NaN first as Prometheus's
 /// `vectorByValueHeap` orders them.
