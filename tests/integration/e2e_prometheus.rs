@@ -108,6 +108,9 @@ spec:
     .unwrap();
     let (_prophet, addr) = start_prophet(&rules);
     let (_prometheus, prometheus_port) = start_prometheus(dir.path(), &addr);
+    // reqwest's rustls needs a process-wide provider, which nothing installed yet when
+    // this test runs alone (an error means one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
 
     let rules_view = get_json(&client, &format!("http://{addr}/api/v1/rules"))
