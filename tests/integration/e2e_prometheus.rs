@@ -18,10 +18,8 @@ use common::process::{Running, free_port, percent_encode};
 /// PromQL is Prometheus 2's, as the Prometheus it is compared with is Debian's 2.42.
 fn start_prophet(rules: &Path) -> (Running, String) {
     let rules = rules.to_str().expect("a UTF-8 temp path");
-    let (prophet, addr, _) = common::process::start_prophet(
-        &["run", "--rules", rules, "--promql-semantics", "2"],
-        &[],
-    );
+    let (prophet, addr, _) =
+        common::process::start_prophet(&["run", "--rules", rules, "--promql-semantics", "2"], &[]);
     (prophet, addr)
 }
 

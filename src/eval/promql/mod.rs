@@ -1,5 +1,7 @@
 //! PromQL evaluation over in-memory series: a pure, deterministic engine that gives the
-//! same answers as Prometheus 2.42's instant queries: selectors with `offset` and `@`,
+//! same answers as Prometheus's instant queries, 3.x's or 2.x's ([`Semantics`], checked
+//! against Prometheus 3.14's own test files and a real Prometheus 2.42): selectors with
+//! `offset` and `@`,
 //! subqueries, every function but the native-histogram ones, every aggregation,
 //! arithmetic, comparison and set operators with one-to-one and many-to-one matching.
 //! Series come from a [`SeriesSource`]; nothing here reads a clock, does I/O or keeps
@@ -7,7 +9,8 @@
 //!
 //! [`check`] walks an expression once at load time and names the first part the engine
 //! cannot evaluate, so a rule is reported invalid when it is loaded, not when it first
-//! runs. `tests/integration/promql_oracle.rs` compares the engine with a real Prometheus.
+//! runs. `tests/integration/promql_oracle.rs` compares the engine with a real Prometheus
+//! 2.42, `tests/integration/promqltest.rs` with Prometheus 3.14's `.test` files.
 //!
 //! # `ml_forecast`
 //! promql-parser refuses unknown function names at parse time. [`parse`] registers
