@@ -1,9 +1,8 @@
 //! PromQL evaluation over in-memory series: a pure, deterministic engine that gives the
-//! same answers as Prometheus's instant queries, 3.x's or 2.x's ([`Semantics`], checked
-//! against Prometheus 3.14's own test files and a real Prometheus 2.42): selectors with
-//! `offset` and `@`,
-//! subqueries, every function but the native-histogram ones, every aggregation,
-//! arithmetic, comparison and set operators with one-to-one and many-to-one matching.
+//! same answers as Prometheus's instant queries, 3.x's or 2.x's ([`Semantics`]):
+//! selectors with `offset` and `@`, subqueries, every function but the native-histogram
+//! ones, every aggregation, arithmetic, comparison and set operators with one-to-one and
+//! many-to-one matching.
 //! Series come from a [`SeriesSource`]; nothing here reads a clock, does I/O or keeps
 //! state between evaluations.
 //!
