@@ -131,6 +131,9 @@ struct Case {
     expr: String,
     eval: Eval,
     expect_fail: bool,
+    /// `expect fail msg: ...`: the error's exact text; `regex: ...`: a pattern it matches.
+    fail_message: Option<String>,
+    fail_regex: Option<String>,
     ordered: bool,
     range_vector: bool,
     string: bool,
@@ -663,6 +666,8 @@ fn parse_case(line: &str, body: &[&str]) -> Result<Case, String> {
         expr: expr.trim().to_owned(),
         eval,
         expect_fail: false,
+        fail_message: None,
+        fail_regex: None,
         ordered: false,
         range_vector: false,
         string: false,
@@ -671,8 +676,14 @@ fn parse_case(line: &str, body: &[&str]) -> Result<Case, String> {
     for def in body {
         if let Some(expect) = def.strip_prefix("expect ") {
             let expect = expect.trim_start();
-            if expect.starts_with("fail") {
+            if let Some(rest) = expect.strip_prefix("fail") {
                 expect_fail = true;
+                let rest = rest.trim_start();
+                if let Some(msg) = rest.strip_prefix("msg:") {
+                    case.fail_message = Some(msg.trim().to_owned());
+                } else if let Some(re) = rest.strip_prefix("regex:") {
+                    case.fail_regex = Some(re.trim().to_owned());
+                }
             } else if expect.starts_with("ordered") {
                 ordered = true;
             } else if expect.starts_with("range vector") {
@@ -791,6 +802,7 @@ fn run_case(store: &Store, source: &MemorySource, case: &Case) -> Outcome {
     let expr = match promql::parse_with(&case.expr, Semantics::V3) {
         Ok(expr) => expr,
         Err(e) => {
+            // promql-parser's messages are its own, not Go's: not compared.
             return if case.expect_fail {
                 Outcome::Pass
             } else if ["histogram_", "</", ">/"]
@@ -871,7 +883,7 @@ fn run_case(store: &Store, source: &MemorySource, case: &Case) -> Outcome {
             }
             Err(e) => {
                 if case.expect_fail {
-                    return Outcome::Pass;
+                    return failed_as_expected(case, &e.to_string());
                 }
                 return Outcome::Fail(format!("{} at {at} ms: {e}", case.expr));
             }
@@ -900,6 +912,31 @@ fn run_case(store: &Store, source: &MemorySource, case: &Case) -> Outcome {
         problems.truncate(3);
         Outcome::Fail(format!("{}: {}", case.expr, problems.join("; ")))
     }
+}
+
+/// A case that had to fail did: its message must be Prometheus's, where the case gives
+/// it (a message in quotes is compared without them).
+fn failed_as_expected(case: &Case, error: &str) -> Outcome {
+    if let Some(want) = &case.fail_message {
+        let want = want.trim_matches('"');
+        if error != want {
+            return Outcome::Fail(format!(
+                "{}: failed with {error:?}, Prometheus with {want:?}",
+                case.expr
+            ));
+        }
+    }
+    if let Some(pattern) = &case.fail_regex {
+        let pattern = pattern.trim_matches('"');
+        let re = regex::Regex::new(pattern).expect("the case's regex");
+        if !re.is_match(error) {
+            return Outcome::Fail(format!(
+                "{}: failed with {error:?}, which does not match {pattern:?}",
+                case.expr
+            ));
+        }
+    }
+    Outcome::Pass
 }
 
 /// Syntax of Prometheus 3's experimental features that promql-parser does not parse.

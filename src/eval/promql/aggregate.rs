@@ -122,6 +122,16 @@ pub(super) fn aggregate(
 ) -> Result<Vector, EvalError> {
     let mut k = 0usize;
     if op == T_TOPK || op == T_BOTTOMK {
+        // Prometheus 3 returns nothing for a k under 1 before any range check (2.x
+        // refuses -Inf), and names a NaN k for what it is.
+        if semantics == Semantics::V3 {
+            if param.is_nan() {
+                return Err(EvalError::Function("Parameter value is NaN".into()));
+            }
+            if param < 1.0 {
+                return Ok(Vector::new());
+            }
+        }
         if !(param <= i64::MAX as f64 && param >= i64::MIN as f64) {
             return Err(EvalError::Overflow(param));
         }

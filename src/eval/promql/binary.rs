@@ -225,11 +225,16 @@ fn vector_binop(
     for (labels, v) in one {
         let sig = matching.signature(&labels);
         if let Some((dup, _)) = one_side.get(&sig) {
+            let (mut first, mut second) = (prometheus_string(&labels), prometheus_string(dup));
+            // Prometheus 3 names the two series in sorted order, 2 as it met them.
+            if semantics == Semantics::V3 && first > second {
+                std::mem::swap(&mut first, &mut second);
+            }
             return Err(EvalError::ManyToMany {
                 group: prometheus_string(&sig),
                 side: if swapped { "left" } else { "right" },
-                first: prometheus_string(&labels),
-                second: prometheus_string(dup),
+                first,
+                second,
             });
         }
         one_side.insert(sig, (labels, v));

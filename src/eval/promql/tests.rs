@@ -793,3 +793,19 @@ fn prometheus_3_names() {
         2.0
     );
 }
+
+/// Prometheus 3's `topk`: a NaN k is an error in its own words, a k of -Inf gives
+/// nothing (2.x: an overflow error for both).
+#[test]
+fn prometheus_3_topk_parameters() {
+    let mut source = MemorySource::default();
+    source.push(labels(&[("__name__", "x")]), vec![s(0, 1.0)]);
+    let nan = eval_with(&source, "topk(NaN, x)", 0, Semantics::V3).unwrap_err();
+    assert_eq!(nan.to_string(), "Parameter value is NaN");
+    assert_eq!(
+        vector(eval_with(&source, "topk(-Inf, x)", 0, Semantics::V3)),
+        []
+    );
+    assert!(eval_with(&source, "topk(-Inf, x)", 0, Semantics::V2).is_err());
+    assert!(eval_with(&source, "topk(NaN, x)", 0, Semantics::V2).is_err());
+}
