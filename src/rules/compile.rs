@@ -1190,6 +1190,50 @@ mod tests {
         compile(&rules[0], CompileOptions::default())
     }
 
+    /// The semantics a rule is compiled under reach its query: `holt_winters` is refused
+    /// by default (Prometheus 3) with its new name given, and accepted under 2; a
+    /// regex's `.` matches a newline in the selector the router uses under 3 only.
+    #[test]
+    fn the_promql_semantics_reach_the_compiled_rule() {
+        let rule = |metric: &str| {
+            format!(
+                "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: r, namespace: shop}}\nspec:\n  metric: '{metric}'\n  threshold: '> 0'\n  remediation: {{type: alert}}\n"
+            )
+        };
+        let (rules, _) = parse_documents(
+            &rule("holt_winters(x[10m], 0.5, 0.5)"),
+            std::path::Path::new("inline.yaml"),
+        );
+        let Err(CompileError::Invalid(reason)) = compile(&rules[0], CompileOptions::default())
+        else {
+            panic!("holt_winters must be refused under Prometheus 3's semantics");
+        };
+        assert!(reason.contains("double_exponential_smoothing"), "{reason}");
+        let v2 = CompileOptions {
+            semantics: promql::Semantics::V2,
+            ..CompileOptions::default()
+        };
+        let compiled = compile(&rules[0], v2).unwrap();
+        let DetectorSpec::Expression { query, .. } = &compiled.detector else {
+            panic!("an expression rule");
+        };
+        assert_eq!(query.semantics, promql::Semantics::V2);
+
+        let (rules, _) = parse_documents(
+            &rule(r#"sum(x{msg=~"a.b"})"#),
+            std::path::Path::new("inline.yaml"),
+        );
+        for (options, matches) in [(CompileOptions::default(), true), (v2, false)] {
+            let compiled = compile(&rules[0], options).unwrap();
+            let selector = &compiled.inputs[0].selector;
+            let labels = crate::labels::Labels::from_pairs([("__name__", "x"), ("msg", "a\nb")]);
+            let matched = selector.groups[0]
+                .iter()
+                .all(|m| m.is_match(labels.get(&m.name).unwrap_or_default()));
+            assert_eq!(matched, matches, "{:?}", options.semantics);
+        }
+    }
+
     fn assert_too_deep(result: Result<CompiledRule, CompileError>, field: &str, depth: usize) {
         let Err(CompileError::Invalid(reason)) = result else {
             panic!("expected an invalid rule, got {result:?}");
