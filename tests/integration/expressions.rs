@@ -129,6 +129,44 @@ async fn a_series_the_expression_stops_returning_clears() {
     assert_eq!(decisions[1]["sampleTimeMs"], start + 15_000 * 13);
 }
 
+/// Prometheus 3's UTF-8 names (an OpenTelemetry metric sent as is): a quoted metric and
+/// label name select, are grouped by and come back in the verdict, by default.
+#[tokio::test]
+async fn utf8_metric_and_label_names_select_and_group() {
+    let app = start(&expression_rule(
+        "otel",
+        r#"sum by ("service.name", pod) (rate({"http.server.requests", namespace="shop"}[1m]))"#,
+        "> 5",
+    ));
+    assert_eq!(
+        app.rule("otel").await["state"],
+        "active",
+        "{}",
+        app.rule("otel").await
+    );
+    let start = grid_start(12);
+    let samples = counter(start, 12, |_| 10.0);
+    let body = v1_body(vec![series(
+        &[
+            ("__name__", "http.server.requests"),
+            ("namespace", "shop"),
+            ("pod", "a"),
+            ("service.name", "checkout"),
+        ],
+        &samples,
+    )]);
+    assert_eq!(
+        app.write(Some(V1), body).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let decisions = app.wait_decisions(1).await;
+    assert_eq!(decisions[0]["verdict"], "tripped", "{decisions:#?}");
+    assert_eq!(
+        decisions[0]["series"]["service.name"], "checkout",
+        "{decisions:#?}"
+    );
+}
+
 #[tokio::test]
 async fn unsupported_promql_makes_only_that_rule_invalid_and_names_the_part() {
     let rules = [
