@@ -9,7 +9,7 @@ use crate::common;
 use axum::http::StatusCode;
 use common::*;
 use prophet::eval::WindowSource;
-use prophet::eval::promql::{self, EvalOptions, MemorySource};
+use prophet::eval::promql::{self, EvalOptions, MemorySource, Semantics};
 use prophet::ingest::Sample;
 use prophet::labels::Labels;
 use prophet::rules::compile::{EXPRESSION_STEP_MS, LOOKBACK_MS, query_inputs};
@@ -299,15 +299,22 @@ fn evaluating_over_the_windows_equals_evaluating_over_all_samples() {
                     .zip(windows.iter())
                     .collect(),
             );
-            let opts = EvalOptions::default();
-            let over_windows = promql::evaluate(&expr, step, &source, &opts);
-            let over_all = promql::evaluate(&expr, step, &memory, &opts);
-            assert!(over_all.is_ok(), "{text}: {over_all:?}");
-            assert_eq!(
-                format!("{over_windows:?}"),
-                format!("{over_all:?}"),
-                "{text} at {step}"
-            );
+            // The windows keep what either semantics reads (2's closed ranges read one
+            // sample more, at the range's start).
+            for semantics in [Semantics::V3, Semantics::V2] {
+                let opts = EvalOptions {
+                    semantics,
+                    ..EvalOptions::default()
+                };
+                let over_windows = promql::evaluate(&expr, step, &source, &opts);
+                let over_all = promql::evaluate(&expr, step, &memory, &opts);
+                assert!(over_all.is_ok(), "{text}: {over_all:?}");
+                assert_eq!(
+                    format!("{over_windows:?}"),
+                    format!("{over_all:?}"),
+                    "{text} at {step} under {semantics}"
+                );
+            }
         };
         let mut compared = 0;
         let mut last_step = i64::MIN;
