@@ -112,6 +112,10 @@ struct RunArgs {
     /// How often the state is saved with --state-dir (also at shutdown), e.g. 30s, 5m.
     #[arg(long, default_value = "1m", value_parser = parse_interval)]
     state_interval: std::time::Duration,
+    /// Which Prometheus's PromQL rules mean: 3 (left-open ranges and lookback, `.`
+    /// matches a newline, `double_exponential_smoothing`) or 2 (as Prometheus 2.x).
+    #[arg(long, default_value = "3", env = "PROPHET_PROMQL_SEMANTICS")]
+    promql_semantics: prophet::eval::promql::Semantics,
     /// Cluster mode: rules from the AnomalyAction, PredictiveScale and SLOViolation
     /// resources of the cluster (in-cluster config, else KUBECONFIG or ~/.kube/config),
     /// their status and Events written by the leader. `--rules` is then not read.
@@ -298,6 +302,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
         series_limit: args.series_limit,
         compile: CompileOptions {
             allow_cross_namespace: args.allow_cross_namespace,
+            semantics: args.promql_semantics,
             ..CompileOptions::default()
         },
         eval_queue: args.eval_queue,

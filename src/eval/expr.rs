@@ -161,7 +161,11 @@ pub fn run(
     at_ms: i64,
     source: &dyn SeriesSource,
 ) -> Result<Vec<(Labels, f64)>, String> {
-    promql::evaluate(&query.expr, at_ms, source, &EvalOptions::default())
+    let opts = EvalOptions {
+        semantics: query.semantics,
+        ..EvalOptions::default()
+    };
+    promql::evaluate(&query.expr, at_ms, source, &opts)
         .map_err(|e| e.to_string())
         .and_then(as_vector)
 }

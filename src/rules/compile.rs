@@ -53,6 +53,8 @@ pub struct CompileOptions {
     /// Confine the rule's selectors to series of its own namespace (see
     /// [`crate::rules::tenancy`]); decided per rule by [`crate::rules::tenancy::Tenancy`].
     pub confine_to_namespace: bool,
+    /// Which Prometheus's PromQL the rule's texts mean (`--promql-semantics`).
+    pub semantics: promql::Semantics,
 }
 
 /// Why a rule is not evaluated.
@@ -99,6 +101,8 @@ pub struct QuerySpec {
     pub text: String,
     /// Event-time distance between evaluations.
     pub step_ms: i64,
+    /// Which Prometheus's PromQL the expression is evaluated with.
+    pub semantics: promql::Semantics,
 }
 
 /// Which way a forecast must move for a PredictiveScale to trip.
@@ -215,7 +219,7 @@ fn compile_anomaly_action(
         }
     }
     let metric = spec.metric.trim();
-    let mut expr = parse_promql("spec.metric", metric)?;
+    let mut expr = parse_promql("spec.metric", metric, options.semantics)?;
     if options.confine_to_namespace {
         tenancy::confine(&mut expr, &key.namespace);
     }
@@ -336,7 +340,14 @@ fn compile_anomaly_action(
             } else {
                 EXPRESSION_STEP_MS
             };
-            let query = compile_query("spec.metric", metric, expr, step_ms, false)?;
+            let query = compile_query(
+                "spec.metric",
+                metric,
+                expr,
+                step_ms,
+                false,
+                options.semantics,
+            )?;
             (
                 query_inputs(&query.expr, step_ms),
                 DetectorSpec::Expression {
@@ -418,17 +429,32 @@ fn compile_slo(rule: &SLOViolation, options: CompileOptions) -> Result<CompiledR
             SliShape::Ratio,
             vec![
                 (
-                    parse_counter("spec.sli.ratio.errors", &ratio.errors, confine)?,
+                    parse_counter(
+                        "spec.sli.ratio.errors",
+                        &ratio.errors,
+                        confine,
+                        options.semantics,
+                    )?,
                     SliCounter::Bad,
                 ),
                 (
-                    parse_counter("spec.sli.ratio.total", &ratio.total, confine)?,
+                    parse_counter(
+                        "spec.sli.ratio.total",
+                        &ratio.total,
+                        confine,
+                        options.semantics,
+                    )?,
                     SliCounter::Total,
                 ),
             ],
         ),
         ServiceLevelIndicator::Latency(latency) => {
-            let bucket = parse_counter("spec.sli.latency.bucket", &latency.bucket, confine)?;
+            let bucket = parse_counter(
+                "spec.sli.latency.bucket",
+                &latency.bucket,
+                confine,
+                options.semantics,
+            )?;
             // Good events are the bucket at the threshold, all events the +Inf bucket.
             let with_le = |le: Matcher| {
                 let mut selector = bucket.clone();
@@ -594,11 +620,18 @@ fn compile_predictive_scale(
             spec.threshold_percent
         )));
     }
-    let mut expr = parse_promql("spec.forecastQuery", inner)?;
+    let mut expr = parse_promql("spec.forecastQuery", inner, options.semantics)?;
     if options.confine_to_namespace {
         tenancy::confine(&mut expr, &key.namespace);
     }
-    let query = compile_query("spec.forecastQuery", inner, expr, SEASONAL_STEP_MS, false)?;
+    let query = compile_query(
+        "spec.forecastQuery",
+        inner,
+        expr,
+        SEASONAL_STEP_MS,
+        false,
+        options.semantics,
+    )?;
     let (action, direction) = match spec.action {
         ScaleAction::Provision => ("provision", ForecastDirection::Rise),
         ScaleAction::Consolidate => ("consolidate", ForecastDirection::Fall),
@@ -663,8 +696,10 @@ fn compile_query(
     expr: Expr,
     step_ms: i64,
     allow_forecast: bool,
+    semantics: promql::Semantics,
 ) -> Result<QuerySpec, CompileError> {
-    promql::check(&expr).map_err(|e| CompileError::Invalid(format!("{field} {text:?}: {e}")))?;
+    promql::check_with(&expr, semantics)
+        .map_err(|e| CompileError::Invalid(format!("{field} {text:?}: {e}")))?;
     let mut walker = LiveCheck::default();
     let _ = walk_expr(&mut walker, &expr);
     if let Some(why) = walker.problem {
@@ -701,6 +736,7 @@ fn compile_query(
         expr: Arc::new(expr),
         text: text.to_owned(),
         step_ms,
+        semantics,
     })
 }
 
@@ -991,8 +1027,13 @@ fn le_matcher(text: &str, metric: Option<&str>) -> Result<Matcher, CompileError>
 }
 
 /// With `confine`, the selector reads only series of that namespace.
-fn parse_counter(field: &str, text: &str, confine: Option<&str>) -> Result<Selector, CompileError> {
-    parse_selector(field, text, confine).map_err(|e| match e {
+fn parse_counter(
+    field: &str,
+    text: &str,
+    confine: Option<&str>,
+    semantics: promql::Semantics,
+) -> Result<Selector, CompileError> {
+    parse_selector(field, text, confine, semantics).map_err(|e| match e {
         CompileError::Unsupported(_) => CompileError::Invalid(format!(
             "{field} {text:?} must be a selector over a counter, such as `http_requests_total{{code=~\"5..\"}}`: the SLO takes the increases itself"
         )),
@@ -1006,8 +1047,9 @@ fn parse_selector(
     field: &str,
     text: &str,
     confine: Option<&str>,
+    semantics: promql::Semantics,
 ) -> Result<Selector, CompileError> {
-    match parse_promql(field, text)? {
+    match parse_promql(field, text, semantics)? {
         Expr::VectorSelector(mut selector)
             if selector.offset.is_none() && selector.at.is_none() =>
         {
@@ -1030,13 +1072,17 @@ fn parse_selector(
 /// here, so none reaches the parser before its size is checked: a tree too deep for the
 /// evaluator's stack is refused unbuilt, with the limit named and without quoting the
 /// (possibly huge) text.
-fn parse_promql(field: &str, text: &str) -> Result<Expr, CompileError> {
+fn parse_promql(
+    field: &str,
+    text: &str,
+    semantics: promql::Semantics,
+) -> Result<Expr, CompileError> {
     if let Err(too_large) = promql::check_size(text) {
         return Err(CompileError::Invalid(format!(
             "{field} is too large to evaluate safely: it is {too_large}"
         )));
     }
-    promql::parse(text)
+    promql::parse_with(text, semantics)
         .map_err(|e| CompileError::Invalid(format!("{field} {text:?} is not valid PromQL: {e}")))
 }
 
@@ -1090,9 +1136,16 @@ mod tests {
     fn a_range_longer_than_windows_keep_is_refused_with_the_limit() {
         let refused = |text: &str| {
             let expr = promql::parse(text).unwrap();
-            compile_query("spec.metric", text, expr, EXPRESSION_STEP_MS, false)
-                .unwrap_err()
-                .to_string()
+            compile_query(
+                "spec.metric",
+                text,
+                expr,
+                EXPRESSION_STEP_MS,
+                false,
+                Default::default(),
+            )
+            .unwrap_err()
+            .to_string()
         };
         let message = refused("rate(x[10y])");
         assert!(message.contains("over the limit of 8d"), "{message}");
@@ -1100,7 +1153,17 @@ mod tests {
         assert!(refused("max_over_time(rate(x[5m])[9d:1h])").contains("over the limit"));
         let fine = "max_over_time(x[7d])";
         let expr = promql::parse(fine).unwrap();
-        assert!(compile_query("spec.metric", fine, expr, EXPRESSION_STEP_MS, false).is_ok());
+        assert!(
+            compile_query(
+                "spec.metric",
+                fine,
+                expr,
+                EXPRESSION_STEP_MS,
+                false,
+                Default::default()
+            )
+            .is_ok()
+        );
     }
     use crate::rules::load::parse_documents;
 
@@ -1130,6 +1193,50 @@ mod tests {
         let (rules, invalid) = parse_documents(yaml, std::path::Path::new("inline.yaml"));
         assert!(invalid.is_empty(), "{invalid:#?}");
         compile(&rules[0], CompileOptions::default())
+    }
+
+    /// The semantics a rule is compiled under reach its query: `holt_winters` is refused
+    /// by default (Prometheus 3) with its new name given, and accepted under 2; a
+    /// regex's `.` matches a newline in the selector the router uses under 3 only.
+    #[test]
+    fn the_promql_semantics_reach_the_compiled_rule() {
+        let rule = |metric: &str| {
+            format!(
+                "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: r, namespace: shop}}\nspec:\n  metric: '{metric}'\n  threshold: '> 0'\n  remediation: {{type: alert}}\n"
+            )
+        };
+        let (rules, _) = parse_documents(
+            &rule("holt_winters(x[10m], 0.5, 0.5)"),
+            std::path::Path::new("inline.yaml"),
+        );
+        let Err(CompileError::Invalid(reason)) = compile(&rules[0], CompileOptions::default())
+        else {
+            panic!("holt_winters must be refused under Prometheus 3's semantics");
+        };
+        assert!(reason.contains("double_exponential_smoothing"), "{reason}");
+        let v2 = CompileOptions {
+            semantics: promql::Semantics::V2,
+            ..CompileOptions::default()
+        };
+        let compiled = compile(&rules[0], v2).unwrap();
+        let DetectorSpec::Expression { query, .. } = &compiled.detector else {
+            panic!("an expression rule");
+        };
+        assert_eq!(query.semantics, promql::Semantics::V2);
+
+        let (rules, _) = parse_documents(
+            &rule(r#"sum(x{msg=~"a.b"})"#),
+            std::path::Path::new("inline.yaml"),
+        );
+        for (options, matches) in [(CompileOptions::default(), true), (v2, false)] {
+            let compiled = compile(&rules[0], options).unwrap();
+            let selector = &compiled.inputs[0].selector;
+            let labels = crate::labels::Labels::from_pairs([("__name__", "x"), ("msg", "a\nb")]);
+            let matched = selector.groups[0]
+                .iter()
+                .all(|m| m.is_match(labels.get(&m.name).unwrap_or_default()));
+            assert_eq!(matched, matches, "{:?}", options.semantics);
+        }
     }
 
     fn assert_too_deep(result: Result<CompiledRule, CompileError>, field: &str, depth: usize) {
@@ -1223,7 +1330,14 @@ mod tests {
 
     fn query(text: &str) -> Result<QuerySpec, CompileError> {
         let expr = promql::parse(text).unwrap();
-        compile_query("spec.metric", text, expr, EXPRESSION_STEP_MS, false)
+        compile_query(
+            "spec.metric",
+            text,
+            expr,
+            EXPRESSION_STEP_MS,
+            false,
+            Default::default(),
+        )
     }
 
     fn message(text: &str) -> String {

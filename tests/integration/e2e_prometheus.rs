@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use common::process::{Running, free_port, percent_encode};
 
-/// Starts `prophet run` on a free port; returns it and the address it reports.
+/// Starts `prophet run` on a free port; returns it and the address it reports. Its
+/// PromQL is Prometheus 2's, as the Prometheus it is compared with is Debian's 2.42.
 fn start_prophet(rules: &Path) -> (Running, String) {
     let rules = rules.to_str().expect("a UTF-8 temp path");
-    let (prophet, addr, _) = common::process::start_prophet(&["run", "--rules", rules], &[]);
+    let (prophet, addr, _) =
+        common::process::start_prophet(&["run", "--rules", rules, "--promql-semantics", "2"], &[]);
     (prophet, addr)
 }
 
@@ -104,6 +106,9 @@ spec:
     .unwrap();
     let (_prophet, addr) = start_prophet(&rules);
     let (_prometheus, prometheus_port) = start_prometheus(dir.path(), &addr);
+    // reqwest's rustls needs a process-wide provider, which nothing installed yet when
+    // this test runs alone (an error means one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
 
     let rules_view = get_json(&client, &format!("http://{addr}/api/v1/rules"))

@@ -9,7 +9,7 @@ use crate::common;
 use axum::http::StatusCode;
 use common::*;
 use prophet::eval::WindowSource;
-use prophet::eval::promql::{self, EvalOptions, MemorySource};
+use prophet::eval::promql::{self, EvalOptions, MemorySource, Semantics};
 use prophet::ingest::Sample;
 use prophet::labels::Labels;
 use prophet::rules::compile::{EXPRESSION_STEP_MS, LOOKBACK_MS, query_inputs};
@@ -76,9 +76,12 @@ async fn a_rate_expression_trips_the_pod_whose_rate_is_high_with_its_exact_value
     assert_eq!(d["verdict"], "tripped");
     assert_eq!(d["targets"][0]["name"], "b");
     // All in one batch, so the rule is evaluated once, at the last step boundary: the
-    // [1m] range then holds five samples 15 s apart, all at 10/s, and Prometheus's rate
-    // (no extrapolation needed: the samples span the whole range) is exactly 10.
-    assert_eq!(d["value"], "10");
+    // [1m] range then holds four samples 15 s apart (Prometheus 3's ranges leave out the
+    // sample at their start), all at 10/s: 450 over 45 s, which Prometheus's rate
+    // extrapolates by 15 s to the range's start. In floats, as Prometheus 3 computes it:
+    let rate = 450.0 * ((45.0 + 15.0) / 45.0 / 60.0);
+    assert!((rate - 10.0f64).abs() < 1e-12);
+    assert_eq!(d["value"], rate.to_string());
     assert_eq!(d["sampleTimeMs"], a[11].0);
     let view = app.rule("hot-pods").await;
     let results = view["values"]["results"].as_array().unwrap();
@@ -120,10 +123,48 @@ async fn a_series_the_expression_stops_returning_clears() {
             .contains("no longer returns"),
         "{decisions:#?}"
     );
-    // Rate over [1m] drops under 5 once two of its four intervals are at 1/s: at the
-    // 14th sample (index 13), (2·10 + 2·1)·15 / 60 = 5.5 still holds; at index 14 it is
-    // (1·10 + 3·1)·15/60 = 3.25.
-    assert_eq!(decisions[1]["sampleTimeMs"], start + 15_000 * 14);
+    // Rate over [1m] (left-open: four samples, three intervals, extrapolated from 45 s
+    // to 60 s) drops under 5 once two of its intervals are at 1/s: at index 12,
+    // (2·10 + 1)·15 / 45 = 7 still holds; at index 13 it is (10 + 2·1)·15 / 45 = 4.
+    assert_eq!(decisions[1]["sampleTimeMs"], start + 15_000 * 13);
+}
+
+/// Prometheus 3's UTF-8 names (an OpenTelemetry metric sent as is): a quoted metric and
+/// label name select, are grouped by and come back in the verdict, by default.
+#[tokio::test]
+async fn utf8_metric_and_label_names_select_and_group() {
+    let app = start(&expression_rule(
+        "otel",
+        r#"sum by ("service.name", pod) (rate({"http.server.requests", namespace="shop"}[1m]))"#,
+        "> 5",
+    ));
+    assert_eq!(
+        app.rule("otel").await["state"],
+        "active",
+        "{}",
+        app.rule("otel").await
+    );
+    let start = grid_start(12);
+    let samples = counter(start, 12, |_| 10.0);
+    let body = v1_body(vec![series(
+        &[
+            ("__name__", "http.server.requests"),
+            ("namespace", "shop"),
+            ("pod", "a"),
+            ("service.name", "checkout"),
+        ],
+        &samples,
+    )]);
+    assert_eq!(
+        app.write(Some(V1), body).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let decisions = app.wait_decisions(1).await;
+    assert_eq!(decisions[0]["verdict"], "tripped", "{decisions:#?}");
+    assert_eq!(
+        decisions[0]["series"]["service.name"], "checkout",
+        "{decisions:#?}"
+    );
 }
 
 #[tokio::test]
@@ -260,15 +301,22 @@ fn evaluating_over_the_windows_equals_evaluating_over_all_samples() {
                     .zip(windows.iter())
                     .collect(),
             );
-            let opts = EvalOptions::default();
-            let over_windows = promql::evaluate(&expr, step, &source, &opts);
-            let over_all = promql::evaluate(&expr, step, &memory, &opts);
-            assert!(over_all.is_ok(), "{text}: {over_all:?}");
-            assert_eq!(
-                format!("{over_windows:?}"),
-                format!("{over_all:?}"),
-                "{text} at {step}"
-            );
+            // The windows keep what either semantics reads (2's closed ranges read one
+            // sample more, at the range's start).
+            for semantics in [Semantics::V3, Semantics::V2] {
+                let opts = EvalOptions {
+                    semantics,
+                    ..EvalOptions::default()
+                };
+                let over_windows = promql::evaluate(&expr, step, &source, &opts);
+                let over_all = promql::evaluate(&expr, step, &memory, &opts);
+                assert!(over_all.is_ok(), "{text}: {over_all:?}");
+                assert_eq!(
+                    format!("{over_windows:?}"),
+                    format!("{over_all:?}"),
+                    "{text} at {step} under {semantics}"
+                );
+            }
         };
         let mut compared = 0;
         let mut last_step = i64::MIN;

@@ -29,6 +29,7 @@ mod ingest_captures;
 mod live_rules;
 mod predictive;
 mod promql_oracle;
+mod promqltest;
 mod restart;
 mod rules_examples;
 mod shared_windows;

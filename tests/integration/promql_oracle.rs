@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::process::{Running, free_port, percent_encode};
 
-use prophet::eval::promql::{self, EvalOptions, MemorySource, Value};
+use prophet::eval::promql::{self, EvalOptions, MemorySource, Semantics, Value};
 use prophet::ingest::{STALE_NAN_BITS, Sample};
 use prophet::labels::Labels;
 use prophet::proto::v1;
@@ -733,6 +733,9 @@ async fn the_engine_agrees_with_prometheus() {
     let port = free_port();
     let _prometheus = start_prometheus(dir.path(), port);
     let base = format!("http://127.0.0.1:{port}");
+    // reqwest's rustls needs a process-wide provider; run alone, nothing else in this
+    // test binary has installed one yet (an error means one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
 
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -825,12 +828,18 @@ async fn the_engine_agrees_with_prometheus() {
         ("after the late start", t(LATE_START) + 20_000),
     ];
 
-    let opts = EvalOptions::default();
+    // Debian's Prometheus is 2.42: the engine is compared under Prometheus 2's semantics
+    // (Prometheus 3's are checked on its own test files, `promqltest.rs`).
+    let opts = EvalOptions {
+        semantics: Semantics::V2,
+        ..EvalOptions::default()
+    };
     let mut compared = 0;
     let mut failures = Vec::new();
     let (mut empty, mut errors) = (0, 0);
     for text in EXPRESSIONS {
-        let expr = promql::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let expr =
+            promql::parse_with(text, Semantics::V2).unwrap_or_else(|e| panic!("{text}: {e}"));
         for (what, at) in times {
             let result = promql::evaluate(&expr, at, &source, &opts);
             let our_order = match &result {

@@ -12,11 +12,13 @@ use promql_parser::parser::token::{
 };
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
-use super::EvalError;
 use super::engine::{Engine, Vector};
 use super::gosort;
 use super::source::SeriesSource;
-use super::value::{Value, keep_labels, quantile, remove_labels, set_label, valid_label_name};
+use super::value::{
+    Value, kahan_inc, keep_labels, quantile, remove_labels, set_label, valid_label_name,
+};
+use super::{EvalError, Semantics};
 use crate::labels::{Labels, LabelsMap};
 
 /// One group's running state.
@@ -25,6 +27,10 @@ struct Group {
     value: f64,
     mean: f64,
     count: u64,
+    /// Prometheus 3's `sum` and `avg`: the Kahan compensation of `value` (or of `mean`
+    /// once the sum overflowed and `avg` switched to an incremental mean).
+    compensation: f64,
+    incremental: bool,
     /// `topk`/`bottomk`: the kept elements as a heap; `quantile`: every value.
     heap: Vec<(Labels, f64)>,
 }
@@ -46,7 +52,8 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
             }
         };
         let input = engine.eval_vector(&agg.expr, ts)?;
-        return count_values(&label, agg.modifier.as_ref(), input).map(Value::Vector);
+        return count_values(engine.semantics(), &label, agg.modifier.as_ref(), input)
+            .map(Value::Vector);
     }
     let param = match (&agg.param, op) {
         (Some(p), T_TOPK | T_BOTTOMK | T_QUANTILE) => engine.eval_scalar(p, ts)?,
@@ -54,6 +61,7 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
     };
     let input = engine.eval_vector(&agg.expr, ts)?;
     Ok(Value::Vector(aggregate(
+        engine.semantics(),
         op,
         agg.modifier.as_ref(),
         param,
@@ -65,11 +73,12 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
 /// value written (as Go's `strconv.FormatFloat(v, 'f', -1, 64)`) into `label`, which
 /// joins the `by` labels.
 fn count_values(
+    semantics: Semantics,
     label: &str,
     modifier: Option<&LabelModifier>,
     input: Vector,
 ) -> Result<Vector, EvalError> {
-    if !valid_label_name(label) {
+    if !valid_label_name(label, semantics) {
         return Err(EvalError::Function(format!("invalid label name {label:?}")));
     }
     let modifier = match modifier {
@@ -87,7 +96,7 @@ fn count_values(
         .into_iter()
         .map(|(labels, v)| (set_label(&labels, label, Some(&go_format_float(v))), v))
         .collect();
-    aggregate(T_COUNT, Some(&modifier), f64::NAN, input)
+    aggregate(semantics, T_COUNT, Some(&modifier), f64::NAN, input)
 }
 
 /// Go's `strconv.FormatFloat(v, 'f', -1, 64)`: the shortest decimal that reads back as
@@ -100,8 +109,12 @@ fn go_format_float(v: f64) -> String {
     v.to_string()
 }
 
-/// Aggregates `input` (in Prometheus's series order) with operator `op`.
+/// Aggregates `input` (in Prometheus's series order) with operator `op`. Under
+/// Prometheus 3's semantics `sum` and `avg` add with Kahan compensation (`avg` switching
+/// to an incremental mean only if the sum overflows), and `stddev`/`stdvar` of a group
+/// whose first value is NaN or infinite is NaN.
 pub(super) fn aggregate(
+    semantics: Semantics,
     op: u16,
     modifier: Option<&LabelModifier>,
     param: f64,
@@ -109,6 +122,16 @@ pub(super) fn aggregate(
 ) -> Result<Vector, EvalError> {
     let mut k = 0usize;
     if op == T_TOPK || op == T_BOTTOMK {
+        // Prometheus 3 returns nothing for a k under 1 before any range check (2.x
+        // refuses -Inf), and names a NaN k for what it is.
+        if semantics == Semantics::V3 {
+            if param.is_nan() {
+                return Err(EvalError::Function("Parameter value is NaN".into()));
+            }
+            if param < 1.0 {
+                return Ok(Vector::new());
+            }
+        }
         if !(param <= i64::MAX as f64 && param >= i64::MIN as f64) {
             return Err(EvalError::Overflow(param));
         }
@@ -128,6 +151,7 @@ pub(super) fn aggregate(
         if op == T_BOTTOMK { a > b } else { a < b }
     };
 
+    let v3 = semantics == Semantics::V3;
     let mut index: LabelsMap<usize> = LabelsMap::default();
     let mut groups: Vec<Group> = Vec::new();
     let no_labels = Labels::from_pairs([]);
@@ -148,7 +172,7 @@ pub(super) fn aggregate(
                 labels: key,
                 // stddev and stdvar keep the sum of squared deviations here.
                 value: if matches!(op, T_STDDEV | T_STDVAR) {
-                    0.0
+                    if v3 && !v.is_finite() { f64::NAN } else { 0.0 }
                 } else if op == T_GROUP {
                     1.0
                 } else {
@@ -156,13 +180,35 @@ pub(super) fn aggregate(
                 },
                 mean: v,
                 count: 1,
+                compensation: 0.0,
+                incremental: false,
                 heap,
             });
             continue;
         };
         let group = &mut groups[i];
         match op {
+            T_SUM if v3 => {
+                (group.value, group.compensation) = kahan_inc(v, group.value, group.compensation);
+            }
             T_SUM => group.value += v,
+            T_AVG if v3 => {
+                group.count += 1;
+                let n = group.count as f64;
+                if !group.incremental {
+                    let (sum, c) = kahan_inc(v, group.value, group.compensation);
+                    if !sum.is_infinite() {
+                        (group.value, group.compensation) = (sum, c);
+                        continue;
+                    }
+                    group.incremental = true;
+                    group.mean = group.value / (n - 1.0);
+                    group.compensation /= n - 1.0;
+                }
+                let q = (n - 1.0) / n;
+                (group.mean, group.compensation) =
+                    kahan_inc(v / n, q * group.mean, q * group.compensation);
+            }
             T_AVG => {
                 group.count += 1;
                 if group.mean.is_infinite() {
@@ -225,6 +271,16 @@ pub(super) fn aggregate(
     let mut out = Vector::with_capacity(groups.len());
     for group in groups {
         match op {
+            T_SUM if v3 => out.push((group.labels, group.value + group.compensation)),
+            T_AVG if v3 => {
+                let n = group.count as f64;
+                let mean = if group.incremental {
+                    group.mean + group.compensation
+                } else {
+                    group.value / n + group.compensation / n
+                };
+                out.push((group.labels, mean));
+            }
             T_SUM | T_MIN | T_MAX | T_GROUP => out.push((group.labels, group.value)),
             T_AVG => out.push((group.labels, group.mean)),
             T_COUNT => out.push((group.labels, group.count as f64)),

@@ -12,10 +12,10 @@ use promql_parser::parser::token::{
 };
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 
-use super::EvalError;
 use super::engine::{Engine, Vector};
 use super::source::SeriesSource;
 use super::value::{Value, drop_metric_name, ensure_unique, keep_labels, remove_labels};
+use super::{EvalError, Semantics};
 use crate::labels::{Labels, LabelsMap, LabelsSet};
 
 /// Evaluates a binary expression at `ts`.
@@ -26,15 +26,16 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
 ) -> Result<Value, EvalError> {
     let op = expr.op.id();
     let return_bool = expr.modifier.as_ref().is_some_and(|m| m.return_bool);
+    let semantics = engine.semantics();
     let lhs = engine.eval(&expr.lhs, ts)?;
     let rhs = engine.eval(&expr.rhs, ts)?;
     match (lhs, rhs) {
         (Value::Scalar(l), Value::Scalar(r)) => Ok(Value::Scalar(scalar_binop(op, l, r)?)),
         (Value::Vector(l), Value::Scalar(r)) => {
-            vector_scalar(op, l, r, false, return_bool).map(Value::Vector)
+            vector_scalar(semantics, op, l, r, false, return_bool).map(Value::Vector)
         }
         (Value::Scalar(l), Value::Vector(r)) => {
-            vector_scalar(op, r, l, true, return_bool).map(Value::Vector)
+            vector_scalar(semantics, op, r, l, true, return_bool).map(Value::Vector)
         }
         (Value::Vector(l), Value::Vector(r)) => {
             let matching = Matching::of(expr);
@@ -42,7 +43,7 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
                 T_LAND => vector_and(l, r, &matching),
                 T_LOR => vector_or(l, r, &matching),
                 T_LUNLESS => vector_unless(l, r, &matching),
-                _ => vector_binop(op, l, r, &matching, return_bool)?,
+                _ => vector_binop(semantics, op, l, r, &matching, return_bool)?,
             };
             Ok(Value::Vector(out))
         }
@@ -59,9 +60,10 @@ fn is_comparison(op: u16) -> bool {
 }
 
 /// Arithmetic drops the metric name; comparisons and set operators keep it, and so does
-/// `atan2`, which Prometheus 2.42's `shouldDropMetricName` does not list.
-fn drops_metric_name(op: u16) -> bool {
+/// `atan2` under Prometheus 2, whose `shouldDropMetricName` does not list it (3's does).
+fn drops_metric_name(op: u16, semantics: Semantics) -> bool {
     matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_MOD | T_POW)
+        || (op == T_ATAN2 && semantics == Semantics::V3)
 }
 
 /// Prometheus's `vectorElemBinop`: the value, and for comparisons whether it is kept.
@@ -105,6 +107,7 @@ fn scalar_binop(op: u16, l: f64, r: f64) -> Result<f64, EvalError> {
 /// A vector against a scalar; `swapped` when the scalar was on the left. A filtering
 /// comparison keeps the vector element's own value whichever side it was on.
 fn vector_scalar(
+    semantics: Semantics,
     op: u16,
     vector: Vector,
     scalar: f64,
@@ -123,7 +126,7 @@ fn vector_scalar(
             keep = true;
         }
         if keep {
-            let labels = if drops_metric_name(op) || return_bool {
+            let labels = if drops_metric_name(op, semantics) || return_bool {
                 drop_metric_name(&labels)
             } else {
                 labels
@@ -203,6 +206,7 @@ fn prometheus_string(labels: &Labels) -> String {
 /// signature (one-to-one) or two results with the same labels (`group_left`/
 /// `group_right`).
 fn vector_binop(
+    semantics: Semantics,
     op: u16,
     lhs: Vector,
     rhs: Vector,
@@ -221,11 +225,16 @@ fn vector_binop(
     for (labels, v) in one {
         let sig = matching.signature(&labels);
         if let Some((dup, _)) = one_side.get(&sig) {
+            let (mut first, mut second) = (prometheus_string(&labels), prometheus_string(dup));
+            // Prometheus 3 names the two series in sorted order, 2 as it met them.
+            if semantics == Semantics::V3 && first > second {
+                std::mem::swap(&mut first, &mut second);
+            }
             return Err(EvalError::ManyToMany {
                 group: prometheus_string(&sig),
                 side: if swapped { "left" } else { "right" },
-                first: prometheus_string(&labels),
-                second: prometheus_string(dup),
+                first,
+                second,
             });
         }
         one_side.insert(sig, (labels, v));
@@ -248,10 +257,12 @@ fn vector_binop(
         let (mut value, keep) = elem_binop(op, l, r)?;
         if return_bool {
             value = if keep { 1.0 } else { 0.0 };
-        } else if !keep {
+        } else if !keep && semantics == Semantics::V2 {
+            // Prometheus 2 drops a filtered-out pair before looking for duplicate
+            // matches; 3 finds them among filtered-out pairs too.
             continue;
         }
-        let mut metric = result_metric(&labels, one_labels, op, matching);
+        let mut metric = result_metric(&labels, one_labels, op, matching, semantics);
         if return_bool {
             metric = drop_metric_name(&metric);
         }
@@ -262,7 +273,9 @@ fn vector_binop(
         } else if !produced.entry(sig).or_default().insert(metric.clone()) {
             return Err(EvalError::GroupingNotUnique);
         }
-        out.push((metric, value));
+        if keep || return_bool {
+            out.push((metric, value));
+        }
     }
     ensure_unique(&out)?;
     Ok(out)
@@ -272,8 +285,14 @@ fn vector_binop(
 /// arithmetic; for one-to-one only the `on` labels (or without the `ignoring` ones); and
 /// with `group_x(...)` the listed labels copied from the one side (removed where the one
 /// side lacks them, as an empty value is no label).
-fn result_metric(many: &Labels, one: &Labels, op: u16, matching: &Matching) -> Labels {
-    let mut metric = if drops_metric_name(op) {
+fn result_metric(
+    many: &Labels,
+    one: &Labels,
+    op: u16,
+    matching: &Matching,
+    semantics: Semantics,
+) -> Labels {
+    let mut metric = if drops_metric_name(op, semantics) {
         drop_metric_name(many)
     } else {
         many.clone()

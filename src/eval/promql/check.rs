@@ -9,7 +9,7 @@ use promql_parser::parser::token::{
     T_QUANTILE, T_STDDEV, T_STDVAR, T_SUB, T_SUM, T_TOPK,
 };
 
-use super::{EvalError, ML_FORECAST};
+use super::{EvalError, ML_FORECAST, Semantics};
 
 /// Functions the engine evaluates, by name: every function of Prometheus 2.42 but the
 /// three that read native histograms, which Prophet does not keep.
@@ -126,9 +126,16 @@ pub(super) fn binary_supported(op: u16) -> bool {
     )
 }
 
-/// `Ok` if the engine can evaluate `expr` (treating `ml_forecast(<expr>, <horizon>)` as
-/// supported when `<expr>` and `<horizon>` are), otherwise the first unsupported part.
+/// `Ok` if the engine can evaluate `expr` under some semantics (treating
+/// `ml_forecast(<expr>, <horizon>)` as supported when `<expr>` and `<horizon>` are),
+/// otherwise the first unsupported part. Prometheus 2's semantics accept the most.
 pub fn check(expr: &Expr) -> Result<(), EvalError> {
+    check_with(expr, Semantics::V2)
+}
+
+/// [`check`] under `semantics`: Prometheus 3 knows `holt_winters` only by its new name.
+pub fn check_with(expr: &Expr, semantics: Semantics) -> Result<(), EvalError> {
+    let check = |e: &Expr| check_with(e, semantics);
     match expr {
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
         Expr::VectorSelector(_) => Ok(()),
@@ -166,6 +173,13 @@ pub fn check(expr: &Expr) -> Result<(), EvalError> {
             let name = call.func.name;
             if name != ML_FORECAST && !FUNCTIONS.contains(&name) {
                 return Err(EvalError::Unsupported(format!("function \"{name}\"")));
+            }
+            if name == "holt_winters" && semantics == Semantics::V3 {
+                return Err(EvalError::Function(
+                    "function \"holt_winters\" is Prometheus 2's name: Prometheus 3 renamed it \
+                     double_exponential_smoothing (use that name, or --promql-semantics=2)"
+                        .into(),
+                ));
             }
             for arg in &call.args.args {
                 check(arg)?;

@@ -1,7 +1,8 @@
 //! The evaluator's core: walks the expression tree at one instant, selects series from
-//! the source the way Prometheus 2.42 does (lookback and staleness for instant
-//! selectors, closed ranges for range selectors, `offset` and `@`), evaluates subqueries
-//! step by step, and hands operators, functions and aggregations to their own files.
+//! the source the way Prometheus does (lookback and staleness for instant selectors,
+//! ranges for range selectors, `offset` and `@`: closed ranges and lookback under 2.x's
+//! semantics, left-open under 3.x's), evaluates subqueries step by step, and hands
+//! operators, functions and aggregations to their own files.
 
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +13,7 @@ use promql_parser::parser::{
 use super::functions::Window;
 use super::source::{SeriesSamples, SeriesSource};
 use super::value::{Value, compare_labels, drop_metric_name, ensure_unique};
-use super::{EvalError, EvalOptions, aggregate, binary, check, functions};
+use super::{EvalError, EvalOptions, Semantics, aggregate, binary, check_with, functions};
 use crate::ingest::{Sample, is_stale_marker};
 use crate::labels::{Labels, LabelsMap};
 use crate::route::Selector;
@@ -26,7 +27,7 @@ pub fn evaluate<S: SeriesSource + ?Sized>(
     source: &S,
     opts: &EvalOptions,
 ) -> Result<Value, EvalError> {
-    check(expr)?;
+    check_with(expr, opts.semantics)?;
     Engine {
         source,
         opts: *opts,
@@ -47,6 +48,11 @@ pub(super) struct Engine<'a, S: SeriesSource + ?Sized> {
 pub(super) type Vector = Vec<(Labels, f64)>;
 
 impl<S: SeriesSource + ?Sized> Engine<'_, S> {
+    /// Prometheus 2's or 3's PromQL.
+    pub(super) fn semantics(&self) -> Semantics {
+        self.opts.semantics
+    }
+
     /// Evaluates `expr` at `ts`.
     pub(super) fn eval(&self, expr: &Expr, ts: i64) -> Result<Value, EvalError> {
         match expr {
@@ -127,7 +133,7 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
     /// Each matching series' newest sample at or before the selector's time and no more
     /// than the lookback before it, unless that sample is a staleness marker. The
     /// lookback's start is inclusive in Prometheus 2.x (`t < refTime - lookback` is what
-    /// excludes a sample).
+    /// excludes a sample) and exclusive in 3.x.
     pub(super) fn instant_vector(&self, vs: &VectorSelector, ts: i64) -> Vector {
         self.instant_samples(vs, ts)
             .into_iter()
@@ -138,12 +144,12 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
     /// [`Self::instant_vector`] with each sample's own time, for `timestamp()`.
     pub(super) fn instant_samples(&self, vs: &VectorSelector, ts: i64) -> Vec<(Labels, Sample)> {
         let end = self.selector_time(vs, ts);
-        let start = end.saturating_sub(self.opts.lookback_ms);
+        let start = self
+            .opts
+            .semantics
+            .range_start_exclusive(end, self.opts.lookback_ms);
         let selector = Selector::from_promql(vs);
-        // The source's start is exclusive.
-        let mut newest = self
-            .source
-            .select_latest(&selector.groups, start.saturating_sub(1), end);
+        let mut newest = self.source.select_latest(&selector.groups, start, end);
         for (labels, _) in &mut newest {
             // Prometheus treats a label with an empty value as no label: a series sent as
             // `{shard=""}` must not carry `shard` into any result.
@@ -162,8 +168,8 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
 
     /// A subquery's matrix: the inner expression evaluated at every multiple of the
     /// step (the subquery's own, else [`EvalOptions::subquery_step_ms`]) in
-    /// `[t - range, t]`, `t` the subquery's time (`@` and `offset` applied), each series'
-    /// values gathered into its samples. As Prometheus's `SubqueryExpr` evaluation: the
+    /// `[t - range, t]` (2.x; `(t - range, t]` in 3.x), `t` the subquery's time (`@` and
+    /// `offset` applied), each series' values gathered into its samples. As Prometheus's `SubqueryExpr` evaluation: the
     /// steps are aligned to the epoch, not to `t`.
     pub(super) fn subquery(
         &self,
@@ -180,7 +186,11 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
         let earliest = end.saturating_sub(duration_ms(sq.range));
         // Go's integer division truncates towards zero, as Rust's does.
         let mut at = step * (earliest / step);
-        if at < earliest {
+        let before = match self.opts.semantics {
+            Semantics::V2 => at < earliest,
+            Semantics::V3 => at <= earliest,
+        };
+        if before {
             at = at.saturating_add(step);
         }
         let mut index: LabelsMap<usize> = LabelsMap::default();
@@ -242,6 +252,7 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
                     end_ms: end,
                     range_seconds: ms.range.as_secs_f64(),
                     eval_ms: ts,
+                    semantics: self.opts.semantics,
                 };
                 self.visit_range(ms, ts, |labels, samples| visit(labels, samples, &window));
                 Ok(())
@@ -253,6 +264,7 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
                     end_ms: end,
                     range_seconds: sq.range.as_secs_f64(),
                     eval_ms: ts,
+                    semantics: self.opts.semantics,
                 };
                 for s in self.subquery(sq, ts)? {
                     visit(&s.labels, &s.samples, &window);
@@ -266,7 +278,7 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
     }
 
     /// Each matching series' samples in `[t - range, t]` (`t` the selector's time; both
-    /// ends inclusive in Prometheus 2.x), staleness markers removed, series left without
+    /// ends inclusive in Prometheus 2.x, the start exclusive in 3.x), staleness markers removed, series left without
     /// samples dropped. Sorted by labels, as Prometheus's storage returns them.
     pub(super) fn range_vector(&self, ms: &MatrixSelector, ts: i64) -> Vec<SeriesSamples> {
         let mut series = Vec::new();
@@ -288,18 +300,20 @@ impl<S: SeriesSource + ?Sized> Engine<'_, S> {
         mut visit: impl FnMut(&Labels, &[Sample]),
     ) {
         let end = self.selector_time(&ms.vs, ts);
-        let start = end.saturating_sub(duration_ms(ms.range));
+        // Samples after `from` are in.
+        let from = self
+            .opts
+            .semantics
+            .range_start_exclusive(end, duration_ms(ms.range));
         let selector = Selector::from_promql(&ms.vs);
-        let outside = |x: &Sample| x.timestamp_ms < start || x.timestamp_ms > end;
+        let outside = |x: &Sample| x.timestamp_ms <= from || x.timestamp_ms > end;
         // Staleness markers are rare and a source keeps to the range: copy only when
         // something has to be left out.
         let mut kept = Vec::new();
         // Checked in debug builds only: `debug_assert!` skips its condition in release.
         let mut previous: Option<Labels> = None;
-        // The source's start is exclusive.
-        let (from, to) = (start.saturating_sub(1), end);
         self.source
-            .visit_range(&selector.groups, from, to, &mut |labels, samples| {
+            .visit_range(&selector.groups, from, end, &mut |labels, samples| {
                 debug_assert!(
                     previous
                         .replace(labels.clone())

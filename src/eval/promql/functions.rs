@@ -12,14 +12,14 @@
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
 
-use super::EvalError;
 use super::engine::{Engine, Vector};
 use super::go_time;
 use super::source::SeriesSource;
 use super::value::{
-    METRIC_NAME, Value, drop_metric_name, ensure_unique, go_max, go_min, kahan_sum_inc, quantile,
-    set_label, valid_label_name,
+    METRIC_NAME, Value, drop_metric_name, ensure_unique, go_max, go_min, kahan_inc, kahan_sum_inc,
+    quantile, set_label, valid_label_name,
 };
+use super::{EvalError, Semantics};
 use crate::ingest::Sample;
 use crate::labels::{Labels, LabelsMap};
 
@@ -167,6 +167,7 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
         "label_replace" => {
             let input = engine.eval_vector(arg(0)?, ts)?;
             let out = label_replace(
+                engine.semantics(),
                 input,
                 string_arg(arg(1)?)?,
                 string_arg(arg(2)?)?,
@@ -183,7 +184,13 @@ pub(super) fn eval<S: SeriesSource + ?Sized>(
                 .skip(3)
                 .map(|a| string_arg(a))
                 .collect::<Result<Vec<_>, _>>()?;
-            let out = label_join(input, string_arg(arg(1)?)?, string_arg(arg(2)?)?, &sources)?;
+            let out = label_join(
+                engine.semantics(),
+                input,
+                string_arg(arg(1)?)?,
+                string_arg(arg(2)?)?,
+                &sources,
+            )?;
             ensure_unique(&out)?;
             Ok(Value::Vector(out))
         }
@@ -306,19 +313,19 @@ fn date_part(name: &str, seconds: i64) -> f64 {
 /// the value of `src`, `dst` is set to the expanded `replacement` (removed if that is
 /// empty); other elements pass unchanged. The metric name stays.
 fn label_replace(
+    semantics: Semantics,
     input: Vector,
     dst: &str,
     replacement: &str,
     src: &str,
     regex: &str,
 ) -> Result<Vector, EvalError> {
-    let re = regex::Regex::new(&format!("^(?:{})$", super::go_regex::go_compatible(regex)))
-        .map_err(|_| {
-            EvalError::Function(format!(
-                "invalid regular expression in label_replace(): {regex}"
-            ))
-        })?;
-    if !valid_label_name(dst) {
+    let re = regex::Regex::new(&super::go_regex::anchored(regex, semantics)).map_err(|_| {
+        EvalError::Function(format!(
+            "invalid regular expression in label_replace(): {regex}"
+        ))
+    })?;
+    if !valid_label_name(dst, semantics) {
         return Err(EvalError::Function(format!(
             "invalid destination label name in label_replace(): {dst}"
         )));
@@ -343,17 +350,18 @@ fn label_replace(
 /// `label_join(v, dst, separator, src...)`: `dst` set to the `src` values joined by
 /// `separator` (removed if that is empty). The metric name stays.
 fn label_join(
+    semantics: Semantics,
     input: Vector,
     dst: &str,
     separator: &str,
     sources: &[&str],
 ) -> Result<Vector, EvalError> {
-    if let Some(bad) = sources.iter().find(|s| !valid_label_name(s)) {
+    if let Some(bad) = sources.iter().find(|s| !valid_label_name(s, semantics)) {
         return Err(EvalError::Function(format!(
             "invalid source label name in label_join(): {bad}"
         )));
     }
-    if !valid_label_name(dst) {
+    if !valid_label_name(dst, semantics) {
         return Err(EvalError::Function(format!(
             "invalid destination label name in label_join(): {dst}"
         )));
@@ -424,6 +432,9 @@ fn range_function<S: SeriesSource + ?Sized>(
         },
         "holt_winters" | "double_exponential_smoothing" => {
             |p, _, [smoothing, trend]| holt_winters(p, smoothing, trend)
+        }
+        "avg_over_time" if engine.semantics() == Semantics::V3 => {
+            |p, _, _| Some(avg_over_time_kahan(p))
         }
         "avg_over_time" => |p, _, _| Some(avg_over_time(p)),
         "min_over_time" => |p, _, _| Some(min_over_time(p)),
@@ -551,6 +562,9 @@ pub(super) struct Window {
     /// The evaluation's time (not moved by `offset` or `@`): what `predict_linear`
     /// predicts from.
     pub eval_ms: i64,
+    /// Prometheus 2's or 3's PromQL (3 caps a counter's extrapolation to its start
+    /// before cutting it at zero, 2 after).
+    pub semantics: Semantics,
 }
 
 /// Prometheus's `extrapolatedRate`, behind `rate`, `increase` and `delta`: the change
@@ -583,6 +597,12 @@ pub(super) fn extrapolated_rate(
     let sampled_interval = (last.timestamp_ms - first.timestamp_ms) as f64 / 1000.0;
     let average_between = sampled_interval / (points.len() - 1) as f64;
 
+    let threshold = average_between * 1.1;
+    // Prometheus 3 first caps the extrapolation to the start at half an interval, then
+    // cuts it where the counter would reach zero; 2.x cuts first, then caps.
+    if window.semantics == Semantics::V3 && duration_to_start >= threshold {
+        duration_to_start = average_between / 2.0;
+    }
     if is_counter && result > 0.0 && first.value >= 0.0 {
         // A counter starts at zero: extrapolating further back would invent negative
         // values.
@@ -592,7 +612,6 @@ pub(super) fn extrapolated_rate(
         }
     }
 
-    let threshold = average_between * 1.1;
     let mut extrapolate_to = sampled_interval;
     extrapolate_to += if duration_to_start < threshold {
         duration_to_start
@@ -666,6 +685,36 @@ fn avg_over_time(points: &[Sample]) -> f64 {
         mean += v / count - mean / count;
     }
     mean
+}
+
+/// Prometheus 3's `avg_over_time`: a Kahan-compensated sum divided by the count, or,
+/// once that sum overflows, an incremental mean with compensation.
+fn avg_over_time_kahan(points: &[Sample]) -> f64 {
+    let Some((first, rest)) = points.split_first() else {
+        return f64::NAN;
+    };
+    let (mut sum, mut count, mut mean, mut c) = (first.value, 1.0, 0.0, 0.0);
+    let mut incremental = false;
+    for p in rest {
+        count += 1.0;
+        if !incremental {
+            let (new_sum, new_c) = kahan_inc(p.value, sum, c);
+            if !new_sum.is_infinite() {
+                (sum, c) = (new_sum, new_c);
+                continue;
+            }
+            incremental = true;
+            mean = sum / (count - 1.0);
+            c /= count - 1.0;
+        }
+        let q = (count - 1.0) / count;
+        (mean, c) = kahan_inc(p.value / count, q * mean, q * c);
+    }
+    if incremental {
+        mean + c
+    } else {
+        sum / count + c / count
+    }
 }
 
 fn min_over_time(points: &[Sample]) -> f64 {

@@ -9,11 +9,16 @@
 //! Also rewritten, inside brackets, is what the `regex` crate reads differently from Go:
 //! a `[` that opens no `[:class:]` (a nested class to the crate, a literal to Go) and the
 //! `&` and `~` of the crate's class set operations (`&&`, `~~`).
+//!
+//! Under Prometheus 3's semantics `.` also matches a newline, as Prometheus 3 anchors
+//! every regex as `^(?s:...)$` (2.x: `^(?:...)$`).
 
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::Expr;
 use promql_parser::util::visitor::{ExprVisitorMut, walk_expr_mut};
 use regex::Regex;
+
+use super::Semantics;
 
 /// Go's `\d`, `\w` and `\s` as the bracket contents they stand for (`\s` is
 /// `[\t\n\f\r ]`: RE2 leaves out the vertical tab).
@@ -115,10 +120,21 @@ pub(super) fn go_compatible(pattern: &str) -> String {
     out
 }
 
-/// Recompiles every regex matcher of `expr` with [`go_compatible`]. A pattern the
-/// rewrite would break (none should) keeps the parser's compilation.
-pub(super) fn go_matchers(expr: &mut Expr) {
-    struct Rewrite;
+/// `pattern` (the text between the anchors) as a fully anchored regex with Go's meaning
+/// under `semantics`: Prometheus 3 lets `.` match a newline (`^(?s:...)$`), 2 does not.
+pub(super) fn anchored(pattern: &str, semantics: Semantics) -> String {
+    let flags = match semantics {
+        Semantics::V2 => "?:",
+        Semantics::V3 => "?s:",
+    };
+    format!("^({flags}{})$", go_compatible(pattern))
+}
+
+/// Recompiles every regex matcher of `expr` with [`go_compatible`], and under Prometheus
+/// 3's semantics with `.` matching a newline. A pattern the rewrite would break (none
+/// should) keeps the parser's compilation.
+pub(super) fn go_matchers(expr: &mut Expr, semantics: Semantics) {
+    struct Rewrite(Semantics);
     impl ExprVisitorMut for Rewrite {
         type Error = std::convert::Infallible;
         fn pre_visit(&mut self, expr: &mut Expr) -> Result<bool, Self::Error> {
@@ -140,24 +156,31 @@ pub(super) fn go_matchers(expr: &mut Expr) {
                 .iter_mut()
                 .chain(matchers.or_matchers.iter_mut().flatten())
             {
-                rewrite(m);
+                rewrite(m, self.0);
             }
             Ok(true)
         }
     }
-    fn rewrite(m: &mut Matcher) {
+    fn rewrite(m: &mut Matcher, semantics: Semantics) {
         let re = match &mut m.op {
             MatchOp::Re(re) | MatchOp::NotRe(re) => re,
             MatchOp::Equal | MatchOp::NotEqual => return,
         };
-        let pattern = go_compatible(re.as_str());
+        // The parser anchors the pattern as `^(?:...)$` (escaping a `{` that opens no
+        // repetition, as Go reads it); only the group's flags change here.
+        let mut pattern = go_compatible(re.as_str());
+        if semantics == Semantics::V3
+            && let Some(inner) = pattern.strip_prefix("^(?:")
+        {
+            pattern = format!("^(?s:{inner}");
+        }
         if pattern != re.as_str()
             && let Ok(compiled) = Regex::new(&pattern)
         {
             *re = compiled;
         }
     }
-    let _ = walk_expr_mut(&mut Rewrite, expr);
+    let _ = walk_expr_mut(&mut Rewrite(semantics), expr);
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! PromQL evaluation over in-memory series: a pure, deterministic engine that gives the
-//! same answers as Prometheus 2.42's instant queries: selectors with `offset` and `@`,
-//! subqueries, every function but the native-histogram ones, every aggregation,
-//! arithmetic, comparison and set operators with one-to-one and many-to-one matching.
+//! same answers as Prometheus's instant queries, 3.x's or 2.x's ([`Semantics`]):
+//! selectors with `offset` and `@`, subqueries, every function but the native-histogram
+//! ones, every aggregation, arithmetic, comparison and set operators with one-to-one and
+//! many-to-one matching.
 //! Series come from a [`SeriesSource`]; nothing here reads a clock, does I/O or keeps
 //! state between evaluations.
 //!
 //! [`check`] walks an expression once at load time and names the first part the engine
 //! cannot evaluate, so a rule is reported invalid when it is loaded, not when it first
-//! runs. `tests/integration/promql_oracle.rs` compares the engine with a real Prometheus.
+//! runs. `tests/integration/promql_oracle.rs` compares the engine with a real Prometheus
+//! 2.42, `tests/integration/promqltest.rs` with Prometheus 3.14's `.test` files.
 //!
 //! # `ml_forecast`
 //! promql-parser refuses unknown function names at parse time. [`parse`] registers
@@ -35,7 +37,7 @@ pub mod size;
 mod source;
 mod value;
 
-pub use check::check;
+pub use check::{check, check_with};
 pub use engine::evaluate;
 pub use size::{TooLarge, check_size};
 pub use source::{MemorySource, SeriesSamples, SeriesSource};
@@ -48,9 +50,66 @@ use promql_parser::parser::{Expr, Function, register_extra_functions, value::Val
 /// The name of the forecast pseudo-function that rules may wrap an expression in.
 pub const ML_FORECAST: &str = "ml_forecast";
 
+/// Which Prometheus's PromQL an expression means (`--promql-semantics`). The two differ
+/// where Prometheus 3 changed PromQL (its migration guide, "PromQL"):
+/// - range selectors, subquery ranges and the lookback of instant selectors: closed,
+///   `[t - range, t]`, under 2; left-open, `(t - range, t]`, under 3 (a sample exactly at
+///   `t - range` is left out);
+/// - the `.` of a regular expression (matchers, `label_replace`) matches a newline under
+///   3 only;
+/// - `holt_winters` is refused under 3, where Prometheus 3 knows it only as
+///   `double_exponential_smoothing`; both names are accepted under 2;
+/// - `sum`, `avg`, `sum_over_time` and `avg_over_time` add with Kahan compensation under
+///   3 (Prometheus 2.50 and later), plainly under 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Semantics {
+    /// Prometheus 2.x, as checked against Prometheus 2.42.
+    V2,
+    /// Prometheus 3.x, as checked against Prometheus 3.14's own test files.
+    #[default]
+    V3,
+}
+
+impl Semantics {
+    /// The first sample time a window ending at `end_ms` and reaching `range_ms` back
+    /// leaves out: everything after it is in (the source's start is exclusive).
+    pub fn range_start_exclusive(self, end_ms: i64, range_ms: i64) -> i64 {
+        let start = end_ms.saturating_sub(range_ms);
+        match self {
+            Semantics::V2 => start.saturating_sub(1),
+            Semantics::V3 => start,
+        }
+    }
+}
+
+impl std::str::FromStr for Semantics {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "2" => Ok(Semantics::V2),
+            "3" => Ok(Semantics::V3),
+            other => Err(format!(
+                "{other:?} is no PromQL semantics: 3 (Prometheus 3.x, the default) or 2 (Prometheus 2.x)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Semantics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Semantics::V2 => "2",
+            Semantics::V3 => "3",
+        })
+    }
+}
+
 /// Options of one evaluation.
 #[derive(Debug, Clone, Copy)]
 pub struct EvalOptions {
+    /// Prometheus 2's or 3's PromQL.
+    pub semantics: Semantics,
     /// How far back an instant selector looks for a series' newest sample
     /// (Prometheus's `--query.lookback-delta`, 5 minutes by default).
     pub lookback_ms: i64,
@@ -62,6 +121,7 @@ pub struct EvalOptions {
 impl Default for EvalOptions {
     fn default() -> Self {
         Self {
+            semantics: Semantics::default(),
             lookback_ms: 5 * 60 * 1000,
             subquery_step_ms: 60 * 1000,
         }
@@ -146,14 +206,21 @@ pub fn register_functions() {
     });
 }
 
-/// Parses PromQL text, with `ml_forecast` and `holt_winters` known to the parser, and
-/// regex matchers compiled with Go's meaning (see [`go_regex`]). Text over the size
-/// limits ([`check_size`]) is refused before the parser sees it.
+/// Parses PromQL text with Prometheus 3's meaning: see [`parse_with`].
 pub fn parse(text: &str) -> Result<Expr, String> {
+    parse_with(text, Semantics::default())
+}
+
+/// Parses PromQL text, with `ml_forecast` and `holt_winters` known to the parser, and
+/// regex matchers compiled with Go's meaning under `semantics` (see [`go_regex`]). Text
+/// over the size limits ([`check_size`]) is refused before the parser sees it.
+/// `holt_winters` parses under both semantics; [`check_with`] refuses it under 3, with
+/// the reason.
+pub fn parse_with(text: &str, semantics: Semantics) -> Result<Expr, String> {
     check_size(text).map_err(|too_large| format!("the expression is {too_large}"))?;
     register_functions();
     let mut expr = promql_parser::parser::parse(text)?;
-    go_regex::go_matchers(&mut expr);
+    go_regex::go_matchers(&mut expr, semantics);
     Ok(expr)
 }
 

@@ -24,8 +24,9 @@ pub trait SeriesSource {
     /// left out or returned empty. A label a series lacks matches as the empty string.
     ///
     /// Prometheus 2.x ranges are closed, `[t - range, t]` (and `[t - lookback, t]` for
-    /// instant selectors), so the engine asks for `start_ms = t - range - 1`: a source
-    /// backed by windows must keep samples from `t - range` inclusive.
+    /// instant selectors), so under 2.x's semantics the engine asks for
+    /// `start_ms = t - range - 1`: a source backed by windows must keep samples from
+    /// `t - range` inclusive. Prometheus 3.x's are left-open: `start_ms = t - range`.
     fn select(&self, matchers: &[Vec<Matcher>], start_ms: i64, end_ms: i64) -> Vec<SeriesSamples>;
 
     /// Calls `visit` with each series [`Self::select`] returns, in label order (see

@@ -22,9 +22,25 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
     Labels::from_pairs(pairs.iter().copied())
 }
 
+/// Evaluates under Prometheus 2's semantics, which most of these tests pin down (3's
+/// differences have tests of their own, and Prometheus 3's test files run in
+/// `tests/integration/promqltest.rs`).
 fn eval(source: &MemorySource, text: &str, at_ms: i64) -> Result<Value, EvalError> {
-    let expr = parse(text).unwrap();
-    evaluate(&expr, at_ms, source, &EvalOptions::default())
+    eval_with(source, text, at_ms, Semantics::V2)
+}
+
+fn eval_with(
+    source: &MemorySource,
+    text: &str,
+    at_ms: i64,
+    semantics: Semantics,
+) -> Result<Value, EvalError> {
+    let expr = parse_with(text, semantics).unwrap();
+    let opts = EvalOptions {
+        semantics,
+        ..EvalOptions::default()
+    };
+    evaluate(&expr, at_ms, source, &opts)
 }
 
 /// The vector's elements sorted by their labels' text, for comparisons.
@@ -50,6 +66,7 @@ fn window(start_ms: i64, end_ms: i64) -> Window {
         end_ms,
         range_seconds: (end_ms - start_ms) as f64 / 1000.0,
         eval_ms: end_ms,
+        semantics: Semantics::V2,
     }
 }
 
@@ -676,4 +693,119 @@ fn every_function_check_accepts_is_evaluated() {
             "{text}: {result:?}"
         );
     }
+}
+
+/// Prometheus 3's left-open ranges and lookback: a sample exactly at `t - range` (or
+/// `t - 5m`) is out under 3 and in under 2; subquery steps at `t - range` likewise.
+#[test]
+fn prometheus_3_ranges_and_lookback_are_left_open() {
+    let mut source = MemorySource::default();
+    source.push(
+        labels(&[("__name__", "x")]),
+        (0..=10).map(|i| s(i * 60_000, i as f64)).collect(),
+    );
+    let at = 10 * 60_000;
+    for (text, v2, v3) in [
+        ("count_over_time(x[5m])", 6.0, 5.0),
+        ("count_over_time(x[1m:1m])", 2.0, 1.0),
+        ("min_over_time(x[5m])", 5.0, 6.0),
+    ] {
+        assert_eq!(
+            one(eval_with(&source, text, at, Semantics::V2)),
+            v2,
+            "{text}"
+        );
+        assert_eq!(
+            one(eval_with(&source, text, at, Semantics::V3)),
+            v3,
+            "{text}"
+        );
+    }
+    // The newest sample is 5 minutes old at 15m: still seen under 2, gone under 3.
+    let late = 15 * 60_000;
+    assert_eq!(one(eval_with(&source, "x", late, Semantics::V2)), 10.0);
+    assert_eq!(vector(eval_with(&source, "x", late, Semantics::V3)), []);
+}
+
+/// Prometheus 3's `.` matches a newline, in matchers and in `label_replace`; 2's does not.
+#[test]
+fn prometheus_3_regex_dot_matches_newline() {
+    let mut source = MemorySource::default();
+    source.push(
+        labels(&[("__name__", "x"), ("msg", "foo\nbar")]),
+        vec![s(0, 1.0)],
+    );
+    assert_eq!(
+        vector(eval_with(&source, r#"x{msg=~"foo.*"}"#, 0, Semantics::V2)),
+        []
+    );
+    assert_eq!(
+        one(eval_with(&source, r#"x{msg=~"foo.*"}"#, 0, Semantics::V3)),
+        1.0
+    );
+    let replace = r#"label_replace(x, "m", "$1", "msg", "(.*)")"#;
+    assert!(
+        vector(eval_with(&source, replace, 0, Semantics::V2))[0]
+            .0
+            .contains("msg=")
+    );
+    assert!(
+        !vector(eval_with(&source, replace, 0, Semantics::V2))[0]
+            .0
+            .contains("m=")
+    );
+    assert!(
+        vector(eval_with(&source, replace, 0, Semantics::V3))[0]
+            .0
+            .contains("m=")
+    );
+}
+
+/// `holt_winters` is refused under Prometheus 3's semantics with the new name given;
+/// UTF-8 label names are valid destinations there.
+#[test]
+fn prometheus_3_names() {
+    let mut source = MemorySource::default();
+    source.push(labels(&[("__name__", "x"), ("a", "1")]), vec![s(0, 1.0)]);
+    let err = eval_with(&source, "holt_winters(x[5m], 0.5, 0.5)", 0, Semantics::V3)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("double_exponential_smoothing"), "{err}");
+    assert!(eval_with(&source, "holt_winters(x[5m], 0.5, 0.5)", 0, Semantics::V2).is_ok());
+    let dotted = r#"label_replace(x, "service.name", "$1", "a", "(.*)")"#;
+    assert!(eval_with(&source, dotted, 0, Semantics::V2).is_err());
+    let Ok(Value::Vector(v)) = eval_with(&source, dotted, 0, Semantics::V3) else {
+        panic!("not a vector");
+    };
+    assert_eq!(v[0].0.get("service.name"), Some("1"));
+    // Quoted UTF-8 names select series (promql-parser 0.11 parses them).
+    source.push(
+        labels(&[("__name__", "my.metric"), ("label.name", "v")]),
+        vec![s(0, 2.0)],
+    );
+    assert_eq!(
+        one(eval_with(
+            &source,
+            r#"{"my.metric", "label.name"="v"}"#,
+            0,
+            Semantics::V3
+        )),
+        2.0
+    );
+}
+
+/// Prometheus 3's `topk`: a NaN k is an error in its own words, a k of -Inf gives
+/// nothing (2.x: an overflow error for both).
+#[test]
+fn prometheus_3_topk_parameters() {
+    let mut source = MemorySource::default();
+    source.push(labels(&[("__name__", "x")]), vec![s(0, 1.0)]);
+    let nan = eval_with(&source, "topk(NaN, x)", 0, Semantics::V3).unwrap_err();
+    assert_eq!(nan.to_string(), "Parameter value is NaN");
+    assert_eq!(
+        vector(eval_with(&source, "topk(-Inf, x)", 0, Semantics::V3)),
+        []
+    );
+    assert!(eval_with(&source, "topk(-Inf, x)", 0, Semantics::V2).is_err());
+    assert!(eval_with(&source, "topk(NaN, x)", 0, Semantics::V2).is_err());
 }

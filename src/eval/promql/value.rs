@@ -5,8 +5,8 @@
 
 use std::cmp::Ordering;
 
-use super::EvalError;
 use super::source::SeriesSamples;
+use super::{EvalError, Semantics};
 use crate::labels::Labels;
 
 /// The metric name label, which functions, arithmetic and aggregations drop.
@@ -62,14 +62,20 @@ pub(super) fn set_label(labels: &Labels, name: &str, value: Option<&str>) -> Lab
     Labels::from_pairs(pairs)
 }
 
-/// Whether `name` is a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`, Prometheus 2.x's
-/// `model.LabelName.IsValid`).
-pub(super) fn valid_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+/// Whether `name` is a valid label name: `[a-zA-Z_][a-zA-Z0-9_]*` in Prometheus 2.x,
+/// any non-empty UTF-8 text in 3.x (`model.LabelName.IsValid`).
+pub(super) fn valid_label_name(name: &str, semantics: Semantics) -> bool {
+    match semantics {
+        // Prometheus 3 accepts any UTF-8 name but the empty one.
+        Semantics::V3 => !name.is_empty(),
+        Semantics::V2 => {
+            let mut chars = name.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
+    }
 }
 
 /// Prometheus's order of label sets (`labels.Compare`): pair by pair, name then value,
@@ -131,6 +137,15 @@ pub(super) fn kahan_sum_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
         c + ((inc - t) + sum)
     };
     (t, c)
+}
+
+/// Prometheus 3's `kahansum.Inc`: [`kahan_sum_inc`], but a sum that became infinite
+/// drops its compensation (which would otherwise turn it into NaN).
+pub(super) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    if (sum + inc).is_infinite() {
+        return (sum + inc, 0.0);
+    }
+    kahan_sum_inc(inc, sum, c)
 }
 
 /// Prometheus's `quantile` over a set of values (the φ-quantile with linear
