@@ -1431,7 +1431,15 @@ mod tests {
         };
         let judge = |forecast: f64, x: f64| {
             with_forecast(forecast)
-                .judge(&spec, 50.0, 12, Sample { timestamp_ms: t, value: x })
+                .judge(
+                    &spec,
+                    50.0,
+                    12,
+                    Sample {
+                        timestamp_ms: t,
+                        value: x,
+                    },
+                )
                 .expect("a band")
         };
         // Near the mean and yesterday, 50 away from the forecast.
@@ -1463,7 +1471,15 @@ mod tests {
         let at = |i: i64| t0 + i * 300_000;
         let value = |i: i64| 50.0 + 10.0 * (i as f64 / 40.0).sin() + noise(i as u64);
         for i in 0..700 {
-            surprise.judge(&spec, 50.0, 12, Sample { timestamp_ms: at(i), value: value(i) });
+            surprise.judge(
+                &spec,
+                50.0,
+                12,
+                Sample {
+                    timestamp_ms: at(i),
+                    value: value(i),
+                },
+            );
         }
         let saved = surprise.save().unwrap();
         let json = serde_json::to_value(&saved).unwrap();
@@ -1472,7 +1488,10 @@ mod tests {
         }
         let mut restored = Surprise::load(&saved).unwrap();
         assert_eq!(restored.save().unwrap(), saved);
-        let next = Sample { timestamp_ms: at(700), value: value(700) };
+        let next = Sample {
+            timestamp_ms: at(700),
+            value: value(700),
+        };
         assert_eq!(
             restored.judge(&spec, 50.0, 12, next),
             surprise.clone().judge(&spec, 50.0, 12, next)
@@ -1488,7 +1507,9 @@ mod tests {
         assert_eq!(nearest.since, Some(t0 + SURPRISE_WARMUP_MS));
         assert_eq!(nearest.level, surprise.usual[Kind::Nearest as usize].level);
         assert!(nearest.room(at(700), 4.75).is_some());
-        let band = upgraded.judge(&spec, 50.0, 12, next).expect("the nearest surprise judges");
+        let band = upgraded
+            .judge(&spec, 50.0, 12, next)
+            .expect("the nearest surprise judges");
         for kind in [Kind::Mean, Kind::Forecast] {
             let usual = upgraded.usual[kind as usize];
             assert_eq!(usual.since, Some(at(700)), "{kind:?} learns from now");
