@@ -737,7 +737,7 @@ fn slot(at_ms: i64) -> usize {
 /// intersection, so the rules endpoint and the hysteresis see an ordinary band. After a
 /// run of surprises the band can have no width left: anything but the expected value is
 /// anomalous until the run calms down.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Surprise {
     usual: [Usual; 3],
     /// First and newest sample times (`None` before the first).
@@ -795,6 +795,21 @@ pub struct SavedUsual {
     spread_sq: u64,
     weight: u64,
     since: Option<i64>,
+}
+
+impl Default for Surprise {
+    fn default() -> Self {
+        Self {
+            usual: [Usual::default(); 3],
+            seen: None,
+            samples: 0,
+            // No level before the first value: the forecast starts at it, not at 0 (a
+            // level climbing from 0 for hours would leave its offset in the season).
+            forecast_level: f64::NAN,
+            day: None,
+            last_band: None,
+        }
+    }
 }
 
 impl Surprise {
@@ -1508,6 +1523,30 @@ mod tests {
                 "slot {at}: moved {every_minute} every minute, {every_five} every 5 minutes"
             );
         }
+    }
+
+    /// A fresh series' forecast starts at its first value (a level starting at 0 would
+    /// climb for hours and leave its offset in the season of the first day).
+    #[test]
+    fn the_forecast_starts_at_the_first_value() {
+        let spec = BandSpec {
+            algorithm: BandAlgorithm::Likelihood,
+            sensitivity: 3.0,
+            min_samples: 10,
+        };
+        let mut surprise = Surprise::default();
+        let t = 1_700_000_000_000_i64;
+        surprise.judge(
+            &spec,
+            100.0,
+            0,
+            Sample {
+                timestamp_ms: t,
+                value: 100.0,
+            },
+        );
+        assert_eq!(surprise.forecast_level, 100.0);
+        assert_eq!(surprise.day.as_ref().unwrap().season[slot(t)], 0.0);
     }
 
     /// The learnt state of all three surprises and the forecast is saved and restored
