@@ -574,12 +574,12 @@ pub const SURPRISE_WARMUP_MS: i64 = DAY_MS;
 
 /// The time constant of the forecast's level (Holt-Winters' exponential smoothing,
 /// additive daily season): an hour, as the detection window's default. Measured on NAB
-/// (standard profile): 70.1 at 30 minutes, 74.3 at 1 hour, 72.9 at 2 hours.
+/// (standard profile, in the replica): 70.1 at 30 minutes, 74.3 at 1 hour, 72.9 at 2 hours.
 const FORECAST_LEVEL_MS: i64 = 3_600_000;
 
 /// How far a day's value in a slot of the day moves the forecast's season there towards
 /// what the series did: 0.2, about the last five days weighed. Measured on NAB
-/// (standard profile): 73.0 at 0.1, 74.3 at 0.2, 74.6 at 0.3. A value less than a day
+/// (standard profile, in the replica): 73.0 at 0.1, 74.3 at 0.2, 74.6 at 0.3. A value less than a day
 /// after the slot's previous one moves it in proportion (a 15-second series visits
 /// each 5-minute slot 20 times a day), so that days weigh the same whatever the scrape
 /// interval.
