@@ -5,12 +5,13 @@
 //! a z-score's history summed as it slides through a window.
 //!
 //! `likelihood` ([`Surprise`]) judges how surprising the series has been lately rather
-//! than one value: Numenta's anomaly likelihood over a simple predictor. Each value's
-//! surprise is its distance from what was expected (the mean of the detection window,
-//! or the value one day earlier when that is closer: a daily pattern is no surprise);
-//! the mean surprise of the last [`SURPRISE_RUN`] values is compared with its own usual
-//! level and spread, learnt over days. Chosen by measurement on the NAB benchmark
-//! (`cargo bench --bench detection`, see the README).
+//! than one value: Numenta's anomaly likelihood over three simple predictors. Each
+//! value's surprises are its distances from what was expected: the mean of the detection
+//! window or the value one day earlier, whichever is closer (a daily pattern is no
+//! surprise); the mean alone; and a Holt-Winters forecast with a daily season. The mean
+//! of each over the last [`SURPRISE_RUN`] values is compared with its own usual level and
+//! spread, learnt over days; any one far enough above trips. Chosen by measurement on the
+//! NAB benchmark (`cargo bench --bench detection`, see the README).
 
 use crate::ingest::Sample;
 use crate::window::SeriesWindow;
@@ -543,21 +544,22 @@ impl RunningBands {
 /// diluted, a run of them (a level shift, a burst) adds up. Numenta's choice.
 pub const SURPRISE_RUN: usize = 10;
 
-/// The time over which the usual level and spread of the mean surprise are learnt: the
+/// The time over which the usual level and spread of each mean surprise are learnt: the
 /// time constant of their exponentially weighted mean and variance, 5 days. Memory is
 /// then O(1) per series, whatever the scrape interval. A shorter one lets the usual
-/// spread follow incidents: NAB standard score, in the Python replica of this detector
-/// used to choose it, 65.8 at 2 days, 67.9 at 3.5, 69.6 at 5, 69.0 at 7 (and 69.9 for
-/// a plain 7-day window, which would hold every value).
+/// spread follow incidents: NAB standard score, in the Python replica of the first,
+/// single-surprise version of this detector, 65.8 at 2 days, 67.9 at 3.5, 69.6 at 5,
+/// 69.0 at 7 (and 69.9 for a plain 7-day window, which would hold every value); with
+/// three surprises (Rust replica), 71.9 at 3 days, 73.3 at 5, 73.5 at 10.
 pub const SURPRISE_MEMORY_MS: i64 = 5 * DAY_MS;
 
-/// Standard deviations of the mean surprise per unit of sensitivity: the default 3
-/// flags a mean surprise 4σ above its usual level. Surprises are distances, so their
-/// mean has a long right tail, and 3σ of it is passed several times as often as a
-/// z-score's 3σ by normal data: on NAB, 3σ scored 60.5 (standard profile) with 9 false
-/// trips on the files without anomalies, 4σ 68.8 with none (`cargo bench --bench
-/// detection`). With this scale one sensitivity means about as rare for all bands.
-pub const SURPRISE_SIGMAS_PER_SENSITIVITY: f64 = 4.0 / 3.0;
+/// Standard deviations of a mean surprise per unit of sensitivity: the default 3 flags
+/// a mean surprise 4.75σ above its usual level. Surprises are distances, so their mean
+/// has a long right tail, and 3σ of it is passed several times as often as a z-score's
+/// 3σ by normal data. Measured on NAB (standard profile, three surprises, Rust replica
+/// of this detector): 73.3 at 4.5σ, 74.3 at 4.75σ, 74.4 at 5σ, 68.4 at 5.25σ (fewer
+/// incidents found); 4.75σ is the middle of the plateau, not its edge.
+pub const SURPRISE_SIGMAS_PER_SENSITIVITY: f64 = 4.75 / 3.0;
 
 /// How long a silent series keeps its likelihood state (and window): two days, so
 /// that a scrape outage or a slow series (one sample an hour, or less often) resumes
@@ -570,29 +572,45 @@ pub const SURPRISE_KEEP_MS: i64 = 2 * DAY_MS;
 /// start a day later: no verdict in a series' first two days.
 pub const SURPRISE_WARMUP_MS: i64 = DAY_MS;
 
+/// The time constant of the forecast's level (Holt-Winters' exponential smoothing,
+/// additive daily season): an hour, as the detection window's default. Measured on NAB
+/// (standard profile, in the replica): 70.1 at 30 minutes, 74.3 at 1 hour, 72.9 at 2 hours.
+const FORECAST_LEVEL_MS: i64 = 3_600_000;
+
+/// How far a day's value in a slot of the day moves the forecast's season there towards
+/// what the series did: 0.2, about the last five days weighed. Measured on NAB
+/// (standard profile, in the replica): 73.0 at 0.1, 74.3 at 0.2, 74.6 at 0.3. A value less than a day
+/// after the slot's previous one moves it in proportion (a 15-second series visits
+/// each 5-minute slot 20 times a day), so that days weigh the same whatever the scrape
+/// interval.
+const FORECAST_SEASON_GAIN: f64 = 0.2;
+
 const DAY_MS: i64 = 86_400_000;
 
 /// The daily pattern is kept as the newest value in each slot of this length: 288
 /// slots a day, so the lookup "one day earlier" is within 5 minutes whatever the scrape
-/// interval, in a fixed 4.5 KiB per series.
+/// interval, in a fixed 4.5 KiB per series (and the forecast's season, 2.25 KiB).
 const PROFILE_SLOT_MS: i64 = 300_000;
 const PROFILE_SLOTS: usize = (DAY_MS / PROFILE_SLOT_MS) as usize;
 
-/// One series' surprise state for a `likelihood` band: the last [`SURPRISE_RUN`] − 1
-/// surprises, the usual level and spread of their mean, and the series' last day (one
-/// value per 5-minute slot).
-///
-/// A value `x` is judged by its surprise `s(x) = min(|x − mean|, |x − a day earlier|)`
-/// (the mean of the detection window before it; the second term only when the slot a
-/// day earlier holds a value). It is anomalous when the mean surprise of the last run,
-/// `(Σ previous + s(x)) / run`, exceeds the usual level by more than `sensitivity`
-/// standard deviations of it. Solving for `x` gives the band: around the window's
-/// mean (or the value a day earlier, whichever `x` is nearer) ± what the run leaves for
-/// `s(x)`, so the rules endpoint and the hysteresis see an ordinary band. After a run of
-/// surprises the band can have no width left: anything but the expected value is
-/// anomalous until the run calms down.
-#[derive(Debug, Clone, Default)]
-pub struct Surprise {
+/// The three surprises a value is judged by, each against its own usual level: how far
+/// it is from the detection window's mean or from the value a day earlier, whichever is
+/// nearer (a daily pattern is no surprise); from the window's mean alone (a day that
+/// does not repeat the day before, such as a jump that does not come, is one); and from
+/// a Holt-Winters forecast (a level smoothed over an hour plus a daily season averaged
+/// over days: less noisy than one day's value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Nearest = 0,
+    Mean = 1,
+    Forecast = 2,
+}
+
+const KINDS: [Kind; 3] = [Kind::Nearest, Kind::Mean, Kind::Forecast];
+
+/// One surprise's recent run and the usual level and spread of its mean.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Usual {
     recent: [f64; SURPRISE_RUN - 1],
     /// How many of `recent` are filled, and where the next goes.
     filled: usize,
@@ -606,19 +624,139 @@ pub struct Surprise {
     level: f64,
     spread_sq: f64,
     weight: f64,
+    /// When this surprise began to be learnt (`None` before): it judges a day later.
+    since: Option<i64>,
+}
+
+impl Usual {
+    fn previous(&self) -> f64 {
+        self.recent[..self.filled].iter().sum()
+    }
+
+    /// How much surprise a value at `t` may carry before the run's mean passes the
+    /// usual level by `sigmas` standard deviations; `None` before a day of learning.
+    /// None left after a burst.
+    fn room(&self, t: i64, sigmas: f64) -> Option<f64> {
+        let since = self.since?;
+        if t.saturating_sub(since) < SURPRISE_WARMUP_MS || self.weight <= 0.0 {
+            return None;
+        }
+        let variance = (self.spread_sq / self.weight).max(0.0);
+        let limit = self.level + sigmas * variance.sqrt();
+        let run = (self.filled + 1) as f64;
+        Some((run * limit.max(self.level) - self.previous()).max(0.0))
+    }
+
+    /// Adds a value's surprise `s` to the run, and (when `learning`) its run's mean to
+    /// the usual level and spread, older ones decayed by `dt` since the last value (so
+    /// that days count the same for a 5-minute and a 15-second series).
+    fn learn(&mut self, s: f64, t: i64, dt: f64, learning: bool) {
+        if !s.is_finite() {
+            return;
+        }
+        let mean = (self.previous() + s) / (self.filled + 1) as f64;
+        if learning && mean.is_finite() {
+            self.since.get_or_insert(t);
+            let decay = (-dt / SURPRISE_MEMORY_MS as f64).exp();
+            let before = self.level;
+            self.weight = decay * self.weight + 1.0;
+            self.level = before + (mean - before) / self.weight;
+            self.spread_sq = decay * self.spread_sq + (mean - before) * (mean - self.level);
+        }
+        self.recent[self.next] = s;
+        self.next = (self.next + 1) % self.recent.len();
+        self.filled = (self.filled + 1).min(self.recent.len());
+    }
+
+    fn save(&self) -> SavedUsual {
+        SavedUsual {
+            recent: self.recent.iter().map(|v| v.to_bits()).collect(),
+            filled: self.filled,
+            next: self.next,
+            level: self.level.to_bits(),
+            spread_sq: self.spread_sq.to_bits(),
+            weight: self.weight.to_bits(),
+            since: self.since,
+        }
+    }
+
+    /// The saved state, checked: anything out of range (a tampered file) is `None`.
+    fn load(saved: &SavedUsual) -> Option<Usual> {
+        let mut recent = [0.0; SURPRISE_RUN - 1];
+        if saved.recent.len() != recent.len()
+            || saved.filled > recent.len()
+            || saved.next >= recent.len()
+        {
+            return None;
+        }
+        for (r, bits) in recent.iter_mut().zip(&saved.recent) {
+            *r = f64::from_bits(*bits);
+        }
+        Some(Usual {
+            recent,
+            filled: saved.filled,
+            next: saved.next,
+            level: f64::from_bits(saved.level),
+            spread_sq: f64::from_bits(saved.spread_sq),
+            weight: f64::from_bits(saved.weight),
+            since: saved.since,
+        })
+    }
+}
+
+/// A series' last day: the newest sample in each 5-minute slot (the value "a day
+/// earlier"), and the forecast's season there (NaN before the slot is first visited).
+#[derive(Debug, Clone)]
+struct Day {
+    last: [(i64, f64); PROFILE_SLOTS],
+    season: [f64; PROFILE_SLOTS],
+}
+
+impl Day {
+    fn empty() -> Box<Day> {
+        Box::new(Day {
+            last: [(i64::MIN, 0.0); PROFILE_SLOTS],
+            season: [f64::NAN; PROFILE_SLOTS],
+        })
+    }
+}
+
+fn slot(at_ms: i64) -> usize {
+    (at_ms.div_euclid(PROFILE_SLOT_MS) as usize) % PROFILE_SLOTS
+}
+
+/// One series' surprise state for a `likelihood` band: each surprise's run and usual
+/// level ([`Kind`]), the series' last day (one value per 5-minute slot) and its
+/// forecast (level and daily season).
+///
+/// A value `x` is anomalous when, for any of the three surprises `s(x)`, the mean of
+/// the last run, `(Σ previous + s(x)) / run`, exceeds that surprise's usual level by
+/// more than `sensitivity` × [`SURPRISE_SIGMAS_PER_SENSITIVITY`] standard deviations
+/// of it. Solving each for `x` gives an interval (around the window's mean, the value a
+/// day earlier, or the forecast, ± what the run leaves for `s(x)`); the band is their
+/// intersection, so the rules endpoint and the hysteresis see an ordinary band. After a
+/// run of surprises the band can have no width left: anything but the expected value is
+/// anomalous until the run calms down.
+#[derive(Debug, Clone)]
+pub struct Surprise {
+    usual: [Usual; 3],
     /// First and newest sample times (`None` before the first).
     seen: Option<(i64, i64)>,
     /// Values seen: no band before the rule's `minSamples` (the detection window itself
     /// may hold a single value of an hourly series).
     samples: usize,
-    /// Per 5-minute slot of the day: the newest sample in it (time, value).
-    profile: Option<Box<[(i64, f64); PROFILE_SLOTS]>>,
+    /// The forecast's level (NaN before the first value).
+    forecast_level: f64,
+    day: Option<Box<Day>>,
     /// The band the latest value was judged against, for the rules endpoint.
     last_band: Option<Band>,
 }
 
 /// A [`Surprise`] as saved across a restart (`--state-dir`): floats as their bits, so
-/// that the restored state is the saved one exactly; the daily profile's filled slots.
+/// that the restored state is the saved one exactly; the filled slots of the day. The
+/// nearest-value surprise's fields are at the top level, where files from before the
+/// other two surprises have them; those files restore it, and the other two learn
+/// afresh (a day before they judge).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SavedSurprise {
@@ -632,56 +770,125 @@ pub struct SavedSurprise {
     samples: usize,
     /// `(slot, time, value bits)` of the slots holding a value.
     profile: Vec<(usize, i64, u64)>,
+    /// When the nearest-value surprise began to be learnt (absent from older files: a
+    /// day after the first sample, as it always was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<i64>,
+    /// The window-mean and forecast surprises (absent from older files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    others: Vec<SavedUsual>,
+    /// The forecast's level, and `(slot, bits)` of its season's visited slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    forecast_level: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    season: Vec<(usize, u64)>,
+}
+
+/// One surprise's [`Usual`] as saved.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedUsual {
+    recent: Vec<u64>,
+    filled: usize,
+    next: usize,
+    level: u64,
+    spread_sq: u64,
+    weight: u64,
+    since: Option<i64>,
+}
+
+impl Default for Surprise {
+    fn default() -> Self {
+        Self {
+            usual: [Usual::default(); 3],
+            seen: None,
+            samples: 0,
+            // No level before the first value: the forecast starts at it, not at 0 (a
+            // level climbing from 0 for hours would leave its offset in the season).
+            forecast_level: f64::NAN,
+            day: None,
+            last_band: None,
+        }
+    }
 }
 
 impl Surprise {
     fn save(&self) -> Option<SavedSurprise> {
         self.seen?;
+        let nearest = self.usual[Kind::Nearest as usize].save();
+        let day = self.day.as_deref();
         Some(SavedSurprise {
-            recent: self.recent.iter().map(|v| v.to_bits()).collect(),
-            filled: self.filled,
-            next: self.next,
-            level: self.level.to_bits(),
-            spread_sq: self.spread_sq.to_bits(),
-            weight: self.weight.to_bits(),
+            recent: nearest.recent,
+            filled: nearest.filled,
+            next: nearest.next,
+            level: nearest.level,
+            spread_sq: nearest.spread_sq,
+            weight: nearest.weight,
             seen: self.seen,
             samples: self.samples,
-            profile: self
-                .profile
+            profile: day
                 .iter()
-                .flat_map(|p| p.iter().enumerate())
+                .flat_map(|d| d.last.iter().enumerate())
                 .filter(|(_, (t, _))| *t != i64::MIN)
                 .map(|(slot, (t, v))| (slot, *t, v.to_bits()))
+                .collect(),
+            since: nearest.since,
+            others: [Kind::Mean, Kind::Forecast]
+                .iter()
+                .map(|k| self.usual[*k as usize].save())
+                .collect(),
+            forecast_level: self
+                .forecast_level
+                .is_finite()
+                .then(|| self.forecast_level.to_bits()),
+            season: day
+                .iter()
+                .flat_map(|d| d.season.iter().enumerate())
+                .filter(|(_, s)| !s.is_nan())
+                .map(|(slot, s)| (slot, s.to_bits()))
                 .collect(),
         })
     }
 
     /// The saved state, checked: anything out of range (a tampered file) starts afresh.
     fn load(saved: &SavedSurprise) -> Option<Surprise> {
-        let mut recent = [0.0; SURPRISE_RUN - 1];
-        if saved.recent.len() != recent.len()
-            || saved.filled > recent.len()
-            || saved.next >= recent.len()
-        {
-            return None;
-        }
-        for (r, bits) in recent.iter_mut().zip(&saved.recent) {
-            *r = f64::from_bits(*bits);
-        }
-        let mut profile = Box::new([(i64::MIN, 0.0); PROFILE_SLOTS]);
-        for &(slot, t, bits) in &saved.profile {
-            *profile.get_mut(slot)? = (t, f64::from_bits(bits));
-        }
-        Some(Surprise {
-            recent,
+        let mut nearest = Usual::load(&SavedUsual {
+            recent: saved.recent.clone(),
             filled: saved.filled,
             next: saved.next,
-            level: f64::from_bits(saved.level),
-            spread_sq: f64::from_bits(saved.spread_sq),
-            weight: f64::from_bits(saved.weight),
+            level: saved.level,
+            spread_sq: saved.spread_sq,
+            weight: saved.weight,
+            since: saved.since,
+        })?;
+        if nearest.since.is_none() && nearest.weight > 0.0 {
+            // A file from before `since` was saved: learning began a day in.
+            nearest.since = saved
+                .seen
+                .map(|(first, _)| first.saturating_add(SURPRISE_WARMUP_MS));
+        }
+        let mut usual = [nearest, Usual::default(), Usual::default()];
+        match saved.others.as_slice() {
+            [] => {}
+            [mean, forecast] => {
+                usual[Kind::Mean as usize] = Usual::load(mean)?;
+                usual[Kind::Forecast as usize] = Usual::load(forecast)?;
+            }
+            _ => return None,
+        }
+        let mut day = Day::empty();
+        for &(slot, t, bits) in &saved.profile {
+            *day.last.get_mut(slot)? = (t, f64::from_bits(bits));
+        }
+        for &(slot, bits) in &saved.season {
+            *day.season.get_mut(slot)? = f64::from_bits(bits);
+        }
+        Some(Surprise {
+            usual,
             seen: saved.seen,
             samples: saved.samples,
-            profile: Some(profile),
+            forecast_level: saved.forecast_level.map_or(f64::NAN, f64::from_bits),
+            day: Some(day),
             last_band: None,
         })
     }
@@ -704,65 +911,105 @@ impl Surprise {
         } else {
             x
         };
-        let profile = self
-            .profile
-            .get_or_insert_with(|| Box::new([(i64::MIN, 0.0); PROFILE_SLOTS]));
-        let slot = |at: i64| (at.div_euclid(PROFILE_SLOT_MS) as usize) % PROFILE_SLOTS;
+        let day = self.day.get_or_insert_with(Day::empty);
         let day_ago = t.saturating_sub(DAY_MS);
-        let (then_ms, then) = profile[slot(day_ago)];
+        let (then_ms, then) = day.last[slot(day_ago)];
         let yesterday =
             (then_ms != i64::MIN && (then_ms - day_ago).abs() <= PROFILE_SLOT_MS).then_some(then);
-        let surprise = |v: f64| {
-            let now = (v - expected).abs();
-            yesterday.map_or(now, |y| now.min((v - y).abs()))
-        };
-        let s = surprise(x);
-        let previous: f64 = self.recent[..self.filled].iter().sum();
-        let run = (self.filled + 1) as f64;
-        let mean_surprise = (previous + s) / run;
+        let now = slot(t);
+        let season = day.season[now];
+        let forecast = self
+            .forecast_level
+            .is_finite()
+            .then(|| self.forecast_level + if season.is_nan() { 0.0 } else { season });
+        let from_mean = (x - expected).abs();
+        let surprises = [
+            yesterday.map_or(from_mean, |y| from_mean.min((x - y).abs())),
+            from_mean,
+            forecast.map_or(0.0, |f| (x - f).abs()),
+        ];
         let (first, last) = self.seen.unwrap_or((t, t));
         let age = t.saturating_sub(first);
+        let sigmas = spec.sensitivity * SURPRISE_SIGMAS_PER_SENSITIVITY;
         let band = (self.samples >= spec.min_samples && age >= 2 * SURPRISE_WARMUP_MS)
             .then(|| {
-                let variance = if self.weight > 0.0 {
-                    self.spread_sq / self.weight
+                // Each surprise's interval of values it takes as normal.
+                let intervals = KINDS.map(|kind| {
+                    let room = self.usual[kind as usize].room(t, sigmas)?;
+                    let center = match kind {
+                        Kind::Nearest => match yesterday {
+                            Some(y)
+                                if (x - y).abs() <= room
+                                    && (x - y).abs() < (x - expected).abs() =>
+                            {
+                                y
+                            }
+                            _ => expected,
+                        },
+                        Kind::Mean => expected,
+                        Kind::Forecast => forecast?,
+                    };
+                    Some(Band {
+                        center,
+                        lower: center - room,
+                        upper: center + room,
+                    })
+                });
+                let mut judged = intervals.iter().flatten();
+                let first = *judged.next()?;
+                let both = judged.fold(first, |a, b| Band {
+                    center: a.center,
+                    lower: a.lower.max(b.lower),
+                    upper: a.upper.min(b.upper),
+                });
+                Some(if both.lower <= both.upper {
+                    Band {
+                        center: both.center.clamp(both.lower, both.upper),
+                        ..both
+                    }
                 } else {
-                    0.0
-                };
-                let limit = self.level
-                    + spec.sensitivity * SURPRISE_SIGMAS_PER_SENSITIVITY * variance.max(0.0).sqrt();
-                // What the run leaves for this value's surprise; none after a burst.
-                let room = (run * limit.max(self.level) - previous).max(0.0);
-                let center = match yesterday {
-                    Some(y) if (x - y).abs() <= room && (x - y).abs() < (x - expected).abs() => y,
-                    _ => expected,
-                };
-                Band {
-                    center,
-                    lower: center - room,
-                    upper: center + room,
-                }
+                    // No value is normal to all three: `x` is outside one of them
+                    // (it would be inside their intersection otherwise); that one says so.
+                    intervals
+                        .iter()
+                        .flatten()
+                        .find(|b| b.excludes(x))
+                        .copied()
+                        .unwrap_or(both)
+                })
             })
+            .flatten()
             .filter(|b| b.lower.is_finite() && b.upper.is_finite());
-        // Learn the usual level and spread, older values decayed by the time since the
-        // last one (so that days count the same for a 5-minute and a 15-second series).
-        if mean_surprise.is_finite() && age >= SURPRISE_WARMUP_MS {
-            let dt = t.saturating_sub(last).max(0) as f64;
-            let decay = (-dt / SURPRISE_MEMORY_MS as f64).exp();
-            let before = self.level;
-            self.weight = decay * self.weight + 1.0;
-            self.level = before + (mean_surprise - before) / self.weight;
-            self.spread_sq =
-                decay * self.spread_sq + (mean_surprise - before) * (mean_surprise - self.level);
+        let dt = t.saturating_sub(last).max(0) as f64;
+        let learning = age >= SURPRISE_WARMUP_MS;
+        for (usual, s) in self.usual.iter_mut().zip(surprises) {
+            usual.learn(s, t, dt, learning);
         }
+        // The forecast learns the value: its level moves towards it (less the season)
+        // by the share an hour's smoothing gives the time since the last value, and the
+        // season of this slot towards what is left.
+        if self.forecast_level.is_finite() {
+            let share = 1.0 - (-dt / FORECAST_LEVEL_MS as f64).exp();
+            let season = if season.is_nan() { 0.0 } else { season };
+            self.forecast_level += share * (x - season - self.forecast_level);
+        } else {
+            self.forecast_level = x;
+        }
+        let left = x - self.forecast_level;
+        let (previous_ms, _) = day.last[now];
+        let gain = if previous_ms == i64::MIN {
+            FORECAST_SEASON_GAIN
+        } else {
+            FORECAST_SEASON_GAIN * (t.saturating_sub(previous_ms) as f64 / DAY_MS as f64).min(1.0)
+        };
+        day.season[now] = if season.is_nan() {
+            left
+        } else {
+            season + gain * (left - season)
+        };
         self.seen = Some((first, t.max(last)));
         self.samples += 1;
-        if s.is_finite() {
-            self.recent[self.next] = s;
-            self.next = (self.next + 1) % self.recent.len();
-            self.filled = (self.filled + 1).min(self.recent.len());
-        }
-        profile[slot(t)] = (t, x);
+        day.last[now] = (t, x);
         self.last_band = band;
         band
     }
@@ -1172,6 +1419,206 @@ mod tests {
         // samples (the mean surprise of the last ten must add up).
         let first = *flagged.first().expect("the bump flagged");
         assert!((spike..spike + 2).contains(&(first as u64)), "{flagged:?}");
+    }
+
+    /// Each of the three surprises trips on its own, and the band is the intersection of
+    /// what each takes as normal: a value near the window's mean and yesterday's value
+    /// but far from the forecast is anomalous (and outside the band it is given), as is
+    /// one near the forecast but far from the mean; a value all three expect is not.
+    #[test]
+    fn any_surprise_trips_and_the_band_is_what_all_three_take_as_normal() {
+        let spec = BandSpec {
+            algorithm: BandAlgorithm::Likelihood,
+            sensitivity: 3.0,
+            min_samples: 10,
+        };
+        let t = 1_700_000_000_000_i64;
+        // Each surprise has been 1 on every value lately, and always: with no spread,
+        // the room for the next value's surprise is 1.
+        let usual = Usual {
+            recent: [1.0; SURPRISE_RUN - 1],
+            filled: SURPRISE_RUN - 1,
+            next: 0,
+            level: 1.0,
+            spread_sq: 0.0,
+            weight: 100.0,
+            since: Some(t - 3 * DAY_MS),
+        };
+        let with_forecast = |forecast: f64| {
+            let mut day = Day::empty();
+            day.last[slot(t - DAY_MS)] = (t - DAY_MS, 50.0);
+            day.season[slot(t)] = 0.0;
+            Surprise {
+                usual: [usual; 3],
+                seen: Some((t - 4 * DAY_MS, t - 300_000)),
+                samples: 1_000,
+                forecast_level: forecast,
+                day: Some(day),
+                last_band: None,
+            }
+        };
+        let judge = |forecast: f64, x: f64| {
+            with_forecast(forecast)
+                .judge(
+                    &spec,
+                    50.0,
+                    12,
+                    Sample {
+                        timestamp_ms: t,
+                        value: x,
+                    },
+                )
+                .expect("a band")
+        };
+        // Near the mean and yesterday, 50 away from the forecast.
+        let b = judge(100.0, 50.0);
+        assert!(b.excludes(50.0), "{b:?}");
+        assert_eq!((b.lower, b.upper), (99.0, 101.0));
+        // At the forecast, 50 away from the mean (and yesterday).
+        let b = judge(100.0, 100.0);
+        assert!(b.excludes(100.0), "{b:?}");
+        // Expected by all three: within each one's room of 1, the band is their overlap.
+        let b = judge(50.5, 50.2);
+        assert!(!b.excludes(50.2), "{b:?}");
+        assert_eq!((b.lower, b.upper), (49.5, 51.0));
+        assert!(b.excludes(49.4) && b.excludes(51.1));
+    }
+
+    /// The forecast's season weighs days, not samples: an unusual hour moves the
+    /// season of a series scraped every minute as much as that of one scraped every 5
+    /// minutes (it visits each slot of the day five times as often), where a gain per
+    /// visit would take it in three times as fast (1-minute effect 2.31 against 0.56 in
+    /// the middle of the hour).
+    #[test]
+    fn the_forecast_season_weighs_days_whatever_the_scrape_interval() {
+        let spec = BandSpec {
+            algorithm: BandAlgorithm::Likelihood,
+            sensitivity: 3.0,
+            min_samples: 10,
+        };
+        let t0 = 1_700_000_100_000_i64 - 1_700_000_100_000_i64 % DAY_MS;
+        let minute = 60_000;
+        // A daily swing, and (when `bump`) on the fourth day an hour 5 higher from 10:00.
+        let value = |t: i64, bump: bool| {
+            let of_day = (t - t0).rem_euclid(DAY_MS);
+            let bumped = bump && t - t0 >= 3 * DAY_MS && (36_000_000..39_600_000).contains(&of_day);
+            10.0 * (std::f64::consts::TAU * of_day as f64 / DAY_MS as f64).sin()
+                + if bumped { 5.0 } else { 0.0 }
+        };
+        let learn = |step: i64, bump: bool| {
+            let mut surprise = Surprise::default();
+            let mut t = t0;
+            while t < t0 + 4 * DAY_MS {
+                let sample = Sample {
+                    timestamp_ms: t,
+                    value: value(t, bump),
+                };
+                surprise.judge(&spec, sample.value, 1, sample);
+                t += step;
+            }
+            surprise.day.unwrap().season
+        };
+        let effect = |step: i64, at: usize| learn(step, true)[at] - learn(step, false)[at];
+        for at in [120, 126, 131].map(|s| slot(t0 + s * 5 * minute)) {
+            let (every_minute, every_five) = (effect(minute, at), effect(5 * minute, at));
+            assert!(every_five > 0.3, "slot {at}: {every_five}");
+            assert!(
+                (every_minute - every_five).abs() < 0.2,
+                "slot {at}: moved {every_minute} every minute, {every_five} every 5 minutes"
+            );
+        }
+    }
+
+    /// A fresh series' forecast starts at its first value (a level starting at 0 would
+    /// climb for hours and leave its offset in the season of the first day).
+    #[test]
+    fn the_forecast_starts_at_the_first_value() {
+        let spec = BandSpec {
+            algorithm: BandAlgorithm::Likelihood,
+            sensitivity: 3.0,
+            min_samples: 10,
+        };
+        let mut surprise = Surprise::default();
+        let t = 1_700_000_000_000_i64;
+        surprise.judge(
+            &spec,
+            100.0,
+            0,
+            Sample {
+                timestamp_ms: t,
+                value: 100.0,
+            },
+        );
+        assert_eq!(surprise.forecast_level, 100.0);
+        assert_eq!(surprise.day.as_ref().unwrap().season[slot(t)], 0.0);
+    }
+
+    /// The learnt state of all three surprises and the forecast is saved and restored
+    /// exactly; a file from the single-surprise version restores that surprise, and the
+    /// other two learn for a day before they judge.
+    #[test]
+    fn a_surprise_saves_and_restores_and_reads_the_older_format() {
+        let spec = BandSpec {
+            algorithm: BandAlgorithm::Likelihood,
+            sensitivity: 3.0,
+            min_samples: 10,
+        };
+        let mut surprise = Surprise::default();
+        let t0 = 1_700_000_000_000_i64;
+        let at = |i: i64| t0 + i * 300_000;
+        let value = |i: i64| 50.0 + 10.0 * (i as f64 / 40.0).sin() + noise(i as u64);
+        for i in 0..700 {
+            surprise.judge(
+                &spec,
+                50.0,
+                12,
+                Sample {
+                    timestamp_ms: at(i),
+                    value: value(i),
+                },
+            );
+        }
+        let saved = surprise.save().unwrap();
+        let json = serde_json::to_value(&saved).unwrap();
+        for key in ["others", "forecastLevel", "season", "since"] {
+            assert!(json.get(key).is_some(), "{key} missing from {json}");
+        }
+        let mut restored = Surprise::load(&saved).unwrap();
+        assert_eq!(restored.save().unwrap(), saved);
+        let next = Sample {
+            timestamp_ms: at(700),
+            value: value(700),
+        };
+        assert_eq!(
+            restored.judge(&spec, 50.0, 12, next),
+            surprise.clone().judge(&spec, 50.0, 12, next)
+        );
+        // The older format: no `since`, no other surprises, no forecast.
+        let mut old = json.clone();
+        for key in ["others", "forecastLevel", "season", "since"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        let old: SavedSurprise = serde_json::from_value(old).unwrap();
+        let mut upgraded = Surprise::load(&old).unwrap();
+        let nearest = upgraded.usual[Kind::Nearest as usize];
+        assert_eq!(nearest.since, Some(t0 + SURPRISE_WARMUP_MS));
+        assert_eq!(nearest.level, surprise.usual[Kind::Nearest as usize].level);
+        assert!(nearest.room(at(700), 4.75).is_some());
+        let band = upgraded
+            .judge(&spec, 50.0, 12, next)
+            .expect("the nearest surprise judges");
+        for kind in [Kind::Mean, Kind::Forecast] {
+            let usual = upgraded.usual[kind as usize];
+            assert_eq!(usual.since, Some(at(700)), "{kind:?} learns from now");
+            assert!(usual.room(at(700) + SURPRISE_WARMUP_MS - 1, 4.75).is_none());
+        }
+        // Judged by the nearest surprise alone: its band around the window's mean or
+        // the value a day earlier.
+        assert!(band.upper - band.lower > 0.0, "{band:?}");
+        // A tampered file starts afresh.
+        let mut bad = saved.clone();
+        bad.others.pop();
+        assert!(Surprise::load(&bad).is_none());
     }
 
     #[test]

@@ -287,11 +287,12 @@ fn default_cooldown_seconds() -> u64 {
 #[serde(rename_all = "camelCase")]
 pub struct Detection {
     /// `likelihood` (the default): trips when the series has lately been more surprising
-    /// than usual: each value's surprise is its distance from the mean of `window` (or
-    /// from the value a day earlier, when closer), and the mean surprise of the last 10
-    /// values is compared with its usual level, learnt over days (no verdict in a
-    /// series' first two days); sensitivity k flags it 4k/3 standard deviations above
-    /// that level (the default 3: 4σ).
+    /// than usual. Each value has three surprises: its distance from the mean of `window`
+    /// or from the value a day earlier, whichever is nearer; from the mean alone; and
+    /// from a Holt-Winters forecast (an hour-smoothed level plus a daily season). The
+    /// mean of each over the last 10 values is compared with its own usual level, learnt
+    /// over days (no verdict in a series' first two days); sensitivity k flags any of
+    /// them 19k/12 standard deviations above its level (the default 3: 4.75σ).
     /// `zscore`: mean ± sensitivity·σ; `mad`: median ± sensitivity·MAD (the MAD scaled
     /// by 1.4826 so that it estimates σ for normal data, which makes one sensitivity
     /// mean the same for both); `seasonal`: a seasonal (MSTL) baseline with a
@@ -301,8 +302,8 @@ pub struct Detection {
     pub algorithm: DetectionAlgorithm,
 
     /// Width of the band, in σ (zscore), scaled MADs (mad), σ of the baseline's
-    /// prediction interval (seasonal) or, for likelihood, in 4/3 σ of the recent mean
-    /// surprise. Default 3.
+    /// prediction interval (seasonal) or, for likelihood, in 19/12 σ of the recent mean
+    /// surprises. Default 3.
     #[serde(default = "default_sensitivity")]
     pub sensitivity: f64,
 
