@@ -224,6 +224,66 @@ impl PartialOrd for Labels {
     }
 }
 
+/// A small set of label names looked for in every series of a request (the HA pair
+/// labels): found by walking a series' labels once, where a label whose name has a length
+/// none of the set has (nearly all of them) is passed over on one bit test, without
+/// comparing bytes.
+#[derive(Debug, Clone, Default)]
+pub struct LabelNames {
+    names: Vec<Box<[u8]>>,
+    /// Bit `n` set when some name is `n` bytes long (bit 63 for 63 and longer).
+    lengths: u64,
+}
+
+impl LabelNames {
+    pub fn new<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Self {
+        let mut set = Self::default();
+        for name in names {
+            let name = name.as_ref().as_bytes();
+            if !name.is_empty() && !set.names.iter().any(|n| **n == *name) {
+                set.lengths |= Self::length_bit(name);
+                set.names.push(name.into());
+            }
+        }
+        set
+    }
+
+    #[inline(always)]
+    fn length_bit(name: &[u8]) -> u64 {
+        1u64 << name.len().min(63)
+    }
+
+    /// The position of `name` in the set, in the order the names were given.
+    #[inline(always)]
+    pub fn position(&self, name: &[u8]) -> Option<usize> {
+        if self.lengths & Self::length_bit(name) == 0 {
+            return None;
+        }
+        self.names.iter().position(|n| **n == *name)
+    }
+
+    #[inline(always)]
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.position(name).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The names, as given (duplicates and empty names left out).
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        // Built from `str`s.
+        self.names
+            .iter()
+            .map(|n| std::str::from_utf8(n).unwrap_or_default())
+    }
+}
+
 /// One label of a canonical form, as bytes: UTF-8 compares bytewise in the order of its
 /// characters, so byte comparisons order labels as strings do.
 struct Entry<'a> {

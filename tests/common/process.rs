@@ -100,3 +100,24 @@ pub fn wait_line(lines: &std::sync::mpsc::Receiver<String>, text: &str) -> Strin
         }
     }
 }
+
+/// Starts Debian's Prometheus with `config` (its `prometheus.yml`) and its data in `dir`,
+/// listening on `port`; its output is discarded.
+pub fn start_prometheus(dir: &std::path::Path, port: u16, config: &str) -> Running {
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let child = std::process::Command::new("/usr/bin/prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    Running(child)
+}

@@ -9,7 +9,6 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::process::{Running, free_port, percent_encode};
@@ -23,7 +22,6 @@ fn start_prophet(rules: &Path) -> (Running, String) {
 
 /// Starts Prometheus remote-writing to `prophet`; returns it and its HTTP port.
 fn start_prometheus(dir: &Path, prophet: &str) -> (Running, u16) {
-    let binary = Path::new("/usr/bin/prometheus");
     let port = free_port();
     let config = format!(
         r#"
@@ -38,25 +36,10 @@ remote_write:
     queue_config: {{batch_send_deadline: 1s, min_backoff: 100ms, max_backoff: 1s}}
 "#
     );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let child = Command::new(binary)
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus starts");
-    (Running(child), port)
+    (common::process::start_prometheus(dir, port, &config), port)
 }
 
-fn get_json(
+pub(crate) fn get_json(
     client: &reqwest::Client,
     url: &str,
 ) -> impl Future<Output = Option<serde_json::Value>> {
@@ -199,7 +182,7 @@ spec:
 }
 
 /// The first decision about `rule`, waiting up to 90 s.
-async fn wait_decision(client: &reqwest::Client, addr: &str, rule: &str) -> serde_json::Value {
+pub(crate) async fn wait_decision(client: &reqwest::Client, addr: &str, rule: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let decisions = get_json(client, &format!("http://{addr}/api/v1/decisions")).await;
