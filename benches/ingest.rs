@@ -202,12 +202,16 @@ fn route_ha(
     let decoded = buffer.decompress(body, 32 << 20).unwrap();
     let mut batch = Batch::new(Instant::now(), NOW_MS, usize::MAX);
     let mut ha = tracker.request(Instant::now());
-    ingest::decode(protocol, decoded, &Limits::default(), NOW_MS, |s| {
-        match ha.admit(s) {
+    ingest::decode(
+        protocol,
+        decoded,
+        &Limits::default(),
+        NOW_MS,
+        |s| match ha.admit(s) {
             Admission::Keep { strip } => router.route_stripped(s, strip, &mut batch),
             Admission::Duplicate => Ok(()),
-        }
-    })
+        },
+    )
     .unwrap();
     batch
 }
@@ -234,14 +238,26 @@ fn ha(c: &mut Criterion) {
     let plain = bodies(&[]);
     let replica = |name| bodies(&[("cluster", "eu-1"), ("prometheus_replica", name)]);
     let (elected, other) = (replica("prometheus-k8s-0"), replica("prometheus-k8s-1"));
-    let router = Evaluator::new(mixed_rules(&["shop", "payments", "search", "checkout"], false), 10_000)
-        .router(7);
+    let router = Evaluator::new(
+        mixed_rules(&["shop", "payments", "search", "checkout"], false),
+        10_000,
+    )
+    .router(7);
     let (off, on) = (HaTracker::off(), tracker());
     let mut buffer = ingest::SnappyBuffer::new();
     // The first replica heard from is elected; check what each case keeps.
-    assert_eq!(route_ha(Protocol::V1, &elected[0], &router, &mut buffer, &on).kept_samples, SERIES / 4);
-    assert_eq!(route_ha(Protocol::V1, &other[0], &router, &mut buffer, &on).kept_samples, 0);
-    assert_eq!(route_ha(Protocol::V1, &plain[0], &router, &mut buffer, &on).kept_samples, SERIES / 4);
+    assert_eq!(
+        route_ha(Protocol::V1, &elected[0], &router, &mut buffer, &on).kept_samples,
+        SERIES / 4
+    );
+    assert_eq!(
+        route_ha(Protocol::V1, &other[0], &router, &mut buffer, &on).kept_samples,
+        0
+    );
+    assert_eq!(
+        route_ha(Protocol::V1, &plain[0], &router, &mut buffer, &on).kept_samples,
+        SERIES / 4
+    );
     let mut group = c.benchmark_group("ha");
     group.throughput(Throughput::Elements((SERIES * REQUESTS) as u64));
     for (name, bodies, tracker) in [

@@ -170,7 +170,10 @@ impl HaTracker {
         let key_len = scratch.len();
         encode(replica, scratch);
         let (key, replica_key) = scratch.split_at(key_len);
-        let mut elections = self.elections.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut elections = self
+            .elections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(election) = elections.get_mut(key) {
             if *election.replica == *replica_key {
                 election.last_seen = election.last_seen.max(now);
@@ -276,7 +279,7 @@ impl<'t, 'a> HaRequest<'t, 'a> {
             return Admission::Keep { strip: None };
         }
         self.values.clear();
-        self.values.resize(tracker.wanted.len(), b"");
+        self.values.resize(tracker.wanted.len(), &[]);
         for label in series.labels {
             if let Some(i) = tracker.wanted.position(label.name) {
                 self.values[i] = label.value;
@@ -407,7 +410,11 @@ mod tests {
     fn the_first_replica_heard_from_is_elected_and_the_other_dropped() {
         let (tracker, t0) = (tracker(), Instant::now());
         let (kept, counts) = judge(&tracker, t0, &replica("a"));
-        assert_eq!(kept.unwrap(), ["__name__", "cluster"], "replica label dropped");
+        assert_eq!(
+            kept.unwrap(),
+            ["__name__", "cluster"],
+            "replica label dropped"
+        );
         assert_eq!(counts.accepted, 2);
         let (kept, counts) = judge(&tracker, t0 + Duration::from_secs(1), &replica("b"));
         assert_eq!(kept, None);
@@ -427,7 +434,11 @@ mod tests {
         let (tracker, t0) = (tracker(), Instant::now());
         assert!(judge(&tracker, t0, &replica("a")).0.is_some());
         // 30 s of silence is within the timeout; past it, `b` is elected.
-        assert!(judge(&tracker, t0 + Duration::from_secs(30), &replica("b")).0.is_none());
+        assert!(
+            judge(&tracker, t0 + Duration::from_secs(30), &replica("b"))
+                .0
+                .is_none()
+        );
         assert_eq!(tracker.failovers.get(), 0);
         let after = t0 + Duration::from_millis(30_001);
         let (kept, counts) = judge(&tracker, after, &replica("b"));
@@ -435,12 +446,24 @@ mod tests {
         assert_eq!(counts.accepted, 2);
         assert_eq!(tracker.failovers.get(), 1);
         // `a` coming back is now the duplicate.
-        assert!(judge(&tracker, after + Duration::from_secs(1), &replica("a")).0.is_none());
+        assert!(
+            judge(&tracker, after + Duration::from_secs(1), &replica("a"))
+                .0
+                .is_none()
+        );
         // A request of `a` that arrived (and was timed) before `b` took over cannot move
         // `b`'s clock back.
-        assert!(judge(&tracker, after + Duration::from_secs(2), &replica("b")).0.is_some());
+        assert!(
+            judge(&tracker, after + Duration::from_secs(2), &replica("b"))
+                .0
+                .is_some()
+        );
         assert!(judge(&tracker, t0, &replica("b")).0.is_some());
-        assert!(judge(&tracker, after + Duration::from_secs(32), &replica("a")).0.is_none());
+        assert!(
+            judge(&tracker, after + Duration::from_secs(32), &replica("a"))
+                .0
+                .is_none()
+        );
         assert_eq!(tracker.failovers.get(), 1);
     }
 
@@ -488,9 +511,21 @@ mod tests {
         };
         let kept = judge(&tracker, t0, &series("monitoring/k8s", "prometheus-k8s-0"));
         assert_eq!(kept.0.unwrap(), ["__name__", "cluster", "prometheus"]);
-        assert!(judge(&tracker, t0, &series("monitoring/uwl", "prometheus-uwl-1")).0.is_some());
-        assert!(judge(&tracker, t0, &series("monitoring/k8s", "prometheus-k8s-1")).0.is_none());
-        assert!(judge(&tracker, t0, &series("monitoring/uwl", "prometheus-uwl-0")).0.is_none());
+        assert!(
+            judge(&tracker, t0, &series("monitoring/uwl", "prometheus-uwl-1"))
+                .0
+                .is_some()
+        );
+        assert!(
+            judge(&tracker, t0, &series("monitoring/k8s", "prometheus-k8s-1"))
+                .0
+                .is_none()
+        );
+        assert!(
+            judge(&tracker, t0, &series("monitoring/uwl", "prometheus-uwl-0"))
+                .0
+                .is_none()
+        );
         assert_eq!(tracker.tracked.get(), 2);
     }
 
@@ -530,7 +565,10 @@ mod tests {
             let series = [("cluster", name.as_str()), ("__replica__", "a")];
             assert_eq!(judge(&tracker, t0, &series).1.accepted, 2);
         }
-        let last = [("cluster", names[MAX_HA_CLUSTERS].as_str()), ("__replica__", "a")];
+        let last = [
+            ("cluster", names[MAX_HA_CLUSTERS].as_str()),
+            ("__replica__", "a"),
+        ];
         let (kept, counts) = judge(&tracker, t0, &last);
         assert_eq!(kept.unwrap(), ["cluster", "__replica__"]);
         assert_eq!(counts.over_limit, 2);

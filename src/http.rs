@@ -424,14 +424,15 @@ fn ingest_body(
                 let router = state.current_router();
                 let mut batch = Batch::new(arrived, now_ms, state.limits.max_kept_label_bytes);
                 let mut ha = state.ha.request(arrived);
-                let stats = ingest::decode(protocol, decoded, &state.limits, now_ms, |series| {
-                    match ha.admit(series) {
+                let stats =
+                    ingest::decode(protocol, decoded, &state.limits, now_ms, |series| match ha
+                        .admit(series)
+                    {
                         Admission::Keep { strip } => {
                             router.route_stripped(series, strip, &mut batch)
                         }
                         Admission::Duplicate => Ok(()),
-                    }
-                })?;
+                    })?;
                 let ha = HaOutcome {
                     counts: ha.counts,
                     refusal: ha.refusal().map(str::to_owned),
@@ -578,7 +579,9 @@ async fn commit(
     }
     state.metrics.count_samples("accepted", kept);
     state.metrics.count_samples("unmatched", unmatched);
-    state.metrics.count_samples("duplicate", ha.counts.duplicate);
+    state
+        .metrics
+        .count_samples("duplicate", ha.counts.duplicate);
     state.metrics.count_ha(&ha.counts);
     response
 }

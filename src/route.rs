@@ -387,7 +387,9 @@ impl Router {
         let mut keep = |input: SelectorId| -> Result<(), IngestError> {
             let (labels, hash) = match &kept {
                 Some(k) => k.clone(),
-                None => kept.insert(batch.push_series(series, self.seed, strip)?).clone(),
+                None => kept
+                    .insert(batch.push_series(series, self.seed, strip)?)
+                    .clone(),
             };
             let first = batch.samples.len() as u32 - series.samples.len() as u32;
             batch.entries.push(KeptSeries {

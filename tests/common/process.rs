@@ -121,3 +121,10 @@ pub fn start_prometheus(dir: &std::path::Path, port: u16, config: &str) -> Runni
         .expect("prometheus starts");
     Running(child)
 }
+
+/// A reqwest client for talking to the processes. reqwest is built without a bundled
+/// crypto provider (the binary installs ring); a test run alone must install it too.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

@@ -87,7 +87,7 @@ spec:
     .unwrap();
     let (_prophet, addr) = start_prophet(&rules);
     let (_prometheus, prometheus_port) = start_prometheus(dir.path(), &addr);
-    let client = reqwest::Client::new();
+    let client = common::process::http_client();
 
     let rules_view = get_json(&client, &format!("http://{addr}/api/v1/rules"))
         .await
@@ -182,7 +182,11 @@ spec:
 }
 
 /// The first decision about `rule`, waiting up to 90 s.
-pub(crate) async fn wait_decision(client: &reqwest::Client, addr: &str, rule: &str) -> serde_json::Value {
+pub(crate) async fn wait_decision(
+    client: &reqwest::Client,
+    addr: &str,
+    rule: &str,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let decisions = get_json(client, &format!("http://{addr}/api/v1/decisions")).await;
