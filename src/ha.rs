@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::ingest::SeriesView;
-use crate::labels::LabelNames;
+use crate::labels::{LabelNames, short_eq};
 
 /// Most HA clusters tracked at once. A sender cycling cluster values could otherwise
 /// grow the elections without bound; past it, elections whose replica has been silent
@@ -295,7 +295,15 @@ impl<'t, 'a> HaRequest<'t, 'a> {
             return Admission::Keep { strip: None };
         }
         let verdict = match &self.verdict {
-            Some(verdict) if self.last == self.values => verdict.clone(),
+            Some(verdict)
+                if self
+                    .last
+                    .iter()
+                    .zip(&self.values)
+                    .all(|(last, value)| short_eq(last, value)) =>
+            {
+                verdict.clone()
+            }
             _ => {
                 let verdict = tracker.judge(&self.values, &mut self.scratch, self.now);
                 std::mem::swap(&mut self.last, &mut self.values);
