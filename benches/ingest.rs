@@ -17,16 +17,23 @@
 //!   against them and none is kept, the floor of what a rule set costs.
 //!   `rules/100-mixed-5pct` narrows each of the 100 rules to one app: 5% of the series kept.
 //!
+//! - `ha/*`: HA deduplication's cost (see [`ha`]).
+//!
+//! Every route goes through HA deduplication with the default labels, as the write
+//! handler does.
+//!
 //! Run: `cargo bench --bench ingest`.
 
 mod common;
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use common::compile_all;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use prophet::eval::Evaluator;
+use prophet::ha::{Admission, HaConfig, HaTracker};
 use prophet::ingest::{self, Limits, Protocol};
 use prophet::route::{Batch, Router};
 use prophet::rules::compile::CompiledRule;
@@ -162,19 +169,113 @@ fn evaluate_all(
     )
 }
 
+/// Decode, HA deduplication (the default labels, as `prophet run` has them) and route,
+/// as the write handler does.
 fn route(
     protocol: Protocol,
     body: &[u8],
     router: &Router,
     buffer: &mut ingest::SnappyBuffer,
 ) -> Batch {
+    static TRACKER: OnceLock<HaTracker> = OnceLock::new();
+    let tracker = TRACKER.get_or_init(tracker);
+    route_ha(protocol, body, router, buffer, tracker)
+}
+
+/// An HA tracker with the default labels, whose elected replica never times out during
+/// a bench.
+fn tracker() -> HaTracker {
+    let config = HaConfig {
+        failover_timeout: std::time::Duration::from_secs(24 * 3600),
+        ..HaConfig::default()
+    };
+    HaTracker::new(&config, Default::default(), Default::default())
+}
+
+fn route_ha(
+    protocol: Protocol,
+    body: &[u8],
+    router: &Router,
+    buffer: &mut ingest::SnappyBuffer,
+    tracker: &HaTracker,
+) -> Batch {
     let decoded = buffer.decompress(body, 32 << 20).unwrap();
     let mut batch = Batch::new(Instant::now(), NOW_MS, usize::MAX);
-    ingest::decode(protocol, decoded, &Limits::default(), NOW_MS, |s| {
-        router.route(s, &mut batch)
-    })
+    let mut ha = tracker.request(Instant::now());
+    ingest::decode(
+        protocol,
+        decoded,
+        &Limits::default(),
+        NOW_MS,
+        |s| match ha.admit(s) {
+            Admission::Keep { strip } => router.route_stripped(s, strip, &mut batch),
+            Admission::Duplicate => Ok(()),
+        },
+    )
     .unwrap();
     batch
+}
+
+/// HA deduplication's cost, decode and route included, with the 100 mixed rules (a
+/// quarter of the series kept): `plain/*` is traffic without HA labels (every sender's
+/// cost) with deduplication off and on; `pair/*` is an HA replica's (`cluster` and
+/// `prometheus_replica` on every series) with deduplication off (its series kept with
+/// the replica label), from the elected replica (kept without it) and from the other one
+/// (dropped).
+fn ha(c: &mut Criterion) {
+    let t0 = 1_700_000_000_000;
+    let bodies = |external: &[(&str, &str)]| -> Vec<Vec<u8>> {
+        (0..REQUESTS)
+            .map(|k| {
+                synth::compress(&synth::request_v1_with(
+                    SERIES,
+                    t0 + k as i64 * 15_000,
+                    external,
+                ))
+            })
+            .collect()
+    };
+    let plain = bodies(&[]);
+    let replica = |name| bodies(&[("cluster", "eu-1"), ("prometheus_replica", name)]);
+    let (elected, other) = (replica("prometheus-k8s-0"), replica("prometheus-k8s-1"));
+    let router = Evaluator::new(
+        mixed_rules(&["shop", "payments", "search", "checkout"], false),
+        10_000,
+    )
+    .router(7);
+    let (off, on) = (HaTracker::off(), tracker());
+    let mut buffer = ingest::SnappyBuffer::new();
+    // The first replica heard from is elected; check what each case keeps.
+    assert_eq!(
+        route_ha(Protocol::V1, &elected[0], &router, &mut buffer, &on).kept_samples,
+        SERIES / 4
+    );
+    assert_eq!(
+        route_ha(Protocol::V1, &other[0], &router, &mut buffer, &on).kept_samples,
+        0
+    );
+    assert_eq!(
+        route_ha(Protocol::V1, &plain[0], &router, &mut buffer, &on).kept_samples,
+        SERIES / 4
+    );
+    let mut group = c.benchmark_group("ha");
+    group.throughput(Throughput::Elements((SERIES * REQUESTS) as u64));
+    for (name, bodies, tracker) in [
+        ("plain/off", &plain, &off),
+        ("plain/on", &plain, &on),
+        ("pair/off", &elected, &off),
+        ("pair/elected", &elected, &on),
+        ("pair/duplicate", &other, &on),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for body in bodies {
+                    route_ha(Protocol::V1, body, &router, &mut buffer, tracker);
+                }
+            })
+        });
+    }
+    group.finish();
 }
 
 /// 100 rules of the three evaluated shapes, spread over the synthetic metric families and
@@ -277,5 +378,5 @@ fn rule_count(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, captures, pipeline, rule_count);
+criterion_group!(benches, captures, pipeline, rule_count, ha);
 criterion_main!(benches);

@@ -28,6 +28,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::actuate::{Decision, DecisionLog};
 use crate::auth::{Gate, VerifiedClientCertificate};
 use crate::eval::{EvalHandle, RuleSnapshot, SubmitError};
+use crate::ha::{Admission, HaCounts, HaTracker};
 use crate::ingest::{self, DecodeStats, IngestError, Limits, Protocol, SnappyBuffer};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::review::{MetricsReviewer, Review};
@@ -69,6 +70,8 @@ pub struct AppState {
     /// The current rule set's index; swapped whole when the rules change.
     pub router: RwLock<Arc<Router>>,
     pub eval: EvalHandle,
+    /// HA pairs' elections: which replica's samples are accepted per cluster.
+    pub ha: HaTracker,
     pub metrics: Arc<Metrics>,
     pub decisions: DecisionLog,
     pub listing: RwLock<Arc<RuleListing>>,
@@ -395,13 +398,21 @@ fn header(headers: &HeaderMap, name: axum::http::HeaderName) -> Result<Option<&s
         .transpose()
 }
 
-/// Decompresses, decodes, validates and routes one request: all or nothing.
+/// What a request's series were, by HA fate (see [`crate::ha`]).
+struct HaOutcome {
+    counts: HaCounts,
+    /// Why its first dropped series was dropped.
+    refusal: Option<String>,
+}
+
+/// Decompresses, decodes, validates, deduplicates HA replicas and routes one request:
+/// all or nothing (an HA election it caused stands, even if the request is refused).
 fn ingest_body(
     state: &AppState,
     protocol: Protocol,
     body: &[u8],
     arrived: Instant,
-) -> Result<(DecodeStats, Batch), IngestError> {
+) -> Result<(DecodeStats, Batch, HaOutcome), IngestError> {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -412,10 +423,21 @@ fn ingest_body(
             .and_then(|decoded| {
                 let router = state.current_router();
                 let mut batch = Batch::new(arrived, now_ms, state.limits.max_kept_label_bytes);
-                let stats = ingest::decode(protocol, decoded, &state.limits, now_ms, |series| {
-                    router.route(series, &mut batch)
-                })?;
-                Ok((stats, batch))
+                let mut ha = state.ha.request(arrived);
+                let stats =
+                    ingest::decode(protocol, decoded, &state.limits, now_ms, |series| match ha
+                        .admit(series)
+                    {
+                        Admission::Keep { strip } => {
+                            router.route_stripped(series, strip, &mut batch)
+                        }
+                        Admission::Duplicate => Ok(()),
+                    })?;
+                let ha = HaOutcome {
+                    counts: ha.counts,
+                    refusal: ha.refusal().map(str::to_owned),
+                };
+                Ok((stats, batch, ha))
             });
         if buffer.capacity() > RETAINED_BUFFER_MAX {
             *buffer = SnappyBuffer::new();
@@ -490,7 +512,7 @@ async fn write(
             // (small) batch.
             match ingested {
                 Err(error) => refuse(Some(protocol), error),
-                Ok((stats, batch)) => commit(&state, protocol, stats, batch).await,
+                Ok((stats, batch, ha)) => commit(&state, protocol, stats, batch, ha).await,
             }
         }
     };
@@ -517,20 +539,28 @@ fn refuse(protocol: Option<Protocol>, error: IngestError) -> WriteResponse {
     }
 }
 
-/// Hands the batch to the evaluator and waits until it is applied.
+/// Hands the batch to the evaluator and waits until it is applied. A request whose
+/// samples were all an HA replica's that is not elected is answered `202` (as Cortex and
+/// Mimir answer it; Prometheus takes any 2xx as written) with the reason.
 async fn commit(
     state: &AppState,
     protocol: Protocol,
     stats: DecodeStats,
     batch: Batch,
+    ha: HaOutcome,
 ) -> WriteResponse {
     let unmatched = batch.unmatched_samples;
     let kept = batch.kept_samples;
+    let all_duplicates = ha.counts.duplicate > 0 && ha.counts.duplicate == stats.samples;
     let mut response = WriteResponse {
         protocol: Some(protocol),
-        status: StatusCode::NO_CONTENT,
+        status: if all_duplicates {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::NO_CONTENT
+        },
         stats,
-        message: None,
+        message: ha.refusal.filter(|_| all_duplicates),
         retry_after: false,
     };
     if !batch.entries.is_empty() {
@@ -549,6 +579,10 @@ async fn commit(
     }
     state.metrics.count_samples("accepted", kept);
     state.metrics.count_samples("unmatched", unmatched);
+    state
+        .metrics
+        .count_samples("duplicate", ha.counts.duplicate);
+    state.metrics.count_ha(&ha.counts);
     response
 }
 

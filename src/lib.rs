@@ -5,6 +5,7 @@
 //! Data flows one way, one module per stage (see `DESIGN.md`):
 //! - [`http`]: the axum router (remote-write endpoint, `/metrics`, health, debug JSON).
 //! - [`ingest`]: content negotiation, snappy, zero-copy protobuf decode and validation.
+//! - [`ha`]: HA pairs: one replica's samples accepted per cluster, the others dropped.
 //! - [`route`]: the compiled rule set's index; drops series no rule needs.
 //! - [`window`]: per (rule input, series) windows of samples, in event time.
 //! - [`eval`]: PromQL over windows and the detectors (thresholds, bands, SLO burn rates,
@@ -37,6 +38,7 @@ pub mod auth;
 pub mod cluster;
 pub mod eval;
 pub mod follow;
+pub mod ha;
 pub mod http;
 pub mod ingest;
 pub mod labels;

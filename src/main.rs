@@ -105,6 +105,18 @@ struct RunArgs {
     /// Decisions kept for GET /api/v1/decisions.
     #[arg(long, default_value_t = 10_000)]
     decisions_kept: usize,
+    /// HA pairs: a label naming the HA cluster (repeatable; together their values name
+    /// it). Per cluster the samples of one replica are accepted, the others dropped.
+    #[arg(long = "ha-cluster-label", value_name = "NAME", default_values = ["cluster", "prometheus"])]
+    ha_cluster_labels: Vec<String>,
+    /// HA pairs: a label naming the replica (repeatable), dropped from kept series.
+    /// Series without one are never deduplicated; `--ha-replica-label=` turns it off.
+    #[arg(long = "ha-replica-label", value_name = "NAME", default_values = ["__replica__", "prometheus_replica"])]
+    ha_replica_labels: Vec<String>,
+    /// HA pairs: how long the elected replica may send nothing (on Prophet's clock)
+    /// before the next replica heard from is elected.
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+    ha_failover_timeout: std::time::Duration,
     /// Save windows and detector state (SLO budgets, forecast history, tripped series)
     /// here, and restore them at start.
     #[arg(long, env = "PROPHET_STATE_DIR")]
@@ -312,6 +324,11 @@ fn run(args: RunArgs) -> prophet::Result<()> {
         tenancy: Tenancy {
             isolate: args.cluster && args.isolate_namespaces,
             privileged: args.privileged_namespaces.clone(),
+        },
+        ha: prophet::ha::HaConfig {
+            cluster_labels: args.ha_cluster_labels,
+            replica_labels: args.ha_replica_labels,
+            failover_timeout: args.ha_failover_timeout,
         },
     };
     let serve = ServeLimits {

@@ -39,9 +39,18 @@ pub struct Metrics {
     /// Remote-write requests by protocol version and HTTP status.
     pub requests: Family<RequestLabels, Counter>,
     /// Samples of accepted requests by fate: accepted (some rule needs the series),
-    /// unmatched (no rule does); rejected: needed, but refused with 503 because the
+    /// unmatched (no rule does), duplicate (an HA replica's that is not elected);
+    /// rejected: needed, but refused with 503 because the
     /// evaluator was behind. Samples of requests refused as malformed are not counted.
     pub samples: Family<SampleLabels, Counter>,
+    /// Samples of series carrying an HA replica label, by fate: accepted (elected
+    /// replica), duplicate (another replica: dropped), missing_cluster and over_limit
+    /// (kept as sent, not deduplicated).
+    pub ha_samples: Family<SampleLabels, Counter>,
+    /// Times an HA cluster's election moved to another replica.
+    pub ha_failovers: Counter,
+    /// HA clusters whose elected replica is remembered.
+    pub ha_clusters: Gauge,
     /// Series tracked in windows.
     pub series_active: Gauge,
     /// Samples a rule dropped because it already holds `--series-limit` series.
@@ -128,8 +137,26 @@ impl Metrics {
         let samples = Family::<SampleLabels, Counter>::default();
         registry.register(
             "prophet_remote_write_samples",
-            "Remote-write samples by result: accepted, unmatched or rejected",
+            "Remote-write samples by result: accepted, unmatched, duplicate or rejected",
             samples.clone(),
+        );
+        let ha_samples = Family::<SampleLabels, Counter>::default();
+        registry.register(
+            "prophet_ha_samples",
+            "Samples of series with an HA replica label by result: accepted, duplicate, missing_cluster or over_limit",
+            ha_samples.clone(),
+        );
+        let ha_failovers = Counter::default();
+        registry.register(
+            "prophet_ha_failovers",
+            "Times an HA cluster's elected replica fell silent for the failover timeout and another was elected",
+            ha_failovers.clone(),
+        );
+        let ha_clusters = Gauge::default();
+        registry.register(
+            "prophet_ha_clusters",
+            "HA clusters whose elected replica is tracked",
+            ha_clusters.clone(),
         );
         let series_active = Gauge::default();
         registry.register(
@@ -225,6 +252,9 @@ impl Metrics {
             registry,
             requests,
             samples,
+            ha_samples,
+            ha_failovers,
+            ha_clusters,
             series_active,
             series_limit_dropped,
             window_dropped,
@@ -247,6 +277,24 @@ impl Metrics {
             self.samples
                 .get_or_create(&SampleLabels { result })
                 .inc_by(n as u64);
+        }
+    }
+}
+
+impl Metrics {
+    /// Adds one accepted request's HA counts.
+    pub fn count_ha(&self, counts: &crate::ha::HaCounts) {
+        for (result, n) in [
+            ("accepted", counts.accepted),
+            ("duplicate", counts.duplicate),
+            ("missing_cluster", counts.missing_cluster),
+            ("over_limit", counts.over_limit),
+        ] {
+            if n > 0 {
+                self.ha_samples
+                    .get_or_create(&SampleLabels { result })
+                    .inc_by(n as u64);
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use promql_parser::label::{MatchOp, Matcher};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::ingest::{IngestError, Sample, SeriesView};
-use crate::labels::{Labels, PrehashedMap, push_label};
+use crate::labels::{LabelNames, Labels, PrehashedMap, push_label};
 
 /// Identifies one distinct selector that rules need (every rule input with that selector
 /// reads its series), as an index into the evaluator's table of windows.
@@ -90,11 +90,18 @@ struct SetMatcher {
 }
 
 impl SetMatcher {
-    /// Whether a decoded series matches. Equality matchers compare bytes; only regular
-    /// expressions need the value as `str`, so only they check UTF-8.
-    fn matches(&self, series: &SeriesView<'_, '_>) -> Result<bool, IngestError> {
+    /// Whether a decoded series matches, the labels in `hidden` read as absent (they are
+    /// not kept). Equality matchers compare bytes; only regular expressions need the
+    /// value as `str`, so only they check UTF-8.
+    fn matches(
+        &self,
+        series: &SeriesView<'_, '_>,
+        hidden: Option<&LabelNames>,
+    ) -> Result<bool, IngestError> {
         let value = if self.reads_metric_name {
             series.metric_name
+        } else if hidden.is_some_and(|h| h.contains(self.matcher.name.as_bytes())) {
+            b""
         } else {
             self.label_value(series)
         };
@@ -229,6 +236,7 @@ impl RouteSet {
     fn select(
         &self,
         series: &SeriesView<'_, '_>,
+        hidden: Option<&LabelNames>,
         mut selected: impl FnMut(SelectorId) -> Result<(), IngestError>,
     ) -> Result<(), IngestError> {
         // Results of the first 64 matchers, remembered for the routes that share them;
@@ -239,7 +247,7 @@ impl RouteSet {
             if known & bit != 0 {
                 return Ok(matched & bit != 0);
             }
-            let result = self.matchers[index as usize].matches(series)?;
+            let result = self.matchers[index as usize].matches(series, hidden)?;
             known |= bit;
             if result {
                 matched |= bit;
@@ -346,6 +354,20 @@ impl Router {
     /// `batch` once, with an entry for every input whose selector matches.
     #[inline]
     pub fn route(&self, series: &SeriesView<'_, '_>, batch: &mut Batch) -> Result<(), IngestError> {
+        self.route_stripped(series, None, batch)
+    }
+
+    /// [`Self::route`], leaving the labels named in `strip` out of the kept copy (an HA
+    /// pair's replica label: both replicas' series are then one series). Selectors see
+    /// the series as kept: a stripped label matches as absent, as in Cortex, where it is
+    /// never stored.
+    #[inline]
+    pub fn route_stripped(
+        &self,
+        series: &SeriesView<'_, '_>,
+        strip: Option<&LabelNames>,
+        batch: &mut Batch,
+    ) -> Result<(), IngestError> {
         batch.generation = self.generation;
         if series.samples.is_empty() {
             // Histogram- or exemplar-only series: nothing a rule evaluates.
@@ -365,7 +387,9 @@ impl Router {
         let mut keep = |input: SelectorId| -> Result<(), IngestError> {
             let (labels, hash) = match &kept {
                 Some(k) => k.clone(),
-                None => kept.insert(batch.push_series(series, self.seed)?).clone(),
+                None => kept
+                    .insert(batch.push_series(series, self.seed, strip)?)
+                    .clone(),
             };
             let first = batch.samples.len() as u32 - series.samples.len() as u32;
             batch.entries.push(KeptSeries {
@@ -377,9 +401,9 @@ impl Router {
             Ok(())
         };
         if let Some(named) = named {
-            named.select(series, &mut keep)?;
+            named.select(series, strip, &mut keep)?;
         }
-        self.unnamed.select(series, &mut keep)?;
+        self.unnamed.select(series, strip, &mut keep)?;
         if kept.is_some() {
             batch.kept_samples += series.samples.len();
         } else {
@@ -457,22 +481,27 @@ impl Batch {
         &self.samples[entry.samples.start as usize..entry.samples.end as usize]
     }
 
-    /// Copies a series' labels (sorted, UTF-8 checked) and samples in; returns the label
-    /// range and hash.
+    /// Copies a series' labels (sorted, UTF-8 checked, without those named in `strip` and
+    /// those with an empty value) and samples in; returns the label range and hash.
     fn push_series(
         &mut self,
         series: &SeriesView<'_, '_>,
         seed: u64,
+        strip: Option<&LabelNames>,
     ) -> Result<(Range<u32>, u64), IngestError> {
         let start = self.labels.len();
         // Prometheus writes sorted labels as one run that is already the canonical form;
         // ASCII throughout (framing included, as its lengths are under 128), it is valid
-        // UTF-8 too, and one copy keeps it.
+        // UTF-8 too, and one copy keeps it (the decoder ends the run before an empty
+        // value, so a run never holds one).
         let encoded = series.encoded_labels;
-        if series.sorted && !encoded.is_empty() && encoded.is_ascii() {
-            self.labels.extend_from_slice(encoded);
-        } else {
-            self.push_labels(series)?;
+        if !(series.sorted
+            && !encoded.is_empty()
+            && encoded.is_ascii()
+            && self.copy_run(encoded, series, strip))
+        {
+            self.labels.truncate(start);
+            self.push_labels(series, strip)?;
         }
         if self.labels.len() > self.max_label_bytes
             || self.samples.len() + series.samples.len() > u32::MAX as usize
@@ -486,9 +515,51 @@ impl Batch {
         Ok((start as u32..self.labels.len() as u32, hash))
     }
 
+    /// Copies a run of encoded labels, leaving out the entries of the labels in `strip`
+    /// (so a replica's series keeps the one-copy path too). Each entry of a run has
+    /// one-byte lengths, `0a len 0a n name 12 v value`: 6 bytes plus its name and value,
+    /// in the order of `series.labels`. Returns false, having copied part of it at most,
+    /// if the run is not that (the caller then writes the labels one by one).
+    #[inline]
+    fn copy_run(
+        &mut self,
+        encoded: &[u8],
+        series: &SeriesView<'_, '_>,
+        strip: Option<&LabelNames>,
+    ) -> bool {
+        let Some(strip) = strip else {
+            self.labels.extend_from_slice(encoded);
+            return true;
+        };
+        let (mut at, mut from) = (0, 0);
+        for label in series.labels {
+            let len = 6 + label.name.len() + label.value.len();
+            if strip.contains(label.name) {
+                let Some(kept) = encoded.get(from..at) else {
+                    return false;
+                };
+                self.labels.extend_from_slice(kept);
+                from = at + len;
+            }
+            at += len;
+        }
+        match encoded.get(from..) {
+            Some(rest) if at == encoded.len() => {
+                self.labels.extend_from_slice(rest);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Writes a series' labels in canonical form, label by label: sorted, each checked to
-    /// be UTF-8.
-    fn push_labels(&mut self, series: &SeriesView<'_, '_>) -> Result<(), IngestError> {
+    /// be UTF-8, leaving out those named in `strip` and those with an empty value (which
+    /// Prometheus takes for no label).
+    fn push_labels(
+        &mut self,
+        series: &SeriesView<'_, '_>,
+        strip: Option<&LabelNames>,
+    ) -> Result<(), IngestError> {
         let invalid = || IngestError::InvalidUtf8 {
             series: series.index,
         };
@@ -496,6 +567,9 @@ impl Batch {
         // than full UTF-8 validation.
         let utf8 = |bytes: &[u8]| bytes.is_ascii() || std::str::from_utf8(bytes).is_ok();
         let mut push = |label: &crate::ingest::Label<'_>| -> Result<(), IngestError> {
+            if label.value.is_empty() || strip.is_some_and(|s| s.contains(label.name)) {
+                return Ok(());
+            }
             if !(utf8(label.name) && utf8(label.value)) {
                 return Err(invalid());
             }
@@ -621,7 +695,7 @@ mod tests {
                         value: value.as_bytes(),
                     }];
                     assert_eq!(
-                        set.matches(&view(0, &labels)),
+                        set.matches(&view(0, &labels), None),
                         Ok(matcher.is_match(value)),
                         "{pattern} {value}"
                     );
@@ -793,7 +867,8 @@ mod tests {
                 |s| router.route(s, &mut batch),
             )
             .unwrap();
-            let want = Labels::from_pairs(pairs.iter().copied());
+            // A label with an empty value is no label.
+            let want = Labels::from_pairs(pairs.iter().copied().filter(|(_, v)| !v.is_empty()));
             let entry = &batch.entries[0];
             assert_eq!(
                 batch.canonical_labels(entry),
@@ -802,6 +877,117 @@ mod tests {
             );
             assert_eq!(entry.hash, want.hash_with_seed(1));
         }
+    }
+
+    /// Decodes a 1.0 body and routes its series with `strip`; returns the kept labels.
+    fn kept_labels(router: &Router, body: &[u8], strip: Option<&LabelNames>) -> Vec<Labels> {
+        let mut batch = Batch::new(Instant::now(), i64::MAX, 1 << 20);
+        crate::ingest::decode(
+            crate::ingest::Protocol::V1,
+            body,
+            &crate::ingest::Limits::default(),
+            i64::MAX / 2,
+            |s| router.route_stripped(s, strip, &mut batch),
+        )
+        .unwrap();
+        batch.entries.iter().map(|e| batch.labels(e)).collect()
+    }
+
+    /// `0a len (0a n name 12 v value)` for each pair, one-byte lengths, values written
+    /// even when empty: prost (like Prometheus's Go encoder) leaves an empty value out, and
+    /// this is the form another sender may write.
+    fn series_bytes(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut series = Vec::new();
+        for (name, value) in pairs {
+            series.extend_from_slice(&[0x0a, (4 + name.len() + value.len()) as u8, 0x0a]);
+            series.push(name.len() as u8);
+            series.extend_from_slice(name.as_bytes());
+            series.extend_from_slice(&[0x12, value.len() as u8]);
+            series.extend_from_slice(value.as_bytes());
+        }
+        // One sample: value 1.0 (fixed64), timestamp 1.
+        series.extend_from_slice(&[0x12, 0x0b, 0x09]);
+        series.extend_from_slice(&1f64.to_le_bytes());
+        series.extend_from_slice(&[0x10, 0x01]);
+        let mut body = vec![0x0a, series.len() as u8];
+        body.extend_from_slice(&series);
+        body
+    }
+
+    /// Prometheus takes a label with an empty value for no label: a series sent with
+    /// `shard=""` is kept as the series sent without it, whichever way it was encoded.
+    #[test]
+    fn a_label_with_an_empty_value_is_no_label() {
+        let router = Router::new([(SelectorId(0), selector("up"))], 1);
+        let want = Labels::from_pairs([("__name__", "up"), ("job", "api")]);
+        for pairs in [
+            &[("__name__", "up"), ("job", "api")][..],
+            &[("__name__", "up"), ("job", "api"), ("shard", "")],
+            &[("__name__", "up"), ("a", ""), ("job", "api")],
+            &[("job", "api"), ("shard", ""), ("__name__", "up")],
+        ] {
+            let kept = kept_labels(&router, &series_bytes(pairs), None);
+            assert_eq!(kept, std::slice::from_ref(&want), "{pairs:?}");
+            assert_eq!(kept[0].hash_with_seed(1), want.hash_with_seed(1));
+        }
+    }
+
+    /// An HA replica's series is kept without its replica label, on the one-copy path
+    /// (sorted, as Prometheus sends) and on the label-by-label one, with the same hash.
+    #[test]
+    fn stripped_labels_are_left_out_of_the_kept_copy() {
+        let router = Router::new([(SelectorId(0), selector(r#"up{__replica__=""}"#))], 1);
+        let strip = LabelNames::new(["__replica__", "prometheus_replica"]);
+        let want = Labels::from_pairs([("__name__", "up"), ("cluster", "eu"), ("job", "api")]);
+        for pairs in [
+            &[
+                ("__name__", "up"),
+                ("__replica__", "b"),
+                ("cluster", "eu"),
+                ("job", "api"),
+            ][..],
+            &[
+                ("job", "api"),
+                ("__replica__", "b"),
+                ("__name__", "up"),
+                ("cluster", "eu"),
+            ],
+            &[
+                ("__name__", "up"),
+                ("__replica__", "b"),
+                ("cluster", "eu"),
+                ("job", "api"),
+                ("prometheus_replica", "p-1"),
+            ],
+        ] {
+            let kept = kept_labels(&router, &series_bytes(pairs), Some(&strip));
+            // `__replica__=""` selects it: matchers see the series as kept.
+            assert_eq!(kept, std::slice::from_ref(&want), "{pairs:?}");
+            assert_eq!(kept[0].hash_with_seed(1), want.hash_with_seed(1));
+        }
+    }
+
+    #[test]
+    fn a_stripped_label_is_not_there_for_selectors() {
+        let router = Router::new(
+            [
+                (SelectorId(0), selector(r#"up{__replica__="b"}"#)),
+                (SelectorId(1), selector(r#"up{__replica__!="b"}"#)),
+            ],
+            1,
+        );
+        let strip = LabelNames::new(["__replica__"]);
+        let body = series_bytes(&[("__name__", "up"), ("__replica__", "b")]);
+        let mut batch = Batch::new(Instant::now(), i64::MAX, 1 << 20);
+        crate::ingest::decode(
+            crate::ingest::Protocol::V1,
+            &body,
+            &crate::ingest::Limits::default(),
+            i64::MAX / 2,
+            |s| router.route_stripped(s, Some(&strip), &mut batch),
+        )
+        .unwrap();
+        assert_eq!(inputs(&batch), [1]);
     }
 
     #[test]

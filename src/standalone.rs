@@ -42,6 +42,8 @@ pub struct PipelineConfig {
     pub state_interval: Duration,
     /// Which series each rule may read.
     pub tenancy: Tenancy,
+    /// How HA pairs' series are told apart and deduplicated.
+    pub ha: crate::ha::HaConfig,
 }
 
 impl Default for PipelineConfig {
@@ -55,6 +57,7 @@ impl Default for PipelineConfig {
             state_dir: None,
             state_interval: Duration::from_secs(60),
             tenancy: Tenancy::default(),
+            ha: crate::ha::HaConfig::default(),
         }
     }
 }
@@ -269,6 +272,11 @@ impl Pipeline {
             limits: config.limits,
             router: RwLock::new(router),
             eval,
+            ha: crate::ha::HaTracker::new(
+                &config.ha,
+                metrics.ha_failovers.clone(),
+                metrics.ha_clusters.clone(),
+            ),
             metrics,
             decisions,
             listing: RwLock::new(Arc::new(listing)),

@@ -90,13 +90,23 @@ fn value(i: usize, timestamp_ms: i64) -> f64 {
 
 /// A remote-write 1.0 request body (protobuf, not yet compressed).
 pub fn request_v1(series: usize, timestamp_ms: i64) -> Vec<u8> {
+    request_v1_with(series, timestamp_ms, &[])
+}
+
+/// [`request_v1`] with `external` labels added to every series, in their sorted places,
+/// as Prometheus adds its `external_labels` (an HA replica's `cluster` and `__replica__`).
+pub fn request_v1_with(series: usize, timestamp_ms: i64, external: &[(&str, &str)]) -> Vec<u8> {
     let request = v1::WriteRequest {
         timeseries: series_set(series)
-            .map(|(i, labels)| v1::TimeSeries {
-                labels: labels
-                    .into_iter()
-                    .map(|(name, value)| v1::Label { name, value })
-                    .collect(),
+            .map(|(i, mut labels)| v1::TimeSeries {
+                labels: {
+                    labels.extend(external.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+                    labels.sort();
+                    labels
+                        .into_iter()
+                        .map(|(name, value)| v1::Label { name, value })
+                        .collect()
+                },
                 samples: vec![v1::Sample {
                     value: value(i, timestamp_ms),
                     timestamp: timestamp_ms,

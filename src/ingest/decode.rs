@@ -39,8 +39,9 @@ pub struct SeriesView<'s, 'a> {
     pub sorted: bool,
     /// The bytes that held all of `labels`, when the sender wrote them as one run of
     /// `TimeSeries.labels` entries with one-byte lengths (as Prometheus does); empty
-    /// otherwise. Sorted, such a run is the labels' canonical form (see
-    /// [`crate::labels::Labels`]), so the router keeps the series by copying it.
+    /// otherwise (and when a label has an empty value, which is no label). Sorted, such a
+    /// run is the labels' canonical form (see [`crate::labels::Labels`]), so the router
+    /// keeps the series by copying it.
     pub encoded_labels: &'a [u8],
     pub samples: &'s [Sample],
     /// Native histogram samples: counted and acknowledged, not evaluated by any rule.
@@ -271,8 +272,10 @@ fn read_series_v1<'a>(
 /// The hot loop of the decoder: senders write a series' labels first, each as tag 0x0a
 /// and a one-byte length around `0x0a len name 0x12 len value`. Reads that run of labels
 /// straight off the bytes, without the general field dispatch, and returns how many bytes
-/// it consumed; anything else (a longer label, another field) is left to the general walk,
-/// which also reports any error.
+/// it consumed; anything else (a longer label, another field, an empty value) is left to
+/// the general walk, which also reports any error. An empty value ends the run because
+/// it is no label (as in Prometheus): the run is kept by copying it whole, so it must
+/// hold only labels that are kept.
 #[inline(always)]
 fn read_leading_labels<'a>(series: &'a [u8], labels: &mut Vec<Label<'a>>) -> usize {
     let mut pos = 0;
@@ -284,6 +287,7 @@ fn read_leading_labels<'a>(series: &'a [u8], labels: &mut Vec<Label<'a>>) -> usi
         && let Some((name, [0x12, value_len, value @ ..])) =
             label.split_at_checked(*name_len as usize)
         && value.len() == *value_len as usize
+        && *value_len != 0
     {
         labels.push(Label { name, value });
         pos += 2 + *len as usize;

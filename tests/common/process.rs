@@ -100,3 +100,31 @@ pub fn wait_line(lines: &std::sync::mpsc::Receiver<String>, text: &str) -> Strin
         }
     }
 }
+
+/// Starts Debian's Prometheus with `config` (its `prometheus.yml`) and its data in `dir`,
+/// listening on `port`; its output is discarded.
+pub fn start_prometheus(dir: &std::path::Path, port: u16, config: &str) -> Running {
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let child = std::process::Command::new("/usr/bin/prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    Running(child)
+}
+
+/// A reqwest client for talking to the processes. reqwest is built without a bundled
+/// crypto provider (the binary installs ring); a test run alone must install it too.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

@@ -324,7 +324,7 @@ async fn a_bearer_token_admits_prometheus_and_a_rotation_needs_no_restart() {
             credentials.display()
         ),
     );
-    let client = reqwest::Client::new();
+    let client = common::process::http_client();
     wait_trip(&client, &prophet, "Bearer old-token", "prometheus-0").await;
     let text = metrics(&client, &prophet).await;
     assert!(counter(&text, WRITES_204) > 0.0, "{text}");
@@ -424,7 +424,7 @@ async fn basic_auth_with_a_wrong_password_is_refused_and_nothing_is_evaluated() 
             password.display()
         ),
     );
-    let client = reqwest::Client::new();
+    let client = common::process::http_client();
     let authorization = "Basic cHJvbWV0aGV1czpjb3JyZWN0IGhvcnNl"; // prometheus:correct horse
 
     // Every batch is refused: the sender's tries show in the count, none is accepted.
@@ -568,7 +568,7 @@ async fn mutual_tls_admits_the_certified_sender_and_refuses_one_without_a_certif
             certs.ca.display()
         ),
     );
-    let client = reqwest::Client::new();
+    let client = common::process::http_client();
     let text = wait_metrics(
         &client,
         &prophet,
@@ -631,7 +631,7 @@ async fn probes_and_metrics_answer_without_credentials_while_ingest_refuses() {
         &rules,
         &["--write-token-file", tokens.to_str().unwrap(), "--api=off"],
     );
-    let client = reqwest::Client::new();
+    let client = common::process::http_client();
     for path in ["/healthz", "/readyz", "/metrics"] {
         let answer = client
             .get(format!("http://{}{path}", prophet.probes))
@@ -830,7 +830,7 @@ async fn kubernetes_metrics_auth_lets_only_a_granted_service_account_read_metric
     // Cluster mode with no write credential says so loudly (actions are dry run, so it
     // still starts).
     assert_eq!(prophet.logged("UNAUTHENTICATED REMOTE WRITE").len(), 1);
-    let client = reqwest::Client::new();
+    let client = common::process::http_client();
     let get = |path: &str, token: Option<&str>| {
         let mut request = client
             .get(format!("http://{}{path}", prophet.probes))
@@ -981,6 +981,6 @@ async fn a_rotated_certificate_is_served_without_a_restart_and_a_stalled_handsha
         .await
         .expect("closed within 10 s");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
-    let text = metrics(&reqwest::Client::new(), &prophet).await;
+    let text = metrics(&common::process::http_client(), &prophet).await;
     assert!(counter(&text, HANDSHAKE_FAILURES) >= 1.0, "{text}");
 }

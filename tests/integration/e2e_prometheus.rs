@@ -9,7 +9,6 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::process::{Running, free_port, percent_encode};
@@ -25,7 +24,6 @@ fn start_prophet(rules: &Path) -> (Running, String) {
 
 /// Starts Prometheus remote-writing to `prophet`; returns it and its HTTP port.
 fn start_prometheus(dir: &Path, prophet: &str) -> (Running, u16) {
-    let binary = Path::new("/usr/bin/prometheus");
     let port = free_port();
     let config = format!(
         r#"
@@ -40,25 +38,10 @@ remote_write:
     queue_config: {{batch_send_deadline: 1s, min_backoff: 100ms, max_backoff: 1s}}
 "#
     );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let child = Command::new(binary)
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus starts");
-    (Running(child), port)
+    (common::process::start_prometheus(dir, port, &config), port)
 }
 
-fn get_json(
+pub(crate) fn get_json(
     client: &reqwest::Client,
     url: &str,
 ) -> impl Future<Output = Option<serde_json::Value>> {
@@ -106,10 +89,7 @@ spec:
     .unwrap();
     let (_prophet, addr) = start_prophet(&rules);
     let (_prometheus, prometheus_port) = start_prometheus(dir.path(), &addr);
-    // reqwest's rustls needs a process-wide provider, which nothing installed yet when
-    // this test runs alone (an error means one is installed already).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::new();
+    let client = common::process::http_client();
 
     let rules_view = get_json(&client, &format!("http://{addr}/api/v1/rules"))
         .await
@@ -204,7 +184,11 @@ spec:
 }
 
 /// The first decision about `rule`, waiting up to 90 s.
-async fn wait_decision(client: &reqwest::Client, addr: &str, rule: &str) -> serde_json::Value {
+pub(crate) async fn wait_decision(
+    client: &reqwest::Client,
+    addr: &str,
+    rule: &str,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let decisions = get_json(client, &format!("http://{addr}/api/v1/decisions")).await;

@@ -567,3 +567,54 @@ async fn request_bodies_in_flight_are_bounded_in_total_with_503() {
         answer.body
     );
 }
+
+/// Prometheus takes a label with an empty value for no label: a plain-selector rule's
+/// decision about a series sent with `shard=""` (over 1.0 and over 2.0) names no `shard`,
+/// and it is the series sent without the label.
+#[tokio::test]
+async fn a_label_with_an_empty_value_is_no_label_for_a_plain_selector_rule() {
+    let app = app();
+    let t = now_ms();
+    let with_empty: &[(&str, &str)] = &[
+        ("__name__", MEM),
+        ("namespace", "default"),
+        ("pod", "a"),
+        ("shard", ""),
+    ];
+    let answer = app
+        .write(
+            Some(V1),
+            v1_body(vec![series(with_empty, &[(t, 2.0 * GI)])]),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.body);
+    let decisions = app.wait_decisions(1).await;
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    let labels = &decisions[0]["series"];
+    assert!(labels.get("shard").is_none(), "{labels}");
+    assert_eq!(labels["pod"], "a", "{labels}");
+    assert_eq!(
+        decisions[0]["targets"],
+        serde_json::json!([{"namespace": "default", "name": "a"}])
+    );
+    // Without the label, and over 2.0 with it: the same series, still tripped once.
+    let answer = app
+        .write(
+            Some(V1),
+            v1_body(vec![pod_series("a", &[(t + 1000, 3.0 * GI)])]),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.body);
+    let answer = app
+        .write(Some(V2), v2_body(&[(with_empty, &[(t + 2000, 4.0 * GI)])]))
+        .await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.body);
+    let rule = app.rule("mem").await;
+    assert_eq!(rule["series"], 1, "{rule}");
+    assert_eq!(rule["counters"]["samples"], 3, "{rule}");
+    let tripped = &rule["trippedSeries"];
+    assert_eq!(tripped.as_array().map(Vec::len), Some(1), "{rule}");
+    assert!(tripped[0]["series"].get("shard").is_none(), "{rule}");
+    assert_eq!(tripped[0]["sampleTimeMs"], t + 2000, "{rule}");
+    assert_eq!(app.wait_decisions(2).await.len(), 1, "no second trip");
+}

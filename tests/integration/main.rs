@@ -23,6 +23,7 @@ mod e2e_prometheus;
 mod expression_edges;
 mod expressions;
 mod fuzz;
+mod ha_pair;
 mod hardening;
 mod http_write;
 mod ingest_captures;

@@ -733,10 +733,7 @@ async fn the_engine_agrees_with_prometheus() {
     let port = free_port();
     let _prometheus = start_prometheus(dir.path(), port);
     let base = format!("http://127.0.0.1:{port}");
-    // reqwest's rustls needs a process-wide provider; run alone, nothing else in this
-    // test binary has installed one yet (an error means one is installed already).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::new();
+    let client = common::process::http_client();
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -56,7 +56,7 @@ async fn start_prophet(rules: &Path, state: &Path) -> Prophet {
     let prophet = Prophet {
         process: Running(child),
         base: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
+        client: common::process::http_client(),
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
