@@ -110,6 +110,14 @@ pub struct SelectorWindows {
     /// samples were refused.
     floor_ms: i64,
     last_sweep_ms: i64,
+    /// Samples at or after this time are kept whatever the retention says: a step of an
+    /// expression reading these windows that has not settled yet still needs its ranges
+    /// back from it (see [`Self::hold`]).
+    hold_ms: i64,
+    /// The least [`SeriesWindow::complete_through`] of the live series, while `settled`
+    /// is true; recomputed only after something changed.
+    watermark_ms: i64,
+    watermark_fresh: bool,
 }
 
 impl SelectorWindows {
@@ -125,7 +133,50 @@ impl SelectorWindows {
             clock_ms: i64::MIN,
             floor_ms: i64::MIN,
             last_sweep_ms: i64::MIN,
+            hold_ms: i64::MAX,
+            watermark_ms: i64::MAX,
+            watermark_fresh: true,
         }
+    }
+
+    /// Keeps, from now on, every sample that a step at `step_ms` needs: windows trim
+    /// behind the older of a sample's time, the receiver's clock and this step.
+    /// `i64::MIN` keeps everything (a rule that has not placed its first step yet);
+    /// `i64::MAX` holds nothing back.
+    pub fn hold(&mut self, step_ms: i64) {
+        self.hold_ms = step_ms;
+    }
+
+    /// The event time up to which every live series has surely or most likely sent all
+    /// its samples (the least [`SeriesWindow::complete_through`]); `i64::MAX` when no
+    /// series holds anything back. Computed again only after the windows changed.
+    pub fn watermark(&mut self) -> i64 {
+        if !self.watermark_fresh {
+            self.watermark_ms = self
+                .iter()
+                .map(|(_, w)| w.complete_through())
+                .min()
+                .unwrap_or(i64::MAX);
+            self.watermark_fresh = true;
+        }
+        self.watermark_ms
+    }
+
+    /// A step at `step_ms` settled without these series (its settle delay ran out): the
+    /// series behind it are quiet until they send again, so the next steps do not wait
+    /// for them too. Returns how many were marked.
+    pub fn mark_quiet_behind(&mut self, step_ms: i64) -> usize {
+        let mut marked = 0;
+        for window in self.slots.iter_mut().flatten() {
+            if window.complete_through() < step_ms {
+                window.mark_quiet();
+                marked += 1;
+            }
+        }
+        if marked > 0 {
+            self.watermark_fresh = false;
+        }
+        marked
     }
 
     /// Samples that were not stored (their series was over the limit) still move the
@@ -245,9 +296,10 @@ impl SelectorWindows {
         let Some(window) = self.slots.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return Insert::TooOld;
         };
-        let outcome = window.insert(sample, retention_ms, now_ms);
+        let outcome = window.insert(sample, retention_ms, now_ms.min(self.hold_ms));
         if outcome == Insert::Appended {
             self.clock_ms = self.clock_ms.max(sample.timestamp_ms.min(now_ms));
+            self.watermark_fresh = false;
         }
         outcome
     }
@@ -282,6 +334,7 @@ impl SelectorWindows {
             evicted.push((id, window.into_labels()));
         }
         if !evicted.is_empty() {
+            self.watermark_fresh = false;
             let slots = &self.slots;
             self.ordered.retain(|id| slots[id.0 as usize].is_some());
         }
@@ -365,6 +418,7 @@ impl SelectorWindows {
             }
             mapping.push((saved.id, id));
         }
+        self.watermark_fresh = false;
         mapping
     }
 }

@@ -26,6 +26,13 @@ pub struct SeriesWindow {
     labels: Labels,
     hash: u64,
     samples: VecDeque<Sample>,
+    /// The series missed a step's settle delay: steps are not held for it again until
+    /// it sends its next sample (see [`SeriesWindow::complete_through`]).
+    quiet: bool,
+    /// The time between its last two samples, and the shorter of its last two such
+    /// intervals (0 while unknown): its rhythm, kept whatever the retention.
+    gap_ms: i64,
+    interval_ms: i64,
 }
 
 impl SeriesWindow {
@@ -34,6 +41,9 @@ impl SeriesWindow {
             labels,
             hash,
             samples: VecDeque::with_capacity(1),
+            quiet: false,
+            gap_ms: 0,
+            interval_ms: 0,
         }
     }
 
@@ -73,7 +83,17 @@ impl SeriesWindow {
                 };
             }
         }
+        if let Some(last) = self.samples.back() {
+            let gap = sample.timestamp_ms.saturating_sub(last.timestamp_ms);
+            self.interval_ms = if self.gap_ms > 0 {
+                gap.min(self.gap_ms)
+            } else {
+                gap
+            };
+            self.gap_ms = gap;
+        }
         self.samples.push_back(sample);
+        self.quiet = false;
         let oldest_kept = sample.timestamp_ms.min(now_ms).saturating_sub(retention_ms);
         while self.samples.len() > 1
             && self
@@ -84,6 +104,32 @@ impl SeriesWindow {
             self.samples.pop_front();
         }
         Insert::Appended
+    }
+
+    /// The event time up to which this series has surely, or by its rhythm most likely,
+    /// sent every sample: a step at or before it need not wait for the series.
+    ///
+    /// A sender sends each series in order, so every sample up to the newest has arrived.
+    /// Beyond it, the series' next sample is expected one scrape interval later (the
+    /// shorter of its last two intervals, so one gap does not stretch it); up to three
+    /// quarters of that interval past the newest nothing more is expected, the last
+    /// quarter is left for a scrape's jitter. A series ended by a staleness marker, or
+    /// marked quiet (it missed a settle delay and sent nothing since), holds nothing:
+    /// `i64::MAX`.
+    pub fn complete_through(&self) -> i64 {
+        let Some(last) = self.samples.back() else {
+            return i64::MAX;
+        };
+        if self.quiet || is_stale_marker(last.value) {
+            return i64::MAX;
+        }
+        last.timestamp_ms
+            .saturating_add(self.interval_ms.max(0) / 4 * 3)
+    }
+
+    /// Marks the series quiet: see [`Self::complete_through`].
+    pub(crate) fn mark_quiet(&mut self) {
+        self.quiet = true;
     }
 
     /// The newest sample, staleness markers included.
