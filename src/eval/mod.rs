@@ -843,8 +843,12 @@ impl Evaluator {
             .iter()
             .filter_map(|rule| {
                 let t = self.next_step(rule)?;
-                (rule.clock_ms >= t).then_some(())?;
-                let arrival = rule.arrivals.iter().find(|a| a.clock_ms >= t)?;
+                let reads_through = rule.detector.reads_through(t);
+                (rule.clock_ms >= reads_through).then_some(())?;
+                let arrival = rule
+                    .arrivals
+                    .iter()
+                    .find(|a| a.clock_ms >= reads_through)?;
                 Some(arrival.wall_ms.saturating_add(self.settle_ms))
             })
             .min()
@@ -942,10 +946,11 @@ impl Evaluator {
             loop {
                 let rule = &self.rules[index];
                 let Some(t) = self.next_step(rule) else { break };
-                if rule.clock_ms < t {
+                // Due once a sample at or past the last time it reads has arrived.
+                let reads_through = rule.detector.reads_through(t);
+                if rule.clock_ms < reads_through {
                     break;
                 }
-                let reads_through = rule.detector.reads_through(t);
                 let slots = rule.inputs.clone();
                 let complete = self.inputs[slots.clone()]
                     .iter()
@@ -959,10 +964,10 @@ impl Evaluator {
                 let arrival = rule
                     .arrivals
                     .iter()
-                    .find(|a| a.clock_ms >= t)
+                    .find(|a| a.clock_ms >= reads_through)
                     .copied()
                     .unwrap_or(Arrival {
-                        clock_ms: t,
+                        clock_ms: reads_through,
                         wall_ms: self.wall_ms,
                         at: Instant::now(),
                     });
@@ -1017,7 +1022,7 @@ impl Evaluator {
                     let store = &mut self.stores[s.store];
                     store.settled_ms = store.settled_ms.max(reads_through);
                 }
-                let next = t.saturating_add(step);
+                let next = rule.detector.reads_through(t.saturating_add(step));
                 while rule.arrivals.front().is_some_and(|a| a.clock_ms < next) {
                     rule.arrivals.pop_front();
                 }

@@ -75,11 +75,13 @@ async fn a_rate_expression_trips_the_pod_whose_rate_is_high_with_its_exact_value
     let d = &decisions[0];
     assert_eq!(d["verdict"], "tripped");
     assert_eq!(d["targets"][0]["name"], "b");
-    // All in one batch, so the rule is evaluated once, at the last step boundary: the
-    // [1m] range then holds five samples 15 s apart, all at 10/s, and Prometheus's rate
-    // (no extrapolation needed: the samples span the whole range) is exactly 10.
-    assert_eq!(d["value"], "10");
-    assert_eq!(d["sampleTimeMs"], a[11].0);
+    // All in one batch, yet every step in it is evaluated in order, as if the samples
+    // had arrived live. The [1m] range holds five samples 15 s apart, spanning the whole
+    // range (Prometheus's rate needs no extrapolation): at the 8th sample's step two of
+    // its four intervals are at 10/s and two at 2/s, (2·10 + 2·2)·15 / 60 = 6, the first
+    // rate above 5 (at the 7th it is (10 + 3·2)·15 / 60 = 4).
+    assert_eq!(d["value"], "6");
+    assert_eq!(d["sampleTimeMs"], a[8].0);
     let view = app.rule("hot-pods").await;
     let results = view["values"]["results"].as_array().unwrap();
     assert_eq!(results.len(), 2, "{view}");

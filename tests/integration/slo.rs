@@ -35,9 +35,11 @@ fn requests(code: &str, samples: &[(i64, f64)]) -> prophet::proto::v1::TimeSerie
 }
 
 /// Two minutes ago: baselines (5 000 ok, 10 errors); a minute later the given counter
-/// values. Each request must be accepted.
+/// values. Each request must be accepted. An SLO is judged at each minute boundary over
+/// the minutes before it, once its series have reached the boundary: the samples are
+/// each a minute's last millisecond, so that each minute is judged when it arrives.
 async fn send_minute(app: &App, ok: f64, errors: f64) {
-    let t = now_ms() - 120_000;
+    let t = (now_ms() - 120_000).div_euclid(60_000) * 60_000 - 1;
     let body = v1_body(vec![
         requests("200", &[(t, 5_000.0), (t + 60_000, ok)]),
         requests("500", &[(t, 10.0), (t + 60_000, errors)]),
