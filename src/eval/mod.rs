@@ -804,6 +804,8 @@ impl Evaluator {
             self.advance_rule(index, oldest, arrival);
         }
         self.settle(&mut outcome);
+        // What the steps still pending need is not evicted.
+        self.hold_windows();
         for store in &mut self.stores {
             let evicted = store.windows.evict_idle();
             let at = store.windows.clock_ms();
@@ -845,10 +847,7 @@ impl Evaluator {
                 let t = self.next_step(rule)?;
                 let reads_through = rule.detector.reads_through(t);
                 (rule.clock_ms >= reads_through).then_some(())?;
-                let arrival = rule
-                    .arrivals
-                    .iter()
-                    .find(|a| a.clock_ms >= reads_through)?;
+                let arrival = rule.arrivals.iter().find(|a| a.clock_ms >= reads_through)?;
                 Some(arrival.wall_ms.saturating_add(self.settle_ms))
             })
             .min()
@@ -871,8 +870,8 @@ impl Evaluator {
     fn hold_windows(&mut self) {
         let mut holds = vec![i64::MAX; self.stores.len()];
         for rule in &self.rules {
-            if rule.detector.step_ms().is_none() || matches!(rule.detector, Detector::Slo { .. }) {
-                // Judged as samples arrive, or from rollups: nothing read from windows later.
+            if rule.detector.step_ms().is_none() {
+                // Judged as samples arrive: nothing read from the windows later.
                 continue;
             }
             // A rule without its first step yet keeps everything of the batch that

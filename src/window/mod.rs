@@ -139,8 +139,9 @@ impl SelectorWindows {
         }
     }
 
-    /// Keeps, from now on, every sample that a step at `step_ms` needs: windows trim
-    /// behind the older of a sample's time, the receiver's clock and this step.
+    /// Keeps, from now on, every sample and series that a step at `step_ms` needs:
+    /// windows trim behind the older of a sample's time, the receiver's clock and this
+    /// step, and series idle behind this step (not the clock) are evicted or refused.
     /// `i64::MIN` keeps everything (a rule that has not placed its first step yet);
     /// `i64::MAX` holds nothing back.
     pub fn hold(&mut self, step_ms: i64) {
@@ -280,8 +281,16 @@ impl SelectorWindows {
 
     /// Whether [`Self::insert`] would refuse `sample` as too old for the event clock
     /// (as it was when the batch began, see [`Self::begin_batch`]), whatever its series.
+    ///
+    /// A step still pending (see [`Self::hold`]) moves that clock back to it: a sender
+    /// catching up through several shards may move the clock minutes on with one
+    /// shard's backlog, and the samples of the others must still land.
     pub fn too_old(&self, sample: Sample) -> bool {
-        sample.timestamp_ms < self.floor_ms.saturating_sub(self.spec.idle_ms)
+        sample.timestamp_ms
+            < self
+                .floor_ms
+                .min(self.hold_ms)
+                .saturating_sub(self.spec.idle_ms)
     }
 
     /// Inserts a sample into a series' window and advances the event clock, which never
@@ -313,7 +322,11 @@ impl SelectorWindows {
             return Vec::new();
         }
         self.last_sweep_ms = self.clock_ms;
-        let deadline = self.clock_ms.saturating_sub(self.spec.idle_ms);
+        // Behind a pending step, not the clock: the series it waits for stay.
+        let deadline = self
+            .clock_ms
+            .min(self.hold_ms)
+            .saturating_sub(self.spec.idle_ms);
         let mut evicted = Vec::new();
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let idle = slot

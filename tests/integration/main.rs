@@ -31,6 +31,7 @@ mod predictive;
 mod promql_oracle;
 mod restart;
 mod rules_examples;
+mod settle;
 mod shared_windows;
 mod slo;
 mod window_reads;
