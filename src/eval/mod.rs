@@ -347,8 +347,10 @@ struct ActiveRule {
     /// For a rule evaluated at steps: its first step, placed when its first samples
     /// arrive (afterwards the next step follows the last one evaluated).
     first_ms: Option<i64>,
-    /// The rule's event clock as of the last batch.
+    /// The rule's event clock as of the last batch, and how far its own inputs took it
+    /// (a rule whose series all ended or went quiet follows the other rules' clock).
     clock_ms: i64,
+    own_clock_ms: i64,
     /// When the rule's clock moved, oldest first, kept from the first time past its next
     /// step on: a step's settle delay runs from the arrival of the first sample past it.
     arrivals: VecDeque<Arrival>,
@@ -552,6 +554,7 @@ impl Evaluator {
                     inputs: first..inputs.len(),
                     first_ms: None,
                     clock_ms: i64::MIN,
+                    own_clock_ms: i64::MIN,
                     arrivals: VecDeque::new(),
                 }
             })
@@ -914,6 +917,7 @@ impl Evaluator {
             own
         };
         let rule = &mut self.rules[index];
+        rule.own_clock_ms = own;
         if rule.first_ms.is_none() && rule.detector.last_step().is_none() && clock != i64::MIN {
             rule.first_ms = Some(if oldest != i64::MAX {
                 // As if the samples had arrived live: from the first step they reach.
@@ -960,6 +964,13 @@ impl Evaluator {
                     .min()
                     .unwrap_or(i64::MAX);
                 let rule = &self.rules[index];
+                // A step only the other rules' clock has reached waits out the delay: a
+                // series of this rule may yet come back in time for it.
+                let complete = if rule.own_clock_ms < reads_through {
+                    i64::MIN
+                } else {
+                    complete
+                };
                 let arrival = rule
                     .arrivals
                     .iter()

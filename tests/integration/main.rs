@@ -32,6 +32,7 @@ mod promql_oracle;
 mod restart;
 mod rules_examples;
 mod settle;
+mod sharded_oracle;
 mod shared_windows;
 mod slo;
 mod window_reads;
