@@ -274,7 +274,7 @@ fn an_slo_backlog_split_over_shards_trips_and_clears_at_the_minutes_it_would_liv
     for i in 0..ok.samples.len() {
         let at = |s: &prophet::proto::v1::TimeSeries| {
             let mut one = s.clone();
-            one.samples = vec![s.samples[i].clone()];
+            one.samples = vec![s.samples[i]];
             one
         };
         let received = ok.samples[i].timestamp + 2_000;

@@ -141,7 +141,7 @@ fn feed(oracle: &Oracle, shards: usize, seed: u64) -> (Evaluations, u64) {
         }
         // One shard in four is a request late (at most one at a time, and none with
         // one shard).
-        let late = (shards > 1 && !unwaitable(i) && rng.next() % 4 == 0)
+        let late = (shards > 1 && !unwaitable(i) && rng.next().is_multiple_of(4))
             .then(|| order[(rng.next() % shards as u64) as usize]);
         let received = t(i) + 2_000;
         for (k, &shard) in order.iter().enumerate() {
