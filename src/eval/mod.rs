@@ -1,8 +1,12 @@
 //! Eval: runs each rule's detector over its windows as batches arrive, in event time, and
-//! emits verdict changes. Pure and deterministic: the same batches give the same verdicts,
-//! so a capture can be replayed to backtest a rule. Owns the windows (one
-//! [`SelectorWindows`] per distinct selector, shared by the rule inputs that read it) so that
-//! nothing else needs to lock them.
+//! emits verdict changes. Rules on a plain selector judge each sample as it arrives;
+//! expressions, forecasts and SLOs evaluate at steps, each step once it has settled
+//! (every series they read has reached it, or `--settle-delay` ran out on the receiver's
+//! clock), in order, however many steps a batch carries. Pure and deterministic: the
+//! receiver's clock comes in with each batch and with [`Evaluator::tick`], so the same
+//! batches and ticks give the same verdicts and a capture can be replayed to backtest a
+//! rule. Owns the windows (one [`SelectorWindows`] per distinct selector, shared by the
+//! rule inputs that read it) so that nothing else needs to lock them.
 
 mod band;
 mod condition;

@@ -175,7 +175,10 @@ pub fn spawn(
                     Some(deadline) => {
                         let wait = deadline.saturating_sub(wall_ms());
                         let wait = std::time::Duration::from_millis(wait.max(0) as u64);
-                        match timer.block_on(tokio::time::timeout(wait, queued.recv())) {
+                        // The timer is made inside the runtime, which it needs.
+                        let next = timer
+                            .block_on(async { tokio::time::timeout(wait, queued.recv()).await });
+                        match next {
                             Ok(job) => job,
                             Err(_) => {
                                 let outcome = evaluator.tick(wall_ms());

@@ -2,7 +2,8 @@
 //! what the rule inputs reading that selector need and no more (its retention), a set of
 //! windows is bounded by the per-rule series limit, and series that stop reporting are
 //! evicted once the selector's event clock has moved past them. Time is always passed in as sample timestamps; nothing here
-//! reads a clock.
+//! reads a clock. The windows also say how far their series have surely arrived (the
+//! watermark a step settles on) and keep what a step not yet settled needs (the hold).
 //!
 //! Windows can be exported and imported (as [`SeriesExport`]s) so that they survive a
 //! restart; `crate::state` writes them to disk.

@@ -26,13 +26,14 @@ pub struct SeriesWindow {
     labels: Labels,
     hash: u64,
     samples: VecDeque<Sample>,
-    /// The series missed a step's settle delay: steps are not held for it again until
-    /// it sends its next sample (see [`SeriesWindow::complete_through`]).
-    quiet: bool,
     /// The time between its last two samples, and the shorter of its last two such
     /// intervals (0 while unknown): its rhythm, kept whatever the retention.
     gap_ms: i64,
     interval_ms: i64,
+    /// [`SeriesWindow::complete_through`], kept up to date (the windows' watermark reads
+    /// it for every series without touching their samples); `i64::MAX` also once the
+    /// series is quiet (it missed a step's settle delay), until its next sample.
+    complete_ms: i64,
 }
 
 impl SeriesWindow {
@@ -41,9 +42,9 @@ impl SeriesWindow {
             labels,
             hash,
             samples: VecDeque::with_capacity(1),
-            quiet: false,
             gap_ms: 0,
             interval_ms: 0,
+            complete_ms: i64::MAX,
         }
     }
 
@@ -93,7 +94,13 @@ impl SeriesWindow {
             self.gap_ms = gap;
         }
         self.samples.push_back(sample);
-        self.quiet = false;
+        self.complete_ms = if is_stale_marker(sample.value) {
+            i64::MAX
+        } else {
+            sample
+                .timestamp_ms
+                .saturating_add(self.interval_ms.max(0) / 4 * 3)
+        };
         let oldest_kept = sample.timestamp_ms.min(now_ms).saturating_sub(retention_ms);
         while self.samples.len() > 1
             && self
@@ -117,19 +124,12 @@ impl SeriesWindow {
     /// marked quiet (it missed a settle delay and sent nothing since), holds nothing:
     /// `i64::MAX`.
     pub fn complete_through(&self) -> i64 {
-        let Some(last) = self.samples.back() else {
-            return i64::MAX;
-        };
-        if self.quiet || is_stale_marker(last.value) {
-            return i64::MAX;
-        }
-        last.timestamp_ms
-            .saturating_add(self.interval_ms.max(0) / 4 * 3)
+        self.complete_ms
     }
 
     /// Marks the series quiet: see [`Self::complete_through`].
     pub(crate) fn mark_quiet(&mut self) {
-        self.quiet = true;
+        self.complete_ms = i64::MAX;
     }
 
     /// The newest sample, staleness markers included.
@@ -331,6 +331,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_series_is_complete_up_to_three_quarters_of_its_shorter_recent_interval() {
+        let mut w = SeriesWindow::new(Labels::from_pairs([("__name__", "m")]), 0);
+        assert_eq!(
+            w.complete_through(),
+            i64::MAX,
+            "an empty series holds nothing"
+        );
+        w.insert(at(100_000, 1.0), 0, i64::MAX);
+        assert_eq!(
+            w.complete_through(),
+            100_000,
+            "rhythm unknown: its newest sample"
+        );
+        w.insert(at(160_000, 1.0), 0, i64::MAX);
+        assert_eq!(w.complete_through(), 205_000);
+        // After a gap, the interval before it still counts: a gap does not stretch it.
+        w.insert(at(700_000, 1.0), 0, i64::MAX);
+        assert_eq!(w.complete_through(), 745_000);
+        w.mark_quiet();
+        assert_eq!(w.complete_through(), i64::MAX);
+        w.insert(at(715_000, 1.0), 0, i64::MAX);
+        assert_eq!(
+            w.complete_through(),
+            726_250,
+            "its next sample ends the quiet"
+        );
+        w.insert(at(730_000, f64::from_bits(STALE_NAN_BITS)), 0, i64::MAX);
+        assert_eq!(
+            w.complete_through(),
+            i64::MAX,
+            "ended by a staleness marker"
+        );
     }
 
     #[test]

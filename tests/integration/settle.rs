@@ -326,3 +326,36 @@ fn an_slo_backlog_split_over_shards_trips_and_clears_at_the_minutes_it_would_liv
     let live_slo = live.snapshot()[0].slo.clone().expect("an SLO");
     assert_eq!(slo, live_slo, "the same budget and burn rates as live");
 }
+
+/// The evaluator's thread wakes when a step's settle delay runs out, with no request to
+/// wake it: pod b went quiet, and pod a's last step is still evaluated.
+#[tokio::test]
+async fn the_evaluator_wakes_for_a_settle_deadline_without_a_request() {
+    let config = prophet::standalone::PipelineConfig {
+        settle_delay: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let app = start_with(&expression_rule("sum(m)", "> 25"), config);
+    let start = (now_ms() - 120_000).div_euclid(STEP) * STEP;
+    let at = |i: i64| start + i * STEP;
+    let both = |i: i64| v1_body(vec![m("a", &[(at(i), 10.0)]), m("b", &[(at(i), 10.0)])]);
+    for i in 0..3 {
+        assert_eq!(app.write(Some(V1), both(i)).await.status, 204);
+    }
+    let evaluated_at = |view: &serde_json::Value| view["values"]["atMs"].as_i64();
+    assert_eq!(evaluated_at(&app.rule("r").await), Some(at(2)));
+    // Pod a's sample of step 3 alone: the step waits for pod b, then for the delay.
+    let body = v1_body(vec![m("a", &[(at(3), 30.0)])]);
+    assert_eq!(app.write(Some(V1), body).await.status, 204);
+    let decisions = app.wait_decisions(1).await;
+    assert_eq!(decisions.len(), 1, "{decisions:#?}");
+    assert_eq!(decisions[0]["verdict"], "tripped");
+    assert_eq!(decisions[0]["sampleTimeMs"], at(3));
+    assert_eq!(decisions[0]["value"], "40");
+    assert_eq!(evaluated_at(&app.rule("r").await), Some(at(3)));
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("prophet_steps_settled_by_delay_total 1"),
+        "{metrics}"
+    );
+}
