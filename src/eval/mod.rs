@@ -911,10 +911,9 @@ impl Evaluator {
         // clock, so that what its expression no longer returns clears (and `absent`
         // fires); one with series still reporting follows them, however far behind the
         // others they are (a sender catching up).
-        let stores: Vec<usize> = slots.iter().map(|s| s.store).collect();
-        let waits_for_none = stores
-            .into_iter()
-            .all(|store| self.stores[store].windows.watermark() == i64::MAX);
+        let waits_for_none = slots
+            .iter()
+            .all(|s| self.stores[s.store].windows.watermark() == i64::MAX);
         let clock = if waits_for_none {
             own.max(self.clock_ms)
         } else {
@@ -961,10 +960,7 @@ impl Evaluator {
                 let slots = rule.inputs.clone();
                 let complete = self.inputs[slots.clone()]
                     .iter()
-                    .map(|s| s.store)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .map(|store| self.stores[store].windows.watermark())
+                    .map(|s| self.stores[s.store].windows.watermark())
                     .min()
                     .unwrap_or(i64::MAX);
                 let rule = &self.rules[index];
