@@ -121,6 +121,12 @@ struct RunArgs {
     /// here, and restore them at start.
     #[arg(long, env = "PROPHET_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// How long a step of an expression, forecast or SLO waits, on the receiver's clock,
+    /// for series that have not reached it yet (remote-write shards send apart) after
+    /// the first sample past it arrived; 0s evaluates at once. Per-sample thresholds
+    /// and bands never wait.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    settle_delay: std::time::Duration,
     /// How often the state is saved with --state-dir (also at shutdown), e.g. 30s, 5m.
     #[arg(long, default_value = "1m", value_parser = parse_interval)]
     state_interval: std::time::Duration,
@@ -321,6 +327,7 @@ fn run(args: RunArgs) -> prophet::Result<()> {
         decisions_kept: args.decisions_kept,
         state_dir: args.state_dir,
         state_interval: args.state_interval,
+        settle_delay: args.settle_delay,
         tenancy: Tenancy {
             isolate: args.cluster && args.isolate_namespaces,
             privileged: args.privileged_namespaces.clone(),

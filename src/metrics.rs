@@ -58,6 +58,12 @@ pub struct Metrics {
     /// Samples a window dropped, by reason (`out_of_order`: older than the series'
     /// newest sample or than its rule's clock allows).
     pub window_dropped: Family<DropLabels, Counter>,
+    /// Samples taken after a step that reads them had settled without them (its
+    /// `--settle-delay` ran out first); they count from the next step on.
+    pub late_samples: Counter,
+    /// Steps of expressions, forecasts and SLOs evaluated because their settle delay ran
+    /// out, not because every series they read had reached them.
+    pub steps_settled_by_delay: Counter,
     pub verdicts: Family<VerdictLabels, Counter>,
     /// Seconds from the arrival of the request carrying a sample to the verdict it caused.
     pub verdict_latency: Histogram,
@@ -176,6 +182,18 @@ impl Metrics {
             "Samples dropped by rule windows, by reason",
             window_dropped.clone(),
         );
+        let late_samples = Counter::default();
+        registry.register(
+            "prophet_late_samples",
+            "Samples that arrived after a step reading them had settled; used from the next step on",
+            late_samples.clone(),
+        );
+        let steps_settled_by_delay = Counter::default();
+        registry.register(
+            "prophet_steps_settled_by_delay",
+            "Rule steps evaluated when their settle delay ran out, with series still missing",
+            steps_settled_by_delay.clone(),
+        );
         let verdicts = Family::<VerdictLabels, Counter>::default();
         registry.register(
             "prophet_rule_verdicts",
@@ -258,6 +276,8 @@ impl Metrics {
             series_active,
             series_limit_dropped,
             window_dropped,
+            late_samples,
+            steps_settled_by_delay,
             verdicts,
             verdict_latency,
             rules,

@@ -40,6 +40,8 @@ pub struct PipelineConfig {
     /// shutdown) and restored from at start; `None` keeps nothing across restarts.
     pub state_dir: Option<PathBuf>,
     pub state_interval: Duration,
+    /// How long a rule's step waits for series that have not reached it (`--settle-delay`).
+    pub settle_delay: Duration,
     /// Which series each rule may read.
     pub tenancy: Tenancy,
     /// How HA pairs' series are told apart and deduplicated.
@@ -56,6 +58,7 @@ impl Default for PipelineConfig {
             decisions_kept: 10_000,
             state_dir: None,
             state_interval: Duration::from_secs(60),
+            settle_delay: Duration::from_millis(crate::eval::DEFAULT_SETTLE_DELAY_MS as u64),
             tenancy: Tenancy::default(),
             ha: crate::ha::HaConfig::default(),
         }
@@ -243,7 +246,9 @@ impl Pipeline {
             .iter()
             .map(|r| (r.key.clone(), r.plan.clone()))
             .collect();
-        let mut evaluator = Evaluator::new(active, config.series_limit);
+        let settle_ms = i64::try_from(config.settle_delay.as_millis()).unwrap_or(i64::MAX);
+        let mut evaluator =
+            Evaluator::new(active, config.series_limit).with_settle_delay(settle_ms);
         let seed = RandomState::new().hash_one(0x5eed_u64);
         let router = Arc::new(evaluator.router(seed));
         let state_file = config.state_dir.as_ref().map(|dir| dir.join(STATE_FILE));

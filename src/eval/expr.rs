@@ -105,40 +105,10 @@ impl SeriesSource for WindowSource<'_> {
     }
 }
 
-/// The step boundaries a rule that evaluates every `step_ms` is due at, oldest first:
-/// those after `last_ms` up to `clock_ms`. A batch may carry several steps' worth of
-/// samples (Prometheus catching up), so every step is evaluated, except steps more than
-/// [`catch_up_ms`] behind the clock: the windows no longer hold all they would need.
-pub fn due(clock_ms: i64, last_ms: i64, step_ms: i64) -> impl Iterator<Item = i64> {
-    // Checked throughout: sample times come from senders, and a time near i64::MIN
-    // must give no step rather than an overflow.
-    let span = || -> Option<(i64, i64)> {
-        if clock_ms == i64::MIN || step_ms <= 0 {
-            return None;
-        }
-        let newest = clock_ms.div_euclid(step_ms).checked_mul(step_ms)?;
-        if last_ms == i64::MIN {
-            return Some((newest, newest));
-        }
-        // The first boundary at most `catch_up_ms` behind the clock.
-        let floor = clock_ms
-            .checked_sub(catch_up_ms(step_ms))?
-            .div_euclid(step_ms)
-            .checked_add(1)?
-            .checked_mul(step_ms)?;
-        Some((floor.max(last_ms.checked_add(step_ms)?), newest))
-    };
-    let (from, to) = span().unwrap_or((1, 0));
-    let steps = if from > to {
-        0
-    } else {
-        (to - from) / step_ms + 1
-    };
-    (0..steps).map(move |k| from + k * step_ms)
-}
-
-/// How far behind the clock a missed step is still evaluated; the windows of an
-/// expression's inputs keep this much more than its ranges need.
+/// How much more than its ranges need the windows of an expression's inputs keep. Steps
+/// that have not settled hold their windows back themselves (see
+/// `SelectorWindows::hold`); this margin covers a step pending when the state was
+/// saved, whose windows come back trimmed to the retention from the newest sample.
 pub fn catch_up_ms(step_ms: i64) -> i64 {
     (4 * step_ms).max(60_000)
 }
@@ -325,9 +295,14 @@ impl ExprDetector {
         }
     }
 
-    /// The steps to evaluate at, oldest first, when the rule's clock is at `clock_ms`.
-    pub fn due(&self, clock_ms: i64) -> impl Iterator<Item = i64> + use<> {
-        due(clock_ms, self.last_ms, self.query.step_ms)
+    /// Event time between evaluations.
+    pub fn step_ms(&self) -> i64 {
+        self.query.step_ms
+    }
+
+    /// The last step evaluated, if any.
+    pub fn last_step(&self) -> Option<i64> {
+        (self.last_ms != i64::MIN).then_some(self.last_ms)
     }
 
     pub fn state(&self) -> &ExprState {
@@ -567,7 +542,7 @@ impl ExprDetector {
 
     /// For a seasonal baseline, which needs a value at every step: carries a result
     /// series' newest value over the steps before `at_ms` it was not returned at (or not
-    /// evaluated at: a step more than a minute behind a batch's clock is skipped).
+    /// evaluated at: steps further back than `CATCH_UP_MAX_MS` are skipped).
     /// Done before a fit too, not only when the next value comes: a fit made at such a
     /// step saw a history a few steps short (2879 one-minute values of a 2-day window on
     /// 5-minute data), too short for two daily seasons, and the band never came.
@@ -628,23 +603,6 @@ fn seasonal_missing(have: usize, min_samples: usize, step_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_rule_is_due_at_each_step_boundary_once() {
-        let due = |clock, last| due(clock, last, 15_000).collect::<Vec<_>>();
-        assert!(due(i64::MIN, i64::MIN).is_empty());
-        assert_eq!(due(31_000, i64::MIN), [30_000]);
-        assert!(due(44_999, 30_000).is_empty());
-        assert_eq!(due(45_000, 30_000), [45_000]);
-        assert_eq!(due(76_000, 45_000), [60_000, 75_000]);
-        // A long jump evaluates the steps the windows still cover: those at most a
-        // minute behind the clock.
-        assert_eq!(due(200_000, 45_000), [150_000, 165_000, 180_000, 195_000]);
-        // Sender-given times at the edges of i64 give no step, never an overflow.
-        assert!(due(i64::MIN + 1, i64::MIN).is_empty());
-        assert!(due(i64::MIN + 1, i64::MIN + 2).is_empty());
-        assert!(due(i64::MAX, i64::MAX - 1).is_empty());
-    }
 
     #[test]
     fn result_ids_are_reused_after_removal() {

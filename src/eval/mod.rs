@@ -1,8 +1,12 @@
 //! Eval: runs each rule's detector over its windows as batches arrive, in event time, and
-//! emits verdict changes. Pure and deterministic: the same batches give the same verdicts,
-//! so a capture can be replayed to backtest a rule. Owns the windows (one
-//! [`SelectorWindows`] per distinct selector, shared by the rule inputs that read it) so that
-//! nothing else needs to lock them.
+//! emits verdict changes. Rules on a plain selector judge each sample as it arrives;
+//! expressions, forecasts and SLOs evaluate at steps, each step once it has settled
+//! (every series they read has reached it, or `--settle-delay` ran out on the receiver's
+//! clock), in order, however many steps a batch carries. Pure and deterministic: the
+//! receiver's clock comes in with each batch and with [`Evaluator::tick`], so the same
+//! batches and ticks give the same verdicts and a capture can be replayed to backtest a
+//! rule. Owns the windows (one [`SelectorWindows`] per distinct selector, shared by the
+//! rule inputs that read it) so that nothing else needs to lock them.
 
 mod band;
 mod condition;
@@ -25,8 +29,9 @@ pub use slo::{BurnTier, SliCounter, SliShape, SloDetector, SloSpec, SloState, de
 pub use verdict::{Change, PodRef, Verdict, format_value};
 pub use worker::{EvalEvent, EvalHandle, RuleSetChange, SubmitError, spawn};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -181,10 +186,43 @@ impl Detector {
         }
     }
 
-    /// After a batch: detectors that judge the rule as a whole, or its expression's
-    /// results, evaluate at the rule's clock. Returns the changes with the series they
-    /// concern (`None`: the rule as a whole), their value and event time.
-    fn settle(&mut self, now_ms: i64, source: &dyn promql::SeriesSource) -> Vec<Settled> {
+    /// Event time between the rule's evaluations; `None` for a rule judged sample by
+    /// sample (which never waits for anything).
+    fn step_ms(&self) -> Option<i64> {
+        match self {
+            Self::Condition { .. } => None,
+            Self::Slo { .. } => Some(SLO_STEP_MS),
+            Self::Expression(d) => Some(d.step_ms()),
+            Self::Forecast(d) => Some(d.step_ms()),
+        }
+    }
+
+    /// The last step evaluated.
+    fn last_step(&self) -> Option<i64> {
+        match self {
+            Self::Condition { .. } => None,
+            Self::Slo { last_minute, .. } => {
+                (*last_minute != i64::MIN).then(|| last_minute.saturating_mul(SLO_STEP_MS))
+            }
+            Self::Expression(d) => d.last_step(),
+            Self::Forecast(d) => d.last_step(),
+        }
+    }
+
+    /// The newest sample time the evaluation at step `at_ms` reads: an expression reads
+    /// samples up to its evaluation time, as Prometheus does; an SLO is judged at a
+    /// minute boundary over the whole minutes before it.
+    fn reads_through(&self, at_ms: i64) -> i64 {
+        match self {
+            Self::Slo { .. } => at_ms.saturating_sub(1),
+            _ => at_ms,
+        }
+    }
+
+    /// Evaluates step `at_ms`, whose inputs have settled (see [`Evaluator::settle`]).
+    /// Returns the changes with the series they concern (`None`: the rule as a whole),
+    /// their value and event time.
+    fn evaluate_step(&mut self, at_ms: i64, source: &dyn promql::SeriesSource) -> Vec<Settled> {
         match self {
             Self::Condition { .. } => Vec::new(),
             Self::Slo {
@@ -193,12 +231,11 @@ impl Detector {
                 last_minute,
                 ..
             } => {
-                let minute = now_ms.div_euclid(60_000);
-                if minute == *last_minute {
-                    return Vec::new();
-                }
-                *last_minute = minute;
-                let (now, transition) = detector.evaluate(now_ms);
+                *last_minute = at_ms.div_euclid(SLO_STEP_MS);
+                // The rollups may hold minutes after the boundary already (samples of
+                // series that are further on): the minute before it is the last read.
+                let (mut now, transition) = detector.evaluate(at_ms.saturating_sub(1));
+                now.at_ms = at_ms;
                 let budget = now.budget_remaining;
                 *state = Some(now);
                 transition
@@ -206,44 +243,63 @@ impl Detector {
                         transition: t,
                         series: None,
                         value: Some(budget),
-                        at_ms: now_ms,
+                        at_ms,
                         forecast: None,
                     })
                     .into_iter()
                     .collect()
             }
-            Self::Expression(detector) => {
-                let mut settled = Vec::new();
-                for at_ms in detector.due(now_ms) {
-                    settled.extend(detector.evaluate(at_ms, source).into_iter().map(
-                        |(transition, series, value)| Settled {
-                            transition,
-                            series: Some(series),
-                            value,
-                            at_ms,
-                            forecast: None,
-                        },
-                    ));
-                }
-                settled
-            }
+            Self::Expression(detector) => detector
+                .evaluate(at_ms, source)
+                .into_iter()
+                .map(|(transition, series, value)| Settled {
+                    transition,
+                    series: Some(series),
+                    value,
+                    at_ms,
+                    forecast: None,
+                })
+                .collect(),
             Self::Forecast(detector) => {
                 let mut settled = Vec::new();
-                for at_ms in detector.due(now_ms) {
-                    for (transition, series, value) in detector.evaluate(at_ms, source) {
-                        settled.push(Settled {
-                            forecast: detector.latest(&series),
-                            transition,
-                            series: Some(series),
-                            value,
-                            at_ms,
-                        });
-                    }
+                for (transition, series, value) in detector.evaluate(at_ms, source) {
+                    settled.push(Settled {
+                        forecast: detector.latest(&series),
+                        transition,
+                        series: Some(series),
+                        value,
+                        at_ms,
+                    });
                 }
                 settled
             }
         }
     }
+}
+
+/// An SLO is judged once per minute of event time, at each minute boundary.
+const SLO_STEP_MS: i64 = 60_000;
+
+/// How far behind its clock a rule's steps are still evaluated one by one. A sender's
+/// backlog after an outage of its remote endpoint is what its WAL still holds, rarely more
+/// than about three hours for Prometheus (the WAL is truncated at each 2-hour head
+/// compaction); older steps, and the steps of a longer silence, are skipped rather than
+/// evaluated by the thousand.
+pub const CATCH_UP_MAX_MS: i64 = 6 * 60 * 60 * 1000;
+
+/// The default of `--settle-delay`: how long, on the receiver's clock, a step waits for
+/// series that have not reached it since the first sample past it arrived. Prometheus
+/// sends each remote-write shard's batch at the latest `batch_send_deadline` (5 s by
+/// default) after its first sample; twice that leaves room for the request itself and a
+/// retry.
+pub const DEFAULT_SETTLE_DELAY_MS: i64 = 10_000;
+
+/// When a rule's clock reached a time: the receiver's clock and the request's arrival.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    clock_ms: i64,
+    wall_ms: i64,
+    at: Instant,
 }
 
 /// Where the history a sample is judged against starts for an input: its retention back
@@ -254,6 +310,16 @@ fn history_from(sample: Sample, batch: &Batch, slot: &InputSlot) -> i64 {
         .timestamp_ms
         .min(batch.received_ms)
         .saturating_sub(slot.retention_ms)
+}
+
+/// The first multiple of `step` at or after `t` (saturating at the edges of i64).
+fn ceil_to(t: i64, step: i64) -> i64 {
+    let floor = t.div_euclid(step).saturating_mul(step);
+    if floor < t {
+        floor.saturating_add(step)
+    } else {
+        floor
+    }
 }
 
 /// A change found when a rule settles.
@@ -282,6 +348,16 @@ struct ActiveRule {
     cleared: u64,
     /// The rule's slots in `Evaluator::inputs`, which hold each rule's inputs together.
     inputs: Range<usize>,
+    /// For a rule evaluated at steps: its first step, placed when its first samples
+    /// arrive (afterwards the next step follows the last one evaluated).
+    first_ms: Option<i64>,
+    /// The rule's event clock as of the last batch, and how far its own inputs took it
+    /// (a rule whose series all ended or went quiet follows the other rules' clock).
+    clock_ms: i64,
+    own_clock_ms: i64,
+    /// When the rule's clock moved, oldest first, kept from the first time past its next
+    /// step on: a step's settle delay runs from the arrival of the first sample past it.
+    arrivals: VecDeque<Arrival>,
 }
 
 struct InputSlot {
@@ -313,6 +389,9 @@ struct Store {
     /// What became of the samples offered to these windows; every reader's rule shows
     /// them as its own (kept here, not per rule, to stay off the per-reader path).
     counters: StoreCounters,
+    /// The newest sample time a settled step of a reader has read: a sample at or before
+    /// it arrived too late for that step.
+    settled_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -320,6 +399,7 @@ struct StoreCounters {
     samples: u64,
     out_of_order: u64,
     over_limit: u64,
+    late: u64,
     last_sample_ms: Option<i64>,
 }
 
@@ -333,6 +413,9 @@ pub struct RuleCounters {
     pub out_of_order_samples: u64,
     /// Samples of series refused because the rule holds `--series-limit` series.
     pub over_limit_samples: u64,
+    /// Samples taken that arrived after a step reading them had settled (its settle
+    /// delay ran out without them): used from the next step on.
+    pub late_samples: u64,
     pub tripped: u64,
     pub cleared: u64,
     /// Event time of the newest sample the rule has seen.
@@ -348,6 +431,11 @@ pub struct Outcome {
     pub out_of_order: usize,
     /// Samples of series refused because their rule is at its series limit, per rule.
     pub over_limit: Vec<(RuleKey, usize)>,
+    /// Samples taken after a step reading them settled (see [`RuleCounters`]).
+    pub late: usize,
+    /// Steps evaluated because their settle delay ran out rather than because every
+    /// series they read had reached them.
+    pub settled_by_delay: usize,
 }
 
 /// One tripped series, as the rules endpoint lists it.
@@ -398,6 +486,10 @@ pub struct Evaluator {
     inputs: Vec<InputSlot>,
     stores: Vec<Store>,
     scratch: Scratch,
+    /// How long a step waits for series that have not reached it (receiver's clock, ms).
+    settle_ms: i64,
+    /// The receiver's clock as last told (by a batch or [`Self::tick`]).
+    wall_ms: i64,
 }
 
 impl Evaluator {
@@ -464,6 +556,10 @@ impl Evaluator {
                     tripped: 0,
                     cleared: 0,
                     inputs: first..inputs.len(),
+                    first_ms: None,
+                    clock_ms: i64::MIN,
+                    own_clock_ms: i64::MIN,
+                    arrivals: VecDeque::new(),
                 }
             })
             .collect();
@@ -492,6 +588,7 @@ impl Evaluator {
                     readers,
                     band_readers,
                     counters: StoreCounters::default(),
+                    settled_ms: i64::MIN,
                 }
             })
             .collect();
@@ -501,7 +598,19 @@ impl Evaluator {
             inputs,
             stores,
             scratch: Scratch::default(),
+            settle_ms: DEFAULT_SETTLE_DELAY_MS,
+            wall_ms: i64::MIN,
         }
+    }
+
+    /// Sets `--settle-delay` (ms on the receiver's clock).
+    pub fn with_settle_delay(mut self, settle_ms: i64) -> Self {
+        self.settle_ms = settle_ms.max(0);
+        self
+    }
+
+    pub fn settle_delay_ms(&self) -> i64 {
+        self.settle_ms
     }
 
     /// The windows an input reads.
@@ -528,13 +637,20 @@ impl Evaluator {
 
     /// Inserts a batch's samples into their windows, runs the detectors on every appended
     /// sample in order, then evicts series that fell out of the lookback.
+    ///
+    /// Rules judged sample by sample are judged here at once. Rules evaluated at steps
+    /// (expressions, forecasts, SLOs) evaluate each step once it has settled (see
+    /// [`Self::settle`]): a step of a batch carrying minutes of backlog is evaluated in
+    /// order like the others, its windows held back for it until then.
     pub fn apply(&mut self, batch: &Batch) -> Outcome {
         let mut outcome = Outcome::default();
+        self.wall_ms = self.wall_ms.max(batch.received_ms);
+        self.hold_windows();
         for store in &mut self.stores {
             store.windows.begin_batch();
         }
-        // Stores that took a sample in this batch.
-        let mut appended_to = vec![false; self.stores.len()];
+        // Per store, the oldest sample it took in this batch (`i64::MAX`: none).
+        let mut oldest_appended = vec![i64::MAX; self.stores.len()];
         // The series of the previous entry, with its labels as a window holds them: the
         // following entries of that series (its other selectors) find it by them,
         // comparing pointers rather than bytes when the windows share one copy.
@@ -598,9 +714,13 @@ impl Evaluator {
                 match inserted {
                     Insert::Appended => {
                         outcome.appended += 1;
-                        appended_to[index] = true;
+                        oldest_appended[index] = oldest_appended[index].min(sample.timestamp_ms);
                         let counters = &mut store.counters;
                         counters.samples += 1;
+                        if sample.timestamp_ms <= store.settled_ms {
+                            counters.late += 1;
+                            outcome.late += 1;
+                        }
                         counters.last_sample_ms = Some(
                             counters
                                 .last_sample_ms
@@ -634,7 +754,7 @@ impl Evaluator {
                         let labels = window.labels().clone();
                         outcome
                             .verdicts
-                            .push(rule.verdict(t, labels, None, last, batch));
+                            .push(rule.verdict(t, labels, None, last, batch.arrived));
                     }
                     if inserted != Insert::Appended {
                         continue;
@@ -654,7 +774,7 @@ impl Evaluator {
                             labels,
                             current,
                             sample.timestamp_ms,
-                            batch,
+                            batch.arrived,
                         ));
                     }
                 }
@@ -666,7 +786,7 @@ impl Evaluator {
             .map(|rule| {
                 self.inputs[rule.inputs.clone()]
                     .iter()
-                    .any(|slot| appended_to[slot.store])
+                    .any(|slot| oldest_appended[slot.store] != i64::MAX)
             })
             .collect();
         // Event time as far as this batch took it: rules whose inputs fell silent still
@@ -681,56 +801,22 @@ impl Evaluator {
                 .max()
                 .unwrap_or(i64::MIN),
         );
-        for (index, rule) in self.rules.iter_mut().enumerate() {
-            let reads_windows = matches!(
-                rule.detector,
-                Detector::Expression(_) | Detector::Forecast(_)
-            );
-            if !touched[index] && !reads_windows {
-                continue;
-            }
-            let slots = &self.inputs[rule.inputs.clone()];
-            let clock = if touched[index] {
-                slots
-                    .iter()
-                    .map(|s| self.stores[s.store].windows.clock_ms())
-                    .max()
-                    .unwrap_or(i64::MIN)
-            } else {
-                self.clock_ms
-            };
-            // Only expressions read the windows when they settle.
-            let source = WindowSource::new(if reads_windows {
-                slots
-                    .iter()
-                    .map(|s| {
-                        (
-                            &rule.compiled.inputs[s.index].selector,
-                            &self.stores[s.store].windows,
-                        )
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            });
-            for settled in rule.detector.settle(clock, &source) {
-                let labels = settled.series.unwrap_or_else(|| {
-                    Labels::from_pairs([
-                        ("namespace", rule.compiled.key.namespace.as_str()),
-                        ("rule", rule.compiled.key.name.as_str()),
-                    ])
-                });
-                let mut verdict = rule.verdict(
-                    settled.transition,
-                    labels,
-                    settled.value,
-                    settled.at_ms,
-                    batch,
-                );
-                verdict.forecast = settled.forecast;
-                outcome.verdicts.push(verdict);
-            }
+        let arrival = Arrival {
+            clock_ms: i64::MIN,
+            wall_ms: batch.received_ms,
+            at: batch.arrived,
+        };
+        for index in 0..self.rules.len() {
+            let oldest = self.inputs[self.rules[index].inputs.clone()]
+                .iter()
+                .map(|s| oldest_appended[s.store])
+                .min()
+                .unwrap_or(i64::MAX);
+            self.advance_rule(index, oldest, arrival);
         }
+        self.settle(&mut outcome);
+        // What the steps still pending need is not evicted.
+        self.hold_windows();
         for store in &mut self.stores {
             let evicted = store.windows.evict_idle();
             let at = store.windows.clock_ms();
@@ -739,14 +825,223 @@ impl Evaluator {
                     let slot = &self.inputs[reader];
                     let rule = &mut self.rules[slot.rule];
                     if let Some(t) = rule.detector.evicted(slot.index, id) {
-                        outcome
-                            .verdicts
-                            .push(rule.verdict(t, labels.clone(), None, at, batch));
+                        outcome.verdicts.push(rule.verdict(
+                            t,
+                            labels.clone(),
+                            None,
+                            at,
+                            batch.arrived,
+                        ));
                     }
                 }
             }
         }
         outcome
+    }
+
+    /// The receiver's clock moved to `wall_ms` without a batch: steps whose settle delay
+    /// ran out meanwhile are evaluated. The evaluator's thread calls this at
+    /// [`Self::next_deadline`]; tests drive it directly.
+    pub fn tick(&mut self, wall_ms: i64) -> Outcome {
+        self.wall_ms = self.wall_ms.max(wall_ms);
+        let mut outcome = Outcome::default();
+        self.settle(&mut outcome);
+        outcome
+    }
+
+    /// When (receiver's clock, ms) the next pending step's settle delay runs out, if a
+    /// step is waiting for series that have not reached it.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.rules
+            .iter()
+            .filter_map(|rule| {
+                let t = self.next_step(rule)?;
+                let reads_through = rule.detector.reads_through(t);
+                (rule.clock_ms >= reads_through).then_some(())?;
+                let arrival = rule.arrivals.iter().find(|a| a.clock_ms >= reads_through)?;
+                Some(arrival.wall_ms.saturating_add(self.settle_ms))
+            })
+            .min()
+    }
+
+    /// The next step rule `rule` evaluates: the one after its last, or its first; never
+    /// further back than [`CATCH_UP_MAX_MS`] behind its clock.
+    fn next_step(&self, rule: &ActiveRule) -> Option<i64> {
+        let step = rule.detector.step_ms()?.max(1);
+        let next = match rule.detector.last_step() {
+            Some(last) => last.checked_add(step)?,
+            None => rule.first_ms?,
+        };
+        let floor = ceil_to(rule.clock_ms.saturating_sub(CATCH_UP_MAX_MS), step);
+        Some(next.max(floor))
+    }
+
+    /// Before a batch: each store keeps what the next step of every rule reading it
+    /// needs, however far its series move on (see [`SelectorWindows::hold`]).
+    fn hold_windows(&mut self) {
+        let mut holds = vec![i64::MAX; self.stores.len()];
+        for rule in &self.rules {
+            if rule.detector.step_ms().is_none() {
+                // Judged as samples arrive: nothing read from the windows later.
+                continue;
+            }
+            // A rule without its first step yet keeps everything of the batch that
+            // places it.
+            let hold = self.next_step(rule).unwrap_or(i64::MIN);
+            for slot in &self.inputs[rule.inputs.clone()] {
+                holds[slot.store] = holds[slot.store].min(hold);
+            }
+        }
+        for (store, hold) in self.stores.iter_mut().zip(holds) {
+            store.windows.hold(hold);
+        }
+    }
+
+    /// After a batch: moves rule `index`'s clock, places its first step if it has none,
+    /// and notes when its clock moved. `oldest` is the oldest sample its inputs took in
+    /// the batch (`i64::MAX`: none).
+    fn advance_rule(&mut self, index: usize, oldest: i64, arrival: Arrival) {
+        let rule = &self.rules[index];
+        let Some(step) = rule.detector.step_ms().map(|s| s.max(1)) else {
+            return;
+        };
+        let slots = &self.inputs[rule.inputs.clone()];
+        let own = slots
+            .iter()
+            .map(|s| self.stores[s.store].windows.clock_ms())
+            .max()
+            .unwrap_or(i64::MIN);
+        // A rule whose series all ended or went quiet is moved on by the other rules'
+        // clock, so that what its expression no longer returns clears (and `absent`
+        // fires); one with series still reporting follows them, however far behind the
+        // others they are (a sender catching up).
+        let waits_for_none = slots
+            .iter()
+            .all(|s| self.stores[s.store].windows.watermark() == i64::MAX);
+        let clock = if waits_for_none {
+            own.max(self.clock_ms)
+        } else {
+            own
+        };
+        let rule = &mut self.rules[index];
+        rule.own_clock_ms = own;
+        if rule.first_ms.is_none() && rule.detector.last_step().is_none() && clock != i64::MIN {
+            rule.first_ms = Some(if oldest != i64::MAX {
+                // As if the samples had arrived live: from the first step they reach.
+                ceil_to(oldest, step)
+            } else {
+                clock.div_euclid(step).saturating_mul(step)
+            });
+        }
+        if clock > rule.clock_ms {
+            rule.clock_ms = clock;
+            rule.arrivals.push_back(Arrival {
+                clock_ms: clock,
+                ..arrival
+            });
+        }
+    }
+
+    /// Evaluates every step that has settled, rule by rule and in order: step `t` of a
+    /// rule once the rule's clock has reached it and either every series its inputs hold
+    /// has reached it (see [`SelectorWindows::watermark`]) or the settle delay has run
+    /// out since the first sample at or past `t` arrived. Series that held a step until
+    /// its delay ran out are marked quiet, so the next steps do not wait for them again
+    /// until they send.
+    fn settle(&mut self, outcome: &mut Outcome) {
+        for index in 0..self.rules.len() {
+            let Some(step) = self.rules[index].detector.step_ms().map(|s| s.max(1)) else {
+                continue;
+            };
+            loop {
+                let rule = &self.rules[index];
+                let Some(t) = self.next_step(rule) else { break };
+                // Due once a sample at or past the last time it reads has arrived.
+                let reads_through = rule.detector.reads_through(t);
+                if rule.clock_ms < reads_through {
+                    break;
+                }
+                let slots = rule.inputs.clone();
+                let complete = self.inputs[slots.clone()]
+                    .iter()
+                    .map(|s| self.stores[s.store].windows.watermark())
+                    .min()
+                    .unwrap_or(i64::MAX);
+                let rule = &self.rules[index];
+                // A step only the other rules' clock has reached waits out the delay: a
+                // series of this rule may yet come back in time for it.
+                let complete = if rule.own_clock_ms < reads_through {
+                    i64::MIN
+                } else {
+                    complete
+                };
+                let arrival = rule
+                    .arrivals
+                    .iter()
+                    .find(|a| a.clock_ms >= reads_through)
+                    .copied()
+                    .unwrap_or(Arrival {
+                        clock_ms: reads_through,
+                        wall_ms: self.wall_ms,
+                        at: Instant::now(),
+                    });
+                if complete < reads_through {
+                    if self.wall_ms < arrival.wall_ms.saturating_add(self.settle_ms) {
+                        break;
+                    }
+                    outcome.settled_by_delay += 1;
+                    for s in &self.inputs[slots.clone()] {
+                        self.stores[s.store]
+                            .windows
+                            .mark_quiet_behind(reads_through.saturating_add(1));
+                    }
+                }
+                let rule = &mut self.rules[index];
+                let reads_windows = matches!(
+                    rule.detector,
+                    Detector::Expression(_) | Detector::Forecast(_)
+                );
+                let slots = &self.inputs[slots];
+                let source = WindowSource::new(if reads_windows {
+                    slots
+                        .iter()
+                        .map(|s| {
+                            (
+                                &rule.compiled.inputs[s.index].selector,
+                                &self.stores[s.store].windows,
+                            )
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                });
+                for settled in rule.detector.evaluate_step(t, &source) {
+                    let labels = settled.series.unwrap_or_else(|| {
+                        Labels::from_pairs([
+                            ("namespace", rule.compiled.key.namespace.as_str()),
+                            ("rule", rule.compiled.key.name.as_str()),
+                        ])
+                    });
+                    let mut verdict = rule.verdict(
+                        settled.transition,
+                        labels,
+                        settled.value,
+                        settled.at_ms,
+                        arrival.at,
+                    );
+                    verdict.forecast = settled.forecast;
+                    outcome.verdicts.push(verdict);
+                }
+                for s in slots {
+                    let store = &mut self.stores[s.store];
+                    store.settled_ms = store.settled_ms.max(reads_through);
+                }
+                let next = rule.detector.reads_through(t.saturating_add(step));
+                while rule.arrivals.front().is_some_and(|a| a.clock_ms < next) {
+                    rule.arrivals.pop_front();
+                }
+            }
+        }
     }
 
     /// A view of every active rule, for the rules endpoint.
@@ -886,6 +1181,7 @@ impl ActiveRule {
             counters.samples += taken.samples;
             counters.out_of_order_samples += taken.out_of_order;
             counters.over_limit_samples += taken.over_limit;
+            counters.late_samples += taken.late;
             counters.last_sample_ms = counters.last_sample_ms.max(taken.last_sample_ms);
         }
         counters
@@ -897,7 +1193,7 @@ impl ActiveRule {
         series: Labels,
         value: Option<f64>,
         sample_time_ms: i64,
-        batch: &Batch,
+        arrived: Instant,
     ) -> Verdict {
         match transition.change {
             Change::Tripped => self.tripped += 1,
@@ -914,7 +1210,7 @@ impl ActiveRule {
             targets,
             untargeted,
             forecast: None,
-            arrived: batch.arrived,
+            arrived,
         }
     }
 }

@@ -137,9 +137,14 @@ impl ForecastDetector {
         }
     }
 
-    /// The steps to evaluate at, oldest first, when the rule's clock is at `clock_ms`.
-    pub fn due(&self, clock_ms: i64) -> impl Iterator<Item = i64> + use<> {
-        expr::due(clock_ms, self.last_ms, self.spec.query.step_ms)
+    /// Event time between forecasts.
+    pub fn step_ms(&self) -> i64 {
+        self.spec.query.step_ms
+    }
+
+    /// The last step forecast at, if any.
+    pub fn last_step(&self) -> Option<i64> {
+        (self.last_ms != i64::MIN).then_some(self.last_ms)
     }
 
     /// The latest forecast of `series`, for a verdict.

@@ -1,7 +1,9 @@
 //! The evaluator's own thread. Handlers submit batches over a bounded channel and wait for
 //! the acknowledgement, so a `204` means the samples are in their windows; when the channel
 //! is full, submission fails at once and ingest answers `503` so the sender retries
-//! (backpressure, not loss). One thread owns the evaluator: no locks on windows.
+//! (backpressure, not loss). One thread owns the evaluator: no locks on windows. When a
+//! rule's step waits for series that have not reached it, the thread wakes at the step's
+//! settle deadline (`--settle-delay` on the receiver's clock) even if no batch comes.
 //!
 //! A new rule set replaces the evaluator between two batches, carrying over the state of
 //! every rule that still reads the same series the same way (the `--state-dir` path, in
@@ -14,7 +16,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Evaluator, EvaluatorState, Restored, RuleSnapshot, Verdict};
+use super::{Evaluator, EvaluatorState, Outcome, Restored, RuleSnapshot, Verdict};
 use crate::metrics::{Metrics, RuleLabels, VerdictLabels};
 use crate::route::{Batch, Router};
 use crate::rules::compile::{ActionPlan, CompiledRule};
@@ -156,12 +158,37 @@ pub fn spawn(
     queue: usize,
 ) -> std::io::Result<(EvalHandle, JoinHandle<EvaluatorState>)> {
     let (jobs, mut queued) = mpsc::channel(queue.max(1));
+    // Only to wait for the next job with a timeout: the next step's settle deadline.
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     let thread = std::thread::Builder::new()
         .name("prophet-eval".into())
         .stack_size(EVAL_STACK_BYTES)
         .spawn(move || {
             let mut generation = 0;
-            while let Some(job) = queued.blocking_recv() {
+            loop {
+                // A step waiting for series that have not reached it is evaluated when
+                // its settle delay runs out, whether or not another batch comes.
+                let job = match evaluator.next_deadline() {
+                    None => queued.blocking_recv(),
+                    Some(deadline) => {
+                        let wait = deadline.saturating_sub(wall_ms());
+                        let wait = std::time::Duration::from_millis(wait.max(0) as u64);
+                        // The timer is made inside the runtime, which it needs.
+                        let next = timer
+                            .block_on(async { tokio::time::timeout(wait, queued.recv()).await });
+                        match next {
+                            Ok(job) => job,
+                            Err(_) => {
+                                let outcome = evaluator.tick(wall_ms());
+                                report(&metrics, &events, outcome);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let Some(job) = job else { break };
                 match job {
                     Job::Apply { batch, done } => {
                         if batch.generation != generation {
@@ -243,7 +270,8 @@ fn replace(
     if let Some(saved) = saved {
         merge_saved(&mut state, saved);
     }
-    let mut next = Evaluator::new(rules, series_limit);
+    let mut next =
+        Evaluator::new(rules, series_limit).with_settle_delay(evaluator.settle_delay_ms());
     let mut kept = HashSet::new();
     for outcome in next.restore(state, seed, now_ms) {
         match outcome {
@@ -268,6 +296,22 @@ fn apply(
 ) {
     let outcome = evaluator.apply(batch);
     metrics.series_active.set(evaluator.series_active() as i64);
+    report(metrics, verdicts, outcome);
+}
+
+/// The receiver's clock, ms since the epoch (what ingest stamps batches with).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Counts what a batch or a tick did and passes its verdicts on.
+fn report(metrics: &Metrics, verdicts: &mpsc::UnboundedSender<EvalEvent>, outcome: Outcome) {
+    metrics.late_samples.inc_by(outcome.late as u64);
+    metrics
+        .steps_settled_by_delay
+        .inc_by(outcome.settled_by_delay as u64);
     let out_of_order = outcome.out_of_order;
     let over_limit: usize = outcome.over_limit.iter().map(|(_, n)| n).sum();
     if over_limit > 0 || out_of_order > 0 {

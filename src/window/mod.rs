@@ -2,7 +2,8 @@
 //! what the rule inputs reading that selector need and no more (its retention), a set of
 //! windows is bounded by the per-rule series limit, and series that stop reporting are
 //! evicted once the selector's event clock has moved past them. Time is always passed in as sample timestamps; nothing here
-//! reads a clock.
+//! reads a clock. The windows also say how far their series have surely arrived (the
+//! watermark a step settles on) and keep what a step not yet settled needs (the hold).
 //!
 //! Windows can be exported and imported (as [`SeriesExport`]s) so that they survive a
 //! restart; `crate::state` writes them to disk.
@@ -131,6 +132,14 @@ pub struct SelectorWindows {
     /// samples were refused.
     floor_ms: i64,
     last_sweep_ms: i64,
+    /// Samples at or after this time are kept whatever the retention says: a step of an
+    /// expression reading these windows that has not settled yet still needs its ranges
+    /// back from it (see [`Self::hold`]).
+    hold_ms: i64,
+    /// The least [`SeriesWindow::complete_through`] of the live series, while `settled`
+    /// is true; recomputed only after something changed.
+    watermark_ms: i64,
+    watermark_fresh: bool,
 }
 
 impl SelectorWindows {
@@ -149,7 +158,51 @@ impl SelectorWindows {
             clock_ms: i64::MIN,
             floor_ms: i64::MIN,
             last_sweep_ms: i64::MIN,
+            hold_ms: i64::MAX,
+            watermark_ms: i64::MAX,
+            watermark_fresh: true,
         }
+    }
+
+    /// Keeps, from now on, every sample and series that a step at `step_ms` needs:
+    /// windows trim behind the older of a sample's time, the receiver's clock and this
+    /// step, and series idle behind this step (not the clock) are evicted or refused.
+    /// `i64::MIN` keeps everything (a rule that has not placed its first step yet);
+    /// `i64::MAX` holds nothing back.
+    pub fn hold(&mut self, step_ms: i64) {
+        self.hold_ms = step_ms;
+    }
+
+    /// The event time up to which every live series has surely or most likely sent all
+    /// its samples (the least [`SeriesWindow::complete_through`]); `i64::MAX` when no
+    /// series holds anything back. Computed again only after the windows changed.
+    pub fn watermark(&mut self) -> i64 {
+        if !self.watermark_fresh {
+            self.watermark_ms = self
+                .iter()
+                .map(|(_, w)| w.complete_through())
+                .min()
+                .unwrap_or(i64::MAX);
+            self.watermark_fresh = true;
+        }
+        self.watermark_ms
+    }
+
+    /// A step at `step_ms` settled without these series (its settle delay ran out): the
+    /// series behind it are quiet until they send again, so the next steps do not wait
+    /// for them too. Returns how many were marked.
+    pub fn mark_quiet_behind(&mut self, step_ms: i64) -> usize {
+        let mut marked = 0;
+        for window in self.slots.iter_mut().flatten() {
+            if window.complete_through() < step_ms {
+                window.mark_quiet();
+                marked += 1;
+            }
+        }
+        if marked > 0 {
+            self.watermark_fresh = false;
+        }
+        marked
     }
 
     /// Samples that were not stored (their series was over the limit) still move the
@@ -263,7 +316,11 @@ impl SelectorWindows {
         if self.spec.reclaim_ms > self.spec.idle_ms || self.clock_ms == i64::MIN {
             return false;
         }
-        let deadline = self.clock_ms.saturating_sub(self.spec.reclaim_ms);
+        // Behind a pending step, not the clock, as for idle series.
+        let deadline = self
+            .clock_ms
+            .min(self.hold_ms)
+            .saturating_sub(self.spec.reclaim_ms);
         let slots = &self.slots;
         let last = |id: SeriesId| {
             slots[id.0 as usize]
@@ -298,6 +355,7 @@ impl SelectorWindows {
             self.collided.remove(window.labels());
         }
         self.live -= 1;
+        self.watermark_fresh = false;
         self.label_bytes -= window.labels().as_canonical().len();
         let labels = window.into_labels();
         if reclaimed {
@@ -315,8 +373,16 @@ impl SelectorWindows {
 
     /// Whether [`Self::insert`] would refuse `sample` as too old for the event clock
     /// (as it was when the batch began, see [`Self::begin_batch`]), whatever its series.
+    ///
+    /// A step still pending (see [`Self::hold`]) moves that clock back to it: a sender
+    /// catching up through several shards may move the clock minutes on with one
+    /// shard's backlog, and the samples of the others must still land.
     pub fn too_old(&self, sample: Sample) -> bool {
-        sample.timestamp_ms < self.floor_ms.saturating_sub(self.spec.idle_ms)
+        sample.timestamp_ms
+            < self
+                .floor_ms
+                .min(self.hold_ms)
+                .saturating_sub(self.spec.idle_ms)
     }
 
     /// Inserts a sample into a series' window and advances the event clock, which never
@@ -331,9 +397,10 @@ impl SelectorWindows {
         let Some(window) = self.slots.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return Insert::TooOld;
         };
-        let outcome = window.insert(sample, retention_ms, now_ms);
+        let outcome = window.insert(sample, retention_ms, now_ms.min(self.hold_ms));
         if outcome == Insert::Appended {
             self.clock_ms = self.clock_ms.max(sample.timestamp_ms.min(now_ms));
+            self.watermark_fresh = false;
         }
         outcome
     }
@@ -349,7 +416,11 @@ impl SelectorWindows {
         let every = (self.spec.idle_ms / 4).max(1_000);
         if self.clock_ms != i64::MIN && self.clock_ms.saturating_sub(self.last_sweep_ms) >= every {
             self.last_sweep_ms = self.clock_ms;
-            let deadline = self.clock_ms.saturating_sub(self.spec.idle_ms);
+            // Behind a pending step, not the clock: the series it waits for stay.
+            let deadline = self
+                .clock_ms
+                .min(self.hold_ms)
+                .saturating_sub(self.spec.idle_ms);
             for index in 0..self.slots.len() {
                 let id = SeriesId(index as u32);
                 let idle = self
@@ -361,6 +432,7 @@ impl SelectorWindows {
             }
         }
         if !evicted.is_empty() {
+            self.watermark_fresh = false;
             let slots = &self.slots;
             self.ordered.retain(|id| slots[id.0 as usize].is_some());
         }
@@ -450,6 +522,7 @@ impl SelectorWindows {
             }
             mapping.push((saved.id, id));
         }
+        self.watermark_fresh = false;
         mapping
     }
 }

@@ -26,6 +26,14 @@ pub struct SeriesWindow {
     labels: Labels,
     hash: u64,
     samples: VecDeque<Sample>,
+    /// The time between its last two samples, and the shorter of its last two such
+    /// intervals (0 while unknown): its rhythm, kept whatever the retention.
+    gap_ms: i64,
+    interval_ms: i64,
+    /// [`SeriesWindow::complete_through`], kept up to date (the windows' watermark reads
+    /// it for every series without touching their samples); `i64::MAX` also once the
+    /// series is quiet (it missed a step's settle delay), until its next sample.
+    complete_ms: i64,
 }
 
 impl SeriesWindow {
@@ -34,6 +42,9 @@ impl SeriesWindow {
             labels,
             hash,
             samples: VecDeque::with_capacity(1),
+            gap_ms: 0,
+            interval_ms: 0,
+            complete_ms: i64::MAX,
         }
     }
 
@@ -73,7 +84,23 @@ impl SeriesWindow {
                 };
             }
         }
+        if let Some(last) = self.samples.back() {
+            let gap = sample.timestamp_ms.saturating_sub(last.timestamp_ms);
+            self.interval_ms = if self.gap_ms > 0 {
+                gap.min(self.gap_ms)
+            } else {
+                gap
+            };
+            self.gap_ms = gap;
+        }
         self.samples.push_back(sample);
+        self.complete_ms = if is_stale_marker(sample.value) {
+            i64::MAX
+        } else {
+            sample
+                .timestamp_ms
+                .saturating_add(self.interval_ms.max(0) / 4 * 3)
+        };
         let oldest_kept = sample.timestamp_ms.min(now_ms).saturating_sub(retention_ms);
         while self.samples.len() > 1
             && self
@@ -84,6 +111,25 @@ impl SeriesWindow {
             self.samples.pop_front();
         }
         Insert::Appended
+    }
+
+    /// The event time up to which this series has surely, or by its rhythm most likely,
+    /// sent every sample: a step at or before it need not wait for the series.
+    ///
+    /// A sender sends each series in order, so every sample up to the newest has arrived.
+    /// Beyond it, the series' next sample is expected one scrape interval later (the
+    /// shorter of its last two intervals, so one gap does not stretch it); up to three
+    /// quarters of that interval past the newest nothing more is expected, the last
+    /// quarter is left for a scrape's jitter. A series ended by a staleness marker, or
+    /// marked quiet (it missed a settle delay and sent nothing since), holds nothing:
+    /// `i64::MAX`.
+    pub fn complete_through(&self) -> i64 {
+        self.complete_ms
+    }
+
+    /// Marks the series quiet: see [`Self::complete_through`].
+    pub(crate) fn mark_quiet(&mut self) {
+        self.complete_ms = i64::MAX;
     }
 
     /// The newest sample, staleness markers included.
@@ -285,6 +331,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_series_is_complete_up_to_three_quarters_of_its_shorter_recent_interval() {
+        let mut w = SeriesWindow::new(Labels::from_pairs([("__name__", "m")]), 0);
+        assert_eq!(
+            w.complete_through(),
+            i64::MAX,
+            "an empty series holds nothing"
+        );
+        w.insert(at(100_000, 1.0), 0, i64::MAX);
+        assert_eq!(
+            w.complete_through(),
+            100_000,
+            "rhythm unknown: its newest sample"
+        );
+        w.insert(at(160_000, 1.0), 0, i64::MAX);
+        assert_eq!(w.complete_through(), 205_000);
+        // After a gap, the interval before it still counts: a gap does not stretch it.
+        w.insert(at(700_000, 1.0), 0, i64::MAX);
+        assert_eq!(w.complete_through(), 745_000);
+        w.mark_quiet();
+        assert_eq!(w.complete_through(), i64::MAX);
+        w.insert(at(715_000, 1.0), 0, i64::MAX);
+        assert_eq!(
+            w.complete_through(),
+            726_250,
+            "its next sample ends the quiet"
+        );
+        w.insert(at(730_000, f64::from_bits(STALE_NAN_BITS)), 0, i64::MAX);
+        assert_eq!(
+            w.complete_through(),
+            i64::MAX,
+            "ended by a staleness marker"
+        );
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub fn prometheus() -> Option<&'static std::path::Path> {
     }
 }
 
-/// Starts the `prophet` binary with `args` and `--listen 127.0.0.1:0` (plus `env`),
+/// Starts the `prophet` binary with `args` and `--listen 127.0.0.1:0` unless `args`
+/// name one (plus `env`),
 /// echoing its log; returns it, the address it reports listening on, and its log lines
 /// from then on.
 pub fn start_prophet(
@@ -61,7 +62,11 @@ pub fn start_prophet(
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_prophet"));
     command
         .args(args)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(if args.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "127.0.0.1:0"][..]
+        })
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped());
     for (name, value) in env {

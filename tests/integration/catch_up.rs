@@ -126,3 +126,208 @@ fn a_rule_at_its_series_limit_lets_a_rollouts_new_series_in() {
     // The old series go idle after the 5-minute lookback, swept within a quarter of it.
     assert!((5..=8).contains(&minute), "tripped at minute {minute}");
 }
+
+/// A real Prometheus whose remote endpoint (Prophet) is down for the first ~40 s of its
+/// data: it queues and retries, and once Prophet listens it sends the backlog, then
+/// live data. The backlog lands whole, and the expression rule trips at the step it
+/// would have tripped at live, with the value Prometheus itself computes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_catching_up_after_an_outage_is_judged_as_if_live() {
+    use crate::e2e_prometheus::{get_json, start_prometheus_with};
+    use common::process::{free_port, percent_encode};
+    use std::time::{Duration, Instant};
+
+    if common::process::prometheus().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    // Samples of `up` in the last 30 s: it passes 20 about 20 s after the first scrape,
+    // inside the outage.
+    const QUERY: &str = r#"count_over_time(up{job="prometheus"}[30s])"#;
+    std::fs::write(
+        rules.join("warming.yaml"),
+        format!(
+            "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: warming-up, namespace: default}}\nspec:\n  metric: '{QUERY}'\n  threshold: '> 20'\n  remediation: {{type: alert}}\n"
+        ),
+    )
+    .unwrap();
+    // Nothing listens here until Prophet starts: Prometheus's requests are refused.
+    let prophet_addr = format!("127.0.0.1:{}", free_port());
+    // Two jobs on one target, each keeping only its synthetic series (`up`, ...).
+    let (_prometheus, port) = start_prometheus_with(
+        dir.path(),
+        &prophet_addr,
+        r#"
+  - job_name: prometheus
+    static_configs: [{targets: ["127.0.0.1:{port}"], labels: {namespace: default, pod: prometheus-0}}]
+    metric_relabel_configs: [{source_labels: [__name__], regex: ".*", action: drop}]
+  - job_name: copy
+    static_configs: [{targets: ["127.0.0.1:{port}"], labels: {namespace: default, pod: prometheus-1}}]
+    metric_relabel_configs: [{source_labels: [__name__], regex: ".*", action: drop}]
+"#,
+    );
+    let prometheus = format!("http://127.0.0.1:{port}");
+    let client = common::process::http_client();
+    let query = |q: &str| format!("{prometheus}/api/v1/query?query={}", percent_encode(q));
+
+    // The outage lasts until Prometheus holds 40 s of data (a watermark of its own).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let answer = get_json(
+            &client,
+            &query(r#"count_over_time(up{job="prometheus"}[1m])"#),
+        )
+        .await;
+        let held = answer
+            .as_ref()
+            .and_then(|a| {
+                a["data"]["result"][0]["value"][1]
+                    .as_str()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0);
+        if held >= 40.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus holds {held} s of data after 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Its own metrics (not scraped here) say the requests were refused and retried.
+    let own = client
+        .get(format!("{prometheus}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retried: f64 = own
+        .lines()
+        .filter(|l| l.starts_with("prometheus_remote_storage_samples_retried_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        retried > 0.0,
+        "Prometheus never retried: the endpoint was not down"
+    );
+
+    let rules = rules.to_str().unwrap();
+    let (_prophet, addr, _log) = common::process::start_prophet(
+        &[
+            "run",
+            "--rules",
+            rules,
+            "--listen",
+            &prophet_addr,
+            "--promql-semantics",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(addr, prophet_addr);
+
+    // The rule's decision arrives once the backlog has landed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let decision = loop {
+        let decisions = get_json(&client, &format!("http://{addr}/api/v1/decisions")).await;
+        let found = decisions.as_ref().and_then(|d| {
+            d["decisions"]
+                .as_array()?
+                .iter()
+                .find(|d| d["rule"]["name"] == "warming-up")
+                .cloned()
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no decision within 60 s: {decisions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(decision["verdict"], "tripped", "{decision}");
+    let at = decision["sampleTimeMs"].as_i64().unwrap();
+    assert_eq!(at % 15_000, 0, "evaluated at a step boundary: {decision}");
+
+    // Live, the rule trips at the first step where Prometheus's own answer passes 20:
+    // the steps before it (from the first scrape) and at it, as Prometheus answers them.
+    let first_scrape = get_json(
+        &client,
+        &query(r#"min_over_time(timestamp(up{job="prometheus"})[5m:1s])"#),
+    )
+    .await
+    .and_then(|a| {
+        a["data"]["result"][0]["value"][1]
+            .as_str()?
+            .parse::<f64>()
+            .ok()
+    })
+    .expect("the first scrape's time");
+    let from = (first_scrape * 1000.0) as i64;
+    let range = client
+        .get(format!(
+            "{prometheus}/api/v1/query_range?query={}&start={}&end={}&step=15",
+            percent_encode(QUERY),
+            (from.div_euclid(15_000) + 1) * 15,
+            at / 1000
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let points = range["data"]["result"][0]["values"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{range}"));
+    let live: Vec<(i64, f64)> = points
+        .iter()
+        .map(|p| {
+            (
+                (p[0].as_f64().unwrap() * 1000.0) as i64,
+                p[1].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    let tripped_live = live.iter().find(|(_, v)| *v > 20.0).copied();
+    let value: f64 = decision["value"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        tripped_live,
+        Some((at, value)),
+        "Prometheus's steps: {live:?}"
+    );
+    assert!(
+        at < from + 60_000,
+        "the trip ({at}) falls in the outage, which began at {from}"
+    );
+
+    // Every sample of the backlog was taken: none refused as late or out of order.
+    let metrics = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(counter("prophet_late_samples_total"), 0.0, "{metrics}");
+    assert_eq!(
+        counter(r#"prophet_window_dropped_samples_total{reason="out_of_order"}"#),
+        0.0,
+        "{metrics}"
+    );
+}

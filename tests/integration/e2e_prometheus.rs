@@ -24,15 +24,32 @@ fn start_prophet(rules: &Path) -> (Running, String) {
 
 /// Starts Prometheus remote-writing to `prophet`; returns it and its HTTP port.
 fn start_prometheus(dir: &Path, prophet: &str) -> (Running, u16) {
+    start_prometheus_with(
+        dir,
+        prophet,
+        r#"
+  - job_name: prometheus
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+        labels: {namespace: default, pod: prometheus-0}
+"#,
+    )
+}
+
+/// Starts Prometheus scraping every second with `scrape_configs` (where `{port}` is its
+/// own port) and remote-writing to `prophet`; returns it and its HTTP port.
+pub(crate) fn start_prometheus_with(
+    dir: &Path,
+    prophet: &str,
+    scrape_configs: &str,
+) -> (Running, u16) {
     let port = free_port();
+    let scrape_configs = scrape_configs.replace("{port}", &port.to_string());
     let config = format!(
         r#"
 global: {{scrape_interval: 1s, evaluation_interval: 1s}}
 scrape_configs:
-  - job_name: prometheus
-    static_configs:
-      - targets: ["127.0.0.1:{port}"]
-        labels: {{namespace: default, pod: prometheus-0}}
+{scrape_configs}
 remote_write:
   - url: http://{prophet}/api/v1/write
     queue_config: {{batch_send_deadline: 1s, min_backoff: 100ms, max_backoff: 1s}}

@@ -75,14 +75,16 @@ async fn a_rate_expression_trips_the_pod_whose_rate_is_high_with_its_exact_value
     let d = &decisions[0];
     assert_eq!(d["verdict"], "tripped");
     assert_eq!(d["targets"][0]["name"], "b");
-    // All in one batch, so the rule is evaluated once, at the last step boundary: the
-    // [1m] range then holds four samples 15 s apart (Prometheus 3's ranges leave out the
-    // sample at their start), all at 10/s: 450 over 45 s, which Prometheus's rate
-    // extrapolates by 15 s to the range's start. In floats, as Prometheus 3 computes it:
-    let rate = 450.0 * ((45.0 + 15.0) / 45.0 / 60.0);
-    assert!((rate - 10.0f64).abs() < 1e-12);
+    // All in one batch, yet every step in it is evaluated in order, as if the samples
+    // had arrived live. Prometheus 3's [1m] range leaves out the sample at its start, so
+    // it holds four samples 15 s apart, and rate extrapolates their 45 s by 15 s to the
+    // range's start: at the 8th sample's step two of the three intervals are at 10/s and
+    // one at 2/s, 330 over 45 s, the first rate above 5 (at the 7th, 210 over 45 s:
+    // 4.67). In floats, as Prometheus 3 computes it:
+    let rate = 330.0 * ((45.0 + 15.0) / 45.0 / 60.0);
+    assert!((rate - 22.0f64 / 3.0).abs() < 1e-12);
     assert_eq!(d["value"], rate.to_string());
-    assert_eq!(d["sampleTimeMs"], a[11].0);
+    assert_eq!(d["sampleTimeMs"], a[8].0);
     let view = app.rule("hot-pods").await;
     let results = view["values"]["results"].as_array().unwrap();
     assert_eq!(results.len(), 2, "{view}");

@@ -33,6 +33,8 @@ mod promql_oracle;
 mod promqltest;
 mod restart;
 mod rules_examples;
+mod settle;
+mod sharded_oracle;
 mod shared_windows;
 mod slo;
 mod window_reads;

@@ -24,21 +24,21 @@ use prophet::proto::v1;
 use prost::Message;
 
 /// Kills Prometheus when dropped, whatever happened in the test.
-const STEP_MS: i64 = 15_000;
+pub(crate) const STEP_MS: i64 = 15_000;
 /// Samples per series: 40 minutes at 15 s.
-const POINTS: i64 = 161;
+pub(crate) const POINTS: i64 = 161;
 /// The `web` counters have no samples at these grid indexes (a 9-minute gap).
-const GAP: std::ops::RangeInclusive<i64> = 90..=125;
+pub(crate) const GAP: std::ops::RangeInclusive<i64> = 90..=125;
 /// `queue_depth` gets a staleness marker at this index and nothing after it.
-const STALE_AT: i64 = 121;
+pub(crate) const STALE_AT: i64 = 121;
 /// A counter that only starts here, so its first rate needs the zero-point clamp.
-const LATE_START: i64 = 140;
+pub(crate) const LATE_START: i64 = 140;
 
 /// A small deterministic generator (SplitMix64), so the data set is the same every run.
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -46,14 +46,14 @@ impl Rng {
         z ^ (z >> 31)
     }
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
+    pub fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
-struct Series {
-    labels: Vec<(String, String)>,
-    samples: Vec<(i64, f64)>,
+pub(crate) struct Series {
+    pub labels: Vec<(String, String)>,
+    pub samples: Vec<(i64, f64)>,
 }
 
 fn series(pairs: &[(&str, &str)]) -> Series {
@@ -67,7 +67,7 @@ fn series(pairs: &[(&str, &str)]) -> Series {
 }
 
 /// The data set, with grid time `t(i) = start + i × 15 s`.
-fn data_set(start: i64) -> Vec<Series> {
+pub(crate) fn data_set(start: i64) -> Vec<Series> {
     let t = |i: i64| start + i * STEP_MS;
     let mut rng = Rng(42);
     let mut out = Vec::new();
@@ -288,7 +288,7 @@ fn data_set(start: i64) -> Vec<Series> {
 }
 
 /// What the engine is compared on.
-const EXPRESSIONS: &[&str] = &[
+pub(crate) const EXPRESSIONS: &[&str] = &[
     // Selectors and matchers.
     "http_requests_total",
     r#"http_requests_total{code=~"5.."}"#,
@@ -572,7 +572,7 @@ fn now_ms() -> i64 {
 
 /// A result reduced to what is compared: label set → values (one per sample).
 #[derive(Debug, PartialEq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Scalar(f64),
     String(String),
     Vector(BTreeMap<BTreeMap<String, String>, f64>),
@@ -580,7 +580,7 @@ enum Outcome {
     Error(String),
 }
 
-fn label_map(labels: &Labels) -> BTreeMap<String, String> {
+pub(crate) fn label_map(labels: &Labels) -> BTreeMap<String, String> {
     labels
         .iter()
         .map(|(n, v)| (n.to_owned(), v.to_owned()))
@@ -631,7 +631,7 @@ fn metric(m: &serde_json::Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn prometheus_outcome(body: &serde_json::Value) -> Outcome {
+pub(crate) fn prometheus_outcome(body: &serde_json::Value) -> Outcome {
     if body["status"] != "success" {
         return Outcome::Error(body["error"].as_str().unwrap_or("?").to_owned());
     }
@@ -676,7 +676,7 @@ fn same(a: f64, b: f64) -> bool {
 }
 
 /// A human-readable difference, or `None` if the outcomes agree.
-fn diff(prophet: &Outcome, prometheus: &Outcome) -> Option<String> {
+pub(crate) fn diff(prophet: &Outcome, prometheus: &Outcome) -> Option<String> {
     let mut out = Vec::new();
     match (prophet, prometheus) {
         (Outcome::Error(_), Outcome::Error(_)) => {}
@@ -724,84 +724,120 @@ fn diff(prophet: &Outcome, prometheus: &Outcome) -> Option<String> {
     (!out.is_empty()).then(|| out.join("\n"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_engine_agrees_with_prometheus() {
-    if common::process::prometheus().is_none() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _prometheus = start_prometheus(dir.path(), port);
-    let base = format!("http://127.0.0.1:{port}");
-    let client = common::process::http_client();
+/// A Prometheus holding the data set (remote-written in one request), ready to answer;
+/// `None` (skipped) without one. The data end a couple of minutes before now, on a
+/// 15 s grid.
+pub(crate) struct Oracle {
+    /// Stopped first, then its data directory removed (fields drop in this order).
+    _prometheus: Running,
+    _dir: tempfile::TempDir,
+    pub base: String,
+    pub client: reqwest::Client,
+    /// Time of the data set's first grid point.
+    pub start: i64,
+    pub data: Vec<Series>,
+}
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = client
-            .get(format!("{base}/-/ready"))
-            .timeout(Duration::from_secs(2))
+impl Oracle {
+    pub async fn start() -> Option<Oracle> {
+        common::process::prometheus()?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let prometheus = start_prometheus(dir.path(), port);
+        let base = format!("http://127.0.0.1:{port}");
+        let client = common::process::http_client();
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = client
+                .get(format!("{base}/-/ready"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus did not become ready within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // The data end a couple of minutes before now, on a 15 s grid.
+        let end = (now_ms() - 120_000).div_euclid(STEP_MS) * STEP_MS;
+        let start = end - (POINTS - 1) * STEP_MS;
+        let data = data_set(start);
+
+        let request = v1::WriteRequest {
+            timeseries: data
+                .iter()
+                .map(|s| v1::TimeSeries {
+                    labels: s
+                        .labels
+                        .iter()
+                        .map(|(name, value)| v1::Label {
+                            name: name.clone(),
+                            value: value.clone(),
+                        })
+                        .collect(),
+                    samples: s
+                        .samples
+                        .iter()
+                        .map(|&(timestamp, value)| v1::Sample { value, timestamp })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            metadata: Vec::new(),
+        };
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&request.encode_to_vec())
+            .unwrap();
+        let response = client
+            .post(format!("{base}/api/v1/write"))
+            .header("Content-Type", "application/x-protobuf")
+            .header("Content-Encoding", "snappy")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .body(body)
             .send()
             .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            break;
-        }
+            .unwrap();
+        let status = response.status();
         assert!(
-            Instant::now() < deadline,
-            "prometheus did not become ready within 30 s"
+            status.is_success(),
+            "remote write refused: {status} {}",
+            response.text().await.unwrap_or_default()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some(Oracle {
+            _prometheus: prometheus,
+            _dir: dir,
+            base,
+            client,
+            start,
+            data,
+        })
     }
+}
 
-    // The data end a couple of minutes before now, on a 15 s grid.
-    let end = (now_ms() - 120_000).div_euclid(STEP_MS) * STEP_MS;
-    let start = end - (POINTS - 1) * STEP_MS;
-    let t = |i: i64| start + i * STEP_MS;
-    let data = data_set(start);
-
-    let request = v1::WriteRequest {
-        timeseries: data
-            .iter()
-            .map(|s| v1::TimeSeries {
-                labels: s
-                    .labels
-                    .iter()
-                    .map(|(name, value)| v1::Label {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
-                    .collect(),
-                samples: s
-                    .samples
-                    .iter()
-                    .map(|&(timestamp, value)| v1::Sample { value, timestamp })
-                    .collect(),
-                ..Default::default()
-            })
-            .collect(),
-        metadata: Vec::new(),
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_agrees_with_prometheus() {
+    let Some(oracle) = Oracle::start().await else {
+        return;
     };
-    let body = snap::raw::Encoder::new()
-        .compress_vec(&request.encode_to_vec())
-        .unwrap();
-    let response = client
-        .post(format!("{base}/api/v1/write"))
-        .header("Content-Type", "application/x-protobuf")
-        .header("Content-Encoding", "snappy")
-        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    assert!(
-        status.is_success(),
-        "remote write refused: {status} {}",
-        response.text().await.unwrap_or_default()
-    );
+    let Oracle {
+        base,
+        client,
+        start,
+        data,
+        ..
+    } = &oracle;
+    let (base, client, start) = (base.as_str(), client, *start);
+    let t = |i: i64| start + i * STEP_MS;
 
     let mut source = MemorySource::default();
-    for s in &data {
+    for s in data {
         source.push(
             Labels::from_pairs(s.labels.iter().map(|(n, v)| (n.as_str(), v.as_str()))),
             s.samples

@@ -184,7 +184,9 @@ async fn a_restart_keeps_the_error_budget_and_tripped_series() {
     let (rules, state) = (dir.path().join("rules"), dir.path().join("state"));
     std::fs::create_dir(&rules).unwrap();
     std::fs::write(rules.join("rules.yaml"), RULES).unwrap();
-    let t0 = now_ms() - 10 * 60_000;
+    // Each minute's last millisecond: an SLO is judged at each minute boundary over the
+    // minutes before it, once its series have reached it.
+    let t0 = (now_ms() - 10 * 60_000).div_euclid(60_000) * 60_000 - 1;
 
     let prophet = start_prophet(&rules, &state).await;
     // Baselines, then 1000 requests with 5 errors: 0.5% against a 1% budget.
@@ -234,7 +236,7 @@ async fn a_corrupt_state_file_is_reported_set_aside_and_not_fatal() {
     let prophet = start_prophet(&rules, &state).await;
     assert_eq!(prophet.rule("checkout").await["state"], "active");
     assert!(state.join("evaluator.state.unusable").exists());
-    let t0 = now_ms() - 5 * 60_000;
+    let t0 = (now_ms() - 5 * 60_000).div_euclid(60_000) * 60_000 - 1;
     prophet.write(minute(t0, 5_000.0, 10.0, 1.0)).await;
     prophet.write(minute(t0 + 60_000, 5_995.0, 15.0, 1.0)).await;
     assert!((budget(&prophet).await - 0.5).abs() < 1e-9);

@@ -36,9 +36,12 @@ fn requests(code: &str, samples: &[(i64, f64)]) -> prophet::proto::v1::TimeSerie
 
 /// An hour of no traffic (an SLO judges nothing before its counters cover its windows),
 /// then from two minutes ago a minute that takes the counters from 5 000 ok and 10
-/// errors to the given values. Each request must be accepted.
+/// errors to the given values. Each request must be accepted. An SLO is judged at each
+/// minute boundary over the minutes before it, once its series have reached the
+/// boundary: the samples are each a minute's last millisecond, so that each minute is
+/// judged when it arrives.
 async fn send_minute(app: &App, ok: f64, errors: f64) {
-    let t = now_ms() - 120_000;
+    let t = (now_ms() - 120_000).div_euclid(60_000) * 60_000 - 1;
     let quiet = t - 3_600_000;
     let body = v1_body(vec![
         requests("200", &[(quiet, 5_000.0), (t, 5_000.0), (t + 60_000, ok)]),
@@ -171,41 +174,43 @@ async fn the_burn_rate_table_can_be_overridden() {
     );
 }
 
-#[tokio::test]
-async fn an_error_counter_silent_past_the_lookback_keeps_its_baseline() {
-    let app = start(SLO);
+#[test]
+fn an_error_counter_silent_past_the_lookback_keeps_its_baseline() {
+    // In process, the settle delay 0: the step the silent counter holds back settles at
+    // once, so its window is swept as it would be after the delay.
+    let mut slo = evaluator(SLO).with_settle_delay(0);
     // An hour of 1000 ok requests a minute; one error counter (10) falls silent after 50
     // minutes, for longer than the 5-minute lookback, while another (503, no errors)
-    // goes on, and comes back with 80 errors more.
-    let t0 = now_ms() - 70 * 60_000;
+    // goes on, and comes back with 80 errors more. On a minute's last millisecond: an
+    // SLO is judged at each minute boundary, once its series reach it.
+    let t0 = (now_ms() - 70 * 60_000).div_euclid(60_000) * 60_000 - 1;
     let counter = |from: f64, per_minute: f64, minutes: std::ops::Range<i64>| {
         minutes
             .map(|k| (t0 + k * 60_000, from + per_minute * k as f64))
             .collect::<Vec<_>>()
     };
-    let first = v1_body(vec![
-        requests("200", &counter(5_000.0, 1_000.0, 0..60)),
-        requests("500", &counter(10.0, 0.0, 0..51)),
-        requests("503", &counter(0.0, 0.0, 0..60)),
-    ]);
-    assert_eq!(
-        app.write(Some(V1), first).await.status,
-        StatusCode::NO_CONTENT
-    );
+    let now = now_ms();
+    for minute in 0..60 {
+        let mut sent = vec![
+            requests("200", &counter(5_000.0, 1_000.0, minute..minute + 1)),
+            requests("503", &counter(0.0, 0.0, minute..minute + 1)),
+        ];
+        if minute <= 50 {
+            sent.push(requests("500", &counter(10.0, 0.0, minute..minute + 1)));
+        }
+        apply_v1(&mut slo, &v1_body(sent), now);
+    }
     let back = v1_body(vec![
         requests("200", &counter(5_000.0, 1_000.0, 60..61)),
         requests("500", &[(t0 + 60 * 60_000, 90.0)]),
         requests("503", &counter(0.0, 0.0, 60..61)),
     ]);
-    assert_eq!(
-        app.write(Some(V1), back).await.status,
-        StatusCode::NO_CONTENT
-    );
+    apply_v1(&mut slo, &back, now);
 
     // 80 errors among the hour's ~60 000 requests: a 1h burn rate of about 0.133 against
     // a 1% budget (0 when the silent counter's baseline was evicted with its window).
-    let slo = &app.rule("checkout").await["slo"];
-    let burn = slo["tiers"][0]["longBurnRate"].as_f64().unwrap();
-    assert!((0.13..0.137).contains(&burn), "{slo}");
-    assert!(slo["coveredMs"].as_i64().unwrap() >= 60 * 60_000, "{slo}");
+    let state = slo.snapshot().remove(0).slo.expect("the SLO is judged");
+    let burn = state.tiers[0].long_burn_rate;
+    assert!((0.13..0.137).contains(&burn), "{state:?}");
+    assert!(state.covered_ms >= 60 * 60_000, "{state:?}");
 }
