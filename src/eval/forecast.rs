@@ -214,18 +214,88 @@ pub fn seasonal_bands(
         }
         Prepared::Varying { z, mean, scale } => (z, mean, scale),
     };
+    // A series sampled slower than the step reaches here as a staircase: each sample
+    // held over the steps until the next (PromQL's lookback, and the caller's carrying
+    // over). Fitted as it is, the trend model sees a series whose next value mostly
+    // equals its last, picks a level that follows the last value, and its interval grows
+    // with the horizon like a random walk's: over an hour of bands, 5-minute noise gave
+    // a band about 4× wider than the same noise at 1 minute, widening between refits.
+    // So fit one value per sample, at the sampling interval, and give each step the
+    // band of the sample it will hold.
+    let hold = hold_steps(&z);
+    if hold > 1 {
+        // The newest run may be partial: its first step is where its sample arrived.
+        let run = z.iter().rev().take_while(|v| **v == z[z.len() - 1]).count();
+        let start = z.len() - run;
+        let mut sampled: Vec<f64> = (0..=start / hold).map(|k| z[start - k * hold]).collect();
+        sampled.reverse();
+        let horizon = ((ahead - 1 + run) / hold).max(1);
+        let bands = bands_of(
+            &sampled,
+            step_ms * hold as i64,
+            sensitivity,
+            horizon,
+            mean,
+            scale,
+        )?;
+        return (0..ahead)
+            .map(|j| bands.get(((j + run) / hold).max(1) - 1).copied())
+            .collect();
+    }
+    bands_of(&z, step_ms, sensitivity, ahead, mean, scale)
+}
+
+/// How many steps each value of a standardised history is held for: the median length
+/// of its runs of equal values when it is a staircase of them (a series sampled every
+/// `n` steps: runs of `n`, give or take one for scrape jitter), else 1. The first run,
+/// which the window may cut, and the newest, which may be partial, are not counted.
+fn hold_steps(z: &[f64]) -> usize {
+    let mut runs: Vec<usize> = Vec::new();
+    let mut length = 1;
+    for pair in z.windows(2) {
+        if pair[0] == pair[1] {
+            length += 1;
+        } else {
+            runs.push(length);
+            length = 1;
+        }
+    }
+    if runs.len() < 2 * MIN_POINTS {
+        return 1;
+    }
+    let runs = &mut runs[1..];
+    runs.sort_unstable();
+    let median = runs[runs.len() / 2];
+    // Quantised values (a gauge of small integers) have runs of every length; only a
+    // regular staircase is a slower sampling, and only one that leaves enough samples.
+    let regular = runs.iter().filter(|r| r.abs_diff(median) <= 1).count();
+    if median < 2 || regular * 4 < runs.len() * 3 || z.len() / median < MIN_POINTS {
+        return 1;
+    }
+    median
+}
+
+/// The bands of [`seasonal_bands`] from a varying standardised history `z` at `step_ms`.
+fn bands_of(
+    z: &[f64],
+    step_ms: i64,
+    sensitivity: f64,
+    ahead: usize,
+    mean: f64,
+    scale: f64,
+) -> Option<Vec<Band>> {
     let calendar = calendar_periods(z.len(), step_ms);
     let path = if calendar.is_empty() {
-        let period = detect_period(&z)?;
+        let period = detect_period(z)?;
         fit_seasonal_path(
-            &z,
+            z,
             &[period],
             ahead,
             BAND_REFERENCE_LEVEL,
             Some(MIN_DETECTED_STRENGTH),
         )?
     } else {
-        fit_seasonal_path(&z, &calendar, ahead, BAND_REFERENCE_LEVEL, None)?
+        fit_seasonal_path(z, &calendar, ahead, BAND_REFERENCE_LEVEL, None)?
     };
     path.into_iter()
         .map(|fit| {
@@ -435,8 +505,10 @@ fn fit_seasonal_path(
     // carries 1/k of their noise into the forecast and takes it out of the remainder the
     // interval is estimated from. Widen the interval by the ratio of the two variances,
     // (1 + 1/k) / (1 - 1/k): √3 for two cycles. The longest season counts, since its
-    // phases refine the shorter one's (a week of days).
-    let cycles = (z.len() / periods.last()?) as f64;
+    // phases refine the shorter one's (a week of days). Not rounded down: a history a
+    // step short of three cycles has three values in all phases but one, and was widened
+    // as if it had two (22% more).
+    let cycles = z.len() as f64 / *periods.last()? as f64;
     let widen = ((cycles + 1.0) / (cycles - 1.0)).sqrt();
     let model = ForecastModel::Seasonal {
         period_steps: *periods.first()?,
@@ -724,6 +796,38 @@ mod tests {
         let sigma = sigmas / ends.len() as f64;
         assert!((0.8..1.25).contains(&(rms / sigma)), "rms {rms}, σ {sigma}");
         assert!(flagged <= 1, "{flagged} normal values flagged");
+    }
+
+    #[test]
+    fn the_same_noise_gives_the_same_band_at_one_and_five_minutes() {
+        // Three days of the daily pattern with noise of the same spread, sampled every
+        // minute and every 5 minutes; the 5-minute samples reach the band held over the
+        // one-minute steps until the next (as PromQL's lookback returns them), the newest
+        // 3 minutes in. Before the fit took one value per sample, the 5-minute band was
+        // about 4× wider, and widened over the hour of bands one fit gives.
+        let len = 3 * 1440 - 2;
+        let one = series(len, |i| daily(i) + noise(i));
+        let five = series(len, |i| {
+            let sampled = i / 5 * 5;
+            daily(sampled) + noise(1_000_000 + sampled)
+        });
+        let mut widths = Vec::new();
+        for history in [&one, &five] {
+            let bands = seasonal_bands(history, MINUTE_MS, 3.0, 100, 60).unwrap();
+            let width = |b: &Band| b.upper - b.lower;
+            let mean = bands.iter().map(width).sum::<f64>() / bands.len() as f64;
+            let (first, last) = (width(&bands[0]), width(&bands[59]));
+            assert!(last < 1.25 * first, "widens from {first} to {last}");
+            // The noise is uniform on ±1 (σ 0.58): a 3σ band is about 3.5 wide.
+            assert!((2.5..5.0).contains(&mean), "mean width {mean}");
+            // And it is centred on the pattern: the next hour's values are inside.
+            for (j, band) in bands.iter().enumerate() {
+                assert!(!band.excludes(daily(len + j)), "{j}: {band:?}");
+            }
+            widths.push(mean);
+        }
+        let ratio = widths[1] / widths[0];
+        assert!((0.8..1.25).contains(&ratio), "widths {widths:?}");
     }
 
     #[test]
