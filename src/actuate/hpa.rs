@@ -527,18 +527,16 @@ pub async fn scale(
             ),
         ));
     }
-    scale_workload_or_hpa(
-        client,
-        actor,
-        &pod.namespace,
+    let scaling = Scaling {
+        namespace: &pod.namespace,
         kind,
-        &workload.name,
+        name: &workload.name,
         step,
         max,
         replicas,
         detection,
-    )
-    .await
+    };
+    scale_workload_or_hpa(client, actor, scaling).await
 }
 
 /// [`scale`] for a named workload (a rule's `target.name` with `resourceType`
@@ -566,24 +564,45 @@ pub async fn scale_named(
         }
     };
     guard::check_namespace(actor, namespace, &format!("{kind} {namespace}/{name}"))?;
-    scale_workload_or_hpa(
-        client, actor, namespace, kind, name, step, max, replicas, detection,
-    )
-    .await
+    let scaling = Scaling {
+        namespace,
+        kind,
+        name,
+        step,
+        max,
+        replicas,
+        detection,
+    };
+    scale_workload_or_hpa(client, actor, scaling).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn scale_workload_or_hpa(
-    client: &kube::Client,
-    actor: &Actor,
-    namespace: &str,
-    kind: &str,
-    name: &str,
+/// One scale of a workload, as [`scale`] and [`scale_named`] were asked for it.
+#[derive(Debug, Clone, Copy)]
+struct Scaling<'a> {
+    namespace: &'a str,
+    /// `Deployment` or `StatefulSet`.
+    kind: &'a str,
+    name: &'a str,
     step: i32,
     max: i32,
     replicas: Option<i32>,
-    detection: &str,
+    detection: &'a str,
+}
+
+async fn scale_workload_or_hpa(
+    client: &kube::Client,
+    actor: &Actor,
+    scaling: Scaling<'_>,
 ) -> Result<Acted, ActError> {
+    let Scaling {
+        namespace,
+        kind,
+        name,
+        step,
+        max,
+        replicas,
+        detection,
+    } = scaling;
     if let Some(hpa) = hpa_for(client, namespace, kind, name).await? {
         let hpa_name = hpa.metadata.name.unwrap_or_default();
         let want = replicas.map_or(MinReplicas::Step(step), MinReplicas::Exactly);
@@ -598,10 +617,7 @@ async fn scale_workload_or_hpa(
         )
         .await;
     }
-    scale_workload(
-        client, actor, namespace, kind, name, step, max, replicas, detection,
-    )
-    .await
+    scale_workload(client, actor, scaling).await
 }
 
 /// The number a direct scale goes to, or `None` with why not.
@@ -638,38 +654,28 @@ fn scale_target(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn scale_workload(
     client: &kube::Client,
     actor: &Actor,
-    namespace: &str,
-    kind: &str,
-    name: &str,
-    step: i32,
-    max: i32,
-    replicas: Option<i32>,
-    detection: &str,
+    scaling: Scaling<'_>,
 ) -> Result<Acted, ActError> {
-    retry_conflicts(|| {
-        scale_once(
-            client, actor, namespace, kind, name, step, max, replicas, detection,
-        )
-    })
-    .await
+    retry_conflicts(|| scale_once(client, actor, scaling)).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn scale_once(
     client: &kube::Client,
     actor: &Actor,
-    namespace: &str,
-    kind: &str,
-    name: &str,
-    step: i32,
-    max: i32,
-    replicas: Option<i32>,
-    detection: &str,
+    scaling: Scaling<'_>,
 ) -> Result<Acted, ActError> {
+    let Scaling {
+        namespace,
+        kind,
+        name,
+        step,
+        max,
+        replicas,
+        detection,
+    } = scaling;
     let described = format!("{kind} {namespace}/{name}");
     let (meta, current) = if kind == "Deployment" {
         let d: Deployment = Api::namespaced(client.clone(), namespace)
