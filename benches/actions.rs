@@ -24,9 +24,13 @@ mod k8s;
 #[allow(dead_code)]
 mod process;
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use common::{env_count, now_ms};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, EvictParams, ListParams};
@@ -34,19 +38,6 @@ use kube::runtime::watcher;
 use prophet::proto::v1;
 use prost::Message;
 use tokio_stream::StreamExt;
-
-fn count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// One sample of `pod`'s memory, over the rule's threshold.
 fn body(ns: &str, pod: &str) -> Vec<u8> {
@@ -89,8 +80,8 @@ async fn main() {
         println!("actions bench skipped: no control plane can be started here");
         return;
     };
-    let pods_wanted = count("PODS", 80);
-    let trials = count("TRIALS", 40).min(pods_wanted / 2);
+    let pods_wanted = env_count("PODS", 80);
+    let trials = env_count("TRIALS", 40).min(pods_wanted / 2);
     cluster.install_crds();
     let ns = cluster.namespace("actbench");
     let client = cluster.client().await;

@@ -25,11 +25,15 @@ mod k8s;
 #[allow(dead_code)]
 mod process;
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use common::{env_count, now_ms};
 
 use k8s_openapi::api::events::v1::Event;
 use kube::api::Api;
@@ -38,19 +42,6 @@ use prophet::proto::v1;
 use prophet::rules::crd::AnomalyAction;
 use prost::Message;
 use tokio_stream::StreamExt;
-
-fn count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 fn rule(ns: &str, name: &str, shard: &str) -> String {
     format!(
@@ -169,8 +160,8 @@ async fn main() {
         println!("cluster bench skipped: no control plane can be started here");
         return;
     };
-    let crs = count("CRS", 1000);
-    let trials = count("LATENCY_TRIALS", 50);
+    let crs = env_count("CRS", 1000);
+    let trials = env_count("LATENCY_TRIALS", 50);
     cluster.install_crds();
     let ns = cluster.namespace("bench");
     let client = cluster.client().await;

@@ -24,12 +24,16 @@
 #[path = "common/fleet.rs"]
 mod fleet_traffic;
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Barrier;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use common::now_ms;
 
 use fleet_traffic::Traffic;
 use prophet::synth;
@@ -349,13 +353,6 @@ fn main() {
     synthetic_run(dir.path());
     fleet_run(dir.path());
     println!("command: cargo bench --bench load");
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .as_millis() as i64
 }
 
 /// The real binary with the rules in `rules`; its write URL.
