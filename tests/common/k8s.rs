@@ -292,3 +292,19 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The reasons of the Events about the object `regarding` in `ns`, as the API server
+/// lists them.
+pub async fn event_reasons(client: &kube::Client, ns: &str, regarding: &str) -> Vec<String> {
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::{Api, ListParams};
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding))
+        .filter_map(|e| e.reason)
+        .collect()
+}

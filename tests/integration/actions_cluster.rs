@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use prophet::rules::crd::{AnomalyAction, SLOViolation};
 
@@ -105,18 +104,6 @@ async fn pod_gone(client: &kube::Client, ns: &str, name: &str, uid: &str) -> boo
     }
 }
 
-async fn event_reasons(client: &kube::Client, ns: &str, regarding: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding))
-        .filter_map(|e| e.reason)
-        .collect()
-}
-
 async fn metric(addr: &str, prefix: &str) -> Vec<String> {
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
@@ -203,8 +190,8 @@ async fn the_tripped_pod_is_evicted_once_recorded_and_announced() {
 
     // Announced on the rule and on the pod.
     eventually("the Events", Duration::from_secs(30), || async {
-        let on_rule = event_reasons(&client, &ns, "memory").await;
-        let on_pod = event_reasons(&client, &ns, hot).await;
+        let on_rule = common::k8s::event_reasons(&client, &ns, "memory").await;
+        let on_pod = common::k8s::event_reasons(&client, &ns, hot).await;
         (on_rule.iter().any(|r| r == "Acted") && on_pod.iter().any(|r| r == "Acted")).then_some(())
     })
     .await;

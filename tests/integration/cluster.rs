@@ -15,7 +15,6 @@ use crate::common::{pod_memory as memory, remote_write as write};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use prophet::rules::crd::AnomalyAction;
 
@@ -59,18 +58,6 @@ spec:
   remediation: {{type: alert}}
 "#
     )
-}
-
-async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .filter_map(|e| e.reason)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +128,7 @@ async fn custom_resources_get_status_and_events_and_follow_edits() {
     assert_eq!(format!("{:?}", status.phase), "Detected");
     assert!(status.last_detected.is_some());
     eventually("a Tripped Event", Duration::from_secs(30), || async {
-        events_for(&client, &ns, "memory")
+        common::k8s::event_reasons(&client, &ns, "memory")
             .await
             .contains(&"Tripped".to_string())
             .then_some(())
@@ -178,7 +165,7 @@ async fn custom_resources_get_status_and_events_and_follow_edits() {
     })
     .await;
     eventually("a Resolved Event", Duration::from_secs(30), || async {
-        events_for(&client, &ns, "memory")
+        common::k8s::event_reasons(&client, &ns, "memory")
             .await
             .contains(&"Resolved".to_string())
             .then_some(())
@@ -303,7 +290,7 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     .await;
     // The Event follows the status write.
     let tripped_events = eventually("the Tripped Event", Duration::from_secs(30), || async {
-        let n = events_for(&client, &ns, "memory")
+        let n = common::k8s::event_reasons(&client, &ns, "memory")
             .await
             .iter()
             .filter(|r| *r == "Tripped")
@@ -316,13 +303,13 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     // Tripped Event for the trip would be too.
     write(&second_addr, vec![memory(&ns, "web-1", now + 15_000, 1e8)]).await;
     eventually("the Resolved Event", Duration::from_secs(30), || async {
-        events_for(&client, &ns, "memory")
+        common::k8s::event_reasons(&client, &ns, "memory")
             .await
             .contains(&"Resolved".to_string())
             .then_some(())
     })
     .await;
-    let tripped_events = events_for(&client, &ns, "memory")
+    let tripped_events = common::k8s::event_reasons(&client, &ns, "memory")
         .await
         .iter()
         .filter(|r| *r == "Tripped")
