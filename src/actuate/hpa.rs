@@ -594,26 +594,20 @@ async fn scale_workload_or_hpa(
     actor: &Actor,
     scaling: Scaling<'_>,
 ) -> Result<Acted, ActError> {
-    let Scaling {
-        namespace,
-        kind,
-        name,
-        step,
-        max,
-        replicas,
-        detection,
-    } = scaling;
-    if let Some(hpa) = hpa_for(client, namespace, kind, name).await? {
+    let Scaling { namespace, .. } = scaling;
+    if let Some(hpa) = hpa_for(client, namespace, scaling.kind, scaling.name).await? {
         let hpa_name = hpa.metadata.name.unwrap_or_default();
-        let want = replicas.map_or(MinReplicas::Step(step), MinReplicas::Exactly);
+        let want = scaling
+            .replicas
+            .map_or(MinReplicas::Step(scaling.step), MinReplicas::Exactly);
         return claim_min_replicas(
             client,
             actor,
             namespace,
             &hpa_name,
             want,
-            Some(max),
-            detection,
+            Some(scaling.max),
+            scaling.detection,
         )
         .await;
     }
