@@ -594,7 +594,7 @@ async fn scale_workload_or_hpa(
     actor: &Actor,
     scaling: Scaling<'_>,
 ) -> Result<Acted, ActError> {
-    let Scaling { namespace, .. } = scaling;
+    let namespace = scaling.namespace;
     if let Some(hpa) = hpa_for(client, namespace, scaling.kind, scaling.name).await? {
         let hpa_name = hpa.metadata.name.unwrap_or_default();
         let want = scaling
