@@ -5,15 +5,14 @@
 //! a z-score's history summed as it slides through a window.
 //!
 //! `likelihood` ([`Surprise`]) judges how surprising the series has been lately rather
-//! than one value: Numenta's anomaly likelihood over four simple predictors. Each
-//! value's surprises are its distances from what was expected: the mean of the detection
-//! window or the value one day earlier, whichever is closer (a daily pattern is no
-//! surprise); the mean alone; a Holt-Winters forecast with a daily season; and a slow
-//! one, whose level moves over a day. The mean of each over its last values (ten; 48
-//! for the slow one) is compared with its own usual level and spread, learnt over days,
-//! and with its largest of the last month; any one far enough above both trips, as does
-//! a single value far beyond the largest single surprise of the month. Chosen by
-//! measurement on the
+//! than one value: Numenta's anomaly likelihood over three simple predictors. Each
+//! value's surprises are its distances from what was expected: the mean of the
+//! detection window; a Holt-Winters forecast with a daily season; and a slow one, whose
+//! level moves over a day. The mean of each over its last values (ten; 48 for the slow
+//! one) is compared with its own usual level and spread, learnt over days, and with its
+//! largest of the last month; any one far enough above both trips, as does a single
+//! value far beyond the largest of the month (its distance from the window's mean or
+//! the value a day earlier, whichever is nearer). Chosen by measurement on the
 //! NAB benchmark (`cargo bench --bench detection`, see the README).
 
 use crate::ingest::Sample;
@@ -548,21 +547,22 @@ impl RunningBands {
 pub const SURPRISE_RUN: usize = 10;
 
 /// The time over which the usual level and spread of each mean surprise are learnt: the
-/// time constant of their exponentially weighted mean and variance, 5 days. Memory is
+/// time constant of their exponentially weighted mean and variance, 10 days. Memory is
 /// then O(1) per series, whatever the scrape interval. A shorter one lets the usual
 /// spread follow incidents: NAB standard score, in the Python replica of the first,
 /// single-surprise version of this detector, 65.8 at 2 days, 67.9 at 3.5, 69.6 at 5,
-/// 69.0 at 7 (and 69.9 for a plain 7-day window, which would hold every value); with
-/// three surprises (Rust replica), 71.9 at 3 days, 73.3 at 5, 73.5 at 10.
-pub const SURPRISE_MEMORY_MS: i64 = 5 * DAY_MS;
+/// 69.0 at 7; with today's judgments (Rust replica), 80.8 at 5 and 7 days, 80.6 at 10,
+/// 79.3 at 14, but 10 is the one whose neighbouring sensitivities (4.9σ and 5.1σ) stay
+/// above 80.4 (see [`SURPRISE_SIGMAS_PER_SENSITIVITY`]).
+pub const SURPRISE_MEMORY_MS: i64 = 10 * DAY_MS;
 
 /// Standard deviations of a mean surprise per unit of sensitivity: the default 3 flags
 /// a mean surprise 5σ above its usual level. Surprises are distances, so their mean
 /// has a long right tail, and 3σ of it is passed several times as often as a z-score's
-/// 3σ by normal data. Measured on NAB (standard profile, all five judgments, Rust
-/// replica of this detector): 79.1 at 4.75σ, 80.1 at 5σ, 79.1 at 5.1σ (one incident
-/// fewer found), 73.3 at 5.25σ (four fewer); with the first three surprises alone the
-/// plateau was 4.5–5σ (73.3–74.4).
+/// 3σ by normal data. Measured on NAB (standard profile, Rust replica of this detector,
+/// which the bench matches): 79.1 at 4.5σ, 80.0 at 4.75σ, 80.4 at 4.9σ, 80.6 at 5σ,
+/// 80.8 at 5.1σ, 75.6 at 5.25σ (four incidents fewer found): 5σ is inside the plateau,
+/// a tenth of a σ from its steep edge.
 pub const SURPRISE_SIGMAS_PER_SENSITIVITY: f64 = 5.0 / 3.0;
 
 /// A run of surprises must also be at least this share of the largest run of the same
@@ -570,31 +570,31 @@ pub const SURPRISE_SIGMAS_PER_SENSITIVITY: f64 = 5.0 / 3.0;
 /// is learnt over days, so a week after a burst of tweets, or an incident, its smaller
 /// echoes look rare again; a series is anomalous when it does something it has not
 /// done lately, not merely something uncommon. Measured on NAB (standard profile,
-/// replica): no share 77.9, 0.4 79.8, 0.5 80.1, 0.6 78.8 (one incident fewer).
+/// replica): no share 80.4, 0.4 80.5, 0.5 80.6, 0.6 79.3 (one incident fewer).
 const SURPRISE_PEAK_SHARE: f64 = 0.5;
 
 /// How long the largest run of each surprise, and the largest single surprise (the
 /// record), are remembered: the time constant of their decay, 30 days (NAB, replica:
-/// 14 days 79.7, 30 days 80.1).
+/// 14 days 79.9, 30 days 80.6, 60 days 78.2).
 const SURPRISE_PEAK_MEMORY_MS: i64 = 30 * DAY_MS;
 
 /// A value's own surprise (distance from the window's mean or the day-ago value,
 /// whichever is nearer) beyond this multiple of the record is anomalous at once,
 /// whatever the run: a single value far beyond anything the series did in a month
 /// (a sensor reading 23 on a road doing 65 ± 3) is diluted below the trip level by
-/// the run's mean of ten. NAB (replica, with the other four judgments): 1.25× 79.4,
-/// 1.5× 80.1, 2× 79.2.
+/// the run's mean of ten. NAB (replica, with the other three judgments): none 78.1,
+/// 1.25× 79.8, 1.5× 80.6, 2× 79.6.
 const SURPRISE_RECORD_FACTOR: f64 = 1.5;
 
 /// How many values the slow surprise averages: 48, four hours of 5-minute samples,
 /// two days of hourly ones. A level that drifts up over hours (a topic that trends for
 /// an afternoon) is followed by the hour-long forecast and the hour-long window, so
 /// neither is surprised for long; against a forecast whose level moves over a day, its
-/// run adds up. NAB (replica): 36 values 79.9, 48 80.1, 72 and 96 80.1.
+/// run adds up. NAB (replica): none 76.7, 36 values 80.5, 48 80.6, 72 80.6, 96 80.5.
 const SLOW_SURPRISE_RUN: usize = 48;
 
 /// The time constant of the slow forecast's level: a day (NAB, replica: 12 hours
-/// 78.7, a day 80.1, two days 80.1).
+/// 79.2, a day 80.6, two days 80.6).
 const SLOW_FORECAST_LEVEL_MS: i64 = DAY_MS;
 
 /// How long a silent series keeps its likelihood state (and window): two days, so
@@ -625,22 +625,9 @@ const DAY_MS: i64 = 86_400_000;
 
 /// The daily pattern is kept as the newest value in each slot of this length: 288
 /// slots a day, so the lookup "one day earlier" is within 5 minutes whatever the scrape
-/// interval, in a fixed 4.5 KiB per series (and the forecast's season, 2.25 KiB).
+/// interval, in a fixed 4.5 KiB per series (and each forecast's season, 2.25 KiB).
 const PROFILE_SLOT_MS: i64 = 300_000;
 const PROFILE_SLOTS: usize = (DAY_MS / PROFILE_SLOT_MS) as usize;
-
-/// The three fast surprises a value is judged by, each against its own usual level:
-/// how far it is from the detection window's mean or from the value a day earlier,
-/// whichever is nearer (a daily pattern is no surprise); from the window's mean alone
-/// (a day that does not repeat the day before, such as a jump that does not come, is
-/// one); and from a Holt-Winters forecast (a level smoothed over an hour plus a daily
-/// season averaged over days: less noisy than one day's value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Nearest = 0,
-    Mean = 1,
-    Forecast = 2,
-}
 
 /// One surprise's recent run (the `N` values before the newest) and the usual level
 /// and spread of its mean.
@@ -665,7 +652,7 @@ struct Usual<const N: usize> {
     peak: f64,
 }
 
-/// The run of the three fast surprises: [`SURPRISE_RUN`] values.
+/// The run of the two fast surprises: [`SURPRISE_RUN`] values.
 const FAST: usize = SURPRISE_RUN - 1;
 /// The slow surprise's run: [`SLOW_SURPRISE_RUN`] values.
 const SLOW: usize = SLOW_SURPRISE_RUN - 1;
@@ -812,27 +799,33 @@ fn slot(at_ms: i64) -> usize {
     (at_ms.div_euclid(PROFILE_SLOT_MS) as usize) % PROFILE_SLOTS
 }
 
-/// One series' surprise state for a `likelihood` band: each surprise's run and usual
-/// level ([`Kind`], and the slow surprise's), the record single surprise, the series'
-/// last day (one value per 5-minute slot) and its two forecasts (level and daily
-/// season).
+/// One series' surprise state for a `likelihood` band: the run and usual level of
+/// each of its three surprises, its record, its last day (one value per 5-minute
+/// slot) and its two forecasts (level and daily season).
 ///
-/// A value `x` is anomalous when, for any of the four surprises `s(x)`, the mean of
+/// A value `x` is anomalous when, for any of the three surprises `s(x)`, the mean of
 /// the last run, `(Σ previous + s(x)) / run`, exceeds both that surprise's usual level
 /// by more than `sensitivity` × [`SURPRISE_SIGMAS_PER_SENSITIVITY`] standard
-/// deviations of it and half its largest run of the last month; or when its own
-/// nearest surprise is beyond [`SURPRISE_RECORD_FACTOR`] times the record. Solving each
-/// for `x` gives an interval (around the window's mean, the value a day earlier, or a
-/// forecast, ± what the run leaves for `s(x)`); the band is their intersection, so the
-/// rules endpoint and the hysteresis see an ordinary band. After a run of surprises the
-/// band can have no width left: anything but the expected value is anomalous until the
-/// run calms down.
+/// deviations of it and half its largest run of the last month; or when its distance
+/// from the window's mean or the value a day earlier, whichever is nearer, is beyond
+/// [`SURPRISE_RECORD_FACTOR`] times the record. Solving each for `x` gives an interval
+/// (around the window's mean, a forecast, or the value a day earlier, ± what the run
+/// leaves for `s(x)`); the band is their intersection, so the rules endpoint and the
+/// hysteresis see an ordinary band. After a run of surprises the band can have no
+/// width left: anything but the expected value is anomalous until the run calms down.
 #[derive(Debug, Clone)]
 pub struct Surprise {
-    usual: [Usual<FAST>; 3],
-    /// The distance from the slow forecast, over [`SLOW_SURPRISE_RUN`] values.
+    /// The distance from the detection window's mean: a day that does not repeat the
+    /// day before (such as a jump that does not come) is a surprise.
+    mean: Usual<FAST>,
+    /// The distance from a Holt-Winters forecast (a level smoothed over an hour plus a
+    /// daily season averaged over days): a daily pattern is no surprise.
+    forecast: Usual<FAST>,
+    /// The distance from the slow forecast (its level smoothed over a day), over
+    /// [`SLOW_SURPRISE_RUN`] values: a level that drifts away over hours.
     slow: Usual<SLOW>,
-    /// The largest nearest surprise of a single value, decayed over
+    /// The largest distance of a single value from the window's mean or the value a
+    /// day earlier, whichever is nearer (a daily pattern is no surprise), decayed over
     /// [`SURPRISE_PEAK_MEMORY_MS`] (0 before the first day is learnt).
     record: f64,
     /// First and newest sample times (`None` before the first).
@@ -849,31 +842,19 @@ pub struct Surprise {
 }
 
 /// A [`Surprise`] as saved across a restart (`--state-dir`): floats as their bits, so
-/// that the restored state is the saved one exactly; the filled slots of the day. The
-/// nearest-value surprise's fields are at the top level, where files from before the
-/// other surprises have them; those files restore it, and the others learn afresh (a
-/// day before they judge).
+/// that the restored state is the saved one exactly; the filled slots of the day.
+/// Older files restore what they hold and the rest learns afresh (a day before it
+/// judges): those of the single-surprise version only the day's values, those of the
+/// three-surprise version the mean and forecast surprises too (the nearest-value
+/// surprise they hold at the top level is no longer judged, and is ignored).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SavedSurprise {
-    recent: Vec<u64>,
-    filled: usize,
-    next: usize,
-    level: u64,
-    spread_sq: u64,
-    weight: u64,
     seen: Option<(i64, i64)>,
     samples: usize,
     /// `(slot, time, value bits)` of the slots holding a value.
     profile: Vec<(usize, i64, u64)>,
-    /// When the nearest-value surprise began to be learnt (absent from older files: a
-    /// day after the first sample, as it always was).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    since: Option<i64>,
-    /// The nearest surprise's largest run, decayed (absent from older files).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    peak: Option<u64>,
-    /// The window-mean and forecast surprises (absent from older files).
+    /// The window-mean and forecast surprises (absent from the oldest files).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     others: Vec<SavedUsual>,
     /// The forecast's level, and `(slot, bits)` of its season's visited slots.
@@ -912,7 +893,8 @@ pub struct SavedUsual {
 impl Default for Surprise {
     fn default() -> Self {
         Self {
-            usual: [Usual::default(); 3],
+            mean: Usual::default(),
+            forecast: Usual::default(),
             slow: Usual::default(),
             record: 0.0,
             seen: None,
@@ -944,15 +926,8 @@ fn season_bits(season: &[f64; PROFILE_SLOTS]) -> Vec<(usize, u64)> {
 impl Surprise {
     fn save(&self) -> Option<SavedSurprise> {
         self.seen?;
-        let nearest = self.usual[Kind::Nearest as usize].save();
         let day = self.day.as_deref();
         Some(SavedSurprise {
-            recent: nearest.recent,
-            filled: nearest.filled,
-            next: nearest.next,
-            level: nearest.level,
-            spread_sq: nearest.spread_sq,
-            weight: nearest.weight,
             seen: self.seen,
             samples: self.samples,
             profile: day
@@ -961,12 +936,7 @@ impl Surprise {
                 .filter(|(_, (t, _))| *t != i64::MIN)
                 .map(|(slot, (t, v))| (slot, *t, v.to_bits()))
                 .collect(),
-            since: nearest.since,
-            peak: nearest.peak,
-            others: [Kind::Mean, Kind::Forecast]
-                .iter()
-                .map(|k| self.usual[*k as usize].save())
-                .collect(),
+            others: vec![self.mean.save(), self.forecast.save()],
             forecast_level: level_bits(self.forecast_level),
             season: day.map(|d| season_bits(&d.season)).unwrap_or_default(),
             slow: Some(self.slow.save()),
@@ -978,31 +948,11 @@ impl Surprise {
 
     /// The saved state, checked: anything out of range (a tampered file) starts afresh.
     fn load(saved: &SavedSurprise) -> Option<Surprise> {
-        let mut nearest = Usual::load(&SavedUsual {
-            recent: saved.recent.clone(),
-            filled: saved.filled,
-            next: saved.next,
-            level: saved.level,
-            spread_sq: saved.spread_sq,
-            weight: saved.weight,
-            since: saved.since,
-            peak: saved.peak,
-        })?;
-        if nearest.since.is_none() && nearest.weight > 0.0 {
-            // A file from before `since` was saved: learning began a day in.
-            nearest.since = saved
-                .seen
-                .map(|(first, _)| first.saturating_add(SURPRISE_WARMUP_MS));
-        }
-        let mut usual = [nearest, Usual::default(), Usual::default()];
-        match saved.others.as_slice() {
-            [] => {}
-            [mean, forecast] => {
-                usual[Kind::Mean as usize] = Usual::load(mean)?;
-                usual[Kind::Forecast as usize] = Usual::load(forecast)?;
-            }
+        let (mean, forecast) = match saved.others.as_slice() {
+            [] => Default::default(),
+            [mean, forecast] => (Usual::load(mean)?, Usual::load(forecast)?),
             _ => return None,
-        }
+        };
         let slow = match &saved.slow {
             Some(slow) => Usual::load(slow)?,
             None => Usual::default(),
@@ -1021,7 +971,8 @@ impl Surprise {
         }
         let level = |bits: Option<u64>| bits.map_or(f64::NAN, f64::from_bits);
         Some(Surprise {
-            usual,
+            mean,
+            forecast,
             slow,
             record: saved.record.map_or(0.0, f64::from_bits),
             seen: saved.seen,
@@ -1066,8 +1017,8 @@ impl Surprise {
         let slow_forecast = forecast_of(self.slow_level, day.slow_season[now]);
         let from_mean = (x - expected).abs();
         let nearest = yesterday.map_or(from_mean, |y| from_mean.min((x - y).abs()));
-        let surprises = [nearest, from_mean, forecast.map_or(0.0, |f| (x - f).abs())];
-        let slow_surprise = slow_forecast.map_or(0.0, |f| (x - f).abs());
+        let from_forecast = forecast.map_or(0.0, |f| (x - f).abs());
+        let from_slow = slow_forecast.map_or(0.0, |f| (x - f).abs());
         let (first, last) = self.seen.unwrap_or((t, t));
         let age = t.saturating_sub(first);
         let sigmas = spec.sensitivity * SURPRISE_SIGMAS_PER_SENSITIVITY;
@@ -1078,23 +1029,21 @@ impl Surprise {
                     lower: center - room,
                     upper: center + room,
                 };
-                // The nearest surprise takes as normal what is within its room of the
-                // window's mean or of the day-ago value: around the one `x` is near.
-                let nearest_band = |room: f64| {
+                // The record takes as normal what is within its room of the window's
+                // mean or of the day-ago value: around the one `x` is near. It judges
+                // once there is one (learnt from the second day on, as the others).
+                let record = (self.record > 0.0).then(|| {
+                    let room = SURPRISE_RECORD_FACTOR * self.record;
                     let center = match yesterday {
                         Some(y) if (x - y).abs() <= room && (x - y).abs() < from_mean => y,
                         _ => expected,
                     };
                     around(center, room)
-                };
-                let nearest_room = self.usual[Kind::Nearest as usize].room(t, sigmas);
+                });
                 // Each judgment's interval of values it takes as normal.
                 let intervals = [
-                    nearest_room.map(nearest_band),
-                    self.usual[Kind::Mean as usize]
-                        .room(t, sigmas)
-                        .map(|room| around(expected, room)),
-                    self.usual[Kind::Forecast as usize]
+                    self.mean.room(t, sigmas).map(|room| around(expected, room)),
+                    self.forecast
                         .room(t, sigmas)
                         .zip(forecast)
                         .map(|(room, f)| around(f, room)),
@@ -1102,11 +1051,7 @@ impl Surprise {
                         .room(t, sigmas)
                         .zip(slow_forecast)
                         .map(|(room, f)| around(f, room)),
-                    // The record judges once the nearest surprise does (it is learnt
-                    // from the same day on) and there is one.
-                    nearest_room
-                        .filter(|_| self.record > 0.0)
-                        .map(|_| nearest_band(SURPRISE_RECORD_FACTOR * self.record)),
+                    record,
                 ];
                 let mut judged = intervals.iter().flatten();
                 let first = *judged.next()?;
@@ -1135,10 +1080,9 @@ impl Surprise {
             .filter(|b| b.lower.is_finite() && b.upper.is_finite());
         let dt = t.saturating_sub(last).max(0) as f64;
         let learning = age >= SURPRISE_WARMUP_MS;
-        for (usual, s) in self.usual.iter_mut().zip(surprises) {
-            usual.learn(s, t, dt, learning);
-        }
-        self.slow.learn(slow_surprise, t, dt, learning);
+        self.mean.learn(from_mean, t, dt, learning);
+        self.forecast.learn(from_forecast, t, dt, learning);
+        self.slow.learn(from_slow, t, dt, learning);
         if learning && nearest.is_finite() {
             self.record = decay_max(self.record, nearest, dt);
         }
@@ -1580,12 +1524,12 @@ mod tests {
         assert!((spike..spike + 2).contains(&(first as u64)), "{flagged:?}");
     }
 
-    /// Each of the three surprises trips on its own, and the band is the intersection of
-    /// what each takes as normal: a value near the window's mean and yesterday's value
-    /// but far from the forecast is anomalous (and outside the band it is given), as is
-    /// one near the forecast but far from the mean; a value all three expect is not.
+    /// Each surprise trips on its own, and the band is the intersection of what each
+    /// takes as normal: a value near the window's mean and the slow forecast but far
+    /// from the forecast is anomalous (and outside the band it is given), as is one near
+    /// both forecasts but far from the mean; a value all expect is not.
     #[test]
-    fn any_surprise_trips_and_the_band_is_what_all_three_take_as_normal() {
+    fn any_surprise_trips_and_the_band_is_what_all_take_as_normal() {
         let spec = BandSpec {
             algorithm: BandAlgorithm::Likelihood,
             sensitivity: 3.0,
@@ -1594,51 +1538,57 @@ mod tests {
         let t = 1_700_000_000_000_i64;
         // Each surprise has been 1 on every value lately, and always: with no spread,
         // the room for the next value's surprise is 1.
-        let usual = Usual {
-            recent: [1.0; SURPRISE_RUN - 1],
-            filled: SURPRISE_RUN - 1,
-            next: 0,
-            level: 1.0,
-            spread_sq: 0.0,
-            weight: 100.0,
-            since: Some(t - 3 * DAY_MS),
-            peak: 0.0,
-        };
-        let with_forecast = |forecast: f64| {
+        fn usual<const N: usize>(since: i64) -> Usual<N> {
+            Usual {
+                recent: [1.0; N],
+                filled: N,
+                next: 0,
+                level: 1.0,
+                spread_sq: 0.0,
+                weight: 100.0,
+                since: Some(since),
+                peak: 0.0,
+            }
+        }
+        let judge = |forecast: f64, slow: f64, x: f64| {
             let mut day = Day::empty();
             day.last[slot(t - DAY_MS)] = (t - DAY_MS, 50.0);
             day.season[slot(t)] = 0.0;
+            day.slow_season[slot(t)] = 0.0;
             Surprise {
-                usual: [usual; 3],
+                mean: usual(t - 3 * DAY_MS),
+                forecast: usual(t - 3 * DAY_MS),
+                slow: usual(t - 3 * DAY_MS),
+                // The largest single surprise lately: 2, so up to 3 from the mean or
+                // yesterday's value is no record.
+                record: 2.0,
                 seen: Some((t - 4 * DAY_MS, t - 300_000)),
                 samples: 1_000,
                 forecast_level: forecast,
+                slow_level: slow,
                 day: Some(day),
-                ..Surprise::default()
+                last_band: None,
             }
+            .judge(
+                &spec,
+                50.0,
+                12,
+                Sample {
+                    timestamp_ms: t,
+                    value: x,
+                },
+            )
+            .expect("a band")
         };
-        let judge = |forecast: f64, x: f64| {
-            with_forecast(forecast)
-                .judge(
-                    &spec,
-                    50.0,
-                    12,
-                    Sample {
-                        timestamp_ms: t,
-                        value: x,
-                    },
-                )
-                .expect("a band")
-        };
-        // Near the mean and yesterday, 50 away from the forecast.
-        let b = judge(100.0, 50.0);
+        // Near the mean, yesterday and the slow forecast, 50 away from the forecast.
+        let b = judge(100.0, 50.0, 50.0);
         assert!(b.excludes(50.0), "{b:?}");
         assert_eq!((b.lower, b.upper), (99.0, 101.0));
-        // At the forecast, 50 away from the mean (and yesterday).
-        let b = judge(100.0, 100.0);
+        // At both forecasts, 50 away from the mean (and yesterday).
+        let b = judge(100.0, 100.0, 100.0);
         assert!(b.excludes(100.0), "{b:?}");
-        // Expected by all three: within each one's room of 1, the band is their overlap.
-        let b = judge(50.5, 50.2);
+        // Expected by all: within each one's room, the band is their overlap.
+        let b = judge(50.5, 50.0, 50.2);
         assert!(!b.excludes(50.2), "{b:?}");
         assert_eq!((b.lower, b.upper), (49.5, 51.0));
         assert!(b.excludes(49.4) && b.excludes(51.1));
@@ -1699,8 +1649,17 @@ mod tests {
             let t = 1_700_000_000_000 + i as i64 * 300_000;
             let mean = window.iter().sum::<f64>() / window.len().max(1) as f64;
             if i == drop {
-                let room = surprise.usual[Kind::Nearest as usize].room(t, 5.0).unwrap();
-                assert!(room > 42.0, "the run alone would take it: room {room}");
+                for (name, room) in [
+                    ("mean", surprise.mean.room(t, 5.0)),
+                    ("forecast", surprise.forecast.room(t, 5.0)),
+                    ("slow", surprise.slow.room(t, 5.0)),
+                ] {
+                    let room = room.unwrap();
+                    assert!(
+                        room > 42.0,
+                        "the {name} run alone would take it: room {room}"
+                    );
+                }
                 assert!(surprise.record < 15.0, "record {}", surprise.record);
             }
             let sample = Sample {
@@ -1730,7 +1689,7 @@ mod tests {
             min_samples: 10,
         };
         let t = 1_700_000_000_000_i64;
-        let usual = |level: f64| Usual::<FAST> {
+        let fast = |level: f64| Usual::<FAST> {
             recent: [level; FAST],
             filled: FAST,
             next: 0,
@@ -1745,7 +1704,8 @@ mod tests {
         day.slow_season[slot(t)] = 0.0;
         let mut surprise = Surprise {
             // The fast surprises expect anything within 10 of 130.
-            usual: [usual(10.0); 3],
+            mean: fast(10.0),
+            forecast: fast(10.0),
             slow: Usual::<SLOW> {
                 recent: [1.0; SLOW],
                 filled: SLOW,
@@ -1862,11 +1822,12 @@ mod tests {
         assert_eq!(surprise.day.as_ref().unwrap().season[slot(t)], 0.0);
     }
 
-    /// The learnt state of all three surprises and the forecast is saved and restored
-    /// exactly; a file from the single-surprise version restores that surprise, and the
-    /// other two learn for a day before they judge.
+    /// The learnt state of every surprise, the record and both forecasts is saved and
+    /// restored exactly; a file of the three-surprise version restores its mean and
+    /// forecast surprises (the slow one learns for a day), and one of the
+    /// single-surprise version its day's values.
     #[test]
-    fn a_surprise_saves_and_restores_and_reads_the_older_format() {
+    fn a_surprise_saves_and_restores_and_reads_the_older_formats() {
         let spec = BandSpec {
             algorithm: BandAlgorithm::Likelihood,
             sensitivity: 3.0,
@@ -1889,19 +1850,9 @@ mod tests {
         }
         let saved = surprise.save().unwrap();
         let json = serde_json::to_value(&saved).unwrap();
-        let added = [
-            "others",
-            "forecastLevel",
-            "season",
-            "since",
-            "peak",
-            "slow",
-            "record",
-            "slowLevel",
-            "slowSeason",
-        ];
-        for key in added {
-            assert!(json.get(key).is_some(), "{key} missing from {json}");
+        let added = ["slow", "record", "slowLevel", "slowSeason"];
+        for key in ["others", "forecastLevel", "season"].iter().chain(&added) {
+            assert!(json.get(*key).is_some(), "{key} missing from {json}");
         }
         let mut restored = Surprise::load(&saved).unwrap();
         assert_eq!(restored.save().unwrap(), saved);
@@ -1909,32 +1860,65 @@ mod tests {
             timestamp_ms: at(700),
             value: value(700),
         };
-        assert_eq!(
-            restored.judge(&spec, 50.0, 12, next),
-            surprise.clone().judge(&spec, 50.0, 12, next)
-        );
-        // The older format: no `since`, no other surprises, no forecasts, no peaks.
+        let want = surprise.clone().judge(&spec, 50.0, 12, next);
+        assert!(want.is_some());
+        assert_eq!(restored.judge(&spec, 50.0, 12, next), want);
+
+        // The three-surprise version: the nearest-value surprise at the top level, the
+        // others without a peak, no slow surprise, record or slow forecast.
         let mut old = json.clone();
+        let fields = old.as_object_mut().unwrap();
         for key in added {
-            old.as_object_mut().unwrap().remove(key);
+            fields.remove(key);
         }
+        for usual in fields["others"].as_array_mut().unwrap() {
+            usual.as_object_mut().unwrap().remove("peak");
+        }
+        let nearest = serde_json::json!({
+            "recent": vec![0; FAST], "filled": FAST, "next": 0, "level": 0, "spreadSq": 0,
+            "weight": 0, "since": t0,
+        });
+        fields.extend(nearest.as_object().unwrap().clone());
         let old: SavedSurprise = serde_json::from_value(old).unwrap();
         let mut upgraded = Surprise::load(&old).unwrap();
-        let nearest = upgraded.usual[Kind::Nearest as usize];
-        assert_eq!(nearest.since, Some(t0 + SURPRISE_WARMUP_MS));
-        assert_eq!(nearest.level, surprise.usual[Kind::Nearest as usize].level);
-        assert!(nearest.room(at(700), 4.75).is_some());
+        assert_eq!(upgraded.mean.level, surprise.mean.level);
+        assert_eq!(upgraded.forecast.spread_sq, surprise.forecast.spread_sq);
+        assert_eq!(upgraded.forecast_level, surprise.forecast_level);
+        assert_eq!((upgraded.record, upgraded.slow.since), (0.0, None));
         let band = upgraded
             .judge(&spec, 50.0, 12, next)
-            .expect("the nearest surprise judges");
-        for kind in [Kind::Mean, Kind::Forecast] {
-            let usual = upgraded.usual[kind as usize];
-            assert_eq!(usual.since, Some(at(700)), "{kind:?} learns from now");
-            assert!(usual.room(at(700) + SURPRISE_WARMUP_MS - 1, 4.75).is_none());
-        }
-        // Judged by the nearest surprise alone: its band around the window's mean or
-        // the value a day earlier.
+            .expect("the mean and forecast surprises judge");
         assert!(band.upper - band.lower > 0.0, "{band:?}");
+        assert_eq!(
+            upgraded.slow.since,
+            Some(at(700)),
+            "the slow one learns from now"
+        );
+        assert!(
+            upgraded
+                .slow
+                .room(at(700) + SURPRISE_WARMUP_MS - 1, 5.0)
+                .is_none()
+        );
+
+        // The single-surprise version: only the day's values are left to restore.
+        let mut oldest = serde_json::to_value(&old).unwrap();
+        let fields = oldest.as_object_mut().unwrap();
+        for key in ["others", "forecastLevel", "season"] {
+            fields.remove(key);
+        }
+        let oldest: SavedSurprise = serde_json::from_value(oldest).unwrap();
+        let mut upgraded = Surprise::load(&oldest).unwrap();
+        assert_eq!(
+            upgraded.day.as_ref().unwrap().last,
+            surprise.day.as_ref().unwrap().last
+        );
+        assert_eq!(
+            upgraded.judge(&spec, 50.0, 12, next),
+            None,
+            "a day of learning first"
+        );
+
         // A tampered file starts afresh.
         let mut bad = saved.clone();
         bad.others.pop();

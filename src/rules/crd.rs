@@ -287,14 +287,14 @@ fn default_cooldown_seconds() -> u64 {
 #[serde(rename_all = "camelCase")]
 pub struct Detection {
     /// `likelihood` (the default): trips when the series has lately been more surprising
-    /// than usual. Each value has four surprises: its distance from the mean of `window`
-    /// or from the value a day earlier, whichever is nearer; from the mean alone; from a
-    /// Holt-Winters forecast (an hour-smoothed level plus a daily season); and from a
-    /// slow one (a day-smoothed level). The mean of each over the last 10 values (48 for
-    /// the slow one) is compared with its own usual level, learnt over days (no verdict
-    /// in a series' first two days); sensitivity k flags any of them 5k/3 standard
-    /// deviations above its level (the default 3: 5σ) and above half its largest of the
-    /// last month. A single value more than 1.5 times as far as any in the last month
+    /// than usual. Each value has three surprises: its distance from the mean of
+    /// `window`; from a Holt-Winters forecast (an hour-smoothed level plus a daily
+    /// season); and from a slow one (a day-smoothed level). The mean of each over the
+    /// last 10 values (48 for the slow one) is compared with its own usual level, learnt
+    /// over days (no verdict in a series' first two days); sensitivity k flags any of
+    /// them 5k/3 standard deviations above its level (the default 3: 5σ) and above half
+    /// its largest of the last month. A single value more than 1.5 times as far from the
+    /// mean or the value a day earlier (whichever is nearer) as any in the last month
     /// trips at once.
     /// `zscore`: mean ± sensitivity·σ; `mad`: median ± sensitivity·MAD (the MAD scaled
     /// by 1.4826 so that it estimates σ for normal data, which makes one sensitivity
