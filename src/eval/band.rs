@@ -579,12 +579,13 @@ const SURPRISE_PEAK_SHARE: f64 = 0.5;
 const SURPRISE_PEAK_MEMORY_MS: i64 = 30 * DAY_MS;
 
 /// A value's own surprise (distance from the window's mean or the day-ago value,
-/// whichever is nearer) beyond this multiple of the record is anomalous at once,
-/// whatever the run: a single value far beyond anything the series did in a month
-/// (a sensor reading 23 on a road doing 65 ± 3) is diluted below the trip level by
-/// the run's mean of ten. NAB (replica, with the other three judgments): none 78.1,
-/// 1.25× 79.8, 1.5× 80.6, 2× 79.6.
-const SURPRISE_RECORD_FACTOR: f64 = 1.5;
+/// whichever is nearer) beyond this multiple of the record per unit of sensitivity is
+/// anomalous at once, whatever the run: a single value far beyond anything the series
+/// did in a month (a sensor reading 23 on a road doing 65 ± 3) is diluted below the
+/// trip level by the run's mean of ten. The default sensitivity 3 gives 1.5 times the
+/// record; NAB (replica, with the other three judgments): none 78.1, 1.25× 79.8, 1.5×
+/// 80.6, 2× 79.6.
+const SURPRISE_RECORD_PER_SENSITIVITY: f64 = 0.5;
 
 /// How many values the slow surprise averages: 48, four hours of 5-minute samples,
 /// two days of hourly ones. A level that drifts up over hours (a topic that trends for
@@ -808,10 +809,10 @@ fn slot(at_ms: i64) -> usize {
 /// by more than `sensitivity` × [`SURPRISE_SIGMAS_PER_SENSITIVITY`] standard
 /// deviations of it and half its largest run of the last month; or when its distance
 /// from the window's mean or the value a day earlier, whichever is nearer, is beyond
-/// [`SURPRISE_RECORD_FACTOR`] times the record. Solving each for `x` gives an interval
-/// (around the window's mean, a forecast, or the value a day earlier, ± what the run
-/// leaves for `s(x)`); the band is their intersection, so the rules endpoint and the
-/// hysteresis see an ordinary band. After a run of surprises the band can have no
+/// `sensitivity` × [`SURPRISE_RECORD_PER_SENSITIVITY`] times the record. Solving each
+/// for `x` gives an interval (around the window's mean, a forecast, or the value a day
+/// earlier, ± what the run leaves for `s(x)`); the band is their intersection, so the
+/// rules endpoint and the hysteresis see an ordinary band. After a run of surprises the band can have no
 /// width left: anything but the expected value is anomalous until the run calms down.
 #[derive(Debug, Clone)]
 pub struct Surprise {
@@ -1033,7 +1034,7 @@ impl Surprise {
                 // mean or of the day-ago value: around the one `x` is near. It judges
                 // once there is one (learnt from the second day on, as the others).
                 let record = (self.record > 0.0).then(|| {
-                    let room = SURPRISE_RECORD_FACTOR * self.record;
+                    let room = spec.sensitivity * SURPRISE_RECORD_PER_SENSITIVITY * self.record;
                     let center = match yesterday {
                         Some(y) if (x - y).abs() <= room && (x - y).abs() < from_mean => y,
                         _ => expected,

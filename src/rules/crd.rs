@@ -293,9 +293,9 @@ pub struct Detection {
     /// last 10 values (48 for the slow one) is compared with its own usual level, learnt
     /// over days (no verdict in a series' first two days); sensitivity k flags any of
     /// them 5k/3 standard deviations above its level (the default 3: 5σ) and above half
-    /// its largest of the last month. A single value more than 1.5 times as far from the
+    /// its largest of the last month. A single value more than k/2 times as far from the
     /// mean or the value a day earlier (whichever is nearer) as any in the last month
-    /// trips at once.
+    /// (the default: 1.5 times) trips at once.
     /// `zscore`: mean ± sensitivity·σ; `mad`: median ± sensitivity·MAD (the MAD scaled
     /// by 1.4826 so that it estimates σ for normal data, which makes one sensitivity
     /// mean the same for both); `seasonal`: a seasonal (MSTL) baseline with a
