@@ -1241,6 +1241,29 @@ mod tests {
         }
     }
 
+    /// The default detector, as `detection: {}` compiles.
+    fn likelihood() -> BandSpec {
+        BandSpec {
+            min_samples: 10,
+            ..spec(BandAlgorithm::Likelihood)
+        }
+    }
+
+    /// A surprise that has been `surprise` on every value, learnt since `since` with
+    /// no spread: the next value may carry `surprise` (unless a peak says more).
+    fn steady<const N: usize>(surprise: f64, since: i64) -> Usual<N> {
+        Usual {
+            recent: [surprise; N],
+            filled: N,
+            next: 0,
+            level: surprise,
+            spread_sq: 0.0,
+            weight: 100.0,
+            since: Some(since),
+            peak: 0.0,
+        }
+    }
+
     #[test]
     fn zscore_is_mean_plus_minus_k_sigma() {
         let history = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0];
@@ -1460,11 +1483,7 @@ mod tests {
     /// Replays `value(i)` every 5 minutes through a likelihood band over a 1h window,
     /// as the evaluator does; returns each sample's band.
     fn likelihood_bands(samples: u64, value: impl Fn(u64) -> f64) -> Vec<(f64, Option<Band>)> {
-        let spec = BandSpec {
-            algorithm: BandAlgorithm::Likelihood,
-            sensitivity: 3.0,
-            min_samples: 10,
-        };
+        let spec = likelihood();
         let mut windows = SelectorWindows::new(WindowSpec {
             retention_ms: 3_600_000,
             idle_ms: 3_600_000,
@@ -1531,35 +1550,20 @@ mod tests {
     /// both forecasts but far from the mean; a value all expect is not.
     #[test]
     fn any_surprise_trips_and_the_band_is_what_all_take_as_normal() {
-        let spec = BandSpec {
-            algorithm: BandAlgorithm::Likelihood,
-            sensitivity: 3.0,
-            min_samples: 10,
-        };
+        let spec = likelihood();
         let t = 1_700_000_000_000_i64;
         // Each surprise has been 1 on every value lately, and always: with no spread,
         // the room for the next value's surprise is 1.
-        fn usual<const N: usize>(since: i64) -> Usual<N> {
-            Usual {
-                recent: [1.0; N],
-                filled: N,
-                next: 0,
-                level: 1.0,
-                spread_sq: 0.0,
-                weight: 100.0,
-                since: Some(since),
-                peak: 0.0,
-            }
-        }
+        let since = t - 3 * DAY_MS;
         let judge = |forecast: f64, slow: f64, x: f64| {
             let mut day = Day::empty();
             day.last[slot(t - DAY_MS)] = (t - DAY_MS, 50.0);
             day.season[slot(t)] = 0.0;
             day.slow_season[slot(t)] = 0.0;
             Surprise {
-                mean: usual(t - 3 * DAY_MS),
-                forecast: usual(t - 3 * DAY_MS),
-                slow: usual(t - 3 * DAY_MS),
+                mean: steady(1.0, since),
+                forecast: steady(1.0, since),
+                slow: steady(1.0, since),
                 // The largest single surprise lately: 2, so up to 3 from the mean or
                 // yesterday's value is no record.
                 record: 2.0,
@@ -1600,16 +1604,7 @@ mod tests {
     #[test]
     fn a_run_must_pass_half_the_largest_of_the_last_month() {
         let t = 1_700_000_000_000_i64;
-        let mut usual = Usual::<FAST> {
-            recent: [1.0; FAST],
-            filled: FAST,
-            next: 0,
-            level: 1.0,
-            spread_sq: 0.0,
-            weight: 100.0,
-            since: Some(t - 3 * DAY_MS),
-            peak: 0.0,
-        };
+        let mut usual = steady::<FAST>(1.0, t - 3 * DAY_MS);
         // No spread: the next value may carry a surprise of 1.
         assert_eq!(usual.room(t, 5.0), Some(1.0));
         // A run of 10 last week: this run's mean may reach 5, so the value 41.
@@ -1639,11 +1634,7 @@ mod tests {
                 65.0 + noise(i) * if noisy { 6.0 } else { 1.0 }
             }
         };
-        let spec = BandSpec {
-            algorithm: BandAlgorithm::Likelihood,
-            sensitivity: 3.0,
-            min_samples: 10,
-        };
+        let spec = likelihood();
         let mut surprise = Surprise::default();
         let mut window = std::collections::VecDeque::new();
         for i in 0..=drop {
@@ -1684,39 +1675,17 @@ mod tests {
     /// the slow run has added up.
     #[test]
     fn the_slow_surprise_flags_a_level_the_day_has_not_had() {
-        let spec = BandSpec {
-            algorithm: BandAlgorithm::Likelihood,
-            sensitivity: 3.0,
-            min_samples: 10,
-        };
+        let spec = likelihood();
         let t = 1_700_000_000_000_i64;
-        let fast = |level: f64| Usual::<FAST> {
-            recent: [level; FAST],
-            filled: FAST,
-            next: 0,
-            level,
-            spread_sq: 0.0,
-            weight: 100.0,
-            since: Some(t - 3 * DAY_MS),
-            peak: 0.0,
-        };
+
         let mut day = Day::empty();
         day.season[slot(t)] = 0.0;
         day.slow_season[slot(t)] = 0.0;
-        let mut surprise = Surprise {
+        let surprise = Surprise {
             // The fast surprises expect anything within 10 of 130.
-            mean: fast(10.0),
-            forecast: fast(10.0),
-            slow: Usual::<SLOW> {
-                recent: [1.0; SLOW],
-                filled: SLOW,
-                next: 0,
-                level: 1.0,
-                spread_sq: 0.0,
-                weight: 100.0,
-                since: Some(t - 3 * DAY_MS),
-                peak: 0.0,
-            },
+            mean: steady(10.0, t - 3 * DAY_MS),
+            forecast: steady(10.0, t - 3 * DAY_MS),
+            slow: steady(1.0, t - 3 * DAY_MS),
             seen: Some((t - 4 * DAY_MS, t - 300_000)),
             samples: 1_000,
             forecast_level: 130.0,
@@ -1724,32 +1693,21 @@ mod tests {
             day: Some(day),
             ..Surprise::default()
         };
-        let b = surprise
-            .clone()
-            .judge(
-                &spec,
-                130.0,
-                12,
-                Sample {
-                    timestamp_ms: t,
-                    value: 130.0,
-                },
-            )
-            .expect("a band");
+        let judge = |x: f64| {
+            let sample = Sample {
+                timestamp_ms: t,
+                value: x,
+            };
+            surprise
+                .clone()
+                .judge(&spec, 130.0, 12, sample)
+                .expect("a band")
+        };
         // 5 from the slow forecast, whose run leaves room for 1.
+        let b = judge(130.0);
         assert!(b.excludes(130.0), "{b:?}");
         assert_eq!((b.lower, b.upper), (124.0, 126.0));
-        let b = surprise
-            .judge(
-                &spec,
-                130.0,
-                12,
-                Sample {
-                    timestamp_ms: t,
-                    value: 125.5,
-                },
-            )
-            .expect("a band");
+        let b = judge(125.5);
         assert!(!b.excludes(125.5), "{b:?}");
         assert_eq!((b.lower, b.upper), (124.0, 126.0));
     }
@@ -1761,11 +1719,7 @@ mod tests {
     /// the middle of the hour).
     #[test]
     fn the_forecast_season_weighs_days_whatever_the_scrape_interval() {
-        let spec = BandSpec {
-            algorithm: BandAlgorithm::Likelihood,
-            sensitivity: 3.0,
-            min_samples: 10,
-        };
+        let spec = likelihood();
         let t0 = 1_700_000_100_000_i64 - 1_700_000_100_000_i64 % DAY_MS;
         let minute = 60_000;
         // A daily swing, and (when `bump`) on the fourth day an hour 5 higher from 10:00.
@@ -1803,11 +1757,7 @@ mod tests {
     /// climb for hours and leave its offset in the season of the first day).
     #[test]
     fn the_forecast_starts_at_the_first_value() {
-        let spec = BandSpec {
-            algorithm: BandAlgorithm::Likelihood,
-            sensitivity: 3.0,
-            min_samples: 10,
-        };
+        let spec = likelihood();
         let mut surprise = Surprise::default();
         let t = 1_700_000_000_000_i64;
         surprise.judge(
@@ -1829,11 +1779,7 @@ mod tests {
     /// single-surprise version its day's values.
     #[test]
     fn a_surprise_saves_and_restores_and_reads_the_older_formats() {
-        let spec = BandSpec {
-            algorithm: BandAlgorithm::Likelihood,
-            sensitivity: 3.0,
-            min_samples: 10,
-        };
+        let spec = likelihood();
         let mut surprise = Surprise::default();
         let t0 = 1_700_000_000_000_i64;
         let at = |i: i64| t0 + i * 300_000;
