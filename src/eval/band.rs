@@ -611,15 +611,16 @@ pub const SURPRISE_WARMUP_MS: i64 = DAY_MS;
 
 /// The time constant of the forecast's level (Holt-Winters' exponential smoothing,
 /// additive daily season): an hour, as the detection window's default. Measured on NAB
-/// (standard profile, in the replica): 70.1 at 30 minutes, 74.3 at 1 hour, 72.9 at 2 hours.
+/// (standard profile, in the replica of the three-surprise version): 70.1 at 30
+/// minutes, 74.3 at 1 hour, 72.9 at 2 hours.
 const FORECAST_LEVEL_MS: i64 = 3_600_000;
 
 /// How far a day's value in a slot of the day moves the forecast's season there towards
 /// what the series did: 0.2, about the last five days weighed. Measured on NAB
-/// (standard profile, in the replica): 73.0 at 0.1, 74.3 at 0.2, 74.6 at 0.3. A value less than a day
-/// after the slot's previous one moves it in proportion (a 15-second series visits
-/// each 5-minute slot 20 times a day), so that days weigh the same whatever the scrape
-/// interval.
+/// (standard profile, in the replica of the three-surprise version): 73.0 at 0.1, 74.3
+/// at 0.2, 74.6 at 0.3. A value less than a day after the slot's previous one moves it
+/// in proportion (a 15-second series visits each 5-minute slot 20 times a day), so
+/// that days weigh the same whatever the scrape interval.
 const FORECAST_SEASON_GAIN: f64 = 0.2;
 
 const DAY_MS: i64 = 86_400_000;
@@ -678,9 +679,9 @@ impl<const N: usize> Usual<N> {
         self.recent[..self.filled].iter().sum()
     }
 
-    /// How much surprise a value at `t` may carry before the run's mean passes the
-    /// usual level by `sigmas` standard deviations; `None` before a day of learning.
-    /// None left after a burst.
+    /// How much surprise a value at `t` may carry before the run's mean passes both the
+    /// usual level by `sigmas` standard deviations and [`SURPRISE_PEAK_SHARE`] of the
+    /// peak; `None` before a day of learning. None left after a burst.
     fn room(&self, t: i64, sigmas: f64) -> Option<f64> {
         let since = self.since?;
         if t.saturating_sub(since) < SURPRISE_WARMUP_MS || self.weight <= 0.0 {
@@ -812,8 +813,9 @@ fn slot(at_ms: i64) -> usize {
 /// `sensitivity` × [`SURPRISE_RECORD_PER_SENSITIVITY`] times the record. Solving each
 /// for `x` gives an interval (around the window's mean, a forecast, or the value a day
 /// earlier, ± what the run leaves for `s(x)`); the band is their intersection, so the
-/// rules endpoint and the hysteresis see an ordinary band. After a run of surprises the band can have no
-/// width left: anything but the expected value is anomalous until the run calms down.
+/// rules endpoint and the hysteresis see an ordinary band. After a run of surprises
+/// the band can have no width left: anything but the expected value is anomalous
+/// until the run calms down.
 #[derive(Debug, Clone)]
 pub struct Surprise {
     /// The distance from the detection window's mean: a day that does not repeat the
@@ -863,8 +865,8 @@ pub struct SavedSurprise {
     forecast_level: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     season: Vec<(usize, u64)>,
-    /// The slow surprise, the record, and the slow forecast as the other (all absent
-    /// from older files).
+    /// The slow surprise, the record, and the slow forecast as the forecast above (all
+    /// absent from older files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     slow: Option<SavedUsual>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -910,11 +912,12 @@ impl Default for Surprise {
     }
 }
 
-/// The finite levels as bits, and `(slot, bits)` of a season's visited slots.
+/// A forecast's level as saved: its bits, once there is one.
 fn level_bits(level: f64) -> Option<u64> {
     level.is_finite().then(|| level.to_bits())
 }
 
+/// A forecast's season as saved: `(slot, bits)` of the slots visited.
 fn season_bits(season: &[f64; PROFILE_SLOTS]) -> Vec<(usize, u64)> {
     season
         .iter()
