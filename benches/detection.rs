@@ -108,6 +108,19 @@ const DETECTORS: &[(&str, &str)] = &[
         "likelihood-k3-clear1h",
         "detection: {algorithm: likelihood, clearAfter: 1h}",
     ),
+    // Settings for `restart`, where a false trip costs more than a late one.
+    (
+        "likelihood-k5-for30m",
+        "detection: {algorithm: likelihood, sensitivity: 5}\n  for: 30m",
+    ),
+    (
+        "likelihood-k3-for1h",
+        "detection: {algorithm: likelihood}\n  for: 1h",
+    ),
+    (
+        "likelihood-k4-for1h",
+        "detection: {algorithm: likelihood, sensitivity: 4}\n  for: 1h",
+    ),
     ("default", "detection: {}"),
 ];
 
