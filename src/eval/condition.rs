@@ -88,9 +88,11 @@ impl ConditionDetector {
     ///
     /// A tripped series clears once its value has been normal for `clear_after`: back
     /// within the band it tripped against (its baseline before the incident), and under
-    /// the threshold. The live band is no guide while tripped: the series' own history
-    /// takes the anomaly in, so the live band follows it there, and then flags its return
-    /// to normal as a second anomaly. A level the series stays at is accepted as its new
+    /// the threshold. The live band of a z-score or MAD is no guide while tripped: the
+    /// series' own history takes the anomaly in, so the live band follows it there, and
+    /// then flags its return to normal as a second anomaly. A likelihood or seasonal
+    /// band is: the first judges how surprising the series has lately been, the second
+    /// moves through the day (its band at the trip held for that hour only). A level the series stays at is accepted as its new
     /// normal once it has been within the live band for [`NEW_NORMAL_CLEAR_AFTERS`] times
     /// `clear_after`. With `clear_after` 0 a series clears at the first value that does
     /// not meet the condition, as before hysteresis.
@@ -103,11 +105,15 @@ impl ConditionDetector {
     ) -> Option<Transition> {
         let (for_ms, clear_after_ms) = (self.spec.for_ms, self.spec.clear_after_ms);
         // A `likelihood` band is already one of how surprising the series has been
-        // lately, not of where it was before: its own band is the guide.
-        let against_baseline = self
-            .spec
-            .band
-            .is_none_or(|b| b.algorithm != BandAlgorithm::Likelihood);
+        // lately, not of where it was before; a `seasonal` band's range moves through
+        // the day (the band at the trip is that hour's), and one fitted over days
+        // hardly takes in an incident of hours: for both, the live band is the guide.
+        let against_baseline = self.spec.band.is_none_or(|b| {
+            !matches!(
+                b.algorithm,
+                BandAlgorithm::Likelihood | BandAlgorithm::Seasonal
+            )
+        });
         let holds = value.is_some_and(|v| self.holds(v, band));
         let over_threshold =
             value.is_some_and(|v| self.spec.threshold.as_ref().is_some_and(|t| t.holds(v)));
@@ -355,6 +361,40 @@ mod tests {
                 (20, Change::Cleared)
             ]
         );
+    }
+
+    /// Issue 14: a seasonal rule that tripped at night must clear by day. Against the
+    /// night's band the day's values never looked normal, so a rule over a daily cycle
+    /// stayed tripped for good after its first trip (none after it on NAB's tweets).
+    #[test]
+    fn a_seasonal_trip_clears_within_the_live_band_of_another_hour() {
+        let mut d = ConditionDetector::new(ConditionSpec {
+            threshold: None,
+            band: Some(crate::eval::BandSpec {
+                algorithm: crate::eval::BandAlgorithm::Seasonal,
+                sensitivity: 3.0,
+                min_samples: 1,
+            }),
+            for_ms: 0,
+            clear_after_ms: 3_600_000,
+        });
+        let hour = 3_600_000;
+        // The night's band is 10 ± 2; a spike to 50 trips; the day's band is 100 ± 20.
+        let night = Band {
+            center: 10.0,
+            lower: 8.0,
+            upper: 12.0,
+        };
+        let day = Band {
+            center: 100.0,
+            lower: 80.0,
+            upper: 120.0,
+        };
+        let tripped = d.observe(SeriesId(0), Some(50.0), Some(night), 0);
+        assert_eq!(tripped.map(|t| t.change), Some(Change::Tripped));
+        assert_eq!(d.observe(SeriesId(0), Some(100.0), Some(day), hour), None);
+        let cleared = d.observe(SeriesId(0), Some(105.0), Some(day), 2 * hour);
+        assert_eq!(cleared.map(|t| t.change), Some(Change::Cleared));
     }
 
     #[test]
