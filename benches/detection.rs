@@ -97,6 +97,10 @@ const DETECTORS: &[(&str, &str)] = &[
         "detection: {algorithm: seasonal, window: 3d}",
     ),
     (
+        "seasonal-k3-3d-clear12h",
+        "detection: {algorithm: seasonal, window: 3d, clearAfter: 12h}",
+    ),
+    (
         "likelihood-k2.5",
         "detection: {algorithm: likelihood, sensitivity: 2.5}",
     ),
