@@ -589,7 +589,8 @@ const SURPRISE_RECORD_PER_SENSITIVITY: f64 = 0.5;
 
 /// How many values the slow surprise averages: 48, four hours of 5-minute samples,
 /// two days of hourly ones, twelve minutes of 15-second ones (a run counts values, as
-/// the fast ones' ten do, so that a slow series is judged as soon as a fast one). A level that drifts up over hours (a topic that trends for
+/// the fast ones' ten do: what dilutes one odd value is how many values share the
+/// mean, not how long they took to come). A level that drifts up over hours (a topic that trends for
 /// an afternoon) is followed by the hour-long forecast and the hour-long window, so
 /// neither is surprised for long; against a forecast whose level moves over a day, its
 /// run adds up. NAB (replica): none 76.7, 36 values 80.5, 48 80.6, 72 80.6, 96 80.5.
