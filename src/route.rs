@@ -858,15 +858,7 @@ mod tests {
                 timeseries: vec![series(pairs)],
                 ..Default::default()
             });
-            let mut batch = Batch::new(Instant::now(), i64::MAX, 1 << 20);
-            crate::ingest::decode(
-                crate::ingest::Protocol::V1,
-                &body,
-                &crate::ingest::Limits::default(),
-                i64::MAX / 2,
-                |s| router.route(s, &mut batch),
-            )
-            .unwrap();
+            let batch = routed(&router, &body, None);
             // A label with an empty value is no label.
             let want = Labels::from_pairs(pairs.iter().copied().filter(|(_, v)| !v.is_empty()));
             let entry = &batch.entries[0];
@@ -879,8 +871,8 @@ mod tests {
         }
     }
 
-    /// Decodes a 1.0 body and routes its series with `strip`; returns the kept labels.
-    fn kept_labels(router: &Router, body: &[u8], strip: Option<&LabelNames>) -> Vec<Labels> {
+    /// Decodes a 1.0 body and routes its series with `strip` into a new batch.
+    fn routed(router: &Router, body: &[u8], strip: Option<&LabelNames>) -> Batch {
         let mut batch = Batch::new(Instant::now(), i64::MAX, 1 << 20);
         crate::ingest::decode(
             crate::ingest::Protocol::V1,
@@ -890,6 +882,12 @@ mod tests {
             |s| router.route_stripped(s, strip, &mut batch),
         )
         .unwrap();
+        batch
+    }
+
+    /// The labels [`routed`] keeps.
+    fn kept_labels(router: &Router, body: &[u8], strip: Option<&LabelNames>) -> Vec<Labels> {
+        let batch = routed(router, body, strip);
         batch.entries.iter().map(|e| batch.labels(e)).collect()
     }
 
@@ -978,16 +976,7 @@ mod tests {
         );
         let strip = LabelNames::new(["__replica__"]);
         let body = series_bytes(&[("__name__", "up"), ("__replica__", "b")]);
-        let mut batch = Batch::new(Instant::now(), i64::MAX, 1 << 20);
-        crate::ingest::decode(
-            crate::ingest::Protocol::V1,
-            &body,
-            &crate::ingest::Limits::default(),
-            i64::MAX / 2,
-            |s| router.route_stripped(s, Some(&strip), &mut batch),
-        )
-        .unwrap();
-        assert_eq!(inputs(&batch), [1]);
+        assert_eq!(inputs(&routed(&router, &body, Some(&strip))), [1]);
     }
 
     #[test]

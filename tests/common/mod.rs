@@ -112,6 +112,26 @@ impl App {
     }
 }
 
+/// `GET http://{addr}/metrics` of a running process (Prophet's or Prometheus's own).
+pub async fn scrape(client: &reqwest::Client, addr: &str) -> String {
+    client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the sample line starting with `series` in an exposition (0 when absent).
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

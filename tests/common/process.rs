@@ -13,6 +13,14 @@ impl Drop for Running {
     }
 }
 
+/// A `rules` folder in `dir` holding `yaml` as `file`: what `prophet run --rules` reads.
+pub fn rules_folder(dir: &std::path::Path, file: &str, yaml: &str) -> std::path::PathBuf {
+    let rules = dir.join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join(file), yaml).unwrap();
+    rules
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -146,19 +146,16 @@ remote_write:
 
 /// A rules folder with one rule: Prometheus's own `up` at 1 for 2 s trips it.
 fn rules(dir: &Path) -> PathBuf {
-    let rules = dir.join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(
-        rules.join("up.yaml"),
-        common::threshold_rule(
+    common::process::rules_folder(
+        dir,
+        "up.yaml",
+        &common::threshold_rule(
             "prometheus-up",
             r#"up{job="prometheus"}"#,
             "== 1",
             "  for: 2s\n",
         ),
     )
-    .unwrap();
-    rules
 }
 
 /// A Secret as the kubelet mounts it: `name -> ..data/name`, `..data -> ..v<version>`,

@@ -133,7 +133,7 @@ fn a_rule_at_its_series_limit_lets_a_rollouts_new_series_in() {
 /// would have tripped at live, with the value Prometheus itself computes there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_catching_up_after_an_outage_is_judged_as_if_live() {
-    use crate::e2e_prometheus::{get_json, start_prometheus_with};
+    use crate::e2e_prometheus::{get_json, start_prometheus_with, wait_decision};
     use common::process::{free_port, percent_encode};
     use std::time::{Duration, Instant};
 
@@ -141,18 +141,16 @@ async fn a_real_prometheus_catching_up_after_an_outage_is_judged_as_if_live() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
     // Samples of `up` in the last 30 s: it passes 20 about 20 s after the first scrape,
     // inside the outage.
     const QUERY: &str = r#"count_over_time(up{job="prometheus"}[30s])"#;
-    std::fs::write(
-        rules.join("warming.yaml"),
-        format!(
+    let rules = common::process::rules_folder(
+        dir.path(),
+        "warming.yaml",
+        &format!(
             "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: warming-up, namespace: default}}\nspec:\n  metric: '{QUERY}'\n  threshold: '> 20'\n  remediation: {{type: alert}}\n"
         ),
-    )
-    .unwrap();
+    );
     // Nothing listens here until Prophet starts: Prometheus's requests are refused.
     let prophet_addr = format!("127.0.0.1:{}", free_port());
     // Two jobs on one target, each keeping only its synthetic series (`up`, ...).
@@ -199,14 +197,7 @@ async fn a_real_prometheus_catching_up_after_an_outage_is_judged_as_if_live() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // Its own metrics (not scraped here) say the requests were refused and retried.
-    let own = client
-        .get(format!("{prometheus}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let own = common::scrape(&client, &format!("127.0.0.1:{port}")).await;
     let retried: f64 = own
         .lines()
         .filter(|l| l.starts_with("prometheus_remote_storage_samples_retried_total"))
@@ -233,25 +224,7 @@ async fn a_real_prometheus_catching_up_after_an_outage_is_judged_as_if_live() {
     assert_eq!(addr, prophet_addr);
 
     // The rule's decision arrives once the backlog has landed.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let decision = loop {
-        let decisions = get_json(&client, &format!("http://{addr}/api/v1/decisions")).await;
-        let found = decisions.as_ref().and_then(|d| {
-            d["decisions"]
-                .as_array()?
-                .iter()
-                .find(|d| d["rule"]["name"] == "warming-up")
-                .cloned()
-        });
-        if let Some(found) = found {
-            break found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no decision within 60 s: {decisions:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let decision = wait_decision(&client, &addr, "warming-up").await;
     assert_eq!(decision["verdict"], "tripped", "{decision}");
     let at = decision["sampleTimeMs"].as_i64().unwrap();
     assert_eq!(at % 15_000, 0, "evaluated at a step boundary: {decision}");
@@ -309,21 +282,8 @@ async fn a_real_prometheus_catching_up_after_an_outage_is_judged_as_if_live() {
     );
 
     // Every sample of the backlog was taken: none refused as late or out of order.
-    let metrics = client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counter = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let metrics = common::scrape(&client, &addr).await;
+    let counter = |series: &str| common::metric(&metrics, series);
     assert_eq!(counter("prophet_late_samples_total"), 0.0, "{metrics}");
     assert_eq!(
         counter(r#"prophet_window_dropped_samples_total{reason="out_of_order"}"#),

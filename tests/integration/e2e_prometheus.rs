@@ -72,10 +72,9 @@ async fn a_real_prometheus_trips_a_threshold_rule() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(
-        rules.join("e2e.yaml"),
+    let rules = common::process::rules_folder(
+        dir.path(),
+        "e2e.yaml",
         r#"
 apiVersion: aiops.prophet.io/v1alpha1
 kind: AnomalyAction
@@ -102,8 +101,7 @@ spec:
   threshold: "=> 1"
   remediation: {type: alert}
 "#,
-    )
-    .unwrap();
+    );
     let (_prophet, addr) = start_prophet(&rules);
     let (_prometheus, prometheus_port) = start_prometheus(dir.path(), &addr);
     let client = common::process::http_client();
@@ -182,14 +180,7 @@ spec:
         "Prophet {value} vs Prometheus {theirs} at {at}: {answer}"
     );
 
-    let metrics = client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::scrape(&client, &addr).await;
     assert!(
         metrics.contains(r#"prophet_remote_write_requests_total{version="1.0",code="204"}"#),
         "{metrics}"

@@ -10,6 +10,7 @@ use crate::common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::metric;
 use common::process::{Running, free_port};
 
 use super::e2e_prometheus::{get_json, wait_decision};
@@ -52,25 +53,6 @@ remote_write:
     common::process::start_prometheus(&dir, free_port(), &config)
 }
 
-async fn metrics(client: &reqwest::Client, addr: &str) -> String {
-    client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The value of the sample line starting with `series` (0 when absent).
-fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn decisions_about<'d>(decisions: &'d serde_json::Value, rule: &str) -> Vec<&'d serde_json::Value> {
     decisions["decisions"]
         .as_array()
@@ -86,9 +68,7 @@ async fn an_ha_pair_counts_once_and_fails_over_when_its_elected_replica_stops() 
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(rules.join("ha.yaml"), RULES).unwrap();
+    let rules = common::process::rules_folder(dir.path(), "ha.yaml", RULES);
     let (_prophet, addr, log) = common::process::start_prophet(
         &[
             "run",
@@ -122,7 +102,7 @@ async fn an_ha_pair_counts_once_and_fails_over_when_its_elected_replica_stops() 
     // Both replicas are writing: the other's samples are dropped as duplicates.
     let deadline = Instant::now() + Duration::from_secs(60);
     while metric(
-        &metrics(&client, &addr).await,
+        &common::scrape(&client, &addr).await,
         r#"prophet_ha_samples_total{result="duplicate"}"#,
     ) == 0.0
     {
@@ -183,7 +163,7 @@ async fn an_ha_pair_counts_once_and_fails_over_when_its_elected_replica_stops() 
         let about = decisions_about(&decisions, rule);
         assert_eq!(about.len(), 1, "one decision about {rule}: {about:?}");
     }
-    let metrics = metrics(&client, &addr).await;
+    let metrics = common::scrape(&client, &addr).await;
     assert_eq!(
         metric(&metrics, "prophet_ha_failovers_total"),
         1.0,

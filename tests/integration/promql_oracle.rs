@@ -56,6 +56,19 @@ pub(crate) struct Series {
     pub samples: Vec<(i64, f64)>,
 }
 
+impl Series {
+    /// The series' labels as remote write sends them.
+    pub(crate) fn wire_labels(&self) -> Vec<v1::Label> {
+        self.labels
+            .iter()
+            .map(|(name, value)| v1::Label {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    }
+}
+
 fn series(pairs: &[(&str, &str)]) -> Series {
     Series {
         labels: pairs
@@ -774,14 +787,7 @@ impl Oracle {
             timeseries: data
                 .iter()
                 .map(|s| v1::TimeSeries {
-                    labels: s
-                        .labels
-                        .iter()
-                        .map(|(name, value)| v1::Label {
-                            name: name.clone(),
-                            value: value.clone(),
-                        })
-                        .collect(),
+                    labels: s.wire_labels(),
                     samples: s
                         .samples
                         .iter()

@@ -181,9 +181,8 @@ async fn budget(prophet: &Prophet) -> f64 {
 #[tokio::test]
 async fn a_restart_keeps_the_error_budget_and_tripped_series() {
     let dir = tempfile::tempdir().unwrap();
-    let (rules, state) = (dir.path().join("rules"), dir.path().join("state"));
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(rules.join("rules.yaml"), RULES).unwrap();
+    let rules = common::process::rules_folder(dir.path(), "rules.yaml", RULES);
+    let state = dir.path().join("state");
     // Each minute's last millisecond: an SLO is judged at each minute boundary over the
     // minutes before it, once its series have reached it.
     let t0 = (now_ms() - 10 * 60_000).div_euclid(60_000) * 60_000 - 1;
@@ -226,10 +225,9 @@ async fn a_restart_keeps_the_error_budget_and_tripped_series() {
 #[tokio::test]
 async fn a_corrupt_state_file_is_reported_set_aside_and_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
-    let (rules, state) = (dir.path().join("rules"), dir.path().join("state"));
-    std::fs::create_dir(&rules).unwrap();
+    let rules = common::process::rules_folder(dir.path(), "rules.yaml", RULES);
+    let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    std::fs::write(rules.join("rules.yaml"), RULES).unwrap();
     let file = state.join("evaluator.state");
     std::fs::write(&file, b"PROPHETS\x01\x00\x00\x00 not really a state file").unwrap();
 

@@ -128,14 +128,7 @@ fn feed(oracle: &Oracle, shards: usize, seed: u64) -> (Evaluations, u64) {
             };
             carried[shard].push(s);
             bodies[shard].push(v1::TimeSeries {
-                labels: series
-                    .labels
-                    .iter()
-                    .map(|(name, value)| v1::Label {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
-                    .collect(),
+                labels: series.wire_labels(),
                 samples,
                 ..Default::default()
             });
