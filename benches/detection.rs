@@ -69,9 +69,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// The detectors compared: a name and the `spec.detection` (and `for`) of its rule.
-/// The first rows are the configurations issue 14 found wanting; the last is what
-/// `detection: {}` gets.
+/// The detectors compared: a name and the `spec.detection` (and `for`, or what it does)
+/// of its rule. The first rows are the configurations issue 14 found wanting; the last
+/// two are what `detection: {}` gets, in a rule that alerts and in one that restarts
+/// without approval.
 const DETECTORS: &[(&str, &str)] = &[
     (
         "zscore-k3-1h-noclear",
@@ -126,6 +127,11 @@ const DETECTORS: &[(&str, &str)] = &[
         "detection: {algorithm: likelihood, sensitivity: 4}\n  for: 1h",
     ),
     ("default", "detection: {}"),
+    // The default of a rule that restarts or scales without approval.
+    (
+        "default-unattended",
+        "detection: {}\n  remediation: {type: restart, cooldownSeconds: 0}",
+    ),
 ];
 
 const PROFILES: [&str; 3] = ["standard", "reward_low_FP_rate", "reward_low_FN_rate"];
@@ -207,9 +213,16 @@ fn load(kit: &Path) -> Vec<DataFile> {
 }
 
 /// The rule a detector row runs, over the one series of a file.
+/// The rule of a row: its detection (and anything else of its spec), alerting unless the
+/// row says what it does.
 fn rule_yaml(detection: &str) -> String {
+    let remediation = if detection.contains("remediation:") {
+        ""
+    } else {
+        "\n  remediation: {type: alert, cooldownSeconds: 0}"
+    };
     format!(
-        "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: nab, namespace: default}}\nspec:\n  metric: nab_value\n  {detection}\n  remediation: {{type: alert, cooldownSeconds: 0}}\n"
+        "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: nab, namespace: default}}\nspec:\n  metric: nab_value\n  {detection}{remediation}\n"
     )
 }
 

@@ -17,6 +17,10 @@ use super::verdict::Change;
 pub struct SeriesState {
     /// Event time since which the condition has held, while it holds.
     pub holding_since: Option<i64>,
+    /// Event time since which the value has been outside the band, while it is (a rule
+    /// that acts unattended waits longer on its band than on its threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub band_since: Option<i64>,
     pub tripped: bool,
     /// While tripped: when the condition began to hold in this incident.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,7 +107,11 @@ impl ConditionDetector {
         band: Option<Band>,
         at_ms: i64,
     ) -> Option<Transition> {
-        let (for_ms, clear_after_ms) = (self.spec.for_ms, self.spec.clear_after_ms);
+        let (for_ms, band_for_ms, clear_after_ms) = (
+            self.spec.for_ms,
+            self.spec.band_for_ms,
+            self.spec.clear_after_ms,
+        );
         // A `likelihood` band is already one of how surprising the series has been
         // lately, not of where it was before; a `seasonal` band's range moves through
         // the day (the band at the trip is that hour's), and one fitted over days
@@ -117,6 +125,7 @@ impl ConditionDetector {
         let holds = value.is_some_and(|v| self.holds(v, band));
         let over_threshold =
             value.is_some_and(|v| self.spec.threshold.as_ref().is_some_and(|t| t.holds(v)));
+        let outside_band = value.is_some_and(|v| band.is_some_and(|b| b.excludes(v)));
         let state = self.state(id);
         let Some(value) = value else {
             return std::mem::take(state).tripped.then(|| Transition {
@@ -125,22 +134,32 @@ impl ConditionDetector {
             });
         };
         if !state.tripped {
+            if !outside_band {
+                state.band_since = None;
+            }
             if !holds {
                 state.holding_since = None;
                 return None;
             }
             let since = *state.holding_since.get_or_insert(at_ms);
-            if at_ms.saturating_sub(since) < for_ms {
+            let band_since = outside_band.then(|| *state.band_since.get_or_insert(at_ms));
+            // The band alone trips once it has held for its own, longer, time.
+            let band_held = band_for_ms <= for_ms
+                || band_since.is_some_and(|b| at_ms.saturating_sub(b) >= band_for_ms);
+            if at_ms.saturating_sub(since) < for_ms || !(over_threshold || band_held) {
                 return None;
             }
             state.tripped = true;
             state.anomalous_since = Some(since);
             state.baseline = band;
-            let held = if for_ms > 0 {
-                format!(" for {}s", at_ms.saturating_sub(since) / 1000)
+            let held_since = if over_threshold {
+                Some(since).filter(|_| for_ms > 0)
             } else {
-                String::new()
+                band_since.filter(|_| band_for_ms.max(for_ms) > 0)
             };
+            let held = held_since.map_or(String::new(), |held_since| {
+                format!(" for {}s", at_ms.saturating_sub(held_since) / 1000)
+            });
             // Worded only when it trips: whether it holds is checked on every sample.
             let why = self.why(value, band).unwrap_or_default();
             return Some(Transition {
@@ -261,6 +280,7 @@ mod tests {
             threshold: Some(Threshold::parse(threshold).unwrap()),
             band: None,
             for_ms,
+            band_for_ms: for_ms,
             clear_after_ms: 0,
         })
     }
@@ -273,6 +293,7 @@ mod tests {
             threshold: None,
             band: None,
             for_ms: 0,
+            band_for_ms: 0,
             clear_after_ms: 600_000,
         });
         let band = |center: f64| Band {
@@ -297,6 +318,50 @@ mod tests {
             }
         }
         assert_eq!(changes, [(1, Change::Tripped), (45, Change::Cleared)]);
+    }
+
+    /// A rule that acts unattended waits on its band (`band_for_ms`) but not on its
+    /// threshold: a band broken for less than that never trips, nor does one broken
+    /// twice with a normal value between; one broken for that long trips, with the
+    /// time since; a value over the threshold trips at once.
+    #[test]
+    fn the_band_alone_must_hold_for_its_own_time() {
+        let mut d = ConditionDetector::new(ConditionSpec {
+            threshold: Some(Threshold::parse("> 100").unwrap()),
+            band: None,
+            for_ms: 0,
+            band_for_ms: 15 * 60_000,
+            clear_after_ms: 0,
+        });
+        let band = Band {
+            center: 10.0,
+            lower: 9.0,
+            upper: 11.0,
+        };
+        // (minute, value): outside the band for 14 minutes, in, out again for 15.
+        let mut values: Vec<(i64, f64)> = (0..14).map(|m| (m, 20.0)).collect();
+        values.push((14, 10.0));
+        values.extend((15..=30).map(|m| (m, 20.0)));
+        let mut changes = Vec::new();
+        for (minute, value) in values {
+            if let Some(t) = d.observe(SeriesId(0), Some(value), Some(band), minute * 60_000) {
+                changes.push((minute, t.change, t.reason));
+            }
+        }
+        assert_eq!(
+            changes,
+            [(
+                30,
+                Change::Tripped,
+                "value 20 outside the expected band [9.000000, 11.000000] around 10.000000 for 900s"
+                    .to_owned()
+            )]
+        );
+        assert_eq!(d.anomalous_since(SeriesId(0)), Some(15 * 60_000));
+        // A value over the threshold trips another series at its first sample.
+        let t = d.observe(SeriesId(1), Some(150.0), Some(band), 0).unwrap();
+        assert_eq!(t.change, Change::Tripped);
+        assert!(t.reason.starts_with("value 150 > 100"), "{}", t.reason);
     }
 
     /// A series whose band follows it into an anomaly and back: outside, inside once
@@ -330,6 +395,7 @@ mod tests {
                     min_samples: 1,
                 }),
                 for_ms: 0,
+                band_for_ms: 0,
                 clear_after_ms,
             });
             let mut changes = Vec::new();
@@ -376,6 +442,7 @@ mod tests {
                 min_samples: 1,
             }),
             for_ms: 0,
+            band_for_ms: 0,
             clear_after_ms: 3_600_000,
         });
         let hour = 3_600_000;
