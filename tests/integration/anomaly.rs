@@ -261,3 +261,75 @@ spec:
         "a band of the time of day, not of the day: {view}"
     );
 }
+
+/// `detection: {}` in a rule that restarts without approval is a band for acting: over
+/// a series' third day, a ten-minute burst and a moderate two-hour shift trip the
+/// alerting default but not it, and a large two-hour shift trips it once its band has
+/// been broken for 15 minutes, not at the first surprising value.
+#[test]
+fn the_default_band_of_a_rule_that_restarts_waits_to_be_sure() {
+    let rule = |name: &str, action: &str| {
+        format!(
+            "apiVersion: aiops.prophet.io/v1alpha1\nkind: AnomalyAction\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  metric: m\n  detection: {{}}\n  remediation: {{type: {action}}}\n---\n"
+        )
+    };
+    let mut ev = evaluator(&(rule("alerting", "alert") + &rule("acting", "restart")));
+    let base = 1_700_000_100_000i64;
+    let step = 300_000;
+    // (pod, how far the series moves, for how many 5-minute steps)
+    let incidents = [
+        ("burst", 32.0, 2),
+        ("moderate", 8.0, 24),
+        ("large", 32.0, 24),
+    ];
+    let start = 3 * 288;
+    let mut noise: Vec<Noise> = (0..incidents.len() as u64).map(Noise).collect();
+    let mut trips = Vec::new();
+    for i in 0..start + 48 {
+        let t = base + i * step;
+        let all = incidents
+            .iter()
+            .zip(&mut noise)
+            .map(|(&(pod, by, steps), noise)| {
+                let daily = 20.0 * (std::f64::consts::TAU * i as f64 / 288.0).sin();
+                let moved = if (start..start + steps).contains(&i) {
+                    by
+                } else {
+                    0.0
+                };
+                series(
+                    &[("__name__", "m"), ("pod", pod)],
+                    &[(t, 100.0 + daily + noise.next() + moved)],
+                )
+            })
+            .collect();
+        for verdict in apply_v1(&mut ev, &v1_body(all), t).verdicts {
+            assert_eq!(verdict.change.as_str(), "tripped", "{verdict:?}");
+            trips.push((
+                verdict.rule.name.clone(),
+                verdict.series.get("pod").unwrap_or_default().to_owned(),
+                (verdict.sample_time_ms - base) / step - start,
+                verdict.reason,
+            ));
+        }
+    }
+    let at = |rule: &str, pod: &str| {
+        trips
+            .iter()
+            .filter(|(r, p, ..)| r == rule && p == pod)
+            .map(|(.., at, reason)| (*at, reason.clone()))
+            .collect::<Vec<_>>()
+    };
+    for pod in ["burst", "moderate", "large"] {
+        let alerting = at("alerting", pod);
+        assert_eq!(alerting.len(), 1, "{pod}: {trips:?}");
+        assert_eq!(alerting[0].0, 0, "{pod} alerts at once: {trips:?}");
+    }
+    assert!(at("acting", "burst").is_empty(), "{trips:?}");
+    assert!(at("acting", "moderate").is_empty(), "{trips:?}");
+    let acting = at("acting", "large");
+    assert_eq!(acting.len(), 1, "{trips:?}");
+    let (when, reason) = &acting[0];
+    assert!((3..=6).contains(when), "{trips:?}");
+    assert!(reason.ends_with(" for 900s"), "{reason}");
+}
