@@ -155,10 +155,13 @@ pub fn compile_set(
                 if changed(&key, "active", generation) {
                     tracing::info!(rule = %key, condition = %compiled.summary, "rule active");
                 }
+                // What the rule evaluates, defaults filled in (a band left at its
+                // defaults differs between alerting and acting rules): RuleValid's
+                // message in cluster mode.
                 rules.push(RuleStatus {
                     rule: key,
                     state: "active",
-                    message: None,
+                    message: Some(format!("evaluated on the stream: {}", compiled.summary)),
                     generation,
                 });
                 active.push(compiled);

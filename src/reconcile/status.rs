@@ -202,7 +202,12 @@ fn common_conditions(
         },
         observed,
     );
-    Some(Validity { valid, message })
+    // A valid rule's message (what it evaluates) stays in RuleValid: the status's own
+    // message is then the newest decision.
+    Some(Validity {
+        valid,
+        message: message.filter(|_| !valid),
+    })
 }
 
 fn tripped_condition(
@@ -577,7 +582,11 @@ mod tests {
                 name: "r".into(),
             },
             state,
-            message: (state != "active").then(|| "spec.threshold: not a quantity".into()),
+            message: Some(if state == "active" {
+                "evaluated on the stream: m outside likelihood band (k=3, 1h)".into()
+            } else {
+                "spec.threshold: not a quantity".into()
+            }),
             generation: Some(generation),
         }
     }
@@ -611,6 +620,17 @@ mod tests {
         assert_eq!(status.observed_generation, Some(1));
         assert_eq!(condition_status(&status.conditions, READY), Some("True"));
         assert_eq!(condition_status(&status.conditions, TRIPPED), Some("False"));
+        // RuleValid says what is evaluated; the status's message is left to decisions.
+        let valid = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == RULE_VALID)
+            .unwrap();
+        assert_eq!(
+            valid.message,
+            "evaluated on the stream: m outside likelihood band (k=3, 1h)"
+        );
+        assert_eq!(status.message, None);
     }
 
     #[test]

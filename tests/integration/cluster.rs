@@ -83,11 +83,19 @@ async fn custom_resources_get_status_and_events_and_follow_edits() {
     );
 
     // Status: the valid rule is Ready, the invalid one says why, with the field path.
-    eventually("the rule to be Ready", Duration::from_secs(60), || async {
+    let ready = eventually("the rule to be Ready", Duration::from_secs(60), || async {
         let rule = api.get("memory").await.ok()?;
-        (condition(&rule, "Ready")?.0 == "True").then_some(())
+        (condition(&rule, "Ready")?.0 == "True").then_some(rule)
     })
     .await;
+    // RuleValid says what is evaluated, as compiled.
+    let valid = condition(&ready, "RuleValid").unwrap();
+    assert_eq!((valid.0.as_str(), valid.1.as_str()), ("True", "Valid"));
+    assert!(
+        valid.2 == "evaluated on the stream: container_memory_working_set_bytes > 1Gi",
+        "{}",
+        valid.2
+    );
     let broken = eventually(
         "the broken rule's status",
         Duration::from_secs(30),
