@@ -212,9 +212,8 @@ fn load(kit: &Path) -> Vec<DataFile> {
         .collect()
 }
 
-/// The rule a detector row runs, over the one series of a file.
-/// The rule of a row: its detection (and anything else of its spec), alerting unless the
-/// row says what it does.
+/// The rule a detector row runs over the one series of a file: the row's detection (and
+/// anything else of its spec), alerting unless the row says what it does.
 fn rule_yaml(detection: &str) -> String {
     let remediation = if detection.contains("remediation:") {
         ""

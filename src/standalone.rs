@@ -26,6 +26,9 @@ use crate::rules::load::{LoadReport, RuleKey, load_dir};
 use crate::rules::tenancy::Tenancy;
 use crate::{Error, Result};
 
+/// The most characters of a rule's summary its status carries, as an Event's note.
+const SUMMARY_CHARS: usize = 1000;
+
 /// How the pipeline behind the HTTP surface is set up.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -157,11 +160,17 @@ pub fn compile_set(
                 }
                 // What the rule evaluates, defaults filled in (a band left at its
                 // defaults differs between alerting and acting rules): RuleValid's
-                // message in cluster mode.
+                // message in cluster mode, cut as Event notes are (a metric may be
+                // 64 KiB of PromQL).
+                let mut message = format!("evaluated on the stream: {}", compiled.summary);
+                if let Some((cut, _)) = message.char_indices().nth(SUMMARY_CHARS) {
+                    message.truncate(cut);
+                    message.push('…');
+                }
                 rules.push(RuleStatus {
                     rule: key,
                     state: "active",
-                    message: Some(format!("evaluated on the stream: {}", compiled.summary)),
+                    message: Some(message),
                     generation,
                 });
                 active.push(compiled);

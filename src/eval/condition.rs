@@ -1,7 +1,8 @@
 //! The per-series condition detector of AnomalyAction rules: each series' current value
 //! against the rule's threshold (`<op> <quantity>`) and/or outside its anomaly band, held
 //! for the rule's `for` duration (in event time) before it trips, like a Prometheus
-//! alert's pending state. A tripped series clears once the condition has not held for
+//! alert's pending state, and the band alone for its own `band_for` when that is longer
+//! (a rule that acts unattended waits to be sure of its band). A tripped series clears once the condition has not held for
 //! the rule's `clear_after` (hysteresis: one incident is one trip, however the band moves
 //! as the series' own history takes the anomaly in), or at once on a staleness marker or
 //! when the series goes away.
@@ -90,6 +91,10 @@ impl ConditionDetector {
     /// Feeds a series' new current value (`None` after a staleness marker) at `at_ms`,
     /// with its anomaly band (`None` without detection, or during cold start).
     ///
+    /// An untripped series trips once the condition has held for `for`, and, when only
+    /// the band (not the threshold) holds, once the value has also been outside the band
+    /// for `band_for`.
+    ///
     /// A tripped series clears once its value has been normal for `clear_after`: back
     /// within the band it tripped against (its baseline before the incident), and under
     /// the threshold. The live band of a z-score or MAD is no guide while tripped: the
@@ -152,10 +157,12 @@ impl ConditionDetector {
             state.tripped = true;
             state.anomalous_since = Some(since);
             state.baseline = band;
-            let held_since = if over_threshold {
-                Some(since).filter(|_| for_ms > 0)
+            // The time the hold that tripped it counted: the band's own when that is
+            // longer and the threshold does not hold.
+            let held_since = if band_for_ms > for_ms && !over_threshold {
+                band_since
             } else {
-                band_since.filter(|_| band_for_ms.max(for_ms) > 0)
+                Some(since).filter(|_| for_ms > 0)
             };
             let held = held_since.map_or(String::new(), |held_since| {
                 format!(" for {}s", at_ms.saturating_sub(held_since) / 1000)
@@ -495,6 +502,31 @@ mod tests {
         assert_eq!(d.observe(id, Some(0.99), None, 119_999), None);
         let t = d.observe(id, Some(0.99), None, 120_000).unwrap();
         assert_eq!(t.change, Change::Tripped);
+    }
+
+    /// With one `for` for both, the hold a trip reports counts from when the condition
+    /// began, whichever of threshold and band held then.
+    #[test]
+    fn a_trip_held_by_threshold_then_band_reports_the_whole_hold() {
+        let mut d = ConditionDetector::new(ConditionSpec {
+            threshold: Some(Threshold::parse("> 100").unwrap()),
+            band: None,
+            for_ms: 120_000,
+            band_for_ms: 120_000,
+            clear_after_ms: 0,
+        });
+        let band = Band {
+            center: 100.0,
+            lower: 90.0,
+            upper: 110.0,
+        };
+        let id = SeriesId(0);
+        assert_eq!(d.observe(id, Some(105.0), Some(band), 0), None);
+        assert_eq!(d.observe(id, Some(50.0), Some(band), 60_000), None);
+        let t = d.observe(id, Some(50.0), Some(band), 120_000).unwrap();
+        assert_eq!(t.change, Change::Tripped);
+        assert!(t.reason.ends_with(" for 120s"), "{}", t.reason);
+        assert_eq!(d.anomalous_since(id), Some(0));
     }
 
     #[test]

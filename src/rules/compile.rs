@@ -53,7 +53,8 @@ pub const DEFAULT_SENSITIVITY: f64 = 3.0;
 pub const UNATTENDED_SENSITIVITY: f64 = 6.0;
 
 /// How long the band of a rule that restarts or scales without approval must be broken
-/// before it trips, when the rule leaves out `for` (see [`UNATTENDED_SENSITIVITY`]).
+/// before it trips, when the rule leaves out both `for` and `detection.sensitivity` (see
+/// [`UNATTENDED_SENSITIVITY`]).
 pub const UNATTENDED_BAND_FOR_MS: i64 = 15 * 60_000;
 
 /// The step of seasonal baselines and forecasts: one point per minute gives a daily
@@ -313,11 +314,40 @@ fn compile_anomaly_action(
             "set spec.threshold, spec.detection, or both: the rule has no condition".into(),
         ));
     }
+    let for_ms = match &spec.for_ {
+        None => 0,
+        Some(text) => {
+            let duration = parse_duration(text)
+                .map_err(|e| CompileError::Invalid(format!("spec.for: {e}")))?;
+            i64::try_from(duration.as_millis())
+                .map_err(|_| CompileError::Invalid(format!("spec.for: {text:?} is too long")))?
+        }
+    };
+    // The hold is part of the acting default only with its sensitivity: a rule that sets
+    // either was tuned by its author (and an object stored when the schema wrote
+    // `sensitivity: 3` into it keeps the behaviour it had).
+    let acting_default = unattended
+        && spec.for_.is_none()
+        && spec
+            .detection
+            .as_ref()
+            .is_some_and(|d| d.sensitivity.is_none());
+    let band_for_ms = if acting_default {
+        UNATTENDED_BAND_FOR_MS
+    } else {
+        for_ms
+    };
+    let held = |ms: i64| format_duration(Duration::from_millis(ms.unsigned_abs()));
     let condition_text = [
         spec.threshold.as_deref().map(str::trim).map(str::to_owned),
         spec.detection.as_ref().map(|d| {
+            let band_held = if band_for_ms > for_ms {
+                format!(", held {}", held(band_for_ms))
+            } else {
+                String::new()
+            };
             format!(
-                "outside {} band (k={}, {})",
+                "outside {} band (k={}, {}{band_held})",
                 serde_json::to_value(d.algorithm)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
@@ -331,23 +361,8 @@ fn compile_anomaly_action(
     .flatten()
     .collect::<Vec<_>>()
     .join(" or ");
-    let for_ms = match &spec.for_ {
-        None => 0,
-        Some(text) => {
-            let duration = parse_duration(text)
-                .map_err(|e| CompileError::Invalid(format!("spec.for: {e}")))?;
-            i64::try_from(duration.as_millis())
-                .map_err(|_| CompileError::Invalid(format!("spec.for: {text:?} is too long")))?
-        }
-    };
-    let band_for_ms = if spec.for_.is_none() && unattended && band.is_some() {
-        UNATTENDED_BAND_FOR_MS
-    } else {
-        for_ms
-    };
-    let condition_text = if band_for_ms > for_ms {
-        let held = format_duration(Duration::from_millis(band_for_ms.unsigned_abs()));
-        format!("{condition_text}, held {held}")
+    let condition_text = if for_ms > 0 {
+        format!("{condition_text}, held {}", held(for_ms))
     } else {
         condition_text
     };
@@ -1605,9 +1620,11 @@ mod detection_tests {
             condition("  detection: {}\n  remediation: {type: alert}\n"),
             alerting
         );
+        // A sensitivity set by the author (or written by the schema of an older
+        // version) is a tuned band: no hold is added to it.
         assert_eq!(
             condition("  detection: {sensitivity: 4}\n  remediation: {type: restart}\n"),
-            (Some(4.0), 0, UNATTENDED_BAND_FOR_MS)
+            (Some(4.0), 0, 0)
         );
         assert_eq!(
             condition("  detection: {}\n  for: 2m\n  remediation: {type: restart}\n"),
@@ -1617,11 +1634,20 @@ mod detection_tests {
             condition("  threshold: '> 1Gi'\n  remediation: {type: restart}\n"),
             (None, 0, 0)
         );
-        let rule = compiled("  detection: {}\n  remediation: {type: restart}\n");
-        assert!(
-            rule.summary.ends_with("(k=6, 1h), held 15m"),
-            "{}",
-            rule.summary
+        // The summary says what is evaluated, defaults filled in, and what each hold
+        // applies to.
+        let summary = |spec: &str| compiled(spec).summary;
+        assert_eq!(
+            summary("  threshold: '> 1Gi'\n  detection: {}\n  remediation: {type: restart}\n"),
+            "m > 1Gi or outside likelihood band (k=6, 1h, held 15m)"
+        );
+        assert_eq!(
+            summary("  detection: {}\n  for: 2m\n  remediation: {type: restart}\n"),
+            "m outside likelihood band (k=6, 1h), held 2m"
+        );
+        assert_eq!(
+            summary("  detection: {}\n  remediation: {type: alert}\n"),
+            "m outside likelihood band (k=3, 1h)"
         );
     }
 

@@ -128,9 +128,9 @@ pub struct AnomalyActionSpec {
     /// How long the condition (threshold or anomaly band) must hold without interruption
     /// before a series trips, in Prometheus duration syntax (`30s`, `5m`, `1h30m`),
     /// measured in event time (the samples' timestamps). Omitted means a series trips on
-    /// the first sample or evaluation that meets the condition, except that the
-    /// `detection` band of a rule that restarts or scales without `requireApproval` must
-    /// hold for 15m (its `threshold` still trips at once).
+    /// the first sample or evaluation that meets the condition, except that a rule that
+    /// restarts or scales without `requireApproval`, and sets no `detection.sensitivity`
+    /// either, must have its band broken for 15m (its `threshold` still trips at once).
     #[serde(rename = "for", default, skip_serializing_if = "Option::is_none")]
     pub for_: Option<String>,
 
@@ -294,10 +294,10 @@ pub struct Detection {
     /// season); and from a slow one (a day-smoothed level). The mean of each over the
     /// last 10 values (48 for the slow one) is compared with its own usual level, learnt
     /// over days (no verdict in a series' first two days); sensitivity k flags any of
-    /// them 5k/3 standard deviations above its level (the default 3: 5σ) and above half
-    /// its largest of the last month. A single value more than k/2 times as far from the
+    /// them 5k/3 standard deviations above its level (5σ at k = 3) and above half its
+    /// largest of the last month. A single value more than k/2 times as far from the
     /// mean or the value a day earlier (whichever is nearer) as any in the last month
-    /// (the default: 1.5 times) trips at once.
+    /// (1.5 times at k = 3) breaks the band at once.
     /// `zscore`: mean ± sensitivity·σ; `mad`: median ± sensitivity·MAD (the MAD scaled
     /// by 1.4826 so that it estimates σ for normal data, which makes one sensitivity
     /// mean the same for both); `seasonal`: a seasonal (MSTL) baseline with a
@@ -308,11 +308,12 @@ pub struct Detection {
 
     /// Width of the band, in σ (zscore), scaled MADs (mad), σ of the baseline's
     /// prediction interval (seasonal) or, for likelihood, in 5/3 σ of the recent mean
-    /// surprises. Default 3, which suits alerts; 6 for a rule that restarts or scales
-    /// without `requireApproval`, whose band must then also be broken for `for`
-    /// (default 15m there) before it trips: a false trip costs a workload there, not a
-    /// look (on NAB's real data under one false trip per series per 100 days, finding
-    /// fewer incidents, later; see the README).
+    /// surprises. Default 3, which suits alerts. A rule that restarts or scales without
+    /// `requireApproval` gets 6 instead, and when it sets neither this nor `for`, its
+    /// band must also be broken for 15m before it trips (its threshold still trips at
+    /// once): a false trip costs a workload there, not a look. With the default
+    /// detector on NAB's real data, that keeps false trips under one per series per 100
+    /// days, finding fewer incidents, later (see the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensitivity: Option<f64>,
 

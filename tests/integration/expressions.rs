@@ -60,7 +60,13 @@ async fn a_rate_expression_trips_the_pod_whose_rate_is_high_with_its_exact_value
         r#"sum by (namespace, pod) (rate(http_requests_total{namespace="shop"}[1m]))"#,
         "> 5",
     ));
-    assert_eq!(app.rule("hot-pods").await["state"], "active");
+    let view = app.rule("hot-pods").await;
+    assert_eq!(view["state"], "active");
+    // It says what it evaluates (RuleValid's message in cluster mode).
+    assert_eq!(
+        view["message"],
+        r#"evaluated on the stream: sum by (namespace, pod) (rate(http_requests_total{namespace="shop"}[1m])) > 5"#
+    );
     let start = grid_start(12);
     // pod a: 2/s throughout; pod b: 2/s, then 10/s from the 7th sample on.
     let a = counter(start, 12, |_| 2.0);
@@ -89,6 +95,20 @@ async fn a_rate_expression_trips_the_pod_whose_rate_is_high_with_its_exact_value
     let results = view["values"]["results"].as_array().unwrap();
     assert_eq!(results.len(), 2, "{view}");
     assert_eq!(view["trippedSeries"][0]["series"]["pod"], "b", "{view}");
+}
+
+#[tokio::test]
+async fn a_rule_with_a_long_metric_says_what_it_evaluates_in_a_thousand_characters() {
+    let long = format!(r#"m{{pod!="{}"}}"#, "x".repeat(5000));
+    let app = start(&expression_rule("long", &long, "> 5"));
+    let view = app.rule("long").await;
+    assert_eq!(view["state"], "active", "{view}");
+    let message = view["message"].as_str().unwrap();
+    assert_eq!(message.chars().count(), 1001, "{message}");
+    assert!(
+        message.starts_with(r#"evaluated on the stream: m{pod!="xxx"#) && message.ends_with("x…"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
