@@ -70,9 +70,9 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 /// The detectors compared: a name and the `spec.detection` (and `for`, or what it does)
-/// of its rule. The first rows are the configurations issue 14 found wanting; the last
-/// two are what `detection: {}` gets, in a rule that alerts and in one that restarts
-/// without approval.
+/// of its rule. The first rows are the configurations issue 14 found wanting; `default`
+/// is what `detection: {}` gets in a rule that alerts, and the `-unattended` rows what a
+/// band left at its defaults gets in one that restarts without approval.
 const DETECTORS: &[(&str, &str)] = &[
     (
         "zscore-k3-1h-noclear",
@@ -131,6 +131,14 @@ const DETECTORS: &[(&str, &str)] = &[
     (
         "default-unattended",
         "detection: {}\n  remediation: {type: restart, cooldownSeconds: 0}",
+    ),
+    (
+        "zscore-unattended",
+        "detection: {algorithm: zscore}\n  remediation: {type: restart, cooldownSeconds: 0}",
+    ),
+    (
+        "mad-unattended",
+        "detection: {algorithm: mad}\n  remediation: {type: restart, cooldownSeconds: 0}",
     ),
 ];
 
