@@ -71,8 +71,8 @@ static ALLOCATOR: Counting = Counting;
 
 /// The detectors compared: a name and the `spec.detection` (and `for`, or what it does)
 /// of its rule. The first rows are the configurations issue 14 found wanting; `default`
-/// is what `detection: {}` gets in a rule that alerts, and the `-unattended` rows what a
-/// band left at its defaults gets in one that restarts without approval.
+/// is what `detection: {}` gets in a rule that alerts, `default-unattended` in one that
+/// restarts without approval.
 const DETECTORS: &[(&str, &str)] = &[
     (
         "zscore-k3-1h-noclear",
@@ -132,13 +132,14 @@ const DETECTORS: &[(&str, &str)] = &[
         "default-unattended",
         "detection: {}\n  remediation: {type: restart, cooldownSeconds: 0}",
     ),
+    // The same held band for the simple detectors, which is why they keep their defaults.
     (
-        "zscore-unattended",
-        "detection: {algorithm: zscore}\n  remediation: {type: restart, cooldownSeconds: 0}",
+        "zscore-k6-for15m",
+        "detection: {algorithm: zscore, sensitivity: 6}\n  for: 15m",
     ),
     (
-        "mad-unattended",
-        "detection: {algorithm: mad}\n  remediation: {type: restart, cooldownSeconds: 0}",
+        "mad-k6-for15m",
+        "detection: {algorithm: mad, sensitivity: 6}\n  for: 15m",
     ),
 ];
 

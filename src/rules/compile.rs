@@ -42,8 +42,8 @@ pub const LIKELIHOOD_CLEAR_AFTER_MS: i64 = 12 * HOUR_MS;
 /// false trips per 100 series-days on the real files' unlabelled rows).
 pub const DEFAULT_SENSITIVITY: f64 = 3.0;
 
-/// The `detection.sensitivity` of a rule that leaves it out and restarts or scales
-/// without approval, with [`UNATTENDED_BAND_FOR_MS`]: nobody looks before a workload is
+/// The `detection.sensitivity` of a `likelihood` rule that leaves it out and restarts or
+/// scales without approval, with [`UNATTENDED_BAND_FOR_MS`]: nobody looks before a workload is
 /// touched, so the default there is the bound on false trips, not the benchmark score.
 /// Measured with the default detector (`cargo bench --bench detection`, rows
 /// `default-unattended` and `likelihood-k5-for30m`): 0.57 false trips per 100
@@ -253,12 +253,19 @@ fn compile_anomaly_action(
                 .map_err(|e| CompileError::Invalid(format!("spec.threshold: {e}")))
         })
         .transpose()?;
-    // Nobody looks before a restart or a scale without approval: a band left at its
-    // defaults is then one for acting, not for alerting.
+    // Nobody looks before a restart or a scale without approval: the default detector
+    // left at its defaults is then one for acting, not for alerting. Not the simple
+    // bands: a z-score's 1h window takes an incident in before 15 minutes are up (it
+    // would never trip), and a MAD band so held still trips 7.9 times per 100 days on
+    // NAB (`cargo bench --bench detection`, rows `zscore-k6-for15m`, `mad-k6-for15m`).
     let unattended = matches!(
         spec.remediation.type_,
         RemediationType::Restart | RemediationType::Scale
-    ) && !spec.remediation.require_approval;
+    ) && !spec.remediation.require_approval
+        && spec
+            .detection
+            .as_ref()
+            .is_some_and(|d| d.algorithm == DetectionAlgorithm::Likelihood);
     let sensitivity = spec.detection.as_ref().map(|d| {
         d.sensitivity.unwrap_or(if unattended {
             UNATTENDED_SENSITIVITY
@@ -1587,9 +1594,11 @@ mod detection_tests {
             ))
         };
         let condition = |spec: &str| {
-            let rule = compiled(spec);
-            let DetectorSpec::Condition(condition) = rule.detector else {
-                panic!("{:?}", rule.detector);
+            let condition = match compiled(spec).detector {
+                DetectorSpec::Condition(condition) => condition,
+                // Seasonal bands are judged at a fixed step.
+                DetectorSpec::Expression { condition, .. } => condition,
+                other => panic!("{other:?}"),
             };
             (
                 condition.band.map(|b| b.sensitivity),
@@ -1620,6 +1629,16 @@ mod detection_tests {
             condition("  detection: {}\n  remediation: {type: alert}\n"),
             alerting
         );
+        // The simple bands keep theirs: an author who picks one tunes it.
+        for algorithm in ["zscore", "mad", "seasonal"] {
+            assert_eq!(
+                condition(&format!(
+                    "  detection: {{algorithm: {algorithm}}}\n  remediation: {{type: restart}}\n"
+                )),
+                alerting,
+                "{algorithm}"
+            );
+        }
         // A sensitivity set by the author (or written by the schema of an older
         // version) is a tuned band: no hold is added to it.
         assert_eq!(

@@ -128,9 +128,10 @@ pub struct AnomalyActionSpec {
     /// How long the condition (threshold or anomaly band) must hold without interruption
     /// before a series trips, in Prometheus duration syntax (`30s`, `5m`, `1h30m`),
     /// measured in event time (the samples' timestamps). Omitted means a series trips on
-    /// the first sample or evaluation that meets the condition, except that a rule that
-    /// restarts or scales without `requireApproval`, and sets no `detection.sensitivity`
-    /// either, must have its band broken for 15m (its `threshold` still trips at once).
+    /// the first sample or evaluation that meets the condition, except that a
+    /// `likelihood` rule that restarts or scales without `requireApproval`, and sets no
+    /// `detection.sensitivity` either, must have its band broken for 15m (its
+    /// `threshold` still trips at once).
     #[serde(rename = "for", default, skip_serializing_if = "Option::is_none")]
     pub for_: Option<String>,
 
@@ -308,12 +309,12 @@ pub struct Detection {
 
     /// Width of the band, in σ (zscore), scaled MADs (mad), σ of the baseline's
     /// prediction interval (seasonal) or, for likelihood, in 5/3 σ of the recent mean
-    /// surprises. Default 3, which suits alerts. A rule that restarts or scales without
-    /// `requireApproval` gets 6 instead, and when it sets neither this nor `for`, its
-    /// band must also be broken for 15m before it trips (its threshold still trips at
-    /// once): a false trip costs a workload there, not a look. With the default
-    /// detector on NAB's real data, that keeps false trips under one per series per 100
-    /// days, finding fewer incidents, later (see the README).
+    /// surprises. Default 3, which suits alerts. A `likelihood` rule that restarts or
+    /// scales without `requireApproval` gets 6 instead, and when it sets neither this
+    /// nor `for`, its band must also be broken for 15m before it trips (its threshold
+    /// still trips at once): a false trip costs a workload there, not a look. On NAB's
+    /// real data that keeps false trips under one per series per 100 days, finding
+    /// fewer incidents, later (see the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensitivity: Option<f64>,
 
