@@ -283,11 +283,16 @@ mod tests {
     use crate::rules::quantity::Threshold;
 
     fn detector(threshold: &str, for_ms: i64) -> ConditionDetector {
+        held_detector(threshold, for_ms, for_ms)
+    }
+
+    /// A threshold detector whose band (given with each value) holds for `band_for_ms`.
+    fn held_detector(threshold: &str, for_ms: i64, band_for_ms: i64) -> ConditionDetector {
         ConditionDetector::new(ConditionSpec {
             threshold: Some(Threshold::parse(threshold).unwrap()),
             band: None,
             for_ms,
-            band_for_ms: for_ms,
+            band_for_ms,
             clear_after_ms: 0,
         })
     }
@@ -333,13 +338,7 @@ mod tests {
     /// time since; a value over the threshold trips at once.
     #[test]
     fn the_band_alone_must_hold_for_its_own_time() {
-        let mut d = ConditionDetector::new(ConditionSpec {
-            threshold: Some(Threshold::parse("> 100").unwrap()),
-            band: None,
-            for_ms: 0,
-            band_for_ms: 15 * 60_000,
-            clear_after_ms: 0,
-        });
+        let mut d = held_detector("> 100", 0, 15 * 60_000);
         let band = Band {
             center: 10.0,
             lower: 9.0,
@@ -508,13 +507,7 @@ mod tests {
     /// began, whichever of threshold and band held then.
     #[test]
     fn a_trip_held_by_threshold_then_band_reports_the_whole_hold() {
-        let mut d = ConditionDetector::new(ConditionSpec {
-            threshold: Some(Threshold::parse("> 100").unwrap()),
-            band: None,
-            for_ms: 120_000,
-            band_for_ms: 120_000,
-            clear_after_ms: 0,
-        });
+        let mut d = detector("> 100", 120_000);
         let band = Band {
             center: 100.0,
             lower: 90.0,
