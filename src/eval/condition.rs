@@ -127,10 +127,10 @@ impl ConditionDetector {
                 BandAlgorithm::Likelihood | BandAlgorithm::Seasonal
             )
         });
-        let holds = value.is_some_and(|v| self.holds(v, band));
         let over_threshold =
             value.is_some_and(|v| self.spec.threshold.as_ref().is_some_and(|t| t.holds(v)));
         let outside_band = value.is_some_and(|v| band.is_some_and(|b| b.excludes(v)));
+        let holds = over_threshold || outside_band;
         let state = self.state(id);
         let Some(value) = value else {
             return std::mem::take(state).tripped.then(|| Transition {
@@ -229,12 +229,6 @@ impl ConditionDetector {
             change: Change::Cleared,
             reason,
         })
-    }
-
-    /// Whether `value` meets the condition.
-    fn holds(&self, value: f64, band: Option<Band>) -> bool {
-        self.spec.threshold.as_ref().is_some_and(|t| t.holds(value))
-            || band.is_some_and(|b| b.excludes(value))
     }
 
     /// Why `value` meets the condition, or `None` if it does not.

@@ -266,15 +266,14 @@ fn compile_anomaly_action(
             .detection
             .as_ref()
             .is_some_and(|d| d.algorithm == DetectionAlgorithm::Likelihood);
-    let sensitivity = spec.detection.as_ref().map(|d| {
-        d.sensitivity.unwrap_or(if unattended {
-            UNATTENDED_SENSITIVITY
-        } else {
-            DEFAULT_SENSITIVITY
-        })
-    });
-    let (band, band_window_ms, clear_after_ms) = match (&spec.detection, sensitivity) {
-        (Some(detection), Some(sensitivity)) => {
+    let (band, band_window_ms, clear_after_ms) = match &spec.detection {
+        None => (None, 0, 0),
+        Some(detection) => {
+            let sensitivity = detection.sensitivity.unwrap_or(if unattended {
+                UNATTENDED_SENSITIVITY
+            } else {
+                DEFAULT_SENSITIVITY
+            });
             let algorithm = match detection.algorithm {
                 DetectionAlgorithm::Zscore => BandAlgorithm::Zscore,
                 DetectionAlgorithm::Mad => BandAlgorithm::Mad,
@@ -314,7 +313,6 @@ fn compile_anomaly_action(
             };
             (Some(band), window_ms, clear_after_ms)
         }
-        _ => (None, 0, 0),
     };
     if threshold.is_none() && band.is_none() {
         return Err(CompileError::Invalid(
